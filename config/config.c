@@ -1,0 +1,1130 @@
+/* proxy.ini loader. One table of [proxy] keys drives defaults, parsing,
+ * validation, the reload check and the documentation; [shards] lines are
+ * parsed here too. inih splits the file into sections and name = value pairs;
+ * our own line reader feeds it, so that line numbers, over-long lines and
+ * syntax errors are reported exactly. Pure: no sockets, no libevent. */
+#include "config/config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <ini.h>
+
+/* A file this large is not a proxy.ini (40k shard lines fit in 1 MiB); the
+ * cap keeps a wrong path (a log, a device) from being read into memory. */
+#define CONFIG_MAX_FILE_BYTES (16 * 1024 * 1024)
+
+/* inih needs room for "\r\n" and the NUL after the text of a line. */
+#define CONFIG_MAX_LINE_TEXT (CONFIG_MAX_LINE - 3)
+
+/* Shard names appear in INFO, logs and error replies: a short, safe charset
+ * keeps them printable and unambiguous. */
+#define SHARD_NAME_MAX 64
+
+/* Points on the ring grow with the weight; the cap keeps a typo (or a weight
+ * given in bytes) from building a ring of billions of points. */
+#define SHARD_WEIGHT_MAX 10000
+
+/* Byte limits stop at 1 TiB: far above any real request or reply, and sums
+ * of a few of them still fit in int64_t. */
+#define BYTES_MAX ((int64_t)1 << 40)
+
+/* Longest hostname (RFC 1035). */
+#define HOST_NAME_MAX_LEN 253
+
+typedef enum key_type {
+    KEY_INT,   /* int field: a whole number in [min, max] */
+    KEY_INT64, /* int64_t field: a whole number in [min, max] */
+    KEY_BYTES, /* int64_t field: a byte count in [min, max], kb/mb/gb suffixes */
+    KEY_BOOL,  /* int field: yes/no, true/false, on/off, 1/0 */
+    KEY_ENUM,  /* enum field: one of enum_name(0 .. enum_count - 1) */
+    KEY_ADDR,  /* char *host at offset, uint16_t port at offset2 */
+    KEY_TAG,   /* char open at offset, char close at offset2; empty = tags off */
+} key_type;
+
+typedef struct config_key {
+    const char *name;
+    key_type type;
+    const char *default_value; /* text, parsed like a value from the file */
+    const char *unit;          /* "ms", "s", "bytes", or "" for a plain count */
+    int64_t min, max;          /* numeric types */
+    const char *(*enum_name)(int value);
+    int enum_count;
+    bool reloadable; /* false: a change needs a restart */
+    const char *description;
+    size_t offset;  /* field in struct config */
+    size_t offset2; /* second field of KEY_ADDR and KEY_TAG */
+} config_key;
+
+/* offsetof() that refuses to compile when the field is not of type T: the
+ * table writes each field through a T pointer. */
+// clang-format off
+#define FIELD(field, T) \
+    (offsetof(config, field) + \
+     0 * sizeof(char[_Generic(((config *)0)->field, T: 1, default: -1)]))
+// clang-format on
+
+#define RELOAD  true
+#define RESTART false
+
+#define INT_KEY(name_, field, def, unit_, lo, hi, reload, desc)                                    \
+    {                                                                                              \
+        .name = name_, .type = KEY_INT, .default_value = def, .unit = unit_, .min = lo, .max = hi, \
+        .reloadable = reload, .description = desc, .offset = FIELD(field, int)                     \
+    }
+#define INT64_KEY(name_, field, def, unit_, lo, hi, reload, desc)                                  \
+    {                                                                                              \
+        .name = name_, .type = KEY_INT64, .default_value = def, .unit = unit_, .min = lo,          \
+        .max = hi, .reloadable = reload, .description = desc, .offset = FIELD(field, int64_t)      \
+    }
+#define BYTES_KEY(name_, field, def, reload, desc)                                                 \
+    {                                                                                              \
+        .name = name_, .type = KEY_BYTES, .default_value = def, .unit = "bytes", .min = 1,         \
+        .max = BYTES_MAX, .reloadable = reload, .description = desc,                               \
+        .offset = FIELD(field, int64_t)                                                            \
+    }
+#define BOOL_KEY(name_, field, def, reload, desc)                                                  \
+    {                                                                                              \
+        .name = name_, .type = KEY_BOOL, .default_value = def, .unit = "", .reloadable = reload,   \
+        .description = desc, .offset = FIELD(field, int)                                           \
+    }
+#define ENUM_KEY(name_, field, T, names, count, def, reload, desc)                                 \
+    {                                                                                              \
+        .name = name_, .type = KEY_ENUM, .default_value = def, .unit = "", .enum_name = names,     \
+        .enum_count = count, .reloadable = reload, .description = desc, .offset = FIELD(field, T)  \
+    }
+
+/* Enum fields are read and written as int. */
+_Static_assert(sizeof(hash_kind) == sizeof(int), "hash_kind is stored as an int");
+_Static_assert(sizeof(ring_mode) == sizeof(int), "ring_mode is stored as an int");
+_Static_assert(sizeof(config_log_level) == sizeof(int), "config_log_level is stored as an int");
+
+static const char *hash_kind_name(int value)
+{
+    return hash_name((hash_kind)value);
+}
+
+static const char *compat_name(int value)
+{
+    switch (value) {
+    case RING_DEFAULT:
+        return "none";
+    case RING_TWEMPROXY:
+        return "twemproxy";
+    default:
+        return "?";
+    }
+}
+
+static const char *log_level_name(int value)
+{
+    return config_log_level_name((config_log_level)value);
+}
+
+/* Every [proxy] key, in the order the documentation lists them. */
+static const config_key config_keys[] = {
+    {.name = "listen",
+     .type = KEY_ADDR,
+     .default_value = "127.0.0.1:6380",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "address clients connect to; IPv6 as [::1]:6380",
+     .offset = FIELD(listen_host, char *),
+     .offset2 = FIELD(listen_port, uint16_t)},
+    ENUM_KEY("hash", hash, hash_kind, hash_kind_name, HASH_KIND_COUNT, "murmur3", RESTART,
+             "how keys are hashed to ring positions"),
+    {.name = "hash_tag",
+     .type = KEY_TAG,
+     .default_value = "{}",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "hash only the text between these chars; empty = whole key",
+     .offset = FIELD(hash_tag_open, char),
+     .offset2 = FIELD(hash_tag_close, char)},
+    ENUM_KEY("compat", compat, ring_mode, compat_name, RING_TWEMPROXY + 1, "none", RESTART,
+             "twemproxy = place shards as nutcracker 0.5.0 does"),
+    INT_KEY("backend_connections", backend_connections, "1", "", 1, 256, RESTART,
+            "connections the proxy keeps to each shard"),
+    INT_KEY("connect_timeout", connect_timeout_ms, "1000", "ms", 1, 3600000, RELOAD,
+            "time allowed to connect to a shard"),
+    INT_KEY("request_timeout", request_timeout_ms, "2000", "ms", 0, 3600000, RELOAD,
+            "time a request waits for its shard's reply; 0 = no limit"),
+    INT_KEY("reconnect_min", reconnect_min_ms, "100", "ms", 1, 3600000, RELOAD,
+            "first delay before reconnecting to a failed shard"),
+    INT_KEY("reconnect_max", reconnect_max_ms, "5000", "ms", 1, 3600000, RELOAD,
+            "the reconnect delay doubles up to this"),
+    INT_KEY("max_clients", max_clients, "10000", "", 1, 1000000, RELOAD,
+            "client connections at once; more are refused"),
+    BYTES_KEY("max_bulk_len", max_bulk_len, "512mb", RELOAD,
+              "largest bulk string in a request; larger closes the client"),
+    INT64_KEY("max_args", max_args, "1048576", "", 1, INT32_MAX, RELOAD,
+              "most arguments in one request; more closes the client"),
+    BYTES_KEY("max_inline_len", max_inline_len, "64kb", RELOAD,
+              "longest inline (non-RESP) command line"),
+    BYTES_KEY("max_query_buffer", max_query_buffer, "1gb", RELOAD,
+              "unparsed request bytes held per client; more closes it"),
+    BYTES_KEY("client_output_pause", client_output_pause, "16mb", RELOAD,
+              "stop reading a client while this much reply data waits for it"),
+    BYTES_KEY("max_client_output", max_client_output, "1gb", RELOAD,
+              "close a client once this much reply data waits for it"),
+    INT_KEY("backend_max_inflight", backend_max_inflight, "100000", "", 1, INT_MAX, RELOAD,
+            "requests waiting on one shard connection; more get an error"),
+    INT_KEY("idle_timeout", idle_timeout_s, "0", "s", 0, 604800, RELOAD,
+            "close clients idle this long; 0 = never"),
+    INT_KEY("tcp_backlog", tcp_backlog, "511", "", 1, 65535, RESTART,
+            "listen(2) backlog of the client socket"),
+    ENUM_KEY("log_level", log_level, config_log_level, log_level_name, CONFIG_LOG_ERROR + 1, "info",
+             RELOAD, "least severe message logged"),
+    BOOL_KEY("watch_config", watch_config, "yes", RELOAD, "reload when this file changes on disk"),
+};
+
+#define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+/* Pairs of keys where the first must not exceed the second. */
+static const struct key_order {
+    const char *low;
+    const char *high;
+} key_orders[] = {
+    {"reconnect_min", "reconnect_max"},
+    {"client_output_pause", "max_client_output"},
+};
+
+/* State of one load. */
+typedef struct load_ctx {
+    const char *name; /* file name for messages */
+    const char *pos;  /* next unread byte of the text */
+    const char *end;
+    int line;            /* number of the line last handed to inih */
+    int key_line[NKEYS]; /* where each [proxy] key was set, 0 = default */
+    size_t shard_cap;
+    config *cfg;
+    char *err;
+    size_t errlen;
+    bool failed; /* err holds the first error; stop */
+} load_ctx;
+
+/* Records the first error as "name:line: message" ("name: message" when line
+ * is 0). Control bytes from the file are escaped so the message stays one
+ * printable line. */
+__attribute__((format(printf, 3, 4))) static void fail(load_ctx *ctx, int line, const char *fmt,
+                                                       ...)
+{
+    if (ctx->failed)
+        return;
+    ctx->failed = true;
+    if (ctx->errlen == 0)
+        return;
+
+    char msg[1024];
+    int n = line > 0 ? snprintf(msg, sizeof(msg), "%s:%d: ", ctx->name, line)
+                     : snprintf(msg, sizeof(msg), "%s: ", ctx->name);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n < sizeof(msg)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+        bool control = *p < 0x20 || *p == 0x7f;
+        if (o + (control ? 4 : 1) >= ctx->errlen)
+            break;
+        if (control) {
+            ctx->err[o++] = '\\';
+            ctx->err[o++] = 'x';
+            ctx->err[o++] = hex[*p >> 4];
+            ctx->err[o++] = hex[*p & 15];
+        } else {
+            ctx->err[o++] = (char)*p;
+        }
+    }
+    ctx->err[o] = '\0';
+}
+
+static void *field_of(config *cfg, size_t offset)
+{
+    return (char *)cfg + offset;
+}
+
+static const void *const_field_of(const config *cfg, size_t offset)
+{
+    return (const char *)cfg + offset;
+}
+
+static const config_key *find_key(const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(config_keys[i].name, name) == 0)
+            return &config_keys[i];
+    return NULL;
+}
+
+/* Numeric value of a KEY_INT/INT64/BYTES/BOOL/ENUM field. */
+static int64_t key_number(const config_key *key, const config *cfg)
+{
+    const void *p = const_field_of(cfg, key->offset);
+    switch (key->type) {
+    case KEY_INT64:
+    case KEY_BYTES: {
+        int64_t v;
+        memcpy(&v, p, sizeof(v));
+        return v;
+    }
+    case KEY_INT:
+    case KEY_BOOL:
+    case KEY_ENUM: {
+        int v;
+        memcpy(&v, p, sizeof(v));
+        return v;
+    }
+    case KEY_ADDR:
+    case KEY_TAG:
+        break;
+    }
+    abort(); /* not a number: a bug in the caller */
+}
+
+/* Formats a byte count with the largest suffix that divides it exactly, so
+ * that documented limits read as 512mb rather than 536870912. */
+static void format_bytes(int64_t v, char *buf, size_t buflen)
+{
+    static const struct {
+        const char *suffix;
+        int64_t scale;
+    } units[] = {{"gb", 1 << 30}, {"mb", 1 << 20}, {"kb", 1 << 10}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (v != 0 && v % units[i].scale == 0) {
+            snprintf(buf, buflen, "%lld%s", (long long)(v / units[i].scale), units[i].suffix);
+            return;
+        }
+    }
+    snprintf(buf, buflen, "%lld", (long long)v);
+}
+
+/* "0..3600000" or "1..1024gb". */
+static void format_range(const config_key *key, char *buf, size_t buflen)
+{
+    if (key->type == KEY_BYTES) {
+        char lo[24], hi[24];
+        format_bytes(key->min, lo, sizeof(lo));
+        format_bytes(key->max, hi, sizeof(hi));
+        snprintf(buf, buflen, "%s..%s", lo, hi);
+    } else {
+        snprintf(buf, buflen, "%lld..%lld", (long long)key->min, (long long)key->max);
+    }
+}
+
+/* The accepted values of a key, for documentation: "ms, 0..3600000",
+ * "murmur3, fnv1a_64, crc32, md5, murmur", "host:port". */
+static void describe_values(const config_key *key, char *buf, size_t buflen)
+{
+    char range[80];
+    size_t n = 0;
+    buf[0] = '\0';
+    switch (key->type) {
+    case KEY_INT:
+    case KEY_INT64:
+    case KEY_BYTES:
+        format_range(key, range, sizeof(range));
+        if (key->unit[0])
+            snprintf(buf, buflen, "%s, %s", key->unit, range);
+        else
+            snprintf(buf, buflen, "%s", range);
+        return;
+    case KEY_BOOL:
+        snprintf(buf, buflen, "yes, no");
+        return;
+    case KEY_ENUM:
+        for (int i = 0; i < key->enum_count && n < buflen; i++) {
+            int w = snprintf(buf + n, buflen - n, "%s%s", i ? ", " : "", key->enum_name(i));
+            if (w < 0)
+                return;
+            n += (size_t)w;
+        }
+        return;
+    case KEY_ADDR:
+        snprintf(buf, buflen, "host:port");
+        return;
+    case KEY_TAG:
+        snprintf(buf, buflen, "2 chars or empty");
+        return;
+    }
+}
+
+/* Parses a decimal integer, with a kb/mb/gb suffix (powers of 1024) when
+ * allow_suffix. Returns 0, -1 when text is not such a number, -2 when it does
+ * not fit in int64_t. */
+static int parse_number(const char *text, bool allow_suffix, int64_t *out)
+{
+    const char *p = text;
+    bool negative = *p == '-';
+    if (negative)
+        p++;
+    if (!isdigit((unsigned char)*p))
+        return -1;
+    int64_t v = 0;
+    bool overflow = false;
+    for (; isdigit((unsigned char)*p); p++) {
+        if (!overflow &&
+            (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *p - '0', &v)))
+            overflow = true;
+    }
+    int64_t scale = 1;
+    if (*p && allow_suffix) {
+        if (strcasecmp(p, "kb") == 0)
+            scale = (int64_t)1 << 10;
+        else if (strcasecmp(p, "mb") == 0)
+            scale = (int64_t)1 << 20;
+        else if (strcasecmp(p, "gb") == 0)
+            scale = (int64_t)1 << 30;
+        else
+            return -1;
+        p += 2;
+    }
+    if (*p)
+        return -1;
+    if (overflow || __builtin_mul_overflow(v, scale, &v))
+        return -2;
+    *out = negative ? -v : v;
+    return 0;
+}
+
+/* Port text "1".."65535". Returns 0 or -1 with a reason. */
+static int parse_port(const char *text, uint16_t *port, char *why, size_t whylen)
+{
+    int64_t v;
+    if (*text == '\0') {
+        snprintf(why, whylen, "missing port");
+        return -1;
+    }
+    int rc = *text == '-' ? -1 : parse_number(text, false, &v);
+    if (rc == -1) {
+        snprintf(why, whylen, "port '%s' is not a number", text);
+        return -1;
+    }
+    if (rc == -2 || v < 1 || v > 65535) {
+        snprintf(why, whylen, "port %s is out of range 1..65535", text);
+        return -1;
+    }
+    *port = (uint16_t)v;
+    return 0;
+}
+
+static bool is_ipv4_like(const char *host)
+{
+    for (const char *p = host; *p; p++)
+        if (!isdigit((unsigned char)*p) && *p != '.')
+            return false;
+    return true;
+}
+
+/* Splits "host:port" or "[ipv6]:port". On success *host is malloc'd, without
+ * brackets. Returns 0, or -1 with a reason (or "out of memory"). */
+static int parse_addr(const char *text, char **host, uint16_t *port, char *why, size_t whylen)
+{
+    const char *host_start, *host_end, *port_text;
+    if (text[0] == '[') {
+        host_start = text + 1;
+        host_end = strchr(host_start, ']');
+        if (!host_end) {
+            snprintf(why, whylen, "missing ']' after the IPv6 address");
+            return -1;
+        }
+        if (host_end[1] != ':') {
+            snprintf(why, whylen, host_end[1] ? "expected ':' after ']'" : "missing port");
+            return -1;
+        }
+        port_text = host_end + 2;
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (!colon) {
+            snprintf(why, whylen, "missing port");
+            return -1;
+        }
+        host_start = text;
+        host_end = colon;
+        if (memchr(text, ':', (size_t)(colon - text))) {
+            snprintf(why, whylen, "an IPv6 address needs brackets, as in [::1]:7001");
+            return -1;
+        }
+        port_text = colon + 1;
+    }
+
+    size_t len = (size_t)(host_end - host_start);
+    if (len == 0) {
+        snprintf(why, whylen, "missing host");
+        return -1;
+    }
+    if (len > HOST_NAME_MAX_LEN) {
+        snprintf(why, whylen, "host is longer than %d characters", HOST_NAME_MAX_LEN);
+        return -1;
+    }
+    char name[HOST_NAME_MAX_LEN + 1];
+    memcpy(name, host_start, len);
+    name[len] = '\0';
+
+    unsigned char bin[16];
+    if (text[0] == '[') {
+        if (inet_pton(AF_INET6, name, bin) != 1) {
+            snprintf(why, whylen, "'%s' is not an IPv6 address", name);
+            return -1;
+        }
+    } else if (is_ipv4_like(name)) {
+        if (inet_pton(AF_INET, name, bin) != 1) {
+            snprintf(why, whylen, "'%s' is not an IPv4 address", name);
+            return -1;
+        }
+    } else {
+        for (const char *p = name; *p; p++) {
+            if (!isalnum((unsigned char)*p) && *p != '-' && *p != '.' && *p != '_') {
+                snprintf(why, whylen, "'%s' is not a hostname or IP address", name);
+                return -1;
+            }
+        }
+    }
+
+    if (parse_port(port_text, port, why, whylen) != 0)
+        return -1;
+    *host = strdup(name);
+    if (!*host) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether two hosts name the same address: IP literals compare by value, so
+ * [::1] and [0:0::1] match; hostnames compare without case. */
+static bool same_host(const char *a, const char *b)
+{
+    unsigned char ba[16], bb[16];
+    if (inet_pton(AF_INET, a, ba) == 1 && inet_pton(AF_INET, b, bb) == 1)
+        return memcmp(ba, bb, 4) == 0;
+    if (inet_pton(AF_INET6, a, ba) == 1 && inet_pton(AF_INET6, b, bb) == 1)
+        return memcmp(ba, bb, 16) == 0;
+    return strcasecmp(a, b) == 0;
+}
+
+/* "127.0.0.1:7001" or "[::1]:7001". */
+static void format_addr(const char *host, uint16_t port, char *buf, size_t buflen)
+{
+    if (strchr(host, ':'))
+        snprintf(buf, buflen, "[%s]:%u", host, (unsigned)port);
+    else
+        snprintf(buf, buflen, "%s:%u", host, (unsigned)port);
+}
+
+/* Parses value into key's field(s) of cfg. Returns 0, or -1 with a reason
+ * (without the file:line prefix) in why. */
+static int set_key(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
+{
+    void *field = field_of(cfg, key->offset);
+    char values[128];
+
+    if (value[0] == '\0' && key->type != KEY_TAG) {
+        describe_values(key, values, sizeof(values));
+        snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
+        return -1;
+    }
+
+    switch (key->type) {
+    case KEY_INT:
+    case KEY_INT64:
+    case KEY_BYTES: {
+        int64_t v;
+        int rc = parse_number(value, key->type == KEY_BYTES, &v);
+        if (rc == -1) {
+            if (key->type == KEY_BYTES)
+                snprintf(why, whylen,
+                         "%s: '%s' is not a size (bytes, or a number with kb, mb or gb)", key->name,
+                         value);
+            else if (key->unit[0])
+                snprintf(why, whylen, "%s: '%s' is not an integer (%s)", key->name, value,
+                         key->unit);
+            else
+                snprintf(why, whylen, "%s: '%s' is not an integer", key->name, value);
+            return -1;
+        }
+        if (rc == -2 || v < key->min || v > key->max) {
+            char range[80];
+            format_range(key, range, sizeof(range));
+            if (key->unit[0])
+                snprintf(why, whylen, "%s: %s is out of range %s (%s)", key->name, value, range,
+                         key->unit);
+            else
+                snprintf(why, whylen, "%s: %s is out of range %s", key->name, value, range);
+            return -1;
+        }
+        if (key->type == KEY_INT) {
+            int i = (int)v;
+            memcpy(field, &i, sizeof(i));
+        } else {
+            memcpy(field, &v, sizeof(v));
+        }
+        return 0;
+    }
+    case KEY_BOOL: {
+        static const char *const yes[] = {"yes", "true", "on", "1"};
+        static const char *const no[] = {"no", "false", "off", "0"};
+        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+            int b = -1;
+            if (strcasecmp(value, yes[i]) == 0)
+                b = 1;
+            else if (strcasecmp(value, no[i]) == 0)
+                b = 0;
+            if (b >= 0) {
+                memcpy(field, &b, sizeof(b));
+                return 0;
+            }
+        }
+        snprintf(why, whylen, "%s: '%s' is not yes or no", key->name, value);
+        return -1;
+    }
+    case KEY_ENUM:
+        for (int i = 0; i < key->enum_count; i++) {
+            if (strcasecmp(value, key->enum_name(i)) == 0) {
+                memcpy(field, &i, sizeof(i));
+                return 0;
+            }
+        }
+        describe_values(key, values, sizeof(values));
+        snprintf(why, whylen, "%s: '%s' is not one of %s", key->name, value, values);
+        return -1;
+    case KEY_ADDR: {
+        char reason[320];
+        char *host;
+        uint16_t port;
+        if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
+            snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
+            return -1;
+        }
+        char **slot = field;
+        free(*slot);
+        *slot = host;
+        memcpy(field_of(cfg, key->offset2), &port, sizeof(port));
+        return 0;
+    }
+    case KEY_TAG: {
+        size_t len = strlen(value);
+        bool ok =
+            len == 0 || (len == 2 && value[0] != value[1] && isgraph((unsigned char)value[0]) &&
+                         isgraph((unsigned char)value[1]));
+        if (!ok) {
+            snprintf(why, whylen,
+                     "%s: '%s' is not two different characters (like {}), or empty to disable tags",
+                     key->name, value);
+            return -1;
+        }
+        char open = len ? value[0] : '\0';
+        char close = len ? value[1] : '\0';
+        memcpy(field, &open, 1);
+        memcpy(field_of(cfg, key->offset2), &close, 1);
+        return 0;
+    }
+    }
+    snprintf(why, whylen, "%s: unhandled key type", key->name);
+    return -1;
+}
+
+static int set_proxy_key(load_ctx *ctx, const char *name, const char *value)
+{
+    const config_key *key = find_key(name);
+    if (!key) {
+        fail(ctx, ctx->line, "unknown key '%s' in [proxy]", name);
+        return -1;
+    }
+    size_t i = (size_t)(key - config_keys);
+    if (ctx->key_line[i]) {
+        fail(ctx, ctx->line, "duplicate key '%s' in [proxy] (first set on line %d)", name,
+             ctx->key_line[i]);
+        return -1;
+    }
+    ctx->key_line[i] = ctx->line;
+    char why[1024];
+    if (set_key(key, value, ctx->cfg, why, sizeof(why)) != 0) {
+        fail(ctx, ctx->line, "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
+static bool valid_shard_name(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > SHARD_NAME_MAX)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-')
+            return false;
+    return true;
+}
+
+/* Parses the value of a [shards] line, "host:port [weight=N]", into shard.
+ * Returns 0 or -1 after fail(). */
+static int parse_shard_value(load_ctx *ctx, const char *name, const char *value,
+                             config_shard *shard)
+{
+    char text[CONFIG_MAX_LINE];
+    snprintf(text, sizeof(text), "%s", value);
+    char *save = NULL;
+    char *addr = strtok_r(text, " \t", &save);
+    if (!addr) {
+        fail(ctx, ctx->line, "shard %s has no address (expected host:port [weight=N])", name);
+        return -1;
+    }
+    char why[1024];
+    if (parse_addr(addr, &shard->host, &shard->port, why, sizeof(why)) != 0) {
+        fail(ctx, ctx->line, "shard %s: bad address '%s': %s", name, addr, why);
+        return -1;
+    }
+    bool have_weight = false;
+    for (char *word; (word = strtok_r(NULL, " \t", &save));) {
+        if (strncmp(word, "weight=", 7) != 0) {
+            fail(ctx, ctx->line,
+                 "shard %s: unexpected '%s' after the address (expected weight=N%s)", name, word,
+                 word[0] == '#' ? "; comments start with ';'" : "");
+            return -1;
+        }
+        if (have_weight) {
+            fail(ctx, ctx->line, "shard %s: weight given twice", name);
+            return -1;
+        }
+        have_weight = true;
+        int64_t w;
+        const char *w_text = word + 7;
+        if (w_text[0] == '-' || parse_number(w_text, false, &w) != 0 || w < 1 ||
+            w > SHARD_WEIGHT_MAX) {
+            fail(ctx, ctx->line, "shard %s: weight must be an integer 1..%d, not '%s'", name,
+                 SHARD_WEIGHT_MAX, w_text);
+            return -1;
+        }
+        shard->weight = (uint32_t)w;
+    }
+    return 0;
+}
+
+static int add_shard(load_ctx *ctx, const char *name, const char *value)
+{
+    config *cfg = ctx->cfg;
+    if (!valid_shard_name(name)) {
+        fail(ctx, ctx->line,
+             "bad shard name '%s' (use 1 to %d of the characters A-Z a-z 0-9 _ . -)", name,
+             SHARD_NAME_MAX);
+        return -1;
+    }
+    if (find_key(name)) {
+        fail(ctx, ctx->line, "'%s' is a [proxy] key, but this line is under [shards]", name);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->nshards; i++) {
+        if (strcmp(cfg->shards[i].name, name) == 0) {
+            fail(ctx, ctx->line, "duplicate shard name '%s' (first on line %d)", name,
+                 cfg->shards[i].line);
+            return -1;
+        }
+    }
+    if (cfg->nshards == ctx->shard_cap) {
+        size_t cap = ctx->shard_cap ? ctx->shard_cap * 2 : 8;
+        config_shard *grown = realloc(cfg->shards, cap * sizeof(*grown));
+        if (!grown) {
+            fail(ctx, ctx->line, "out of memory");
+            return -1;
+        }
+        cfg->shards = grown;
+        ctx->shard_cap = cap;
+    }
+    config_shard shard = {.weight = 1, .line = ctx->line};
+    if (parse_shard_value(ctx, name, value, &shard) != 0) {
+        free(shard.host);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->nshards; i++) {
+        const config_shard *other = &cfg->shards[i];
+        if (other->port == shard.port && same_host(other->host, shard.host)) {
+            char addr[300];
+            format_addr(shard.host, shard.port, addr, sizeof(addr));
+            fail(ctx, ctx->line, "shards %s and %s (line %d) have the same address %s", name,
+                 other->name, other->line, addr);
+            free(shard.host);
+            return -1;
+        }
+    }
+    shard.name = strdup(name);
+    if (!shard.name) {
+        fail(ctx, ctx->line, "out of memory");
+        free(shard.host);
+        return -1;
+    }
+    cfg->shards[cfg->nshards++] = shard;
+    return 0;
+}
+
+/* inih's handler: one name = value pair of the line last read. */
+static int on_pair(void *user, const char *section, const char *name, const char *value)
+{
+    load_ctx *ctx = user;
+    if (ctx->failed)
+        return 0;
+    if (name[0] == '\0') {
+        fail(ctx, ctx->line, "missing name before '='");
+        return 0;
+    }
+    if (strcmp(section, "proxy") == 0)
+        return set_proxy_key(ctx, name, value) == 0;
+    if (strcmp(section, "shards") == 0)
+        return add_shard(ctx, name, value) == 0;
+    /* read_line() rejects unknown section headers, so only "" is left */
+    fail(ctx, ctx->line, "'%s' is outside any section (put it under [proxy] or [shards])", name);
+    return 0;
+}
+
+/* inih's rule for where a token ends: at one of chars, or at a ';' that
+ * follows whitespace (an inline comment). */
+static const char *find_chars_or_comment(const char *s, const char *chars)
+{
+    bool was_space = false;
+    while (*s && !strchr(chars, *s) && !(was_space && *s == ';')) {
+        was_space = isspace((unsigned char)*s);
+        s++;
+    }
+    return s;
+}
+
+/* Rejects what inih would reject without calling the handler, with a reason:
+ * a section header without ']', an unknown section, a line without '='. */
+static int check_line(load_ctx *ctx, const char *text)
+{
+    if (text[0] == '\0' || text[0] == ';' || text[0] == '#')
+        return 0;
+    if (text[0] == '[') {
+        const char *end = find_chars_or_comment(text + 1, "]");
+        if (*end != ']') {
+            fail(ctx, ctx->line, "section header without ']'");
+            return -1;
+        }
+        size_t len = (size_t)(end - text - 1);
+        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) ||
+              (len == 6 && memcmp(text + 1, "shards", 6) == 0))) {
+            fail(ctx, ctx->line, "unknown section [%.*s] (expected [proxy] or [shards])", (int)len,
+                 text + 1);
+            return -1;
+        }
+        return 0;
+    }
+    const char *end = find_chars_or_comment(text, "=:");
+    if (*end != '=' && *end != ':') {
+        fail(ctx, ctx->line, "expected 'name = value', a [section] or a ; comment");
+        return -1;
+    }
+    return 0;
+}
+
+/* inih's line reader. Hands over one whole line at a time, so ctx->line is
+ * the number of the line the handler is called for. Lines reach inih without
+ * leading whitespace: inih would read an indented line as the continuation
+ * of the previous value, which turns an indented shard line into a bad
+ * address of the one above. */
+static char *read_line(char *buf, int size, void *stream)
+{
+    load_ctx *ctx = stream;
+    if (ctx->failed || ctx->pos >= ctx->end)
+        return NULL;
+
+    const char *start = ctx->pos;
+    const char *newline = memchr(start, '\n', (size_t)(ctx->end - start));
+    const char *stop = newline ? newline : ctx->end;
+    ctx->pos = newline ? newline + 1 : ctx->end;
+    ctx->line++;
+
+    if (stop > start && stop[-1] == '\r')
+        stop--;
+    size_t len = (size_t)(stop - start);
+    /* size is inih's line buffer: honour it should a build make it smaller */
+    size_t max_text =
+        size < CONFIG_MAX_LINE ? (size_t)(size > 3 ? size - 3 : 0) : (size_t)CONFIG_MAX_LINE_TEXT;
+    if (len > max_text) {
+        fail(ctx, ctx->line, "line is %zu characters long; the limit is %zu", len, max_text);
+        return NULL;
+    }
+    if (memchr(start, '\0', len)) {
+        fail(ctx, ctx->line, "line contains a NUL byte");
+        return NULL;
+    }
+    if (ctx->line == 1 && len >= 3 && memcmp(start, "\xef\xbb\xbf", 3) == 0)
+        start += 3;
+    while (start < stop && isspace((unsigned char)*start))
+        start++;
+
+    len = (size_t)(stop - start);
+    memcpy(buf, start, len);
+    buf[len] = '\0';
+    if (check_line(ctx, buf) != 0)
+        return NULL;
+    buf[len] = '\n';
+    buf[len + 1] = '\0';
+    return buf;
+}
+
+/* Checks that involve several keys; reported at the later of their lines. */
+static void validate(load_ctx *ctx)
+{
+    config *cfg = ctx->cfg;
+    for (size_t i = 0; i < sizeof(key_orders) / sizeof(key_orders[0]) && !ctx->failed; i++) {
+        const config_key *low = find_key(key_orders[i].low);
+        const config_key *high = find_key(key_orders[i].high);
+        int64_t lo = key_number(low, cfg), hi = key_number(high, cfg);
+        if (lo <= hi)
+            continue;
+        int line_low = ctx->key_line[low - config_keys];
+        int line_high = ctx->key_line[high - config_keys];
+        char lo_text[32], hi_text[32];
+        if (low->type == KEY_BYTES) {
+            format_bytes(lo, lo_text, sizeof(lo_text));
+            format_bytes(hi, hi_text, sizeof(hi_text));
+        } else {
+            snprintf(lo_text, sizeof(lo_text), "%lld%s%s", (long long)lo, low->unit[0] ? " " : "",
+                     low->unit);
+            snprintf(hi_text, sizeof(hi_text), "%lld%s%s", (long long)hi, high->unit[0] ? " " : "",
+                     high->unit);
+        }
+        fail(ctx, line_low > line_high ? line_low : line_high, "%s (%s) is above %s (%s)",
+             low->name, lo_text, high->name, hi_text);
+    }
+    if (ctx->failed)
+        return;
+
+    /* nutcracker has no murmur3: with it, compat = twemproxy would place
+     * shards as nutcracker does but send keys elsewhere. */
+    if (cfg->compat == RING_TWEMPROXY && cfg->hash == HASH_MURMUR3) {
+        const config_key *compat = find_key("compat");
+        const config_key *hash = find_key("hash");
+        int line_compat = ctx->key_line[compat - config_keys];
+        int line_hash = ctx->key_line[hash - config_keys];
+        fail(ctx, line_compat > line_hash ? line_compat : line_hash,
+             "compat = twemproxy needs one of nutcracker's hashes (fnv1a_64, crc32, md5, murmur), "
+             "not murmur3");
+        return;
+    }
+
+    if (cfg->nshards == 0) {
+        fail(ctx, 0, "no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]");
+        return;
+    }
+
+    /* A shard at the proxy's own address would forward every request back
+     * to the proxy, forever. */
+    for (size_t i = 0; i < cfg->nshards; i++) {
+        const config_shard *shard = &cfg->shards[i];
+        if (shard->port == cfg->listen_port && same_host(shard->host, cfg->listen_host)) {
+            char addr[300];
+            format_addr(shard->host, shard->port, addr, sizeof(addr));
+            fail(ctx, shard->line, "shard %s is at the proxy's own listen address %s", shard->name,
+                 addr);
+            return;
+        }
+    }
+}
+
+static int load_text(const char *text, size_t len, const char *name, config **out, char *err,
+                     size_t errlen)
+{
+    load_ctx ctx = {.name = name, .pos = text, .end = text + len, .err = err, .errlen = errlen};
+    if (errlen)
+        err[0] = '\0';
+
+    config *cfg = calloc(1, sizeof(*cfg));
+    if (!cfg || !(cfg->path = strdup(name))) {
+        free(cfg);
+        fail(&ctx, 0, "out of memory");
+        return -1;
+    }
+    ctx.cfg = cfg;
+
+    for (size_t i = 0; i < NKEYS && !ctx.failed; i++) {
+        char why[1024];
+        if (set_key(&config_keys[i], config_keys[i].default_value, cfg, why, sizeof(why)) != 0)
+            fail(&ctx, 0, "built-in default: %s", why);
+    }
+
+    if (!ctx.failed) {
+        int rc = ini_parse_stream(read_line, &ctx, on_pair, &ctx);
+        if (rc == -2)
+            fail(&ctx, 0, "out of memory");
+        else if (rc != 0)
+            fail(&ctx, rc, "syntax error");
+    }
+    if (!ctx.failed)
+        validate(&ctx);
+
+    if (ctx.failed) {
+        config_free(cfg);
+        return -1;
+    }
+    *out = cfg;
+    return 0;
+}
+
+int config_load_string(const char *text, const char *name, config **out, char *err, size_t errlen)
+{
+    return load_text(text, strlen(text), name, out, err, errlen);
+}
+
+int config_load(const char *path, config **out, char *err, size_t errlen)
+{
+    FILE *file = fopen(path, "rb");
+    if (!file) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t cap = 4096, len = 0;
+    char *text = malloc(cap);
+    const char *problem = NULL;
+    int saved_errno = 0;
+    while (text) {
+        size_t n = fread(text + len, 1, cap - len, file);
+        len += n;
+        if (n == 0) {
+            if (ferror(file)) {
+                saved_errno = errno;
+                problem = "cannot read";
+            }
+            break;
+        }
+        if (len == cap) {
+            if (cap >= CONFIG_MAX_FILE_BYTES) {
+                problem = "file is too large for a config";
+                break;
+            }
+            char *grown = realloc(text, cap * 2);
+            if (!grown) {
+                free(text);
+                text = NULL;
+                break;
+            }
+            text = grown;
+            cap *= 2;
+        }
+    }
+    fclose(file);
+
+    if (!text) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    if (problem) {
+        if (saved_errno)
+            snprintf(err, errlen, "%s: %s: %s", path, problem, strerror(saved_errno));
+        else
+            snprintf(err, errlen, "%s: %s (over %d bytes)", path, problem, CONFIG_MAX_FILE_BYTES);
+        free(text);
+        return -1;
+    }
+    int rc = load_text(text, len, path, out, err, errlen);
+    free(text);
+    return rc;
+}
+
+void config_free(config *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < cfg->nshards; i++) {
+        free(cfg->shards[i].name);
+        free(cfg->shards[i].host);
+    }
+    free(cfg->shards);
+    free(cfg->listen_host);
+    free(cfg->path);
+    free(cfg);
+}
+
+static bool same_value(const config_key *key, const config *a, const config *b)
+{
+    switch (key->type) {
+    case KEY_ADDR: {
+        char *const *host_a = const_field_of(a, key->offset);
+        char *const *host_b = const_field_of(b, key->offset);
+        return same_host(*host_a, *host_b) &&
+               memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2),
+                      sizeof(uint16_t)) == 0;
+    }
+    case KEY_TAG:
+        return memcmp(const_field_of(a, key->offset), const_field_of(b, key->offset), 1) == 0 &&
+               memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
+    default:
+        return key_number(key, a) == key_number(key, b);
+    }
+}
+
+int config_fixed_changes(const config *old_cfg, const config *new_cfg, char *buf, size_t buflen)
+{
+    int count = 0;
+    size_t used = 0;
+    if (buflen)
+        buf[0] = '\0';
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        if (key->reloadable || same_value(key, old_cfg, new_cfg))
+            continue;
+        if (used < buflen) {
+            int n = snprintf(buf + used, buflen - used, "%s%s", count ? ", " : "", key->name);
+            if (n > 0)
+                used += (size_t)n;
+        }
+        count++;
+    }
+    return count;
+}
+
+void config_write_reference(FILE *out)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        char values[128];
+        describe_values(key, values, sizeof(values));
+        fprintf(out, "%s; %s = %s\n", i ? "\n" : "", key->name, key->default_value);
+        fprintf(out, ";   %s (%s%s)\n", key->description, values,
+                key->reloadable ? "" : "; restart to change");
+    }
+}
+
+void config_write_markdown(FILE *out)
+{
+    fprintf(out, "| Key | Default | Values | Reload | Meaning |\n");
+    fprintf(out, "|-----|---------|--------|--------|---------|\n");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        char values[128];
+        describe_values(key, values, sizeof(values));
+        fprintf(out, "| `%s` | `%s` | %s | %s | %s |\n", key->name, key->default_value, values,
+                key->reloadable ? "yes" : "restart", key->description);
+    }
+}
+
+const char *config_log_level_name(config_log_level level)
+{
+    switch (level) {
+    case CONFIG_LOG_DEBUG:
+        return "debug";
+    case CONFIG_LOG_INFO:
+        return "info";
+    case CONFIG_LOG_NOTICE:
+        return "notice";
+    case CONFIG_LOG_WARN:
+        return "warn";
+    case CONFIG_LOG_ERROR:
+        return "error";
+    }
+    return "?";
+}

@@ -1,0 +1,98 @@
+/* proxy.ini: parsed with inih into a new, fully validated struct, or an error
+ * naming file and line. One table of keys (config.c) drives parsing,
+ * validation, defaults and the documentation. Pure: no sockets, no libevent. */
+#ifndef CONFIG_CONFIG_H
+#define CONFIG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ring/hash.h"
+#include "ring/ring.h"
+
+/* inih's line buffer (INI_MAX_LINE): a line of proxy.ini may hold
+ * CONFIG_MAX_LINE - 3 characters, leaving room for "\r\n" and the NUL. */
+#define CONFIG_MAX_LINE 200
+
+/* Log verbosity, most to least verbose. */
+typedef enum config_log_level {
+    CONFIG_LOG_DEBUG = 0,
+    CONFIG_LOG_INFO,
+    CONFIG_LOG_NOTICE,
+    CONFIG_LOG_WARN,
+    CONFIG_LOG_ERROR,
+} config_log_level;
+
+/* One line of [shards]: `name = host:port [weight=N]`. */
+typedef struct config_shard {
+    char *name;      /* places the shard on the ring */
+    char *host;      /* numeric IPv4/IPv6 address or hostname */
+    uint16_t port;   /* 1..65535 */
+    uint32_t weight; /* >= 1, default 1 */
+    int line;        /* line in the file, for messages */
+} config_shard;
+
+/* A whole, validated configuration. Immutable once loaded: a reload builds a
+ * new one and the daemon swaps one pointer. */
+typedef struct config {
+    char *path; /* the file it was read from */
+
+    /* [proxy] */
+    char *listen_host;           /* address to listen on */
+    uint16_t listen_port;        /* port to listen on */
+    hash_kind hash;              /* key hash function */
+    char hash_tag_open;          /* hash tag open char, 0 = tags disabled */
+    char hash_tag_close;         /* hash tag close char */
+    ring_mode compat;            /* placement: ringproxy or twemproxy */
+    int backend_connections;     /* connections per shard */
+    int connect_timeout_ms;      /* backend connect timeout */
+    int request_timeout_ms;      /* backend reply timeout, 0 = none */
+    int reconnect_min_ms;        /* first reconnect delay after a failure */
+    int reconnect_max_ms;        /* cap of the doubling reconnect delay */
+    int max_clients;             /* client connections accepted at once */
+    int64_t max_bulk_len;        /* largest bulk string in a request, bytes */
+    int64_t max_args;            /* most arguments in one request */
+    int64_t max_inline_len;      /* longest inline command line, bytes */
+    int64_t max_query_buffer;    /* unparsed request bytes per client */
+    int64_t client_output_pause; /* stop reading a client above this many queued reply bytes */
+    int64_t max_client_output;   /* close a client above this many queued reply bytes */
+    int backend_max_inflight;    /* requests waiting on one backend connection */
+    int idle_timeout_s;          /* close idle clients after this, 0 = never */
+    int tcp_backlog;             /* listen(2) backlog */
+    config_log_level log_level;
+    int watch_config; /* reload when the file changes on disk (bool) */
+
+    /* [shards], in file order */
+    config_shard *shards;
+    size_t nshards;
+} config;
+
+/* Reads and validates path. Returns 0 and a new config in *out, or -1 with
+ * "path:line: reason" (or "path: reason") in err and *out untouched. */
+__attribute__((warn_unused_result)) int config_load(const char *path, config **out, char *err,
+                                                    size_t errlen);
+
+/* Same, from a string (tests); name is used in messages in place of a path. */
+__attribute__((warn_unused_result)) int config_load_string(const char *text, const char *name,
+                                                           config **out, char *err, size_t errlen);
+
+void config_free(config *cfg);
+
+/* Writes into buf the comma-separated names of keys that differ between old
+ * and new but cannot change at run time (e.g. "listen, hash"). Returns how
+ * many there are (0: the new config can be applied whole). */
+int config_fixed_changes(const config *old_cfg, const config *new_cfg, char *buf, size_t buflen);
+
+/* Writes the [proxy] section documentation: every key commented out with its
+ * default and a one-line explanation, as in the shipped proxy.ini. */
+void config_write_reference(FILE *out);
+
+/* Writes the [proxy] keys as a Markdown table (key, default, values,
+ * reloadable, meaning), as in config/README.md. */
+void config_write_markdown(FILE *out);
+
+/* Name of a log level ("debug", "info", ...). */
+const char *config_log_level_name(config_log_level level);
+
+#endif
