@@ -1,0 +1,153 @@
+/* The command table: every Redis 7.0 command as data (arity, key positions,
+ * how ringproxy routes it), and a case-insensitive lookup. */
+#ifndef PROXY_COMMAND_H
+#define PROXY_COMMAND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/resp.h"
+
+/* How the router treats a command. */
+typedef enum command_class {
+    COMMAND_FORWARD = 0, /* keys (0 or more) all hashed: forwarded to the owner; a
+                            keyless one goes to any shard */
+    COMMAND_SPLIT,       /* multi-key, split per shard and merged (see command_merge) */
+    COMMAND_SAME_SHARD,  /* multi-key that cannot be split: forwarded when all keys
+                            share a shard, else -CROSSSLOT */
+    COMMAND_LOCAL,       /* answered by the proxy itself (see command_id) */
+    COMMAND_FANOUT,      /* sent to every shard, replies merged (see command_merge) */
+    COMMAND_UNSUPPORTED, /* -ERR unsupported command 'x' in ringproxy */
+} command_class;
+
+/* How split or fan-out replies are merged into one. */
+typedef enum command_merge {
+    MERGE_NONE = 0,
+    MERGE_ARRAY_BY_KEY, /* MGET: one element per key, in the client's key order */
+    MERGE_ALL_OK,       /* MSET: +OK when every part is OK, else the first error */
+    MERGE_SUM,          /* DEL, UNLINK, EXISTS, TOUCH, DBSIZE: sum of integers */
+} command_merge;
+
+/* Where the keys of a command are. Most use first/last/step like Redis's
+ * legacy key positions; the rest name a special rule. first_key is the
+ * argument the rule starts from. */
+typedef enum command_keys_rule {
+    KEYS_NONE = 0,        /* no keys */
+    KEYS_RANGE,           /* first, last (negative: from the end), step */
+    KEYS_NUMKEYS,         /* argv[first] is numkeys, keys follow it (EVAL, FCALL, LMPOP,
+                             ZMPOP, SINTERCARD, ZDIFF, ZINTER, ZUNION, ZINTERCARD) */
+    KEYS_DEST_NUMKEYS,    /* argv[1] is a destination key, argv[2] numkeys, keys follow
+                             (ZUNIONSTORE, ZINTERSTORE, ZDIFFSTORE); first = 1 */
+    KEYS_TIMEOUT_NUMKEYS, /* argv[1] timeout, argv[2] numkeys, keys follow (BLMPOP,
+                             BZMPOP); first = 2, the numkeys */
+    KEYS_STREAMS,         /* keys after the STREAMS token, first half of the rest (XREAD,
+                             XREADGROUP); first = where the token is looked for */
+    KEYS_SORT,            /* argv[1], plus the STORE destination if any (SORT); the BY
+                             and GET patterns are not counted as keys */
+    KEYS_MIGRATE,         /* argv[3], or the list after KEYS when argv[3] is "" */
+    KEYS_GEORADIUS,       /* argv[1], plus STORE / STOREDIST destinations, looked for
+                             after the |arity| mandatory arguments */
+} command_keys_rule;
+
+/* How a numkeys argument is checked (KEYS_*NUMKEYS rules). Each gives the
+ * error texts of the Redis command itself, so a client sees the same reply
+ * through the proxy as from one server. */
+typedef enum command_numkeys {
+    NUMKEYS_NONE = 0,
+    NUMKEYS_EVAL,       /* EVAL*: 0 allowed; "value is not an integer or out of range",
+                           "Number of keys can't be greater than number of args",
+                           "Number of keys can't be negative" */
+    NUMKEYS_FCALL,      /* FCALL*: as EVAL, but "Bad number of keys provided" */
+    NUMKEYS_POP,        /* LMPOP, ZMPOP, BLMPOP, BZMPOP: "numkeys should be greater than
+                           0"; a LEFT|RIGHT or MIN|MAX must follow the keys, else
+                           "syntax error" */
+    NUMKEYS_SINTERCARD, /* "numkeys should be greater than 0", "Number of keys can't be
+                           greater than number of args" */
+    NUMKEYS_ZSET,       /* ZUNION, ZINTER, ZDIFF, ZINTERCARD and the *STORE ones: "value
+                           is not an integer or out of range", "at least 1 input key is
+                           needed for 'zunion' command", "syntax error" */
+} command_numkeys;
+
+/* Commands the proxy answers itself or treats specially. */
+typedef enum command_id {
+    CMD_OTHER = 0,
+    CMD_PING,
+    CMD_ECHO,
+    CMD_QUIT,
+    CMD_SELECT,
+    CMD_COMMAND,
+    CMD_HELLO,
+    CMD_CLIENT,
+    CMD_INFO,
+    CMD_TIME,
+    CMD_DBSIZE,
+    CMD_PROXY,
+    CMD_MGET,
+    CMD_MSET,
+    CMD_DEL,
+    CMD_UNLINK,
+    CMD_EXISTS,
+    CMD_TOUCH,
+    CMD_CLIENT_SETNAME, /* subcommands the proxy answers */
+    CMD_CLIENT_GETNAME,
+    CMD_CLIENT_ID,
+    CMD_PROXY_SHARDS,
+    CMD_PROXY_RING,
+    CMD_PROXY_RELOAD,
+    CMD_PROXY_REBALANCE,
+} command_id;
+
+/* One command or subcommand. A subcommand is named "container|sub" as Redis
+ * names it ("client|setname": its arity errors say that name), its arity
+ * counts the container name too, and it carries its own class and id. A
+ * container's own class tells whether any of its subcommands is usable. */
+typedef struct command {
+    const char *name; /* lower case */
+    int arity;        /* Redis convention: N exact, -N at least N (name included) */
+    command_class cls;
+    command_merge merge;
+    command_id id;
+    command_keys_rule keys;
+    int first_key;  /* KEYS_RANGE / KEYS_NUMKEYS: index of the first key or numkeys */
+    int last_key;   /* KEYS_RANGE: index of the last key, negative from the end */
+    int key_step;   /* KEYS_RANGE: distance between keys (MSET: 2) */
+    int split_step; /* COMMAND_SPLIT: arguments per key (MGET 1, MSET 2) */
+    const struct command *subcommands; /* container commands (CLIENT, OBJECT, ...) */
+    size_t nsubcommands;
+    command_numkeys numkeys; /* KEYS_*NUMKEYS: how numkeys is checked */
+} command;
+
+/* Builds the lookup index. Optional: command_lookup builds it on first use;
+ * call it at startup, before any thread exists, when threads may look up. */
+void command_init(void);
+
+/* Finds a top-level command by name, any case, without allocating. NULL when
+ * unknown. */
+const command *command_lookup(const char *name, size_t len);
+
+/* Resolves a container command to its subcommand by argv[1] (any case).
+ * Returns cmd itself when it has no subcommands, or when argv[1] is missing
+ * and the container's arity allows that (a bare COMMAND); NULL when argv[1]
+ * is missing otherwise or unknown (the caller answers "-ERR unknown
+ * subcommand"). */
+const command *command_subcommand(const command *cmd, size_t argc, const resp_arg *argv);
+
+/* Checks arity. Returns 0, or -1 when argc does not fit. */
+__attribute__((warn_unused_result)) int command_check_arity(const command *cmd, size_t argc);
+
+/* Finds the key arguments of a request (cmd resolved to its subcommand,
+ * arity already checked): writes the argv index of each key, in argument
+ * order, to positions (capacity argc) and their count to *nkeys. Returns 0,
+ * or -1 with the error text the Redis command itself would reply, without
+ * '-' and CRLF, in err (e.g. "ERR Number of keys can't be greater than
+ * number of args") when numkeys or a similar argument is bad, when an XREAD
+ * has no STREAMS or unbalanced streams, or when MSET's keys and values do
+ * not pair up. */
+__attribute__((warn_unused_result)) int command_keys(const command *cmd, size_t argc,
+                                                     const resp_arg *argv, size_t *positions,
+                                                     size_t *nkeys, char *err, size_t errlen);
+
+/* Every top-level command, for tests and the README table. */
+const command *command_table(size_t *count);
+
+#endif

@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Writes proxy/command_table.inc, the command table of proxy/command.c.
+
+Names, arities and key positions come from a real redis-server's COMMAND
+reply, so they match the Redis version the proxy speaks; how ringproxy
+routes each command (the policy) is the hand-written part below.
+
+    python3 proxy/command_gen.py > proxy/command_table.inc
+
+starts `redis-server` (or $REDIS_SERVER) on a private unix socket, without
+persistence, and stops it (by PID) when done. `--socket PATH` uses a running
+server instead. The script refuses to write a table when a command is left
+unclassified or its keys cannot be described, so a new Redis version is
+reviewed command by command.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+# --- routing policy -------------------------------------------------------
+
+# Answered by the proxy itself: name -> command_id.
+LOCAL = {
+    "ping": "CMD_PING",
+    "echo": "CMD_ECHO",
+    "quit": "CMD_QUIT",
+    "select": "CMD_SELECT",
+    "hello": "CMD_HELLO",
+    "info": "CMD_INFO",
+    "time": "CMD_TIME",
+    "dbsize": "CMD_DBSIZE",
+    "client|setname": "CMD_CLIENT_SETNAME",
+    "client|getname": "CMD_CLIENT_GETNAME",
+    "client|id": "CMD_CLIENT_ID",
+}
+
+# Replies of several shards merged by the proxy.
+MERGE = {"dbsize": "MERGE_SUM"}
+
+# Split per shard and merged: name -> (command_id, merge, arguments per key).
+SPLIT = {
+    "mget": ("CMD_MGET", "MERGE_ARRAY_BY_KEY", 1),
+    "mset": ("CMD_MSET", "MERGE_ALL_OK", 2),
+    "del": ("CMD_DEL", "MERGE_SUM", 1),
+    "unlink": ("CMD_UNLINK", "MERGE_SUM", 1),
+    "exists": ("CMD_EXISTS", "MERGE_SUM", 1),
+    "touch": ("CMD_TOUCH", "MERGE_SUM", 1),
+}
+
+# Not supported yet: -ERR unsupported command. Their key positions are kept
+# right all the same, for the issue that enables them.
+UNSUPPORTED = {
+    # transactions
+    "multi", "exec", "discard", "watch", "unwatch",
+    # pub/sub (PUBLISH and SPUBLISH could go by channel later)
+    "subscribe", "unsubscribe", "psubscribe", "punsubscribe",
+    "ssubscribe", "sunsubscribe", "publish", "spublish",
+    # blocking (XREAD/XREADGROUP because of BLOCK; WAIT waits for replicas)
+    "blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax",
+    "blmpop", "bzmpop", "xread", "xreadgroup", "wait",
+    # whole keyspace or connection state the proxy does not track yet
+    "scan", "keys", "randomkey", "auth", "monitor", "reset",
+    # server administration, replication and cluster
+    "shutdown", "swapdb", "move", "flushdb", "flushall", "save", "bgsave",
+    "bgrewriteaof", "replicaof", "slaveof", "sync", "psync", "replconf",
+    "failover", "readonly", "readwrite", "asking", "lastsave", "role",
+    "lolwut", "debug", "pfselftest", "pfdebug",
+    # moves keys between servers behind the ring's back
+    "migrate", "restore-asking",
+}
+
+# Container commands: name -> (class of the container row, its id, default
+# class of its subcommands). Subcommands listed in LOCAL, SUB_CLASS or
+# UNSUPPORTED_SUBS override the default.
+CONTAINERS = {
+    "client": ("COMMAND_LOCAL", "CMD_CLIENT", "COMMAND_UNSUPPORTED"),
+    "command": ("COMMAND_LOCAL", "CMD_COMMAND", "COMMAND_LOCAL"),
+    "object": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_FORWARD"),
+    "xinfo": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_FORWARD"),
+    "xgroup": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_FORWARD"),
+    "memory": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "acl": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "cluster": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "config": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "function": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "latency": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "module": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "pubsub": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "script": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "slowlog": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+}
+SUB_CLASS = {
+    "memory|usage": "COMMAND_FORWARD",
+    # HELP of a keyed container: nothing to route by
+    "object|help": "COMMAND_UNSUPPORTED",
+    "xinfo|help": "COMMAND_UNSUPPORTED",
+    "xgroup|help": "COMMAND_UNSUPPORTED",
+}
+
+# The proxy's own container command (not a Redis command).
+PROXY_SUBCOMMANDS = [
+    # name, arity, id, key position (0: none)
+    ("proxy|rebalance", -2, "CMD_PROXY_REBALANCE", 0),
+    ("proxy|reload", 2, "CMD_PROXY_RELOAD", 0),
+    ("proxy|ring", 3, "CMD_PROXY_RING", 2),
+    ("proxy|shards", 2, "CMD_PROXY_SHARDS", 0),
+]
+
+# Keys that first/last/step cannot describe: name -> (rule, first_key,
+# numkeys check). first_key is the index the rule starts from (see
+# command_keys_rule in command.h).
+SPECIAL_KEYS = {
+    "eval": ("KEYS_NUMKEYS", 2, "NUMKEYS_EVAL"),
+    "evalsha": ("KEYS_NUMKEYS", 2, "NUMKEYS_EVAL"),
+    "eval_ro": ("KEYS_NUMKEYS", 2, "NUMKEYS_EVAL"),
+    "evalsha_ro": ("KEYS_NUMKEYS", 2, "NUMKEYS_EVAL"),
+    "fcall": ("KEYS_NUMKEYS", 2, "NUMKEYS_FCALL"),
+    "fcall_ro": ("KEYS_NUMKEYS", 2, "NUMKEYS_FCALL"),
+    "lmpop": ("KEYS_NUMKEYS", 1, "NUMKEYS_POP"),
+    "zmpop": ("KEYS_NUMKEYS", 1, "NUMKEYS_POP"),
+    "sintercard": ("KEYS_NUMKEYS", 1, "NUMKEYS_SINTERCARD"),
+    "zdiff": ("KEYS_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "zinter": ("KEYS_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "zunion": ("KEYS_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "zintercard": ("KEYS_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "zdiffstore": ("KEYS_DEST_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "zinterstore": ("KEYS_DEST_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "zunionstore": ("KEYS_DEST_NUMKEYS", 1, "NUMKEYS_ZSET"),
+    "blmpop": ("KEYS_TIMEOUT_NUMKEYS", 2, "NUMKEYS_POP"),
+    "bzmpop": ("KEYS_TIMEOUT_NUMKEYS", 2, "NUMKEYS_POP"),
+    "xread": ("KEYS_STREAMS", 1, None),
+    "xreadgroup": ("KEYS_STREAMS", 4, None),
+    "sort": ("KEYS_SORT", 1, None),
+    "migrate": ("KEYS_MIGRATE", 3, None),
+    "georadius": ("KEYS_GEORADIUS", 1, None),
+    "georadiusbymember": ("KEYS_GEORADIUS", 1, None),
+}
+# Movable-keys commands whose only key is argv[1]: SORT_RO has no STORE, and
+# the BY / GET patterns it reads are not keys to route by.
+SINGLE_KEY_MOVABLE = {"sort_ro"}
+
+# Arguments Redis lists in key positions that are shard channels, not keys
+# (COMMAND GETKEYS agrees: "The command has no key arguments").
+NOT_KEYS = {"spublish", "ssubscribe", "sunsubscribe"}
+
+
+# --- reading COMMAND ------------------------------------------------------
+
+def resp_command(sock_file, *args):
+    out = b"*%d\r\n" % len(args)
+    for arg in args:
+        arg = arg.encode()
+        out += b"$%d\r\n%s\r\n" % (len(arg), arg)
+    sock_file.write(out)
+    sock_file.flush()
+    return resp_read(sock_file)
+
+
+def resp_read(f):
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise RuntimeError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode()
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [resp_read(f) for _ in range(n)]
+    raise RuntimeError("unexpected reply type %r" % kind)
+
+
+def fetch_commands(sock_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sock_path)
+    f = sock.makefile("rwb")
+    version = resp_command(f, "INFO", "server")
+    version = [l for l in version.split("\r\n") if l.startswith("redis_version:")]
+    commands = resp_command(f, "COMMAND")
+    sock.close()
+    return version[0].split(":")[1], commands
+
+
+def start_server(tmpdir):
+    server = os.environ.get("REDIS_SERVER", "redis-server")
+    if not shutil.which(server):
+        sys.exit("command_gen: %s not found (set REDIS_SERVER)" % server)
+    sock_path = os.path.join(tmpdir, "redis.sock")
+    proc = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", sock_path, "--save", "",
+         "--appendonly", "no", "--dir", tmpdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if os.path.exists(sock_path):
+            return proc, sock_path
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    sys.exit("command_gen: redis-server did not start")
+
+
+# --- building rows ----------------------------------------------------------
+
+class Row:
+    def __init__(self, name, arity):
+        self.name = name
+        self.arity = arity
+        self.cls = None
+        self.cmd_id = "CMD_OTHER"
+        self.merge = "MERGE_NONE"
+        self.rule = "KEYS_NONE"
+        self.first = self.last = self.step = 0
+        self.split_step = 0
+        self.numkeys = None
+        self.subs = None  # name of the subcommand array
+
+
+def fields(entry):
+    """COMMAND reply entry -> dict of the fields used here."""
+    return {
+        "name": entry[0],
+        "arity": entry[1],
+        "flags": set(entry[2]),
+        "first": entry[3],
+        "last": entry[4],
+        "step": entry[5],
+        "subcommands": entry[9] if len(entry) > 9 else [],
+    }
+
+
+def key_rule(cmd, row):
+    name = row.name
+    if name in SPECIAL_KEYS:
+        row.rule, row.first, row.numkeys = SPECIAL_KEYS[name]
+        if row.rule == "KEYS_GEORADIUS" or row.rule == "KEYS_SORT":
+            row.last, row.step = 1, 1
+        return True  # may have several keys
+    if "movablekeys" in cmd["flags"] and name not in SINGLE_KEY_MOVABLE:
+        sys.exit("command_gen: %s has movable keys: add it to SPECIAL_KEYS" % name)
+    if cmd["first"] == 0 or name in NOT_KEYS:
+        return False
+    row.rule = "KEYS_RANGE"
+    row.first, row.last, row.step = cmd["first"], cmd["last"], cmd["step"]
+    return row.last != row.first
+
+
+def classify(cmd, container=None):
+    row = Row(cmd["name"], cmd["arity"])
+    name = row.name
+    several_keys = key_rule(cmd, row)
+    if name in CONTAINERS:
+        row.cls, row.cmd_id, _ = CONTAINERS[name]
+    elif name in LOCAL:
+        row.cls, row.cmd_id = "COMMAND_LOCAL", LOCAL[name]
+    elif name in SPLIT:
+        row.cls = "COMMAND_SPLIT"
+        row.cmd_id, row.merge, row.split_step = SPLIT[name]
+    elif name in UNSUPPORTED:
+        row.cls = "COMMAND_UNSUPPORTED"
+    elif name in SUB_CLASS:
+        row.cls = SUB_CLASS[name]
+    elif container is not None:
+        row.cls = CONTAINERS[container][2]
+        if row.cls == "COMMAND_LOCAL":
+            row.cmd_id = CONTAINERS[container][1]
+    elif several_keys:
+        row.cls = "COMMAND_SAME_SHARD"
+    elif row.rule != "KEYS_NONE":
+        row.cls = "COMMAND_FORWARD"
+    else:
+        sys.exit("command_gen: keyless command %s is unclassified" % name)
+    if row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_NONE" and name not in CONTAINERS:
+        sys.exit("command_gen: %s has no key to forward by: classify it" % name)
+    row.merge = MERGE.get(name, row.merge)
+    return row
+
+
+def row_cells(row):
+    """(macro, cells) of one table row; see the macros in command.c."""
+    name = '"%s"' % row.name
+    arity = str(row.arity)
+    if row.subs:
+        return "CONTAINER_ROW", [name, arity, row.cls, row.cmd_id, row.subs]
+    if row.cls == "COMMAND_SPLIT":
+        return "SPLIT_ROW", [name, arity, row.cmd_id, row.merge, row.rule, str(row.first),
+                             str(row.last), str(row.step), str(row.split_step)]
+    if row.cls == "COMMAND_LOCAL":
+        return "LOCAL_ROW", [name, arity, row.cmd_id, row.merge, row.rule, str(row.first),
+                             str(row.last), str(row.step)]
+    if row.numkeys:
+        return "NUMKEYS_ROW", [name, arity, row.cls, row.rule, str(row.first), row.numkeys]
+    return "ROW", [name, arity, row.cls, row.rule, str(row.first), str(row.last), str(row.step)]
+
+
+def format_rows(rows):
+    """C lines for rows, columns aligned among rows of the same macro."""
+    cells = [row_cells(row) for row in rows]
+    # the first column (macro and name) lines up across all rows, the
+    # others among rows of the same macro
+    head = max(len(macro) + len(values[0]) for macro, values in cells) + 3
+    widths = {}
+    for macro, values in cells:
+        w = widths.setdefault(macro, [0] * len(values))
+        for i, value in enumerate(values):
+            w[i] = max(w[i], len(value))
+    lines = []
+    for macro, values in cells:
+        w = widths[macro]
+        parts = [(macro + "(" + values[0] + ",").ljust(head)]
+        for i, value in enumerate(values):
+            if i == 0:
+                continue
+            last = i == len(values) - 1
+            text = value if last else value + ","
+            numeric = value.lstrip("-").isdigit()
+            if last:
+                parts.append(text.rjust(w[i]) if numeric else text)
+            elif numeric:
+                parts.append(text.rjust(w[i] + 1))
+            else:
+                parts.append(text.ljust(w[i] + 1))
+        lines.append("    %s%s)," % (parts[0], " ".join(parts[1:])))
+    return lines
+
+
+def emit(version, commands, out):
+    rows = []
+    sub_arrays = []
+    for entry in sorted(commands, key=lambda e: e[0]):
+        cmd = fields(entry)
+        row = classify(cmd)
+        if cmd["subcommands"]:
+            subs = [classify(fields(s), cmd["name"]) for s in cmd["subcommands"]]
+            row.subs = "%s_subcommands" % cmd["name"].replace("-", "_")
+            sub_arrays.append((row.subs, sorted(subs, key=lambda r: r.name)))
+        rows.append(row)
+    proxy = Row("proxy", -2)
+    proxy.cls, proxy.cmd_id, proxy.subs = "COMMAND_LOCAL", "CMD_PROXY", "proxy_subcommands"
+    proxy_subs = []
+    for name, arity, cmd_id, key in PROXY_SUBCOMMANDS:
+        sub = Row(name, arity)
+        sub.cls, sub.cmd_id = "COMMAND_LOCAL", cmd_id
+        if key:
+            sub.rule, sub.first, sub.last, sub.step = "KEYS_RANGE", key, key, 1
+        proxy_subs.append(sub)
+    sub_arrays.append((proxy.subs, proxy_subs))
+    rows.append(proxy)
+    rows.sort(key=lambda r: r.name)
+
+    w = out.write
+    w("/* The command table of proxy/command.c: every command of redis-server %s\n"
+      " * plus ringproxy's own PROXY, sorted by name. Written by proxy/command_gen.py\n"
+      " * from the server's COMMAND reply and the routing policy in that script:\n"
+      " * change the script and run it again rather than editing this file.\n"
+      " * Row shapes are the macros defined in command.c. */\n\n" % version)
+    w("/* clang-format off */\n")
+    for array, subs in sorted(sub_arrays):
+        w("static const command %s[] = {\n" % array)
+        for line in format_rows(subs):
+            w(line + "\n")
+        w("};\n\n")
+    w("static const command command_rows[] = {\n")
+    for line in format_rows(rows):
+        w(line + "\n")
+    w("};\n")
+    w("/* clang-format on */\n")
+    ncommands = len(rows)
+    nsubs = sum(len(s) for _, s in sub_arrays)
+    return ncommands, nsubs
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", help="unix socket of a running redis-server")
+    args = parser.parse_args()
+    if args.socket:
+        version, commands = fetch_commands(args.socket)
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="command_gen.")
+        proc, sock_path = start_server(tmpdir)
+        try:
+            version, commands = fetch_commands(sock_path)
+        finally:
+            proc.terminate()
+            proc.wait()
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    ncommands, nsubs = emit(version, commands, sys.stdout)
+    sys.stderr.write("command_gen: %d commands, %d subcommands\n" % (ncommands, nsubs))
+
+
+if __name__ == "__main__":
+    main()
