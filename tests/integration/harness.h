@@ -1,0 +1,74 @@
+/* Integration-test harness: starts real redis-server, nutcracker and
+ * ringproxy processes on free loopback ports, each in a private temp dir,
+ * tracked by PID and stopped by PID (never by name). */
+#ifndef TESTS_HARNESS_H
+#define TESTS_HARNESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <hiredis/hiredis.h>
+
+/* Every child runs in its own session, dies with the test process, and is
+ * stopped at exit (atexit, SIGINT, SIGTERM) if the test did not stop it. The
+ * first start also makes the test process ignore SIGPIPE: a peer that closes
+ * is something a test checks, not a reason to die.
+ *
+ * One child process. */
+typedef struct harness_proc {
+    pid_t pid;     /* 0 when not running */
+    int port;      /* the port it listens on */
+    char dir[256]; /* private temp dir (config, logs) */
+    char log[300]; /* path of its stderr/stdout log */
+} harness_proc;
+
+/* A free loopback TCP port from a range unlikely to collide with other
+ * software (checked by binding it). Never returns the same port twice in one
+ * process. Aborts the test run if none is found. */
+int harness_free_port(void);
+
+/* Starts redis-server on a free port (no persistence), waits until it answers
+ * PING (bounded: 5 s). Returns 0 or -1. */
+int harness_redis_start(harness_proc *p);
+
+/* Starts redis-server again on p->port (a fresh, empty temp dir) after
+ * harness_proc_stop, e.g. to bring back a killed shard at the same address.
+ * Waits until it answers PING. Returns 0 or -1. */
+int harness_redis_restart(harness_proc *p);
+
+/* Starts nutcracker with the given YAML pool body; "%PORT%" in yaml is
+ * replaced by the listen port chosen. Waits for the port. */
+int harness_nutcracker_start(harness_proc *p, const char *yaml);
+
+/* Writes ini_text to <dir>/proxy.ini ("%PORT%" replaced by a free port) and
+ * starts the ringproxy binary named by $RINGPROXY_BIN (default ./ringproxy)
+ * with -c on it; waits until it answers PING. Returns 0 or -1. */
+int harness_ringproxy_start(harness_proc *p, const char *ini_text);
+
+/* Stops a running ringproxy with sig (as harness_proc_stop, but its dir
+ * stays: the config and anything the proxy wrote next to it), then starts it
+ * again on the same port with the same config file, its output appended to
+ * the same log. Waits until it answers PING. Returns 0 or -1. */
+int harness_ringproxy_restart(harness_proc *p, int sig);
+
+/* Sends sig to the process and waits for it (bounded: 5 s, then SIGKILL),
+ * kills anything left in its process group, and removes its temp dir (kept if
+ * $HARNESS_KEEP_DIRS is set). Returns the exit status as from waitpid, or -1. */
+int harness_proc_stop(harness_proc *p, int sig);
+
+/* Copies the last max_bytes of the process's log to stderr (to explain a
+ * failure before the log is removed with its dir). */
+void harness_dump_log(const harness_proc *p, size_t max_bytes);
+
+/* Connects with hiredis, 2 s timeout on connect and commands. NULL on failure. */
+redisContext *harness_connect(int port);
+
+/* Waits (bounded by timeout_ms) until a TCP port answers PING. 0 or -1. */
+int harness_wait_ping(int port, int timeout_ms);
+
+/* Builds an ini for ringproxy listening on %PORT% over the given redis
+ * shards, named s1..sN, with extra [proxy] lines (may be NULL). Returns a
+ * malloc'd string. */
+char *harness_ini(const harness_proc *shards, size_t nshards, const char *extra_proxy_lines);
+
+#endif
