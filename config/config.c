@@ -183,6 +183,12 @@ static const config_key config_keys[] = {
     ENUM_KEY("log_level", log_level, config_log_level, log_level_name, CONFIG_LOG_ERROR + 1, "info",
              RELOAD, "least severe message logged"),
     BOOL_KEY("watch_config", watch_config, "yes", RELOAD, "reload when this file changes on disk"),
+    INT_KEY("migrate_batch", migrate_batch, "1000", "keys", 1, 100000, RELOAD,
+            "keys per SCAN and MIGRATE batch while rebalancing"),
+    INT_KEY("migrate_rate", migrate_rate, "0", "keys/s", 0, 100000000, RELOAD,
+            "keys scanned per second while rebalancing; 0 = no limit"),
+    INT_KEY("migrate_timeout", migrate_timeout_ms, "5000", "ms", 1, 3600000, RELOAD,
+            "MIGRATE timeout for one batch; raise it for big keys"),
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))

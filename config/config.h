@@ -62,6 +62,9 @@ typedef struct config {
     int tcp_backlog;             /* listen(2) backlog */
     config_log_level log_level;
     int watch_config; /* reload when the file changes on disk (bool) */
+    int migrate_batch;         /* keys per SCAN/MIGRATE batch while rebalancing */
+    int migrate_rate;          /* keys scanned per second while rebalancing, 0 = no limit */
+    int migrate_timeout_ms;    /* MIGRATE's own timeout */
 
     /* [shards], in file order */
     config_shard *shards;

@@ -436,6 +436,9 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->tcp_backlog, 511);
     assert_int_equal(cfg->log_level, CONFIG_LOG_INFO);
     assert_int_equal(cfg->watch_config, 1);
+    assert_int_equal(cfg->migrate_batch, 1000);
+    assert_int_equal(cfg->migrate_rate, 0);
+    assert_int_equal(cfg->migrate_timeout_ms, 5000);
 }
 
 static void test_defaults(void **state)
@@ -708,7 +711,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 21);
+    assert_int_equal(keys, 24);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);

@@ -1,0 +1,396 @@
+/* Locally answered commands and INFO. Everything here is answered in order
+ * with forwarded replies, through the same reply slots. */
+#include "proxy/admin.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proxy/backend.h"
+#include "proxy/buf.h"
+#include "proxy/log.h"
+#include "proxy/rebalance.h"
+#include "proxy/reload.h"
+#include "proxy/router.h"
+#include "proxy/server.h"
+
+static void reply(request *req, const char *bytes, size_t len)
+{
+    req->on_done(req, bytes, len);
+}
+
+static void reply_str(request *req, const char *s)
+{
+    reply(req, s, strlen(s));
+}
+
+static void reply_buf(request *req, buf *b, int fail)
+{
+    if (fail)
+        reply_str(req, "-ERR out of memory\r\n");
+    else
+        reply(req, buf_head(b), buf_len(b));
+    buf_free(b);
+}
+
+static void reply_bulk(request *req, const char *s, size_t len)
+{
+    buf b = {0};
+    reply_buf(req, &b, buf_append_bulk(&b, s, len));
+}
+
+static void reply_error_line(request *req, const char *msg)
+{
+    buf b = {0};
+    int fail = buf_printf(&b, "-%s\r\n", msg);
+    reply_buf(req, &b, fail);
+}
+
+static int arg_is(const resp_arg *a, const char *s)
+{
+    return a->len == strlen(s) && strncasecmp(a->ptr, s, a->len) == 0;
+}
+
+/* Parses a whole decimal int64 argument. 0 or -1. */
+static int arg_int(const resp_arg *a, long long *out)
+{
+    char tmp[32];
+    if (a->len == 0 || a->len >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, a->ptr, a->len);
+    tmp[a->len] = '\0';
+    char *end;
+    errno = 0;
+    long long v = strtoll(tmp, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- INFO ---- */
+
+static int section_wanted(const char *name, size_t argc, const resp_arg *argv)
+{
+    if (argc < 2)
+        return 1;
+    for (size_t i = 1; i < argc; i++)
+        if (arg_is(&argv[i], name) || arg_is(&argv[i], "all") || arg_is(&argv[i], "default") ||
+            arg_is(&argv[i], "everything"))
+            return 1;
+    return 0;
+}
+
+static int info_server(buf *b)
+{
+    time_t now = time(NULL);
+    char when[32] = "never";
+    if (srv.last_reload_time)
+        snprintf(when, sizeof(when), "%lld", (long long)srv.last_reload_time);
+    return buf_printf(
+        b,
+        "# Server\r\n"
+        "ringproxy_version:%s\r\n"
+        "redis_version:%s\r\n"
+        "redis_mode:standalone\r\n"
+        "process_id:%d\r\n"
+        "tcp_port:%d\r\n"
+        "uptime_in_seconds:%lld\r\n"
+        "config_file:%s\r\n"
+        "config_epoch:%llu\r\n"
+        "last_reload_time:%s\r\n"
+        "last_reload_error:%s\r\n"
+        "hash:%s\r\n"
+        "compat:%s\r\n"
+        "\r\n",
+        RINGPROXY_VERSION, RINGPROXY_REDIS_COMPAT, (int)getpid(), srv.listen_port,
+        (long long)(now - srv.start_time), srv.cfg->path, (unsigned long long)srv.config_epoch,
+        when, srv.last_reload_error[0] ? srv.last_reload_error : "none", hash_name(srv.cfg->hash),
+        srv.cfg->compat == RING_TWEMPROXY ? "twemproxy" : "none");
+}
+
+static int info_clients(buf *b)
+{
+    return buf_printf(b,
+                      "# Clients\r\n"
+                      "connected_clients:%d\r\n"
+                      "max_clients:%d\r\n"
+                      "\r\n",
+                      srv.nclients, srv.cfg->max_clients);
+}
+
+static int info_stats(buf *b)
+{
+    const server_stats *st = &srv.stats;
+    return buf_printf(
+        b,
+        "# Stats\r\n"
+        "total_connections_received:%llu\r\n"
+        "rejected_connections:%llu\r\n"
+        "total_commands_processed:%llu\r\n"
+        "instantaneous_ops_per_sec:%llu\r\n"
+        "total_net_input_bytes:%llu\r\n"
+        "total_net_output_bytes:%llu\r\n"
+        "errors_protocol:%llu\r\n"
+        "errors_unknown_command:%llu\r\n"
+        "errors_unsupported_command:%llu\r\n"
+        "errors_wrong_arity:%llu\r\n"
+        "errors_crossslot:%llu\r\n"
+        "errors_shard_unavailable:%llu\r\n"
+        "errors_shard_timeout:%llu\r\n"
+        "clients_dropped:%llu\r\n"
+        "\r\n",
+        (unsigned long long)st->connections_received, (unsigned long long)st->connections_rejected,
+        (unsigned long long)st->commands, (unsigned long long)st->ops_per_sec,
+        (unsigned long long)st->net_input_bytes, (unsigned long long)st->net_output_bytes,
+        (unsigned long long)st->errors_protocol, (unsigned long long)st->errors_unknown,
+        (unsigned long long)st->errors_unsupported, (unsigned long long)st->errors_arity,
+        (unsigned long long)st->errors_crossslot, (unsigned long long)st->errors_shard,
+        (unsigned long long)st->errors_timeout, (unsigned long long)st->clients_dropped);
+}
+
+static int info_shards(buf *b)
+{
+    int fail = buf_printf(b, "# Shards\r\nshards:%zu\r\n", srv.nshards) < 0;
+    for (size_t i = 0; i < srv.nshards && !fail; i++) {
+        const shard *s = srv.shards[i];
+        unsigned long long avg = s->replies ? s->latency_us_sum / s->replies : 0;
+        fail = buf_printf(b,
+                          "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,inflight=%zu,"
+                          "requests=%llu,errors=%llu,timeouts=%llu,avg_latency_us=%llu\r\n",
+                          s->name, s->host, (unsigned)s->port, (unsigned)s->weight,
+                          backend_shard_state(s), s->nconns, backend_shard_inflight(s),
+                          (unsigned long long)s->requests, (unsigned long long)s->errors,
+                          (unsigned long long)s->timeouts, avg) < 0;
+    }
+    return fail || buf_printf(b, "\r\n") < 0 ? -1 : 0;
+}
+
+static void cmd_info(request *req, size_t argc, const resp_arg *argv)
+{
+    buf text = {0};
+    int fail = 0;
+    if (section_wanted("server", argc, argv))
+        fail |= info_server(&text) < 0;
+    if (section_wanted("clients", argc, argv))
+        fail |= info_clients(&text) < 0;
+    if (section_wanted("stats", argc, argv))
+        fail |= info_stats(&text) < 0;
+    if (section_wanted("shards", argc, argv))
+        fail |= info_shards(&text) < 0;
+    if (section_wanted("rebalance", argc, argv))
+        fail |= rebalance_info(&text) < 0;
+    /* Redis ends INFO without the blank line of the last section. */
+    if (buf_len(&text) >= 2)
+        text.end -= 2;
+    if (fail) {
+        buf_free(&text);
+        reply_str(req, "-ERR out of memory\r\n");
+        return;
+    }
+    reply_bulk(req, buf_head(&text), buf_len(&text));
+    buf_free(&text);
+}
+
+/* ---- PROXY ---- */
+
+static void cmd_proxy_shards(request *req)
+{
+    buf b = {0};
+    int fail = buf_append_header(&b, '*', (int64_t)srv.nshards) < 0;
+    for (size_t i = 0; i < srv.nshards && !fail; i++) {
+        const shard *s = srv.shards[i];
+        char addr[300];
+        snprintf(addr, sizeof(addr), strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host,
+                 (unsigned)s->port);
+        const char *state = backend_shard_state(s);
+        fail |= buf_append_header(&b, '*', 8) < 0;
+        fail |=
+            buf_append_bulk(&b, "name", 4) < 0 || buf_append_bulk(&b, s->name, strlen(s->name)) < 0;
+        fail |= buf_append_bulk(&b, "addr", 4) < 0 || buf_append_bulk(&b, addr, strlen(addr)) < 0;
+        fail |= buf_append_bulk(&b, "weight", 6) < 0 || buf_append_header(&b, ':', s->weight) < 0;
+        fail |=
+            buf_append_bulk(&b, "state", 5) < 0 || buf_append_bulk(&b, state, strlen(state)) < 0;
+    }
+    reply_buf(req, &b, fail);
+}
+
+static void cmd_proxy_ring(request *req, const resp_arg *key)
+{
+    uint32_t i = router_shard_of(key->ptr, key->len);
+    const shard *s = srv.shards[i];
+    char addr[300];
+    snprintf(addr, sizeof(addr), strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host,
+             (unsigned)s->port);
+    buf b = {0};
+    int fail = buf_append_header(&b, '*', 2) < 0;
+    fail |= buf_append_bulk(&b, s->name, strlen(s->name)) < 0;
+    fail |= buf_append_bulk(&b, addr, strlen(addr)) < 0;
+    reply_buf(req, &b, fail);
+}
+
+static void cmd_proxy_reload(request *req)
+{
+    char err[600], msg[640];
+    if (reload_config("PROXY RELOAD", err, sizeof(err)) == 0) {
+        reply_str(req, "+OK\r\n");
+        return;
+    }
+    snprintf(msg, sizeof(msg), "ERR reload failed, running config kept: %s", err);
+    for (char *p = msg; *p; p++)
+        if (*p == '\r' || *p == '\n')
+            *p = ' ';
+    reply_error_line(req, msg);
+}
+
+static void cmd_proxy_rebalance(request *req)
+{
+    buf text = {0};
+    if (rebalance_info(&text) < 0) {
+        buf_free(&text);
+        reply_str(req, "-ERR out of memory\r\n");
+        return;
+    }
+    reply_bulk(req, buf_head(&text), buf_len(&text) - 2);
+    buf_free(&text);
+}
+
+/* ---- connection commands ---- */
+
+static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
+{
+    size_t i = 1;
+    if (argc > 1) {
+        long long ver;
+        if (arg_int(&argv[1], &ver) < 0) {
+            reply_str(req, "-ERR Protocol version is not an integer or out of range\r\n");
+            return;
+        }
+        if (ver != 2) {
+            reply_str(req, "-NOPROTO sorry, this protocol version is not supported\r\n");
+            return;
+        }
+        i = 2;
+    }
+    for (; i < argc; i++) {
+        if (arg_is(&argv[i], "setname") && i + 1 < argc) {
+            i++;
+            continue;
+        }
+        if (arg_is(&argv[i], "auth")) {
+            reply_str(req, "-ERR AUTH is not supported by ringproxy yet\r\n");
+            return;
+        }
+        reply_str(req, "-ERR Syntax error in HELLO option\r\n");
+        return;
+    }
+    for (i = 2; i + 1 < argc; i++)
+        if (arg_is(&argv[i], "setname") && req->session) {
+            free(req->session->name);
+            req->session->name = strndup(argv[i + 1].ptr, argv[i + 1].len);
+            i++;
+        }
+    buf b = {0};
+    int fail = buf_append_header(&b, '*', 14) < 0;
+    fail |= buf_append_bulk(&b, "server", 6) < 0 || buf_append_bulk(&b, "ringproxy", 9) < 0;
+    fail |= buf_append_bulk(&b, "version", 7) < 0 ||
+            buf_append_bulk(&b, RINGPROXY_REDIS_COMPAT, strlen(RINGPROXY_REDIS_COMPAT)) < 0;
+    fail |= buf_append_bulk(&b, "proto", 5) < 0 || buf_append_header(&b, ':', 2) < 0;
+    fail |= buf_append_bulk(&b, "id", 2) < 0 ||
+            buf_append_header(&b, ':', req->session ? (int64_t)req->session->id : 0) < 0;
+    fail |= buf_append_bulk(&b, "mode", 4) < 0 || buf_append_bulk(&b, "standalone", 10) < 0;
+    fail |= buf_append_bulk(&b, "role", 4) < 0 || buf_append_bulk(&b, "master", 6) < 0;
+    fail |= buf_append_bulk(&b, "modules", 7) < 0 || buf_append_header(&b, '*', 0) < 0;
+    reply_buf(req, &b, fail);
+}
+
+static void cmd_client(request *req, command_id id, size_t argc, const resp_arg *argv)
+{
+    session *sess = req->session;
+    if (id == CMD_CLIENT_ID) {
+        buf b = {0};
+        reply_buf(req, &b, buf_append_header(&b, ':', sess ? (int64_t)sess->id : 0));
+    } else if (id == CMD_CLIENT_GETNAME) {
+        if (sess && sess->name)
+            reply_bulk(req, sess->name, strlen(sess->name));
+        else
+            reply_str(req, "$-1\r\n");
+    } else {
+        (void)argc;
+        for (size_t i = 0; i < argv[2].len; i++) {
+            unsigned char ch = (unsigned char)argv[2].ptr[i];
+            if (ch <= ' ' || ch > '~') {
+                reply_str(req, "-ERR Client names cannot contain spaces, newlines or special "
+                               "characters.\r\n");
+                return;
+            }
+        }
+        if (sess) {
+            free(sess->name);
+            sess->name = argv[2].len ? strndup(argv[2].ptr, argv[2].len) : NULL;
+        }
+        reply_str(req, "+OK\r\n");
+    }
+}
+
+void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg *argv)
+{
+    switch (cmd->id) {
+    case CMD_PING:
+        if (argc > 1)
+            reply_bulk(req, argv[1].ptr, argv[1].len);
+        else
+            reply_str(req, "+PONG\r\n");
+        return;
+    case CMD_ECHO:
+        reply_bulk(req, argv[1].ptr, argv[1].len);
+        return;
+    case CMD_QUIT:
+        if (req->session)
+            req->session->close_after_reply = 1;
+        reply_str(req, "+OK\r\n");
+        return;
+    case CMD_SELECT: {
+        long long db;
+        if (arg_int(&argv[1], &db) < 0)
+            reply_str(req, "-ERR value is not an integer or out of range\r\n");
+        else if (db != 0)
+            reply_str(req, "-ERR DB index is out of range (ringproxy serves database 0 only)\r\n");
+        else
+            reply_str(req, "+OK\r\n");
+        return;
+    }
+    case CMD_HELLO:
+        cmd_hello(req, argc, argv);
+        return;
+    case CMD_CLIENT_ID:
+    case CMD_CLIENT_GETNAME:
+    case CMD_CLIENT_SETNAME:
+        cmd_client(req, cmd->id, argc, argv);
+        return;
+    case CMD_INFO:
+        cmd_info(req, argc, argv);
+        return;
+    case CMD_PROXY_SHARDS:
+        cmd_proxy_shards(req);
+        return;
+    case CMD_PROXY_RING:
+        cmd_proxy_ring(req, &argv[2]);
+        return;
+    case CMD_PROXY_RELOAD:
+        cmd_proxy_reload(req);
+        return;
+    case CMD_PROXY_REBALANCE:
+        cmd_proxy_rebalance(req);
+        return;
+    default:
+        break;
+    }
+    log_error("BUG: local command '%s' has no handler", cmd->name);
+    reply_str(req, "-ERR internal error: command has no handler\r\n");
+}

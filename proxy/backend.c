@@ -1,0 +1,500 @@
+/* Backend connections to the shards: connect with timeout and backoff,
+ * batched writes, FIFO reply matching, request timeouts. */
+#include "proxy/backend.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "proxy/log.h"
+#include "proxy/server.h"
+
+/* Largest single read while a big reply is arriving: big enough to move a
+ * 100 MB value in few calls, small enough not to over-allocate. */
+#define BACKEND_MAX_READ (4 * 1024 * 1024)
+
+static backend_conn *dirty_head;
+
+static void conn_connect(backend_conn *c);
+static void conn_fail(backend_conn *c, const char *why, int is_timeout);
+
+static const char *state_name(backend_state st)
+{
+    switch (st) {
+    case BACKEND_DOWN:
+        return "down";
+    case BACKEND_CONNECTING:
+        return "connecting";
+    case BACKEND_UP:
+        return "up";
+    case BACKEND_CLOSED:
+        return "closed";
+    }
+    return "?";
+}
+
+/* The one place a connection changes state. */
+static void conn_set_state(backend_conn *c, backend_state st)
+{
+    if (c->state == st)
+        return;
+    log_debug("shard %s conn %d: %s -> %s", c->shard->label, c->index, state_name(c->state),
+              state_name(st));
+    switch (st) {
+    case BACKEND_DOWN:
+    case BACKEND_CONNECTING:
+    case BACKEND_UP:
+    case BACKEND_CLOSED:
+        c->state = st;
+        return;
+    }
+    log_error("BUG: shard %s conn %d: unknown state %d", c->shard->label, c->index, (int)st);
+    abort();
+}
+
+/* Answers one fragment with an error made up by the proxy. */
+static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_timeout)
+{
+    char reply[512];
+    int n;
+    if (is_timeout)
+        n = snprintf(reply, sizeof(reply), "-ERR shard %s timeout\r\n", s->label);
+    else
+        n = snprintf(reply, sizeof(reply), "-ERR shard %s %s\r\n", s->label, fmt_reason);
+    if (n < 0 || (size_t)n >= sizeof(reply)) {
+        n = (int)sizeof(reply) - 1;
+        reply[n - 2] = '\r';
+        reply[n - 1] = '\n';
+    }
+    s->errors++;
+    if (is_timeout) {
+        s->timeouts++;
+        srv.stats.errors_timeout++;
+    } else {
+        srv.stats.errors_shard++;
+    }
+    f->done(f, reply, (size_t)n);
+}
+
+static void conn_mark_dirty(backend_conn *c)
+{
+    if (c->dirty)
+        return;
+    c->dirty = 1;
+    c->next_dirty = dirty_head;
+    dirty_head = c;
+}
+
+static void conn_close_fd(backend_conn *c)
+{
+    if (c->fd < 0)
+        return;
+    event_del(&c->ev_read);
+    event_del(&c->ev_write);
+    close(c->fd);
+    c->fd = -1;
+}
+
+/* Fails every in-flight request of c (its replies can no longer be matched)
+ * and drops its buffers. */
+static void conn_fail_inflight(backend_conn *c, const char *why, int is_timeout)
+{
+    fragment *f = c->head;
+    c->head = c->tail = NULL;
+    c->inflight = 0;
+    while (f) {
+        fragment *next = f->next;
+        f->next = NULL;
+        fragment_fail(c->shard, f, why, is_timeout);
+        f = next;
+    }
+    buf_free(&c->out);
+    buf_free(&c->in);
+    resp_reply_init(&c->scan);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    backend_conn *c = arg;
+    switch (c->state) {
+    case BACKEND_DOWN:
+        conn_connect(c);
+        return;
+    case BACKEND_CONNECTING:
+        conn_fail(c, "connect timeout", 0);
+        return;
+    case BACKEND_UP:
+    case BACKEND_CLOSED:
+        return;
+    }
+}
+
+/* Closes the connection, fails what is in flight and schedules a reconnect
+ * after the current backoff, doubling it up to reconnect_max. */
+static void conn_fail(backend_conn *c, const char *why, int is_timeout)
+{
+    if (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING)
+        log_warn("shard %s: %s", c->shard->label, why);
+    conn_close_fd(c);
+    event_del(&c->ev_timer);
+    snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    conn_set_state(c, BACKEND_DOWN);
+    conn_fail_inflight(c, why, is_timeout);
+    const config *cfg = srv.cfg;
+    int delay = c->backoff_ms ? c->backoff_ms : cfg->reconnect_min_ms;
+    c->backoff_ms = delay * 2 > cfg->reconnect_max_ms ? cfg->reconnect_max_ms : delay * 2;
+    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
+    event_add(&c->ev_timer, &tv);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg);
+static void on_writable(evutil_socket_t fd, short what, void *arg);
+
+static void conn_connected(backend_conn *c)
+{
+    event_del(&c->ev_timer);
+    conn_set_state(c, BACKEND_UP);
+    c->backoff_ms = 0;
+    c->last_error[0] = '\0';
+    log_info("shard %s conn %d: connected", c->shard->label, c->index);
+    event_add(&c->ev_read, NULL);
+    if (buf_len(&c->out))
+        conn_mark_dirty(c);
+}
+
+static void conn_connect(backend_conn *c)
+{
+    shard *s = c->shard;
+    char why[160];
+    int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(why, sizeof(why), "unavailable: socket: %s", strerror(errno));
+        conn_set_state(c, BACKEND_CONNECTING);
+        conn_fail(c, why, 0);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    c->fd = fd;
+    event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_readable, c);
+    event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_writable, c);
+    conn_set_state(c, BACKEND_CONNECTING);
+    if (connect(fd, (struct sockaddr *)&s->addr, s->addrlen) == 0) {
+        conn_connected(c);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        snprintf(why, sizeof(why), "unavailable: connect: %s", strerror(errno));
+        conn_fail(c, why, 0);
+        return;
+    }
+    int ms = srv.cfg->connect_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
+    event_add(&c->ev_timer, &tv);
+    event_add(&c->ev_write, NULL);
+}
+
+/* Writes what is queued. Returns 0, or -1 after failing the connection. */
+static int conn_write(backend_conn *c)
+{
+    while (buf_len(&c->out) > 0) {
+        ssize_t n = write(c->fd, buf_head(&c->out), buf_len(&c->out));
+        if (n > 0) {
+            buf_consume(&c->out, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            event_add(&c->ev_write, NULL);
+            return 0;
+        }
+        char why[160];
+        snprintf(why, sizeof(why), "unavailable: write: %s", n < 0 ? strerror(errno) : "closed");
+        conn_fail(c, why, 0);
+        return -1;
+    }
+    buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
+    return 0;
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    backend_conn *c = arg;
+    if (c->state == BACKEND_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err) {
+            char why[160];
+            snprintf(why, sizeof(why), "unavailable: connect: %s", strerror(err));
+            conn_fail(c, why, 0);
+            return;
+        }
+        conn_connected(c);
+        return;
+    }
+    if (c->state == BACKEND_UP)
+        conn_write(c);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    backend_conn *c = arg;
+    size_t want = buf_len(&c->in);
+    if (want < BUF_IO_CHUNK)
+        want = BUF_IO_CHUNK;
+    if (want > BACKEND_MAX_READ)
+        want = BACKEND_MAX_READ;
+    if (buf_reserve(&c->in, want) < 0) {
+        conn_fail(c, "unavailable: out of memory reading reply", 0);
+        return;
+    }
+    ssize_t n = read(fd, c->in.data + c->in.end, c->in.cap - c->in.end);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        char why[160];
+        snprintf(why, sizeof(why), "unavailable: %s",
+                 n == 0 ? "connection closed by shard" : strerror(errno));
+        conn_fail(c, why, 0);
+        return;
+    }
+    c->in.end += (size_t)n;
+    shard *s = c->shard;
+    while (buf_len(&c->in) > 0) {
+        size_t reply_len = 0;
+        resp_status st = resp_reply_scan(&c->scan, buf_head(&c->in), buf_len(&c->in), &reply_len);
+        if (st == RESP_INCOMPLETE)
+            break;
+        if (st == RESP_ERROR || !c->head) {
+            char dump[80], why[256];
+            log_escape(buf_head(&c->in), buf_len(&c->in) < 32 ? buf_len(&c->in) : 32, dump,
+                       sizeof(dump));
+            snprintf(why, sizeof(why), "unavailable: bad reply from shard (%s): %s",
+                     st == RESP_ERROR ? c->scan.err : "reply without a request", dump);
+            conn_fail(c, why, 0);
+            return;
+        }
+        fragment *f = c->head;
+        c->head = f->next;
+        if (!c->head)
+            c->tail = NULL;
+        c->inflight--;
+        f->next = NULL;
+        s->replies++;
+        s->latency_us_sum += server_now_us() - f->sent_us;
+        const char *reply = buf_head(&c->in);
+        /* Consume before the callback: it may not reenter this connection,
+         * but keeping the buffer consistent first costs nothing. */
+        buf_consume(&c->in, reply_len);
+        f->done(f, reply, reply_len);
+    }
+    if (buf_len(&c->in) == 0)
+        buf_shrink_if_empty(&c->in, BUF_KEEP_IDLE);
+}
+
+void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len)
+{
+    backend_conn *c = &s->conns[hint % (uint64_t)s->nconns];
+    s->requests++;
+    f->next = NULL;
+    f->sent_us = server_now_us();
+    switch (c->state) {
+    case BACKEND_DOWN: {
+        char why[200];
+        snprintf(why, sizeof(why), "unavailable: %s",
+                 c->last_error[0] ? c->last_error : "not connected");
+        /* last_error already starts with "unavailable: " for most causes */
+        fragment_fail(s, f, strncmp(c->last_error, "unavailable: ", 13) == 0 ? c->last_error : why,
+                      0);
+        return;
+    }
+    case BACKEND_CLOSED:
+        fragment_fail(s, f, "unavailable: shard removed", 0);
+        return;
+    case BACKEND_CONNECTING:
+    case BACKEND_UP:
+        break;
+    }
+    if (c->inflight >= (size_t)srv.cfg->backend_max_inflight) {
+        char why[128];
+        snprintf(why, sizeof(why), "busy: %zu requests in flight (backend_max_inflight)",
+                 c->inflight);
+        fragment_fail(s, f, why, 0);
+        return;
+    }
+    if (buf_append(&c->out, bytes, len) < 0) {
+        fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
+        return;
+    }
+    if (c->tail)
+        c->tail->next = f;
+    else
+        c->head = f;
+    c->tail = f;
+    c->inflight++;
+    if (c->state == BACKEND_UP)
+        conn_mark_dirty(c);
+}
+
+int backend_flush_pending(void)
+{
+    int n = 0;
+    while (dirty_head) {
+        n++;
+        backend_conn *c = dirty_head;
+        dirty_head = c->next_dirty;
+        c->dirty = 0;
+        c->next_dirty = NULL;
+        if (c->state == BACKEND_UP && !event_pending(&c->ev_write, EV_WRITE, NULL))
+            conn_write(c);
+    }
+    return n;
+}
+
+void backend_tick(void)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    if (timeout_ms <= 0)
+        return;
+    uint64_t limit = (uint64_t)timeout_ms * 1000;
+    for (size_t i = 0; i < srv.nshards; i++) {
+        shard *s = srv.shards[i];
+        for (int j = 0; j < s->nconns; j++) {
+            backend_conn *c = &s->conns[j];
+            if (c->head && server_now_us() - c->head->sent_us > limit &&
+                (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING))
+                /* Later replies could not be matched to their requests: the
+                 * whole connection is reset. */
+                conn_fail(c, "timeout", 1);
+        }
+    }
+}
+
+const char *backend_shard_state(const shard *s)
+{
+    int up = 0, connecting = 0;
+    for (int i = 0; i < s->nconns; i++) {
+        up += s->conns[i].state == BACKEND_UP;
+        connecting += s->conns[i].state == BACKEND_CONNECTING;
+    }
+    if (up == s->nconns)
+        return "up";
+    if (up > 0)
+        return "degraded";
+    return connecting ? "connecting" : "down";
+}
+
+size_t backend_shard_inflight(const shard *s)
+{
+    size_t n = 0;
+    for (int i = 0; i < s->nconns; i++)
+        n += s->conns[i].inflight;
+    return n;
+}
+
+/* Resolves host:port once; numeric addresses need no lookup. */
+static int resolve(shard *s, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", (unsigned)s->port);
+    int rc = getaddrinfo(s->host, port, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(err, errlen, "shard %s: cannot resolve '%s': %s", s->name, s->host,
+                 gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+    s->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t errlen)
+{
+    shard *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->name = strdup(cs->name);
+    s->host = strdup(cs->host);
+    s->port = cs->port;
+    s->weight = cs->weight;
+    s->nconns = nconns;
+    s->conns = calloc((size_t)nconns, sizeof(*s->conns));
+    if (!s->name || !s->host || !s->conns) {
+        snprintf(err, errlen, "out of memory");
+        backend_shard_free(s);
+        return NULL;
+    }
+    if (strchr(s->host, ':'))
+        snprintf(s->label, sizeof(s->label), "%s ([%s]:%u)", s->name, s->host, (unsigned)s->port);
+    else
+        snprintf(s->label, sizeof(s->label), "%s (%s:%u)", s->name, s->host, (unsigned)s->port);
+    for (int j = 0; j < s->nconns; j++) {
+        backend_conn *c = &s->conns[j];
+        c->shard = s;
+        c->index = j;
+        c->fd = -1;
+        c->state = BACKEND_DOWN;
+        resp_reply_init(&c->scan);
+        event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
+    }
+    if (resolve(s, err, errlen) < 0) {
+        backend_shard_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void backend_shard_start(shard *s)
+{
+    for (int j = 0; j < s->nconns; j++)
+        if (s->conns[j].state == BACKEND_DOWN)
+            conn_connect(&s->conns[j]);
+}
+
+void backend_shard_free(shard *s)
+{
+    if (!s)
+        return;
+    for (int j = 0; s->conns && j < s->nconns; j++) {
+        backend_conn *c = &s->conns[j];
+        conn_close_fd(c);
+        event_del(&c->ev_timer);
+        conn_set_state(c, BACKEND_CLOSED);
+        conn_fail_inflight(c, "unavailable: shard removed", 0);
+        if (c->dirty) {
+            backend_conn **pp = &dirty_head;
+            while (*pp && *pp != c)
+                pp = &(*pp)->next_dirty;
+            if (*pp)
+                *pp = c->next_dirty;
+        }
+    }
+    free(s->conns);
+    free(s->name);
+    free(s->host);
+    free(s);
+}

@@ -1,0 +1,138 @@
+/* Growable byte buffer. */
+#include "proxy/buf.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int buf_reserve(buf *b, size_t n)
+{
+    if (b->cap - b->end >= n)
+        return 0;
+    size_t used = b->end - b->start;
+    /* Compact when that alone makes room and the move is cheap relative to
+     * the space regained; otherwise grow geometrically. */
+    if (b->start > 0 && b->cap - used >= n && used <= b->start) {
+        memmove(b->data, b->data + b->start, used);
+        b->start = 0;
+        b->end = used;
+        return 0;
+    }
+    size_t want = used + n;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < want) {
+        if (cap > SIZE_MAX / 2)
+            return -1;
+        cap *= 2;
+    }
+    if (b->start > 0) {
+        char *data = malloc(cap);
+        if (!data)
+            return -1;
+        if (used)
+            memcpy(data, b->data + b->start, used);
+        free(b->data);
+        b->data = data;
+    } else {
+        char *data = realloc(b->data, cap);
+        if (!data)
+            return -1;
+        b->data = data;
+    }
+    b->cap = cap;
+    b->start = 0;
+    b->end = used;
+    return 0;
+}
+
+int buf_append(buf *b, const void *bytes, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    if (n)
+        memcpy(b->data + b->end, bytes, n);
+    b->end += n;
+    return 0;
+}
+
+int buf_printf(buf *b, const char *fmt, ...)
+{
+    char small[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -1;
+    if ((size_t)n < sizeof(small))
+        return buf_append(b, small, (size_t)n);
+    if (buf_reserve(b, (size_t)n + 1) < 0)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->end, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->end += (size_t)n;
+    return 0;
+}
+
+void buf_consume(buf *b, size_t n)
+{
+    b->start += n;
+    if (b->start >= b->end)
+        b->start = b->end = 0;
+}
+
+void buf_shrink_if_empty(buf *b, size_t keep)
+{
+    if (b->start == b->end && b->cap > keep) {
+        free(b->data);
+        b->data = NULL;
+        b->cap = b->start = b->end = 0;
+    }
+}
+
+void buf_free(buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->cap = b->start = b->end = 0;
+}
+
+/* Writes the decimal digits of v ending at *end (exclusive); returns the start. */
+static char *format_int(char *end, int64_t v)
+{
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    char *p = end;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    return p;
+}
+
+int buf_append_header(buf *b, char prefix, int64_t n)
+{
+    char tmp[32];
+    char *end = tmp + sizeof(tmp);
+    end[-2] = '\r';
+    end[-1] = '\n';
+    char *p = format_int(end - 2, n);
+    *--p = prefix;
+    return buf_append(b, p, (size_t)(end - p));
+}
+
+int buf_append_bulk(buf *b, const char *s, size_t len)
+{
+    if (buf_reserve(b, len + 24) < 0)
+        return -1;
+    if (buf_append_header(b, '$', (int64_t)len) < 0)
+        return -1;
+    memcpy(b->data + b->end, s, len);
+    b->end += len;
+    b->data[b->end++] = '\r';
+    b->data[b->end++] = '\n';
+    return 0;
+}

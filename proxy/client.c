@@ -1,0 +1,391 @@
+/* Client connections. Each request gets a reply slot in a FIFO; a reply that
+ * completes at the head of the FIFO is copied straight to the output buffer,
+ * a later one waits in its slot, so replies leave in request order whichever
+ * shard answers first. */
+#include "proxy/client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "proxy/buf.h"
+#include "proxy/log.h"
+#include "proxy/request.h"
+#include "proxy/resp.h"
+#include "proxy/router.h"
+#include "proxy/server.h"
+
+/* Largest single read while a big request is arriving. */
+#define CLIENT_MAX_READ (4 * 1024 * 1024)
+
+typedef struct client {
+    int fd;
+    char addr[64];         /* peer, for log lines */
+    struct event ev_read;  /* read interest, removed while paused or closing */
+    struct event ev_write; /* write interest while the socket is full */
+    int reading;           /* ev_read is added */
+    buf in;                /* request bytes not yet scanned */
+    resp_request scan;     /* progress through the current request */
+    request *head;         /* reply-order FIFO */
+    request *tail;
+    size_t waiting_bytes; /* reply bytes held in slots behind the head */
+    buf out;              /* reply bytes ready to write */
+    session sess;
+    int closing;             /* no more requests: close once replies are out */
+    const char *drop_reason; /* set: close at the next flush without waiting */
+    uint64_t last_active_us;
+    int dirty; /* on the pending-flush list */
+    struct client *next_dirty;
+    struct client *prev; /* all clients */
+    struct client *next;
+} client;
+
+static client *clients;
+static client *dirty_head;
+
+static void on_read(evutil_socket_t fd, short what, void *arg);
+static void on_write(evutil_socket_t fd, short what, void *arg);
+
+static void mark_dirty(client *c)
+{
+    if (c->dirty)
+        return;
+    c->dirty = 1;
+    c->next_dirty = dirty_head;
+    dirty_head = c;
+}
+
+static void set_reading(client *c, int on)
+{
+    if (on == c->reading)
+        return;
+    c->reading = on;
+    if (on)
+        event_add(&c->ev_read, NULL);
+    else
+        event_del(&c->ev_read);
+}
+
+static void client_free(client *c, const char *reason)
+{
+    if (reason)
+        log_info("client %s: closed: %s", c->addr, reason);
+    else
+        log_debug("client %s: closed", c->addr);
+    event_del(&c->ev_read);
+    event_del(&c->ev_write);
+    close(c->fd);
+    /* Requests still waiting on a backend become orphans: their replies are
+     * dropped when they arrive. */
+    request *req = c->head;
+    while (req) {
+        request *next = req->next;
+        if (req->done) {
+            request_free(req);
+        } else {
+            req->owner = NULL;
+            req->session = NULL;
+            req->next = NULL;
+        }
+        req = next;
+    }
+    if (c->dirty) {
+        client **pp = &dirty_head;
+        while (*pp && *pp != c)
+            pp = &(*pp)->next_dirty;
+        if (*pp)
+            *pp = c->next_dirty;
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    buf_free(&c->in);
+    buf_free(&c->out);
+    resp_request_free(&c->scan);
+    free(c->sess.name);
+    free(c);
+    srv.nclients--;
+}
+
+/* Drops a client that broke a limit, at the next flush (it may be in the
+ * middle of a callback now). */
+static void drop_later(client *c, const char *reason)
+{
+    if (!c->drop_reason) {
+        c->drop_reason = reason;
+        srv.stats.clients_dropped++;
+    }
+    set_reading(c, 0);
+    mark_dirty(c);
+}
+
+static size_t queued_bytes(const client *c)
+{
+    return buf_len(&c->out) + c->waiting_bytes;
+}
+
+/* The completion stored in every request of this client. */
+static void request_finished(request *req, const char *reply, size_t len)
+{
+    client *c = req->owner;
+    if (!c) {
+        request_free(req);
+        return;
+    }
+    if (req != c->head) {
+        if (buf_append(&req->reply, reply, len) < 0) {
+            drop_later(c, "out of memory holding a reply");
+            return;
+        }
+        req->done = 1;
+        c->waiting_bytes += len;
+    } else {
+        int fail = buf_append(&c->out, reply, len) < 0;
+        c->head = req->next;
+        request_free(req);
+        /* Later replies that were waiting for this one can go now. */
+        while (!fail && c->head && c->head->done) {
+            request *r = c->head;
+            fail = buf_append(&c->out, buf_head(&r->reply), buf_len(&r->reply)) < 0;
+            c->waiting_bytes -= buf_len(&r->reply);
+            c->head = r->next;
+            request_free(r);
+        }
+        if (!c->head)
+            c->tail = NULL;
+        if (fail) {
+            drop_later(c, "out of memory queueing replies");
+            return;
+        }
+        mark_dirty(c);
+    }
+    if ((int64_t)queued_bytes(c) > srv.cfg->max_client_output)
+        drop_later(c, "reply bytes over max_client_output (client not reading its replies)");
+    else if ((int64_t)queued_bytes(c) > srv.cfg->client_output_pause)
+        set_reading(c, 0);
+}
+
+static request *enqueue(client *c)
+{
+    request *req = request_new();
+    if (!req)
+        return NULL;
+    req->owner = c;
+    req->session = &c->sess;
+    req->on_done = request_finished;
+    if (c->tail)
+        c->tail->next = req;
+    else
+        c->head = req;
+    c->tail = req;
+    return req;
+}
+
+/* Answers a protocol error after the replies already due, then closes. */
+static void protocol_error(client *c)
+{
+    char dump[80];
+    size_t n = buf_len(&c->in) < 40 ? buf_len(&c->in) : 40;
+    log_escape(buf_head(&c->in), n, dump, sizeof(dump));
+    log_info("client %s: %s, closing (input %s)", c->addr, c->scan.err, dump);
+    srv.stats.errors_protocol++;
+    request *req = enqueue(c);
+    c->closing = 1;
+    set_reading(c, 0);
+    if (!req) {
+        drop_later(c, "out of memory");
+        return;
+    }
+    char line[160];
+    int len = snprintf(line, sizeof(line), "-%s\r\n", c->scan.err);
+    request_finished(req, line, (size_t)len);
+    mark_dirty(c);
+}
+
+/* Scans and dispatches every whole request in the input buffer. */
+static void process_input(client *c)
+{
+    while (buf_len(&c->in) > 0 && c->reading && !c->closing && !c->drop_reason) {
+        resp_status st = resp_request_scan(&c->scan, buf_head(&c->in), buf_len(&c->in));
+        if (st == RESP_INCOMPLETE)
+            break;
+        if (st == RESP_ERROR) {
+            protocol_error(c);
+            return;
+        }
+        size_t used = c->scan.req_len;
+        if (c->scan.argc > 0) {
+            request *req = enqueue(c);
+            if (!req) {
+                drop_later(c, "out of memory");
+                return;
+            }
+            router_dispatch(req, c->scan.argc, c->scan.argv,
+                            c->scan.is_inline ? NULL : buf_head(&c->in), used, c->sess.id);
+            if (c->sess.close_after_reply) {
+                c->closing = 1;
+                set_reading(c, 0);
+            }
+        }
+        buf_consume(&c->in, used);
+    }
+    if (buf_len(&c->in) == 0)
+        buf_shrink_if_empty(&c->in, BUF_KEEP_IDLE);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    client *c = arg;
+    size_t want = buf_len(&c->in);
+    if (want < BUF_IO_CHUNK)
+        want = BUF_IO_CHUNK;
+    if (want > CLIENT_MAX_READ)
+        want = CLIENT_MAX_READ;
+    if ((int64_t)(buf_len(&c->in) + want) > srv.cfg->max_query_buffer) {
+        if ((int64_t)buf_len(&c->in) >= srv.cfg->max_query_buffer) {
+            snprintf(c->scan.err, sizeof(c->scan.err),
+                     "ERR Protocol error: query buffer over max_query_buffer (%lld bytes)",
+                     (long long)srv.cfg->max_query_buffer);
+            protocol_error(c);
+            return;
+        }
+        want = (size_t)srv.cfg->max_query_buffer - buf_len(&c->in);
+    }
+    if (buf_reserve(&c->in, want) < 0) {
+        drop_later(c, "out of memory reading request");
+        return;
+    }
+    ssize_t n = read(fd, c->in.data + c->in.end, want);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        client_free(c, n < 0 ? strerror(errno) : NULL);
+        return;
+    }
+    c->in.end += (size_t)n;
+    srv.stats.net_input_bytes += (uint64_t)n;
+    c->last_active_us = server_now_us();
+    process_input(c);
+}
+
+/* Writes what is ready. Returns 0, or -1 when the client was freed. */
+static int write_out(client *c)
+{
+    while (buf_len(&c->out) > 0) {
+        ssize_t n = write(c->fd, buf_head(&c->out), buf_len(&c->out));
+        if (n > 0) {
+            buf_consume(&c->out, (size_t)n);
+            srv.stats.net_output_bytes += (uint64_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            event_add(&c->ev_write, NULL);
+            return 0;
+        }
+        client_free(c, n < 0 ? strerror(errno) : "write returned 0");
+        return -1;
+    }
+    buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
+    if (c->closing && !c->head) {
+        client_free(c, NULL);
+        return -1;
+    }
+    /* Reading was paused for unread replies: resume once they drained. */
+    if (!c->reading && !c->closing && !c->drop_reason &&
+        (int64_t)queued_bytes(c) <= srv.cfg->client_output_pause / 2) {
+        set_reading(c, 1);
+        if (buf_len(&c->in) > 0)
+            process_input(c);
+    }
+    return 0;
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    write_out(arg);
+}
+
+int client_flush_pending(void)
+{
+    int n = 0;
+    while (dirty_head) {
+        n++;
+        client *c = dirty_head;
+        dirty_head = c->next_dirty;
+        c->dirty = 0;
+        c->next_dirty = NULL;
+        if (c->drop_reason) {
+            client_free(c, c->drop_reason);
+            continue;
+        }
+        if (!event_pending(&c->ev_write, EV_WRITE, NULL))
+            write_out(c);
+    }
+    return n;
+}
+
+void client_accept(int fd, const char *addr)
+{
+    client *c = calloc(1, sizeof(*c));
+    if (!c) {
+        log_warn("client %s: out of memory, closing", addr);
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
+    resp_limits limits = {srv.cfg->max_bulk_len, srv.cfg->max_args, srv.cfg->max_inline_len};
+    resp_request_init(&c->scan, &limits);
+    c->sess.id = ++srv.next_client_id;
+    c->last_active_us = server_now_us();
+    event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_write, c);
+    c->next = clients;
+    if (clients)
+        clients->prev = c;
+    clients = c;
+    srv.nclients++;
+    set_reading(c, 1);
+    log_debug("client %s: connected (id %llu)", addr, (unsigned long long)c->sess.id);
+}
+
+void client_tick(void)
+{
+    int idle_s = srv.cfg->idle_timeout_s;
+    if (idle_s <= 0)
+        return;
+    uint64_t now = server_now_us(), limit = (uint64_t)idle_s * 1000000u;
+    client *c = clients, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (!c->head && now - c->last_active_us > limit && !c->drop_reason)
+            drop_later(c, "idle timeout");
+    }
+}
+
+void client_close_all(void)
+{
+    while (clients)
+        client_free(clients, NULL);
+}
+
+int client_busy_count(void)
+{
+    int n = 0;
+    for (client *c = clients; c; c = c->next)
+        n += c->head != NULL || buf_len(&c->out) > 0;
+    return n;
+}

@@ -1,0 +1,143 @@
+/* Accepting client connections. */
+#include "proxy/listener.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "proxy/client.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+
+/* Connections taken per readiness event, so a connection storm cannot starve
+ * the clients already served. */
+#define LISTENER_ACCEPT_BATCH 64
+/* Pause after running out of file descriptors, instead of spinning on a
+ * listen socket that stays readable. */
+#define LISTENER_EMFILE_PAUSE_MS 100
+
+static int listen_fd = -1;
+static struct event ev_accept;
+static struct event ev_resume;
+
+static void on_accept(evutil_socket_t fd, short what, void *arg);
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (listen_fd >= 0)
+        event_add(&ev_accept, NULL);
+}
+
+static void peer_name(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+        port = ntohs(sin->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+        port = ntohs(sin6->sin6_port);
+    }
+    snprintf(out, outlen, "%s:%d", host, port);
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                log_warn("accept: %s: pausing accepts for %d ms", strerror(errno),
+                         LISTENER_EMFILE_PAUSE_MS);
+                event_del(&ev_accept);
+                struct timeval tv = {0, LISTENER_EMFILE_PAUSE_MS * 1000};
+                event_add(&ev_resume, &tv);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                log_warn("accept: %s", strerror(errno));
+            }
+            return;
+        }
+        char addr[64];
+        peer_name(&ss, addr, sizeof(addr));
+        srv.stats.connections_received++;
+        if (srv.stopping || srv.nclients >= srv.cfg->max_clients) {
+            static const char full[] = "-ERR max number of clients reached\r\n";
+            srv.stats.connections_rejected++;
+            ssize_t ignored = write(cfd, full, sizeof(full) - 1);
+            (void)ignored;
+            close(cfd);
+            log_info("client %s: refused: max_clients (%d) reached", addr, srv.cfg->max_clients);
+            continue;
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        client_accept(cfd, addr);
+    }
+}
+
+int listener_start(const char *host, int port, int backlog, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen %s:%d: %s", host, port, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "listen %s:%d: socket: %s", host, port, strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "listen %s:%d: %s", host, port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    listen_fd = fd;
+    srv.listen_port = port;
+    event_assign(&ev_accept, srv.base, fd, EV_READ | EV_PERSIST, on_accept, NULL);
+    event_assign(&ev_resume, srv.base, -1, 0, on_resume, NULL);
+    event_add(&ev_accept, NULL);
+    return 0;
+}
+
+void listener_stop(void)
+{
+    if (listen_fd < 0)
+        return;
+    event_del(&ev_accept);
+    event_del(&ev_resume);
+    close(listen_fd);
+    listen_fd = -1;
+}

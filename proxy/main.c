@@ -1,0 +1,236 @@
+/* ringproxy: a sharding proxy for Redis. Start-up, signals, the maintenance
+ * timer and the event loop. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "config/config.h"
+#include "proxy/backend.h"
+#include "proxy/client.h"
+#include "proxy/listener.h"
+#include "proxy/log.h"
+#include "proxy/rebalance.h"
+#include "proxy/reload.h"
+#include "proxy/request.h"
+#include "proxy/server.h"
+
+/* Period of the maintenance timer: timeouts fire within this of their due. */
+#define MAINTENANCE_MS 100
+/* How often the config file is checked for changes on disk. */
+#define CONFIG_WATCH_MS 1000
+/* How long a stopping proxy waits for in-flight requests to be answered. */
+#define SHUTDOWN_GRACE_MS 5000
+
+server srv;
+
+static struct event ev_maintenance;
+static struct event ev_sigterm, ev_sigint, ev_sighup;
+static int loop_done;
+static uint64_t stop_deadline_us;
+static uint64_t next_watch_us;
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: ringproxy [-c FILE] [-t] [-v] [-h]\n"
+                 "  -c FILE  config file (default: proxy.ini)\n"
+                 "  -t       check the config file and exit (0 valid, 1 invalid)\n"
+                 "  -v       print the version and exit\n"
+                 "  -h       print this help and exit\n");
+}
+
+static void do_reload(const char *why)
+{
+    char err[600];
+    (void)!reload_config(why, err, sizeof(err));
+}
+
+static void on_maintenance(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    uint64_t now = server_now_us();
+    backend_tick();
+    client_tick();
+    rebalance_tick();
+    if (rebalance_take_queued_reload())
+        do_reload("queued during the rebalance");
+    server_stats *st = &srv.stats;
+    if (now - st->ops_sample_us >= 1000000) {
+        if (st->ops_sample_us)
+            st->ops_per_sec =
+                (st->commands - st->ops_sample_commands) * 1000000u / (now - st->ops_sample_us);
+        st->ops_sample_us = now;
+        st->ops_sample_commands = st->commands;
+    }
+    if (srv.cfg->watch_config && now >= next_watch_us) {
+        next_watch_us = now + CONFIG_WATCH_MS * 1000;
+        if (reload_file_changed())
+            do_reload("file changed on disk");
+    }
+    if (srv.stopping) {
+        int busy = client_busy_count();
+        if (busy == 0 || now >= stop_deadline_us) {
+            if (busy)
+                log_warn("shutdown: %d clients still waiting after %d ms, closing them", busy,
+                         SHUTDOWN_GRACE_MS);
+            loop_done = 1;
+        }
+    }
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    if (sig == SIGHUP) {
+        do_reload("SIGHUP");
+        return;
+    }
+    if (srv.stopping) {
+        log_notice("second %s: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        loop_done = 1;
+        return;
+    }
+    log_notice("%s: no new clients, finishing in-flight requests",
+               sig == SIGINT ? "SIGINT" : "SIGTERM");
+    srv.stopping = 1;
+    listener_stop();
+    stop_deadline_us = server_now_us() + SHUTDOWN_GRACE_MS * 1000u;
+}
+
+static int check_config(const char *path)
+{
+    config *cfg = NULL;
+    char err[600];
+    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    /* The ring has limits of its own (total weight): build it too. */
+    ring_shard_spec *specs = calloc(cfg->nshards, sizeof(*specs));
+    for (size_t i = 0; specs && i < cfg->nshards; i++) {
+        specs[i].name = cfg->shards[i].name;
+        specs[i].weight = cfg->shards[i].weight;
+    }
+    if (!specs)
+        snprintf(err, sizeof(err), "out of memory");
+    ring *r = specs ? ring_build(specs, cfg->nshards, cfg->compat, err, sizeof(err)) : NULL;
+    free(specs);
+    if (!r) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        config_free(cfg);
+        return 1;
+    }
+    ring_free(r);
+    printf("%s: ok, %zu shard%s\n", path, cfg->nshards, cfg->nshards == 1 ? "" : "s");
+    config_free(cfg);
+    return 0;
+}
+
+static int run(const char *path)
+{
+    config *cfg = NULL;
+    char err[600];
+    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    log_set_level((log_level)cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    srv.base = event_base_new();
+    if (!srv.base) {
+        log_error("cannot create the event loop");
+        config_free(cfg);
+        return 1;
+    }
+    srv.start_time = time(NULL);
+    if (reload_start(cfg, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        reload_shutdown();
+        event_base_free(srv.base);
+        return 1;
+    }
+    if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
+        0) {
+        log_error("%s", err);
+        reload_shutdown();
+        event_base_free(srv.base);
+        return 1;
+    }
+    evsignal_assign(&ev_sigterm, srv.base, SIGTERM, on_signal, NULL);
+    evsignal_assign(&ev_sigint, srv.base, SIGINT, on_signal, NULL);
+    evsignal_assign(&ev_sighup, srv.base, SIGHUP, on_signal, NULL);
+    event_add(&ev_sigterm, NULL);
+    event_add(&ev_sigint, NULL);
+    event_add(&ev_sighup, NULL);
+    event_assign(&ev_maintenance, srv.base, -1, EV_PERSIST, on_maintenance, NULL);
+    struct timeval tick = {0, MAINTENANCE_MS * 1000};
+    event_add(&ev_maintenance, &tick);
+    log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
+               cfg->listen_host, cfg->listen_port, srv.nshards, cfg->path);
+
+    /* One loop iteration runs every ready callback, then writes what they
+     * queued: requests from many clients leave in one write per backend
+     * connection, replies to many requests in one write per client. */
+    while (!loop_done) {
+        if (event_base_loop(srv.base, EVLOOP_ONCE) < 0) {
+            log_error("event loop failed");
+            break;
+        }
+        while (backend_flush_pending() + client_flush_pending() > 0)
+            ;
+    }
+
+    client_close_all();
+    listener_stop();
+    event_del(&ev_maintenance);
+    event_del(&ev_sigterm);
+    event_del(&ev_sigint);
+    event_del(&ev_sighup);
+    reload_shutdown();
+    request_trim_cache();
+    event_base_free(srv.base);
+    log_notice("ringproxy stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "proxy.ini";
+    int test_only = 0, opt;
+    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = 1;
+            break;
+        case 'v':
+            printf("ringproxy %s\n", RINGPROXY_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ringproxy: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 1;
+    }
+    if (test_only)
+        return check_config(path);
+    return run(path);
+}

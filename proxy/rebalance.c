@@ -1,0 +1,746 @@
+/* Online rebalancing with stock MIGRATE. See rebalance.h for the model; the
+ * guarantees it keeps (DESIGN.md section 4):
+ *  - no acknowledged write is lost: a request that touches a key whose owner
+ *    changed first MIGRATEs it (atomic on the source), then goes to the new
+ *    owner; requests sent under the old ring are all answered (the barrier)
+ *    before anything moves, so none of them lands on a source afterwards;
+ *  - a key lives on one shard: MIGRATE deletes the source copy, and a BUSYKEY
+ *    answer (the target already has a newer copy) deletes the stale one;
+ *  - no false misses: a key is read from the new owner only after its move.
+ * The background mover uses hiredis (control plane) over its own connection
+ * to each source; on-demand moves use the data path (router.c). */
+#include "proxy/rebalance.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "proxy/log.h"
+#include "proxy/server.h"
+
+/* A batch that failed is retried after this. */
+#define REBALANCE_RETRY_US 1000000u
+/* A mover connection silent this long past the MIGRATE timeout is reset. */
+#define REBALANCE_STALL_GRACE_US 5000000u
+/* Progress is logged this often while a migration runs. */
+#define REBALANCE_LOG_US 5000000u
+
+/* One source shard's SCAN pass. */
+typedef struct mover {
+    shard *source;
+    redisAsyncContext *ac; /* control connection, NULL when not connected */
+    int connected;
+    char cursor[32];      /* where the next SCAN starts */
+    char next_cursor[32]; /* where the batch in flight leads */
+    int scan_in_flight;
+    int migrates_pending; /* MIGRATE/DEL replies the batch waits for */
+    int batch_failed;
+    int done;            /* a complete pass ended */
+    uint64_t next_at_us; /* not before: rate limit or retry */
+    uint64_t busy_since_us;
+    uint64_t estimate; /* DBSIZE at start */
+} mover;
+
+/* One MIGRATE sent by the mover, with its keys kept for per-key retries. */
+typedef struct migrate_call {
+    mover *m;
+    shard *target;
+    size_t nkeys;
+    char **keys;
+    size_t *lens;
+} migrate_call;
+
+static struct {
+    int running;
+    ring *old_ring;
+    shard **old_shards; /* old ring order */
+    size_t n_old;
+    mover *movers;
+    size_t n_movers;
+    shard **closing; /* removed shards, freed once nothing is in flight */
+    size_t n_closing;
+    int barrier;        /* PINGs still out on the old ring's connections */
+    request *wait_head; /* requests waiting for the barrier */
+    request *wait_tail;
+    void (*resume)(request *req);
+    int reload_queued;
+    uint64_t started_us;
+    uint64_t last_log_us;
+    uint64_t keys_scanned;
+    uint64_t keys_moved; /* by the mover */
+    uint64_t keys_moved_on_demand;
+    uint64_t busykey_deleted;
+    uint64_t failures;
+    uint64_t migrations_done;
+    char last_error[200];
+    char drained[400]; /* removed shards that may be shut down */
+    char state_path[4200];
+} rb;
+
+static void mover_step(mover *m);
+static void finish(void);
+
+void rebalance_state_path(const char *config_path, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s.rebalance", config_path);
+}
+
+int rebalance_running(void)
+{
+    return rb.running;
+}
+
+shard *rebalance_old_owner(uint32_t hash)
+{
+    if (!rb.running)
+        return NULL;
+    return rb.old_shards[ring_lookup(rb.old_ring, hash)];
+}
+
+void rebalance_count_on_demand(size_t moved, size_t busykey_deleted)
+{
+    rb.keys_moved_on_demand += moved;
+    rb.busykey_deleted += busykey_deleted;
+}
+
+void rebalance_queue_reload(void)
+{
+    rb.reload_queued = 1;
+}
+
+int rebalance_take_queued_reload(void)
+{
+    if (rb.running || !rb.reload_queued)
+        return 0;
+    rb.reload_queued = 0;
+    return 1;
+}
+
+static int shard_in_new_set(const shard *s)
+{
+    for (size_t i = 0; i < srv.nshards; i++)
+        if (srv.shards[i] == s)
+            return 1;
+    return 0;
+}
+
+/* ---- the barrier ---- */
+
+static void barrier_release(void)
+{
+    request *req = rb.wait_head;
+    rb.wait_head = rb.wait_tail = NULL;
+    while (req) {
+        request *next = req->next_wait;
+        req->next_wait = NULL;
+        rb.resume(req);
+        req = next;
+    }
+    for (size_t i = 0; i < rb.n_movers; i++)
+        mover_step(&rb.movers[i]);
+}
+
+static void barrier_ping_done(fragment *f, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
+    free(f);
+    if (--rb.barrier == 0 && rb.running) {
+        log_info("rebalance: every request sent under the old ring is answered, moving keys");
+        barrier_release();
+    }
+}
+
+int rebalance_wait_barrier(request *req, void (*resume)(request *req))
+{
+    if (!rb.running || rb.barrier == 0)
+        return 0;
+    rb.resume = resume;
+    req->next_wait = NULL;
+    if (rb.wait_tail)
+        rb.wait_tail->next_wait = req;
+    else
+        rb.wait_head = req;
+    rb.wait_tail = req;
+    return 1;
+}
+
+/* ---- the mover ---- */
+
+static int mover_busy(const mover *m)
+{
+    return m->scan_in_flight || m->migrates_pending > 0;
+}
+
+static void batch_end(mover *m)
+{
+    uint64_t now = server_now_us();
+    if (m->batch_failed) {
+        rb.failures++;
+        m->next_at_us = now + REBALANCE_RETRY_US;
+        m->batch_failed = 0;
+        log_warn("rebalance: shard %s: batch failed (%s), retrying from the same cursor",
+                 m->source->label, rb.last_error);
+        return;
+    }
+    snprintf(m->cursor, sizeof(m->cursor), "%s", m->next_cursor);
+    if (strcmp(m->cursor, "0") == 0) {
+        m->done = 1;
+        log_info("rebalance: shard %s: complete pass done", m->source->label);
+        for (size_t i = 0; i < rb.n_movers; i++)
+            if (!rb.movers[i].done)
+                return;
+        finish();
+        return;
+    }
+    mover_step(m);
+}
+
+static void call_free(migrate_call *call)
+{
+    for (size_t i = 0; i < call->nkeys; i++)
+        free(call->keys[i]);
+    free(call->keys);
+    free(call->lens);
+    free(call);
+}
+
+static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys);
+
+static void on_del_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    mover *m = privdata;
+    redisReply *r = reply;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        snprintf(rb.last_error, sizeof(rb.last_error), "DEL of a stale copy on %s: %s",
+                 m->source->name, r ? r->str : "connection lost");
+        m->batch_failed = 1;
+    } else {
+        rb.busykey_deleted += (uint64_t)r->integer;
+    }
+    if (--m->migrates_pending == 0 && !m->scan_in_flight)
+        batch_end(m);
+}
+
+static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    migrate_call *call = privdata;
+    mover *m = call->m;
+    redisReply *r = reply;
+    if (!r) {
+        snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: connection lost",
+                 m->source->name);
+        m->batch_failed = 1;
+    } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
+        rb.keys_moved += call->nkeys;
+    } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "NOKEY") == 0) {
+        /* moved on demand meanwhile, or deleted by a client */
+    } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYKEY", 7) == 0) {
+        if (call->nkeys > 1) {
+            /* Keys that moved are gone from the source; retry the rest one by
+             * one to find the ones the target already holds. */
+            for (size_t i = 0; i < call->nkeys; i++) {
+                send_migrate(m, call->target, &call->keys[i], &call->lens[i], 1);
+                call->keys[i] = NULL;
+            }
+        } else if (ac) {
+            /* The target holds a copy written after the switch: the source's
+             * is stale. */
+            const char *argv[2] = {"DEL", call->keys[0]};
+            size_t argvlen[2] = {3, call->lens[0]};
+            if (redisAsyncCommandArgv(ac, on_del_reply, m, 2, argv, argvlen) == REDIS_OK)
+                m->migrates_pending++;
+            else
+                m->batch_failed = 1;
+        }
+    } else {
+        snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s to %s: %s", m->source->name,
+                 call->target->name, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        m->batch_failed = 1;
+    }
+    call_free(call);
+    if (--m->migrates_pending == 0 && !m->scan_in_flight)
+        batch_end(m);
+}
+
+/* Sends MIGRATE for keys (ownership of the key copies passes to the call). */
+static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys)
+{
+    migrate_call *call = calloc(1, sizeof(*call));
+    const char **argv = malloc((7 + nkeys) * sizeof(char *));
+    size_t *argvlen = malloc((7 + nkeys) * sizeof(size_t));
+    if (call) {
+        call->keys = malloc(nkeys * sizeof(char *));
+        call->lens = malloc(nkeys * sizeof(size_t));
+    }
+    if (!call || !argv || !argvlen || !call->keys || !call->lens || !m->ac) {
+        for (size_t i = 0; i < nkeys; i++)
+            free(keys[i]);
+        if (call) {
+            free(call->keys);
+            free(call->lens);
+            free(call);
+        }
+        free(argv);
+        free(argvlen);
+        snprintf(rb.last_error, sizeof(rb.last_error), "%s",
+                 m->ac ? "out of memory" : "connection lost");
+        m->batch_failed = 1;
+        return;
+    }
+    call->m = m;
+    call->target = target;
+    call->nkeys = nkeys;
+    char port[8], timeout[16];
+    snprintf(port, sizeof(port), "%u", (unsigned)target->port);
+    snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
+    const char *head[7] = {"MIGRATE", target->host, port, "", "0", timeout, "KEYS"};
+    for (int i = 0; i < 7; i++) {
+        argv[i] = head[i];
+        argvlen[i] = strlen(head[i]);
+    }
+    for (size_t i = 0; i < nkeys; i++) {
+        call->keys[i] = keys[i];
+        call->lens[i] = lens[i];
+        argv[7 + i] = keys[i];
+        argvlen[7 + i] = lens[i];
+    }
+    if (redisAsyncCommandArgv(m->ac, on_migrate_reply, call, (int)(7 + nkeys), argv, argvlen) ==
+        REDIS_OK) {
+        m->migrates_pending++;
+    } else {
+        snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: cannot send",
+                 m->source->name);
+        m->batch_failed = 1;
+        call_free(call);
+    }
+    free(argv);
+    free(argvlen);
+}
+
+static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    mover *m = privdata;
+    redisReply *r = reply;
+    m->scan_in_flight = 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
+        snprintf(rb.last_error, sizeof(rb.last_error), "SCAN on %s: %s", m->source->name,
+                 !r                             ? "connection lost"
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "bad reply");
+        m->batch_failed = 1;
+        if (m->migrates_pending == 0)
+            batch_end(m);
+        return;
+    }
+    snprintf(m->next_cursor, sizeof(m->next_cursor), "%s", r->element[0]->str);
+    redisReply *keys = r->element[1];
+    rb.keys_scanned += keys->elements;
+    /* Group the keys whose owner changed by their new shard. */
+    size_t n = srv.nshards;
+    char ***group = calloc(n, sizeof(char **));
+    size_t **group_len = calloc(n, sizeof(size_t *));
+    size_t *count = calloc(n, sizeof(size_t));
+    int oom = !group || !group_len || !count;
+    const config *cfg = srv.cfg;
+    for (size_t i = 0; !oom && i < keys->elements; i++) {
+        redisReply *k = keys->element[i];
+        if (k->type != REDIS_REPLY_STRING)
+            continue;
+        uint32_t h = hash_key(cfg->hash, k->str, k->len, cfg->hash_tag_open, cfg->hash_tag_close);
+        uint32_t t = ring_lookup(srv.ring, h);
+        if (srv.shards[t] == m->source)
+            continue;
+        if (!group[t]) {
+            group[t] = malloc(keys->elements * sizeof(char *));
+            group_len[t] = malloc(keys->elements * sizeof(size_t));
+            if (!group[t] || !group_len[t]) {
+                oom = 1;
+                break;
+            }
+        }
+        group[t][count[t]] = malloc(k->len + 1);
+        if (!group[t][count[t]]) {
+            oom = 1;
+            break;
+        }
+        memcpy(group[t][count[t]], k->str, k->len + 1);
+        group_len[t][count[t]] = k->len;
+        count[t]++;
+    }
+    for (size_t t = 0; t < n && group; t++) {
+        if (!oom && count[t])
+            send_migrate(m, srv.shards[t], group[t], group_len[t], count[t]);
+        else
+            for (size_t i = 0; i < (count ? count[t] : 0); i++)
+                free(group[t][i]);
+        free(group[t]);
+        if (group_len)
+            free(group_len[t]);
+    }
+    free(group);
+    free(group_len);
+    free(count);
+    if (oom) {
+        snprintf(rb.last_error, sizeof(rb.last_error), "out of memory");
+        m->batch_failed = 1;
+    }
+    /* Rate limit: space batches so that scanning stays under migrate_rate. */
+    if (cfg->migrate_rate > 0)
+        m->next_at_us = server_now_us() + keys->elements * 1000000u / (uint64_t)cfg->migrate_rate;
+    if (m->migrates_pending == 0)
+        batch_end(m);
+}
+
+static void mover_step(mover *m)
+{
+    if (!rb.running || m->done || mover_busy(m) || !m->connected || rb.barrier > 0)
+        return;
+    uint64_t now = server_now_us();
+    if (now < m->next_at_us)
+        return;
+    char count[16];
+    snprintf(count, sizeof(count), "%d", srv.cfg->migrate_batch);
+    const char *argv[4] = {"SCAN", m->cursor, "COUNT", count};
+    size_t argvlen[4] = {4, strlen(m->cursor), 5, strlen(count)};
+    if (redisAsyncCommandArgv(m->ac, on_scan_reply, m, 4, argv, argvlen) != REDIS_OK)
+        return;
+    m->scan_in_flight = 1;
+    m->busy_since_us = now;
+}
+
+static void on_dbsize_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    mover *m = privdata;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        m->estimate = (uint64_t)r->integer;
+}
+
+static void on_mover_connect(const redisAsyncContext *ac, int status)
+{
+    mover *m = ac->data;
+    if (status != REDIS_OK) {
+        log_warn("rebalance: shard %s: control connection failed: %s", m->source->label,
+                 ac->errstr);
+        m->ac = NULL; /* hiredis frees it */
+        m->connected = 0;
+        m->next_at_us = server_now_us() + REBALANCE_RETRY_US;
+        return;
+    }
+    m->connected = 1;
+    if (!m->estimate)
+        redisAsyncCommand(m->ac, on_dbsize_reply, m, "DBSIZE");
+    mover_step(m);
+}
+
+static void on_mover_disconnect(const redisAsyncContext *ac, int status)
+{
+    mover *m = ac->data;
+    (void)status;
+    m->ac = NULL;
+    m->connected = 0;
+    m->scan_in_flight = 0;
+}
+
+static void mover_connect(mover *m)
+{
+    redisAsyncContext *ac = redisAsyncConnect(m->source->host, m->source->port);
+    if (!ac)
+        return;
+    if (ac->err) {
+        log_warn("rebalance: shard %s: control connection failed: %s", m->source->label,
+                 ac->errstr);
+        redisAsyncFree(ac);
+        return;
+    }
+    ac->data = m;
+    redisLibeventAttach(ac, srv.base);
+    redisAsyncSetConnectCallback(ac, on_mover_connect);
+    redisAsyncSetDisconnectCallback(ac, on_mover_disconnect);
+    m->ac = ac;
+}
+
+/* ---- state file ---- */
+
+static int write_state(const char *text, char *err, size_t errlen)
+{
+    char tmp[4300];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", rb.state_path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    size_t len = strlen(text);
+    if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0) {
+        snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    close(fd);
+    if (rename(tmp, rb.state_path) < 0) {
+        snprintf(err, errlen, "cannot rename %s: %s", tmp, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- start and finish ---- */
+
+static void free_movers(void)
+{
+    for (size_t i = 0; i < rb.n_movers; i++)
+        if (rb.movers[i].ac) {
+            rb.movers[i].ac->data = NULL;
+            redisAsyncFree(rb.movers[i].ac);
+        }
+    free(rb.movers);
+    rb.movers = NULL;
+    rb.n_movers = 0;
+}
+
+int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char *state_text,
+                    char *err, size_t errlen)
+{
+    ring_range *ranges = NULL;
+    size_t nranges = 0;
+    if (ring_diff(old_ring, srv.ring, &ranges, &nranges) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int *is_source = calloc(n_old, sizeof(int));
+    if (!is_source) {
+        free(ranges);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* Shards matched by name: a range moves only when its owner's object
+     * changed. ring_diff compares names, so use it as is. */
+    for (size_t i = 0; i < nranges; i++)
+        is_source[ranges[i].from] = 1;
+    free(ranges);
+    for (size_t i = 0; i < n_old; i++)
+        if (!shard_in_new_set(old_shards[i]))
+            is_source[i] = 1;
+    free_movers();
+    size_t n_sources = 0;
+    for (size_t i = 0; i < n_old; i++)
+        n_sources += (size_t)is_source[i];
+    rebalance_state_path(srv.cfg->path, rb.state_path, sizeof(rb.state_path));
+    if (state_text && write_state(state_text, err, errlen) < 0) {
+        free(is_source);
+        return -1;
+    }
+    rb.movers = calloc(n_sources ? n_sources : 1, sizeof(mover));
+    if (!rb.movers) {
+        free(is_source);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    rb.old_ring = old_ring;
+    rb.old_shards = old_shards;
+    rb.n_old = n_old;
+    rb.running = 1;
+    rb.started_us = rb.last_log_us = server_now_us();
+    rb.keys_scanned = rb.keys_moved = rb.keys_moved_on_demand = 0;
+    rb.busykey_deleted = rb.failures = 0;
+    rb.last_error[0] = '\0';
+    rb.drained[0] = '\0';
+    for (size_t i = 0; i < n_old; i++) {
+        if (!is_source[i])
+            continue;
+        mover *m = &rb.movers[rb.n_movers++];
+        m->source = old_shards[i];
+        snprintf(m->cursor, sizeof(m->cursor), "0");
+        mover_connect(m);
+    }
+    free(is_source);
+    /* The barrier: one PING behind everything already queued on every
+     * connection of every old shard. */
+    rb.barrier = 1;
+    for (size_t i = 0; i < n_old; i++) {
+        shard *s = old_shards[i];
+        for (int j = 0; j < s->nconns; j++) {
+            fragment *f = calloc(1, sizeof(*f));
+            if (!f)
+                continue;
+            f->done = barrier_ping_done;
+            rb.barrier++;
+            backend_send(s, (uint64_t)j, f, "*1\r\n$4\r\nPING\r\n", 14);
+        }
+    }
+    log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
+               rb.n_movers == 1 ? "" : "s", rb.state_path);
+    if (--rb.barrier == 0)
+        barrier_release();
+    if (rb.n_movers == 0)
+        finish();
+    return 0;
+}
+
+static void finish(void)
+{
+    uint64_t secs = (server_now_us() - rb.started_us) / 1000000u;
+    rb.drained[0] = '\0';
+    size_t o = 0;
+    for (size_t i = 0; i < rb.n_old; i++) {
+        shard *s = rb.old_shards[i];
+        if (shard_in_new_set(s))
+            continue;
+        o +=
+            (size_t)snprintf(rb.drained + o, sizeof(rb.drained) - o, "%s%s", o ? "," : "", s->name);
+        if (o >= sizeof(rb.drained))
+            o = sizeof(rb.drained) - 1;
+        shard **grown = realloc(rb.closing, (rb.n_closing + 1) * sizeof(*grown));
+        if (grown) {
+            rb.closing = grown;
+            rb.closing[rb.n_closing++] = s;
+        }
+    }
+    log_notice("rebalance done in %llus: %llu keys scanned, %llu moved (+%llu on demand), "
+               "%llu stale copies deleted, %llu failed batches retried%s%s",
+               (unsigned long long)secs, (unsigned long long)rb.keys_scanned,
+               (unsigned long long)rb.keys_moved, (unsigned long long)rb.keys_moved_on_demand,
+               (unsigned long long)rb.busykey_deleted, (unsigned long long)rb.failures,
+               rb.drained[0] ? "; drained, safe to shut down: " : "", rb.drained);
+    rb.running = 0;
+    rb.migrations_done++;
+    ring_free(rb.old_ring);
+    rb.old_ring = NULL;
+    free(rb.old_shards);
+    rb.old_shards = NULL;
+    rb.n_old = 0;
+    /* Movers are disconnected here and freed by the next start or exit: this
+     * may run inside one of their callbacks. */
+    for (size_t i = 0; i < rb.n_movers; i++)
+        if (rb.movers[i].ac)
+            redisAsyncDisconnect(rb.movers[i].ac);
+    if (unlink(rb.state_path) < 0 && errno != ENOENT)
+        log_warn("rebalance: cannot remove %s: %s", rb.state_path, strerror(errno));
+}
+
+void rebalance_tick(void)
+{
+    uint64_t now = server_now_us();
+    for (size_t i = 0; i < rb.n_closing;) {
+        shard *s = rb.closing[i];
+        if (backend_shard_inflight(s) == 0) {
+            log_notice("shard %s: drained and removed", s->label);
+            backend_shard_free(s);
+            rb.closing[i] = rb.closing[--rb.n_closing];
+            continue;
+        }
+        i++;
+    }
+    if (!rb.running)
+        return;
+    uint64_t stall = (uint64_t)srv.cfg->migrate_timeout_ms * 2000u + REBALANCE_STALL_GRACE_US;
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        mover *m = &rb.movers[i];
+        if (m->done)
+            continue;
+        if (!m->ac && now >= m->next_at_us) {
+            mover_connect(m);
+            continue;
+        }
+        if (mover_busy(m) && now - m->busy_since_us > stall && m->ac) {
+            snprintf(rb.last_error, sizeof(rb.last_error), "shard %s: no reply for %llus",
+                     m->source->name, (unsigned long long)((now - m->busy_since_us) / 1000000u));
+            log_warn("rebalance: %s, resetting the control connection", rb.last_error);
+            redisAsyncDisconnect(m->ac);
+            continue;
+        }
+        mover_step(m);
+    }
+    if (now - rb.last_log_us >= REBALANCE_LOG_US) {
+        rb.last_log_us = now;
+        log_notice("rebalance: %llu keys scanned, %llu moved (+%llu on demand), %llu failures",
+                   (unsigned long long)rb.keys_scanned, (unsigned long long)rb.keys_moved,
+                   (unsigned long long)rb.keys_moved_on_demand, (unsigned long long)rb.failures);
+    }
+}
+
+int rebalance_info(buf *b)
+{
+    uint64_t estimate = 0;
+    size_t done = 0;
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        estimate += rb.movers[i].estimate;
+        done += (size_t)rb.movers[i].done;
+    }
+    uint64_t elapsed = rb.running ? server_now_us() - rb.started_us : 0;
+    uint64_t rate = elapsed > 0 ? rb.keys_scanned * 1000000u / elapsed : 0;
+    uint64_t remaining = estimate > rb.keys_scanned ? estimate - rb.keys_scanned : 0;
+    int percent = !rb.running ? 100
+                  : estimate  ? (int)(rb.keys_scanned * 100 / (estimate ? estimate : 1))
+                              : 0;
+    if (rb.running && percent > 99)
+        percent = 99;
+    long long eta = rb.running && rate ? (long long)(remaining / rate) : 0;
+    return buf_printf(
+        b,
+        "# Rebalance\r\n"
+        "rebalance_state:%s\r\n"
+        "rebalance_sources:%zu\r\n"
+        "rebalance_sources_done:%zu\r\n"
+        "rebalance_keys_scanned:%llu\r\n"
+        "rebalance_keys_moved:%llu\r\n"
+        "rebalance_keys_moved_on_demand:%llu\r\n"
+        "rebalance_keys_remaining:%llu\r\n"
+        "rebalance_stale_copies_deleted:%llu\r\n"
+        "rebalance_failed_batches:%llu\r\n"
+        "rebalance_keys_per_sec:%llu\r\n"
+        "rebalance_percent:%d\r\n"
+        "rebalance_eta_seconds:%lld\r\n"
+        "rebalance_last_error:%s\r\n"
+        "rebalance_completed:%llu\r\n"
+        "rebalance_drained_shards:%s\r\n"
+        "rebalance_queued_reload:%d\r\n"
+        "\r\n",
+        rb.running ? "running" : "idle", rb.n_movers, done, (unsigned long long)rb.keys_scanned,
+        (unsigned long long)rb.keys_moved, (unsigned long long)rb.keys_moved_on_demand,
+        (unsigned long long)remaining, (unsigned long long)rb.busykey_deleted,
+        (unsigned long long)rb.failures, (unsigned long long)rate, percent, eta,
+        rb.last_error[0] ? rb.last_error : "none", (unsigned long long)rb.migrations_done,
+        rb.drained[0] ? rb.drained : "none", rb.reload_queued);
+}
+
+void rebalance_shutdown(void)
+{
+    free_movers();
+    for (size_t i = 0; i < rb.n_closing; i++)
+        backend_shard_free(rb.closing[i]);
+    free(rb.closing);
+    rb.closing = NULL;
+    rb.n_closing = 0;
+    if (rb.running) {
+        /* Old shards that are not in the new set live only here. */
+        for (size_t i = 0; i < rb.n_old; i++)
+            if (!shard_in_new_set(rb.old_shards[i]))
+                backend_shard_free(rb.old_shards[i]);
+        ring_free(rb.old_ring);
+        free(rb.old_shards);
+        rb.running = 0;
+    }
+    request *req = rb.wait_head;
+    rb.wait_head = rb.wait_tail = NULL;
+    while (req) {
+        request *next = req->next_wait;
+        req->next_wait = NULL;
+        req->on_done(req, "-ERR proxy shutting down\r\n", 26);
+        req = next;
+    }
+}

@@ -1,0 +1,60 @@
+/* Online rebalancing: after the shard list changes, keys whose owner changed
+ * are moved with stock MIGRATE, on demand (before a request touches them) and
+ * by a background mover that SCANs every shard losing ranges. The old ring
+ * stays in force for lookups of where a key still is until the mover has
+ * made one complete pass over every source. */
+#ifndef PROXY_REBALANCE_H
+#define PROXY_REBALANCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/backend.h"
+#include "proxy/buf.h"
+#include "proxy/request.h"
+#include "ring/ring.h"
+
+/* Starts moving keys from old_shards (placed by old_ring, in old_ring's
+ * order) to srv.shards (placed by srv.ring). Takes ownership of old_ring and
+ * of the old_shards array; shards in it that are not in srv.shards are
+ * closed when the move ends. state_text is what to persist so a restarted
+ * proxy resumes (an ini with the old shard list). 0, or -1 with err. */
+__attribute__((warn_unused_result)) int rebalance_start(ring *old_ring, shard **old_shards,
+                                                        size_t n_old, const char *state_text,
+                                                        char *err, size_t errlen);
+
+/* Whether a migration runs. */
+int rebalance_running(void);
+
+/* During a migration: the shard that held a key of this hash under the old
+ * ring (where the key still is unless it was moved). NULL when idle. */
+shard *rebalance_old_owner(uint32_t hash);
+
+/* Requests that must move keys wait until the proxy has seen every request
+ * sent under the old ring answered (so none of them can land on a source
+ * after its key moved). Returns 1 and calls resume(req) later when the
+ * barrier is still up, 0 when the caller can go on now. */
+int rebalance_wait_barrier(request *req, void (*resume)(request *req));
+
+/* Counts keys moved on demand (for INFO). */
+void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);
+
+/* Appends the INFO rebalance section (Redis INFO format). 0 or -1. */
+__attribute__((warn_unused_result)) int rebalance_info(buf *b);
+
+/* Periodic: drives the mover (rate limit, retries, stalls). */
+void rebalance_tick(void);
+
+/* A reload arrived during a migration: it is applied when the migration
+ * ends. Returns 1 when one is due now (and clears the flag). */
+void rebalance_queue_reload(void);
+int rebalance_take_queued_reload(void);
+
+/* Path of the state file for a config file. */
+void rebalance_state_path(const char *config_path, char *out, size_t outlen);
+
+/* Stops the mover and frees everything (exit). The state file stays, so a
+ * restart resumes. */
+void rebalance_shutdown(void);
+
+#endif

@@ -1,0 +1,79 @@
+/* A client request and the fragments it is sent to backends as. A reply
+ * travels back through callbacks stored here, so backends never call client
+ * code and clients never reach into backends. */
+#ifndef PROXY_REQUEST_H
+#define PROXY_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proxy/buf.h"
+
+struct request;
+struct fragment;
+struct command;
+
+/* Called exactly once per fragment with its whole reply (or an error reply
+ * the proxy made up, e.g. for a shard that is down). */
+typedef void (*fragment_done_fn)(struct fragment *f, const char *reply, size_t len);
+
+/* One piece of a request sent to one backend connection. */
+typedef struct fragment {
+    struct fragment *next; /* next in the backend's in-flight FIFO */
+    struct request *req;   /* the request it belongs to */
+    fragment_done_fn done; /* completion, set by the router */
+    uint64_t sent_us;      /* loop clock when queued, for timeouts and latency */
+    uint32_t shard;        /* index of the target shard */
+    size_t first_key;      /* split: index of its first key in the request's key list */
+    size_t nkeys;          /* split: number of keys it carries */
+    buf reply;             /* split: a copy of its reply, kept until all parts are in */
+    void *aux;             /* router-private: the source shard of a key move */
+} fragment;
+
+/* State of a client connection that local commands read or change
+ * (CLIENT SETNAME, QUIT). Owned by the client, reached through requests. */
+typedef struct session {
+    uint64_t id;           /* CLIENT ID */
+    char *name;            /* CLIENT SETNAME, NULL when unset */
+    int close_after_reply; /* QUIT: close once the replies before it are out */
+} session;
+
+/* Called once when a request's whole reply is known. owner is NULL when the
+ * client went away meanwhile; the callback then just frees the request. */
+typedef void (*request_done_fn)(struct request *req, const char *reply, size_t len);
+
+typedef struct request {
+    struct request *next;      /* next in the client's reply-order FIFO */
+    void *owner;               /* the client, NULL once it has gone */
+    session *session;          /* the client's session, NULL once it has gone */
+    request_done_fn on_done;   /* the client's completion */
+    int done;                  /* reply known and stored in `reply` */
+    buf reply;                 /* the reply, when it could not be written at once */
+    const struct command *cmd; /* the command, for merging */
+    size_t pending;            /* fragments not yet answered */
+    fragment single;           /* the common case: one fragment, no allocation */
+    fragment *frags;           /* split/fan-out: nfrags fragments (malloc'd) */
+    size_t nfrags;
+    size_t *key_order; /* split: for each key of the request, its slot in the
+                          fragments' key lists (malloc'd) */
+    size_t nkeys;
+    uint64_t hint; /* backend connection choice (the client's id) */
+    /* rebalancing: a request whose keys must move first keeps a copy of its
+     * bytes and is routed again once the keys are on their new shard */
+    buf deferred;
+    int migrated;              /* its keys were moved: route by the new ring only */
+    char *migrate_error;       /* first failure moving its keys (malloc'd) */
+    struct request *next_wait; /* in the rebalance barrier's wait list */
+} request;
+
+/* Takes a request from a free list (or allocates one), zeroed. NULL when out
+ * of memory. */
+request *request_new(void);
+
+/* Returns a request to the free list; frees its buffers and fragments. */
+void request_free(request *req);
+
+/* Releases cached free requests (memory back to the system when idle). */
+void request_trim_cache(void);
+
+#endif

@@ -1,0 +1,72 @@
+/* The one process-wide struct: event base, the current config and ring, the
+ * shards, counters. Config is reached through srv.cfg, which a reload swaps. */
+#ifndef PROXY_SERVER_H
+#define PROXY_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "config/config.h"
+#include "ring/ring.h"
+
+struct event_base;
+struct shard;
+
+#define RINGPROXY_VERSION "0.1.0"
+/* The Redis version reported to clients that check it (HELLO, INFO): the
+ * command set ringproxy understands. */
+#define RINGPROXY_REDIS_COMPAT "7.0.0"
+
+/* Counters shown by INFO stats. */
+typedef struct server_stats {
+    uint64_t connections_received;
+    uint64_t connections_rejected;
+    uint64_t commands;
+    uint64_t net_input_bytes;
+    uint64_t net_output_bytes;
+    uint64_t errors_protocol;    /* malformed requests (client closed) */
+    uint64_t errors_unknown;     /* unknown commands */
+    uint64_t errors_unsupported; /* known but not supported by the proxy */
+    uint64_t errors_arity;       /* wrong number of arguments */
+    uint64_t errors_crossslot;   /* keys on several shards where one is needed */
+    uint64_t errors_shard;       /* shard unavailable or busy */
+    uint64_t errors_timeout;     /* shard timeouts */
+    uint64_t clients_dropped;    /* closed for a limit (output, idle, query buffer) */
+    /* instantaneous ops/sec: sampled by the maintenance timer */
+    uint64_t ops_sample_commands;
+    uint64_t ops_sample_us;
+    uint64_t ops_per_sec;
+} server_stats;
+
+typedef struct server {
+    struct event_base *base;
+    config *cfg;           /* current config; swapped whole by a reload */
+    ring *ring;            /* ring over shards[], same order */
+    struct shard **shards; /* runtime shards, in cfg->shards order */
+    size_t nshards;
+    time_t start_time;
+    int listen_port; /* actual port (for INFO) */
+    int nclients;    /* connected clients */
+    uint64_t next_client_id;
+    uint64_t config_epoch; /* bumped by every applied reload */
+    time_t last_reload_time;
+    char last_reload_error[512];
+    int stopping; /* SIGTERM seen: no new clients */
+    server_stats stats;
+} server;
+
+extern server srv;
+
+/* The loop clock in microseconds: the time libevent read once when this loop
+ * iteration's events came in, so the hot path makes no clock syscalls. */
+static inline uint64_t server_now_us(void)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(srv.base, &tv);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+#endif
