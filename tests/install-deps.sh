@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ringproxy builds, tests and benchmarks with,
+# only those missing (so `make run` is quick on a machine that has them).
+set -euo pipefail
+pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
+      redis-server redis-tools nutcracker)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
