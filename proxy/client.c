@@ -141,7 +141,11 @@ static void request_finished(request *req, const char *reply, size_t len)
         return;
     }
     if (req != c->head) {
-        if (buf_append(&req->reply, reply, len) < 0) {
+        /* Most replies are a few bytes: keep them in the request itself. */
+        if (len <= sizeof(req->small_reply)) {
+            memcpy(req->small_reply, reply, len);
+            req->small_len = (uint8_t)len;
+        } else if (buf_append(&req->reply, reply, len) < 0) {
             drop_later(c, "out of memory holding a reply");
             return;
         }
@@ -154,8 +158,10 @@ static void request_finished(request *req, const char *reply, size_t len)
         /* Later replies that were waiting for this one can go now. */
         while (!fail && c->head && c->head->done) {
             request *r = c->head;
-            fail = buf_append(&c->out, buf_head(&r->reply), buf_len(&r->reply)) < 0;
-            c->waiting_bytes -= buf_len(&r->reply);
+            const char *bytes = r->small_len ? r->small_reply : buf_head(&r->reply);
+            size_t n = r->small_len ? r->small_len : buf_len(&r->reply);
+            fail = buf_append(&c->out, bytes, n) < 0;
+            c->waiting_bytes -= n;
             c->head = r->next;
             request_free(r);
         }
@@ -245,6 +251,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     client *c = arg;
+    server_clock_update();
     size_t want = buf_len(&c->in);
     if (want < BUF_IO_CHUNK)
         want = BUF_IO_CHUNK;
@@ -273,7 +280,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     }
     c->in.end += (size_t)n;
     srv.stats.net_input_bytes += (uint64_t)n;
-    c->last_active_us = server_now_us();
+    c->last_active_us = srv.now_us;
     process_input(c);
 }
 
@@ -315,6 +322,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
+    server_clock_update();
     write_out(arg);
 }
 

@@ -56,7 +56,8 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    uint64_t now = server_now_us();
+    server_clock_update();
+    uint64_t now = srv.now_us;
     backend_tick();
     client_tick();
     rebalance_tick();
@@ -90,6 +91,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     (void)arg;
+    server_clock_update();
     if (sig == SIGHUP) {
         do_reload("SIGHUP");
         return;

@@ -218,9 +218,10 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
 
 static void on_del_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    (void)ac;
     mover *m = privdata;
     redisReply *r = reply;
+    if (!ac->data)
+        return; /* the context is being freed (exit, or a new start) */
     if (!r || r->type == REDIS_REPLY_ERROR) {
         snprintf(rb.last_error, sizeof(rb.last_error), "DEL of a stale copy on %s: %s",
                  m->source->name, r ? r->str : "connection lost");
@@ -237,6 +238,10 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
     migrate_call *call = privdata;
     mover *m = call->m;
     redisReply *r = reply;
+    if (!ac->data) {
+        call_free(call); /* the context is being freed (exit, or a new start) */
+        return;
+    }
     if (!r) {
         snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: connection lost",
                  m->source->name);
@@ -245,7 +250,9 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rb.keys_moved += call->nkeys;
     } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "NOKEY") == 0) {
         /* moved on demand meanwhile, or deleted by a client */
-    } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYKEY", 7) == 0) {
+    } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "BUSYKEY") != NULL) {
+        /* MIGRATE passes the target's RESTORE error on inside its own:
+         * "ERR Target instance replied with error: BUSYKEY ...". */
         if (call->nkeys > 1) {
             /* Keys that moved are gone from the source; retry the rest one by
              * one to find the ones the target already holds. */
@@ -330,9 +337,10 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
 
 static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    (void)ac;
     mover *m = privdata;
     redisReply *r = reply;
+    if (!ac->data)
+        return; /* the context is being freed (exit, or a new start) */
     m->scan_in_flight = 0;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
@@ -451,6 +459,8 @@ static void on_mover_disconnect(const redisAsyncContext *ac, int status)
 {
     mover *m = ac->data;
     (void)status;
+    if (!m)
+        return; /* freed by free_movers, which forgets it itself */
     m->ac = NULL;
     m->connected = 0;
     m->scan_in_flight = 0;
@@ -683,7 +693,10 @@ int rebalance_info(buf *b)
     }
     uint64_t elapsed = rb.running ? server_now_us() - rb.started_us : 0;
     uint64_t rate = elapsed > 0 ? rb.keys_scanned * 1000000u / elapsed : 0;
-    uint64_t remaining = estimate > rb.keys_scanned ? estimate - rb.keys_scanned : 0;
+    /* The estimate is DBSIZE at the start: keys moved or deleted on demand
+     * before the mover reached them are never scanned, so once idle nothing
+     * remains whatever the difference says. */
+    uint64_t remaining = rb.running && estimate > rb.keys_scanned ? estimate - rb.keys_scanned : 0;
     int percent = !rb.running ? 100
                   : estimate  ? (int)(rb.keys_scanned * 100 / (estimate ? estimate : 1))
                               : 0;

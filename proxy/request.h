@@ -47,8 +47,10 @@ typedef struct request {
     void *owner;               /* the client, NULL once it has gone */
     session *session;          /* the client's session, NULL once it has gone */
     request_done_fn on_done;   /* the client's completion */
-    int done;                  /* reply known and stored in `reply` */
-    buf reply;                 /* the reply, when it could not be written at once */
+    int done;                  /* reply known and stored in small_reply or reply */
+    uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
+    char small_reply[64];      /* a short reply that could not be written at once */
+    buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging */
     size_t pending;            /* fragments not yet answered */
     fragment single;           /* the common case: one fragment, no allocation */

@@ -554,10 +554,12 @@ static void route_again(request *req)
           req->hint);
 }
 
-static void standalone_done(fragment *f, const char *reply, size_t len)
+/* The DEL of stale source copies after a BUSYKEY: counts what it deleted,
+ * so a copy the mover deleted first is not counted twice. */
+static void stale_del_done(fragment *f, const char *reply, size_t len)
 {
-    (void)reply;
-    (void)len;
+    if (len > 1 && reply[0] == ':')
+        rebalance_count_on_demand(0, (size_t)strtoull(reply + 1, NULL, 10));
     buf_free(&f->reply);
     free(f);
 }
@@ -568,15 +570,16 @@ static void migrate_part_done(fragment *f, const char *reply, size_t len)
     if (len >= 1 && reply[0] == '+') {
         if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
             rebalance_count_on_demand(f->nkeys, 0);
-    } else if (len >= 8 && memcmp(reply, "-BUSYKEY", 8) == 0) {
+    } else if (len >= 1 && reply[0] == '-' && memmem(reply, len, "BUSYKEY", 7)) {
+        /* MIGRATE passes the target's RESTORE error on inside its own:
+         * "-ERR Target instance replied with error: BUSYKEY ...". */
         /* The target already holds a copy written after the switch; the
          * source's is stale. Keys that did move are gone from the source, so
          * deleting them all there is safe. */
         fragment *del = calloc(1, sizeof(*del));
         if (del) {
-            del->done = standalone_done;
+            del->done = stale_del_done;
             backend_send(f->aux, req->hint, del, buf_head(&f->reply), buf_len(&f->reply));
-            rebalance_count_on_demand(0, f->nkeys);
         }
     } else if (!req->migrate_error) {
         size_t n = len > 2 && reply[0] == '-' ? len - 3 : len;

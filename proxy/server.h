@@ -48,6 +48,7 @@ typedef struct server {
     struct shard **shards; /* runtime shards, in cfg->shards order */
     size_t nshards;
     time_t start_time;
+    uint64_t now_us; /* loop clock, refreshed by server_clock_update() */
     int listen_port; /* actual port (for INFO) */
     int nclients;    /* connected clients */
     uint64_t next_client_id;
@@ -67,6 +68,13 @@ static inline uint64_t server_now_us(void)
     struct timeval tv;
     event_base_gettimeofday_cached(srv.base, &tv);
     return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+/* Refreshes srv.now_us; called once at the top of each I/O callback so that
+ * per-request code reads a field instead of calling into libevent. */
+static inline void server_clock_update(void)
+{
+    srv.now_us = server_now_us();
 }
 
 #endif
