@@ -44,6 +44,8 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 PROXY_BIN := $(BUILD)/ringproxy
 
 .PHONY: all test unit integration asan clean run bench format check-format deps
+# Keep the integration helpers' objects between runs.
+.SECONDARY:
 .DEFAULT_GOAL := all
 
 all: ringproxy

@@ -62,6 +62,11 @@ static int arg_int(const resp_arg *a, long long *out)
     char tmp[32];
     if (a->len == 0 || a->len >= sizeof(tmp))
         return -1;
+    /* Redis's strict form: no leading zeros, no "-0", no '+'. */
+    const char *d = a->ptr[0] == '-' ? a->ptr + 1 : a->ptr;
+    size_t dl = a->len - (size_t)(d - a->ptr);
+    if (dl == 0 || (d[0] == '0' && (dl > 1 || d != a->ptr)) || d[0] < '0' || d[0] > '9')
+        return -1;
     memcpy(tmp, a->ptr, a->len);
     tmp[a->len] = '\0';
     char *end;
@@ -342,7 +347,9 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
 {
     switch (cmd->id) {
     case CMD_PING:
-        if (argc > 1)
+        if (argc > 2)
+            reply_str(req, "-ERR wrong number of arguments for 'ping' command\r\n");
+        else if (argc > 1)
             reply_bulk(req, argv[1].ptr, argv[1].len);
         else
             reply_str(req, "+PONG\r\n");

@@ -6,12 +6,14 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,7 +190,10 @@ static void harness_init(void)
     harness.port_min = HARNESS_PORT_MIN;
     harness.port_max = eph > HARNESS_PORT_MIN + 2000 ? eph - 1 : HARNESS_PORT_FALLBACK_MAX;
     int span = harness.port_max - harness.port_min + 1;
-    harness.port_next = harness.port_min + (int)(getpid() % span);
+    /* Spread the starting points of processes with close pids (tests run
+     * in parallel) far apart: each uses a handful of consecutive ports. */
+    harness.port_next =
+        harness.port_min + (int)(((uint32_t)getpid() * 2654435761u) % (uint32_t)span);
     harness.ports_left = span;
 }
 
@@ -216,11 +221,18 @@ static void unregister_child(pid_t pid)
     }
 }
 
-static int port_is_free(int port)
+/* 1 when port can be bound on 127.0.0.1. With reuse set, connections of a
+ * previous listener lingering in TIME_WAIT do not count, as for servers that
+ * set SO_REUSEADDR (redis-server, ringproxy) restarted on their port. */
+static int port_is_free(int port, int reuse)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         return 0;
+    }
+    if (reuse) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -236,7 +248,7 @@ int harness_free_port(void)
         int port = harness.port_next;
         harness.port_next = port == harness.port_max ? harness.port_min : port + 1;
         harness.ports_left--;
-        if (port_is_free(port)) {
+        if (port_is_free(port, 0)) {
             return port;
         }
     }
@@ -378,8 +390,57 @@ void harness_dump_log(const harness_proc *p, size_t max_bytes)
     fclose(f);
 }
 
-/* Waits until the child answers on its port: with PING when ping is set, else
- * by accepting a TCP connection. Fails at once if the child exits. */
+/* 1 when pid itself holds the socket listening on 127.0.0.1:port (found via
+ * /proc/net/tcp and the process's fds). A PING answer alone could come from
+ * another test process's server that won a race for the same port while our
+ * child failed to bind it. */
+static int listens_on(pid_t pid, int port)
+{
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (f == NULL) {
+        return 0;
+    }
+    char line[512];
+    unsigned long inode = 0;
+    while (inode == 0 && fgets(line, sizeof(line), f) != NULL) {
+        unsigned addr, lport, state;
+        unsigned long ino;
+        if (sscanf(line, " %*d: %x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &addr, &lport,
+                   &state, &ino) == 4 &&
+            (int)lport == port && state == 0x0A /* TCP_LISTEN */) {
+            inode = ino;
+        }
+    }
+    fclose(f);
+    if (inode == 0) {
+        return 0;
+    }
+    char want[64];
+    snprintf(want, sizeof(want), "socket:[%lu]", inode);
+    char dir_path[64];
+    snprintf(dir_path, sizeof(dir_path), "/proc/%d/fd", (int)pid);
+    DIR *dir = opendir(dir_path);
+    if (dir == NULL) {
+        return 0;
+    }
+    int found = 0;
+    struct dirent *e;
+    while (!found && (e = readdir(dir)) != NULL) {
+        char fd_path[320], target[64];
+        snprintf(fd_path, sizeof(fd_path), "%s/%s", dir_path, e->d_name);
+        ssize_t n = readlink(fd_path, target, sizeof(target) - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            found = strcmp(target, want) == 0;
+        }
+    }
+    closedir(dir);
+    return found;
+}
+
+/* Waits until the child listens on its port and answers there: with PING
+ * when ping is set, else by accepting a TCP connection. Fails at once if the
+ * child exits. */
 static int wait_ready(harness_proc *p, int ping, int timeout_ms)
 {
     long long deadline = now_ms() + timeout_ms;
@@ -387,19 +448,21 @@ static int wait_ready(harness_proc *p, int ping, int timeout_ms)
         if (!child_alive(p->pid)) {
             return -1;
         }
-        if (ping) {
-            if (harness_wait_ping(p->port, 100) == 0) {
-                return 0;
-            }
-        } else {
-            redisContext *c =
-                redisConnectWithTimeout("127.0.0.1", p->port, (struct timeval){0, 100000});
-            int ok = c != NULL && c->err == 0;
-            if (c != NULL) {
-                redisFree(c);
-            }
-            if (ok) {
-                return 0;
+        if (listens_on(p->pid, p->port)) {
+            if (ping) {
+                if (harness_wait_ping(p->port, 100) == 0) {
+                    return 0;
+                }
+            } else {
+                redisContext *c =
+                    redisConnectWithTimeout("127.0.0.1", p->port, (struct timeval){0, 100000});
+                int ok = c != NULL && c->err == 0;
+                if (c != NULL) {
+                    redisFree(c);
+                }
+                if (ok) {
+                    return 0;
+                }
             }
         }
         if (now_ms() >= deadline) {
@@ -468,7 +531,7 @@ int harness_redis_restart(harness_proc *p)
     /* The port was just released by the stopped server; retry briefly in case
      * the kernel has not let go of it yet. */
     long long deadline = now_ms() + HARNESS_START_TIMEOUT_MS;
-    while (!port_is_free(p->port) && now_ms() < deadline) {
+    while (!port_is_free(p->port, 1) && now_ms() < deadline) {
         sleep_ms(20);
     }
     return redis_spawn(p);
@@ -590,7 +653,7 @@ int harness_ringproxy_restart(harness_proc *p, int sig)
     snprintf(ini, sizeof(ini), "%s/proxy.ini", p->dir);
     /* The port was just released; the kernel may need a moment. */
     long long deadline = now_ms() + HARNESS_START_TIMEOUT_MS;
-    while (!port_is_free(p->port) && now_ms() < deadline) {
+    while (!port_is_free(p->port, 1) && now_ms() < deadline) {
         sleep_ms(20);
     }
     char *argv[] = {(char *)bin, "-c", ini, NULL};

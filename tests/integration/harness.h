@@ -51,7 +51,8 @@ int harness_ringproxy_start(harness_proc *p, const char *ini_text);
  * the same log. Waits until it answers PING. Returns 0 or -1. */
 int harness_ringproxy_restart(harness_proc *p, int sig);
 
-/* Sends sig to the process and waits for it (bounded: 5 s, then SIGKILL),
+/* Sends sig to the process (0: none, just wait for an exit already under
+ * way) and waits for it (bounded: 5 s, then SIGKILL),
  * kills anything left in its process group, and removes its temp dir (kept if
  * $HARNESS_KEEP_DIRS is set). Returns the exit status as from waitpid, or -1. */
 int harness_proc_stop(harness_proc *p, int sig);

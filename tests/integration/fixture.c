@@ -1,0 +1,449 @@
+/* Shared fixture of the proxy data-path tests; see fixture.h. */
+#include "fixture.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+/* How much of an unexpected reply a failure message shows. */
+#define SHOW_MAX 200
+
+fixture *fixture_start(const char *extra_proxy_lines)
+{
+    return fixture_start_some(extra_proxy_lines, FIXTURE_SHARDS);
+}
+
+fixture *fixture_start_some(const char *extra_proxy_lines, size_t nshards_in_ini)
+{
+    if (nshards_in_ini < 1 || nshards_in_ini > FIXTURE_SHARDS) {
+        return NULL;
+    }
+    fixture *f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        return NULL;
+    }
+    int started = 0;
+    for (; started < FIXTURE_SHARDS; started++) {
+        if (harness_redis_start(&f->shards[started]) == -1) {
+            goto fail;
+        }
+    }
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        f->direct[i] = harness_connect(f->shards[i].port);
+        f->direct_pid[i] = f->shards[i].pid;
+        if (f->direct[i] == NULL) {
+            goto fail;
+        }
+    }
+    char *ini = harness_ini(f->shards, nshards_in_ini, extra_proxy_lines);
+    if (ini == NULL) {
+        goto fail;
+    }
+    int rc = harness_ringproxy_start(&f->proxy, ini);
+    free(ini);
+    if (rc == -1) {
+        goto fail;
+    }
+    return f;
+fail:
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        if (f->direct[i] != NULL) {
+            redisFree(f->direct[i]);
+        }
+    }
+    for (int i = 0; i < started; i++) {
+        harness_proc_stop(&f->shards[i], SIGTERM);
+    }
+    free(f);
+    return NULL;
+}
+
+int fixture_stop(fixture *f)
+{
+    if (f == NULL) {
+        return -1;
+    }
+    int ok = 1; /* a proxy a test already stopped is checked by that test */
+    if (f->proxy.pid != 0) {
+        int status = harness_proc_stop(&f->proxy, SIGTERM);
+        ok = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (!ok) {
+            fprintf(stderr, "fixture: ringproxy did not exit 0 on SIGTERM (status %#x)\n",
+                    (unsigned)status);
+        }
+    }
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        if (f->direct[i] != NULL) {
+            redisFree(f->direct[i]);
+        }
+        if (f->shards[i].pid != 0) {
+            harness_proc_stop(&f->shards[i], SIGTERM);
+        }
+    }
+    free(f);
+    return ok ? 0 : -1;
+}
+
+redisContext *fixture_client(const fixture *f)
+{
+    redisContext *c = harness_connect(f->proxy.port);
+    if (c == NULL) {
+        fail_msg("cannot connect to ringproxy on port %d", f->proxy.port);
+    }
+    return c;
+}
+
+redisContext *fixture_shard(fixture *f, int i)
+{
+    assert_true(i >= 0 && i < FIXTURE_SHARDS);
+    /* A restarted shard is a new process: the old connection is dead even
+     * if hiredis has not noticed yet. */
+    if (f->direct[i] != NULL && (f->direct[i]->err != 0 || f->direct_pid[i] != f->shards[i].pid)) {
+        redisFree(f->direct[i]);
+        f->direct[i] = NULL;
+    }
+    if (f->direct[i] == NULL) {
+        f->direct[i] = harness_connect(f->shards[i].port);
+        f->direct_pid[i] = f->shards[i].pid;
+    }
+    if (f->direct[i] == NULL) {
+        fail_msg("cannot connect to shard s%d on port %d", i + 1, f->shards[i].port);
+    }
+    return f->direct[i];
+}
+
+/* Printable rendering of a reply for failure messages. */
+static void show(const redisReply *r, char *out, size_t cap)
+{
+    if (r == NULL) {
+        snprintf(out, cap, "(no reply)");
+        return;
+    }
+    const char *kind = "?";
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+        kind = "string";
+        break;
+    case REDIS_REPLY_STATUS:
+        kind = "status";
+        break;
+    case REDIS_REPLY_ERROR:
+        kind = "error";
+        break;
+    case REDIS_REPLY_INTEGER:
+        snprintf(out, cap, "integer %lld", r->integer);
+        return;
+    case REDIS_REPLY_NIL:
+        snprintf(out, cap, "nil");
+        return;
+    case REDIS_REPLY_ARRAY:
+        snprintf(out, cap, "array of %zu", (size_t)r->elements);
+        return;
+    }
+    size_t n = snprintf(out, cap, "%s (%zu bytes) \"", kind, (size_t)r->len);
+    for (size_t i = 0; i < r->len && n + 6 < cap && i < SHOW_MAX; i++) {
+        unsigned char ch = (unsigned char)r->str[i];
+        n += isprint(ch) ? snprintf(out + n, cap - n, "%c", ch)
+                         : snprintf(out + n, cap - n, "\\x%02x", ch);
+    }
+    snprintf(out + n, cap - n, "\"");
+}
+
+static void check_reply(redisContext *c, redisReply *r)
+{
+    if (r == NULL) {
+        fail_msg("no reply: %s", c->errstr[0] != '\0' ? c->errstr : "connection error");
+    }
+}
+
+redisReply *fixture_cmd(redisContext *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    check_reply(c, r);
+    return r;
+}
+
+redisReply *fixture_cmd_argv(redisContext *c, int argc, const char **argv, const size_t *lens)
+{
+    redisReply *r = redisCommandArgv(c, argc, argv, lens);
+    check_reply(c, r);
+    return r;
+}
+
+redisReply *fixture_next_reply(redisContext *c)
+{
+    void *reply = NULL;
+    if (redisGetReply(c, &reply) != REDIS_OK) {
+        reply = NULL;
+    }
+    check_reply(c, reply);
+    return reply;
+}
+
+void fixture_expect_status(redisReply *r, const char *status)
+{
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    if (r == NULL || r->type != REDIS_REPLY_STATUS || strcmp(r->str, status) != 0) {
+        freeReplyObject(r);
+        fail_msg("expected +%s, got %s", status, got);
+    }
+    freeReplyObject(r);
+}
+
+void fixture_expect_int(redisReply *r, long long value)
+{
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER || r->integer != value) {
+        freeReplyObject(r);
+        fail_msg("expected :%lld, got %s", value, got);
+    }
+    freeReplyObject(r);
+}
+
+void fixture_expect_str(redisReply *r, const char *str)
+{
+    fixture_expect_bin(r, str, strlen(str));
+}
+
+void fixture_expect_bin(redisReply *r, const void *bytes, size_t len)
+{
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != len ||
+        memcmp(r->str, bytes, len) != 0) {
+        freeReplyObject(r);
+        fail_msg("expected a %zu-byte bulk string, got %s", len, got);
+    }
+    freeReplyObject(r);
+}
+
+void fixture_expect_nil(redisReply *r)
+{
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    if (r == NULL || r->type != REDIS_REPLY_NIL) {
+        freeReplyObject(r);
+        fail_msg("expected nil, got %s", got);
+    }
+    freeReplyObject(r);
+}
+
+void fixture_expect_error(redisReply *r, const char *prefix)
+{
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    if (r == NULL || r->type != REDIS_REPLY_ERROR || strncmp(r->str, prefix, strlen(prefix)) != 0) {
+        freeReplyObject(r);
+        fail_msg("expected an error starting with \"%s\", got %s", prefix, got);
+    }
+    freeReplyObject(r);
+}
+
+void fixture_expect_array(const redisReply *r, size_t n)
+{
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != n) {
+        fail_msg("expected an array of %zu, got %s", n, got);
+    }
+}
+
+static void flatten(const redisReply *r, char *out, size_t cap, size_t *used)
+{
+    int n = 0;
+    switch (r->type) {
+    case REDIS_REPLY_ARRAY:
+        for (size_t i = 0; i < r->elements; i++) {
+            flatten(r->element[i], out, cap, used);
+        }
+        return;
+    case REDIS_REPLY_INTEGER:
+        n = snprintf(out + *used, cap - *used, "%lld ", r->integer);
+        break;
+    case REDIS_REPLY_NIL:
+        n = snprintf(out + *used, cap - *used, "(nil) ");
+        break;
+    default:
+        n = snprintf(out + *used, cap - *used, "%.*s ", (int)r->len, r->str);
+        break;
+    }
+    if (n > 0) {
+        *used = *used + (size_t)n < cap ? *used + (size_t)n : cap - 1;
+    }
+}
+
+void fixture_reply_text(const redisReply *r, char *out, size_t cap)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    flatten(r, out, cap, &used);
+}
+
+/* Shard index of the first word of text equal to a shard name "s1".."sN". */
+static int first_shard_name(const char *text)
+{
+    for (const char *p = text; *p != '\0'; p++) {
+        if (*p != 's' || (p > text && isalnum((unsigned char)p[-1]))) {
+            continue;
+        }
+        char *end;
+        long n = strtol(p + 1, &end, 10);
+        if (end != p + 1 && !isalnum((unsigned char)*end) && isdigit((unsigned char)p[1]) &&
+            n >= 1 && n <= FIXTURE_SHARDS) {
+            return (int)n - 1;
+        }
+    }
+    return -1;
+}
+
+int fixture_owner(redisContext *proxy_conn, const void *key, size_t len)
+{
+    const char *argv[] = {"PROXY", "RING", key};
+    size_t lens[] = {5, 4, len};
+    redisReply *r = fixture_cmd_argv(proxy_conn, 3, argv, lens);
+    char text[1024];
+    fixture_reply_text(r, text, sizeof(text));
+    char got[SHOW_MAX + 64];
+    show(r, got, sizeof(got));
+    freeReplyObject(r);
+    int owner = first_shard_name(text);
+    if (owner == -1) {
+        fail_msg("PROXY RING named no shard s1..s%d: %s", FIXTURE_SHARDS, got);
+    }
+    return owner;
+}
+
+unsigned fixture_holders(fixture *f, const void *key, size_t len)
+{
+    unsigned mask = 0;
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        const char *argv[] = {"EXISTS", key};
+        size_t lens[] = {6, len};
+        redisReply *r = fixture_cmd_argv(fixture_shard(f, i), 2, argv, lens);
+        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+        if (r->integer != 0) {
+            mask |= 1u << i;
+        }
+        freeReplyObject(r);
+    }
+    return mask;
+}
+
+long long fixture_shards_dbsize(fixture *f)
+{
+    long long sum = 0;
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        redisReply *r = fixture_cmd(fixture_shard(f, i), "DBSIZE");
+        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+        sum += r->integer;
+        freeReplyObject(r);
+    }
+    return sum;
+}
+
+long long fixture_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void fixture_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+int fixture_raw_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        return -1;
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == -1) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+int fixture_raw_send(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+size_t fixture_raw_read(int fd, char *buf, size_t cap, size_t want, int timeout_ms, int *closed)
+{
+    size_t got = 0;
+    long long deadline = fixture_now_ms() + timeout_ms;
+    *closed = 0;
+    if (want > cap - 1) {
+        want = cap - 1;
+    }
+    while (got < want) {
+        long long left = deadline - fixture_now_ms();
+        if (left <= 0) {
+            break;
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int ready = poll(&pfd, 1, (int)left);
+        if (ready == -1 && errno == EINTR) {
+            continue;
+        }
+        if (ready <= 0) {
+            break;
+        }
+        ssize_t n = recv(fd, buf + got, cap - 1 - got, 0);
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            *closed = 1;
+            break;
+        }
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    return got;
+}
+
+int fixture_contains(const char *s, size_t len, const char *needle)
+{
+    return memmem(s, len, needle, strlen(needle)) != NULL;
+}

@@ -1,0 +1,97 @@
+/* Shared fixture of the proxy data-path tests: four redis-server shards
+ * (s1..s4) behind one ringproxy, plus cmocka assertions on hiredis replies and
+ * raw-socket helpers for bytes hiredis would never send. */
+#ifndef TESTS_FIXTURE_H
+#define TESTS_FIXTURE_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <hiredis/hiredis.h>
+
+#include "harness.h"
+
+/* Shards behind the proxy: enough that a 100-key request almost surely
+ * touches each of them. */
+#define FIXTURE_SHARDS 4
+
+typedef struct fixture {
+    harness_proc shards[FIXTURE_SHARDS]; /* s1..s4, in that order */
+    harness_proc proxy;
+    redisContext *direct[FIXTURE_SHARDS]; /* to each shard, bypassing the proxy */
+    pid_t direct_pid[FIXTURE_SHARDS];     /* the shard process direct[i] talks to */
+} fixture;
+
+/* Starts the shards and a ringproxy over them, with extra [proxy] lines (may
+ * be NULL). Returns a new fixture, or NULL with everything started stopped. */
+fixture *fixture_start(const char *extra_proxy_lines);
+
+/* Like fixture_start, but the proxy's ini lists only s1..s<nshards_in_ini>;
+ * the other shards run empty, ready to be added by a reload (1 <= n <=
+ * FIXTURE_SHARDS). */
+fixture *fixture_start_some(const char *extra_proxy_lines, size_t nshards_in_ini);
+
+/* Stops the proxy (SIGTERM) and the shards, frees f. Returns 0 when the proxy
+ * exited 0 (or a test had stopped it already), -1 otherwise. */
+int fixture_stop(fixture *f);
+
+/* A new connection to the proxy, with a 2 s timeout; fails the test if none. */
+redisContext *fixture_client(const fixture *f);
+
+/* The connection to shard i (0-based), reconnected if it broke (a shard that
+ * was restarted). Fails the test if the shard does not answer. */
+redisContext *fixture_shard(fixture *f, int i);
+
+/* Runs a command and fails the test when there is no reply (connection error
+ * or timeout). The caller frees the reply. */
+/* fmt is hiredis's: printf-like plus %b (pointer, size_t length). */
+redisReply *fixture_cmd(redisContext *c, const char *fmt, ...);
+redisReply *fixture_cmd_argv(redisContext *c, int argc, const char **argv, const size_t *lens);
+
+/* Reads the next reply of a pipeline; fails the test if there is none. */
+redisReply *fixture_next_reply(redisContext *c);
+
+/* Checks a reply and frees it; each fails the test with what was received. */
+void fixture_expect_status(redisReply *r, const char *status);
+void fixture_expect_int(redisReply *r, long long value);
+void fixture_expect_str(redisReply *r, const char *str);
+void fixture_expect_bin(redisReply *r, const void *bytes, size_t len);
+void fixture_expect_nil(redisReply *r);
+void fixture_expect_error(redisReply *r, const char *prefix);
+/* An array of n elements; not freed (the caller looks inside, then frees). */
+void fixture_expect_array(const redisReply *r, size_t n);
+
+/* The words of a reply (strings, integers, array elements, space separated),
+ * cut at cap, for searching replies whose layout may vary. */
+void fixture_reply_text(const redisReply *r, char *out, size_t cap);
+
+/* Shard index (0-based) that PROXY RING names as the owner of key; fails the
+ * test if the answer names no shard of the fixture. */
+int fixture_owner(redisContext *proxy_conn, const void *key, size_t len);
+
+/* Bit i set when shard i holds key (EXISTS asked directly on the shard). */
+unsigned fixture_holders(fixture *f, const void *key, size_t len);
+
+/* Sum of DBSIZE over the shards, asked directly. */
+long long fixture_shards_dbsize(fixture *f);
+
+/* Monotonic milliseconds, for bounds on how long something took. */
+long long fixture_now_ms(void);
+void fixture_sleep_ms(int ms);
+
+/* Raw client socket to port on 127.0.0.1, blocking, TCP_NODELAY; -1 on error. */
+int fixture_raw_connect(int port);
+
+/* Writes all of buf; 0, or -1 when the peer closed or reset (not a failure by
+ * itself: a proxy may close a client mid-request). */
+int fixture_raw_send(int fd, const void *buf, size_t len);
+
+/* Reads into buf (cap bytes, NUL-terminated, so cap - 1 data bytes) until want
+ * bytes arrived, the peer closed (*closed = 1; a reset counts as closed), or
+ * timeout_ms passed (*closed = 0). Returns the bytes read. */
+size_t fixture_raw_read(int fd, char *buf, size_t cap, size_t want, int timeout_ms, int *closed);
+
+/* 1 when s (length len) contains the NUL-terminated needle. */
+int fixture_contains(const char *s, size_t len, const char *needle);
+
+#endif

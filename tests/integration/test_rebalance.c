@@ -1,0 +1,1663 @@
+/* Online rebalancing, end to end: real redis-server shards behind ringproxy,
+ * the shard list edited in proxy.ini and reloaded (PROXY RELOAD, SIGHUP, or
+ * the file changing on disk), then every key checked through the proxy and on
+ * the shards directly. What each test holds the proxy to is DESIGN.md
+ * section 4: no acknowledged write lost, a key on exactly one shard, no false
+ * miss, TTLs kept, a removed shard drained, a killed proxy resuming. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+
+/* Keys of the data set most tests move: a quarter of them is hundreds of
+ * MIGRATE batches, and the whole file still runs in well under a minute. */
+#define DATASET_KEYS 20000
+/* A smaller data set for the tests that slow the mover down on purpose. */
+#define SLOW_DATASET_KEYS 12000
+/* Commands per pipelined round trip when writing or checking keys. */
+#define PIPELINE 900
+/* A migration taking longer than this in a test counts as stuck. */
+#define REBALANCE_TIMEOUT_MS 30000
+/* How far a TTL may drift across a move (the issue's ±2 s). */
+#define TTL_SLACK_S 2
+/* How often INFO is polled while waiting for a migration. */
+#define POLL_MS 20
+
+/* Shard indexes of the fixture (s1..s4). */
+enum { S1, S2, S3, S4 };
+
+/* ---- a test's fixture, stopped even when the test fails ---- */
+
+/* Set by a test that reached its end; the teardown shows the proxy's log
+ * when it is not. */
+static int test_passed;
+
+static fixture *start(void **state, const char *extra_proxy_lines, size_t nshards_in_ini)
+{
+    test_passed = 0;
+    fixture *f = fixture_start_some(extra_proxy_lines, nshards_in_ini);
+    assert_non_null(f);
+    *state = f;
+    return f;
+}
+
+static int stop(void **state)
+{
+    fixture *f = *state;
+    *state = NULL;
+    if (f == NULL) {
+        return 0;
+    }
+    if (!test_passed && f->proxy.pid != 0) {
+        harness_dump_log(&f->proxy, 6000);
+    }
+    return fixture_stop(f);
+}
+
+/* ---- keys ---- */
+
+/* n key names "<prefix>:<i>", malloc'd. */
+static char **make_keys(const char *prefix, size_t n)
+{
+    char **keys = calloc(n, sizeof(*keys));
+    assert_non_null(keys);
+    for (size_t i = 0; i < n; i++) {
+        char name[128];
+        snprintf(name, sizeof(name), "%s:%zu", prefix, i);
+        keys[i] = strdup(name);
+        assert_non_null(keys[i]);
+    }
+    return keys;
+}
+
+static void free_keys(char **keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(keys[i]);
+    }
+    free(keys);
+}
+
+/* Shard index named by a PROXY RING reply [name, "host:port"]; the address
+ * is copied to addr when addr is not NULL. */
+static int ring_reply_owner(const redisReply *r, char *addr, size_t cap)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        char text[300];
+        fixture_reply_text(r, text, sizeof(text));
+        fail_msg("PROXY RING: expected [name, address], got type %d: %s", r->type, text);
+    }
+    int n = 0;
+    if (sscanf(r->element[0]->str, "s%d", &n) != 1 || n < 1 || n > FIXTURE_SHARDS) {
+        fail_msg("PROXY RING named an unknown shard '%s'", r->element[0]->str);
+    }
+    if (addr != NULL) {
+        snprintf(addr, cap, "%s", r->element[1]->str);
+    }
+    return n - 1;
+}
+
+/* The owner (shard index) of every key as PROXY RING tells, pipelined. */
+static void owners_of(redisContext *c, char **keys, size_t n, int *owner)
+{
+    for (size_t done = 0; done < n;) {
+        size_t batch = n - done < PIPELINE ? n - done : PIPELINE;
+        for (size_t i = 0; i < batch; i++) {
+            redisAppendCommand(c, "PROXY RING %s", keys[done + i]);
+        }
+        for (size_t i = 0; i < batch; i++) {
+            redisReply *r = fixture_next_reply(c);
+            owner[done + i] = ring_reply_owner(r, NULL, 0);
+            freeReplyObject(r);
+        }
+        done += batch;
+    }
+}
+
+/* Bit s of holders[i] set when shard s has keys[i] (EXISTS asked on the
+ * shard directly, pipelined). Shards whose bit is clear in skip are not
+ * asked (a stopped one). */
+static void holders_of(fixture *f, char **keys, size_t n, unsigned *holders, unsigned skip)
+{
+    memset(holders, 0, n * sizeof(*holders));
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        if (skip & (1u << s)) {
+            continue;
+        }
+        redisContext *d = fixture_shard(f, s);
+        for (size_t done = 0; done < n;) {
+            size_t batch = n - done < PIPELINE ? n - done : PIPELINE;
+            for (size_t i = 0; i < batch; i++) {
+                redisAppendCommand(d, "EXISTS %s", keys[done + i]);
+            }
+            for (size_t i = 0; i < batch; i++) {
+                redisReply *r = fixture_next_reply(d);
+                assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+                if (r->integer == 1) {
+                    holders[done + i] |= 1u << s;
+                }
+                freeReplyObject(r);
+            }
+            done += batch;
+        }
+    }
+}
+
+/* Every key is on exactly the shard that PROXY RING names, and on no other
+ * (asked on each shard directly). Fills owner[] when it is not NULL. */
+static void expect_each_key_on_its_owner_only(fixture *f, redisContext *c, char **keys, size_t n,
+                                              int *owner)
+{
+    int *own = owner != NULL ? owner : calloc(n, sizeof(*own));
+    unsigned *holders = calloc(n, sizeof(*holders));
+    assert_true(own != NULL && holders != NULL);
+    owners_of(c, keys, n, own);
+    holders_of(f, keys, n, holders, 0);
+    for (size_t i = 0; i < n; i++) {
+        if (holders[i] != 1u << own[i]) {
+            fail_msg("key %s: owner is s%d but the shards holding it are mask %#x "
+                     "(bit 0 = s1)",
+                     keys[i], own[i] + 1, holders[i]);
+        }
+    }
+    free(holders);
+    if (own != owner) {
+        free(own);
+    }
+}
+
+static long long shard_dbsize(fixture *f, int s)
+{
+    redisReply *r = fixture_cmd(fixture_shard(f, s), "DBSIZE");
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long n = r->integer;
+    freeReplyObject(r);
+    return n;
+}
+
+/* ---- the data set: every type, every third group of keys with a TTL ---- */
+
+typedef enum value_type {
+    VT_STRING,
+    VT_HASH,
+    VT_LIST,
+    VT_SET,
+    VT_ZSET,
+    VT_STREAM,
+    VT_COUNT,
+} value_type;
+
+static const char *const type_names[VT_COUNT] = {"string", "hash", "list", "set", "zset", "stream"};
+
+typedef struct dataset {
+    char **keys;
+    size_t n;
+    long long written_from_ms; /* when the first write was sent */
+    long long written_to_ms;   /* when the last one was acknowledged */
+} dataset;
+
+static value_type type_of(size_t i)
+{
+    return (value_type)(i % VT_COUNT);
+}
+
+/* TTL given to key i in seconds, -1 for none: one group of VT_COUNT keys in
+ * three expires (so every type has keys with and without one), long after
+ * the test is over. */
+static long long ttl_of(size_t i)
+{
+    return (i / VT_COUNT) % 3 == 0 ? 600 + (long long)(i % 600) : -1;
+}
+
+/* Appends the command writing key i (and its EXPIRE); returns how many. */
+static int append_write(redisContext *c, const char *key, size_t i)
+{
+    unsigned long long n = i; /* hiredis's format has no %zu */
+    switch (type_of(i)) {
+    case VT_STRING:
+        redisAppendCommand(c, "SET %s v%llu-payload", key, n);
+        break;
+    case VT_HASH:
+        redisAppendCommand(c, "HSET %s f1 h%llu-1 f2 h%llu-2", key, n, n);
+        break;
+    case VT_LIST:
+        redisAppendCommand(c, "RPUSH %s l%llu-0 l%llu-1 l%llu-2", key, n, n, n);
+        break;
+    case VT_SET:
+        redisAppendCommand(c, "SADD %s m%llu-a m%llu-b", key, n, n);
+        break;
+    case VT_ZSET:
+        redisAppendCommand(c, "ZADD %s 1 z%llu-a 2.5 z%llu-b", key, n, n);
+        break;
+    case VT_STREAM:
+        redisAppendCommand(c, "XADD %s 1-1 f x%llu", key, n);
+        break;
+    case VT_COUNT:
+        fail_msg("bad type");
+    }
+    if (ttl_of(i) > 0) {
+        redisAppendCommand(c, "EXPIRE %s %lld", key, ttl_of(i));
+        return 2;
+    }
+    return 1;
+}
+
+/* Writes n keys "<prefix>:<i>" through the proxy, pipelined. */
+static dataset dataset_write(redisContext *c, const char *prefix, size_t n)
+{
+    dataset d = {.keys = make_keys(prefix, n), .n = n};
+    d.written_from_ms = fixture_now_ms();
+    for (size_t done = 0; done < n;) {
+        size_t batch = n - done < PIPELINE ? n - done : PIPELINE;
+        int replies = 0;
+        for (size_t i = done; i < done + batch; i++) {
+            replies += append_write(c, d.keys[i], i);
+        }
+        for (int i = 0; i < replies; i++) {
+            redisReply *r = fixture_next_reply(c);
+            if (r->type == REDIS_REPLY_ERROR) {
+                fail_msg("writing the data set: %s", r->str);
+            }
+            freeReplyObject(r);
+        }
+        done += batch;
+    }
+    d.written_to_ms = fixture_now_ms();
+    return d;
+}
+
+static void dataset_free(dataset *d)
+{
+    free_keys(d->keys, d->n);
+    d->keys = NULL;
+}
+
+/* The reply text (fixture_reply_text) key i's value reads as; a set has two
+ * orders. */
+static void expected_text(size_t i, char *out, size_t cap, char *alt, size_t altcap)
+{
+    alt[0] = '\0';
+    switch (type_of(i)) {
+    case VT_STRING:
+        snprintf(out, cap, "v%zu-payload ", i);
+        break;
+    case VT_HASH:
+        snprintf(out, cap, "f1 h%zu-1 f2 h%zu-2 ", i, i);
+        break;
+    case VT_LIST:
+        snprintf(out, cap, "l%zu-0 l%zu-1 l%zu-2 ", i, i, i);
+        break;
+    case VT_SET:
+        snprintf(out, cap, "m%zu-a m%zu-b ", i, i);
+        snprintf(alt, altcap, "m%zu-b m%zu-a ", i, i);
+        break;
+    case VT_ZSET:
+        snprintf(out, cap, "z%zu-a 1 z%zu-b 2.5 ", i, i);
+        break;
+    case VT_STREAM:
+        snprintf(out, cap, "1-1 f x%zu ", i);
+        break;
+    case VT_COUNT:
+        fail_msg("bad type");
+    }
+}
+
+static void append_read(redisContext *c, const char *key, size_t i)
+{
+    static const char *const read_cmd[VT_COUNT] = {
+        "GET %s",       "HGETALL %s", "LRANGE %s 0 -1", "SMEMBERS %s", "ZRANGE %s 0 -1 WITHSCORES",
+        "XRANGE %s - +"};
+    redisAppendCommand(c, "TYPE %s", key);
+    redisAppendCommand(c, "TTL %s", key);
+    redisAppendCommand(c, read_cmd[type_of(i)], key);
+}
+
+/* Every key of the data set reads through the proxy with its type, value
+ * and TTL (within TTL_SLACK_S of what is left of the one it was given). */
+static void dataset_verify(redisContext *c, const dataset *d)
+{
+    for (size_t done = 0; done < d->n;) {
+        size_t batch = d->n - done < PIPELINE / 3 ? d->n - done : PIPELINE / 3;
+        for (size_t i = done; i < done + batch; i++) {
+            append_read(c, d->keys[i], i);
+        }
+        long long now = fixture_now_ms();
+        for (size_t i = done; i < done + batch; i++) {
+            redisReply *type = fixture_next_reply(c);
+            redisReply *ttl = fixture_next_reply(c);
+            redisReply *value = fixture_next_reply(c);
+            if (type->type != REDIS_REPLY_STATUS ||
+                strcmp(type->str, type_names[type_of(i)]) != 0) {
+                fail_msg("key %s: TYPE is '%s', expected '%s'", d->keys[i],
+                         type->str != NULL ? type->str : "?", type_names[type_of(i)]);
+            }
+            assert_int_equal(ttl->type, REDIS_REPLY_INTEGER);
+            long long given = ttl_of(i);
+            if (given < 0) {
+                if (ttl->integer != -1) {
+                    fail_msg("key %s: TTL %lld, expected none", d->keys[i], ttl->integer);
+                }
+            } else {
+                /* Whole seconds left, somewhere between what remains of a
+                 * TTL set at the first write and one set at the last. */
+                long long lo = given - (now - d->written_from_ms) / 1000 - TTL_SLACK_S;
+                long long hi = given - (now - d->written_to_ms) / 1000 + TTL_SLACK_S;
+                if (ttl->integer < lo || ttl->integer > hi) {
+                    fail_msg("key %s: TTL %lld, expected %lld..%lld", d->keys[i], ttl->integer, lo,
+                             hi);
+                }
+            }
+            char want[200], alt[200], got[400];
+            expected_text(i, want, sizeof(want), alt, sizeof(alt));
+            fixture_reply_text(value, got, sizeof(got));
+            if (strcmp(got, want) != 0 && (alt[0] == '\0' || strcmp(got, alt) != 0)) {
+                fail_msg("key %s (%s): read \"%s\", expected \"%s\"", d->keys[i],
+                         type_names[type_of(i)], got, want);
+            }
+            freeReplyObject(type);
+            freeReplyObject(ttl);
+            freeReplyObject(value);
+        }
+        done += batch;
+    }
+}
+
+/* ---- INFO ---- */
+
+/* The value of one field of INFO <section> ("" when absent). */
+static void info_text(redisContext *c, const char *section, const char *field, char *out,
+                      size_t cap)
+{
+    redisReply *r = fixture_cmd(c, "INFO %s", section);
+    if (r->type != REDIS_REPLY_STRING) {
+        fail_msg("INFO %s: not a bulk string (type %d)", section, r->type);
+    }
+    out[0] = '\0';
+    char pattern[128];
+    int n = snprintf(pattern, sizeof(pattern), "\n%s:", field);
+    const char *p = memmem(r->str, r->len, pattern, (size_t)n);
+    if (p == NULL && strncmp(r->str, pattern + 1, (size_t)n - 1) == 0) {
+        p = r->str - 1;
+    }
+    if (p != NULL) {
+        p += n;
+        size_t len = strcspn(p, "\r\n");
+        snprintf(out, cap, "%.*s", (int)(len < cap ? len : cap - 1), p);
+    }
+    freeReplyObject(r);
+}
+
+static long long info_int(redisContext *c, const char *section, const char *field)
+{
+    char text[64];
+    info_text(c, section, field, text, sizeof(text));
+    if (text[0] == '\0') {
+        fail_msg("INFO %s has no field %s", section, field);
+    }
+    return atoll(text);
+}
+
+static int rebalance_is_running(redisContext *c)
+{
+    char state[32];
+    info_text(c, "rebalance", "rebalance_state", state, sizeof(state));
+    if (strcmp(state, "running") != 0 && strcmp(state, "idle") != 0) {
+        fail_msg("rebalance_state is '%s', not running or idle", state);
+    }
+    return strcmp(state, "running") == 0;
+}
+
+/* Waits until rebalance_state is idle with at least min_completed
+ * migrations finished; fails the test after REBALANCE_TIMEOUT_MS. */
+static void wait_idle(fixture *f, redisContext *c, long long min_completed)
+{
+    long long deadline = fixture_now_ms() + REBALANCE_TIMEOUT_MS;
+    for (;;) {
+        if (!rebalance_is_running(c) &&
+            info_int(c, "rebalance", "rebalance_completed") >= min_completed) {
+            return;
+        }
+        if (fixture_now_ms() > deadline) {
+            redisReply *r = fixture_cmd(c, "INFO rebalance");
+            fprintf(stderr, "%s\n", r->type == REDIS_REPLY_STRING ? r->str : "?");
+            freeReplyObject(r);
+            harness_dump_log(&f->proxy, 6000);
+            fail_msg("no idle rebalance with %lld completed after %d ms", min_completed,
+                     REBALANCE_TIMEOUT_MS);
+        }
+        fixture_sleep_ms(POLL_MS);
+    }
+}
+
+/* The INFO rebalance fields a finished migration must show. */
+static void expect_clean_finish(redisContext *c)
+{
+    char text[256];
+    info_text(c, "rebalance", "rebalance_last_error", text, sizeof(text));
+    assert_string_equal(text, "none");
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_remaining"), 0);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_percent"), 100);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_eta_seconds"), 0);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_failed_batches"), 0);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_queued_reload"), 0);
+}
+
+/* ---- editing proxy.ini ---- */
+
+static void ini_path(const fixture *f, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/proxy.ini", f->proxy.dir);
+}
+
+static void state_path(const fixture *f, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/proxy.ini.rebalance", f->proxy.dir);
+}
+
+static int file_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+/* The whole of a file, NUL-terminated, malloc'd. */
+static char *read_file(const char *path)
+{
+    FILE *in = fopen(path, "r");
+    if (in == NULL) {
+        fail_msg("cannot read %s: %s", path, strerror(errno));
+    }
+    size_t cap = 4096, len = 0;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    size_t n;
+    while ((n = fread(text + len, 1, cap - len - 1, in)) > 0) {
+        len += n;
+        if (cap - len < 2) {
+            cap *= 2;
+            text = realloc(text, cap);
+            assert_non_null(text);
+        }
+    }
+    fclose(in);
+    text[len] = '\0';
+    return text;
+}
+
+/* Replaces proxy.ini the way an editor saves: a new file renamed over it. */
+static void ini_write(const fixture *f, const char *text)
+{
+    char path[300], tmp[310];
+    ini_path(f, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    FILE *out = fopen(tmp, "w");
+    assert_non_null(out);
+    assert_int_equal(fputs(text, out) >= 0, 1);
+    assert_int_equal(fclose(out), 0);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+static char *ini_read(const fixture *f)
+{
+    char path[300];
+    ini_path(f, path, sizeof(path));
+    return read_file(path);
+}
+
+/* Appends a line at the end of proxy.ini (the [shards] section). */
+static void ini_append(const fixture *f, const char *fmt, ...)
+{
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    char *text = ini_read(f);
+    size_t len = strlen(text);
+    char *grown = realloc(text, len + strlen(line) + 2);
+    assert_non_null(grown);
+    snprintf(grown + len, strlen(line) + 2, "%s\n", line);
+    ini_write(f, grown);
+    free(grown);
+}
+
+/* Replaces the line starting with prefix by line (deletes it when line is
+ * NULL); fails the test if there is no such line. */
+static void ini_replace_line(const fixture *f, const char *prefix, const char *line)
+{
+    char *text = ini_read(f);
+    char *at = strstr(text, prefix);
+    while (at != NULL && at != text && at[-1] != '\n') {
+        at = strstr(at + 1, prefix);
+    }
+    if (at == NULL) {
+        fail_msg("proxy.ini has no line starting with '%s'", prefix);
+    }
+    char *end = strchr(at, '\n');
+    end = end != NULL ? end + 1 : at + strlen(at);
+    size_t cap = strlen(text) + (line != NULL ? strlen(line) : 0) + 2;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    snprintf(out, cap, "%.*s%s%s%s", (int)(at - text), text, line != NULL ? line : "",
+             line != NULL ? "\n" : "", end);
+    ini_write(f, out);
+    free(out);
+    free(text);
+}
+
+static void shard_line(const fixture *f, int s, const char *suffix, char *out, size_t cap)
+{
+    snprintf(out, cap, "s%d = 127.0.0.1:%d%s", s + 1, f->shards[s].port, suffix);
+}
+
+static void add_shard_to_ini(const fixture *f, int s)
+{
+    char line[128];
+    shard_line(f, s, "", line, sizeof(line));
+    ini_append(f, "%s", line);
+}
+
+static void reload_ok(redisContext *c)
+{
+    fixture_expect_status(fixture_cmd(c, "PROXY RELOAD"), "OK");
+}
+
+/* An error reply containing every one of the NULL-terminated needles. */
+static void expect_error_with(redisReply *r, ...)
+{
+    if (r->type != REDIS_REPLY_ERROR) {
+        char text[300];
+        fixture_reply_text(r, text, sizeof(text));
+        fail_msg("expected an error, got type %d: %s", r->type, text);
+    }
+    va_list ap;
+    va_start(ap, r);
+    for (const char *needle = va_arg(ap, const char *); needle != NULL;
+         needle = va_arg(ap, const char *)) {
+        if (strstr(r->str, needle) == NULL) {
+            fail_msg("error \"%s\" does not mention \"%s\"", r->str, needle);
+        }
+    }
+    va_end(ap);
+    freeReplyObject(r);
+}
+
+/* ---- 1. adding a shard ---- */
+
+static void test_added_shard_gets_a_quarter_of_the_keys_and_nothing_is_lost(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", DATASET_KEYS);
+    int *before = calloc(d.n, sizeof(int)), *after = calloc(d.n, sizeof(int));
+    assert_true(before != NULL && after != NULL);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, before);
+    assert_int_equal(shard_dbsize(f, S4), 0);
+    long long epoch = info_int(c, "server", "config_epoch");
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), 0);
+
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    wait_idle(f, c, 1);
+
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch + 1);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    size_t moved = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        if (after[i] != before[i]) {
+            /* A new shard takes keys; nothing moves between old ones. */
+            if (after[i] != S4) {
+                fail_msg("key %s moved from s%d to s%d", d.keys[i], before[i] + 1, after[i] + 1);
+            }
+            moved++;
+        }
+    }
+    /* About a quarter: 4 equal shards, each within a few % of its share. */
+    assert_in_range(moved, d.n * 18 / 100, d.n * 32 / 100);
+    assert_int_equal(shard_dbsize(f, S4), (long long)moved);
+    assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
+    dataset_verify(c, &d);
+
+    /* Nothing touched the keys during the move: the mover moved them all,
+     * after one SCAN pass over each old shard. */
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_moved"), (long long)moved);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_moved_on_demand"), 0);
+    assert_true(info_int(c, "rebalance", "rebalance_keys_scanned") >= (long long)d.n);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), 1);
+    expect_clean_finish(c);
+    char path[300];
+    state_path(f, path, sizeof(path));
+    assert_false(file_exists(path));
+
+    redisReply *summary = fixture_cmd(c, "PROXY REBALANCE");
+    assert_int_equal(summary->type, REDIS_REPLY_STRING);
+    assert_non_null(strstr(summary->str, "rebalance_state:idle"));
+    freeReplyObject(summary);
+
+    free(before);
+    free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- BUSYKEY: the new owner already holds a copy ---- */
+
+#define STALE_KEYS 200
+
+static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void **state)
+{
+    /* Slow enough that the GETs below run while the mover is still busy, so
+     * they move (or find moved) the keys themselves. */
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 2000", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", 3000);
+    char **stale = make_keys("stale", STALE_KEYS);
+    /* The old copy through the proxy (on s1..s3), a newer one written
+     * straight to s4, as a client of a proxy already on the new ring would
+     * have. */
+    for (size_t i = 0; i < STALE_KEYS; i++) {
+        fixture_expect_status(fixture_cmd(c, "SET %s old-%llu", stale[i], (unsigned long long)i),
+                              "OK");
+        fixture_expect_status(
+            fixture_cmd(fixture_shard(f, S4), "SET %s new-%llu", stale[i], (unsigned long long)i),
+            "OK");
+    }
+
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    assert_true(rebalance_is_running(c));
+    int *owner = calloc(STALE_KEYS, sizeof(int));
+    assert_non_null(owner);
+    owners_of(c, stale, STALE_KEYS, owner);
+    size_t on_s4 = 0;
+    for (size_t i = 0; i < STALE_KEYS; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "%s-%zu", owner[i] == S4 ? "new" : "old", i);
+        fixture_expect_str(fixture_cmd(c, "GET %s", stale[i]), want);
+        on_s4 += owner[i] == S4;
+    }
+    assert_true(on_s4 > 0);
+    wait_idle(f, c, 1);
+
+    unsigned *holders = calloc(STALE_KEYS, sizeof(unsigned));
+    assert_non_null(holders);
+    holders_of(f, stale, STALE_KEYS, holders, 0);
+    for (size_t i = 0; i < STALE_KEYS; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "%s-%zu", owner[i] == S4 ? "new" : "old", i);
+        fixture_expect_str(fixture_cmd(c, "GET %s", stale[i]), want);
+        if (owner[i] == S4 && holders[i] != 1u << S4) {
+            fail_msg("%s: the stale source copy is still there (holders %#x)", stale[i],
+                     holders[i]);
+        }
+        if (owner[i] != S4) {
+            /* s4's copy of a key it does not own is the test's own litter. */
+            fixture_expect_int(fixture_cmd(fixture_shard(f, S4), "DEL %s", stale[i]), 1);
+        }
+    }
+    assert_int_equal(info_int(c, "rebalance", "rebalance_stale_copies_deleted"), (long long)on_s4);
+    expect_clean_finish(c);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+    dataset_verify(c, &d);
+
+    free(holders);
+    free(owner);
+    free_keys(stale, STALE_KEYS);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- 2. writers during the move ---- */
+
+#define WRITERS         4
+#define WRITER_COUNTERS 32
+#define WRITER_LISTS    16
+#define WRITER_QUEUES   8
+/* Writers 0 and 1 send one command at a time; the others keep this many in
+ * flight on their connection. */
+#define WRITER_DEPTH       16
+#define WRITER_PROBLEM_LEN 256
+
+/* What a writer does, in turn. */
+typedef enum writer_op {
+    OP_INCR,       /* INCR ctr:<w>:<i> */
+    OP_SET,        /* SET uniq:<w>:<seq> val-<w>-<seq> */
+    OP_RPUSH,      /* RPUSH lst:<w>:<i> <seq> */
+    OP_MSET,       /* MSET ms:<w>:<seq>:0..2 <seq>: keys on several shards */
+    OP_QUEUE_PUSH, /* RPUSH {q<w>:<i>}:in <seq> */
+    OP_QUEUE_MOVE, /* LMOVE {q<w>:<i>}:in {q<w>:<i>}:out: two keys moving together */
+    OP_READ,       /* GET or MGET of an acknowledged SET or MSET */
+    OP_COUNT,
+} writer_op;
+
+/* A growing list of sequence numbers. */
+typedef struct seq_list {
+    long long *seq;
+    size_t n;
+    size_t cap;
+} seq_list;
+
+/* One client writing through the proxy on its own connection, in its own
+ * thread. It records what was acknowledged; the test checks it afterwards
+ * (cmocka's asserts are for the main thread). */
+typedef struct writer {
+    pthread_t thread;
+    int port;
+    int id;
+    int depth; /* commands in flight */
+    atomic_int *stop;
+    atomic_llong acked; /* acknowledged writes so far */
+    long long incr_acked[WRITER_COUNTERS];
+    long long push_acked[WRITER_LISTS];
+    long long queue_pushed[WRITER_QUEUES];
+    long long queue_moved[WRITER_QUEUES];
+    seq_list sets;  /* acknowledged SETs */
+    seq_list msets; /* acknowledged MSETs */
+    long long reads;
+    long long wrong;  /* replies that contradict what was acknowledged */
+    long long errors; /* error replies, or no reply */
+    char first_problem[WRITER_PROBLEM_LEN];
+} writer;
+
+/* A command sent and not yet answered. */
+typedef struct writer_sent {
+    writer_op op;
+    int slot;      /* counter, list or queue index */
+    long long seq; /* the value written, or the SET/MSET read */
+} writer_sent;
+
+static void writer_problem(writer *w, const char *fmt, ...)
+{
+    if (w->first_problem[0] != '\0') {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->first_problem, sizeof(w->first_problem), fmt, ap);
+    va_end(ap);
+}
+
+static int seq_push(seq_list *l, long long seq)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 1024;
+        long long *grown = realloc(l->seq, cap * sizeof(*grown));
+        if (grown == NULL) {
+            return -1;
+        }
+        l->seq = grown;
+        l->cap = cap;
+    }
+    l->seq[l->n++] = seq;
+    return 0;
+}
+
+/* Appends command number op to the connection's output. */
+static void writer_append(writer *w, redisContext *c, long long op, unsigned *rng,
+                          writer_sent *sent)
+{
+    int id = w->id;
+    sent->op = (writer_op)(op % OP_COUNT);
+    sent->seq = op;
+    switch (sent->op) {
+    case OP_INCR:
+        sent->slot = (int)((op / OP_COUNT) % WRITER_COUNTERS);
+        redisAppendCommand(c, "INCR ctr:%d:%d", id, sent->slot);
+        return;
+    case OP_SET:
+        redisAppendCommand(c, "SET uniq:%d:%lld val-%d-%lld", id, op, id, op);
+        return;
+    case OP_RPUSH:
+        sent->slot = (int)((op / OP_COUNT) % WRITER_LISTS);
+        redisAppendCommand(c, "RPUSH lst:%d:%d %lld", id, sent->slot, op);
+        return;
+    case OP_MSET:
+        redisAppendCommand(c, "MSET ms:%d:%lld:0 %lld ms:%d:%lld:1 %lld ms:%d:%lld:2 %lld", id, op,
+                           op, id, op, op, id, op, op);
+        return;
+    case OP_QUEUE_PUSH:
+    case OP_QUEUE_MOVE:
+        sent->slot = (int)((op / OP_COUNT) % WRITER_QUEUES);
+        if (sent->op == OP_QUEUE_PUSH) {
+            redisAppendCommand(c, "RPUSH {q%d:%d}:in %lld", id, sent->slot, op);
+        } else {
+            redisAppendCommand(c, "LMOVE {q%d:%d}:in {q%d:%d}:out LEFT RIGHT", id, sent->slot, id,
+                               sent->slot);
+        }
+        return;
+    case OP_READ:
+        /* Only what was acknowledged before this batch went out. */
+        if (op % 2 == 0 && w->sets.n > 0) {
+            sent->slot = 0;
+            sent->seq = w->sets.seq[rand_r(rng) % w->sets.n];
+            redisAppendCommand(c, "GET uniq:%d:%lld", id, sent->seq);
+        } else if (w->msets.n > 0) {
+            sent->slot = 1;
+            sent->seq = w->msets.seq[rand_r(rng) % w->msets.n];
+            redisAppendCommand(c, "MGET ms:%d:%lld:0 ms:%d:%lld:1 ms:%d:%lld:2", id, sent->seq, id,
+                               sent->seq, id, sent->seq);
+        } else {
+            sent->slot = 2;
+            redisAppendCommand(c, "PING");
+        }
+        return;
+    case OP_COUNT:
+        break;
+    }
+}
+
+/* Checks one reply against what the writer knows was acknowledged before. */
+static void writer_check(writer *w, const writer_sent *s, const redisReply *r)
+{
+    int id = w->id;
+    if (r->type == REDIS_REPLY_ERROR) {
+        w->errors++;
+        writer_problem(w, "writer %d op %lld: %s", id, s->seq, r->str);
+        return;
+    }
+    int wrote = 1;
+    switch (s->op) {
+    case OP_INCR:
+        /* Each counter has one writer: its value is the acknowledged count. */
+        w->incr_acked[s->slot]++;
+        if (r->type != REDIS_REPLY_INTEGER || r->integer != w->incr_acked[s->slot]) {
+            w->wrong++;
+            writer_problem(w, "INCR ctr:%d:%d gave %lld after %lld acknowledged", id, s->slot,
+                           r->integer, w->incr_acked[s->slot] - 1);
+        }
+        break;
+    case OP_SET:
+    case OP_MSET:
+        if (r->type != REDIS_REPLY_STATUS || strcmp(r->str, "OK") != 0 ||
+            seq_push(s->op == OP_SET ? &w->sets : &w->msets, s->seq) < 0) {
+            w->wrong++;
+            writer_problem(w, "writer %d op %lld: SET/MSET not OK", id, s->seq);
+        }
+        break;
+    case OP_RPUSH:
+        w->push_acked[s->slot]++;
+        if (r->type != REDIS_REPLY_INTEGER || r->integer != w->push_acked[s->slot]) {
+            w->wrong++;
+            writer_problem(w, "RPUSH lst:%d:%d gave length %lld after %lld acknowledged", id,
+                           s->slot, r->integer, w->push_acked[s->slot] - 1);
+        }
+        break;
+    case OP_QUEUE_PUSH: {
+        w->queue_pushed[s->slot]++;
+        long long in = w->queue_pushed[s->slot] - w->queue_moved[s->slot];
+        if (r->type != REDIS_REPLY_INTEGER || r->integer != in) {
+            w->wrong++;
+            writer_problem(w, "RPUSH {q%d:%d}:in gave length %lld, expected %lld", id, s->slot,
+                           r->integer, in);
+        }
+        break;
+    }
+    case OP_QUEUE_MOVE:
+        if (r->type == REDIS_REPLY_STRING) {
+            w->queue_moved[s->slot]++;
+        } else if (r->type != REDIS_REPLY_NIL ||
+                   w->queue_pushed[s->slot] != w->queue_moved[s->slot]) {
+            w->wrong++;
+            writer_problem(w, "LMOVE {q%d:%d}: nothing moved with %lld in the list", id, s->slot,
+                           w->queue_pushed[s->slot] - w->queue_moved[s->slot]);
+        }
+        break;
+    case OP_READ: {
+        wrote = 0;
+        w->reads++;
+        char want[64];
+        int ok;
+        if (s->slot == 0) {
+            snprintf(want, sizeof(want), "val-%d-%lld", id, s->seq);
+            ok = r->type == REDIS_REPLY_STRING && strcmp(r->str, want) == 0;
+        } else if (s->slot == 1) {
+            snprintf(want, sizeof(want), "%lld", s->seq);
+            ok = r->type == REDIS_REPLY_ARRAY && r->elements == 3;
+            for (size_t i = 0; ok && i < 3; i++) {
+                ok = r->element[i]->type == REDIS_REPLY_STRING &&
+                     strcmp(r->element[i]->str, want) == 0;
+            }
+        } else {
+            ok = r->type == REDIS_REPLY_STATUS;
+        }
+        if (!ok) {
+            w->wrong++;
+            writer_problem(w, "writer %d: read of op %lld: a miss or a wrong value (type %d)", id,
+                           s->seq, r->type);
+        }
+        break;
+    }
+    case OP_COUNT:
+        break;
+    }
+    if (wrote) {
+        atomic_fetch_add(&w->acked, 1);
+    }
+}
+
+static void *writer_run(void *arg)
+{
+    writer *w = arg;
+    redisContext *c = harness_connect(w->port);
+    if (c == NULL) {
+        w->errors++;
+        writer_problem(w, "writer %d: cannot connect", w->id);
+        return NULL;
+    }
+    unsigned rng = (unsigned)w->id * 7919u + 1;
+    writer_sent sent[WRITER_DEPTH];
+    for (long long op = 0; !atomic_load(w->stop);) {
+        for (int i = 0; i < w->depth; i++) {
+            writer_append(w, c, op++, &rng, &sent[i]);
+        }
+        for (int i = 0; i < w->depth; i++) {
+            void *reply = NULL;
+            if (redisGetReply(c, &reply) != REDIS_OK || reply == NULL) {
+                /* Unknown whether it was applied: the test fails on it. */
+                w->errors++;
+                writer_problem(w, "writer %d op %lld: no reply: %s", w->id, sent[i].seq, c->errstr);
+                redisFree(c);
+                return NULL;
+            }
+            writer_check(w, &sent[i], reply);
+            freeReplyObject(reply);
+        }
+    }
+    redisFree(c);
+    return NULL;
+}
+
+static long long writers_acked(writer *w)
+{
+    long long sum = 0;
+    for (int i = 0; i < WRITERS; i++) {
+        sum += atomic_load(&w[i].acked);
+    }
+    return sum;
+}
+
+/* A growing list of key names. */
+typedef struct key_list {
+    char **keys;
+    size_t n;
+    size_t cap;
+} key_list;
+
+static void key_add(key_list *l, const char *fmt, ...)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 1024;
+        l->keys = realloc(l->keys, l->cap * sizeof(char *));
+        assert_non_null(l->keys);
+    }
+    char name[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof(name), fmt, ap);
+    va_end(ap);
+    l->keys[l->n] = strdup(name);
+    assert_non_null(l->keys[l->n]);
+    l->n++;
+}
+
+/* A list holds numbers in increasing order (push order, each once). */
+static void expect_increasing(redisContext *c, const char *key, long long len)
+{
+    redisReply *r = fixture_cmd(c, "LRANGE %s 0 -1", key);
+    fixture_expect_array(r, (size_t)len);
+    for (size_t e = 1; e < r->elements; e++) {
+        if (atoll(r->element[e - 1]->str) >= atoll(r->element[e]->str)) {
+            fail_msg("%s: %s before %s", key, r->element[e - 1]->str, r->element[e]->str);
+        }
+    }
+    freeReplyObject(r);
+}
+
+/* Every write a writer saw acknowledged is there, read through the proxy,
+ * and each of its keys is on its owner only. */
+static void expect_writer_keys(fixture *f, redisContext *c, const writer *w)
+{
+    if (w->errors != 0 || w->wrong != 0) {
+        fail_msg("writer %d: %lld errors, %lld wrong replies; first: %s", w->id, w->errors,
+                 w->wrong, w->first_problem);
+    }
+    key_list keys = {0};
+    int id = w->id;
+    for (int k = 0; k < WRITER_COUNTERS; k++) {
+        key_add(&keys, "ctr:%d:%d", id, k);
+        char want[32];
+        snprintf(want, sizeof(want), "%lld", w->incr_acked[k]);
+        fixture_expect_str(fixture_cmd(c, "GET %s", keys.keys[keys.n - 1]), want);
+    }
+    for (int l = 0; l < WRITER_LISTS; l++) {
+        key_add(&keys, "lst:%d:%d", id, l);
+        expect_increasing(c, keys.keys[keys.n - 1], w->push_acked[l]);
+    }
+    for (int q = 0; q < WRITER_QUEUES; q++) {
+        key_add(&keys, "{q%d:%d}:in", id, q);
+        expect_increasing(c, keys.keys[keys.n - 1], w->queue_pushed[q] - w->queue_moved[q]);
+        key_add(&keys, "{q%d:%d}:out", id, q);
+        expect_increasing(c, keys.keys[keys.n - 1], w->queue_moved[q]);
+    }
+    for (size_t i = 0; i < w->sets.n; i++) {
+        key_add(&keys, "uniq:%d:%lld", id, w->sets.seq[i]);
+        redisAppendCommand(c, "GET %s", keys.keys[keys.n - 1]);
+    }
+    for (size_t i = 0; i < w->sets.n; i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "val-%d-%lld", id, w->sets.seq[i]);
+        fixture_expect_str(fixture_next_reply(c), want);
+    }
+    for (size_t i = 0; i < w->msets.n; i++) {
+        for (int k = 0; k < 3; k++) {
+            key_add(&keys, "ms:%d:%lld:%d", id, w->msets.seq[i], k);
+            redisAppendCommand(c, "GET %s", keys.keys[keys.n - 1]);
+        }
+    }
+    for (size_t i = 0; i < w->msets.n * 3; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "%lld", w->msets.seq[i / 3]);
+        fixture_expect_str(fixture_next_reply(c), want);
+    }
+    expect_each_key_on_its_owner_only(f, c, keys.keys, keys.n, NULL);
+    free_keys(keys.keys, keys.n);
+}
+
+static void test_writes_during_the_move_are_all_kept(void **state)
+{
+    /* migrate_rate is per source shard: three sources at 4000 keys/s move
+     * the data set in a couple of seconds, long enough to overlap. */
+    fixture *f = start(state, "watch_config = no\nmigrate_rate = 4000", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", DATASET_KEYS);
+
+    atomic_int stop_flag = 0;
+    writer *w = calloc(WRITERS, sizeof(writer));
+    assert_non_null(w);
+    for (int i = 0; i < WRITERS; i++) {
+        w[i].port = f->proxy.port;
+        w[i].id = i;
+        w[i].depth = i < 2 ? 1 : WRITER_DEPTH;
+        w[i].stop = &stop_flag;
+        assert_int_equal(pthread_create(&w[i].thread, NULL, writer_run, &w[i]), 0);
+    }
+    /* Counters, lists and queues exist on their old shards before the
+     * switch. */
+    fixture_sleep_ms(300);
+
+    add_shard_to_ini(f, S4);
+    long long acked_at_reload = writers_acked(w);
+    redisReply *r = fixture_cmd(c, "PROXY RELOAD");
+    int reloaded = r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0;
+    freeReplyObject(r);
+    int was_running = reloaded && rebalance_is_running(c);
+    long long deadline = fixture_now_ms() + REBALANCE_TIMEOUT_MS;
+    while (reloaded && fixture_now_ms() < deadline &&
+           (rebalance_is_running(c) || info_int(c, "rebalance", "rebalance_completed") < 1)) {
+        fixture_sleep_ms(POLL_MS);
+    }
+    long long acked_at_idle = writers_acked(w);
+    /* Some writes after the switch, on the new ring alone. */
+    fixture_sleep_ms(200);
+    atomic_store(&stop_flag, 1);
+    for (int i = 0; i < WRITERS; i++) {
+        assert_int_equal(pthread_join(w[i].thread, NULL), 0);
+    }
+
+    assert_true(reloaded);
+    assert_true(was_running);
+    wait_idle(f, c, 1);
+    expect_clean_finish(c);
+    /* The writers really ran during the move, and touched keys before the
+     * mover reached them. */
+    assert_true(acked_at_idle - acked_at_reload > 100);
+    assert_true(info_int(c, "rebalance", "rebalance_keys_moved_on_demand") > 0);
+    for (int i = 0; i < WRITERS; i++) {
+        expect_writer_keys(f, c, &w[i]);
+    }
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+    dataset_verify(c, &d);
+
+    for (int i = 0; i < WRITERS; i++) {
+        free(w[i].sets.seq);
+        free(w[i].msets.seq);
+    }
+    free(w);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- 3. removing a shard ---- */
+
+static void test_removed_shard_is_drained_to_zero_keys(void **state)
+{
+    /* Four shards, and the reload comes from the file changing on disk. */
+    fixture *f = start(state, NULL, 4);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", DATASET_KEYS);
+    int *before = calloc(d.n, sizeof(int)), *after = calloc(d.n, sizeof(int));
+    assert_true(before != NULL && after != NULL);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, before);
+    long long on_s2 = shard_dbsize(f, S2);
+    assert_true(on_s2 > 0);
+    long long epoch = info_int(c, "server", "config_epoch");
+
+    ini_replace_line(f, "s2 = ", NULL);
+    wait_idle(f, c, 1);
+
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch + 1);
+    assert_int_equal(shard_dbsize(f, S2), 0);
+    char drained[128];
+    info_text(c, "rebalance", "rebalance_drained_shards", drained, sizeof(drained));
+    assert_non_null(strstr(drained, "s2"));
+    expect_clean_finish(c);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    for (size_t i = 0; i < d.n; i++) {
+        assert_int_not_equal(after[i], S2);
+        /* Only s2's keys moved. */
+        if (before[i] != S2) {
+            assert_int_equal(after[i], before[i]);
+        }
+    }
+    assert_true(info_int(c, "rebalance", "rebalance_keys_moved") >= on_s2);
+    assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
+    dataset_verify(c, &d);
+
+    /* The drained shard can go: every key still reads. */
+    assert_true(harness_proc_stop(&f->shards[S2], SIGTERM) != -1);
+    redisFree(f->direct[S2]);
+    f->direct[S2] = NULL;
+    dataset_verify(c, &d);
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+
+    free(before);
+    free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- 4. re-weighting and re-addressing ---- */
+
+static void test_reweighted_shard_gains_keys_and_only_those_move(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 4);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", DATASET_KEYS);
+    int *before = calloc(d.n, sizeof(int)), *after = calloc(d.n, sizeof(int));
+    assert_true(before != NULL && after != NULL);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, before);
+
+    char line[128];
+    shard_line(f, S2, " weight=2", line, sizeof(line));
+    ini_replace_line(f, "s2 = ", line);
+    assert_int_equal(kill(f->proxy.pid, SIGHUP), 0);
+    wait_idle(f, c, 1);
+
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    size_t changed = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        if (after[i] != before[i]) {
+            /* A heavier s2 only gains keys. */
+            assert_int_equal(after[i], S2);
+            changed++;
+        }
+    }
+    /* s2's share goes from 1/4 to 2/5: about 15% of the keys move. */
+    assert_in_range(changed, d.n * 8 / 100, d.n * 24 / 100);
+    /* Exactly the keys whose owner changed were moved. */
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_moved"), (long long)changed);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_moved_on_demand"), 0);
+    expect_clean_finish(c);
+    dataset_verify(c, &d);
+
+    free(before);
+    free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* Copies every key of one redis-server to another with DUMP/RESTORE, TTLs
+ * kept: what an operator does (or a replica does) before re-addressing. */
+static long long copy_all_keys(redisContext *from, redisContext *to)
+{
+    long long copied = 0;
+    char cursor[32] = "0";
+    do {
+        redisReply *scan = fixture_cmd(from, "SCAN %s COUNT 500", cursor);
+        fixture_expect_array(scan, 2);
+        snprintf(cursor, sizeof(cursor), "%s", scan->element[0]->str);
+        redisReply *keys = scan->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            redisAppendCommand(from, "PTTL %s", keys->element[i]->str);
+            redisAppendCommand(from, "DUMP %s", keys->element[i]->str);
+        }
+        for (size_t i = 0; i < keys->elements; i++) {
+            redisReply *pttl = fixture_next_reply(from);
+            redisReply *dump = fixture_next_reply(from);
+            assert_int_equal(dump->type, REDIS_REPLY_STRING);
+            fixture_expect_status(fixture_cmd(to, "RESTORE %s %lld %b", keys->element[i]->str,
+                                              pttl->integer > 0 ? pttl->integer : 0, dump->str,
+                                              (size_t)dump->len),
+                                  "OK");
+            freeReplyObject(pttl);
+            freeReplyObject(dump);
+            copied++;
+        }
+        freeReplyObject(scan);
+    } while (strcmp(cursor, "0") != 0);
+    return copied;
+}
+
+static void test_readdressed_shard_moves_no_key(void **state)
+{
+    /* s1..s3 on the ring; the fourth server becomes s3's new address. */
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", DATASET_KEYS);
+    int *before = calloc(d.n, sizeof(int));
+    assert_non_null(before);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, before);
+    long long on_s3 = copy_all_keys(fixture_shard(f, S3), fixture_shard(f, S4));
+    assert_true(on_s3 > 0);
+    assert_int_equal(shard_dbsize(f, S4), on_s3);
+    long long epoch = info_int(c, "server", "config_epoch");
+
+    char line[128];
+    snprintf(line, sizeof(line), "s3 = 127.0.0.1:%d", f->shards[S4].port);
+    ini_replace_line(f, "s3 = ", line);
+    reload_ok(c);
+
+    /* A new address is not a new place on the ring: no migration at all. */
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch + 1);
+    assert_false(rebalance_is_running(c));
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), 0);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_scanned"), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d", f->shards[S4].port);
+    for (size_t i = 0; i < d.n; i++) {
+        redisReply *r = fixture_cmd(c, "PROXY RING %s", d.keys[i]);
+        char addr[64];
+        int owner = ring_reply_owner(r, addr, sizeof(addr));
+        freeReplyObject(r);
+        assert_int_equal(owner, before[i]);
+        if (owner == S3) {
+            assert_string_equal(addr, want);
+        }
+    }
+    /* The old server is out of the path: emptied, every key still reads,
+     * s3's from its new address. */
+    fixture_expect_status(fixture_cmd(fixture_shard(f, S3), "FLUSHALL"), "OK");
+    dataset_verify(c, &d);
+    unsigned *holders = calloc(d.n, sizeof(unsigned));
+    assert_non_null(holders);
+    holders_of(f, d.keys, d.n, holders, 0);
+    for (size_t i = 0; i < d.n; i++) {
+        unsigned where = before[i] == S3 ? 1u << S4 : 1u << before[i];
+        if (holders[i] != where) {
+            fail_msg("key %s: holders %#x, expected %#x", d.keys[i], holders[i], where);
+        }
+    }
+    assert_int_equal(shard_dbsize(f, S4), on_s3);
+
+    free(holders);
+    free(before);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- 5. a proxy killed mid-migration ---- */
+
+/* Waits until shard s holds at least n keys (the mover at work). */
+static void wait_keys_on(fixture *f, int s, long long n)
+{
+    long long deadline = fixture_now_ms() + REBALANCE_TIMEOUT_MS;
+    while (shard_dbsize(f, s) < n) {
+        if (fixture_now_ms() > deadline) {
+            fail_msg("s%d has fewer than %lld keys after %d ms", s + 1, n, REBALANCE_TIMEOUT_MS);
+        }
+        fixture_sleep_ms(POLL_MS);
+    }
+}
+
+static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void **state)
+{
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 200\nmigrate_rate = 1500", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", SLOW_DATASET_KEYS);
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    char path[300];
+    state_path(f, path, sizeof(path));
+    assert_true(file_exists(path));
+    /* The state file is an ini with the shard list keys move away from. */
+    char *saved = read_file(path);
+    char old_line[128];
+    shard_line(f, S1, "", old_line, sizeof(old_line));
+    assert_non_null(strstr(saved, "[shards]"));
+    assert_non_null(strstr(saved, old_line));
+    char s4_addr[64];
+    snprintf(s4_addr, sizeof(s4_addr), ":%d", f->shards[S4].port);
+    assert_null(strstr(saved, s4_addr));
+    free(saved);
+
+    /* Stopped cleanly once some keys have moved: it exits, keeping the
+     * state, and the next start resumes. */
+    wait_keys_on(f, S4, 300);
+    assert_true(rebalance_is_running(c));
+    redisFree(c);
+    assert_int_equal(harness_ringproxy_restart(&f->proxy, SIGTERM), 0);
+    char *log = read_file(f->proxy.log);
+    assert_non_null(strstr(log, "ringproxy stopped"));
+    assert_null(strstr(log, "Sanitizer"));
+    free(log);
+    assert_true(file_exists(path));
+    c = fixture_client(f);
+    assert_true(rebalance_is_running(c));
+
+    /* Killed once some more have moved. */
+    wait_keys_on(f, S4, shard_dbsize(f, S4) + 300);
+    assert_true(rebalance_is_running(c));
+    redisFree(c);
+    pid_t old_pid = f->proxy.pid;
+    assert_int_equal(kill(old_pid, SIGKILL), 0);
+    fixture_sleep_ms(100);
+    long long moved_before_kill = shard_dbsize(f, S4);
+    assert_true(moved_before_kill >= 300);
+    assert_true(file_exists(path));
+    /* Faster after the restart, so that the test does not wait long. */
+    ini_replace_line(f, "migrate_rate = ", "migrate_rate = 5000");
+    assert_int_equal(harness_ringproxy_restart(&f->proxy, SIGKILL), 0);
+    assert_int_not_equal(f->proxy.pid, old_pid);
+
+    c = fixture_client(f);
+    assert_true(rebalance_is_running(c));
+    wait_idle(f, c, 1);
+    expect_clean_finish(c);
+    assert_false(file_exists(path));
+    int *after = calloc(d.n, sizeof(int));
+    assert_non_null(after);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    size_t on_s4 = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        on_s4 += after[i] == S4;
+    }
+    assert_int_equal(shard_dbsize(f, S4), (long long)on_s4);
+    /* It was killed mid-way: part of the keys had moved, not all. */
+    assert_true(moved_before_kill < (long long)on_s4);
+    assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
+    dataset_verify(c, &d);
+    log = read_file(f->proxy.log);
+    const char *resumed = strstr(log, "resuming the rebalance");
+    assert_non_null(resumed);
+    assert_non_null(strstr(resumed + 1, "resuming the rebalance"));
+    free(log);
+
+    free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- 6. a broken edit ---- */
+
+/* 1-based number of the line of text that starts with prefix. */
+static int line_number(const char *text, const char *prefix)
+{
+    int line = 1;
+    for (const char *p = text; *p != '\0'; p++) {
+        if ((p == text || p[-1] == '\n') && strncmp(p, prefix, strlen(prefix)) == 0) {
+            return line;
+        }
+        line += *p == '\n';
+    }
+    fail_msg("no line starting with '%s'", prefix);
+    return -1;
+}
+
+static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 4);
+    redisContext *c = fixture_client(f);
+    redisContext *busy = fixture_client(f);
+    dataset d = dataset_write(c, "k", 2000);
+    char *good = ini_read(f);
+    long long epoch = info_int(c, "server", "config_epoch");
+
+    /* A typo in [proxy], inserted right after the listen line. */
+    char listen_line[64];
+    snprintf(listen_line, sizeof(listen_line), "listen = 127.0.0.1:%d\n", f->proxy.port);
+    char *at = strstr(good, listen_line);
+    assert_non_null(at);
+    size_t head = (size_t)(at - good) + strlen(listen_line);
+    char broken[8192];
+    snprintf(broken, sizeof(broken), "%.*slisen = x\n%s", (int)head, good, good + head);
+    ini_write(f, broken);
+    char where[400];
+    ini_path(f, where, sizeof(where));
+    snprintf(where + strlen(where), sizeof(where) - strlen(where),
+             ":%d:", line_number(broken, "lisen"));
+
+    /* Requests in flight on another connection across the reload. */
+    for (size_t i = 0; i < d.n; i++) {
+        redisAppendCommand(busy, "SET %s again-%llu", d.keys[i], (unsigned long long)i);
+    }
+    for (int written = 0; !written;) {
+        assert_int_equal(redisBufferWrite(busy, &written), REDIS_OK);
+    }
+    expect_error_with(fixture_cmd(c, "PROXY RELOAD"), where, "lisen", NULL);
+    for (size_t i = 0; i < d.n; i++) {
+        fixture_expect_status(fixture_next_reply(busy), "OK");
+    }
+    for (size_t i = 0; i < d.n; i += 97) {
+        char want[32];
+        snprintf(want, sizeof(want), "again-%zu", i);
+        fixture_expect_str(fixture_cmd(c, "GET %s", d.keys[i]), want);
+    }
+    char text[512];
+    info_text(c, "server", "last_reload_error", text, sizeof(text));
+    assert_non_null(strstr(text, where));
+    assert_non_null(strstr(text, "lisen"));
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch);
+    assert_false(rebalance_is_running(c));
+    /* SIGHUP reads the same broken file: rejected the same way. */
+    assert_int_equal(kill(f->proxy.pid, SIGHUP), 0);
+    fixture_sleep_ms(100);
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch);
+    char *log = read_file(f->proxy.log);
+    assert_non_null(strstr(log, where));
+    free(log);
+
+    /* A key that cannot change at run time is reported, not ignored. */
+    char moved_listen[64];
+    snprintf(moved_listen, sizeof(moved_listen), "listen = 127.0.0.1:%d", harness_free_port());
+    ini_write(f, good);
+    ini_replace_line(f, "listen = ", moved_listen);
+    expect_error_with(fixture_cmd(c, "PROXY RELOAD"), "listen", NULL);
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch);
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+
+    /* Fixed: accepted, and the error is cleared. */
+    ini_write(f, good);
+    reload_ok(c);
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch + 1);
+    info_text(c, "server", "last_reload_error", text, sizeof(text));
+    assert_string_equal(text, "none");
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), 0);
+
+    free(good);
+    dataset_free(&d);
+    redisFree(busy);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- 7. a lock held across the move ---- */
+
+#define LOCKS 64
+
+static void test_lock_taken_before_a_move_stays_held_through_it(void **state)
+{
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 3000", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", SLOW_DATASET_KEYS);
+    char **locks = make_keys("lock:x", LOCKS);
+    for (size_t i = 0; i < LOCKS; i++) {
+        fixture_expect_status(
+            fixture_cmd(c, "SET %s token-%llu NX PX 30000", locks[i], (unsigned long long)i), "OK");
+    }
+    int *before = calloc(LOCKS, sizeof(int)), *after = calloc(LOCKS, sizeof(int));
+    assert_true(before != NULL && after != NULL);
+    owners_of(c, locks, LOCKS, before);
+
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    /* Another client tries to take every lock, all through the move. */
+    redisContext *other = fixture_client(f);
+    int rounds = 0, rounds_while_running = 0;
+    for (;;) {
+        int running = rebalance_is_running(c);
+        for (size_t i = 0; i < LOCKS; i++) {
+            fixture_expect_nil(fixture_cmd(other, "SET %s other NX PX 30000", locks[i]));
+        }
+        rounds++;
+        rounds_while_running += running;
+        if (!running) {
+            break;
+        }
+        assert_true(rounds < REBALANCE_TIMEOUT_MS / 5);
+    }
+    assert_true(rounds_while_running > 0);
+    wait_idle(f, c, 1);
+
+    owners_of(c, locks, LOCKS, after);
+    size_t moved = 0;
+    for (size_t i = 0; i < LOCKS; i++) {
+        moved += after[i] != before[i];
+        char want[32];
+        snprintf(want, sizeof(want), "token-%zu", i);
+        fixture_expect_str(fixture_cmd(c, "GET %s", locks[i]), want);
+        fixture_expect_nil(fixture_cmd(other, "SET %s other NX", locks[i]));
+        redisReply *pttl = fixture_cmd(c, "PTTL %s", locks[i]);
+        assert_int_equal(pttl->type, REDIS_REPLY_INTEGER);
+        assert_in_range(pttl->integer, 1, 30000);
+        freeReplyObject(pttl);
+    }
+    /* Some locks changed shard (64 keys, each with a 1/4 chance). */
+    assert_true(moved > 0);
+    expect_each_key_on_its_owner_only(f, c, locks, LOCKS, NULL);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+
+    free(before);
+    free(after);
+    free_keys(locks, LOCKS);
+    dataset_free(&d);
+    redisFree(other);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- a reload during a migration ---- */
+
+static void test_reload_during_a_migration_is_queued_then_applied(void **state)
+{
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 3000", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", SLOW_DATASET_KEYS);
+    int *before = calloc(d.n, sizeof(int)), *after = calloc(d.n, sizeof(int));
+    assert_true(before != NULL && after != NULL);
+    owners_of(c, d.keys, d.n, before);
+    long long epoch = info_int(c, "server", "config_epoch");
+
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    assert_true(rebalance_is_running(c));
+    /* The next edit: s1 twice as heavy, and no rate limit. */
+    char line[128];
+    shard_line(f, S1, " weight=2", line, sizeof(line));
+    ini_replace_line(f, "s1 = ", line);
+    ini_replace_line(f, "migrate_rate = ", "migrate_rate = 0");
+    expect_error_with(fixture_cmd(c, "PROXY RELOAD"), "queued", NULL);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_queued_reload"), 1);
+    assert_true(rebalance_is_running(c));
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch + 1);
+    /* Until it applies, s1 keeps its weight. */
+    int s1_now = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        redisReply *r = fixture_cmd(c, "PROXY RING %s", d.keys[i]);
+        int owner = ring_reply_owner(r, NULL, 0);
+        freeReplyObject(r);
+        s1_now += owner == S1 && before[i] != S1;
+        if (i == 200) {
+            break;
+        }
+    }
+    assert_int_equal(s1_now, 0);
+
+    /* The first migration ends, the queued reload starts the second. */
+    wait_idle(f, c, 2);
+    assert_int_equal(info_int(c, "server", "config_epoch"), epoch + 2);
+    expect_clean_finish(c);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    size_t gained_by_s1 = 0, gained_by_s4 = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        if (after[i] != before[i]) {
+            assert_true(after[i] == S1 || after[i] == S4);
+            gained_by_s1 += after[i] == S1;
+            gained_by_s4 += after[i] == S4;
+        }
+    }
+    assert_true(gained_by_s1 > 0);
+    assert_true(gained_by_s4 > 0);
+    assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
+    dataset_verify(c, &d);
+
+    free(before);
+    free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_added_shard_gets_a_quarter_of_the_keys_and_nothing_is_lost,
+                                  stop),
+        cmocka_unit_test_teardown(test_copy_already_on_the_new_shard_wins_over_the_stale_source,
+                                  stop),
+        cmocka_unit_test_teardown(test_writes_during_the_move_are_all_kept, stop),
+        cmocka_unit_test_teardown(test_removed_shard_is_drained_to_zero_keys, stop),
+        cmocka_unit_test_teardown(test_reweighted_shard_gains_keys_and_only_those_move, stop),
+        cmocka_unit_test_teardown(test_readdressed_shard_moves_no_key, stop),
+        cmocka_unit_test_teardown(test_stopped_or_killed_proxy_resumes_the_migration_on_restart,
+                                  stop),
+        cmocka_unit_test_teardown(test_broken_edit_is_rejected_and_traffic_is_unaffected, stop),
+        cmocka_unit_test_teardown(test_lock_taken_before_a_move_stays_held_through_it, stop),
+        cmocka_unit_test_teardown(test_reload_during_a_migration_is_queued_then_applied, stop),
+    };
+    /* REBALANCE_TEST=<glob> runs only the matching tests. */
+    const char *only = getenv("REBALANCE_TEST");
+    if (only != NULL && only[0] != '\0') {
+        cmocka_set_test_filter(only);
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
