@@ -40,13 +40,14 @@
 #define HOST_NAME_MAX_LEN 253
 
 typedef enum key_type {
-    KEY_INT,   /* int field: a whole number in [min, max] */
-    KEY_INT64, /* int64_t field: a whole number in [min, max] */
-    KEY_BYTES, /* int64_t field: a byte count in [min, max], kb/mb/gb suffixes */
-    KEY_BOOL,  /* int field: yes/no, true/false, on/off, 1/0 */
-    KEY_ENUM,  /* enum field: one of enum_name(0 .. enum_count - 1) */
-    KEY_ADDR,  /* char *host at offset, uint16_t port at offset2 */
-    KEY_TAG,   /* char open at offset, char close at offset2; empty = tags off */
+    KEY_INT,    /* int field: a whole number in [min, max] */
+    KEY_INT64,  /* int64_t field: a whole number in [min, max] */
+    KEY_BYTES,  /* int64_t field: a byte count in [min, max], kb/mb/gb suffixes */
+    KEY_BOOL,   /* int field: yes/no, true/false, on/off, 1/0 */
+    KEY_ENUM,   /* enum field: one of enum_name(0 .. enum_count - 1) */
+    KEY_ADDR,   /* char *host at offset, uint16_t port at offset2 */
+    KEY_TAG,    /* char open at offset, char close at offset2; empty = tags off */
+    KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
 } key_type;
 
 typedef struct config_key {
@@ -183,6 +184,20 @@ static const config_key config_keys[] = {
     ENUM_KEY("log_level", log_level, config_log_level, log_level_name, CONFIG_LOG_ERROR + 1, "info",
              RELOAD, "least severe message logged"),
     BOOL_KEY("watch_config", watch_config, "yes", RELOAD, "reload when this file changes on disk"),
+    {.name = "requirepass",
+     .type = KEY_SECRET,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "clients must AUTH with this password",
+     .offset = FIELD(requirepass, char *)},
+    {.name = "backend_password",
+     .type = KEY_SECRET,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "password of the shards, for AUTH and MIGRATE",
+     .offset = FIELD(backend_password, char *)},
     INT_KEY("migrate_batch", migrate_batch, "1000", "keys", 1, 100000, RELOAD,
             "keys per SCAN and MIGRATE batch while rebalancing"),
     INT_KEY("migrate_rate", migrate_rate, "0", "keys/s", 0, 100000000, RELOAD,
@@ -296,6 +311,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     }
     case KEY_ADDR:
     case KEY_TAG:
+    case KEY_SECRET:
         break;
     }
     abort(); /* not a number: a bug in the caller */
@@ -364,6 +380,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_TAG:
         snprintf(buf, buflen, "2 chars or empty");
+        return;
+    case KEY_SECRET:
+        snprintf(buf, buflen, "a password, empty = none");
         return;
     }
 }
@@ -538,7 +557,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     void *field = field_of(cfg, key->offset);
     char values[128];
 
-    if (value[0] == '\0' && key->type != KEY_TAG) {
+    if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET) {
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
         return -1;
@@ -636,6 +655,17 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
         char close = len ? value[1] : '\0';
         memcpy(field, &open, 1);
         memcpy(field_of(cfg, key->offset2), &close, 1);
+        return 0;
+    }
+    case KEY_SECRET: {
+        char *copy = NULL;
+        if (value[0] && !(copy = strdup(value))) {
+            snprintf(why, whylen, "%s: out of memory", key->name);
+            return -1;
+        }
+        char **slot = field;
+        free(*slot);
+        *slot = copy;
         return 0;
     }
     }
@@ -1051,6 +1081,8 @@ void config_free(config *cfg)
     }
     free(cfg->shards);
     free(cfg->listen_host);
+    free(cfg->requirepass);
+    free(cfg->backend_password);
     free(cfg->path);
     free(cfg);
 }
@@ -1068,6 +1100,11 @@ static bool same_value(const config_key *key, const config *a, const config *b)
     case KEY_TAG:
         return memcmp(const_field_of(a, key->offset), const_field_of(b, key->offset), 1) == 0 &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
+    case KEY_SECRET: {
+        char *const *sa = const_field_of(a, key->offset);
+        char *const *sb = const_field_of(b, key->offset);
+        return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);
+    }
     default:
         return key_number(key, a) == key_number(key, b);
     }

@@ -146,6 +146,8 @@ static int info_stats(buf *b)
         "errors_unsupported_command:%llu\r\n"
         "errors_wrong_arity:%llu\r\n"
         "errors_crossslot:%llu\r\n"
+        "errors_noauth:%llu\r\n"
+        "auth_failures:%llu\r\n"
         "errors_shard_unavailable:%llu\r\n"
         "errors_shard_timeout:%llu\r\n"
         "clients_dropped:%llu\r\n"
@@ -155,7 +157,8 @@ static int info_stats(buf *b)
         (unsigned long long)st->net_input_bytes, (unsigned long long)st->net_output_bytes,
         (unsigned long long)st->errors_protocol, (unsigned long long)st->errors_unknown,
         (unsigned long long)st->errors_unsupported, (unsigned long long)st->errors_arity,
-        (unsigned long long)st->errors_crossslot, (unsigned long long)st->errors_shard,
+        (unsigned long long)st->errors_crossslot, (unsigned long long)st->errors_noauth,
+        (unsigned long long)st->auth_failures, (unsigned long long)st->errors_shard,
         (unsigned long long)st->errors_timeout, (unsigned long long)st->clients_dropped);
 }
 
@@ -267,6 +270,50 @@ static void cmd_proxy_rebalance(request *req)
 
 /* ---- connection commands ---- */
 
+/* Compares a password in time that depends only on the lengths, not on
+ * where the first difference is. */
+static int password_matches(const resp_arg *given, const char *expected)
+{
+    size_t n = strlen(expected);
+    unsigned char diff = (unsigned char)(given->len != n);
+    for (size_t i = 0; i < given->len; i++)
+        diff |= (unsigned char)(given->ptr[i] ^ expected[i < n ? i : 0]);
+    return diff == 0;
+}
+
+/* Checks a user (may be NULL) and password against requirepass. Returns 0,
+ * or -1 after replying with the error. */
+static int check_auth(request *req, const resp_arg *user, const resp_arg *pass)
+{
+    const char *expected = srv.cfg->requirepass;
+    if (!expected) {
+        reply_str(req, "-ERR AUTH <password> called without any password configured for the "
+                       "default user. Are you sure your configuration is correct?\r\n");
+        return -1;
+    }
+    int ok = password_matches(pass, expected);
+    if (user && !arg_is(user, "default"))
+        ok = 0;
+    if (!ok) {
+        srv.stats.auth_failures++;
+        reply_str(req, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+        return -1;
+    }
+    if (req->session)
+        req->session->authenticated = 1;
+    return 0;
+}
+
+static void cmd_auth(request *req, size_t argc, const resp_arg *argv)
+{
+    if (argc > 3) {
+        reply_str(req, "-ERR syntax error\r\n");
+        return;
+    }
+    if (check_auth(req, argc == 3 ? &argv[1] : NULL, &argv[argc - 1]) == 0)
+        reply_str(req, "+OK\r\n");
+}
+
 static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
 {
     size_t i = 1;
@@ -282,24 +329,39 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
         }
         i = 2;
     }
+    const resp_arg *auth_user = NULL, *auth_pass = NULL;
     for (; i < argc; i++) {
         if (arg_is(&argv[i], "setname") && i + 1 < argc) {
             i++;
             continue;
         }
-        if (arg_is(&argv[i], "auth")) {
-            reply_str(req, "-ERR AUTH is not supported by ringproxy yet\r\n");
-            return;
+        if (arg_is(&argv[i], "auth") && i + 2 < argc) {
+            auth_user = &argv[i + 1];
+            auth_pass = &argv[i + 2];
+            i += 2;
+            continue;
         }
         reply_str(req, "-ERR Syntax error in HELLO option\r\n");
         return;
     }
-    for (i = 2; i + 1 < argc; i++)
-        if (arg_is(&argv[i], "setname") && req->session) {
+    if (auth_pass && check_auth(req, auth_user, auth_pass) < 0)
+        return;
+    if (srv.cfg->requirepass && req->session && !req->session->authenticated) {
+        reply_str(req, "-NOAUTH HELLO must be called with the client already authenticated, "
+                       "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                       "authenticate the client and select the RESP protocol version at the "
+                       "same time\r\n");
+        return;
+    }
+    for (i = 2; i + 1 < argc; i++) {
+        if (arg_is(&argv[i], "auth")) {
+            i += 2;
+        } else if (arg_is(&argv[i], "setname") && req->session) {
             free(req->session->name);
             req->session->name = strndup(argv[i + 1].ptr, argv[i + 1].len);
             i++;
         }
+    }
     buf b = {0};
     int fail = buf_append_header(&b, '*', 14) < 0;
     fail |= buf_append_bulk(&b, "server", 6) < 0 || buf_append_bulk(&b, "ringproxy", 9) < 0;
@@ -374,6 +436,9 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
     }
     case CMD_HELLO:
         cmd_hello(req, argc, argv);
+        return;
+    case CMD_AUTH:
+        cmd_auth(req, argc, argv);
         return;
     case CMD_CLIENT_ID:
     case CMD_CLIENT_GETNAME:

@@ -161,6 +161,46 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
 static void on_readable(evutil_socket_t fd, short what, void *arg);
 static void on_writable(evutil_socket_t fd, short what, void *arg);
 
+static void auth_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->aux;
+    if (c->state != BACKEND_UP)
+        return; /* the connection is failing already */
+    if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
+        return;
+    char why[160];
+    int n = len > 2 ? (int)(len - 2) : 0;
+    snprintf(why, sizeof(why), "unavailable: AUTH failed: %.*s", n > 100 ? 100 : n,
+             len && reply[0] == '-' ? reply + 1 : reply);
+    conn_fail(c, why, 0);
+}
+
+/* Puts AUTH in front of everything queued while connecting, and its
+ * completion at the head of the in-flight FIFO. 0 or -1. */
+static int conn_queue_auth(backend_conn *c, const char *password)
+{
+    buf first = {0};
+    int fail = buf_append_header(&first, '*', 2) < 0 || buf_append_bulk(&first, "AUTH", 4) < 0 ||
+               buf_append_bulk(&first, password, strlen(password)) < 0 ||
+               buf_append(&first, buf_head(&c->out), buf_len(&c->out)) < 0;
+    if (fail) {
+        buf_free(&first);
+        return -1;
+    }
+    buf_free(&c->out);
+    c->out = first;
+    memset(&c->auth, 0, sizeof(c->auth));
+    c->auth.done = auth_done;
+    c->auth.aux = c;
+    c->auth.sent_us = srv.now_us;
+    c->auth.next = c->head;
+    c->head = &c->auth;
+    if (!c->tail)
+        c->tail = &c->auth;
+    c->inflight++;
+    return 0;
+}
+
 static void conn_connected(backend_conn *c)
 {
     event_del(&c->ev_timer);
@@ -168,6 +208,10 @@ static void conn_connected(backend_conn *c)
     c->backoff_ms = 0;
     c->last_error[0] = '\0';
     log_info("shard %s conn %d: connected", c->shard->label, c->index);
+    if (srv.cfg->backend_password && conn_queue_auth(c, srv.cfg->backend_password) < 0) {
+        conn_fail(c, "unavailable: out of memory queueing AUTH", 0);
+        return;
+    }
     event_add(&c->ev_read, NULL);
     if (buf_len(&c->out))
         conn_mark_dirty(c);

@@ -46,6 +46,7 @@ typedef struct backend_conn {
     int dirty;      /* on the pending-flush list */
     struct backend_conn *next_dirty;
     char last_error[128]; /* why it is down */
+    fragment auth;        /* the AUTH sent first when the shards need a password */
 } backend_conn;
 
 /* A shard at run time. */

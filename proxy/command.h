@@ -95,6 +95,7 @@ typedef enum command_id {
     CMD_PROXY_RING,
     CMD_PROXY_RELOAD,
     CMD_PROXY_REBALANCE,
+    CMD_AUTH,
 } command_id;
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis

@@ -38,6 +38,7 @@ LOCAL = {
     "client|setname": "CMD_CLIENT_SETNAME",
     "client|getname": "CMD_CLIENT_GETNAME",
     "client|id": "CMD_CLIENT_ID",
+    "auth": "CMD_AUTH",
 }
 
 # Replies of several shards merged by the proxy.
@@ -65,7 +66,7 @@ UNSUPPORTED = {
     "blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax",
     "blmpop", "bzmpop", "xread", "xreadgroup", "wait",
     # whole keyspace or connection state the proxy does not track yet
-    "scan", "keys", "randomkey", "auth", "monitor", "reset",
+    "scan", "keys", "randomkey", "monitor", "reset",
     # server administration, replication and cluster
     "shutdown", "swapdb", "move", "flushdb", "flushall", "save", "bgsave",
     "bgrewriteaof", "replicaof", "slaveof", "sync", "psync", "replconf",

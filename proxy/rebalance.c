@@ -284,8 +284,10 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys)
 {
     migrate_call *call = calloc(1, sizeof(*call));
-    const char **argv = malloc((7 + nkeys) * sizeof(char *));
-    size_t *argvlen = malloc((7 + nkeys) * sizeof(size_t));
+    const char *pass = srv.cfg->backend_password;
+    size_t nhead = pass ? 9 : 7;
+    const char **argv = malloc((nhead + nkeys) * sizeof(char *));
+    size_t *argvlen = malloc((nhead + nkeys) * sizeof(size_t));
     if (call) {
         call->keys = malloc(nkeys * sizeof(char *));
         call->lens = malloc(nkeys * sizeof(size_t));
@@ -311,18 +313,23 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
     char port[8], timeout[16];
     snprintf(port, sizeof(port), "%u", (unsigned)target->port);
     snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    const char *head[7] = {"MIGRATE", target->host, port, "", "0", timeout, "KEYS"};
-    for (int i = 0; i < 7; i++) {
+    const char *head[9] = {"MIGRATE", target->host, port, "", "0", timeout, "KEYS", NULL, NULL};
+    if (pass) {
+        head[6] = "AUTH";
+        head[7] = pass;
+        head[8] = "KEYS";
+    }
+    for (size_t i = 0; i < nhead; i++) {
         argv[i] = head[i];
         argvlen[i] = strlen(head[i]);
     }
     for (size_t i = 0; i < nkeys; i++) {
         call->keys[i] = keys[i];
         call->lens[i] = lens[i];
-        argv[7 + i] = keys[i];
-        argvlen[7 + i] = lens[i];
+        argv[nhead + i] = keys[i];
+        argvlen[nhead + i] = lens[i];
     }
-    if (redisAsyncCommandArgv(m->ac, on_migrate_reply, call, (int)(7 + nkeys), argv, argvlen) ==
+    if (redisAsyncCommandArgv(m->ac, on_migrate_reply, call, (int)(nhead + nkeys), argv, argvlen) ==
         REDIS_OK) {
         m->migrates_pending++;
     } else {
@@ -450,6 +457,13 @@ static void on_mover_connect(const redisAsyncContext *ac, int status)
         return;
     }
     m->connected = 1;
+    if (srv.cfg->backend_password) {
+        /* Replies come in order: a failed AUTH shows as NOAUTH errors on the
+         * commands after it, which fail the batch with that reason. */
+        const char *argv[2] = {"AUTH", srv.cfg->backend_password};
+        size_t argvlen[2] = {4, strlen(srv.cfg->backend_password)};
+        redisAsyncCommandArgv(m->ac, NULL, NULL, 2, argv, argvlen);
+    }
     if (!m->estimate)
         redisAsyncCommand(m->ac, on_dbsize_reply, m, "DBSIZE");
     mover_step(m);

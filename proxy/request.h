@@ -36,6 +36,7 @@ typedef struct session {
     uint64_t id;           /* CLIENT ID */
     char *name;            /* CLIENT SETNAME, NULL when unset */
     int close_after_reply; /* QUIT: close once the replies before it are out */
+    int authenticated;     /* AUTH succeeded (only checked when requirepass is set) */
 } session;
 
 /* Called once when a request's whole reply is known. owner is NULL when the

@@ -440,6 +440,12 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
         cmd = sub;
     }
     req->cmd = cmd;
+    if (srv.cfg->requirepass && req->session && !req->session->authenticated &&
+        cmd->id != CMD_AUTH && cmd->id != CMD_HELLO && cmd->id != CMD_QUIT) {
+        srv.stats.errors_noauth++;
+        reply_error(req, "NOAUTH Authentication required.");
+        return;
+    }
     switch (cmd->cls) {
     case COMMAND_UNSUPPORTED:
         srv.stats.errors_unsupported++;
@@ -606,13 +612,19 @@ static int encode_migrate(buf *out, const shard *target, const resp_arg *argv,
     char port[8], timeout[16];
     int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
     int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    int fail = buf_append_header(out, '*', (int64_t)(7 + nkeys_in_group)) < 0;
+    const char *pass = srv.cfg->backend_password;
+    int fail = buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys_in_group)) < 0;
     fail |= buf_append_bulk(out, "MIGRATE", 7) < 0;
     fail |= buf_append_bulk(out, target->host, strlen(target->host)) < 0;
     fail |= buf_append_bulk(out, port, (size_t)pl) < 0;
     fail |= buf_append_bulk(out, "", 0) < 0;
     fail |= buf_append_bulk(out, "0", 1) < 0;
     fail |= buf_append_bulk(out, timeout, (size_t)tl) < 0;
+    if (pass) {
+        /* The source authenticates to the target with the shards' password. */
+        fail |= buf_append_bulk(out, "AUTH", 4) < 0;
+        fail |= buf_append_bulk(out, pass, strlen(pass)) < 0;
+    }
     fail |= buf_append_bulk(out, "KEYS", 4) < 0;
     for (size_t k = 0; !fail && group_of_key[2 * k] != (size_t)-2; k++)
         if (group_of_key[2 * k] == g)

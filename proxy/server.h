@@ -32,6 +32,8 @@ typedef struct server_stats {
     uint64_t errors_unsupported; /* known but not supported by the proxy */
     uint64_t errors_arity;       /* wrong number of arguments */
     uint64_t errors_crossslot;   /* keys on several shards where one is needed */
+    uint64_t errors_noauth;      /* commands before AUTH when requirepass is set */
+    uint64_t auth_failures;      /* AUTH with a wrong password */
     uint64_t errors_shard;       /* shard unavailable or busy */
     uint64_t errors_timeout;     /* shard timeouts */
     uint64_t clients_dropped;    /* closed for a limit (output, idle, query buffer) */
