@@ -20,7 +20,7 @@ int buf_reserve(buf *b, size_t n)
         return 0;
     }
     size_t want = used + n;
-    size_t cap = b->cap ? b->cap : 1024;
+    size_t cap = b->cap ? b->cap : 256;
     while (cap < want) {
         if (cap > SIZE_MAX / 2)
             return -1;

@@ -196,11 +196,10 @@ static request *enqueue(client *c)
 }
 
 /* Answers a protocol error after the replies already due, then closes. */
-static void protocol_error(client *c)
+static void protocol_error(client *c, const char *input, size_t input_len)
 {
     char dump[80];
-    size_t n = buf_len(&c->in) < 40 ? buf_len(&c->in) : 40;
-    log_escape(buf_head(&c->in), n, dump, sizeof(dump));
+    log_escape(input, input_len < 40 ? input_len : 40, dump, sizeof(dump));
     log_info("client %s: %s, closing (input %s)", c->addr, c->scan.err, dump);
     srv.stats.errors_protocol++;
     request *req = enqueue(c);
@@ -216,35 +215,68 @@ static void protocol_error(client *c)
     mark_dirty(c);
 }
 
-/* Scans and dispatches every whole request in the input buffer. */
-static void process_input(client *c)
+/* Scans and dispatches every whole request in data[0..len). Returns the
+ * bytes used: whole requests, or everything once the client is closing. */
+static size_t process_bytes(client *c, const char *data, size_t len)
 {
-    while (buf_len(&c->in) > 0 && c->reading && !c->closing && !c->drop_reason) {
-        resp_status st = resp_request_scan(&c->scan, buf_head(&c->in), buf_len(&c->in));
+    size_t done = 0;
+    while (done < len && c->reading && !c->closing && !c->drop_reason) {
+        resp_status st = resp_request_scan(&c->scan, data + done, len - done);
         if (st == RESP_INCOMPLETE)
             break;
         if (st == RESP_ERROR) {
-            protocol_error(c);
-            return;
+            protocol_error(c, data + done, len - done);
+            return len;
         }
         size_t used = c->scan.req_len;
+        /* Activity for idle_timeout is a whole request, not a byte: a client
+         * trickling a request byte by byte (slowloris) stays idle. */
+        c->last_active_us = srv.now_us;
         if (c->scan.argc > 0) {
             request *req = enqueue(c);
             if (!req) {
                 drop_later(c, "out of memory");
-                return;
+                return len;
             }
-            router_dispatch(req, c->scan.argc, c->scan.argv,
-                            c->scan.is_inline ? NULL : buf_head(&c->in), used, c->sess.id);
+            router_dispatch(req, c->scan.argc, c->scan.argv, c->scan.is_inline ? NULL : data + done,
+                            used, c->sess.id);
             if (c->sess.close_after_reply) {
                 c->closing = 1;
                 set_reading(c, 0);
             }
         }
-        buf_consume(&c->in, used);
+        done += used;
     }
+    return done;
+}
+
+/* Processes what waits in the client's own input buffer. */
+static void process_input(client *c)
+{
+    buf_consume(&c->in, process_bytes(c, buf_head(&c->in), buf_len(&c->in)));
     if (buf_len(&c->in) == 0)
         buf_shrink_if_empty(&c->in, BUF_KEEP_IDLE);
+}
+
+/* Reads into one buffer shared by all clients when the client has nothing
+ * pending, and keeps only a partial request's bytes: whole requests (the
+ * common case) are scanned and forwarded from there, and an idle client
+ * holds no input buffer at all. */
+static char shared_in[BUF_IO_CHUNK];
+
+static void read_shared(client *c, int fd)
+{
+    ssize_t n = read(fd, shared_in, sizeof(shared_in));
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        client_free(c, n < 0 ? strerror(errno) : NULL);
+        return;
+    }
+    srv.stats.net_input_bytes += (uint64_t)n;
+    size_t used = process_bytes(c, shared_in, (size_t)n);
+    if (used < (size_t)n && buf_append(&c->in, shared_in + used, (size_t)n - used) < 0)
+        drop_later(c, "out of memory reading request");
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
@@ -252,6 +284,10 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     (void)what;
     client *c = arg;
     server_clock_update();
+    if (buf_len(&c->in) == 0) {
+        read_shared(c, fd);
+        return;
+    }
     size_t want = buf_len(&c->in);
     if (want < BUF_IO_CHUNK)
         want = BUF_IO_CHUNK;
@@ -262,7 +298,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
             snprintf(c->scan.err, sizeof(c->scan.err),
                      "ERR Protocol error: query buffer over max_query_buffer (%lld bytes)",
                      (long long)srv.cfg->max_query_buffer);
-            protocol_error(c);
+            protocol_error(c, buf_head(&c->in), buf_len(&c->in));
             return;
         }
         want = (size_t)srv.cfg->max_query_buffer - buf_len(&c->in);
@@ -280,7 +316,6 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     }
     c->in.end += (size_t)n;
     srv.stats.net_input_bytes += (uint64_t)n;
-    c->last_active_us = srv.now_us;
     process_input(c);
 }
 
@@ -370,17 +405,33 @@ void client_accept(int fd, const char *addr)
     log_debug("client %s: connected (id %llu)", addr, (unsigned long long)c->sess.id);
 }
 
+/* A client quiet this long gives back its buffers: an idle connection then
+ * costs its struct and socket only (10,000 idle clients, a few MB). */
+#define CLIENT_TRIM_IDLE_US 1000000u
+
 void client_tick(void)
 {
+    static unsigned ticks;
+    int trim = ++ticks % 10 == 0; /* about once a second */
     int idle_s = srv.cfg->idle_timeout_s;
-    if (idle_s <= 0)
+    if (idle_s <= 0 && !trim)
         return;
-    uint64_t now = server_now_us(), limit = (uint64_t)idle_s * 1000000u;
+    uint64_t now = srv.now_us, limit = (uint64_t)(idle_s > 0 ? idle_s : 0) * 1000000u;
     client *c = clients, *next;
     for (; c; c = next) {
         next = c->next;
-        if (!c->head && now - c->last_active_us > limit && !c->drop_reason)
+        if (c->head || c->drop_reason)
+            continue;
+        uint64_t quiet = now - c->last_active_us;
+        if (idle_s > 0 && quiet > limit) {
             drop_later(c, "idle timeout");
+            continue;
+        }
+        if (trim && quiet > CLIENT_TRIM_IDLE_US && buf_len(&c->in) == 0 && buf_len(&c->out) == 0) {
+            buf_free(&c->in);
+            buf_free(&c->out);
+            resp_request_shrink(&c->scan);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 /* ringproxy: a sharding proxy for Redis. Start-up, signals, the maintenance
  * timer and the event loop. */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,9 @@
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
+/* Below this many commands per second the proxy counts as quiet and returns
+ * freed memory to the system once a second. */
+#define MAINTENANCE_TRIM_BELOW_OPS 1000
 /* How often the config file is checked for changes on disk. */
 #define CONFIG_WATCH_MS 1000
 /* How long a stopping proxy waits for in-flight requests to be answered. */
@@ -70,6 +74,12 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
                 (st->commands - st->ops_sample_commands) * 1000000u / (now - st->ops_sample_us);
         st->ops_sample_us = now;
         st->ops_sample_commands = st->commands;
+        /* Quiet now: give freed memory back to the system, so one burst
+         * (a big value, a deep pipeline, many clients) does not pin RSS. */
+        if (st->ops_per_sec < MAINTENANCE_TRIM_BELOW_OPS) {
+            request_trim_cache();
+            malloc_trim(0);
+        }
     }
     if (srv.cfg->watch_config && now >= next_watch_us) {
         next_watch_us = now + CONFIG_WATCH_MS * 1000;

@@ -505,7 +505,7 @@ static void test_unsupported_commands_keep_connection(void **state)
         "EXEC",      "WATCH k",          "SUBSCRIBE ch",  "PSUBSCRIBE ch*",
         "BLPOP k 1", "BRPOPLPUSH a b 1", "KEYS *",        "SCAN 0",
         "MONITOR",   "CONFIG GET save",  "DEBUG SLEEP 0", "SWAPDB 0 1",
-        "MOVE k 1",  "CLUSTER INFO",     "AUTH pw",       "SHUTDOWN NOSAVE",
+        "MOVE k 1",  "CLUSTER INFO",     "LASTSAVE",      "SHUTDOWN NOSAVE",
     };
     for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
         fixture_expect_error(fixture_cmd(c, unsupported[i]), "ERR unsupported command");
