@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,7 +28,19 @@ fixture *fixture_start(const char *extra_proxy_lines)
     return fixture_start_some(extra_proxy_lines, FIXTURE_SHARDS);
 }
 
+static fixture *start(const char *extra_proxy_lines, size_t nshards_in_ini, int nofile);
+
 fixture *fixture_start_some(const char *extra_proxy_lines, size_t nshards_in_ini)
+{
+    return start(extra_proxy_lines, nshards_in_ini, 0);
+}
+
+fixture *fixture_start_nofile(const char *extra_proxy_lines, int nofile)
+{
+    return start(extra_proxy_lines, FIXTURE_SHARDS, nofile);
+}
+
+static fixture *start(const char *extra_proxy_lines, size_t nshards_in_ini, int nofile)
 {
     if (nshards_in_ini < 1 || nshards_in_ini > FIXTURE_SHARDS) {
         return NULL;
@@ -53,7 +66,7 @@ fixture *fixture_start_some(const char *extra_proxy_lines, size_t nshards_in_ini
     if (ini == NULL) {
         goto fail;
     }
-    int rc = harness_ringproxy_start(&f->proxy, ini);
+    int rc = harness_ringproxy_start_nofile(&f->proxy, ini, nofile);
     free(ini);
     if (rc == -1) {
         goto fail;
@@ -446,4 +459,122 @@ size_t fixture_raw_read(int fd, char *buf, size_t cap, size_t want, int timeout_
 int fixture_contains(const char *s, size_t len, const char *needle)
 {
     return memmem(s, len, needle, strlen(needle)) != NULL;
+}
+
+int fixture_alive(pid_t pid)
+{
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) == -1) {
+        return 0;
+    }
+    return info.si_pid == 0;
+}
+
+/* A "Name:   123 kB" line of /proc/<pid>/status, or -1. */
+static long status_kib(pid_t pid, const char *name)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    char line[256];
+    long kib = -1;
+    size_t n = strlen(name);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, name, n) == 0 && line[n] == ':') {
+            kib = strtol(line + n + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kib;
+}
+
+long fixture_rss_kib(pid_t pid)
+{
+    return status_kib(pid, "VmRSS");
+}
+
+long fixture_peak_rss_kib(pid_t pid)
+{
+    return status_kib(pid, "VmHWM");
+}
+
+int fixture_memory_instrumented(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return 0;
+    }
+    char line[512];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, "libasan") != NULL || strstr(line, "vgpreload") != NULL;
+    }
+    fclose(f);
+    if (!found) {
+        /* valgrind's tool is the process image itself. */
+        snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+        f = fopen(path, "r");
+        if (f != NULL) {
+            found = fgets(line, sizeof(line), f) != NULL && strstr(line, "memcheck") != NULL;
+            fclose(f);
+        }
+    }
+    return found;
+}
+
+long long fixture_info_int(redisContext *c, const char *field)
+{
+    redisReply *r = fixture_cmd(c, "INFO");
+    if (r->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        fail_msg("INFO did not answer a bulk string");
+    }
+    long long value = -1;
+    char pattern[96];
+    int n = snprintf(pattern, sizeof(pattern), "\n%s:", field);
+    const char *p = memmem(r->str, r->len, pattern, (size_t)n);
+    if (p != NULL) {
+        value = atoll(p + n);
+    }
+    freeReplyObject(r);
+    return value;
+}
+
+int fixture_log_contains(const harness_proc *p, const char *needle)
+{
+    FILE *f = fopen(p->log, "r");
+    if (f == NULL) {
+        return 0;
+    }
+    /* Lines are short; a needle split across two reads is found by
+     * keeping the tail of the previous one. */
+    size_t keep = strlen(needle);
+    char buf[65536];
+    if (keep == 0 || keep > sizeof(buf) / 2) {
+        fclose(f);
+        return 0;
+    }
+    size_t have = 0;
+    int found = 0;
+    while (!found) {
+        size_t n = fread(buf + have, 1, sizeof(buf) - have, f);
+        if (n == 0) {
+            break;
+        }
+        have += n;
+        found = memmem(buf, have, needle, keep) != NULL;
+        if (have > keep) {
+            memmove(buf, buf + have - keep, keep);
+            have = keep;
+        }
+    }
+    fclose(f);
+    return found;
 }

@@ -31,6 +31,10 @@ fixture *fixture_start(const char *extra_proxy_lines);
  * FIXTURE_SHARDS). */
 fixture *fixture_start_some(const char *extra_proxy_lines, size_t nshards_in_ini);
 
+/* Like fixture_start, with the proxy's RLIMIT_NOFILE lowered to nofile
+ * (harness_ringproxy_start_nofile). */
+fixture *fixture_start_nofile(const char *extra_proxy_lines, int nofile);
+
 /* Stops the proxy (SIGTERM) and the shards, frees f. Returns 0 when the proxy
  * exited 0 (or a test had stopped it already), -1 otherwise. */
 int fixture_stop(fixture *f);
@@ -93,5 +97,27 @@ size_t fixture_raw_read(int fd, char *buf, size_t cap, size_t want, int timeout_
 
 /* 1 when s (length len) contains the NUL-terminated needle. */
 int fixture_contains(const char *s, size_t len, const char *needle);
+
+/* ---- a process seen from outside ---- */
+
+/* 1 while pid has not exited (it is not reaped). */
+int fixture_alive(pid_t pid);
+
+/* Resident set size (VmRSS) and its peak (VmHWM) of a process, in KiB; -1
+ * when unknown. */
+long fixture_rss_kib(pid_t pid);
+long fixture_peak_rss_kib(pid_t pid);
+
+/* 1 when the process runs under AddressSanitizer or valgrind, whose own
+ * bookkeeping (quarantine, shadow memory) makes its RSS meaningless as a
+ * bound on what the program keeps. */
+int fixture_memory_instrumented(pid_t pid);
+
+/* The integer value of an INFO field such as "connected_clients" (asked
+ * with a plain INFO), or -1 when absent. */
+long long fixture_info_int(redisContext *c, const char *field);
+
+/* 1 when the process's log contains needle. */
+int fixture_log_contains(const harness_proc *p, const char *needle);
 
 #endif

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -29,6 +30,9 @@
 /* How long a child gets to answer after start, and to exit after a signal. */
 #define HARNESS_START_TIMEOUT_MS 5000
 #define HARNESS_STOP_TIMEOUT_MS  5000
+/* $HARNESS_TIMEOUT_SCALE multiplies both (and whatever a test scales with
+ * harness_timeout_scale), for runs under a slow tool such as valgrind. */
+#define HARNESS_TIMEOUT_SCALE_MAX 100
 /* Attempts to start a server, each on a new port: another process may take a
  * port between our bind check and the server's own bind. */
 #define HARNESS_START_ATTEMPTS 3
@@ -56,6 +60,26 @@ static struct {
     int port_next; /* next candidate; only ever moves forward */
     int ports_left;
 } harness;
+
+int harness_timeout_scale(void)
+{
+    const char *text = getenv("HARNESS_TIMEOUT_SCALE");
+    int scale = text != NULL ? atoi(text) : 1;
+    if (scale < 1) {
+        return 1;
+    }
+    return scale > HARNESS_TIMEOUT_SCALE_MAX ? HARNESS_TIMEOUT_SCALE_MAX : scale;
+}
+
+static int start_timeout_ms(void)
+{
+    return HARNESS_START_TIMEOUT_MS * harness_timeout_scale();
+}
+
+static int stop_timeout_ms(void)
+{
+    return HARNESS_STOP_TIMEOUT_MS * harness_timeout_scale();
+}
 
 static long long now_ms(void)
 {
@@ -312,8 +336,9 @@ static char *replace_port(const char *text, int port)
 }
 
 /* Forks and execs argv in a new session with stdin from /dev/null and
- * stdout + stderr appended to log. Records the child. Returns its pid or -1. */
-static pid_t spawn(char *const argv[], const char *log, const char *dir)
+ * stdout + stderr appended to log, with RLIMIT_NOFILE lowered to nofile
+ * when it is > 0. Records the child. Returns its pid or -1. */
+static pid_t spawn(char *const argv[], const char *log, const char *dir, int nofile)
 {
     harness_init();
     pid_t parent = getpid();
@@ -345,6 +370,19 @@ static pid_t spawn(char *const argv[], const char *log, const char *dir)
         }
         if (out > STDERR_FILENO) {
             close(out);
+        }
+        if (nofile > 0) {
+            struct rlimit lim;
+            if (getrlimit(RLIMIT_NOFILE, &lim) == -1) {
+                _exit(127);
+            }
+            lim.rlim_cur = (rlim_t)nofile;
+            if (lim.rlim_max != RLIM_INFINITY && lim.rlim_max < lim.rlim_cur) {
+                lim.rlim_cur = lim.rlim_max;
+            }
+            if (setrlimit(RLIMIT_NOFILE, &lim) == -1) {
+                _exit(127);
+            }
         }
         execvp(argv[0], argv);
         fprintf(stderr, "harness: exec %s: %s\n", argv[0], strerror(errno));
@@ -492,12 +530,12 @@ static int redis_spawn(harness_proc *p)
     snprintf(p->log, sizeof(p->log), "%s/redis.log", p->dir);
     char *argv[] = {REDIS_SERVER_BIN, "--port", port,    "--bind", "127.0.0.1",   "--save", "",
                     "--appendonly",   "no",     "--dir", p->dir,   "--daemonize", "no",     NULL};
-    p->pid = spawn(argv, p->log, p->dir);
+    p->pid = spawn(argv, p->log, p->dir, 0);
     if (p->pid == -1) {
         p->pid = 0;
         return -1;
     }
-    if (wait_ready(p, 1, HARNESS_START_TIMEOUT_MS) == -1) {
+    if (wait_ready(p, 1, start_timeout_ms()) == -1) {
         abandon(p, "redis-server");
         return -1;
     }
@@ -530,7 +568,7 @@ int harness_redis_restart(harness_proc *p)
     }
     /* The port was just released by the stopped server; retry briefly in case
      * the kernel has not let go of it yet. */
-    long long deadline = now_ms() + HARNESS_START_TIMEOUT_MS;
+    long long deadline = now_ms() + start_timeout_ms();
     while (!port_is_free(p->port, 1) && now_ms() < deadline) {
         sleep_ms(20);
     }
@@ -560,13 +598,13 @@ int harness_nutcracker_start(harness_proc *p, const char *yaml)
         snprintf(stats, sizeof(stats), "%d", stats_port);
         char *argv[] = {NUTCRACKER_BIN, "-c",        conf, "-s",   stats,
                         "-a",           "127.0.0.1", "-o", p->log, NULL};
-        p->pid = spawn(argv, p->log, p->dir);
+        p->pid = spawn(argv, p->log, p->dir, 0);
         if (p->pid == -1) {
             p->pid = 0;
             remove_dir(p->dir);
             return -1;
         }
-        if (wait_ready(p, 0, HARNESS_START_TIMEOUT_MS) == 0) {
+        if (wait_ready(p, 0, start_timeout_ms()) == 0) {
             return 0;
         }
         abandon(p, "nutcracker");
@@ -576,7 +614,13 @@ int harness_nutcracker_start(harness_proc *p, const char *yaml)
 
 int harness_ringproxy_start(harness_proc *p, const char *ini_text)
 {
+    return harness_ringproxy_start_nofile(p, ini_text, 0);
+}
+
+int harness_ringproxy_start_nofile(harness_proc *p, const char *ini_text, int nofile)
+{
     memset(p, 0, sizeof(*p));
+    p->nofile = nofile;
     const char *bin = getenv("RINGPROXY_BIN");
     if (bin == NULL || bin[0] == '\0') {
         bin = "./ringproxy";
@@ -602,13 +646,13 @@ int harness_ringproxy_start(harness_proc *p, const char *ini_text)
         }
         free(text);
         char *argv[] = {(char *)bin, "-c", ini, NULL};
-        p->pid = spawn(argv, p->log, p->dir);
+        p->pid = spawn(argv, p->log, p->dir, p->nofile);
         if (p->pid == -1) {
             p->pid = 0;
             remove_dir(p->dir);
             return -1;
         }
-        if (wait_ready(p, 1, HARNESS_START_TIMEOUT_MS) == 0) {
+        if (wait_ready(p, 1, start_timeout_ms()) == 0) {
             return 0;
         }
         abandon(p, "ringproxy");
@@ -652,18 +696,18 @@ int harness_ringproxy_restart(harness_proc *p, int sig)
     char ini[sizeof(p->dir) + 16];
     snprintf(ini, sizeof(ini), "%s/proxy.ini", p->dir);
     /* The port was just released; the kernel may need a moment. */
-    long long deadline = now_ms() + HARNESS_START_TIMEOUT_MS;
+    long long deadline = now_ms() + start_timeout_ms();
     while (!port_is_free(p->port, 1) && now_ms() < deadline) {
         sleep_ms(20);
     }
     char *argv[] = {(char *)bin, "-c", ini, NULL};
-    p->pid = spawn(argv, p->log, p->dir);
+    p->pid = spawn(argv, p->log, p->dir, p->nofile);
     if (p->pid == -1) {
         p->pid = 0;
         remove_dir(p->dir);
         return -1;
     }
-    if (wait_ready(p, 1, HARNESS_START_TIMEOUT_MS) == -1) {
+    if (wait_ready(p, 1, start_timeout_ms()) == -1) {
         abandon(p, "ringproxy (restarted)");
         return -1;
     }
@@ -677,11 +721,11 @@ static int stop_child(harness_proc *p, int sig, int remove)
     }
     pid_t pid = p->pid;
     kill(pid, sig);
-    if (wait_exit(pid, HARNESS_STOP_TIMEOUT_MS) == -1) {
+    if (wait_exit(pid, stop_timeout_ms()) == -1) {
         fprintf(stderr, "harness: pid %d ignored signal %d for %d ms, killing it\n", (int)pid, sig,
-                HARNESS_STOP_TIMEOUT_MS);
+                stop_timeout_ms());
         kill(pid, SIGKILL);
-        wait_exit(pid, HARNESS_STOP_TIMEOUT_MS);
+        wait_exit(pid, stop_timeout_ms());
     }
     /* The leader has exited but is not reaped, so its pid (= the group id)
      * cannot have been reused: anything it left in its group goes too. */
@@ -700,7 +744,7 @@ static int stop_child(harness_proc *p, int sig, int remove)
 
 redisContext *harness_connect(int port)
 {
-    struct timeval tv = {2, 0};
+    struct timeval tv = {2 * harness_timeout_scale(), 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
     if (c == NULL) {
         return NULL;

@@ -20,7 +20,13 @@ typedef struct harness_proc {
     int port;      /* the port it listens on */
     char dir[256]; /* private temp dir (config, logs) */
     char log[300]; /* path of its stderr/stdout log */
+    int nofile;    /* RLIMIT_NOFILE it runs with, 0 = the test's own */
 } harness_proc;
+
+/* $HARNESS_TIMEOUT_SCALE (1 when unset, at most 100): the factor by which
+ * the harness stretches its start, stop and connection timeouts, and tests
+ * their time bounds, when the processes run under a slow tool (valgrind). */
+int harness_timeout_scale(void);
 
 /* A free loopback TCP port from a range unlikely to collide with other
  * software (checked by binding it). Never returns the same port twice in one
@@ -45,6 +51,10 @@ int harness_nutcracker_start(harness_proc *p, const char *yaml);
  * with -c on it; waits until it answers PING. Returns 0 or -1. */
 int harness_ringproxy_start(harness_proc *p, const char *ini_text);
 
+/* Same, with the proxy's RLIMIT_NOFILE lowered to nofile descriptors (kept
+ * across harness_ringproxy_restart), to test running out of them. */
+int harness_ringproxy_start_nofile(harness_proc *p, const char *ini_text, int nofile);
+
 /* Stops a running ringproxy with sig (as harness_proc_stop, but its dir
  * stays: the config and anything the proxy wrote next to it), then starts it
  * again on the same port with the same config file, its output appended to
@@ -61,7 +71,8 @@ int harness_proc_stop(harness_proc *p, int sig);
  * failure before the log is removed with its dir). */
 void harness_dump_log(const harness_proc *p, size_t max_bytes);
 
-/* Connects with hiredis, 2 s timeout on connect and commands. NULL on failure. */
+/* Connects with hiredis, 2 s timeout on connect and commands (times the
+ * timeout scale). NULL on failure. */
 redisContext *harness_connect(int port);
 
 /* Waits (bounded by timeout_ms) until a TCP port answers PING. 0 or -1. */
