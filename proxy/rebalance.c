@@ -407,14 +407,19 @@ static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     free(group);
     free(group_len);
-    free(count);
     if (oom) {
         snprintf(rb.last_error, sizeof(rb.last_error), "out of memory");
         m->batch_failed = 1;
     }
-    /* Rate limit: space batches so that scanning stays under migrate_rate. */
-    if (cfg->migrate_rate > 0)
-        m->next_at_us = server_now_us() + keys->elements * 1000000u / (uint64_t)cfg->migrate_rate;
+    /* Rate limit: space batches so that keys moved stay under migrate_rate.
+     * Scanning is not limited: a source that keeps growing under client
+     * writes (new keys it still owns) must not make the pass endless. */
+    size_t moving = 0;
+    for (size_t t = 0; count && t < n; t++)
+        moving += count[t];
+    if (cfg->migrate_rate > 0 && moving > 0)
+        m->next_at_us = server_now_us() + moving * 1000000u / (uint64_t)cfg->migrate_rate;
+    free(count);
     if (m->migrates_pending == 0)
         batch_end(m);
 }
@@ -684,7 +689,14 @@ void rebalance_tick(void)
             snprintf(rb.last_error, sizeof(rb.last_error), "shard %s: no reply for %llus",
                      m->source->name, (unsigned long long)((now - m->busy_since_us) / 1000000u));
             log_warn("rebalance: %s, resetting the control connection", rb.last_error);
-            redisAsyncDisconnect(m->ac);
+            /* Free, not disconnect: a disconnect waits for the replies a
+             * hung source never sends. Pending callbacks get NULL (the batch
+             * fails and is retried from its cursor on a new connection). */
+            redisAsyncContext *ac = m->ac;
+            m->ac = NULL;
+            m->connected = 0;
+            m->next_at_us = now + REBALANCE_RETRY_US;
+            redisAsyncFree(ac);
             continue;
         }
         mover_step(m);

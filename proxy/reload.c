@@ -203,6 +203,18 @@ static int ring_changes(const config *next, char *out, size_t outlen)
     return n;
 }
 
+/* Whether a shard kept by name gets a new address (the migration holds the
+ * old shard objects, so that waits for it to end). */
+static int addresses_change(const config *next)
+{
+    for (size_t i = 0; i < next->nshards; i++) {
+        const shard *s = find_shard(next->shards[i].name);
+        if (s && (strcmp(s->host, next->shards[i].host) != 0 || s->port != next->shards[i].port))
+            return 1;
+    }
+    return 0;
+}
+
 static int reject(char *err, size_t errlen, const char *fmt, const char *detail)
 {
     snprintf(err, errlen, fmt, detail);
@@ -227,9 +239,10 @@ int reload_config(const char *why, char *err, size_t errlen)
                       detail);
     }
     int ring_changed = ring_changes(next, detail, sizeof(detail)) > 0;
-    if (rebalance_running()) {
+    if (rebalance_running() && (ring_changed || addresses_change(next))) {
         /* One migration at a time: the file is read again when it ends, so
-         * the latest edit is the one applied. */
+         * the latest edit is the one applied. Other changes (timeouts,
+         * migrate_rate, ...) apply at once, so a slow migration can be tuned. */
         config_free(next);
         rebalance_queue_reload();
         return reject(err, errlen, "%s",
