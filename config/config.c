@@ -48,6 +48,7 @@ typedef enum key_type {
     KEY_ADDR,   /* char *host at offset, uint16_t port at offset2 */
     KEY_TAG,    /* char open at offset, char close at offset2; empty = tags off */
     KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
+    KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
 } key_type;
 
 typedef struct config_key {
@@ -178,7 +179,7 @@ static const config_key config_keys[] = {
     INT_KEY("backend_max_inflight", backend_max_inflight, "100000", "", 1, INT_MAX, RELOAD,
             "requests waiting on one shard connection; more get an error"),
     INT_KEY("idle_timeout", idle_timeout_s, "0", "s", 0, 604800, RELOAD,
-            "close clients idle this long; 0 = never"),
+            "close clients that send no whole request this long; 0 = never"),
     INT_KEY("tcp_backlog", tcp_backlog, "511", "", 1, 65535, RESTART,
             "listen(2) backlog of the client socket"),
     ENUM_KEY("log_level", log_level, config_log_level, log_level_name, CONFIG_LOG_ERROR + 1, "info",
@@ -204,6 +205,15 @@ static const config_key config_keys[] = {
             "keys scanned per second while rebalancing; 0 = no limit"),
     INT_KEY("migrate_timeout", migrate_timeout_ms, "5000", "ms", 1, 3600000, RELOAD,
             "MIGRATE timeout for one batch; raise it for big keys"),
+    BOOL_KEY("allow_flush", allow_flush, "yes", RELOAD,
+             "FLUSHDB and FLUSHALL empty every shard; no = refuse them"),
+    {.name = "script_default_shard",
+     .type = KEY_SHARD,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "shard of EVAL, EVALSHA and FCALL calls with no keys",
+     .offset = FIELD(script_default_shard, char *)},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -312,6 +322,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_ADDR:
     case KEY_TAG:
     case KEY_SECRET:
+    case KEY_SHARD:
         break;
     }
     abort(); /* not a number: a bug in the caller */
@@ -383,6 +394,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_SECRET:
         snprintf(buf, buflen, "a password, empty = none");
+        return;
+    case KEY_SHARD:
+        snprintf(buf, buflen, "a shard name, empty = the first");
         return;
     }
 }
@@ -557,7 +571,8 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     void *field = field_of(cfg, key->offset);
     char values[128];
 
-    if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET) {
+    if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
+        key->type != KEY_SHARD) {
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
         return -1;
@@ -657,7 +672,10 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
         memcpy(field_of(cfg, key->offset2), &close, 1);
         return 0;
     }
-    case KEY_SECRET: {
+    case KEY_SECRET:
+    case KEY_SHARD: {
+        /* A shard name is checked against [shards] once the whole file is
+         * read (validate), since [shards] may come after [proxy]. */
         char *copy = NULL;
         if (value[0] && !(copy = strdup(value))) {
             snprintf(why, whylen, "%s: out of memory", key->name);
@@ -958,6 +976,20 @@ static void validate(load_ctx *ctx)
         return;
     }
 
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        if (key->type != KEY_SHARD)
+            continue;
+        char *const *name = const_field_of(cfg, key->offset);
+        bool found = !*name;
+        for (size_t j = 0; j < cfg->nshards && !found; j++)
+            found = strcmp(cfg->shards[j].name, *name) == 0;
+        if (!found) {
+            fail(ctx, ctx->key_line[i], "%s: '%s' is not a shard of [shards]", key->name, *name);
+            return;
+        }
+    }
+
     /* A shard at the proxy's own address would forward every request back
      * to the proxy, forever. */
     for (size_t i = 0; i < cfg->nshards; i++) {
@@ -1083,6 +1115,7 @@ void config_free(config *cfg)
     free(cfg->listen_host);
     free(cfg->requirepass);
     free(cfg->backend_password);
+    free(cfg->script_default_shard);
     free(cfg->path);
     free(cfg);
 }
@@ -1100,7 +1133,8 @@ static bool same_value(const config_key *key, const config *a, const config *b)
     case KEY_TAG:
         return memcmp(const_field_of(a, key->offset), const_field_of(b, key->offset), 1) == 0 &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
-    case KEY_SECRET: {
+    case KEY_SECRET:
+    case KEY_SHARD: {
         char *const *sa = const_field_of(a, key->offset);
         char *const *sb = const_field_of(b, key->offset);
         return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);

@@ -61,12 +61,14 @@ typedef struct config {
     int idle_timeout_s;          /* close idle clients after this, 0 = never */
     int tcp_backlog;             /* listen(2) backlog */
     config_log_level log_level;
-    int watch_config;       /* reload when the file changes on disk (bool) */
-    char *requirepass;      /* client password, NULL = none (never logged or shown) */
-    char *backend_password; /* shards' password, NULL = none */
-    int migrate_batch;      /* keys per SCAN/MIGRATE batch while rebalancing */
-    int migrate_rate;       /* keys scanned per second while rebalancing, 0 = no limit */
-    int migrate_timeout_ms; /* MIGRATE's own timeout */
+    int watch_config;           /* reload when the file changes on disk (bool) */
+    char *requirepass;          /* client password, NULL = none (never logged or shown) */
+    char *backend_password;     /* shards' password, NULL = none */
+    int migrate_batch;          /* keys per SCAN/MIGRATE batch while rebalancing */
+    int migrate_rate;           /* keys scanned per second while rebalancing, 0 = no limit */
+    int migrate_timeout_ms;     /* MIGRATE's own timeout */
+    int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
+    char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */
 
     /* [shards], in file order */
     config_shard *shards;

@@ -14,10 +14,12 @@
 #include "proxy/backend.h"
 #include "proxy/buf.h"
 #include "proxy/log.h"
+#include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
 #include "proxy/router.h"
 #include "proxy/server.h"
+#include "proxy/txn.h"
 
 static void reply(request *req, const char *bytes, size_t len)
 {
@@ -169,10 +171,11 @@ static int info_shards(buf *b)
         const shard *s = srv.shards[i];
         unsigned long long avg = s->replies ? s->latency_us_sum / s->replies : 0;
         fail = buf_printf(b,
-                          "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,inflight=%zu,"
-                          "requests=%llu,errors=%llu,timeouts=%llu,avg_latency_us=%llu\r\n",
+                          "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,reserved=%d,"
+                          "inflight=%zu,requests=%llu,errors=%llu,timeouts=%llu,"
+                          "avg_latency_us=%llu\r\n",
                           s->name, s->host, (unsigned)s->port, (unsigned)s->weight,
-                          backend_shard_state(s), s->nconns, backend_shard_inflight(s),
+                          backend_shard_state(s), s->nconns, s->reserved, backend_shard_inflight(s),
                           (unsigned long long)s->requests, (unsigned long long)s->errors,
                           (unsigned long long)s->timeouts, avg) < 0;
     }
@@ -405,6 +408,107 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
     }
 }
 
+/* One CLIENT LIST line, with the fields of Redis's that mean something for
+ * a proxy client. */
+static int client_line(buf *b, const session *s)
+{
+    int channels, patterns;
+    pubsub_counts(s, &channels, &patterns);
+    char flags[8];
+    size_t nf = 0;
+    if (channels + patterns > 0)
+        flags[nf++] = 'P';
+    if (txn_in_multi(s))
+        flags[nf++] = 'x';
+    if (s->blocked)
+        flags[nf++] = 'b';
+    if (!nf)
+        flags[nf++] = 'N';
+    flags[nf] = '\0';
+    uint64_t now = srv.now_us;
+    uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
+    return buf_printf(b,
+                      "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
+                      "multi=%d cmd=%s\n",
+                      (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
+                      (unsigned long long)((now - s->created_us) / 1000000),
+                      (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
+                      txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL");
+}
+
+static void cmd_client_info(request *req)
+{
+    buf b = {0};
+    int fail = req->session ? client_line(&b, req->session) < 0 : buf_printf(&b, "\n") < 0;
+    if (fail) {
+        buf_free(&b);
+        reply_str(req, "-ERR out of memory\r\n");
+        return;
+    }
+    reply_bulk(req, buf_head(&b), buf_len(&b));
+    buf_free(&b);
+}
+
+/* CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]: the
+ * proxy's own clients. */
+static void cmd_client_list(request *req, size_t argc, const resp_arg *argv)
+{
+    int type = 0; /* 0 any, 1 normal, 2 pubsub, 3 none (master, replica) */
+    size_t ids_from = 0;
+    for (size_t i = 2; i < argc; i++) {
+        if (arg_is(&argv[i], "type") && i + 1 < argc && !ids_from) {
+            const resp_arg *t = &argv[++i];
+            if (arg_is(t, "normal"))
+                type = 1;
+            else if (arg_is(t, "pubsub"))
+                type = 2;
+            else if (arg_is(t, "master") || arg_is(t, "replica") || arg_is(t, "slave"))
+                type = 3;
+            else {
+                char msg[120];
+                snprintf(msg, sizeof(msg), "ERR Unknown client type '%.*s'",
+                         (int)(t->len > 40 ? 40 : t->len), t->ptr);
+                reply_error_line(req, msg);
+                return;
+            }
+        } else if (arg_is(&argv[i], "id") && i + 1 < argc && !ids_from) {
+            ids_from = i + 1;
+            for (size_t j = ids_from; j < argc; j++) {
+                long long id;
+                if (arg_int(&argv[j], &id) < 0 || id <= 0) {
+                    reply_str(req, "-ERR Invalid client ID\r\n");
+                    return;
+                }
+            }
+            break;
+        } else {
+            reply_str(req, "-ERR syntax error\r\n");
+            return;
+        }
+    }
+    buf b = {0};
+    int fail = 0;
+    for (const session *s = srv.sessions; s && !fail; s = s->next) {
+        int subscribed = pubsub_active(s);
+        if (type == 3 || (type == 1 && subscribed) || (type == 2 && !subscribed))
+            continue;
+        int listed = !ids_from;
+        for (size_t j = ids_from; ids_from && j < argc && !listed; j++) {
+            long long id;
+            listed = arg_int(&argv[j], &id) == 0 && (uint64_t)id == s->id;
+        }
+        if (listed)
+            fail = client_line(&b, s) < 0;
+    }
+    if (fail) {
+        buf_free(&b);
+        reply_str(req, "-ERR out of memory\r\n");
+        return;
+    }
+    reply_bulk(req, b.data ? buf_head(&b) : "", buf_len(&b));
+    buf_free(&b);
+}
+
 void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg *argv)
 {
     switch (cmd->id) {
@@ -444,6 +548,12 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
     case CMD_CLIENT_GETNAME:
     case CMD_CLIENT_SETNAME:
         cmd_client(req, cmd->id, argc, argv);
+        return;
+    case CMD_CLIENT_INFO:
+        cmd_client_info(req);
+        return;
+    case CMD_CLIENT_LIST:
+        cmd_client_list(req, argc, argv);
         return;
     case CMD_INFO:
         cmd_info(req, argc, argv);

@@ -1,5 +1,6 @@
-/* Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, HELLO,
- * CLIENT, INFO and the PROXY admin commands. */
+/* Commands the proxy answers itself: PING, ECHO, QUIT, SELECT, HELLO, AUTH,
+ * CLIENT (ID, SETNAME, GETNAME, INFO, LIST of the proxy's own clients), INFO
+ * and the PROXY admin commands. */
 #ifndef PROXY_ADMIN_H
 #define PROXY_ADMIN_H
 

@@ -21,10 +21,20 @@
  * 100 MB value in few calls, small enough not to over-allocate. */
 #define BACKEND_MAX_READ (4 * 1024 * 1024)
 
+/* A reserved connection that holds nothing of its client's (a finished
+ * transaction or blocking command) stays open this long for the client's
+ * next one, then closes: a worker looping on BLPOP or MULTI/EXEC reuses one
+ * connection, and a client that did it once does not pin one for ever. */
+#define BACKEND_LINGER_MS 10000
+
+static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
+
 static backend_conn *dirty_head;
+static backend_conn *reserved_head; /* every reserved connection */
 
 static void conn_connect(backend_conn *c);
 static void conn_fail(backend_conn *c, const char *why, int is_timeout);
+static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet);
 
 static const char *state_name(backend_state st)
 {
@@ -143,6 +153,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
  * after the current backoff, doubling it up to reconnect_max. */
 static void conn_fail(backend_conn *c, const char *why, int is_timeout)
 {
+    if (c->reserved) {
+        reserved_fail(c, why, is_timeout, 0);
+        return;
+    }
     if (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING)
         log_warn("shard %s: %s", c->shard->label, why);
     conn_close_fd(c);
@@ -207,7 +221,10 @@ static void conn_connected(backend_conn *c)
     conn_set_state(c, BACKEND_UP);
     c->backoff_ms = 0;
     c->last_error[0] = '\0';
-    log_info("shard %s conn %d: connected", c->shard->label, c->index);
+    if (c->reserved)
+        log_debug("shard %s: reserved connection up", c->shard->label);
+    else
+        log_info("shard %s conn %d: connected", c->shard->label, c->index);
     if (srv.cfg->backend_password && conn_queue_auth(c, srv.cfg->backend_password) < 0) {
         conn_fail(c, "unavailable: out of memory queueing AUTH", 0);
         return;
@@ -293,9 +310,11 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         conn_connected(c);
         return;
     }
-    if (c->state == BACKEND_UP)
+    if (c->state == BACKEND_UP && !c->barrier)
         conn_write(c);
 }
+
+static void reserved_free(backend_conn *c);
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -323,11 +342,22 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     }
     c->in.end += (size_t)n;
     shard *s = c->shard;
-    while (buf_len(&c->in) > 0) {
+    /* A reserved connection's owner may close it from a callback below:
+     * freeing waits until the loop is done with it. */
+    c->busy = 1;
+    while (buf_len(&c->in) > 0 && !c->dead) {
         size_t reply_len = 0;
         resp_status st = resp_reply_scan(&c->scan, buf_head(&c->in), buf_len(&c->in), &reply_len);
         if (st == RESP_INCOMPLETE)
             break;
+        if (st == RESP_OK && !c->head && c->push_mode) {
+            /* Pub/sub: messages and confirmations answer no request. */
+            const char *reply = buf_head(&c->in);
+            buf_consume(&c->in, reply_len);
+            if (c->on_event)
+                c->on_event(c->owner, reply, reply_len);
+            continue;
+        }
         if (st == RESP_ERROR || !c->head) {
             char dump[80], why[256];
             log_escape(buf_head(&c->in), buf_len(&c->in) < 32 ? buf_len(&c->in) : 32, dump,
@@ -335,13 +365,15 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
             snprintf(why, sizeof(why), "unavailable: bad reply from shard (%s): %s",
                      st == RESP_ERROR ? c->scan.err : "reply without a request", dump);
             conn_fail(c, why, 0);
-            return;
+            break;
         }
         fragment *f = c->head;
         c->head = f->next;
         if (!c->head)
             c->tail = NULL;
         c->inflight--;
+        if (!c->inflight)
+            c->idle_since_us = srv.now_us;
         f->next = NULL;
         s->replies++;
         s->latency_us_sum += srv.now_us - f->sent_us;
@@ -351,8 +383,40 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         buf_consume(&c->in, reply_len);
         f->done(f, reply, reply_len);
     }
+    c->busy = 0;
+    if (c->dead) {
+        reserved_free(c);
+        return;
+    }
     if (buf_len(&c->in) == 0)
         buf_shrink_if_empty(&c->in, BUF_KEEP_IDLE);
+}
+
+/* Appends a fragment and its bytes to a connection that can take them.
+ * Returns 0, or -1 after failing the fragment. */
+static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t len)
+{
+    shard *s = c->shard;
+    if (c->inflight >= (size_t)srv.cfg->backend_max_inflight) {
+        char why[128];
+        snprintf(why, sizeof(why), "busy: %zu requests in flight (backend_max_inflight)",
+                 c->inflight);
+        fragment_fail(s, f, why, 0);
+        return -1;
+    }
+    if (buf_append(&c->out, bytes, len) < 0) {
+        fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
+        return -1;
+    }
+    if (c->tail)
+        c->tail->next = f;
+    else
+        c->head = f;
+    c->tail = f;
+    c->inflight++;
+    if (c->state == BACKEND_UP)
+        conn_mark_dirty(c);
+    return 0;
 }
 
 void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len)
@@ -378,25 +442,7 @@ void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_
     case BACKEND_UP:
         break;
     }
-    if (c->inflight >= (size_t)srv.cfg->backend_max_inflight) {
-        char why[128];
-        snprintf(why, sizeof(why), "busy: %zu requests in flight (backend_max_inflight)",
-                 c->inflight);
-        fragment_fail(s, f, why, 0);
-        return;
-    }
-    if (buf_append(&c->out, bytes, len) < 0) {
-        fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
-        return;
-    }
-    if (c->tail)
-        c->tail->next = f;
-    else
-        c->head = f;
-    c->tail = f;
-    c->inflight++;
-    if (c->state == BACKEND_UP)
-        conn_mark_dirty(c);
+    (void)conn_queue(c, f, bytes, len);
 }
 
 int backend_flush_pending(void)
@@ -408,14 +454,46 @@ int backend_flush_pending(void)
         dirty_head = c->next_dirty;
         c->dirty = 0;
         c->next_dirty = NULL;
-        if (c->state == BACKEND_UP && !event_pending(&c->ev_write, EV_WRITE, NULL))
+        /* A reserved connection's writes wait for its barrier. */
+        if (c->state == BACKEND_UP && !c->barrier && !event_pending(&c->ev_write, EV_WRITE, NULL))
             conn_write(c);
     }
     return n;
 }
 
+/* Reserved connections: request timeouts (longer by a blocking command's
+ * own timeout) and lingering connections left idle. Failing one calls its
+ * owner, who may close others: the walk starts over after each. */
+static void reserved_tick(void)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    uint64_t now = server_now_us(), base = timeout_ms > 0 ? (uint64_t)timeout_ms * 1000 : 0;
+    backend_conn *c = reserved_head;
+    while (c) {
+        backend_conn *next = c->next_reserved;
+        int live = !c->dead && (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING);
+        if (live && c->head && base) {
+            uint64_t block = c->head->block_us;
+            uint64_t limit = block > UINT64_MAX - base ? UINT64_MAX : base + block;
+            if (limit != UINT64_MAX && now - c->head->sent_us > limit) {
+                reserved_fail(c, "timeout", 1, 0);
+                c = reserved_head;
+                continue;
+            }
+        }
+        if (live && c->lingering && !c->inflight && !c->barrier &&
+            now - c->idle_since_us > (uint64_t)BACKEND_LINGER_MS * 1000) {
+            reserved_fail(c, "idle, closed", 0, 1);
+            c = reserved_head;
+            continue;
+        }
+        c = next;
+    }
+}
+
 void backend_tick(void)
 {
+    reserved_tick();
     int timeout_ms = srv.cfg->request_timeout_ms;
     if (timeout_ms <= 0)
         return;
@@ -524,6 +602,15 @@ void backend_shard_free(shard *s)
 {
     if (!s)
         return;
+    /* Its reserved connections go with it; their owners are told. */
+    for (backend_conn *c = reserved_head; c;) {
+        if (c->shard == s && !c->dead) {
+            reserved_fail(c, "unavailable: shard removed or re-addressed", 0, 0);
+            c = reserved_head;
+        } else {
+            c = c->next_reserved;
+        }
+    }
     for (int j = 0; s->conns && j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
@@ -542,4 +629,180 @@ void backend_shard_free(shard *s)
     free(s->name);
     free(s->host);
     free(s);
+}
+
+/* ---- reserved connections ---- */
+
+static void reserved_free(backend_conn *c)
+{
+    if (c->dirty) {
+        backend_conn **pp = &dirty_head;
+        while (*pp && *pp != c)
+            pp = &(*pp)->next_dirty;
+        if (*pp)
+            *pp = c->next_dirty;
+    }
+    if (c->prev_reserved)
+        c->prev_reserved->next_reserved = c->next_reserved;
+    else
+        reserved_head = c->next_reserved;
+    if (c->next_reserved)
+        c->next_reserved->prev_reserved = c->prev_reserved;
+    /* A barrier still queued on the pool connection completes alone. */
+    if (c->barrier)
+        c->barrier->aux = NULL;
+    event_del(&c->ev_timer);
+    buf_free(&c->out);
+    buf_free(&c->in);
+    c->shard->reserved--;
+    free(c);
+}
+
+/* Ends a reserved connection: its requests get an error, the owner is
+ * told (unless quiet is for an owner that asked), then it is freed (once
+ * its read callback, if it is in one, returns). */
+static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet)
+{
+    if (c->dead)
+        return;
+    if (quiet)
+        log_debug("shard %s: reserved connection %s", c->shard->label, why);
+    else
+        log_info("shard %s: reserved connection: %s", c->shard->label, why);
+    conn_close_fd(c);
+    event_del(&c->ev_timer);
+    snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    conn_set_state(c, BACKEND_DOWN);
+    c->dead = 1;
+    /* The owner first, so that callbacks of the failed requests below find
+     * the owner's state without this connection. */
+    backend_event_fn tell = c->on_event;
+    c->on_event = NULL;
+    if (tell)
+        tell(c->owner, NULL, 0);
+    conn_fail_inflight(c, why, is_timeout);
+    if (!c->busy)
+        reserved_free(c);
+}
+
+backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event, void *owner,
+                              char *err, size_t errlen)
+{
+    backend_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->shard = s;
+    c->index = -1;
+    c->fd = -1;
+    c->state = BACKEND_DOWN;
+    c->reserved = 1;
+    c->push_mode = push_mode;
+    c->owner = owner;
+    c->idle_since_us = srv.now_us;
+    resp_reply_init(&c->scan);
+    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
+    c->next_reserved = reserved_head;
+    if (reserved_head)
+        reserved_head->prev_reserved = c;
+    reserved_head = c;
+    s->reserved++;
+    /* A connect that fails at once must not call the owner back before it
+     * has the handle. */
+    c->busy = 1;
+    conn_connect(c);
+    c->busy = 0;
+    if (c->dead) {
+        snprintf(err, errlen, "shard %s %s", s->label, c->last_error);
+        reserved_free(c);
+        return NULL;
+    }
+    c->on_event = on_event;
+    return c;
+}
+
+static void barrier_done(fragment *f, const char *reply, size_t len)
+{
+    (void)reply;
+    (void)len;
+    backend_conn *c = f->aux;
+    free(f);
+    if (!c || c->barrier != f)
+        return;
+    c->barrier = NULL;
+    if (c->state == BACKEND_UP && buf_len(&c->out) > 0)
+        conn_mark_dirty(c);
+}
+
+void backend_reserved_barrier(backend_conn *c, uint64_t hint)
+{
+    if (c->dead)
+        return;
+    fragment *f = calloc(1, sizeof(*f));
+    if (!f) {
+        /* Without a barrier the order is still right unless the client's
+         * earlier requests to this shard are still queued: log it. */
+        log_warn("shard %s: out of memory for a barrier", c->shard->label);
+        return;
+    }
+    f->done = barrier_done;
+    f->aux = c;
+    /* A newer barrier covers everything the older one did. */
+    if (c->barrier)
+        c->barrier->aux = NULL;
+    c->barrier = f;
+    backend_send(c->shard, hint, f, PING_REQUEST, sizeof(PING_REQUEST) - 1);
+}
+
+void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size_t len)
+{
+    shard *s = c->shard;
+    s->requests++;
+    f->next = NULL;
+    f->sent_us = srv.now_us;
+    if (c->dead || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING)) {
+        fragment_fail(s, f, c->last_error[0] ? c->last_error : "unavailable: connection closed", 0);
+        return;
+    }
+    (void)conn_queue(c, f, bytes, len);
+}
+
+int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
+{
+    if (c->dead || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
+        return -1;
+    if (buf_append(&c->out, bytes, len) < 0)
+        return -1;
+    if (c->state == BACKEND_UP)
+        conn_mark_dirty(c);
+    return 0;
+}
+
+void backend_reserved_linger(backend_conn *c, int lingering)
+{
+    c->lingering = lingering;
+    if (lingering && !c->inflight)
+        c->idle_since_us = srv.now_us;
+}
+
+void backend_reserved_close_all(const char *why)
+{
+    /* Owners may close others while told: start over after each. */
+    for (backend_conn *c = reserved_head; c;) {
+        if (!c->dead) {
+            reserved_fail(c, why, 0, 0);
+            c = reserved_head;
+        } else {
+            c = c->next_reserved;
+        }
+    }
+}
+
+void backend_reserved_close(backend_conn *c)
+{
+    if (!c || c->dead)
+        return;
+    c->on_event = NULL;
+    reserved_fail(c, "closed", 0, 1);
 }

@@ -28,6 +28,12 @@ typedef enum backend_state {
 
 struct shard;
 
+/* What a reserved connection tells its owner: push is a reply that matched
+ * no request (pub/sub messages and confirmations, in push mode), or NULL
+ * when the connection is gone (the shard closed it, a timeout, the shard
+ * was removed): the owner then drops its handle, which is freed. */
+typedef void (*backend_event_fn)(void *owner, const char *push, size_t len);
+
 typedef struct backend_conn {
     struct shard *shard;
     int index; /* position in the shard's pool */
@@ -47,6 +53,18 @@ typedef struct backend_conn {
     struct backend_conn *next_dirty;
     char last_error[128]; /* why it is down */
     fragment auth;        /* the AUTH sent first when the shards need a password */
+    /* reserved connections only (backend_reserve): owned by one client */
+    int reserved;
+    int push_mode;             /* every reply goes to on_event; none is matched to a request */
+    backend_event_fn on_event; /* the owner's callback */
+    void *owner;               /* its argument */
+    fragment *barrier;         /* the PING on the shared connection that writes wait for */
+    int lingering;             /* holds nothing of the owner's: may close when idle */
+    uint64_t idle_since_us;    /* when it last had nothing in flight */
+    int busy;                  /* inside its own read callback: freeing waits */
+    int dead;                  /* failed or closed: freed once not busy */
+    struct backend_conn *prev_reserved; /* every reserved connection, for timeouts */
+    struct backend_conn *next_reserved;
 } backend_conn;
 
 /* A shard at run time. */
@@ -66,6 +84,7 @@ typedef struct shard {
     uint64_t timeouts;
     uint64_t latency_us_sum;
     uint64_t replies;
+    int reserved; /* reserved connections open to it (transactions, blocking, pub/sub) */
 } shard;
 
 /* Creates a runtime shard (resolving its address once) with nconns
@@ -90,6 +109,51 @@ int backend_flush_pending(void);
 
 /* Periodic: fails requests older than the request timeout. */
 void backend_tick(void);
+
+/* ---- reserved connections ----
+ * A connection to one shard owned by one client, outside the pool, for
+ * what cannot share a connection: a transaction (MULTI, WATCH), a blocking
+ * command, subscriptions. It connects (and AUTHs) like a pool connection
+ * but never reconnects: when it fails, its requests get an error and the
+ * owner is told. */
+
+/* Opens a reserved connection to s. In push mode every reply goes to
+ * on_event(owner, ...) unmatched; otherwise replies are matched to the
+ * fragments sent with backend_reserved_send, in order. Its writes wait for
+ * a barrier (backend_reserved_barrier) when one is asked for. NULL with a
+ * reason in err when no socket can be made. */
+__attribute__((warn_unused_result)) backend_conn *backend_reserve(shard *s, int push_mode,
+                                                                  backend_event_fn on_event,
+                                                                  void *owner, char *err,
+                                                                  size_t errlen);
+
+/* Holds c's writes until every request queued so far on the pool
+ * connection that hint picks has been answered (a PING behind them), so
+ * nothing the owner sent there earlier runs after what it sends on c. */
+void backend_reserved_barrier(backend_conn *c, uint64_t hint);
+
+/* Queues a fragment on a reserved connection; as backend_send. The
+ * fragment's block_us extends the request timeout for a command that
+ * blocks on the shard. */
+void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size_t len);
+
+/* Queues bytes whose replies come back through on_event (push mode). 0, or
+ * -1 when the connection has gone or memory ran out. */
+__attribute__((warn_unused_result)) int backend_reserved_write(backend_conn *c, const char *bytes,
+                                                               size_t len);
+
+/* Whether the owner's state still needs c: a lingering connection idle for
+ * BACKEND_LINGER_MS is closed (and the owner told), so a client that ran
+ * one transaction does not keep a shard connection for ever. */
+void backend_reserved_linger(backend_conn *c, int lingering);
+
+/* Fails every reserved connection (their owners are told), e.g. when the
+ * ring changes and what is pinned to a shard could not follow its keys. */
+void backend_reserved_close_all(const char *why);
+
+/* Closes a reserved connection at the owner's request; its requests still
+ * in flight get an error. The owner is not called back and drops c. */
+void backend_reserved_close(backend_conn *c);
 
 /* "up", "connecting", "down" for the shard as a whole. */
 const char *backend_shard_state(const shard *s);

@@ -5,6 +5,7 @@
 #include "proxy/client.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include "proxy/buf.h"
 #include "proxy/log.h"
+#include "proxy/pubsub.h"
 #include "proxy/request.h"
 #include "proxy/resp.h"
 #include "proxy/router.h"
@@ -22,6 +24,13 @@
 
 /* Largest single read while a big request is arriving. */
 #define CLIENT_MAX_READ (4 * 1024 * 1024)
+/* Requests of one client waiting on shards at once: reading the client
+ * pauses at this many and resumes at half. It bounds what one client can
+ * make the shards produce before any of its replies is back: without it, a
+ * client pipelining GETs of a big value and reading nothing has every GET
+ * of each read forwarded, and a shard builds gigabytes of replies (in its
+ * own memory) before client_output_pause or max_client_output can act. */
+#define CLIENT_MAX_INFLIGHT 256
 
 typedef struct client {
     int fd;
@@ -34,6 +43,8 @@ typedef struct client {
     request *head;         /* reply-order FIFO */
     request *tail;
     size_t waiting_bytes; /* reply bytes held in slots behind the head */
+    size_t inflight;      /* requests whose reply is not known yet */
+    int held;             /* requests wait in `in` for a blocking reply (sess.hold_input) */
     buf out;              /* reply bytes ready to write */
     session sess;
     int closing;             /* no more requests: close once replies are out */
@@ -94,6 +105,15 @@ static void client_free(client *c, const char *reason)
         }
         req = next;
     }
+    /* Its transaction, subscriptions and reserved connections go; what was
+     * in flight on them answers the orphans above. */
+    router_session_end(&c->sess);
+    if (c->sess.prev)
+        c->sess.prev->next = c->sess.next;
+    else
+        srv.sessions = c->sess.next;
+    if (c->sess.next)
+        c->sess.next->prev = c->sess.prev;
     if (c->dirty) {
         client **pp = &dirty_head;
         while (*pp && *pp != c)
@@ -140,6 +160,7 @@ static void request_finished(request *req, const char *reply, size_t len)
         request_free(req);
         return;
     }
+    c->inflight--;
     if (req != c->head) {
         /* Most replies are a few bytes: keep them in the request itself. */
         if (len <= sizeof(req->small_reply)) {
@@ -179,6 +200,33 @@ static void request_finished(request *req, const char *reply, size_t len)
         set_reading(c, 0);
 }
 
+static client *client_of(session *s)
+{
+    return (client *)(void *)((char *)s - offsetof(client, sess));
+}
+
+static request *enqueue(client *c);
+
+/* Bytes that answer no request (a pub/sub message) take a slot at the tail
+ * of the FIFO: they leave after the replies already due. */
+static void session_push(session *s, const char *bytes, size_t len)
+{
+    client *c = client_of(s);
+    if (c->drop_reason)
+        return;
+    request *req = enqueue(c);
+    if (!req) {
+        drop_later(c, "out of memory queueing a message");
+        return;
+    }
+    request_finished(req, bytes, len);
+}
+
+static void session_drop(session *s, const char *reason)
+{
+    drop_later(client_of(s), reason);
+}
+
 static request *enqueue(client *c)
 {
     request *req = request_new();
@@ -187,6 +235,7 @@ static request *enqueue(client *c)
     req->owner = c;
     req->session = &c->sess;
     req->on_done = request_finished;
+    c->inflight++;
     if (c->tail)
         c->tail->next = req;
     else
@@ -220,7 +269,10 @@ static void protocol_error(client *c, const char *input, size_t input_len)
 static size_t process_bytes(client *c, const char *data, size_t len)
 {
     size_t done = 0;
-    while (done < len && c->reading && !c->closing && !c->drop_reason) {
+    /* hold_input: a blocking command (or the end of a transaction) runs;
+     * like Redis with a blocked client, later requests wait in the input
+     * buffer, and reading goes on so that a client closing is seen. */
+    while (done < len && c->reading && !c->closing && !c->drop_reason && !c->sess.hold_input) {
         resp_status st = resp_request_scan(&c->scan, data + done, len - done);
         if (st == RESP_INCOMPLETE)
             break;
@@ -243,7 +295,11 @@ static size_t process_bytes(client *c, const char *data, size_t len)
             if (c->sess.close_after_reply) {
                 c->closing = 1;
                 set_reading(c, 0);
+            } else if (c->inflight >= CLIENT_MAX_INFLIGHT) {
+                set_reading(c, 0);
             }
+            if (c->sess.hold_input)
+                c->held = 1;
         }
         done += used;
     }
@@ -343,10 +399,17 @@ static int write_out(client *c)
         client_free(c, NULL);
         return -1;
     }
-    /* Reading was paused for unread replies: resume once they drained. */
+    /* Reading was paused for unread replies or for requests in flight:
+     * resume once they drained. */
     if (!c->reading && !c->closing && !c->drop_reason &&
-        (int64_t)queued_bytes(c) <= srv.cfg->client_output_pause / 2) {
+        (int64_t)queued_bytes(c) <= srv.cfg->client_output_pause / 2 &&
+        c->inflight <= CLIENT_MAX_INFLIGHT / 2) {
         set_reading(c, 1);
+        if (buf_len(&c->in) > 0)
+            process_input(c);
+    } else if (c->held && !c->sess.hold_input && !c->closing && !c->drop_reason) {
+        /* The blocking reply is in: requests that waited go now. */
+        c->held = 0;
         if (buf_len(&c->in) > 0)
             process_input(c);
     }
@@ -393,6 +456,14 @@ void client_accept(int fd, const char *addr)
     resp_limits limits = {srv.cfg->max_bulk_len, srv.cfg->max_args, srv.cfg->max_inline_len};
     resp_request_init(&c->scan, &limits);
     c->sess.id = ++srv.next_client_id;
+    c->sess.addr = c->addr;
+    c->sess.created_us = server_now_us();
+    c->sess.push = session_push;
+    c->sess.drop = session_drop;
+    c->sess.next = srv.sessions;
+    if (srv.sessions)
+        srv.sessions->prev = &c->sess;
+    srv.sessions = &c->sess;
     c->last_active_us = server_now_us();
     event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_write, c);
@@ -423,7 +494,9 @@ void client_tick(void)
         if (c->head || c->drop_reason)
             continue;
         uint64_t quiet = now - c->last_active_us;
-        if (idle_s > 0 && quiet > limit) {
+        /* A subscriber waits for messages, not idle: Redis's timeout spares
+         * it too. */
+        if (idle_s > 0 && quiet > limit && !pubsub_active(&c->sess)) {
             drop_later(c, "idle timeout");
             continue;
         }
@@ -444,7 +517,8 @@ void client_close_all(void)
 int client_busy_count(void)
 {
     int n = 0;
+    /* A blocked client's reply may never come: shutdown does not wait. */
     for (client *c = clients; c; c = c->next)
-        n += c->head != NULL || buf_len(&c->out) > 0;
+        n += (c->head != NULL || buf_len(&c->out) > 0) && !c->sess.blocked;
     return n;
 }

@@ -7,21 +7,28 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Row shapes of command_table.inc. ROW: keys by first/last/step or a rule
- * that needs no more; NUMKEYS_ROW: a numkeys rule and its check; SPLIT_ROW
- * and LOCAL_ROW: commands the proxy splits or answers; CONTAINER_ROW: a
- * command with subcommands. */
+ * that needs no more; ID_ROW: the same with a command id or merge rule the
+ * router acts on; NUMKEYS_ROW: a numkeys rule and its check; SPLIT_ROW and
+ * LOCAL_ROW: commands the proxy splits or answers; CONTAINER_ROW: a command
+ * with subcommands. */
 #define ROW(name_, arity_, cls_, rule_, first_, last_, step_)                                      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
         .last_key = last_, .key_step = step_                                                       \
     }
-#define NUMKEYS_ROW(name_, arity_, cls_, rule_, first_, numkeys_)                                  \
+#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_)                      \
     {                                                                                              \
-        .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
-        .numkeys = numkeys_                                                                        \
+        .name = name_, .arity = arity_, .cls = cls_, .id = id_, .merge = merge_, .keys = rule_,    \
+        .first_key = first_, .last_key = last_, .key_step = step_                                  \
+    }
+#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_)                             \
+    {                                                                                              \
+        .name = name_, .arity = arity_, .cls = cls_, .id = id_, .keys = rule_,                     \
+        .first_key = first_, .numkeys = numkeys_                                                   \
     }
 #define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_)            \
     {                                                                                              \
@@ -460,6 +467,53 @@ int command_keys(const command *cmd, size_t argc, const resp_arg *argv, size_t *
     /* a table bug: every rule is handled above */
     snprintf(err, errlen, "ERR internal error: unknown key rule for '%s'", cmd->name);
     return -1;
+}
+
+/* A timeout argument in seconds (BLPOP's, a decimal that may have a
+ * fraction) or milliseconds (XREAD's BLOCK) as microseconds; 0 -> none. */
+static uint64_t timeout_us(const resp_arg *arg, double scale)
+{
+    char text[64];
+    if (arg->len == 0 || arg->len >= sizeof(text))
+        return 0;
+    memcpy(text, arg->ptr, arg->len);
+    text[arg->len] = '\0';
+    char *end;
+    double v = strtod(text, &end);
+    if (*end || !(v >= 0))
+        return 0;
+    if (v == 0)
+        return UINT64_MAX;
+    v *= scale;
+    return v >= 1.8e19 ? UINT64_MAX - 1 : (uint64_t)v;
+}
+
+int command_blocking(const command *cmd, size_t argc, const resp_arg *argv, uint64_t *block_us)
+{
+    switch (cmd->id) {
+    case CMD_BLOCK_LAST:
+        *block_us = timeout_us(&argv[argc - 1], 1e6);
+        return 1;
+    case CMD_BLOCK_FIRST:
+        *block_us = timeout_us(&argv[1], 1e6);
+        return 1;
+    case CMD_XREAD:
+        /* Options come before STREAMS (XREADGROUP's after GROUP g c); a
+         * COUNT's value is skipped so a count cannot read as BLOCK. */
+        for (size_t i = (size_t)cmd->first_key; i + 1 < argc; i++) {
+            if (arg_is(&argv[i], "streams", 7))
+                return 0;
+            if (arg_is(&argv[i], "count", 5)) {
+                i++;
+            } else if (arg_is(&argv[i], "block", 5)) {
+                *block_us = timeout_us(&argv[i + 1], 1e3);
+                return 1;
+            }
+        }
+        return 0;
+    default:
+        return 0;
+    }
 }
 
 const command *command_table(size_t *count)

@@ -18,6 +18,13 @@ typedef enum command_class {
     COMMAND_LOCAL,       /* answered by the proxy itself (see command_id) */
     COMMAND_FANOUT,      /* sent to every shard, replies merged (see command_merge) */
     COMMAND_UNSUPPORTED, /* -ERR unsupported command 'x' in ringproxy */
+    COMMAND_ITERATE,     /* the keyspace, one shard after the other: SCAN's cursor names
+                            the shard it is in; RANDOMKEY asks a random shard, then the
+                            others while they answer nil */
+    COMMAND_TRANSACTION, /* MULTI, EXEC, DISCARD, WATCH, UNWATCH: run on one shard over a
+                            connection reserved for the client */
+    COMMAND_PUBSUB,      /* SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE: over the
+                            client's own subscriber connections */
 } command_class;
 
 /* How split or fan-out replies are merged into one. */
@@ -26,6 +33,14 @@ typedef enum command_merge {
     MERGE_ARRAY_BY_KEY, /* MGET: one element per key, in the client's key order */
     MERGE_ALL_OK,       /* MSET: +OK when every part is OK, else the first error */
     MERGE_SUM,          /* DEL, UNLINK, EXISTS, TOUCH, DBSIZE: sum of integers */
+    MERGE_CONCAT,       /* KEYS: the arrays one after the other */
+    MERGE_UNION,        /* PUBSUB CHANNELS: the arrays joined, each element once */
+    MERGE_SAME,         /* SCRIPT LOAD, FUNCTION LOAD: every shard must give the same reply */
+    MERGE_AND_ARRAY,    /* SCRIPT EXISTS: element i is 1 when it is 1 on every shard */
+    MERGE_FIRST_OK,     /* SCRIPT KILL, FUNCTION KILL: the first reply that is not an
+                           error, else the first error */
+    MERGE_PAIR_SUM,     /* PUBSUB NUMSUB: [name, count, ...] with the counts summed */
+    MERGE_MAX,          /* PUBSUB NUMPAT: the largest integer */
 } command_merge;
 
 /* Where the keys of a command are. Most use first/last/step like Redis's
@@ -96,6 +111,27 @@ typedef enum command_id {
     CMD_PROXY_RELOAD,
     CMD_PROXY_REBALANCE,
     CMD_AUTH,
+    CMD_CLIENT_INFO,
+    CMD_CLIENT_LIST,
+    CMD_RESET,
+    CMD_SCAN,
+    CMD_RANDOMKEY,
+    CMD_FLUSH,       /* FLUSHDB, FLUSHALL: refused when allow_flush = no */
+    CMD_EVAL,        /* EVAL*, FCALL*: no keys -> script_default_shard */
+    CMD_PUBLISH,     /* routed by its channel (argv[1]) as if it were a key */
+    CMD_BLOCK_LAST,  /* blocks; timeout in seconds is the last argument (BLPOP, BRPOP,
+                        BZPOPMIN, BZPOPMAX, BRPOPLPUSH, BLMOVE) */
+    CMD_BLOCK_FIRST, /* blocks; timeout in seconds is argv[1] (BLMPOP, BZMPOP) */
+    CMD_XREAD,       /* XREAD, XREADGROUP: block when given BLOCK <milliseconds> */
+    CMD_MULTI,
+    CMD_EXEC,
+    CMD_DISCARD,
+    CMD_WATCH,
+    CMD_UNWATCH,
+    CMD_SUBSCRIBE,
+    CMD_PSUBSCRIBE,
+    CMD_UNSUBSCRIBE,
+    CMD_PUNSUBSCRIBE,
 } command_id;
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis
@@ -147,6 +183,13 @@ __attribute__((warn_unused_result)) int command_check_arity(const command *cmd, 
 __attribute__((warn_unused_result)) int command_keys(const command *cmd, size_t argc,
                                                      const resp_arg *argv, size_t *positions,
                                                      size_t *nkeys, char *err, size_t errlen);
+
+/* Whether this request blocks on its shard (a blocking command, or XREAD
+ * and XREADGROUP with BLOCK), and for how long: *block_us gets its own
+ * timeout in microseconds, UINT64_MAX when it may block for ever (0). A
+ * timeout that does not parse counts as 0 microseconds: the shard answers
+ * the error at once. */
+int command_blocking(const command *cmd, size_t argc, const resp_arg *argv, uint64_t *block_us);
 
 /* Every top-level command, for tests and the README table. */
 const command *command_table(size_t *count);

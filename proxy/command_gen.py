@@ -6,6 +6,7 @@ reply, so they match the Redis version the proxy speaks; how ringproxy
 routes each command (the policy) is the hand-written part below.
 
     python3 proxy/command_gen.py > proxy/command_table.inc
+    python3 proxy/command_gen.py --markdown   # README's command reference
 
 starts `redis-server` (or $REDIS_SERVER) on a private unix socket, without
 persistence, and stops it (by PID) when done. `--socket PATH` uses a running
@@ -34,15 +35,14 @@ LOCAL = {
     "hello": "CMD_HELLO",
     "info": "CMD_INFO",
     "time": "CMD_TIME",
-    "dbsize": "CMD_DBSIZE",
+    "reset": "CMD_RESET",
     "client|setname": "CMD_CLIENT_SETNAME",
     "client|getname": "CMD_CLIENT_GETNAME",
     "client|id": "CMD_CLIENT_ID",
+    "client|info": "CMD_CLIENT_INFO",
+    "client|list": "CMD_CLIENT_LIST",
     "auth": "CMD_AUTH",
 }
-
-# Replies of several shards merged by the proxy.
-MERGE = {"dbsize": "MERGE_SUM"}
 
 # Split per shard and merged: name -> (command_id, merge, arguments per key).
 SPLIT = {
@@ -54,21 +54,67 @@ SPLIT = {
     "touch": ("CMD_TOUCH", "MERGE_SUM", 1),
 }
 
-# Not supported yet: -ERR unsupported command. Their key positions are kept
-# right all the same, for the issue that enables them.
+# Sent to every shard, the replies merged: name -> (command_id, merge).
+FANOUT = {
+    "dbsize": ("CMD_DBSIZE", "MERGE_SUM"),
+    "keys": ("CMD_OTHER", "MERGE_CONCAT"),
+    "flushdb": ("CMD_FLUSH", "MERGE_ALL_OK"),
+    "flushall": ("CMD_FLUSH", "MERGE_ALL_OK"),
+    "script|load": ("CMD_OTHER", "MERGE_SAME"),
+    "script|exists": ("CMD_OTHER", "MERGE_AND_ARRAY"),
+    "script|flush": ("CMD_OTHER", "MERGE_ALL_OK"),
+    "script|kill": ("CMD_OTHER", "MERGE_FIRST_OK"),
+    "function|load": ("CMD_OTHER", "MERGE_SAME"),
+    "function|delete": ("CMD_OTHER", "MERGE_ALL_OK"),
+    "function|flush": ("CMD_OTHER", "MERGE_ALL_OK"),
+    "function|kill": ("CMD_OTHER", "MERGE_FIRST_OK"),
+    "pubsub|channels": ("CMD_OTHER", "MERGE_UNION"),
+    "pubsub|numsub": ("CMD_OTHER", "MERGE_PAIR_SUM"),
+    "pubsub|numpat": ("CMD_OTHER", "MERGE_MAX"),
+}
+
+# Classes with a routing of their own: name -> (class, command_id).
+SPECIAL = {
+    "scan": ("COMMAND_ITERATE", "CMD_SCAN"),
+    "randomkey": ("COMMAND_ITERATE", "CMD_RANDOMKEY"),
+    "multi": ("COMMAND_TRANSACTION", "CMD_MULTI"),
+    "exec": ("COMMAND_TRANSACTION", "CMD_EXEC"),
+    "discard": ("COMMAND_TRANSACTION", "CMD_DISCARD"),
+    "watch": ("COMMAND_TRANSACTION", "CMD_WATCH"),
+    "unwatch": ("COMMAND_TRANSACTION", "CMD_UNWATCH"),
+    "subscribe": ("COMMAND_PUBSUB", "CMD_SUBSCRIBE"),
+    "psubscribe": ("COMMAND_PUBSUB", "CMD_PSUBSCRIBE"),
+    "unsubscribe": ("COMMAND_PUBSUB", "CMD_UNSUBSCRIBE"),
+    "punsubscribe": ("COMMAND_PUBSUB", "CMD_PUNSUBSCRIBE"),
+    # no key in Redis's sense, but the channel places it on the ring
+    "publish": ("COMMAND_FORWARD", "CMD_PUBLISH"),
+}
+
+# Keyed commands the router treats specially (their class follows from the
+# keys as usual): name -> command_id.
+KEYED_IDS = {
+    "eval": "CMD_EVAL", "evalsha": "CMD_EVAL", "eval_ro": "CMD_EVAL",
+    "evalsha_ro": "CMD_EVAL", "fcall": "CMD_EVAL", "fcall_ro": "CMD_EVAL",
+    # blocking: sent over a connection reserved for the client
+    "blpop": "CMD_BLOCK_LAST", "brpop": "CMD_BLOCK_LAST",
+    "bzpopmin": "CMD_BLOCK_LAST", "bzpopmax": "CMD_BLOCK_LAST",
+    "brpoplpush": "CMD_BLOCK_LAST", "blmove": "CMD_BLOCK_LAST",
+    "blmpop": "CMD_BLOCK_FIRST", "bzmpop": "CMD_BLOCK_FIRST",
+    "xread": "CMD_XREAD", "xreadgroup": "CMD_XREAD",
+}
+
+# Not supported: -ERR unsupported command. Their key positions are kept
+# right all the same.
 UNSUPPORTED = {
-    # transactions
-    "multi", "exec", "discard", "watch", "unwatch",
-    # pub/sub (PUBLISH and SPUBLISH could go by channel later)
-    "subscribe", "unsubscribe", "psubscribe", "punsubscribe",
-    "ssubscribe", "sunsubscribe", "publish", "spublish",
-    # blocking (XREAD/XREADGROUP because of BLOCK; WAIT waits for replicas)
-    "blpop", "brpop", "blmove", "brpoplpush", "bzpopmin", "bzpopmax",
-    "blmpop", "bzmpop", "xread", "xreadgroup", "wait",
-    # whole keyspace or connection state the proxy does not track yet
-    "scan", "keys", "randomkey", "monitor", "reset",
+    # sharded pub/sub (SPUBLISH, SSUBSCRIBE) has no ring placement yet
+    "ssubscribe", "sunsubscribe", "spublish",
+    # WAIT counts replicas that acknowledged this connection's writes; the
+    # client's writes travel on shared connections, so no shard can answer
+    "wait",
+    # connection state the proxy does not track
+    "monitor",
     # server administration, replication and cluster
-    "shutdown", "swapdb", "move", "flushdb", "flushall", "save", "bgsave",
+    "shutdown", "swapdb", "move", "save", "bgsave",
     "bgrewriteaof", "replicaof", "slaveof", "sync", "psync", "replconf",
     "failover", "readonly", "readwrite", "asking", "lastsave", "role",
     "lolwut", "debug", "pfselftest", "pfdebug",
@@ -77,8 +123,8 @@ UNSUPPORTED = {
 }
 
 # Container commands: name -> (class of the container row, its id, default
-# class of its subcommands). Subcommands listed in LOCAL, SUB_CLASS or
-# UNSUPPORTED_SUBS override the default.
+# class of its subcommands). Subcommands listed in LOCAL, FANOUT, SUB_CLASS
+# or UNSUPPORTED_SUBS override the default.
 CONTAINERS = {
     "client": ("COMMAND_LOCAL", "CMD_CLIENT", "COMMAND_UNSUPPORTED"),
     "command": ("COMMAND_LOCAL", "CMD_COMMAND", "COMMAND_LOCAL"),
@@ -86,14 +132,14 @@ CONTAINERS = {
     "xinfo": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_FORWARD"),
     "xgroup": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_FORWARD"),
     "memory": ("COMMAND_FORWARD", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "script": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "function": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "pubsub": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "acl": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "cluster": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "config": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "function": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "latency": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "module": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "pubsub": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "script": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "slowlog": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
 }
 SUB_CLASS = {
@@ -268,6 +314,11 @@ def classify(cmd, container=None):
     elif name in SPLIT:
         row.cls = "COMMAND_SPLIT"
         row.cmd_id, row.merge, row.split_step = SPLIT[name]
+    elif name in FANOUT:
+        row.cls = "COMMAND_FANOUT"
+        row.cmd_id, row.merge = FANOUT[name]
+    elif name in SPECIAL:
+        row.cls, row.cmd_id = SPECIAL[name]
     elif name in UNSUPPORTED:
         row.cls = "COMMAND_UNSUPPORTED"
     elif name in SUB_CLASS:
@@ -282,9 +333,13 @@ def classify(cmd, container=None):
         row.cls = "COMMAND_FORWARD"
     else:
         sys.exit("command_gen: keyless command %s is unclassified" % name)
-    if row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_NONE" and name not in CONTAINERS:
+    if (row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_NONE" and name not in CONTAINERS
+            and row.cmd_id != "CMD_PUBLISH"):
         sys.exit("command_gen: %s has no key to forward by: classify it" % name)
-    row.merge = MERGE.get(name, row.merge)
+    if name in KEYED_IDS:
+        if row.cls not in ("COMMAND_FORWARD", "COMMAND_SAME_SHARD"):
+            sys.exit("command_gen: %s is in KEYED_IDS but not keyed" % name)
+        row.cmd_id = KEYED_IDS[name]
     return row
 
 
@@ -301,7 +356,11 @@ def row_cells(row):
         return "LOCAL_ROW", [name, arity, row.cmd_id, row.merge, row.rule, str(row.first),
                              str(row.last), str(row.step)]
     if row.numkeys:
-        return "NUMKEYS_ROW", [name, arity, row.cls, row.rule, str(row.first), row.numkeys]
+        return "NUMKEYS_ROW", [name, arity, row.cls, row.cmd_id, row.rule, str(row.first),
+                               row.numkeys]
+    if row.cmd_id != "CMD_OTHER" or row.merge != "MERGE_NONE":
+        return "ID_ROW", [name, arity, row.cls, row.cmd_id, row.merge, row.rule, str(row.first),
+                          str(row.last), str(row.step)]
     return "ROW", [name, arity, row.cls, row.rule, str(row.first), str(row.last), str(row.step)]
 
 
@@ -336,7 +395,8 @@ def format_rows(rows):
     return lines
 
 
-def emit(version, commands, out):
+def build_rows(commands):
+    """Top-level rows (sorted, PROXY included) and (array name, sub rows)."""
     rows = []
     sub_arrays = []
     for entry in sorted(commands, key=lambda e: e[0]):
@@ -359,7 +419,11 @@ def emit(version, commands, out):
     sub_arrays.append((proxy.subs, proxy_subs))
     rows.append(proxy)
     rows.sort(key=lambda r: r.name)
+    return rows, sub_arrays
 
+
+def emit(version, commands, out):
+    rows, sub_arrays = build_rows(commands)
     w = out.write
     w("/* The command table of proxy/command.c: every command of redis-server %s\n"
       " * plus ringproxy's own PROXY, sorted by name. Written by proxy/command_gen.py\n"
@@ -382,9 +446,93 @@ def emit(version, commands, out):
     return ncommands, nsubs
 
 
+# --- the README's command reference ----------------------------------------
+
+# How each class reads in the README; tests/integration/test_command_reference.c
+# holds the same words and checks the README against the compiled table.
+CLASS_WORDS = {
+    "COMMAND_FORWARD": "forwarded",
+    "COMMAND_SPLIT": "split",
+    "COMMAND_SAME_SHARD": "same shard",
+    "COMMAND_LOCAL": "local",
+    "COMMAND_FANOUT": "fan-out",
+    "COMMAND_UNSUPPORTED": "unsupported",
+    "COMMAND_ITERATE": "shard by shard",
+    "COMMAND_TRANSACTION": "transaction",
+    "COMMAND_PUBSUB": "pub/sub",
+}
+
+MERGE_NOTES = {
+    "MERGE_ARRAY_BY_KEY": "replies merged in key order",
+    "MERGE_ALL_OK": "OK when every shard is OK",
+    "MERGE_SUM": "sum of the shards' replies",
+    "MERGE_CONCAT": "every shard's keys",
+    "MERGE_UNION": "every shard's channels, each once",
+    "MERGE_SAME": "every shard must give the same reply",
+    "MERGE_AND_ARRAY": "1 when it exists on every shard",
+    "MERGE_FIRST_OK": "the shard that was running it answers",
+    "MERGE_PAIR_SUM": "counts summed over the shards",
+    "MERGE_MAX": "the largest count of a shard",
+}
+
+ID_NOTES = {
+    "CMD_TIME": "asked of any shard",
+    "CMD_COMMAND": "asked of any shard",
+    "CMD_EVAL": "without keys: `script_default_shard`",
+    "CMD_PUBLISH": "to the shard owning the channel",
+    "CMD_FLUSH": "refused with `allow_flush = no`",
+    "CMD_BLOCK_LAST": "blocks on a reserved connection",
+    "CMD_BLOCK_FIRST": "blocks on a reserved connection",
+    "CMD_XREAD": "with BLOCK: on a reserved connection",
+    "CMD_SCAN": "the cursor names the shard",
+    "CMD_RANDOMKEY": "a random shard, then the others",
+    "CMD_MULTI": "on the first key's shard",
+    "CMD_WATCH": "binds the client to the keys' shard",
+    "CMD_SUBSCRIBE": "on the channel's shard",
+    "CMD_PSUBSCRIBE": "on every shard",
+    "CMD_RESET": "also ends transactions and subscriptions",
+    "CMD_CLIENT_INFO": "the proxy's own clients",
+    "CMD_CLIENT_LIST": "the proxy's own clients",
+}
+
+
+UNSUPPORTED_NOTES = {
+    "wait": "the client's writes share connections with others'",
+    "monitor": "would need every shard's stream",
+    "ssubscribe": "sharded pub/sub", "sunsubscribe": "sharded pub/sub",
+    "spublish": "sharded pub/sub",
+    "migrate": "keys move only with the ring (rebalancing)",
+    "move": "database 0 only", "swapdb": "database 0 only",
+}
+
+
+def markdown(version, commands, out):
+    """One row per command, a container's subcommands each on their own
+    (and the container itself when it runs without one, as COMMAND)."""
+    rows, sub_arrays = build_rows(commands)
+    subs_of = dict(sub_arrays)
+    out.write("| Command | ringproxy | Notes |\n|---|---|---|\n")
+    listed = 0
+    for row in rows:
+        listing = [row]
+        if row.subs:
+            listing = ([row] if row.arity == -1 else []) + subs_of[row.subs]
+        for r in listing:
+            name = r.name.replace("|", " ").upper()
+            notes = (ID_NOTES.get(r.cmd_id) or MERGE_NOTES.get(r.merge)
+                     or UNSUPPORTED_NOTES.get(r.name, ""))
+            if r.cls == "COMMAND_SAME_SHARD" and not notes:
+                notes = "keys on one shard, else -CROSSSLOT"
+            out.write("| `%s` | %s | %s |\n" % (name, CLASS_WORDS[r.cls], notes))
+            listed += 1
+    return listed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--socket", help="unix socket of a running redis-server")
+    parser.add_argument("--markdown", action="store_true",
+                        help="write the README's command reference instead of the C table")
     args = parser.parse_args()
     if args.socket:
         version, commands = fetch_commands(args.socket)
@@ -397,6 +545,11 @@ def main():
             proc.terminate()
             proc.wait()
             shutil.rmtree(tmpdir, ignore_errors=True)
+    if args.markdown:
+        listed = markdown(version, commands, sys.stdout)
+        sys.stderr.write("command_gen: %d commands and subcommands of redis-server %s\n"
+                         % (listed, version))
+        return
     ncommands, nsubs = emit(version, commands, sys.stdout)
     sys.stderr.write("command_gen: %d commands, %d subcommands\n" % (ncommands, nsubs))
 

@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,8 +25,16 @@
 /* Pause after running out of file descriptors, instead of spinning on a
  * listen socket that stays readable. */
 #define LISTENER_EMFILE_PAUSE_MS 100
+/* Descriptors never given to clients when RLIMIT_NOFILE is what bounds
+ * them: the listener, the event loop, a refused client's socket, and slack;
+ * room for backend connections is added per shard. Past the resulting cap a
+ * client gets "max number of clients reached" at once, and shards can still
+ * reconnect, where running into EMFILE would leave new clients unanswered in
+ * the backlog and a dropped shard connection unable to come back. */
+#define LISTENER_FD_RESERVE 32
 
 static int listen_fd = -1;
+static long fd_limit; /* RLIMIT_NOFILE at start, 0 = unlimited */
 static struct event ev_accept;
 static struct event ev_resume;
 
@@ -56,6 +65,21 @@ static void peer_name(const struct sockaddr_storage *ss, char *out, size_t outle
     snprintf(out, outlen, "%s:%d", host, port);
 }
 
+/* Clients accepted at once: max_clients, or less when the fd limit leaves
+ * less room. Backend connections count twice: during a rebalance the old
+ * ring's shards stay connected next to the new ones. */
+static int clients_allowed(void)
+{
+    int allowed = srv.cfg->max_clients;
+    if (fd_limit > 0) {
+        long room = fd_limit - LISTENER_FD_RESERVE -
+                    2L * (long)srv.nshards * (long)srv.cfg->backend_connections;
+        if (room < allowed)
+            allowed = room > 0 ? (int)room : 0;
+    }
+    return allowed;
+}
+
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -81,13 +105,15 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
         char addr[64];
         peer_name(&ss, addr, sizeof(addr));
         srv.stats.connections_received++;
-        if (srv.stopping || srv.nclients >= srv.cfg->max_clients) {
+        int allowed = clients_allowed();
+        if (srv.stopping || srv.nclients >= allowed) {
             static const char full[] = "-ERR max number of clients reached\r\n";
             srv.stats.connections_rejected++;
             ssize_t ignored = write(cfd, full, sizeof(full) - 1);
             (void)ignored;
             close(cfd);
-            log_info("client %s: refused: max_clients (%d) reached", addr, srv.cfg->max_clients);
+            log_info("client %s: refused: %d clients, the most %s allows", addr, allowed,
+                     allowed < srv.cfg->max_clients ? "RLIMIT_NOFILE" : "max_clients");
             continue;
         }
         int one = 1;
@@ -124,11 +150,19 @@ int listener_start(const char *host, int port, int backlog, char *err, size_t er
         return -1;
     }
     freeaddrinfo(res);
+    struct rlimit lim;
+    fd_limit = getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
+                   ? (long)lim.rlim_cur
+                   : 0;
     listen_fd = fd;
     srv.listen_port = port;
     event_assign(&ev_accept, srv.base, fd, EV_READ | EV_PERSIST, on_accept, NULL);
     event_assign(&ev_resume, srv.base, -1, 0, on_resume, NULL);
     event_add(&ev_accept, NULL);
+    if (clients_allowed() < srv.cfg->max_clients)
+        log_warn("RLIMIT_NOFILE is %ld: at most %d clients at once, not max_clients = %d "
+                 "(raise it with ulimit -n)",
+                 fd_limit, clients_allowed(), srv.cfg->max_clients);
     return 0;
 }
 

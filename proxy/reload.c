@@ -339,6 +339,11 @@ int reload_config(const char *why, char *err, size_t errlen)
         ring_free(old_ring);
         return 0;
     }
+    /* What is pinned to a shard by the old ring cannot follow its keys and
+     * channels to their new owners: transactions and WATCHes end (EXEC
+     * answers EXECABORT), blocked commands get an error, subscribers are
+     * closed so that they subscribe again on the new ring. */
+    backend_reserved_close_all("unavailable: the shard ring changed");
     int rc = rebalance_start(old_ring, old_shards, n_old, state, err, errlen);
     free(state);
     if (rc < 0) {

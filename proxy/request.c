@@ -2,6 +2,8 @@
  * nothing, and an idle proxy gives the memory back. */
 #include "proxy/request.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,4 +55,21 @@ void request_trim_cache(void)
         free_list = next;
     }
     free_count = 0;
+}
+
+void request_error(request *req, const char *fmt, ...)
+{
+    char msg[600];
+    msg[0] = '-';
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg + 1, sizeof(msg) - 3, fmt, ap);
+    va_end(ap);
+    size_t len = 1 + (n < 0 ? 0 : (size_t)n > sizeof(msg) - 4 ? sizeof(msg) - 4 : (size_t)n);
+    for (size_t i = 1; i < len; i++)
+        if (msg[i] == '\r' || msg[i] == '\n')
+            msg[i] = ' ';
+    msg[len++] = '\r';
+    msg[len++] = '\n';
+    req->on_done(req, msg, len);
 }

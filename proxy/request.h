@@ -23,6 +23,8 @@ typedef struct fragment {
     struct request *req;   /* the request it belongs to */
     fragment_done_fn done; /* completion, set by the router */
     uint64_t sent_us;      /* loop clock when queued, for timeouts and latency */
+    uint64_t block_us;     /* a blocking command's own timeout, added to request_timeout;
+                              UINT64_MAX: it may block for ever */
     uint32_t shard;        /* index of the target shard */
     size_t first_key;      /* split: index of its first key in the request's key list */
     size_t nkeys;          /* split: number of keys it carries */
@@ -30,13 +32,30 @@ typedef struct fragment {
     void *aux;             /* router-private: the source shard of a key move */
 } fragment;
 
-/* State of a client connection that local commands read or change
- * (CLIENT SETNAME, QUIT). Owned by the client, reached through requests. */
+/* State of a client connection that the router and local commands read or
+ * change (CLIENT SETNAME, QUIT, transactions, subscriptions). Owned by the
+ * client, reached through requests. */
 typedef struct session {
     uint64_t id;           /* CLIENT ID */
     char *name;            /* CLIENT SETNAME, NULL when unset */
     int close_after_reply; /* QUIT: close once the replies before it are out */
     int authenticated;     /* AUTH succeeded (only checked when requirepass is set) */
+    int hold_input;        /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight:
+                              the client's next requests wait for its reply, as in Redis */
+    int blocked;           /* a blocking command waits on its shard (shutdown does not) */
+    const char *addr;      /* the client's address, for CLIENT LIST */
+    uint64_t created_us;   /* when it connected */
+    uint64_t last_cmd_us;  /* when its last command arrived */
+    const char *last_cmd;  /* name of its last command (a command table string) */
+    struct txn *txn;       /* reserved connection and transaction state, NULL when none */
+    struct pubsub *pubsub; /* subscriptions, NULL when none */
+    /* Delivers bytes that answer no request (a pub/sub message) after the
+     * replies already due. */
+    void (*push)(struct session *s, const char *bytes, size_t len);
+    /* Closes the client at the next flush, with a reason for the log. */
+    void (*drop)(struct session *s, const char *reason);
+    struct session *prev; /* every client's session (srv.sessions), for CLIENT LIST */
+    struct session *next;
 } session;
 
 /* Called once when a request's whole reply is known. owner is NULL when the
@@ -62,7 +81,8 @@ typedef struct request {
     size_t nkeys;
     uint64_t hint; /* backend connection choice (the client's id) */
     /* rebalancing: a request whose keys must move first keeps a copy of its
-     * bytes and is routed again once the keys are on their new shard */
+     * bytes and is routed again once the keys are on their new shard; a
+     * pub/sub request keeps the reply made for it until the shards confirm */
     buf deferred;
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
@@ -78,5 +98,10 @@ void request_free(request *req);
 
 /* Releases cached free requests (memory back to the system when idle). */
 void request_trim_cache(void);
+
+/* Answers req through req->on_done with the error line "-<text>\r\n",
+ * text formatted from fmt and cut at 600 bytes; CR and LF in it (from a
+ * client-supplied name) become spaces, so the reply stays one line. */
+void request_error(request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

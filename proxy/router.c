@@ -1,19 +1,25 @@
-/* Request routing: single-shard forwarding, multi-key split and merge,
- * cross-shard checks, local answers. */
+/* Request routing: single-shard forwarding, multi-key split (merged in
+ * merge.c), fan-out, SCAN and RANDOMKEY shard by shard, cross-shard checks,
+ * local answers, and the hand-off of transactions and blocking commands
+ * (txn.c) and subscriptions (pubsub.c). */
 #include "proxy/router.h"
 
-#include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "proxy/admin.h"
 #include "proxy/backend.h"
 #include "proxy/command.h"
 #include "proxy/log.h"
+#include "proxy/merge.h"
+#include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
+#include "proxy/txn.h"
 
 /* Scratch space reused by every request: key positions and their shards,
  * and an encoding buffer. Single-threaded, so one of each suffices. */
@@ -21,26 +27,6 @@ static size_t *key_pos;
 static uint32_t *key_shard;
 static size_t key_cap;
 static buf scratch;
-
-static void reply_error(request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void reply_error(request *req, const char *fmt, ...)
-{
-    char msg[600];
-    msg[0] = '-';
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(msg + 1, sizeof(msg) - 3, fmt, ap);
-    va_end(ap);
-    size_t len = 1 + (n < 0 ? 0 : (size_t)n > sizeof(msg) - 4 ? sizeof(msg) - 4 : (size_t)n);
-    /* An error reply is one line: a client-supplied name must not break it. */
-    for (size_t i = 1; i < len; i++)
-        if (msg[i] == '\r' || msg[i] == '\n')
-            msg[i] = ' ';
-    msg[len++] = '\r';
-    msg[len++] = '\n';
-    req->on_done(req, msg, len);
-}
 
 /* Copies a client-supplied word into out for an error message, cut short. */
 static const char *word(const resp_arg *a, char *out, size_t outlen)
@@ -97,6 +83,35 @@ static int encode(buf *out, size_t argc, const resp_arg *argv)
     return 0;
 }
 
+/* The request as multibulk bytes: raw as received, or argv encoded into
+ * scratch (valid until scratch is used again). NULL when out of memory. */
+static const char *request_bytes(size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
+                                 size_t *len)
+{
+    if (raw) {
+        *len = raw_len;
+        return raw;
+    }
+    scratch.start = scratch.end = 0;
+    if (encode(&scratch, argc, argv) < 0)
+        return NULL;
+    *len = buf_len(&scratch);
+    return buf_head(&scratch);
+}
+
+/* Sends a fragment to shard i: over the client's reserved connection while
+ * its transaction or WATCH is on that shard (so it runs in the client's
+ * order), else over the shared pool. */
+static void send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, const char *bytes,
+                          size_t len)
+{
+    backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
+    if (reserved)
+        backend_reserved_send(reserved, f, bytes, len);
+    else
+        backend_send(srv.shards[i], hint, f, bytes, len);
+}
+
 static void single_done(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
@@ -112,137 +127,17 @@ static void forward(request *req, uint32_t shard_index, size_t argc, const resp_
     f->req = req;
     f->done = single_done;
     f->shard = shard_index;
+    size_t len;
+    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+    if (!bytes) {
+        request_error(req, "ERR out of memory");
+        return;
+    }
     req->pending = 1;
-    if (raw) {
-        backend_send(srv.shards[shard_index], hint, f, raw, raw_len);
-        return;
-    }
-    scratch.start = scratch.end = 0;
-    if (encode(&scratch, argc, argv) < 0) {
-        req->pending = 0;
-        reply_error(req, "ERR out of memory");
-        return;
-    }
-    backend_send(srv.shards[shard_index], hint, f, buf_head(&scratch), buf_len(&scratch));
+    send_to_shard(req, shard_index, hint, f, bytes, len);
 }
 
 /* ---- split and fan-out ---- */
-
-static void merge_sum(request *req)
-{
-    int64_t total = 0;
-    for (size_t i = 0; i < req->nfrags; i++) {
-        fragment *f = &req->frags[i];
-        int64_t v;
-        if (resp_reply_integer(buf_head(&f->reply), buf_len(&f->reply), &v) < 0) {
-            req->on_done(req, buf_head(&f->reply), buf_len(&f->reply));
-            return;
-        }
-        total += v;
-    }
-    char out[32];
-    int n = snprintf(out, sizeof(out), ":%lld\r\n", (long long)total);
-    req->on_done(req, out, (size_t)n);
-}
-
-static void merge_all_ok(request *req)
-{
-    size_t failed = 0, first = 0;
-    for (size_t i = 0; i < req->nfrags; i++) {
-        fragment *f = &req->frags[i];
-        if (buf_len(&f->reply) < 1 || buf_head(&f->reply)[0] != '+') {
-            if (!failed)
-                first = i;
-            failed++;
-        }
-    }
-    if (!failed) {
-        req->on_done(req, "+OK\r\n", 5);
-        return;
-    }
-    fragment *f = &req->frags[first];
-    /* The shard's own error line, without '-' and CRLF. */
-    const char *err = buf_head(&f->reply);
-    size_t len = buf_len(&f->reply);
-    if (len >= 3 && err[0] == '-') {
-        err++;
-        len -= 3;
-    }
-    if (len > 400)
-        len = 400;
-    if (failed == req->nfrags) {
-        reply_error(req, "%.*s", (int)len, err);
-        return;
-    }
-    /* Some shards applied their part: say so, since MSET is not atomic across
-     * shards and the client must know which keys were written. */
-    reply_error(req,
-                "ERR partial write: %zu of %zu shards failed, keys on the other shards were "
-                "written; first failure on shard %s: %.*s",
-                failed, req->nfrags, srv.shards[f->shard]->name, (int)len, err);
-}
-
-static void merge_array_by_key(request *req)
-{
-    /* Element boundaries of each fragment's array reply. */
-    size_t total = 0;
-    for (size_t i = 0; i < req->nfrags; i++)
-        total += req->frags[i].nkeys;
-    size_t *elem_off = malloc(total * sizeof(size_t) * 2);
-    if (!elem_off) {
-        reply_error(req, "ERR out of memory merging replies");
-        return;
-    }
-    size_t *elem_len = elem_off + total;
-    for (size_t i = 0; i < req->nfrags; i++) {
-        fragment *f = &req->frags[i];
-        const char *r = buf_head(&f->reply);
-        size_t len = buf_len(&f->reply), pos = 0;
-        int ok = len > 0 && r[0] == '*';
-        if (ok) {
-            const char *crlf = memchr(r, '\r', len);
-            char *end;
-            long long n = crlf ? strtoll(r + 1, &end, 10) : -1;
-            ok = crlf && n == (long long)f->nkeys;
-            pos = crlf ? (size_t)(crlf - r) + 2 : len;
-        }
-        for (size_t k = 0; ok && k < f->nkeys; k++) {
-            resp_reply scan;
-            resp_reply_init(&scan);
-            size_t elen = 0;
-            if (resp_reply_scan(&scan, r + pos, len - pos, &elen) != RESP_OK) {
-                ok = 0;
-                break;
-            }
-            elem_off[f->first_key + k] = pos;
-            elem_len[f->first_key + k] = elen;
-            pos += elen;
-        }
-        if (!ok) {
-            free(elem_off);
-            if (len > 0 && r[0] == '-')
-                req->on_done(req, r, len);
-            else
-                reply_error(req, "ERR unexpected reply from shard %s to a split command",
-                            srv.shards[f->shard]->name);
-            return;
-        }
-    }
-    buf out = {0};
-    int fail = buf_append_header(&out, '*', (int64_t)req->nkeys) < 0;
-    for (size_t i = 0; !fail && i < req->nkeys; i++) {
-        size_t fi = req->key_order[2 * i],
-               slot = req->frags[fi].first_key + req->key_order[2 * i + 1];
-        fail =
-            buf_append(&out, buf_head(&req->frags[fi].reply) + elem_off[slot], elem_len[slot]) < 0;
-    }
-    free(elem_off);
-    if (fail)
-        reply_error(req, "ERR out of memory merging replies");
-    else
-        req->on_done(req, buf_head(&out), buf_len(&out));
-    buf_free(&out);
-}
 
 static void part_done(fragment *f, const char *reply, size_t len)
 {
@@ -259,21 +154,7 @@ static void part_done(fragment *f, const char *reply, size_t len)
         req->on_done(req, NULL, 0);
         return;
     }
-    switch (req->cmd->merge) {
-    case MERGE_SUM:
-        merge_sum(req);
-        return;
-    case MERGE_ALL_OK:
-        merge_all_ok(req);
-        return;
-    case MERGE_ARRAY_BY_KEY:
-        merge_array_by_key(req);
-        return;
-    case MERGE_NONE:
-        break;
-    }
-    log_error("BUG: command '%s' split without a merge rule", req->cmd->name);
-    abort();
+    merge_replies(req);
 }
 
 /* Sends every fragment: pending is set first, since a fragment can complete
@@ -285,8 +166,8 @@ static void send_fragments(request *req, uint64_t hint, const buf *parts, const 
     fragment *frags = req->frags;
     req->pending = n;
     for (size_t i = 0; i < n; i++)
-        backend_send(srv.shards[frags[i].shard], hint, &frags[i], parts->data + part_off[i],
-                     part_off[i + 1] - part_off[i]);
+        send_to_shard(req, frags[i].shard, hint, &frags[i], parts->data + part_off[i],
+                      part_off[i + 1] - part_off[i]);
 }
 
 /* Splits a multi-key command per shard. key_shard[0..nkeys) are known. */
@@ -299,7 +180,7 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
     req->key_order = malloc(2 * nkeys * sizeof(size_t));
     if (!frag_of_shard || !req->key_order) {
         free(frag_of_shard);
-        reply_error(req, "ERR out of memory splitting command");
+        request_error(req, "ERR out of memory splitting command");
         return;
     }
     for (size_t s = 0; s < srv.nshards; s++)
@@ -313,7 +194,7 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
     if (!req->frags || !part_off) {
         free(frag_of_shard);
         free(part_off);
-        reply_error(req, "ERR out of memory splitting command");
+        request_error(req, "ERR out of memory splitting command");
         return;
     }
     req->nfrags = nfrags;
@@ -351,26 +232,27 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
     free(frag_of_shard);
     if (fail) {
         free(part_off);
-        reply_error(req, "ERR out of memory splitting command");
+        request_error(req, "ERR out of memory splitting command");
         return;
     }
     send_fragments(req, hint, &scratch, part_off);
     free(part_off);
 }
 
-/* Sends the same request to every shard (DBSIZE), merged by cmd->merge. */
+/* Sends the same request to every shard (DBSIZE, KEYS, SCRIPT LOAD ...),
+ * merged by cmd->merge. */
 static void fanout(request *req, size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
                    uint64_t hint)
 {
     req->frags = calloc(srv.nshards, sizeof(fragment));
     if (!req->frags) {
-        reply_error(req, "ERR out of memory");
+        request_error(req, "ERR out of memory");
         return;
     }
     if (!raw) {
         scratch.start = scratch.end = 0;
         if (encode(&scratch, argc, argv) < 0) {
-            reply_error(req, "ERR out of memory");
+            request_error(req, "ERR out of memory");
             return;
         }
         raw = buf_head(&scratch);
@@ -387,7 +269,325 @@ static void fanout(request *req, size_t argc, const resp_arg *argv, const char *
     fragment *frags = req->frags;
     req->pending = n;
     for (size_t i = 0; i < n; i++)
-        backend_send(srv.shards[i], hint, &frags[i], raw, raw_len);
+        send_to_shard(req, (uint32_t)i, hint, &frags[i], raw, raw_len);
+}
+
+/* ---- SCAN and RANDOMKEY: the keyspace, one shard after the other ---- */
+
+/* SCAN's cursor through the proxy is the shard's own cursor shifted left
+ * by SCAN_SHARD_BITS, plus the index of the shard it is in (its position
+ * in [shards]): cursor 0 is shard 0's start, and when a shard's cursor
+ * comes back 0 the next cursor is the next shard's start. The bits bound
+ * the shards SCAN can walk; Redis's own cursors stay far below the 54 bits
+ * left (they count hash table buckets). */
+#define SCAN_SHARD_BITS 10
+#define SCAN_MAX_SHARDS (1u << SCAN_SHARD_BITS)
+
+static void scan_done(fragment *f, const char *reply, size_t len)
+{
+    request *req = f->req;
+    req->pending = 0;
+    /* [cursor, keys]: the cursor is rewritten, the keys pass as they are. */
+    const char *cursor = NULL;
+    size_t pos = 0, cursor_len = 0;
+    if (len > 8 && memcmp(reply, "*2\r\n$", 5) == 0) {
+        const char *crlf = memchr(reply + 5, '\r', len - 5);
+        long long n = crlf ? strtoll(reply + 5, NULL, 10) : -1;
+        size_t body = crlf ? (size_t)(crlf - reply) + 2 : len;
+        if (n > 0 && n < 21 && body + (size_t)n + 2 <= len) {
+            cursor = reply + body;
+            cursor_len = (size_t)n;
+            pos = body + (size_t)n + 2;
+        }
+    }
+    if (!cursor || !req->owner) {
+        req->on_done(req, reply, len); /* an error, or nobody to answer */
+        return;
+    }
+    char digits[24];
+    memcpy(digits, cursor, cursor_len);
+    digits[cursor_len] = '\0';
+    unsigned long long next = strtoull(digits, NULL, 10), out;
+    if (next == 0)
+        out = f->shard + 1 < srv.nshards ? f->shard + 1 : 0;
+    else if (next > (UINT64_MAX >> SCAN_SHARD_BITS)) {
+        request_error(req, "ERR shard %s returned a SCAN cursor too large for the proxy's cursor",
+                      srv.shards[f->shard]->name);
+        return;
+    } else
+        out = (next << SCAN_SHARD_BITS) | f->shard;
+    char head[48];
+    int hl = snprintf(head, sizeof(head), "%llu", out);
+    buf b = {0};
+    int fail = buf_append(&b, "*2\r\n", 4) < 0 || buf_append_bulk(&b, head, (size_t)hl) < 0 ||
+               buf_append(&b, reply + pos, len - pos) < 0;
+    if (fail)
+        request_error(req, "ERR out of memory");
+    else
+        req->on_done(req, buf_head(&b), buf_len(&b));
+    buf_free(&b);
+}
+
+static void scan(request *req, size_t argc, const resp_arg *argv, uint64_t hint)
+{
+    char digits[24];
+    unsigned long long cursor = 0;
+    int ok = argv[1].len > 0 && argv[1].len < sizeof(digits);
+    for (size_t i = 0; ok && i < argv[1].len; i++)
+        ok = argv[1].ptr[i] >= '0' && argv[1].ptr[i] <= '9';
+    if (ok) {
+        memcpy(digits, argv[1].ptr, argv[1].len);
+        digits[argv[1].len] = '\0';
+        errno = 0;
+        cursor = strtoull(digits, NULL, 10);
+        ok = errno == 0;
+    }
+    uint32_t shard_index = (uint32_t)(cursor & (SCAN_MAX_SHARDS - 1));
+    if (!ok || shard_index >= srv.nshards) {
+        request_error(req, "ERR invalid cursor");
+        return;
+    }
+    if (srv.nshards > SCAN_MAX_SHARDS) {
+        request_error(req, "ERR SCAN walks at most %u shards", SCAN_MAX_SHARDS);
+        return;
+    }
+    /* The same request with the shard's own cursor. */
+    int n = snprintf(digits, sizeof(digits), "%llu", cursor >> SCAN_SHARD_BITS);
+    scratch.start = scratch.end = 0;
+    int fail = buf_append_header(&scratch, '*', (int64_t)argc) < 0 ||
+               buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0 ||
+               buf_append_bulk(&scratch, digits, (size_t)n) < 0;
+    for (size_t i = 2; i < argc && !fail; i++)
+        fail = buf_append_bulk(&scratch, argv[i].ptr, argv[i].len) < 0;
+    if (fail) {
+        request_error(req, "ERR out of memory");
+        return;
+    }
+    fragment *f = &req->single;
+    f->req = req;
+    f->done = scan_done;
+    f->shard = shard_index;
+    req->pending = 1;
+    send_to_shard(req, shard_index, hint, f, buf_head(&scratch), buf_len(&scratch));
+}
+
+static const char RANDOMKEY_REQUEST[] = "*1\r\n$9\r\nRANDOMKEY\r\n";
+
+/* A shard answered RANDOMKEY: nil means that shard is empty, so the next
+ * one is asked, until one has a key or all were asked. f->nkeys counts the
+ * shards asked so far. */
+static void randomkey_done(fragment *f, const char *reply, size_t len)
+{
+    request *req = f->req;
+    if (req->owner && len == 5 && memcmp(reply, "$-1\r\n", 5) == 0 && f->nkeys + 1 < srv.nshards) {
+        f->nkeys++;
+        f->shard = (uint32_t)((f->shard + 1) % srv.nshards);
+        send_to_shard(req, f->shard, req->hint, f, RANDOMKEY_REQUEST,
+                      sizeof(RANDOMKEY_REQUEST) - 1);
+        return;
+    }
+    req->pending = 0;
+    req->on_done(req, reply, len);
+}
+
+/* xorshift64*: RANDOMKEY's first shard only needs to be spread out. */
+static uint32_t random_shard(void)
+{
+    static uint64_t state;
+    if (!state)
+        state = (srv.now_us ^ ((uint64_t)getpid() << 32)) | 1;
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return (uint32_t)(((state * 2685821657736338717ull) >> 32) % srv.nshards);
+}
+
+static void randomkey(request *req, uint64_t hint)
+{
+    fragment *f = &req->single;
+    f->req = req;
+    f->done = randomkey_done;
+    f->shard = random_shard();
+    f->nkeys = 0;
+    req->hint = hint;
+    req->pending = 1;
+    send_to_shard(req, f->shard, hint, f, RANDOMKEY_REQUEST, sizeof(RANDOMKEY_REQUEST) - 1);
+}
+
+/* ---- commands whose class alone does not say where they go ---- */
+
+/* The shard of EVAL, EVALSHA and FCALL calls that name no key. */
+static uint32_t script_shard(void)
+{
+    const char *name = srv.cfg->script_default_shard;
+    for (size_t i = 0; name && i < srv.nshards; i++)
+        if (strcmp(srv.shards[i]->name, name) == 0)
+            return (uint32_t)i;
+    return 0; /* unset: the first shard of the file */
+}
+
+/* Where a request's keys are. Fills key_pos and key_shard, *nkeys, *same
+ * (all on key_shard[0]) and *must_move (a key's owner changes in the
+ * running rebalance). 0, or -1 after answering req with an error. */
+static int locate_keys(request *req, const command *cmd, size_t argc, const resp_arg *argv,
+                       size_t *nkeys, int *same, int *must_move)
+{
+    if (ensure_key_cap(argc) < 0) {
+        request_error(req, "ERR out of memory");
+        return -1;
+    }
+    char err[200];
+    *nkeys = 0;
+    if (command_keys(cmd, argc, argv, key_pos, nkeys, err, sizeof(err)) < 0) {
+        request_error(req, "%s", err);
+        return -1;
+    }
+    *same = 1;
+    *must_move = 0;
+    int moving = rebalance_running() && !req->migrated;
+    for (size_t i = 0; i < *nkeys; i++) {
+        uint32_t h = key_hash(&argv[key_pos[i]]);
+        key_shard[i] = ring_lookup(srv.ring, h);
+        *same &= key_shard[i] == key_shard[0];
+        if (moving) {
+            shard *old = rebalance_old_owner(h);
+            *must_move |= old && old != srv.shards[key_shard[i]];
+        }
+    }
+    return 0;
+}
+
+/* Commands a subscribed client may send, as in Redis. */
+static int allowed_subscribed(const command *cmd)
+{
+    switch (cmd->id) {
+    case CMD_SUBSCRIBE:
+    case CMD_PSUBSCRIBE:
+    case CMD_UNSUBSCRIBE:
+    case CMD_PUNSUBSCRIBE:
+    case CMD_PING:
+    case CMD_QUIT:
+    case CMD_RESET:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Commands that run at once inside MULTI rather than being queued. */
+static int runs_in_multi(const command *cmd)
+{
+    switch (cmd->id) {
+    case CMD_EXEC:
+    case CMD_DISCARD:
+    case CMD_MULTI:
+    case CMD_WATCH:
+    case CMD_QUIT:
+    case CMD_RESET:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static const char TRYAGAIN_MOVING[] =
+    "TRYAGAIN a key of the request is moving to its new shard (rebalancing); retry the "
+    "transaction later";
+
+/* A command given between MULTI and EXEC: queued on the transaction's
+ * shard, or refused (and the transaction aborted, as Redis aborts one on a
+ * command it cannot queue) when one shard cannot run it. */
+static void route_in_multi(request *req, const command *cmd, size_t argc, const resp_arg *argv,
+                           const char *raw, size_t raw_len)
+{
+    session *sess = req->session;
+    const char *why = NULL;
+    switch (cmd->cls) {
+    case COMMAND_UNSUPPORTED:
+        srv.stats.errors_unsupported++;
+        txn_abort(sess);
+        request_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
+        return;
+    case COMMAND_LOCAL:
+        if (cmd->id != CMD_PING && cmd->id != CMD_ECHO && cmd->id != CMD_TIME)
+            why = "the proxy answers it itself";
+        break;
+    case COMMAND_FANOUT:
+    case COMMAND_ITERATE:
+        why = "it needs every shard";
+        break;
+    case COMMAND_PUBSUB:
+        why = "subscriptions are not transactional";
+        break;
+    case COMMAND_TRANSACTION: /* UNWATCH: queued, as Redis does */
+    case COMMAND_FORWARD:
+    case COMMAND_SPLIT:
+    case COMMAND_SAME_SHARD:
+        break;
+    }
+    if (why) {
+        txn_abort(sess);
+        request_error(req, "ERR '%s' cannot be part of a transaction through ringproxy: %s",
+                      cmd->name, why);
+        return;
+    }
+    shard *target = NULL;
+    if (cmd->id == CMD_PUBLISH) {
+        target = srv.shards[router_shard_of(argv[1].ptr, argv[1].len)];
+    } else if (cmd->cls != COMMAND_LOCAL && cmd->cls != COMMAND_TRANSACTION) {
+        size_t nkeys;
+        int same, must_move;
+        if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0) {
+            txn_abort(sess);
+            return;
+        }
+        if (!same) {
+            txn_abort(sess);
+            srv.stats.errors_crossslot++;
+            request_error(
+                req, "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+            return;
+        }
+        if (must_move) {
+            txn_abort(sess);
+            request_error(req, "%s", TRYAGAIN_MOVING);
+            return;
+        }
+        if (nkeys)
+            target = srv.shards[key_shard[0]];
+    }
+    size_t len;
+    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+    if (!bytes) {
+        txn_abort(sess);
+        request_error(req, "ERR out of memory");
+        return;
+    }
+    txn_queue(req, target, bytes, len);
+}
+
+/* RESET: the connection's state back to a fresh one's, as Redis does:
+ * transaction, WATCH and subscriptions end, the name goes, and with
+ * requirepass set the client must AUTH again. */
+static void reset(request *req)
+{
+    session *sess = req->session;
+    if (!sess) {
+        req->on_done(req, "+RESET\r\n", 8);
+        return;
+    }
+    pubsub_end(sess);
+    free(sess->name);
+    sess->name = NULL;
+    if (srv.cfg->requirepass)
+        sess->authenticated = 0;
+    txn_reset(req);
+}
+
+void router_session_end(session *sess)
+{
+    pubsub_end(sess);
+    txn_end(sess);
 }
 
 static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
@@ -397,6 +597,8 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
                   uint64_t hint)
 {
     char w[64];
+    session *sess = req->session;
+    int in_multi = txn_in_multi(sess);
     const command *cmd = command_lookup(argv[0].ptr, argv[0].len);
     if (!cmd) {
         srv.stats.errors_unknown++;
@@ -408,13 +610,15 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
             o +=
                 (size_t)snprintf(args + o, sizeof(args) - o, "'%s' ", word(&argv[i], a, sizeof(a)));
         }
-        reply_error(req, "ERR unknown command '%s', with args beginning with: %s",
-                    word(&argv[0], w, sizeof(w)), args);
+        txn_abort(sess);
+        request_error(req, "ERR unknown command '%s', with args beginning with: %s",
+                      word(&argv[0], w, sizeof(w)), args);
         return;
     }
     if (command_check_arity(cmd, argc) < 0) {
         srv.stats.errors_arity++;
-        reply_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
+        txn_abort(sess);
+        request_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
         return;
     }
     const command *top = cmd;
@@ -428,28 +632,45 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
                 upper[i] = (char)(cmd->name[i] >= 'a' && cmd->name[i] <= 'z' ? cmd->name[i] - 32
                                                                              : cmd->name[i]);
             upper[sizeof(upper) - 1] = '\0';
-            reply_error(req, "ERR unknown subcommand '%s'. Try %s HELP.",
-                        argc > 1 ? word(&argv[1], w, sizeof(w)) : "", upper);
+            txn_abort(sess);
+            request_error(req, "ERR unknown subcommand '%s'. Try %s HELP.",
+                          argc > 1 ? word(&argv[1], w, sizeof(w)) : "", upper);
             return;
         }
         if (command_check_arity(sub, argc) < 0) {
             srv.stats.errors_arity++;
-            reply_error(req, "ERR wrong number of arguments for '%s' command", sub->name);
+            txn_abort(sess);
+            request_error(req, "ERR wrong number of arguments for '%s' command", sub->name);
             return;
         }
         cmd = sub;
     }
     req->cmd = cmd;
-    if (srv.cfg->requirepass && req->session && !req->session->authenticated &&
-        cmd->id != CMD_AUTH && cmd->id != CMD_HELLO && cmd->id != CMD_QUIT) {
+    if (sess) {
+        sess->last_cmd = cmd->name;
+        sess->last_cmd_us = srv.now_us;
+    }
+    if (srv.cfg->requirepass && sess && !sess->authenticated && cmd->id != CMD_AUTH &&
+        cmd->id != CMD_HELLO && cmd->id != CMD_QUIT && cmd->id != CMD_RESET) {
         srv.stats.errors_noauth++;
-        reply_error(req, "NOAUTH Authentication required.");
+        request_error(req, "NOAUTH Authentication required.");
+        return;
+    }
+    if (pubsub_active(sess) && !allowed_subscribed(cmd)) {
+        request_error(req,
+                      "ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
+                      "QUIT / RESET are allowed in this context",
+                      cmd->name);
+        return;
+    }
+    if (in_multi && !runs_in_multi(cmd)) {
+        route_in_multi(req, cmd, argc, argv, raw, raw_len);
         return;
     }
     switch (cmd->cls) {
     case COMMAND_UNSUPPORTED:
         srv.stats.errors_unsupported++;
-        reply_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
+        request_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
         return;
     case COMMAND_LOCAL:
         if (cmd->id == CMD_TIME || top->id == CMD_COMMAND) {
@@ -457,54 +678,92 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
             forward(req, (uint32_t)(hint % srv.nshards), argc, argv, raw, raw_len, hint);
             return;
         }
-        if (cmd->id == CMD_DBSIZE) {
-            fanout(req, argc, argv, raw, raw_len, hint);
+        if (cmd->id == CMD_RESET) {
+            reset(req);
+            return;
+        }
+        if (cmd->id == CMD_PING && pubsub_active(sess)) {
+            pubsub_ping(req, argc, argv);
             return;
         }
         admin_execute(req, cmd, argc, argv);
         return;
     case COMMAND_FANOUT:
+        if (cmd->id == CMD_FLUSH && !srv.cfg->allow_flush) {
+            request_error(req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", cmd->name);
+            return;
+        }
         fanout(req, argc, argv, raw, raw_len, hint);
         return;
+    case COMMAND_ITERATE:
+        if (cmd->id == CMD_SCAN)
+            scan(req, argc, argv, hint);
+        else
+            randomkey(req, hint);
+        return;
+    case COMMAND_PUBSUB:
+        if (sess)
+            pubsub_command(req, cmd->id, argc, argv);
+        else
+            request_error(req, "ERR no client");
+        return;
+    case COMMAND_TRANSACTION:
     case COMMAND_FORWARD:
     case COMMAND_SPLIT:
     case COMMAND_SAME_SHARD:
         break;
     }
-    if (ensure_key_cap(argc) < 0) {
-        reply_error(req, "ERR out of memory");
+    if (cmd->id == CMD_PUBLISH) {
+        forward(req, router_shard_of(argv[1].ptr, argv[1].len), argc, argv, raw, raw_len, hint);
         return;
     }
-    size_t nkeys = 0;
-    char err[200];
-    if (command_keys(cmd, argc, argv, key_pos, &nkeys, err, sizeof(err)) < 0) {
-        reply_error(req, "%s", err);
+    size_t nkeys;
+    int same, must_move;
+    if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0)
         return;
-    }
-    if (nkeys == 0) {
-        forward(req, (uint32_t)(hint % srv.nshards), argc, argv, raw, raw_len, hint);
-        return;
-    }
-    int same = 1, must_move = 0;
-    int moving = rebalance_running() && !req->migrated;
-    for (size_t i = 0; i < nkeys; i++) {
-        uint32_t h = key_hash(&argv[key_pos[i]]);
-        key_shard[i] = ring_lookup(srv.ring, h);
-        same &= key_shard[i] == key_shard[0];
-        if (moving) {
-            shard *old = rebalance_old_owner(h);
-            must_move |= old && old != srv.shards[key_shard[i]];
-        }
-    }
     if (!same && cmd->cls != COMMAND_SPLIT) {
         srv.stats.errors_crossslot++;
-        reply_error(req,
-                    "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+        request_error(req,
+                      "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+        return;
+    }
+    if (cmd->cls == COMMAND_TRANSACTION) {
+        if (!sess) {
+            request_error(req, "ERR no client");
+            return;
+        }
+        if (must_move) {
+            request_error(req, "%s", TRYAGAIN_MOVING);
+            return;
+        }
+        size_t len;
+        const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+        if (!bytes) {
+            request_error(req, "ERR out of memory");
+            return;
+        }
+        txn_command(req, cmd->id, nkeys ? srv.shards[key_shard[0]] : NULL, bytes, len);
         return;
     }
     if (must_move) {
         req->hint = hint;
         migrate_first(req, argc, argv, raw, raw_len);
+        return;
+    }
+    if (nkeys == 0) {
+        uint32_t target = cmd->id == CMD_EVAL ? script_shard() : (uint32_t)(hint % srv.nshards);
+        forward(req, target, argc, argv, raw, raw_len, hint);
+        return;
+    }
+    uint64_t block_us;
+    if (sess && command_blocking(cmd, argc, argv, &block_us)) {
+        size_t len;
+        const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+        if (!bytes) {
+            request_error(req, "ERR out of memory");
+            return;
+        }
+        txn_blocking(req, srv.shards[key_shard[0]], block_us, bytes, len);
         return;
     }
     if (same)
@@ -534,7 +793,7 @@ static int parse_deferred(request *req)
         rescan_ready = 1;
     }
     if (resp_request_scan(&rescan, buf_head(&req->deferred), buf_len(&req->deferred)) != RESP_OK) {
-        reply_error(req, "ERR internal error: saved request does not parse");
+        request_error(req, "ERR internal error: saved request does not parse");
         return -1;
     }
     return 0;
@@ -598,8 +857,8 @@ static void migrate_part_done(fragment *f, const char *reply, size_t len)
         return;
     }
     if (req->migrate_error) {
-        reply_error(req, "ERR cannot move the key to its new shard (rebalancing): %s",
-                    req->migrate_error);
+        request_error(req, "ERR cannot move the key to its new shard (rebalancing): %s",
+                      req->migrate_error);
         return;
     }
     route_again(req);
@@ -650,7 +909,7 @@ static void start_migration(request *req)
     char err[200];
     if (ensure_key_cap(argc) < 0 ||
         command_keys(req->cmd, argc, argv, key_pos, &nkeys, err, sizeof(err)) < 0) {
-        reply_error(req, "ERR internal error: keys of a saved request");
+        request_error(req, "ERR internal error: keys of a saved request");
         return;
     }
     /* group_of_key: pairs (group, argv index) for keys that move, ended by -2 */
@@ -663,7 +922,7 @@ static void start_migration(request *req)
         free(src);
         free(dst);
         free(count);
-        reply_error(req, "ERR out of memory");
+        request_error(req, "ERR out of memory");
         return;
     }
     size_t ngroups = 0, nmove = 0;
@@ -725,7 +984,7 @@ static void start_migration(request *req)
         free(src);
         free(part_off);
         drop_fragments(req);
-        reply_error(req, "ERR out of memory");
+        request_error(req, "ERR out of memory");
         return;
     }
     req->nfrags = ngroups;
@@ -747,7 +1006,7 @@ static void migrate_first(request *req, size_t argc, const resp_arg *argv, const
     int fail =
         raw ? buf_append(&req->deferred, raw, raw_len) < 0 : encode(&req->deferred, argc, argv) < 0;
     if (fail) {
-        reply_error(req, "ERR out of memory");
+        request_error(req, "ERR out of memory");
         return;
     }
     if (rebalance_wait_barrier(req, start_migration))

@@ -14,6 +14,7 @@
 
 struct event_base;
 struct shard;
+struct session;
 
 #define RINGPROXY_VERSION "0.1.0"
 /* The Redis version reported to clients that check it (HELLO, INFO): the
@@ -50,9 +51,10 @@ typedef struct server {
     struct shard **shards; /* runtime shards, in cfg->shards order */
     size_t nshards;
     time_t start_time;
-    uint64_t now_us; /* loop clock, refreshed by server_clock_update() */
-    int listen_port; /* actual port (for INFO) */
-    int nclients;    /* connected clients */
+    uint64_t now_us;          /* loop clock, refreshed by server_clock_update() */
+    int listen_port;          /* actual port (for INFO) */
+    int nclients;             /* connected clients */
+    struct session *sessions; /* every client's session, newest first */
     uint64_t next_client_id;
     uint64_t config_epoch; /* bumped by every applied reload */
     time_t last_reload_time;

@@ -345,6 +345,18 @@ int fixture_owner(redisContext *proxy_conn, const void *key, size_t len)
     return owner;
 }
 
+void fixture_key_on_shard(redisContext *proxy_conn, const char *prefix, int shard, char *out,
+                          size_t cap)
+{
+    for (int i = 0; i < FIXTURE_KEY_SEARCH; i++) {
+        snprintf(out, cap, "%s:%d", prefix, i);
+        if (fixture_owner(proxy_conn, out, strlen(out)) == shard) {
+            return;
+        }
+    }
+    fail_msg("no key %s:0..%d is owned by shard s%d", prefix, FIXTURE_KEY_SEARCH - 1, shard + 1);
+}
+
 unsigned fixture_holders(fixture *f, const void *key, size_t len)
 {
     unsigned mask = 0;

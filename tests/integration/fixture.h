@@ -73,6 +73,16 @@ void fixture_reply_text(const redisReply *r, char *out, size_t cap);
  * test if the answer names no shard of the fixture. */
 int fixture_owner(redisContext *proxy_conn, const void *key, size_t len);
 
+/* Key names tried by fixture_key_on_shard: with FIXTURE_SHARDS shards
+ * sharing the ring, one of this many lands on any shard unless the ring is
+ * badly skewed. */
+#define FIXTURE_KEY_SEARCH 10000
+
+/* Writes to out the first name "<prefix>:<n>" that PROXY RING places on
+ * shard (0-based); fails the test if none of FIXTURE_KEY_SEARCH does. */
+void fixture_key_on_shard(redisContext *proxy_conn, const char *prefix, int shard, char *out,
+                          size_t cap);
+
 /* Bit i set when shard i holds key (EXISTS asked directly on the shard). */
 unsigned fixture_holders(fixture *f, const void *key, size_t len);
 

@@ -1,6 +1,8 @@
 /* Passwords: clients must AUTH when requirepass is set (constant-time
  * compare, every command refused before it), and the proxy authenticates to
- * shards that require a password, also for MIGRATE while rebalancing. */
+ * shards that require a password, also for MIGRATE while rebalancing and on
+ * the connections it reserves for transactions, blocking commands and
+ * subscriptions. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -125,6 +127,40 @@ static void test_backend_password_used(void **state)
     redisFree(c);
 }
 
+/* Reserved connections AUTH too: a transaction, a blocking command and a
+ * subscription work, and RESET (undone on the shard without RESET) leaves
+ * the reserved connection usable for the next transaction. */
+static void test_reserved_connections_authenticate(void **state)
+{
+    (void)state;
+    redisContext *c = authed();
+    redisContext *s = authed();
+    fixture_expect_status(fixture_cmd(c, "WATCH rsv:{a}"), "OK");
+    fixture_expect_status(fixture_cmd(c, "RESET"), "RESET");
+    fixture_expect_status(fixture_cmd(c, "AUTH %s", CLIENT_PW), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET rsv:{a} 1"), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "INCR rsv:{a}"), "QUEUED");
+    redisReply *r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 2);
+    assert_int_equal(r->element[1]->integer, 2);
+    freeReplyObject(r);
+    fixture_expect_int(fixture_cmd(c, "RPUSH rsv:{q} x"), 1);
+    r = fixture_cmd(c, "BLPOP rsv:{q} 1");
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+    r = fixture_cmd(s, "SUBSCRIBE rsv:ch");
+    fixture_expect_array(r, 3);
+    freeReplyObject(r);
+    fixture_expect_int(fixture_cmd(c, "PUBLISH rsv:ch hi"), 1);
+    r = fixture_next_reply(s);
+    fixture_expect_array(r, 3);
+    assert_string_equal(r->element[2]->str, "hi");
+    freeReplyObject(r);
+    redisFree(s);
+    redisFree(c);
+}
+
 /* Adding a shard moves keys with MIGRATE ... AUTH between password-protected
  * shards; everything stays readable. */
 static void test_rebalance_with_passwords(void **state)
@@ -183,6 +219,7 @@ int main(void)
         cmocka_unit_test(test_commands_before_auth_are_refused),
         cmocka_unit_test(test_hello_auth),
         cmocka_unit_test(test_backend_password_used),
+        cmocka_unit_test(test_reserved_connections_authenticate),
         cmocka_unit_test(test_rebalance_with_passwords),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -159,8 +159,14 @@ static void test_table_consistent(void **state)
                 assert_int_not_equal(row->id, CMD_OTHER);
                 break;
             case COMMAND_FORWARD:
-                /* a forwarded command has a key to route by */
-                assert_true(row->keys != KEYS_NONE || row->nsubcommands > 0);
+                /* a forwarded command has a key (or PUBLISH's channel) to
+                 * route by */
+                assert_true(row->keys != KEYS_NONE || row->nsubcommands > 0 ||
+                            row->id == CMD_PUBLISH);
+                break;
+            case COMMAND_FANOUT:
+                /* fan-out replies are merged */
+                assert_true(row->merge != MERGE_NONE || row->nsubcommands > 0);
                 break;
             default:
                 break;
@@ -536,8 +542,10 @@ static const struct {
     {"LMOVE a b LEFT RIGHT", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"PFMERGE d a", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"PFCOUNT a b", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
-    {"EVAL s 0", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
-    {"FCALL f 0", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
+    {"EVAL s 0", COMMAND_SAME_SHARD, CMD_EVAL, MERGE_NONE, 0},
+    {"EVALSHA s 0", COMMAND_SAME_SHARD, CMD_EVAL, MERGE_NONE, 0},
+    {"FCALL f 0", COMMAND_SAME_SHARD, CMD_EVAL, MERGE_NONE, 0},
+    {"FCALL_RO f 0", COMMAND_SAME_SHARD, CMD_EVAL, MERGE_NONE, 0},
     {"ZUNIONSTORE d 1 a", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"ZRANGESTORE d a 0 1", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"MSETNX a 1", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
@@ -553,7 +561,39 @@ static const struct {
     {"HELLO 2", COMMAND_LOCAL, CMD_HELLO, MERGE_NONE, 0},
     {"INFO", COMMAND_LOCAL, CMD_INFO, MERGE_NONE, 0},
     {"TIME", COMMAND_LOCAL, CMD_TIME, MERGE_NONE, 0},
-    {"DBSIZE", COMMAND_LOCAL, CMD_DBSIZE, MERGE_SUM, 0},
+    {"DBSIZE", COMMAND_FANOUT, CMD_DBSIZE, MERGE_SUM, 0},
+    {"KEYS *", COMMAND_FANOUT, CMD_OTHER, MERGE_CONCAT, 0},
+    {"FLUSHDB", COMMAND_FANOUT, CMD_FLUSH, MERGE_ALL_OK, 0},
+    {"FLUSHALL ASYNC", COMMAND_FANOUT, CMD_FLUSH, MERGE_ALL_OK, 0},
+    {"SCRIPT LOAD s", COMMAND_FANOUT, CMD_OTHER, MERGE_SAME, 0},
+    {"SCRIPT EXISTS a b", COMMAND_FANOUT, CMD_OTHER, MERGE_AND_ARRAY, 0},
+    {"SCRIPT FLUSH", COMMAND_FANOUT, CMD_OTHER, MERGE_ALL_OK, 0},
+    {"SCRIPT KILL", COMMAND_FANOUT, CMD_OTHER, MERGE_FIRST_OK, 0},
+    {"FUNCTION LOAD code", COMMAND_FANOUT, CMD_OTHER, MERGE_SAME, 0},
+    {"PUBSUB CHANNELS", COMMAND_FANOUT, CMD_OTHER, MERGE_UNION, 0},
+    {"PUBSUB NUMSUB a", COMMAND_FANOUT, CMD_OTHER, MERGE_PAIR_SUM, 0},
+    {"PUBSUB NUMPAT", COMMAND_FANOUT, CMD_OTHER, MERGE_MAX, 0},
+    {"SCAN 0", COMMAND_ITERATE, CMD_SCAN, MERGE_NONE, 0},
+    {"RANDOMKEY", COMMAND_ITERATE, CMD_RANDOMKEY, MERGE_NONE, 0},
+    {"MULTI", COMMAND_TRANSACTION, CMD_MULTI, MERGE_NONE, 0},
+    {"EXEC", COMMAND_TRANSACTION, CMD_EXEC, MERGE_NONE, 0},
+    {"DISCARD", COMMAND_TRANSACTION, CMD_DISCARD, MERGE_NONE, 0},
+    {"WATCH a", COMMAND_TRANSACTION, CMD_WATCH, MERGE_NONE, 0},
+    {"UNWATCH", COMMAND_TRANSACTION, CMD_UNWATCH, MERGE_NONE, 0},
+    {"SUBSCRIBE ch", COMMAND_PUBSUB, CMD_SUBSCRIBE, MERGE_NONE, 0},
+    {"PSUBSCRIBE ch*", COMMAND_PUBSUB, CMD_PSUBSCRIBE, MERGE_NONE, 0},
+    {"UNSUBSCRIBE", COMMAND_PUBSUB, CMD_UNSUBSCRIBE, MERGE_NONE, 0},
+    {"PUNSUBSCRIBE", COMMAND_PUBSUB, CMD_PUNSUBSCRIBE, MERGE_NONE, 0},
+    {"PUBLISH ch m", COMMAND_FORWARD, CMD_PUBLISH, MERGE_NONE, 0},
+    {"BLPOP a 0", COMMAND_SAME_SHARD, CMD_BLOCK_LAST, MERGE_NONE, 0},
+    {"BRPOPLPUSH a b 0", COMMAND_SAME_SHARD, CMD_BLOCK_LAST, MERGE_NONE, 0},
+    {"BZMPOP 0 1 a MIN", COMMAND_SAME_SHARD, CMD_BLOCK_FIRST, MERGE_NONE, 0},
+    {"XREAD STREAMS a 0", COMMAND_SAME_SHARD, CMD_XREAD, MERGE_NONE, 0},
+    {"XREADGROUP GROUP g c STREAMS a >", COMMAND_SAME_SHARD, CMD_XREAD, MERGE_NONE, 0},
+    {"RESET", COMMAND_LOCAL, CMD_RESET, MERGE_NONE, 0},
+    {"AUTH pw", COMMAND_LOCAL, CMD_AUTH, MERGE_NONE, 0},
+    {"CLIENT INFO", COMMAND_LOCAL, CMD_CLIENT_INFO, MERGE_NONE, 0},
+    {"CLIENT LIST", COMMAND_LOCAL, CMD_CLIENT_LIST, MERGE_NONE, 0},
     {"COMMAND", COMMAND_LOCAL, CMD_COMMAND, MERGE_NONE, 0},
     {"COMMAND COUNT", COMMAND_LOCAL, CMD_COMMAND, MERGE_NONE, 0},
     {"COMMAND DOCS get", COMMAND_LOCAL, CMD_COMMAND, MERGE_NONE, 0},
@@ -564,34 +604,21 @@ static const struct {
     {"PROXY RING k", COMMAND_LOCAL, CMD_PROXY_RING, MERGE_NONE, 0},
     {"PROXY RELOAD", COMMAND_LOCAL, CMD_PROXY_RELOAD, MERGE_NONE, 0},
     {"PROXY REBALANCE", COMMAND_LOCAL, CMD_PROXY_REBALANCE, MERGE_NONE, 0},
-    {"CLIENT LIST", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"CLIENT KILL ID 1", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"MULTI", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"EXEC", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"WATCH a", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"SUBSCRIBE ch", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"PUBLISH ch m", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"PUBSUB CHANNELS", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"BLPOP a 0", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"BZMPOP 0 1 a MIN", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"XREAD STREAMS a 0", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"WAIT 1 0", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"SCAN 0", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"KEYS *", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"RANDOMKEY", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"AUTH pw", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
+    {"SSUBSCRIBE ch", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
+    {"SPUBLISH ch m", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
+    {"MONITOR", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"CONFIG GET x", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"CLUSTER INFO", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"DEBUG SLEEP 0", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"FLUSHALL", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"MOVE k 1", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"SCRIPT LOAD s", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
+    {"SCRIPT DEBUG yes", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"FUNCTION LIST", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"MEMORY STATS", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"OBJECT HELP", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"MIGRATE h 1 k 0 5", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
     {"LASTSAVE", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
-    {"RESET", COMMAND_UNSUPPORTED, CMD_OTHER, MERGE_NONE, 0},
 };
 
 static void test_class(void **state)
@@ -614,6 +641,52 @@ static void test_class(void **state)
     }
 }
 
+/* Which requests block on their shard, and for how long (microseconds;
+ * UINT64_MAX: for ever). */
+static const struct {
+    const char *request;
+    int blocks;
+    uint64_t block_us;
+} blocking_cases[] = {
+    {"BLPOP a b 0", 1, UINT64_MAX},
+    {"BLPOP a 1.5", 1, 1500000},
+    {"BRPOP a 2", 1, 2000000},
+    {"BZPOPMIN a 0.01", 1, 10000},
+    {"BRPOPLPUSH a b 3", 1, 3000000},
+    {"BLMOVE a b LEFT RIGHT 0", 1, UINT64_MAX},
+    {"BLMPOP 4 1 a LEFT", 1, 4000000},
+    {"BZMPOP 0 2 a b MIN", 1, UINT64_MAX},
+    {"BLPOP a nonsense", 1, 0},
+    {"BLPOP a -1", 1, 0},
+    {"XREAD STREAMS a 0", 0, 0},
+    {"XREAD COUNT 5 STREAMS a 0", 0, 0},
+    {"XREAD BLOCK 250 STREAMS a $", 1, 250000},
+    {"XREAD COUNT 2 BLOCK 0 STREAMS a $", 1, UINT64_MAX},
+    {"XREAD STREAMS block 0", 0, 0},
+    {"XREAD COUNT block STREAMS a 0", 0, 0},
+    {"XREADGROUP GROUP block c STREAMS a >", 0, 0},
+    {"XREADGROUP GROUP g c BLOCK 100 NOACK STREAMS a >", 1, 100000},
+    {"GET a", 0, 0},
+    {"LPOP a", 0, 0},
+};
+
+static void test_blocking(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(blocking_cases) / sizeof(blocking_cases[0]); i++) {
+        request r;
+        request_parse(&r, blocking_cases[i].request);
+        const command *cmd = resolve(&r);
+        assert_non_null(cmd);
+        uint64_t us = 0;
+        int blocks = command_blocking(cmd, r.argc, r.argv, &us);
+        if (blocks != blocking_cases[i].blocks || (blocks && us != blocking_cases[i].block_us))
+            fail_msg("'%s': blocks %d for %llu us, expected %d for %llu", blocking_cases[i].request,
+                     blocks, (unsigned long long)us, blocking_cases[i].blocks,
+                     (unsigned long long)blocking_cases[i].block_us);
+    }
+}
+
 /* Container rows: usable ones carry the class of their usable subcommands. */
 static void test_container_class(void **state)
 {
@@ -626,7 +699,8 @@ static void test_container_class(void **state)
         {"proxy", COMMAND_LOCAL},        {"object", COMMAND_FORWARD},
         {"xinfo", COMMAND_FORWARD},      {"xgroup", COMMAND_FORWARD},
         {"config", COMMAND_UNSUPPORTED}, {"cluster", COMMAND_UNSUPPORTED},
-        {"acl", COMMAND_UNSUPPORTED},    {"pubsub", COMMAND_UNSUPPORTED},
+        {"acl", COMMAND_UNSUPPORTED},    {"pubsub", COMMAND_FANOUT},
+        {"script", COMMAND_FANOUT},      {"function", COMMAND_FANOUT},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const command *cmd = command_lookup(cases[i].name, strlen(cases[i].name));
@@ -648,6 +722,7 @@ int main(void)
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_keys_error_truncated),
         cmocka_unit_test(test_class),
+        cmocka_unit_test(test_blocking),
         cmocka_unit_test(test_container_class),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -263,6 +263,10 @@ static const error_case error_cases[] = {
      "proxy.ini:2: shard s1: unexpected '#' after the address (expected weight=N; comments start "
      "with ';')"},
 
+    /* a key naming a shard: checked once [shards] is read */
+    {"[proxy]\nscript_default_shard = s9\n" SHARDS,
+     "proxy.ini:2: script_default_shard: 's9' is not a shard of [shards]"},
+
     /* control bytes are escaped in messages */
     {"[proxy]\nhash = md\x01\n" SHARDS,
      "proxy.ini:2: hash: 'md\\x01' is not one of murmur3, fnv1a_64, crc32, md5, murmur"},
@@ -439,6 +443,8 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->migrate_batch, 1000);
     assert_int_equal(cfg->migrate_rate, 0);
     assert_int_equal(cfg->migrate_timeout_ms, 5000);
+    assert_int_equal(cfg->allow_flush, 1);
+    assert_null(cfg->script_default_shard);
 }
 
 static void test_defaults(void **state)
@@ -480,7 +486,9 @@ static void test_every_key_set(void **state)
                           "idle_timeout = 300\n"
                           "tcp_backlog = 128\n"
                           "log_level = warn\n"
-                          "watch_config = no\n" SHARDS);
+                          "watch_config = no\n"
+                          "allow_flush = no\n"
+                          "script_default_shard = s1\n" SHARDS);
     assert_string_equal(cfg->listen_host, "::1");
     assert_int_equal(cfg->listen_port, 6390);
     assert_int_equal(cfg->hash, HASH_FNV1A_64);
@@ -504,6 +512,8 @@ static void test_every_key_set(void **state)
     assert_int_equal(cfg->tcp_backlog, 128);
     assert_int_equal(cfg->log_level, CONFIG_LOG_WARN);
     assert_int_equal(cfg->watch_config, 0);
+    assert_int_equal(cfg->allow_flush, 0);
+    assert_string_equal(cfg->script_default_shard, "s1");
     config_free(cfg);
 }
 
@@ -711,7 +721,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 26);
+    assert_int_equal(keys, 28);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
