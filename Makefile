@@ -120,6 +120,67 @@ check-format:
 	clang-format --dry-run --Werror $(wildcard */*.c */*.h tests/*/*.c tests/*/*.h)
 
 clean:
-	rm -rf build build-asan ringproxy
+	rm -rf build build-asan build-fuzz build-valgrind ringproxy
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- fuzzing: libFuzzer targets in tests/fuzz/ (needs clang) ----
+# `make fuzz` builds each target into build-fuzz/ and runs it for
+# FUZZ_SECONDS; `make fuzz-smoke` (CI) runs each for FUZZ_SMOKE_SECONDS.
+# New inputs are kept in build-fuzz/corpus/<target>; the seeds in
+# tests/fuzz/corpus/<target> are read, never written. A crash, leak, UBSan
+# report or input slower than 10 s fails the run and leaves the input in
+# build-fuzz/<target>-crash-*; the full output is in build-fuzz/<target>.log.
+FUZZ_CC            ?= clang
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_FLAGS         ?=
+FUZZ_CFLAGS  = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Wshadow \
+               -Wno-missing-field-initializers -I. -fno-omit-frame-pointer \
+               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_TARGETS := fuzz_request fuzz_reply fuzz_config
+FUZZ_DEPS    := $(wildcard */*.h) proxy/command_table.inc Makefile
+
+build-fuzz/fuzz_request: tests/fuzz/fuzz_request.c proxy/resp.c proxy/command.c $(RING_SRC) $(FUZZ_DEPS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^)
+build-fuzz/fuzz_reply: tests/fuzz/fuzz_reply.c proxy/resp.c $(FUZZ_DEPS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^)
+build-fuzz/fuzz_config: tests/fuzz/fuzz_config.c $(CONFIG_SRC) $(RING_SRC) $(FUZZ_DEPS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(shell pkg-config --libs inih 2>/dev/null)
+
+.PHONY: fuzz fuzz-smoke
+fuzz: $(addprefix build-fuzz/,$(FUZZ_TARGETS))
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p build-fuzz/corpus/$$t; \
+	    echo "== $$t, $(FUZZ_SECONDS) s"; \
+	    if ! UBSAN_OPTIONS=print_stacktrace=1 build-fuzz/$$t -max_total_time=$(FUZZ_SECONDS) \
+	        -timeout=10 -print_final_stats=1 -dict=tests/fuzz/$${t#fuzz_}.dict \
+	        -artifact_prefix=build-fuzz/$$t- $(FUZZ_FLAGS) \
+	        build-fuzz/corpus/$$t tests/fuzz/corpus/$$t >build-fuzz/$$t.log 2>&1; then \
+	        tail -n 60 build-fuzz/$$t.log; echo "$$t: FAILED (build-fuzz/$$t.log)"; exit 1; \
+	    fi; \
+	    grep -E '^#[0-9]+.*DONE|number_of_executed_units' build-fuzz/$$t.log || true; \
+	done
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+# ---- valgrind: the integration suite with the proxy under memcheck ----
+# Each ringproxy the tests start runs under valgrind (tests/valgrind-ringproxy.sh,
+# logs in build-valgrind/); the harness stretches its timeouts and the tests
+# their time bounds by VALGRIND_TIMEOUT_SCALE. Fails on any test failure and
+# on any memcheck error or definite/indirect leak in any proxy process.
+VALGRIND_TIMEOUT_SCALE ?= 10
+VALGRIND_TESTS ?= $(INTEG_BINS)
+
+.PHONY: valgrind
+valgrind: all $(INTEG_BINS)
+	@rm -rf build-valgrind; mkdir -p build-valgrind
+	@status=0; for t in $(VALGRIND_TESTS); do echo "== $$t (ringproxy under valgrind)"; \
+	    RINGPROXY_BIN=$(abspath tests/valgrind-ringproxy.sh) \
+	    VALGRIND_RINGPROXY=$(abspath $(PROXY_BIN)) VALGRIND_LOG_DIR=$(abspath build-valgrind) \
+	    HARNESS_TIMEOUT_SCALE=$(VALGRIND_TIMEOUT_SCALE) $$t || status=1; done; \
+	tests/valgrind-ringproxy.sh --summary build-valgrind || status=1; exit $$status

@@ -1,0 +1,595 @@
+/* Hostile and runaway clients: more connections than max_clients, a bulk
+ * length of 2 GB, a client that floods requests and never reads a reply,
+ * slowloris clients trickling a request byte by byte, and the proxy's own
+ * file descriptor limit. Each test checks that the proxy stays up with
+ * bounded memory, that the offending client gets an error and/or a clean
+ * close (with the reason in the log), that the other clients keep working,
+ * and that writes acknowledged to them read back. Raw sockets where hiredis
+ * would not misbehave. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+
+/* 10,000 connections against max_clients = 5,000, when the fd limit allows
+ * (the test process holds them all, the proxy half); else fewer, same
+ * ratio (main says so). */
+#define MANY_CLIENTS     10000
+#define NOFILE_SLACK     1000
+#define MANY_CLIENTS_MIN 200
+/* Per accepted idle client, the proxy may hold this much (its struct,
+ * scanner state, buffers), on top of its base size. */
+#define PER_CLIENT_KIB 8
+#define BASE_RSS_KIB   (32 * 1024)
+
+/* The flooder: GETs of a 1 MB value, never reading a reply, against a
+ * proxy that drops a client with more than 32 MB of replies waiting. */
+#define FLOOD_VALUE_LEN   (1024 * 1024)
+#define FLOOD_OUTPUT_MAX  "32mb"
+#define FLOOD_DEADLINE_MS 15000
+/* Peak RSS the flood may cost: the 32 MB of replies held for the client,
+ * the replies in flight from the shard, buffers, allocator slack (about
+ * 40 MB measured). */
+#define FLOOD_PEAK_KIB (96 * 1024)
+
+/* Slowloris: a byte every SLOW_BYTE_MS from each of SLOW_CLIENTS, with
+ * idle_timeout = 1 s; each must be closed within SLOW_CLOSE_MS. */
+#define SLOW_CLIENTS  20
+#define SLOW_BYTE_MS  100
+#define SLOW_CLOSE_MS 2500
+
+/* The proxy's own descriptor limit, and connections tried against it. */
+#define FD_LIMIT    128
+#define FD_ATTEMPTS 300
+
+#define REPLY_TIMEOUT_MS 3000
+
+static int many_clients = MANY_CLIENTS;
+static int many_max_clients = MANY_CLIENTS / 2;
+
+static long long bound_ms(long long ms)
+{
+    return ms * harness_timeout_scale();
+}
+
+/* Per-test fixtures: each test runs against its own proxy, so its memory
+ * figures (peak RSS included) are its own. */
+static int start_with(void **state, const char *lines)
+{
+    fixture *f = fixture_start(lines);
+    *state = f;
+    return f != NULL ? 0 : -1;
+}
+
+static int stop_fixture(void **state)
+{
+    return fixture_stop(*state);
+}
+
+static int setup_plain(void **state)
+{
+    return start_with(state, NULL);
+}
+
+static int setup_many(void **state)
+{
+    char lines[128];
+    snprintf(lines, sizeof(lines), "max_clients = %d\ntcp_backlog = 4096\n", many_max_clients);
+    return start_with(state, lines);
+}
+
+static int setup_flood(void **state)
+{
+    /* The flooder's orphaned replies (up to 256 MB) drain through the
+     * shard connection the other clients share: under valgrind that takes
+     * longer than the default request timeout. */
+    char lines[128];
+    snprintf(lines, sizeof(lines), "max_client_output = %s\nrequest_timeout = %lld\n",
+             FLOOD_OUTPUT_MAX, bound_ms(2000));
+    return start_with(state, lines);
+}
+
+static int setup_slowloris(void **state)
+{
+    return start_with(state, "idle_timeout = 1\n");
+}
+
+static int setup_fd_limit(void **state)
+{
+    fixture *f = fixture_start_nofile(NULL, FD_LIMIT);
+    *state = f;
+    return f != NULL ? 0 : -1;
+}
+
+/* No crash; a new client is served; writes of before read back. */
+static void expect_proxy_serves(const fixture *f, const char *key, const char *value)
+{
+    assert_true(fixture_alive(f->proxy.pid));
+    redisContext *c = fixture_client(f);
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+    if (key != NULL) {
+        fixture_expect_str(fixture_cmd(c, "GET %s", key), value);
+    }
+    redisFree(c);
+}
+
+/* Reads what is waiting on a non-blocking socket without waiting: the
+ * bytes (NUL-terminated in buf) and whether the peer closed. */
+static size_t drain(int fd, char *buf, size_t cap, int *closed)
+{
+    size_t got = 0;
+    *closed = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf + got, cap - 1 - got, MSG_DONTWAIT);
+        if (n > 0) {
+            got += (size_t)n;
+            if (got == cap - 1) {
+                break;
+            }
+            continue;
+        }
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+        if (n == 0 || (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            *closed = n == 0 ? 1 : 2; /* 2: reset */
+        }
+        break;
+    }
+    buf[got] = '\0';
+    return got;
+}
+
+/* ---- max_clients ---- */
+
+static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
+{
+    fixture *f = *state;
+    redisContext *admin = fixture_client(f);
+    fixture_expect_status(fixture_cmd(admin, "SET many:key before"), "OK");
+    long long rejected_before = fixture_info_int(admin, "rejected_connections");
+    int *fds = malloc((size_t)many_clients * sizeof(int));
+    assert_non_null(fds);
+    for (int i = 0; i < many_clients; i++) {
+        fds[i] = fixture_raw_connect(f->proxy.port);
+        if (fds[i] < 0) {
+            fail_msg("connection %d of %d: %s", i + 1, many_clients, strerror(errno));
+        }
+    }
+    /* The admin connection holds one of the max_clients places. */
+    const int accepted_want = many_max_clients - 1;
+    const int refused_want = many_clients - accepted_want;
+    long long deadline = fixture_now_ms() + bound_ms(10000);
+    long long refused_seen;
+    while ((refused_seen = fixture_info_int(admin, "rejected_connections") - rejected_before) <
+               refused_want &&
+           fixture_now_ms() < deadline) {
+        fixture_sleep_ms(50);
+    }
+    assert_int_equal(refused_seen, refused_want);
+    assert_int_equal(fixture_info_int(admin, "connected_clients"), many_max_clients);
+
+    /* A refused connection got the error line, then a clean close; an
+     * accepted one got nothing yet. */
+    static const char full[] = "-ERR max number of clients reached\r\n";
+    int accepted = 0, refused = 0;
+    for (int i = 0; i < many_clients; i++) {
+        char buf[128];
+        int closed;
+        size_t n = drain(fds[i], buf, sizeof(buf), &closed);
+        if (n == 0 && !closed) {
+            accepted++;
+            continue;
+        }
+        if (strcmp(buf, full) != 0 || closed != 1) {
+            fail_msg("connection %d: got \"%s\" and %s", i, buf,
+                     closed == 2   ? "a reset"
+                     : closed == 1 ? "a close"
+                                   : "no close");
+        }
+        refused++;
+        close(fds[i]);
+        fds[i] = -1;
+    }
+    assert_int_equal(accepted, accepted_want);
+    assert_int_equal(refused, refused_want);
+
+    /* Every accepted one is served. */
+    for (int i = 0; i < many_clients; i++) {
+        if (fds[i] >= 0) {
+            assert_int_equal(fixture_raw_send(fds[i], "PING\r\n", 6), 0);
+        }
+    }
+    for (int i = 0; i < many_clients; i++) {
+        if (fds[i] >= 0) {
+            char buf[16];
+            int closed;
+            fixture_raw_read(fds[i], buf, sizeof(buf), 7, REPLY_TIMEOUT_MS, &closed);
+            if (strcmp(buf, "+PONG\r\n") != 0) {
+                fail_msg("accepted connection %d: PING got \"%s\"", i, buf);
+            }
+        }
+    }
+    long rss = fixture_rss_kib(f->proxy.pid);
+    long bound = BASE_RSS_KIB + (long)many_max_clients * PER_CLIENT_KIB;
+    if (!fixture_memory_instrumented(f->proxy.pid) && rss > bound) {
+        fail_msg("proxy RSS %ld KiB with %d clients, bound %ld KiB", rss, many_max_clients, bound);
+    }
+    fixture_expect_status(fixture_cmd(admin, "SET many:key during"), "OK");
+
+    /* Once they leave, new clients are accepted again. */
+    for (int i = 0; i < many_clients; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    free(fds);
+    deadline = fixture_now_ms() + bound_ms(5000);
+    while (fixture_info_int(admin, "connected_clients") > 1 && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(20);
+    }
+    assert_int_equal(fixture_info_int(admin, "connected_clients"), 1);
+    redisContext *again[100];
+    for (int i = 0; i < 100; i++) {
+        again[i] = fixture_client(f);
+        fixture_expect_status(fixture_cmd(again[i], "PING"), "PONG");
+    }
+    for (int i = 0; i < 100; i++) {
+        redisFree(again[i]);
+    }
+    assert_true(fixture_log_contains(&f->proxy, "refused: "));
+    redisFree(admin);
+    expect_proxy_serves(f, "many:key", "during");
+}
+
+/* ---- a 2 GB bulk length ---- */
+
+static void test_huge_bulk_length_closed_with_protocol_error(void **state)
+{
+    fixture *f = *state;
+    redisContext *other = fixture_client(f);
+    fixture_expect_status(fixture_cmd(other, "SET huge:key kept"), "OK");
+    long peak_before = fixture_peak_rss_kib(f->proxy.pid);
+
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    static const char req[] = "*1\r\n$2000000000\r\n";
+    (void)fixture_raw_send(fd, req, sizeof(req) - 1);
+    char buf[256];
+    int closed;
+    fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, REPLY_TIMEOUT_MS, &closed);
+    close(fd);
+    assert_string_equal(buf, "-ERR Protocol error: invalid bulk length\r\n");
+    assert_true(closed);
+
+    /* Under the limit (512 MB), announced but trickled: the proxy holds
+     * what arrived, not what was announced. */
+    fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    static const char big[] = "*2\r\n$3\r\nGET\r\n$500000000\r\n";
+    assert_int_equal(fixture_raw_send(fd, big, sizeof(big) - 1), 0);
+    static char body[1024 * 1024];
+    memset(body, 'b', sizeof(body));
+    assert_int_equal(fixture_raw_send(fd, body, sizeof(body)), 0);
+    fixture_sleep_ms(100);
+    long peak_during = fixture_peak_rss_kib(f->proxy.pid);
+    fixture_expect_str(fixture_cmd(other, "GET huge:key"), "kept");
+    close(fd);
+
+    if (!fixture_memory_instrumented(f->proxy.pid) && peak_during > peak_before + 16 * 1024) {
+        fail_msg("peak RSS went from %ld to %ld KiB for 1 MB of a bulk announced as 500 MB",
+                 peak_before, peak_during);
+    }
+    assert_true(fixture_log_contains(&f->proxy, "invalid bulk length"));
+    fixture_expect_str(fixture_cmd(other, "GET huge:key"), "kept");
+    redisFree(other);
+    expect_proxy_serves(f, "huge:key", "kept");
+}
+
+/* ---- a client that never reads ---- */
+
+static void test_client_never_reading_is_dropped_and_memory_bounded(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = fixture_client(f);
+    char *value = malloc(FLOOD_VALUE_LEN);
+    assert_non_null(value);
+    for (size_t i = 0; i < FLOOD_VALUE_LEN; i++) {
+        value[i] = (char)('a' + i % 26);
+    }
+    fixture_expect_status(fixture_cmd(c, "SET flood:big %b", value, (size_t)FLOOD_VALUE_LEN), "OK");
+    long long dropped_before = fixture_info_int(c, "clients_dropped");
+
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    int small = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+    static const char get[] = "*2\r\n$3\r\nGET\r\n$9\r\nflood:big\r\n";
+    char batch[100 * (sizeof(get) - 1)];
+    for (size_t i = 0; i < 100; i++) {
+        memcpy(batch + i * (sizeof(get) - 1), get, sizeof(get) - 1);
+    }
+    /* GETs as fast as the proxy takes them, until it drops the client. */
+    long long deadline = fixture_now_ms() + bound_ms(FLOOD_DEADLINE_MS);
+    size_t off = 0, sent_gets = 0;
+    int dropped = 0;
+    long peak = 0;
+    while (!dropped && fixture_now_ms() < deadline) {
+        ssize_t n = send(fd, batch + off, sizeof(batch) - off, MSG_NOSIGNAL);
+        if (n > 0) {
+            off = (off + (size_t)n) % sizeof(batch);
+            sent_gets += (size_t)n / (sizeof(get) - 1);
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT | POLLRDHUP};
+            poll(&pfd, 1, 50);
+            dropped = (pfd.revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0;
+        } else {
+            dropped = 1; /* EPIPE or ECONNRESET */
+        }
+        long rss = fixture_rss_kib(f->proxy.pid);
+        peak = rss > peak ? rss : peak;
+    }
+    close(fd);
+    if (!dropped) {
+        fail_msg("a client that sent %zu GETs of 1 MB and read nothing is still connected",
+                 sent_gets);
+    }
+    /* The reason is logged and counted. */
+    deadline = fixture_now_ms() + bound_ms(2000);
+    while (!fixture_log_contains(&f->proxy, "max_client_output") && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(20);
+    }
+    assert_true(fixture_log_contains(&f->proxy, "max_client_output"));
+    assert_true(fixture_info_int(c, "clients_dropped") > dropped_before);
+
+    /* Meanwhile and after, the others are served, the big value intact. */
+    fixture_expect_bin(fixture_cmd(c, "GET flood:big"), value, FLOOD_VALUE_LEN);
+    fixture_expect_status(fixture_cmd(c, "SET flood:after ok"), "OK");
+    long hwm = fixture_peak_rss_kib(f->proxy.pid);
+    if (!fixture_memory_instrumented(f->proxy.pid) && hwm > FLOOD_PEAK_KIB) {
+        fail_msg("proxy peak RSS %ld KiB (sampled %ld) with %s max_client_output, bound %d KiB",
+                 hwm, peak, FLOOD_OUTPUT_MAX, FLOOD_PEAK_KIB);
+    }
+    free(value);
+    redisFree(c);
+    expect_proxy_serves(f, "flood:after", "ok");
+}
+
+/* ---- slowloris ---- */
+
+static void test_slowloris_clients_closed_by_idle_timeout(void **state)
+{
+    fixture *f = *state;
+    redisContext *active = fixture_client(f);
+    fixture_expect_status(fixture_cmd(active, "SET slow:key kept"), "OK");
+    long long dropped_before = fixture_info_int(active, "clients_dropped");
+    /* A request that takes far longer to trickle than the test lasts. */
+    char request[128];
+    int request_len = snprintf(request, sizeof(request), "*2\r\n$3\r\nGET\r\n$64\r\n%064d\r\n", 0);
+    int slow[SLOW_CLIENTS];
+    long long closed_at[SLOW_CLIENTS];
+    for (int i = 0; i < SLOW_CLIENTS; i++) {
+        slow[i] = fixture_raw_connect(f->proxy.port);
+        assert_true(slow[i] >= 0);
+        closed_at[i] = 0;
+    }
+    int silent = fixture_raw_connect(f->proxy.port); /* sends nothing at all */
+    assert_true(silent >= 0);
+    long long silent_closed_at = 0;
+
+    long long start = fixture_now_ms();
+    int open_count = SLOW_CLIENTS;
+    for (int tick = 0; (open_count > 0 || silent_closed_at == 0) &&
+                       fixture_now_ms() - start < bound_ms(2 * SLOW_CLOSE_MS);
+         tick++) {
+        for (int i = 0; i < SLOW_CLIENTS; i++) {
+            if (closed_at[i] != 0) {
+                continue;
+            }
+            char buf[64];
+            int closed;
+            drain(slow[i], buf, sizeof(buf), &closed);
+            if (closed || send(slow[i], request + tick % request_len, 1, MSG_NOSIGNAL) != 1) {
+                closed_at[i] = fixture_now_ms();
+                open_count--;
+            }
+        }
+        if (silent_closed_at == 0) {
+            char buf[64];
+            int closed;
+            drain(silent, buf, sizeof(buf), &closed);
+            if (closed) {
+                silent_closed_at = fixture_now_ms();
+            }
+        }
+        /* A client sending whole requests now and then stays. */
+        if (tick % 3 == 0) {
+            fixture_expect_status(fixture_cmd(active, "PING"), "PONG");
+        }
+        fixture_sleep_ms(SLOW_BYTE_MS);
+    }
+    for (int i = 0; i < SLOW_CLIENTS; i++) {
+        close(slow[i]);
+        if (closed_at[i] == 0 || closed_at[i] - start > bound_ms(SLOW_CLOSE_MS)) {
+            fail_msg("slowloris client %d %s", i,
+                     closed_at[i] == 0 ? "was never closed" : "was closed late");
+        }
+    }
+    close(silent);
+    assert_true(silent_closed_at != 0 && silent_closed_at - start <= bound_ms(SLOW_CLOSE_MS));
+    fixture_expect_str(fixture_cmd(active, "GET slow:key"), "kept");
+    assert_true(fixture_log_contains(&f->proxy, "idle timeout"));
+    assert_true(fixture_info_int(active, "clients_dropped") >= dropped_before + SLOW_CLIENTS + 1);
+    redisFree(active);
+    expect_proxy_serves(f, "slow:key", "kept");
+}
+
+/* ---- the proxy's fd limit ---- */
+
+static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
+{
+    fixture *f = *state;
+    redisContext *admin = fixture_client(f);
+    fixture_expect_status(fixture_cmd(admin, "SET fd:key before"), "OK");
+    long long rejected_before = fixture_info_int(admin, "rejected_connections");
+    int fds[FD_ATTEMPTS];
+    for (int i = 0; i < FD_ATTEMPTS; i++) {
+        fds[i] = fixture_raw_connect(f->proxy.port);
+        assert_true(fds[i] >= 0);
+    }
+    /* Every connection is taken: served, or refused at once; none is left
+     * waiting in the listen backlog. */
+    long long deadline = fixture_now_ms() + bound_ms(5000);
+    long long taken = 0;
+    while (fixture_now_ms() < deadline) {
+        taken = fixture_info_int(admin, "rejected_connections") - rejected_before +
+                fixture_info_int(admin, "connected_clients") - 1;
+        if (taken >= FD_ATTEMPTS) {
+            break;
+        }
+        fixture_sleep_ms(20);
+    }
+    if (taken < FD_ATTEMPTS) {
+        fail_msg("the proxy at %d fds took %lld of %d connections; the rest wait unanswered",
+                 FD_LIMIT, taken, FD_ATTEMPTS);
+    }
+    static const char full[] = "-ERR max number of clients reached\r\n";
+    int served = 0, refused = 0;
+    for (int i = 0; i < FD_ATTEMPTS; i++) {
+        char buf[128];
+        int closed;
+        size_t n = drain(fds[i], buf, sizeof(buf), &closed);
+        if (n == 0 && !closed) {
+            served++;
+            continue;
+        }
+        if (strcmp(buf, full) != 0 || closed != 1) {
+            fail_msg("connection %d of %d with the proxy at %d fds: got \"%s\"%s", i, FD_ATTEMPTS,
+                     FD_LIMIT, buf, closed ? " and a close" : "");
+        }
+        refused++;
+        close(fds[i]);
+        fds[i] = -1;
+    }
+    assert_true(served >= FD_LIMIT / 2);
+    assert_true(refused > 0);
+    for (int i = 0; i < FD_ATTEMPTS; i++) {
+        if (fds[i] >= 0) {
+            char buf[16];
+            int closed;
+            assert_int_equal(fixture_raw_send(fds[i], "PING\r\n", 6), 0);
+            fixture_raw_read(fds[i], buf, sizeof(buf), 7, REPLY_TIMEOUT_MS, &closed);
+            if (strcmp(buf, "+PONG\r\n") != 0) {
+                fail_msg("served connection %d: PING got \"%s\"", i, buf);
+            }
+        }
+    }
+    assert_true(fixture_log_contains(&f->proxy, "RLIMIT_NOFILE"));
+
+    /* The existing clients are fine, on every shard. */
+    fixture_expect_str(fixture_cmd(admin, "GET fd:key"), "before");
+    for (int i = 0; i < 100; i++) {
+        fixture_expect_status(fixture_cmd(admin, "SET fd:%d v%d", i, i), "OK");
+    }
+    /* At the limit, a shard connection that drops can still come back. */
+    assert_true(harness_proc_stop(&f->shards[0], SIGKILL) != -1);
+    assert_int_equal(harness_redis_restart(&f->shards[0]), 0);
+    deadline = fixture_now_ms() + bound_ms(5000);
+    int back = 0;
+    while (!back && fixture_now_ms() < deadline) {
+        back = 1;
+        for (int i = 0; back && i < 100; i++) {
+            redisReply *r = fixture_cmd(admin, "SET fd:%d v%d", i, i);
+            back = r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+        }
+        if (!back) {
+            fixture_sleep_ms(50);
+        }
+    }
+    if (!back) {
+        fail_msg("a shard restarted while the proxy was at its fd limit is still unavailable");
+    }
+
+    /* Once clients leave, new ones are served again. */
+    for (int i = 0; i < FD_ATTEMPTS; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    deadline = fixture_now_ms() + bound_ms(5000);
+    while (fixture_info_int(admin, "connected_clients") > 1 && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(20);
+    }
+    redisContext *again[20];
+    for (int i = 0; i < 20; i++) {
+        again[i] = fixture_client(f);
+        fixture_expect_status(fixture_cmd(again[i], "PING"), "PONG");
+    }
+    for (int i = 0; i < 20; i++) {
+        redisFree(again[i]);
+    }
+    for (int i = 0; i < 100; i++) {
+        char want[16];
+        snprintf(want, sizeof(want), "v%d", i);
+        fixture_expect_str(fixture_cmd(admin, "GET fd:%d", i), want);
+    }
+    redisFree(admin);
+    expect_proxy_serves(f, "fd:0", "v0");
+}
+
+int main(void)
+{
+    /* The many-clients test holds every connection in this process, and
+     * the proxy (which inherits the limit) half of them. */
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
+        rlim_t want = (rlim_t)MANY_CLIENTS + NOFILE_SLACK;
+        if (lim.rlim_cur < want) {
+            lim.rlim_cur = lim.rlim_max < want ? lim.rlim_max : want;
+            setrlimit(RLIMIT_NOFILE, &lim);
+            getrlimit(RLIMIT_NOFILE, &lim);
+        }
+        if (lim.rlim_cur < want) {
+            long room = (long)lim.rlim_cur - NOFILE_SLACK;
+            many_clients = room > MANY_CLIENTS_MIN ? (int)(room / 100 * 100) : MANY_CLIENTS_MIN;
+            many_max_clients = many_clients / 2;
+            fprintf(stderr,
+                    "note: RLIMIT_NOFILE is %lu: %d clients against max_clients = %d instead "
+                    "of %d against %d\n",
+                    (unsigned long)lim.rlim_cur, many_clients, many_max_clients, MANY_CLIENTS,
+                    MANY_CLIENTS / 2);
+        }
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_many_clients_over_max_clients_are_refused_cleanly,
+                                        setup_many, stop_fixture),
+        cmocka_unit_test_setup_teardown(test_huge_bulk_length_closed_with_protocol_error,
+                                        setup_plain, stop_fixture),
+        cmocka_unit_test_setup_teardown(test_client_never_reading_is_dropped_and_memory_bounded,
+                                        setup_flood, stop_fixture),
+        cmocka_unit_test_setup_teardown(test_slowloris_clients_closed_by_idle_timeout,
+                                        setup_slowloris, stop_fixture),
+        cmocka_unit_test_setup_teardown(test_fd_limit_refuses_new_clients_and_recovers,
+                                        setup_fd_limit, stop_fixture),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
