@@ -94,6 +94,19 @@ static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_
     f->done(f, reply, (size_t)n);
 }
 
+/* Takes a connection that is going away off the pending-flush list. */
+static void conn_unmark_dirty(backend_conn *c)
+{
+    if (!c->dirty)
+        return;
+    backend_conn **pp = &dirty_head;
+    while (*pp && *pp != c)
+        pp = &(*pp)->next_dirty;
+    if (*pp)
+        *pp = c->next_dirty;
+    c->dirty = 0;
+}
+
 static void conn_mark_dirty(backend_conn *c)
 {
     if (c->dirty)
@@ -617,13 +630,7 @@ void backend_shard_free(shard *s)
         event_del(&c->ev_timer);
         conn_set_state(c, BACKEND_CLOSED);
         conn_fail_inflight(c, "unavailable: shard removed", 0);
-        if (c->dirty) {
-            backend_conn **pp = &dirty_head;
-            while (*pp && *pp != c)
-                pp = &(*pp)->next_dirty;
-            if (*pp)
-                *pp = c->next_dirty;
-        }
+        conn_unmark_dirty(c);
     }
     free(s->conns);
     free(s->name);
@@ -635,13 +642,7 @@ void backend_shard_free(shard *s)
 
 static void reserved_free(backend_conn *c)
 {
-    if (c->dirty) {
-        backend_conn **pp = &dirty_head;
-        while (*pp && *pp != c)
-            pp = &(*pp)->next_dirty;
-        if (*pp)
-            *pp = c->next_dirty;
-    }
+    conn_unmark_dirty(c);
     if (c->prev_reserved)
         c->prev_reserved->next_reserved = c->next_reserved;
     else
