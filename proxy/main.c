@@ -107,7 +107,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     if (srv.stopping) {
-        log_notice("second %s: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        log_notice("%s while stopping: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
         loop_done = 1;
         return;
     }

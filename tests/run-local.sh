@@ -6,6 +6,7 @@ set -euo pipefail
 ini=${1:-proxy.ini}
 dir=$(mktemp -d /tmp/ringproxy-run.XXXXXX)
 pids=()
+ports=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -17,13 +18,17 @@ while read -r name port; do
     redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
         --dir "$dir/$name" --logfile "$dir/$name/redis.log" &
     pids+=($!)
+    ports+=("$port")
     echo "shard $name: redis-server on 127.0.0.1:$port (pid $!)"
 done < <(awk '/^\[/{s=$0} s=="[shards]" && /^[A-Za-z0-9_.-]+[ \t]*=/ {
             split($0, kv, "="); gsub(/[ \t]/, "", kv[1]); split(kv[2], a, " ");
             n = split(a[1], hp, ":"); if (hp[1] ~ /^(127\.0\.0\.1|localhost)$/) print kv[1], hp[n] }' "$ini")
+# Wait (at most 5 s) until every shard answers, so the proxy finds them up.
 for _ in $(seq 50); do
     ok=1
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || ok=0; done
+    for port in "${ports[@]}"; do
+        [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] || ok=0
+    done
     [ $ok -eq 1 ] && break
     sleep 0.1
 done
