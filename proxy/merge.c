@@ -282,28 +282,44 @@ static void merge_same(request *req)
     req->on_done(req, buf_head(&first->reply), buf_len(&first->reply));
 }
 
+/* Collects every shard's array reply into *elems (shard i's elements at
+ * i * length), all of one length (even when pairs). Returns that length, or
+ * -1 after answering the request with an error (*elems then freed). */
+static int64_t collect_same_length(request *req, element **elems, int pairs)
+{
+    size_t n = 0, cap = 0;
+    int64_t per_shard = -1;
+    *elems = NULL;
+    for (size_t i = 0; i < req->nfrags; i++) {
+        int64_t count = collect(req, &req->frags[i], elems, &n, &cap);
+        if (count < 0) {
+            free(*elems);
+            *elems = NULL;
+            return -1;
+        }
+        if ((per_shard >= 0 && count != per_shard) || (pairs && count % 2)) {
+            free(*elems);
+            *elems = NULL;
+            request_error(req,
+                          "ERR shard %s answered %lld elements where the others answered "
+                          "%lld",
+                          srv.shards[req->frags[i].shard]->name, (long long)count,
+                          (long long)(per_shard >= 0 ? per_shard : count));
+            return -1;
+        }
+        per_shard = count;
+    }
+    return per_shard;
+}
+
 /* SCRIPT EXISTS: a script exists for the client when EVALSHA finds it on
  * whichever shard its keys lead to, i.e. on every shard. */
 static void merge_and_array(request *req)
 {
     element *elems = NULL;
-    size_t n = 0, cap = 0;
-    int64_t per_shard = -1;
-    for (size_t i = 0; i < req->nfrags; i++) {
-        int64_t count = collect(req, &req->frags[i], &elems, &n, &cap);
-        if (count < 0) {
-            free(elems);
-            return;
-        }
-        if (per_shard >= 0 && count != per_shard) {
-            free(elems);
-            request_error(req, "ERR shard %s answered %lld elements, expected %lld",
-                          srv.shards[req->frags[i].shard]->name, (long long)count,
-                          (long long)per_shard);
-            return;
-        }
-        per_shard = count;
-    }
+    int64_t per_shard = collect_same_length(req, &elems, 0);
+    if (per_shard < 0)
+        return;
     buf out = {0};
     int fail = buf_append_header(&out, '*', per_shard) < 0;
     for (int64_t k = 0; k < per_shard && !fail; k++) {
@@ -342,22 +358,9 @@ static void merge_first_ok(request *req)
 static void merge_pair_sum(request *req)
 {
     element *elems = NULL;
-    size_t n = 0, cap = 0;
-    int64_t per_shard = -1;
-    for (size_t i = 0; i < req->nfrags; i++) {
-        int64_t count = collect(req, &req->frags[i], &elems, &n, &cap);
-        if (count < 0) {
-            free(elems);
-            return;
-        }
-        if ((per_shard >= 0 && count != per_shard) || count % 2) {
-            free(elems);
-            request_error(req, "ERR unexpected reply from shard %s to a fan-out command",
-                          srv.shards[req->frags[i].shard]->name);
-            return;
-        }
-        per_shard = count;
-    }
+    int64_t per_shard = collect_same_length(req, &elems, 1);
+    if (per_shard < 0)
+        return;
     buf out = {0};
     int fail = buf_append_header(&out, '*', per_shard) < 0;
     for (int64_t k = 0; k + 1 < per_shard && !fail; k += 2) {
