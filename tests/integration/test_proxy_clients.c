@@ -261,25 +261,6 @@ static long rss_kib(pid_t pid)
     return kib;
 }
 
-/* 1 when the process runs under AddressSanitizer, whose quarantine keeps
- * freed memory resident on purpose. */
-static int runs_asan(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        return 0;
-    }
-    char line[512];
-    int found = 0;
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        found = strstr(line, "libasan") != NULL;
-    }
-    fclose(f);
-    return found;
-}
-
 /* A client that pipelines many big GETs and reads slowly gets every reply
  * intact and in order; once it is done the proxy gives the memory back. */
 static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
@@ -338,12 +319,12 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
      * checked under ASan, whose quarantine holds freed memory). */
     long after = rss_kib(f->proxy.pid);
     deadline = fixture_now_ms() + 3000;
-    while (!runs_asan(f->proxy.pid) && after > before + RSS_SLACK_KIB &&
+    while (!fixture_memory_instrumented(f->proxy.pid) && after > before + RSS_SLACK_KIB &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(50);
         after = rss_kib(f->proxy.pid);
     }
-    if (!runs_asan(f->proxy.pid) && after > before + RSS_SLACK_KIB) {
+    if (!fixture_memory_instrumented(f->proxy.pid) && after > before + RSS_SLACK_KIB) {
         fail_msg("proxy RSS %ld KiB, was %ld KiB before %d MiB of replies", after, before,
                  (int)(total >> 20));
     }
