@@ -122,6 +122,7 @@ static void conn_close_fd(backend_conn *c)
         return;
     event_del(&c->ev_read);
     event_del(&c->ev_write);
+    c->write_waiting = 0;
     close(c->fd);
     c->fd = -1;
 }
@@ -294,6 +295,7 @@ static int conn_write(backend_conn *c)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
             return 0;
         }
         char why[160];
@@ -309,6 +311,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     backend_conn *c = arg;
+    c->write_waiting = 0;
     if (c->state == BACKEND_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);
@@ -468,7 +471,7 @@ int backend_flush_pending(void)
         c->dirty = 0;
         c->next_dirty = NULL;
         /* A reserved connection's writes wait for its barrier. */
-        if (c->state == BACKEND_UP && !c->barrier && !event_pending(&c->ev_write, EV_WRITE, NULL))
+        if (c->state == BACKEND_UP && !c->barrier && !c->write_waiting)
             conn_write(c);
     }
     return n;

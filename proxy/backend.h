@@ -48,8 +48,9 @@ typedef struct backend_conn {
     fragment *head;        /* in-flight FIFO: sent or queued, awaiting replies */
     fragment *tail;
     size_t inflight;
-    int backoff_ms; /* next reconnect delay */
-    int dirty;      /* on the pending-flush list */
+    int backoff_ms;    /* next reconnect delay */
+    int dirty;         /* on the pending-flush list */
+    int write_waiting; /* ev_write is added: the socket was full */
     struct backend_conn *next_dirty;
     char last_error[128]; /* why it is down */
     fragment auth;        /* the AUTH sent first when the shards need a password */

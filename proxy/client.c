@@ -37,6 +37,7 @@ typedef struct client {
     char addr[64];         /* peer, for log lines */
     struct event ev_read;  /* read interest, removed while paused or closing */
     struct event ev_write; /* write interest while the socket is full */
+    int write_waiting;     /* ev_write is added */
     int reading;           /* ev_read is added */
     buf in;                /* request bytes not yet scanned */
     resp_request scan;     /* progress through the current request */
@@ -389,6 +390,7 @@ static int write_out(client *c)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
             return 0;
         }
         client_free(c, n < 0 ? strerror(errno) : "write returned 0");
@@ -421,6 +423,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     server_clock_update();
+    ((client *)arg)->write_waiting = 0;
     write_out(arg);
 }
 
@@ -437,7 +440,7 @@ int client_flush_pending(void)
             client_free(c, c->drop_reason);
             continue;
         }
-        if (!event_pending(&c->ev_write, EV_WRITE, NULL))
+        if (!c->write_waiting)
             write_out(c);
     }
     return n;
