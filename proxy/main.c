@@ -164,6 +164,7 @@ static int run(const char *path)
         return 1;
     }
     srv.start_time = time(NULL);
+    srv.now_us = server_now_us();
     if (reload_start(cfg, err, sizeof(err)) < 0) {
         log_error("%s", err);
         reload_shutdown();
@@ -193,6 +194,7 @@ static int run(const char *path)
      * queued: requests from many clients leave in one write per backend
      * connection, replies to many requests in one write per client. */
     while (!loop_done) {
+        srv.loop_iteration++;
         if (event_base_loop(srv.base, EVLOOP_ONCE) < 0) {
             log_error("event loop failed");
             break;

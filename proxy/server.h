@@ -52,6 +52,8 @@ typedef struct server {
     size_t nshards;
     time_t start_time;
     uint64_t now_us;          /* loop clock, refreshed by server_clock_update() */
+    uint64_t loop_iteration;  /* bumped before each event loop iteration */
+    uint64_t clock_iteration; /* the iteration now_us was read in */
     int listen_port;          /* actual port (for INFO) */
     int nclients;             /* connected clients */
     struct session *sessions; /* every client's session, newest first */
@@ -74,11 +76,16 @@ static inline uint64_t server_now_us(void)
     return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
 }
 
-/* Refreshes srv.now_us; called once at the top of each I/O callback so that
- * per-request code reads a field instead of calling into libevent. */
+/* Refreshes srv.now_us; called at the top of each callback so that
+ * per-request code reads a field instead of calling into libevent. The
+ * cached time only changes between loop iterations, so it is read once per
+ * iteration. */
 static inline void server_clock_update(void)
 {
-    srv.now_us = server_now_us();
+    if (srv.clock_iteration != srv.loop_iteration) {
+        srv.clock_iteration = srv.loop_iteration;
+        srv.now_us = server_now_us();
+    }
 }
 
 #endif
