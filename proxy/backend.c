@@ -29,7 +29,9 @@
 
 static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
 
+/* Connections with requests to write, first marked first. */
 static backend_conn *dirty_head;
+static backend_conn **dirty_tail = &dirty_head;
 static backend_conn *reserved_head; /* every reserved connection */
 
 static void conn_connect(backend_conn *c);
@@ -102,8 +104,11 @@ static void conn_unmark_dirty(backend_conn *c)
     backend_conn **pp = &dirty_head;
     while (*pp && *pp != c)
         pp = &(*pp)->next_dirty;
-    if (*pp)
+    if (*pp) {
         *pp = c->next_dirty;
+        if (dirty_tail == &c->next_dirty)
+            dirty_tail = pp;
+    }
     c->dirty = 0;
 }
 
@@ -112,8 +117,9 @@ static void conn_mark_dirty(backend_conn *c)
     if (c->dirty)
         return;
     c->dirty = 1;
-    c->next_dirty = dirty_head;
-    dirty_head = c;
+    c->next_dirty = NULL;
+    *dirty_tail = c;
+    dirty_tail = &c->next_dirty;
 }
 
 static void conn_close_fd(backend_conn *c)
@@ -468,6 +474,8 @@ int backend_flush_pending(void)
         n++;
         backend_conn *c = dirty_head;
         dirty_head = c->next_dirty;
+        if (!dirty_head)
+            dirty_tail = &dirty_head;
         c->dirty = 0;
         c->next_dirty = NULL;
         /* A reserved connection's writes wait for its barrier. */

@@ -58,7 +58,11 @@ typedef struct client {
 } client;
 
 static client *clients;
+/* Clients with replies to write, in the order their replies came: the
+ * first to be answered is written first, which keeps latency even across a
+ * batch (a LIFO list wrote the longest-waiting client last). */
 static client *dirty_head;
+static client **dirty_tail = &dirty_head;
 
 static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
@@ -68,8 +72,9 @@ static void mark_dirty(client *c)
     if (c->dirty)
         return;
     c->dirty = 1;
-    c->next_dirty = dirty_head;
-    dirty_head = c;
+    c->next_dirty = NULL;
+    *dirty_tail = c;
+    dirty_tail = &c->next_dirty;
 }
 
 static void set_reading(client *c, int on)
@@ -119,8 +124,11 @@ static void client_free(client *c, const char *reason)
         client **pp = &dirty_head;
         while (*pp && *pp != c)
             pp = &(*pp)->next_dirty;
-        if (*pp)
+        if (*pp) {
             *pp = c->next_dirty;
+            if (dirty_tail == &c->next_dirty)
+                dirty_tail = pp;
+        }
     }
     if (c->prev)
         c->prev->next = c->next;
@@ -434,6 +442,8 @@ int client_flush_pending(void)
         n++;
         client *c = dirty_head;
         dirty_head = c->next_dirty;
+        if (!dirty_head)
+            dirty_tail = &dirty_head;
         c->dirty = 0;
         c->next_dirty = NULL;
         if (c->drop_reason) {
