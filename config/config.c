@@ -157,7 +157,7 @@ static const config_key config_keys[] = {
     INT_KEY("connect_timeout", connect_timeout_ms, "1000", "ms", 1, 3600000, RELOAD,
             "time allowed to connect to a shard"),
     INT_KEY("request_timeout", request_timeout_ms, "2000", "ms", 0, 3600000, RELOAD,
-            "time a request waits for its shard's reply; 0 = no limit"),
+            "time a request may wait with no bytes of it or its reply moving; 0 = no limit"),
     INT_KEY("reconnect_min", reconnect_min_ms, "100", "ms", 1, 3600000, RELOAD,
             "first delay before reconnecting to a failed shard"),
     INT_KEY("reconnect_max", reconnect_max_ms, "5000", "ms", 1, 3600000, RELOAD,

@@ -149,6 +149,7 @@ static void conn_fail_inflight(backend_conn *c, const char *why, int is_timeout)
     buf_free(&c->out);
     buf_free(&c->in);
     resp_reply_init(&c->scan);
+    c->queued_total = c->written_total = 0;
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -221,12 +222,19 @@ static int conn_queue_auth(backend_conn *c, const char *password)
         buf_free(&first);
         return -1;
     }
+    /* AUTH goes before bytes already counted: what was queued while
+     * connecting (none of it written yet) now ends auth_len later. */
+    size_t auth_len = buf_len(&first) - buf_len(&c->out);
+    for (fragment *f = c->head; f; f = f->next)
+        f->end_offset += auth_len;
+    c->queued_total += auth_len;
     buf_free(&c->out);
     c->out = first;
     memset(&c->auth, 0, sizeof(c->auth));
     c->auth.done = auth_done;
     c->auth.aux = c;
     c->auth.sent_us = srv.now_us;
+    c->auth.end_offset = c->written_total + auth_len;
     c->auth.next = c->head;
     c->head = &c->auth;
     if (!c->tail)
@@ -294,6 +302,12 @@ static int conn_write(backend_conn *c)
     while (buf_len(&c->out) > 0) {
         ssize_t n = write(c->fd, buf_head(&c->out), buf_len(&c->out));
         if (n > 0) {
+            /* Progress only while the head's own request is still going
+             * out: a stopped shard's socket buffer takes megabytes of the
+             * requests behind it. */
+            if (c->head && c->written_total < c->head->end_offset)
+                c->progress_us = srv.now_us;
+            c->written_total += (uint64_t)n;
             buf_consume(&c->out, (size_t)n);
             continue;
         }
@@ -317,6 +331,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     backend_conn *c = arg;
+    server_clock_update();
     c->write_waiting = 0;
     if (c->state == BACKEND_CONNECTING) {
         int err = 0;
@@ -363,6 +378,10 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->in.end += (size_t)n;
+    /* Progress: bytes of the head's reply arrived, or the head is answered
+     * below and the next one, which could not be answered before it, starts
+     * waiting now. */
+    c->progress_us = srv.now_us;
     shard *s = c->shard;
     /* A reserved connection's owner may close it from a callback below:
      * freeing waits until the loop is done with it. */
@@ -430,6 +449,8 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
         fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
         return -1;
     }
+    c->queued_total += len;
+    f->end_offset = c->queued_total;
     if (c->tail)
         c->tail->next = f;
     else
@@ -485,6 +506,16 @@ int backend_flush_pending(void)
     return n;
 }
 
+/* When the shard last made progress on c's head: its queueing, then any
+ * read (bytes of its reply, or the end of the reply before it, from which
+ * it waits afresh), or a write while its request was not all written. The
+ * last socket buffer's worth of a request cannot be seen going out: the
+ * shard must take that within the timeout. */
+static uint64_t conn_head_clock(const backend_conn *c)
+{
+    return c->head->sent_us > c->progress_us ? c->head->sent_us : c->progress_us;
+}
+
 /* Reserved connections: request timeouts (longer by a blocking command's
  * own timeout) and lingering connections left idle. Failing one calls its
  * owner, who may close others: the walk starts over after each. */
@@ -499,7 +530,8 @@ static void reserved_tick(void)
         if (live && c->head && base) {
             uint64_t block = c->head->block_us;
             uint64_t limit = block > UINT64_MAX - base ? UINT64_MAX : base + block;
-            if (limit != UINT64_MAX && now - c->head->sent_us > limit) {
+            uint64_t clock = conn_head_clock(c);
+            if (limit != UINT64_MAX && now > clock && now - clock > limit) {
                 reserved_fail(c, "timeout", 1, 0);
                 c = reserved_head;
                 continue;
@@ -521,13 +553,15 @@ void backend_tick(void)
     int timeout_ms = srv.cfg->request_timeout_ms;
     if (timeout_ms <= 0)
         return;
-    uint64_t limit = (uint64_t)timeout_ms * 1000;
+    uint64_t limit = (uint64_t)timeout_ms * 1000, now = server_now_us();
     for (size_t i = 0; i < srv.nshards; i++) {
         shard *s = srv.shards[i];
         for (int j = 0; j < s->nconns; j++) {
             backend_conn *c = &s->conns[j];
-            if (c->head && server_now_us() - c->head->sent_us > limit &&
-                (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING))
+            if (!c->head || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
+                continue;
+            uint64_t clock = conn_head_clock(c);
+            if (now > clock && now - clock > limit)
                 /* Later replies could not be matched to their requests: the
                  * whole connection is reset. */
                 conn_fail(c, "timeout", 1);
@@ -786,6 +820,7 @@ int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
         return -1;
     if (buf_append(&c->out, bytes, len) < 0)
         return -1;
+    c->queued_total += len;
     if (c->state == BACKEND_UP)
         conn_mark_dirty(c);
     return 0;

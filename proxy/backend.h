@@ -48,9 +48,15 @@ typedef struct backend_conn {
     fragment *head;        /* in-flight FIFO: sent or queued, awaiting replies */
     fragment *tail;
     size_t inflight;
-    int backoff_ms;    /* next reconnect delay */
-    int dirty;         /* on the pending-flush list */
-    int write_waiting; /* ev_write is added: the socket was full */
+    /* request_timeout measures the head's lack of progress: its clock is the
+     * later of head->sent_us and progress_us */
+    uint64_t queued_total;  /* bytes ever queued on out (AUTH and push writes too) */
+    uint64_t written_total; /* of those, bytes written to the shard */
+    uint64_t progress_us;   /* loop clock of the last reply bytes read, or of a write
+                               while the head's request was not all written */
+    int backoff_ms;         /* next reconnect delay */
+    int dirty;              /* on the pending-flush list */
+    int write_waiting;      /* ev_write is added: the socket was full */
     struct backend_conn *next_dirty;
     char last_error[128]; /* why it is down */
     fragment auth;        /* the AUTH sent first when the shards need a password */
@@ -108,7 +114,9 @@ void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_
  * that requests from many clients share one write. */
 int backend_flush_pending(void);
 
-/* Periodic: fails requests older than the request timeout. */
+/* Periodic: fails a connection's requests when the shard has made no
+ * progress on the oldest of them (read none of its reply, taken none of its
+ * request's bytes) for the request timeout. */
 void backend_tick(void);
 
 /* ---- reserved connections ----

@@ -25,6 +25,8 @@ typedef struct fragment {
     uint64_t sent_us;      /* loop clock when queued, for timeouts and latency */
     uint64_t block_us;     /* a blocking command's own timeout, added to request_timeout;
                               UINT64_MAX: it may block for ever */
+    uint64_t end_offset;   /* the backend connection's queued byte count just after its
+                              request: the request is all written once that many are */
     uint32_t shard;        /* index of the target shard */
     size_t first_key;      /* split: index of its first key in the request's key list */
     size_t nkeys;          /* split: number of keys it carries */

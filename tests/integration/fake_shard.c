@@ -13,6 +13,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -20,16 +21,24 @@
 
 /* Connections served at once: the proxy opens one per backend connection. */
 #define FAKE_MAX_CONNS 16
-/* Largest request kept: the tests send short ones. */
-#define FAKE_MAX_REQUEST (1024 * 1024)
-/* Size of the bulk reply a "half:" key gets only half of. */
+/* Size of the bulk reply a "half:" or "stall:" key gets only half of. */
 #define FAKE_HALF_BULK 1000
+/* How far into a pending request the slowread: key is looked for. */
+#define FAKE_SLOW_READ_PEEK 64
+
+/* What answer() tells serve() to do with the connection next. */
+typedef enum fake_next {
+    FAKE_CONTINUE = 0, /* serve its next request */
+    FAKE_CLOSE,        /* close it */
+    FAKE_SILENCE,      /* read it but answer nothing more */
+} fake_next;
 
 typedef struct fake_conn {
     int fd; /* -1: free */
     char *in;
     size_t len;
     resp_request scan;
+    int silent; /* a stall: reads are discarded until the peer closes */
 } fake_conn;
 
 static void conn_close(fake_conn *c)
@@ -39,7 +48,15 @@ static void conn_close(fake_conn *c)
     free(c->in);
     c->in = NULL;
     c->len = 0;
+    c->silent = 0;
     resp_request_free(&c->scan);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
 }
 
 static void send_all(int fd, const char *p, size_t n)
@@ -68,20 +85,40 @@ static int is_word(const resp_arg *a, const char *word)
     return a->len == strlen(word) && strncasecmp(a->ptr, word, a->len) == 0;
 }
 
-/* Answers one request. Returns 0, or -1 when the connection must close. */
-static int answer(int fd, size_t argc, const resp_arg *argv)
+/* The slow: reply, piece by piece. */
+static void send_slow_bulk(int fd)
+{
+    char line[32];
+    int n = snprintf(line, sizeof(line), "$%d\r\n", FAKE_SLOW_BULK);
+    send_all(fd, line, (size_t)n);
+    static char body[FAKE_SLOW_BULK];
+    for (size_t i = 0; i < sizeof(body); i++) {
+        body[i] = (char)('a' + i % 26);
+    }
+    size_t piece = sizeof(body) / FAKE_SLOW_CHUNKS;
+    for (int k = 0; k < FAKE_SLOW_CHUNKS; k++) {
+        if (k > 0) {
+            sleep_ms(FAKE_SLOW_GAP_MS);
+        }
+        send_all(fd, body + (size_t)k * piece, piece);
+    }
+    send_all(fd, "\r\n", 2);
+}
+
+/* Answers one request: what to do with the connection next. */
+static fake_next answer(int fd, size_t argc, const resp_arg *argv)
 {
     char line[256];
     if (argc == 0) {
-        return 0;
+        return FAKE_CONTINUE;
     }
     if (is_word(&argv[0], "ping")) {
         send_all(fd, "+PONG\r\n", 7);
-        return 0;
+        return FAKE_CONTINUE;
     }
     if (argc < 2) {
         send_all(fd, "+OK\r\n", 5);
-        return 0;
+        return FAKE_CONTINUE;
     }
     const resp_arg *key = &argv[1];
     const char *error = has_prefix(key, "loading:") ? FAKE_LOADING
@@ -91,29 +128,40 @@ static int answer(int fd, size_t argc, const resp_arg *argv)
     if (error != NULL) {
         int n = snprintf(line, sizeof(line), "-%s\r\n", error);
         send_all(fd, line, (size_t)n);
-        return 0;
+        return FAKE_CONTINUE;
     }
-    if (has_prefix(key, "half:")) {
+    if (has_prefix(key, "half:") || has_prefix(key, "stall:")) {
         int n = snprintf(line, sizeof(line), "$%d\r\n", FAKE_HALF_BULK);
         send_all(fd, line, (size_t)n);
         char body[FAKE_HALF_BULK / 2];
         memset(body, 'h', sizeof(body));
         send_all(fd, body, sizeof(body));
-        return -1;
+        return has_prefix(key, "half:") ? FAKE_CLOSE : FAKE_SILENCE;
+    }
+    if (has_prefix(key, "slow:")) {
+        send_slow_bulk(fd);
+        return FAKE_CONTINUE;
     }
     if (has_prefix(key, "garbage:")) {
         send_all(fd, "@garbage\r\n", 10);
-        return 0;
+        return FAKE_CONTINUE;
     }
     if (is_word(&argv[0], "get")) {
         int n = snprintf(line, sizeof(line), "$%zu\r\n", key->len);
         send_all(fd, line, (size_t)n);
         send_all(fd, key->ptr, key->len);
         send_all(fd, "\r\n", 2);
-        return 0;
+        return FAKE_CONTINUE;
     }
     send_all(fd, "+OK\r\n", 5);
-    return 0;
+    return FAKE_CONTINUE;
+}
+
+/* Whether the request that has started arriving carries a slowread: key. */
+static int reading_slowly(const fake_conn *c)
+{
+    size_t n = c->len < FAKE_SLOW_READ_PEEK ? c->len : FAKE_SLOW_READ_PEEK;
+    return n > 0 && memmem(c->in, n, "slowread:", 9) != NULL;
 }
 
 /* Reads what a connection sent and answers every whole request in it. */
@@ -123,7 +171,23 @@ static void serve(fake_conn *c)
         conn_close(c);
         return;
     }
-    ssize_t n = recv(c->fd, c->in + c->len, FAKE_MAX_REQUEST - c->len, 0);
+    if (c->silent) {
+        static char discard[FAKE_SLOW_READ_CHUNK];
+        sleep_ms(FAKE_SILENT_READ_GAP_MS);
+        ssize_t n = recv(c->fd, discard, sizeof(discard), 0);
+        if (n == 0 || (n == -1 && errno != EINTR)) {
+            conn_close(c);
+        }
+        return;
+    }
+    /* Reads are capped, so that the pace of a slowread: request holds from
+     * its first bytes on. */
+    size_t want = FAKE_MAX_REQUEST - c->len;
+    want = want < FAKE_SLOW_READ_CHUNK ? want : FAKE_SLOW_READ_CHUNK;
+    if (reading_slowly(c)) {
+        sleep_ms(FAKE_SLOW_READ_GAP_MS);
+    }
+    ssize_t n = recv(c->fd, c->in + c->len, want, 0);
     if (n == -1 && errno == EINTR) {
         return;
     }
@@ -138,11 +202,16 @@ static void serve(fake_conn *c)
         if (st == RESP_INCOMPLETE) {
             break;
         }
-        if (st == RESP_ERROR || answer(c->fd, c->scan.argc, c->scan.argv) != 0) {
+        fake_next next = st == RESP_ERROR ? FAKE_CLOSE : answer(c->fd, c->scan.argc, c->scan.argv);
+        if (next == FAKE_CLOSE) {
             conn_close(c);
             return;
         }
         start += c->scan.req_len;
+        if (next == FAKE_SILENCE) {
+            c->silent = 1;
+            break;
+        }
     }
     memmove(c->in, c->in + start, c->len - start);
     c->len -= start;
@@ -158,6 +227,7 @@ static void run(int listen_fd)
         conns[i].fd = -1;
         conns[i].in = NULL;
         conns[i].len = 0;
+        conns[i].silent = 0;
         resp_request_init(&conns[i].scan, NULL);
     }
     for (;;) {

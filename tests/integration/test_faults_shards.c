@@ -811,7 +811,7 @@ static void test_reload_storm_under_load(void **state)
     redisFree(admin);
 }
 
-/* ---- a fake shard: -LOADING, -BUSY, -OOM, a reply cut short ---- */
+/* ---- a fake shard: -LOADING, -BUSY, -OOM, a reply cut short, slow or stalled ---- */
 
 typedef struct fake_setup {
     harness_proc shards[3]; /* s1, s2: redis-server; s3: the fake (port only) */
@@ -961,6 +961,192 @@ static void test_backend_closing_mid_reply_fails_inflight_then_reconnects(void *
     redisFree(c);
 }
 
+/* The timeouts=N of a shard's line in INFO shards; fails the test if absent. */
+static long long shard_timeouts(redisContext *c, const char *name)
+{
+    redisReply *r = fixture_cmd(c, "INFO shards");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char line[64];
+    snprintf(line, sizeof(line), "shard_%s:", name);
+    const char *p = strstr(r->str, line);
+    const char *field = p != NULL ? strstr(p, "timeouts=") : NULL;
+    if (field == NULL) {
+        fail_msg("no timeouts for %s in INFO shards: %s", name, r->str);
+    }
+    long long n = atoll(field + strlen("timeouts="));
+    freeReplyObject(r);
+    return n;
+}
+
+/* A context whose reads wait long enough for replies that take seconds. */
+static redisContext *patient_client(int port)
+{
+    redisContext *c = harness_connect(port);
+    assert_non_null(c);
+    struct timeval tv = {(time_t)bound_ms(10000) / 1000, 0};
+    assert_int_equal(redisSetTimeout(c, tv), REDIS_OK);
+    return c;
+}
+
+/* request_timeout counts the time without progress, not the time since a
+ * request was queued: a 2 MiB reply that takes 1.5 s to arrive, in pieces
+ * 100 ms apart, is no timeout at 500 ms, nor is the one behind it on the
+ * same connection, which waits for the first before it can start. */
+static void test_slow_streaming_reply_is_not_a_timeout(void **state)
+{
+    fake_setup *s = *state;
+    redisContext *c = patient_client(s->proxy.port);
+    find_tags(c, &s->tags, 3);
+    const char *fake = s->tags.of[2];
+    long long timeouts_before = fixture_info_int(c, "errors_shard_timeout");
+    char *want = malloc(FAKE_SLOW_BULK);
+    assert_non_null(want);
+    for (size_t i = 0; i < FAKE_SLOW_BULK; i++) {
+        want[i] = (char)('a' + i % 26);
+    }
+    char ok[64];
+    snprintf(ok, sizeof(ok), "ok:{%s}", fake);
+
+    long long start = fixture_now_ms();
+    redisAppendCommand(c, "GET slow:{%s}:1", fake);
+    redisAppendCommand(c, "GET slow:{%s}:2", fake);
+    redisAppendCommand(c, "GET %s", ok);
+    fixture_expect_bin(fixture_next_reply(c), want, FAKE_SLOW_BULK);
+    fixture_expect_bin(fixture_next_reply(c), want, FAKE_SLOW_BULK);
+    fixture_expect_str(fixture_next_reply(c), ok);
+    long long took = fixture_now_ms() - start;
+    /* The replies really were slow: each far longer than the timeout. */
+    long long slowest = 2LL * (FAKE_SLOW_CHUNKS - 1) * FAKE_SLOW_GAP_MS;
+    if (took < slowest) {
+        fail_msg("two slow replies took %lld ms, expected at least %lld", took, slowest);
+    }
+    assert_int_equal(shard_timeouts(c, "s3"), 0);
+    assert_int_equal(fixture_info_int(c, "errors_shard_timeout"), timeouts_before);
+    assert_false(fixture_log_contains(&s->proxy, "timeout"));
+    expect_proxy_healthy(&s->proxy);
+    free(want);
+    redisFree(c);
+}
+
+/* Writing a request counts as progress too while the shard takes its bytes:
+ * a SET of 32 MiB that the shard reads at 40 MiB/s (0.8 s) is no timeout. */
+static void test_slowly_read_request_is_not_a_timeout(void **state)
+{
+    fake_setup *s = *state;
+    redisContext *c = patient_client(s->proxy.port);
+    find_tags(c, &s->tags, 3);
+    const char *fake = s->tags.of[2];
+    size_t size = 32 * 1024 * 1024;
+    char *value = malloc(size);
+    assert_non_null(value);
+    memset(value, 'v', size);
+    char key[64], ok[64];
+    snprintf(key, sizeof(key), "slowread:{%s}", fake);
+    snprintf(ok, sizeof(ok), "ok:{%s}", fake);
+
+    long long start = fixture_now_ms();
+    redisAppendCommand(c, "SET %s %b", key, value, size);
+    redisAppendCommand(c, "GET %s", ok);
+    fixture_expect_status(fixture_next_reply(c), "OK");
+    fixture_expect_str(fixture_next_reply(c), ok);
+    long long took = fixture_now_ms() - start;
+    long long slowest = (long long)(size / FAKE_SLOW_READ_CHUNK - 1) * FAKE_SLOW_READ_GAP_MS;
+    if (took < slowest) {
+        fail_msg("the slowly read SET took %lld ms, expected at least %lld", took, slowest);
+    }
+    assert_int_equal(shard_timeouts(c, "s3"), 0);
+    assert_false(fixture_log_contains(&s->proxy, "timeout"));
+    free(value);
+    redisFree(c);
+}
+
+/* A shard that sends part of a reply and then nothing: the request (and
+ * the one queued behind it on that connection) times out request_timeout
+ * after the last bytes, and the connection is replaced. */
+static void test_reply_stalling_half_way_times_out_then_recovers(void **state)
+{
+    fake_setup *s = *state;
+    redisContext *c = patient_client(s->proxy.port);
+    find_tags(c, &s->tags, 3);
+    const char *fake = s->tags.of[2];
+    char ok[64], want[64];
+    snprintf(ok, sizeof(ok), "ok:{%s}", fake);
+    snprintf(want, sizeof(want), "ERR shard s3 (127.0.0.1:%d) timeout", s->fake.port);
+    fixture_expect_str(fixture_cmd(c, "GET %s", ok), ok);
+    long long timeouts_before = shard_timeouts(c, "s3");
+
+    long long start = fixture_now_ms();
+    redisAppendCommand(c, "GET stall:{%s}", fake);
+    redisAppendCommand(c, "GET %s", ok);
+    redisReply *stalled = fixture_next_reply(c);
+    long long took = fixture_now_ms() - start;
+    redisReply *behind = fixture_next_reply(c);
+    assert_int_equal(stalled->type, REDIS_REPLY_ERROR);
+    assert_string_equal(stalled->str, want);
+    assert_int_equal(behind->type, REDIS_REPLY_ERROR);
+    assert_string_equal(behind->str, want);
+    freeReplyObject(stalled);
+    freeReplyObject(behind);
+    if (took < REQUEST_TIMEOUT_MS - 100 || took > bound_ms(3000)) {
+        fail_msg("the stalled reply timed out after %lld ms (timeout %d ms)", took,
+                 REQUEST_TIMEOUT_MS);
+    }
+    assert_int_equal(shard_timeouts(c, "s3"), timeouts_before + 2);
+
+    /* The proxy reconnects: the fake's keys work again. */
+    long long deadline = fixture_now_ms() + bound_ms(RECOVERY_DEADLINE_MS);
+    for (;;) {
+        redisReply *r = fixture_cmd(c, "GET %s", ok);
+        if (r->type == REDIS_REPLY_STRING) {
+            fixture_expect_str(r, ok);
+            break;
+        }
+        fixture_expect_error(r, "ERR shard s3 ");
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    expect_proxy_healthy(&s->proxy);
+    redisFree(c);
+}
+
+/* Only the head request's own bytes going out count as progress: while a
+ * stalled shard keeps taking the 32 MiB of a request queued behind (1.6 s
+ * at its pace), the stalled one still times out after request_timeout. */
+static void test_later_requests_going_out_do_not_hold_off_a_timeout(void **state)
+{
+    fake_setup *s = *state;
+    redisContext *c = patient_client(s->proxy.port);
+    find_tags(c, &s->tags, 3);
+    const char *fake = s->tags.of[2];
+    size_t size = 32 * 1024 * 1024;
+    char *value = malloc(size);
+    assert_non_null(value);
+    memset(value, 'v', size);
+    char want[64];
+    snprintf(want, sizeof(want), "ERR shard s3 (127.0.0.1:%d) timeout", s->fake.port);
+
+    long long start = fixture_now_ms();
+    redisAppendCommand(c, "GET stall:{%s}", fake);
+    redisAppendCommand(c, "SET big:{%s} %b", fake, value, size);
+    redisReply *stalled = fixture_next_reply(c);
+    long long took = fixture_now_ms() - start;
+    redisReply *behind = fixture_next_reply(c);
+    assert_int_equal(stalled->type, REDIS_REPLY_ERROR);
+    assert_string_equal(stalled->str, want);
+    assert_int_equal(behind->type, REDIS_REPLY_ERROR);
+    assert_string_equal(behind->str, want);
+    freeReplyObject(stalled);
+    freeReplyObject(behind);
+    long long taking = (long long)(size / FAKE_SLOW_READ_CHUNK) * FAKE_SILENT_READ_GAP_MS;
+    if (took < REQUEST_TIMEOUT_MS - 100 || took > bound_ms(REQUEST_TIMEOUT_MS + 700)) {
+        fail_msg("the stalled request timed out after %lld ms (timeout %d ms; the request "
+                 "behind it takes %lld ms to go out)",
+                 took, REQUEST_TIMEOUT_MS, taking);
+    }
+    free(value);
+    redisFree(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest shard_tests[] = {
@@ -984,6 +1170,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_backend_closing_mid_reply_fails_inflight_then_reconnects, fake_setup_start,
             fake_setup_stop),
+        cmocka_unit_test_setup_teardown(test_slow_streaming_reply_is_not_a_timeout,
+                                        fake_setup_start, fake_setup_stop),
+        cmocka_unit_test_setup_teardown(test_slowly_read_request_is_not_a_timeout, fake_setup_start,
+                                        fake_setup_stop),
+        cmocka_unit_test_setup_teardown(test_reply_stalling_half_way_times_out_then_recovers,
+                                        fake_setup_start, fake_setup_stop),
+        cmocka_unit_test_setup_teardown(test_later_requests_going_out_do_not_hold_off_a_timeout,
+                                        fake_setup_start, fake_setup_stop),
     };
     int failed = cmocka_run_group_tests(shard_tests, group_setup, group_teardown);
     failed += cmocka_run_group_tests(fake_tests, NULL, NULL);
