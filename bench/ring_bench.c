@@ -242,7 +242,7 @@ int main(int argc, char **argv)
                verdict(moved_elsewhere == 0));
     }
 
-    static const size_t lookup_shards[] = {10, 100};
+    static const size_t lookup_shards[] = {4, 10, 100};
     for (size_t k = 0; k < sizeof(lookup_shards) / sizeof(lookup_shards[0]); k++) {
         size_t n = lookup_shards[k];
         ring *r = build_ring(n, RING_DEFAULT);

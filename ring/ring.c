@@ -30,6 +30,16 @@
  * smaller rings get about 4 points per bucket. */
 #define RING_INDEX_MAX_BITS 16
 
+/* In front of the index: the owner of every 2^16th slice of the hash space
+ * (64 KB, one byte each) that holds no point, so most lookups are one load
+ * and no search. With 4096 points per shard, 4 shards leave 78% of the
+ * slices without a point, 10 shards 54%. The binary search over a bucket
+ * mispredicts and misses cache (1.5% of all CPU time at -P 32 before, by
+ * perf); this byte is the whole lookup for those keys. Shards whose index
+ * does not fit in a byte always search. */
+#define RING_OWNER_BITS   16
+#define RING_OWNER_SEARCH 0xff
+
 /* nutcracker 0.5.0 ketama constants (src/hashkit/nc_ketama.c). */
 #define KETAMA_POINTS_PER_SERVER 160
 #define KETAMA_POINTS_PER_DIGEST 4
@@ -47,6 +57,8 @@ struct ring {
     unsigned index_shift; /* 32 - index bits */
     uint32_t *index;      /* index[b]: first point whose top bits are >= b; one
                              extra entry at the end holds npoints */
+    uint8_t *owner;       /* owner[s]: the shard of the whole slice s of the hash space
+                             (top RING_OWNER_BITS bits), or RING_OWNER_SEARCH */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -221,6 +233,30 @@ static void sort_points(ring *r, uint64_t *unsorted, uint32_t n, unsigned bits)
     r->index_shift = 32 - bits;
 }
 
+static uint32_t search(const ring *r, uint32_t hash);
+
+/* Fills r->owner from the sorted points: a slice owns a byte when no point
+ * falls inside it, since every hash in it then finds the same next point.
+ * One pass over the points marks the slices that hold one. */
+static void fill_owner(ring *r)
+{
+    const uint32_t slices = 1u << RING_OWNER_BITS;
+    const unsigned shift = 32 - RING_OWNER_BITS;
+    uint32_t next = 0; /* first slice not yet filled */
+    for (uint32_t i = 0; i <= r->npoints; i++) {
+        /* Slices before this point's own slice hold no point. */
+        uint32_t slice = i < r->npoints ? (uint32_t)(r->points[i] >> 32) >> shift : slices;
+        for (; next < slice; next++) {
+            uint32_t o = search(r, next << shift);
+            r->owner[next] = o < RING_OWNER_SEARCH ? (uint8_t)o : RING_OWNER_SEARCH;
+        }
+        if (slice < slices && next == slice) {
+            r->owner[next] = RING_OWNER_SEARCH;
+            next++;
+        }
+    }
+}
+
 ring *ring_build(const ring_shard_spec *shards, size_t nshards, ring_mode mode, char *err,
                  size_t errlen)
 {
@@ -315,7 +351,8 @@ ring *ring_build(const ring_shard_spec *shards, size_t nshards, ring_mode mode, 
     r->points = malloc(total_points * sizeof(*r->points));
     unsigned bits = index_bits(r->npoints);
     r->index = calloc(((size_t)1 << bits) + 1, sizeof(*r->index));
-    if (unsorted == NULL || r->points == NULL || r->index == NULL) {
+    r->owner = malloc((size_t)1 << RING_OWNER_BITS);
+    if (unsorted == NULL || r->points == NULL || r->index == NULL || r->owner == NULL) {
         goto oom;
     }
     /* Generated in name order: the stable sort keeps that order among equal
@@ -331,6 +368,7 @@ ring *ring_build(const ring_shard_spec *shards, size_t nshards, ring_mode mode, 
         }
     }
     sort_points(r, unsorted, r->npoints, bits);
+    fill_owner(r);
 
     free(unsorted);
     free(slots);
@@ -360,10 +398,12 @@ void ring_free(ring *r)
     free(r->by_name);
     free(r->points);
     free(r->index);
+    free(r->owner);
     free(r);
 }
 
-uint32_t ring_lookup(const ring *r, uint32_t hash)
+/* The search of ring_lookup, without the owner table. */
+static uint32_t search(const ring *r, uint32_t hash)
 {
     uint32_t bucket = hash >> r->index_shift;
     uint32_t lo = r->index[bucket];
@@ -382,6 +422,12 @@ uint32_t ring_lookup(const ring *r, uint32_t hash)
         lo = 0;
     }
     return (uint32_t)r->points[lo];
+}
+
+uint32_t ring_lookup(const ring *r, uint32_t hash)
+{
+    uint8_t owner = r->owner[hash >> (32 - RING_OWNER_BITS)];
+    return owner != RING_OWNER_SEARCH ? owner : search(r, hash);
 }
 
 size_t ring_shard_count(const ring *r)

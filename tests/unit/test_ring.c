@@ -18,7 +18,7 @@
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-#define MAX_SHARDS 64
+#define MAX_SHARDS 320
 /* Keys for balance: the benchmark's set, so the numbers match. */
 #define BALANCE_KEYS 1000000
 /* Keys or random hashes for the movement and diff checks. */
@@ -67,6 +67,7 @@ static void parse_shards(shard_list *list, const char *text)
 static void numbered_shards(shard_list *list, size_t n)
 {
     memset(list, 0, sizeof(*list));
+    assert_true(n <= MAX_SHARDS);
     for (size_t i = 0; i < n; i++) {
         snprintf(list->names[i], sizeof(list->names[0]), "s%zu", i + 1);
         list->specs[i] = (ring_shard_spec){list->names[i], 1};
@@ -347,6 +348,30 @@ static void test_twemproxy_matches_model(void **state)
         free(points);
         ring_free(r);
     }
+}
+
+/* Past 254 shards an owner no longer fits the lookup's byte table, whose
+ * slices then always search: lookups must still match the model, for the
+ * shards below that index and above it. */
+static void test_many_shards_match_model(void **state)
+{
+    (void)state;
+    shard_list list;
+    numbered_shards(&list, 300);
+    ring *r = build(&list, RING_TWEMPROXY);
+    size_t n;
+    model_point *points = ketama_model(&list, r, &n);
+    int high = 0;
+    rng_state = 300;
+    for (size_t i = 0; i < SAMPLE_KEYS; i++) {
+        uint32_t h = rng_next();
+        uint32_t want = model_lookup(points, n, h);
+        assert_int_equal(ring_lookup(r, h), want);
+        high |= want >= 255;
+    }
+    assert_true(high);
+    free(points);
+    ring_free(r);
 }
 
 /* "t8975" and "t15161" each have a ketama point at 3263848, one of the
@@ -733,6 +758,7 @@ int main(void)
         cmocka_unit_test(test_twemproxy_point_counts),
         cmocka_unit_test(test_twemproxy_equal_shards),
         cmocka_unit_test(test_twemproxy_matches_model),
+        cmocka_unit_test(test_many_shards_match_model),
         cmocka_unit_test(test_twemproxy_tie_goes_to_name_first),
         cmocka_unit_test(test_placement_ignores_list_order),
         cmocka_unit_test(test_default_wraps_around),
