@@ -96,6 +96,11 @@ static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_
     f->done(f, reply, (size_t)n);
 }
 
+void backend_fragment_timeout(shard *s, fragment *f)
+{
+    fragment_fail(s, f, "timeout", 1);
+}
+
 /* Takes a connection that is going away off the pending-flush list. */
 static void conn_unmark_dirty(backend_conn *c)
 {

@@ -119,6 +119,13 @@ int backend_flush_pending(void);
  * request's bytes) for the request timeout. */
 void backend_tick(void);
 
+/* Answers f with the error any request gets when s times out ("-ERR shard
+ * <label> timeout"), counted like one (the shard's timeouts, the server's
+ * errors_timeout): for a request that waits on a shard outside a
+ * connection's in-flight queue, such as a pub/sub change waiting for its
+ * confirmation. */
+void backend_fragment_timeout(shard *s, fragment *f);
+
 /* ---- reserved connections ----
  * A connection to one shard owned by one client, outside the pool, for
  * what cannot share a connection: a transaction (MULTI, WATCH), a blocking

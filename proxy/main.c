@@ -17,6 +17,7 @@
 #include "proxy/client.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
+#include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
 #include "proxy/request.h"
@@ -64,6 +65,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     uint64_t now = srv.now_us;
     backend_tick();
     client_tick();
+    pubsub_tick();
     rebalance_tick();
     if (rebalance_take_queued_reload())
         do_reload("queued during the rebalance");

@@ -5,7 +5,11 @@
  * has taken the change, which completes the client's request. Messages go
  * to the client through its session, after the replies already due, and
  * only for channels and patterns it is still subscribed to, so none
- * arrives after the confirmation of its UNSUBSCRIBE. */
+ * arrives after the confirmation of its UNSUBSCRIBE.
+ *
+ * A change waits for its pong no longer than request_timeout (pubsub_tick):
+ * then it gets the shard's timeout error, the connection closes, and the
+ * client, whose subscriptions there are in an unknown state, is dropped. */
 #include "proxy/pubsub.h"
 
 #include <stdio.h>
@@ -52,9 +56,17 @@ typedef struct pubsub {
     size_t conn_cap;
     entries channels;
     entries patterns;
+    int failed; /* a shard timed out a change: the client is dropped once its
+                   error has gone out (pubsub_tick) */
 } pubsub;
 
 static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
+
+/* Why a client is dropped after a shard timed out one of its changes. A
+ * constant: the client keeps the pointer until it closes, which may be
+ * after its pubsub is gone (RESET); the log line before names the shard. */
+static const char TIMED_OUT_REASON[] =
+    "a shard did not confirm a subscription change within request_timeout";
 
 static void conn_event(void *owner, const char *push, size_t len);
 
@@ -147,29 +159,49 @@ static sub_conn *conn_to(pubsub *ps, shard *s, char *err, size_t errlen)
     return sc;
 }
 
-/* One shard has taken its part of a request: the request is answered with
- * the reply made for it once every part is in. */
+/* One shard has taken its part of a request (reply NULL), or failed it
+ * (reply: the error, e.g. its timeout). The request is answered once every
+ * part is in: with the confirmations made for it, or with the first
+ * error, as the change may or may not have been made on that shard. */
 static void part_taken(fragment *f, const char *reply, size_t len)
 {
-    (void)reply;
-    (void)len;
     request *req = f->req;
+    buf *d = &req->deferred;
+    /* Confirmations start with '*', so an error already kept is seen. */
+    if (reply && len > 0 && reply[0] == '-' && (buf_len(d) == 0 || buf_head(d)[0] != '-')) {
+        buf_consume(d, buf_len(d));
+        /* Out of memory: d stays empty, answered below. */
+        (void)!buf_append(d, reply, len);
+    }
     if (--req->pending > 0)
         return;
-    req->on_done(req, buf_head(&req->deferred), buf_len(&req->deferred));
+    /* Every request has at least one confirmation: empty means an error
+     * that could not be kept. */
+    if (buf_len(d) == 0)
+        request_error(req, "ERR out of memory");
+    else
+        req->on_done(req, buf_head(d), buf_len(d));
+}
+
+/* Takes the oldest request waiting on sc off its list; NULL when none. */
+static fragment *take_waiting(sub_conn *sc)
+{
+    fragment *f = sc->waiting_head;
+    if (!f)
+        return NULL;
+    sc->waiting_head = f->next;
+    if (!sc->waiting_head)
+        sc->waiting_tail = NULL;
+    f->next = NULL;
+    return f;
 }
 
 /* Completes the oldest request waiting on sc. */
 static void pop_waiting(sub_conn *sc)
 {
-    fragment *f = sc->waiting_head;
-    if (!f)
-        return;
-    sc->waiting_head = f->next;
-    if (!sc->waiting_head)
-        sc->waiting_tail = NULL;
-    f->next = NULL;
-    f->done(f, NULL, 0);
+    fragment *f = take_waiting(sc);
+    if (f)
+        f->done(f, NULL, 0);
 }
 
 /* Closes the connections that carry none of the client's subscriptions
@@ -323,6 +355,8 @@ static int send_part(sub_conn *sc, fragment *f, const char *verb, const entries 
     buf_free(&out);
     if (fail)
         return -1;
+    /* Fresh from send_parts' calloc: its request_timeout starts now. */
+    f->sent_us = srv.now_us;
     f->next = NULL;
     if (sc->waiting_tail)
         sc->waiting_tail->next = f;
@@ -493,6 +527,11 @@ void pubsub_command(request *req, command_id id, size_t argc, const resp_arg *ar
         request_error(req, "ERR out of memory");
         return;
     }
+    /* Between a timeout's error and the drop: nothing more is sent. */
+    if (ps->failed) {
+        request_error(req, "ERR %s, closing the connection", TIMED_OUT_REASON);
+        return;
+    }
     switch (id) {
     case CMD_SUBSCRIBE:
         cmd_subscribe(req, ps, argc, argv);
@@ -544,4 +583,48 @@ void pubsub_end(session *sess)
     entries_free(&ps->channels);
     entries_free(&ps->patterns);
     free(ps);
+}
+
+/* The shard has not confirmed sc's oldest change within timeout_ms: every
+ * change waiting on sc gets the shard's timeout error, and the connection
+ * closes, so that the shard drops whatever it took of them when it wakes. */
+static void time_out(sub_conn *sc, int timeout_ms)
+{
+    pubsub *ps = sc->ps;
+    log_warn("shard %s: no confirmation of client %s's subscription change within "
+             "request_timeout (%d ms), closing its subscriber connection",
+             sc->shard->label, ps->sess->addr ? ps->sess->addr : "?", timeout_ms);
+    backend_reserved_close(sc->conn);
+    sc->conn = NULL;
+    ps->failed = 1;
+    fragment *f;
+    while ((f = take_waiting(sc)))
+        backend_fragment_timeout(sc->shard, f);
+}
+
+void pubsub_tick(void)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    uint64_t now = srv.now_us, limit = timeout_ms > 0 ? (uint64_t)timeout_ms * 1000 : 0;
+    for (session *sess = srv.sessions; sess; sess = sess->next) {
+        pubsub *ps = sess->pubsub;
+        if (!ps)
+            continue;
+        /* A client that failed at an earlier tick has had its error
+         * flushed since (the loop writes replies after every iteration):
+         * it goes once none of its changes still waits for a shard, which
+         * is bounded by the same timeout. Its subscriptions on the closed
+         * connection are gone, so it must not go on believing in them. */
+        int drop = ps->failed;
+        for (size_t i = 0; i < ps->nconns; i++) {
+            sub_conn *sc = ps->conns[i];
+            const fragment *f = sc->waiting_head;
+            if (f && limit && now > f->sent_us && now - f->sent_us > limit)
+                time_out(sc, timeout_ms);
+            if (sc->waiting_head)
+                drop = 0;
+        }
+        if (drop && sess->drop)
+            sess->drop(sess, TIMED_OUT_REASON);
+    }
 }

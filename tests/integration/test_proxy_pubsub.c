@@ -4,7 +4,9 @@
  * Redis would, messages arrive in RESP2 push format and in order, a
  * subscribed client may only (un)subscribe, PING, QUIT and RESET, PUBSUB
  * CHANNELS/NUMSUB/NUMPAT merge the shards, and the subscriber connections
- * go with the client. */
+ * go with the client. A shard that stops answering fails a change with its
+ * timeout error after request_timeout, and the client is closed (its own
+ * proxy, with a short timeout). */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -19,6 +21,19 @@
 #include "fixture.h"
 
 #define ORDERED_MESSAGES 200
+
+/* The stalled-shard group's proxy: a short request_timeout, so that the
+ * test is quick. */
+#define REQUEST_TIMEOUT_MS 500
+/* When a change to a stalled shard may be answered: not before its
+ * timeout (less a margin for clocks), and within it plus scheduling
+ * slack. */
+#define TIMEOUT_EARLIEST_MS 400
+#define TIMEOUT_LATEST_MS   3000
+/* How long after that error the client may stay open, and how long a
+ * request to a healthy shard may take meanwhile. */
+#define CLOSE_LATEST_MS 1000
+#define LIVE_LATENCY_MS 250
 
 static int group_setup(void **state)
 {
@@ -298,6 +313,154 @@ static void test_subscriber_connections_go_with_the_client(void **state)
     redisFree(admin);
 }
 
+/* ---- a shard that stops answering (its own proxy: request_timeout) ---- */
+
+static long long bound_ms(long long ms)
+{
+    return ms * harness_timeout_scale();
+}
+
+/* Every shard running again, whatever a test left (it may have failed half
+ * way with one stopped). */
+static int resume_shards(void **state)
+{
+    fixture *f = *state;
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        if (f->shards[i].pid != 0) {
+            kill(f->shards[i].pid, SIGCONT);
+        }
+    }
+    return 0;
+}
+
+static int stalled_group_setup(void **state)
+{
+    char lines[64];
+    snprintf(lines, sizeof(lines), "request_timeout = %d\n", REQUEST_TIMEOUT_MS);
+    fixture *f = fixture_start(lines);
+    *state = f;
+    return f != NULL ? 0 : -1;
+}
+
+static int stalled_group_teardown(void **state)
+{
+    resume_shards(state);
+    return fixture_stop(*state);
+}
+
+/* Sends what c has buffered without reading a reply. */
+static void send_buffered(redisContext *c)
+{
+    int done = 0;
+    while (!done) {
+        assert_int_equal(redisBufferWrite(c, &done), REDIS_OK);
+    }
+}
+
+static void test_stopped_shard_times_out_a_subscription_then_closes(void **state)
+{
+    fixture *f = *state;
+    const int victim = 1; /* s2 */
+    const int live = 0;
+    redisContext *admin = fixture_client(f);
+    char channel[64], live_key[64];
+    fixture_key_on_shard(admin, "stalled", victim, channel, sizeof(channel));
+    fixture_key_on_shard(admin, "live", live, live_key, sizeof(live_key));
+    fixture_expect_status(fixture_cmd(admin, "SET %s v", live_key), "OK");
+    long long timeouts_before = fixture_info_int(admin, "errors_shard_timeout");
+    redisContext *sub = fixture_client(f);
+    redisContext *psub = fixture_client(f);
+    redisContext *bystander = fixture_client(f);
+
+    /* A stopped process keeps its sockets open and never answers. Nothing
+     * is asserted while it is stopped; the teardown resumes it anyway. */
+    kill(f->shards[victim].pid, SIGSTOP);
+    long long start = fixture_now_ms();
+    /* A channel it owns, and a pattern, which every shard must take. */
+    redisAppendCommand(sub, "SUBSCRIBE %s", channel);
+    redisAppendCommand(psub, "PSUBSCRIBE stalled:*");
+    send_buffered(sub);
+    send_buffered(psub);
+    /* Meanwhile another client's request to a healthy shard is served. */
+    long long t0 = fixture_now_ms();
+    redisReply *live_reply = redisCommand(bystander, "GET %s", live_key);
+    long long live_ms = fixture_now_ms() - t0;
+    redisReply *sub_reply = NULL, *psub_reply = NULL;
+    int sub_rc = redisGetReply(sub, (void **)&sub_reply);
+    long long sub_ms = fixture_now_ms() - start;
+    int psub_rc = redisGetReply(psub, (void **)&psub_reply);
+    long long psub_ms = fixture_now_ms() - start;
+    /* Then each client is closed: its subscriptions on the shard are in
+     * an unknown state. */
+    redisReply *after = NULL, *psub_after = NULL;
+    int after_rc = redisGetReply(sub, (void **)&after);
+    long long closed_ms = fixture_now_ms() - start;
+    int psub_after_rc = redisGetReply(psub, (void **)&psub_after);
+    int sub_err = sub->err, psub_err = psub->err;
+    kill(f->shards[victim].pid, SIGCONT);
+
+    char error[128];
+    snprintf(error, sizeof(error), "ERR shard s%d (127.0.0.1:%d) timeout", victim + 1,
+             f->shards[victim].port);
+    assert_non_null(live_reply);
+    fixture_expect_str(live_reply, "v");
+    if (live_ms > bound_ms(LIVE_LATENCY_MS)) {
+        fail_msg("a healthy shard's GET took %lld ms while s%d was stopped", live_ms, victim + 1);
+    }
+    assert_int_equal(sub_rc, REDIS_OK);
+    assert_int_equal(sub_reply->type, REDIS_REPLY_ERROR);
+    assert_string_equal(sub_reply->str, error);
+    freeReplyObject(sub_reply);
+    assert_int_equal(psub_rc, REDIS_OK);
+    assert_int_equal(psub_reply->type, REDIS_REPLY_ERROR);
+    assert_string_equal(psub_reply->str, error);
+    freeReplyObject(psub_reply);
+    if (sub_ms < TIMEOUT_EARLIEST_MS || sub_ms > bound_ms(TIMEOUT_LATEST_MS) ||
+        psub_ms < TIMEOUT_EARLIEST_MS || psub_ms > bound_ms(TIMEOUT_LATEST_MS)) {
+        fail_msg("timeout errors after %lld and %lld ms (request_timeout %d ms)", sub_ms, psub_ms,
+                 REQUEST_TIMEOUT_MS);
+    }
+    assert_int_equal(after_rc, REDIS_ERR);
+    assert_null(after);
+    assert_int_equal(sub_err, REDIS_ERR_EOF);
+    assert_int_equal(psub_after_rc, REDIS_ERR);
+    assert_null(psub_after);
+    assert_int_equal(psub_err, REDIS_ERR_EOF);
+    if (closed_ms - sub_ms > bound_ms(CLOSE_LATEST_MS)) {
+        fail_msg("closed %lld ms after its error", closed_ms - sub_ms);
+    }
+    assert_true(fixture_log_contains(&f->proxy, "no confirmation of client"));
+    assert_true(fixture_log_contains(
+        &f->proxy, "a shard did not confirm a subscription change within request_timeout"));
+    assert_int_equal(fixture_info_int(admin, "errors_shard_timeout"), timeouts_before + 2);
+    redisFree(sub);
+    redisFree(psub);
+
+    /* Every subscriber connection of the two clients closed, so the shard,
+     * once awake, drops whatever it took of the changes. */
+    wait_reserved(admin, 0);
+    long long deadline = fixture_now_ms() + bound_ms(3000);
+    long long numsub = -1;
+    while (numsub != 0 && fixture_now_ms() < deadline) {
+        redisReply *r = fixture_cmd(fixture_shard(f, victim), "PUBSUB NUMSUB %s", channel);
+        fixture_expect_array(r, 2);
+        numsub = r->element[1]->integer;
+        freeReplyObject(r);
+        if (numsub != 0) {
+            fixture_sleep_ms(20);
+        }
+    }
+    assert_int_equal(numsub, 0);
+    /* And a new client subscribes there and hears a message. */
+    sub = fixture_client(f);
+    expect_confirm(fixture_cmd(sub, "SUBSCRIBE %s", channel), "subscribe", channel, 1);
+    fixture_expect_int(fixture_cmd(admin, "PUBLISH %s back", channel), 1);
+    expect_message(fixture_next_reply(sub), NULL, channel, "back");
+    redisFree(sub);
+    redisFree(bystander);
+    redisFree(admin);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,5 +472,12 @@ int main(void)
         cmocka_unit_test(test_pubsub_introspection_merges_shards),
         cmocka_unit_test(test_subscriber_connections_go_with_the_client),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    const struct CMUnitTest stalled_tests[] = {
+        cmocka_unit_test_teardown(test_stopped_shard_times_out_a_subscription_then_closes,
+                                  resume_shards),
+    };
+    int failed = cmocka_run_group_tests_name("pubsub", tests, group_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("pubsub with a stalled shard", stalled_tests,
+                                          stalled_group_setup, stalled_group_teardown);
+    return failed;
 }
