@@ -358,6 +358,23 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
 
 static void reserved_free(backend_conn *c);
 
+/* Passes a big reply, the first n bytes of c->in, to f's completion
+ * without a copy where it is kept: the reply is split off c->in into a
+ * buffer of its own and offered (buf_offer), so the client's output buffer
+ * can take it; c->in keeps the bytes after it. 0, or -1 when it could not
+ * be split (the caller passes it on from c->in as usual). */
+static int deliver_big(backend_conn *c, fragment *f, size_t n)
+{
+    buf reply = {0};
+    if (buf_split(&c->in, n, &reply) < 0)
+        return -1;
+    buf *outer = buf_offer(&reply);
+    f->done(f, buf_head(&reply), n);
+    buf_offer(outer);
+    buf_free(&reply);
+    return 0;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -423,6 +440,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         f->next = NULL;
         s->replies++;
         s->latency_us_sum += srv.now_us - f->sent_us;
+        if (reply_len >= BUF_HANDOFF_MIN && deliver_big(c, f, reply_len) == 0)
+            continue;
         const char *reply = buf_head(&c->in);
         /* Consume before the callback: it may not reenter this connection,
          * but keeping the buffer consistent first costs nothing. */
@@ -450,7 +469,9 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
         fragment_fail(s, f, why, 0);
         return -1;
     }
-    if (buf_append(&c->out, bytes, len) < 0) {
+    /* A big request offered by the client (buf_offer) is taken, not
+     * copied, when nothing else is queued. */
+    if (buf_append_msg(&c->out, bytes, len) < 0) {
         fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
         return -1;
     }

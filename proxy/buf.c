@@ -99,6 +99,47 @@ void buf_free(buf *b)
     b->cap = b->start = b->end = 0;
 }
 
+void buf_take(buf *dst, buf *src)
+{
+    buf old = *dst;
+    *dst = *src;
+    *src = old;
+    src->start = src->end = 0;
+}
+
+int buf_split(buf *src, size_t n, buf *msg)
+{
+    size_t rest = buf_len(src) - n;
+    if (rest > n)
+        return -1;
+    buf tail = {0};
+    if (rest && buf_append(&tail, buf_head(src) + n, rest) < 0)
+        return -1;
+    *msg = *src;
+    msg->end = msg->start + n;
+    *src = tail;
+    return 0;
+}
+
+/* The message being offered (see buf_offer), NULL when none. */
+static buf *offered;
+
+buf *buf_offer(buf *msg)
+{
+    buf *outer = offered;
+    offered = msg;
+    return outer;
+}
+
+int buf_append_big(buf *b, const void *bytes, size_t n)
+{
+    if (!offered || bytes != buf_head(offered) || n != buf_len(offered) || buf_len(b) != 0)
+        return buf_append(b, bytes, n);
+    buf_take(b, offered);
+    offered = NULL;
+    return 0;
+}
+
 /* Writes the decimal digits of v ending at *end (exclusive); returns the start. */
 static char *format_int(char *end, int64_t v)
 {

@@ -1,5 +1,8 @@
 /* A growable byte buffer with a read cursor: bytes are appended at the end
- * and consumed from the start; consumed space is reclaimed by compacting. */
+ * and consumed from the start; consumed space is reclaimed by compacting.
+ * A big message moves from one connection's buffer to another's by handing
+ * the storage over instead of copying it (buf_split, buf_offer,
+ * buf_append_msg). */
 #ifndef PROXY_BUF_H
 #define PROXY_BUF_H
 
@@ -12,6 +15,13 @@
 /* An empty buffer larger than this is freed when its connection goes idle,
  * so one burst (a big value, a deep pipeline) does not pin memory. */
 #define BUF_KEEP_IDLE (64 * 1024)
+/* A message (one request or one reply) of at least this many bytes is
+ * handed over between buffers rather than copied: a 100 MB value is then
+ * held once, not twice, and no second buffer's pages are faulted in (page
+ * faults were most of the proxy's CPU on big values). Below it the copy is
+ * cheaper than the split, which copies the bytes that follow the message,
+ * and the hot path of small commands sees one comparison. */
+#define BUF_HANDOFF_MIN (1024 * 1024)
 
 typedef struct buf {
     char *data;
@@ -54,5 +64,56 @@ __attribute__((warn_unused_result)) int buf_append_bulk(buf *b, const char *s, s
 
 /* Appends a RESP header line: prefix char, decimal n, CRLF (e.g. "*3\r\n"). */
 __attribute__((warn_unused_result)) int buf_append_header(buf *b, char prefix, int64_t n);
+
+/* dst, which must be empty, takes src's bytes by swapping their storage:
+ * no byte is copied. src is left empty (with dst's old storage). */
+void buf_take(buf *dst, buf *src);
+
+/* Moves the first n bytes of src (n <= buf_len(src)) into msg, which must
+ * be empty, without copying them: msg gets src's storage trimmed to those
+ * n bytes, and src a fresh buffer with the bytes that followed them (a
+ * copy). 0, or -1 when nothing moved: the bytes that follow outnumber the
+ * message (copying the message is then cheaper), or memory ran out. */
+__attribute__((warn_unused_result)) int buf_split(buf *src, size_t n, buf *msg);
+
+/* ---- handing a message over through callbacks ----
+ * A connection passes a finished message on as a pointer and a length
+ * (fragment_done_fn, router_dispatch) through code that knows nothing of
+ * its buffer. To let the buffer that keeps the message take its storage,
+ * the source splits the message into a buffer of its own (buf_split),
+ * offers it for the duration of the callback, and frees what was not taken
+ * afterwards:
+ *
+ *     buf *outer = buf_offer(&msg);
+ *     callback(buf_head(&msg), buf_len(&msg));
+ *     buf_offer(outer);
+ *     buf_free(&msg);
+ *
+ * Inside, buf_append_msg() of exactly those bytes into an empty buffer takes
+ * them (buf_take). The offer is one process-wide pointer (the proxy is
+ * single-threaded) owned by this module; offers nest. After a take the
+ * bytes have not moved, but belong to the taker: code still holding the
+ * pointer must not read it once the taker's buffer may have changed. */
+
+/* Makes msg (or NULL: nothing) the offered message; returns the offer it
+ * replaces, to restore when the callback returns. */
+buf *buf_offer(buf *msg);
+
+/* buf_append_msg's slow half, for n >= BUF_HANDOFF_MIN: takes the offered
+ * message into b when bytes and n are exactly it and b is empty (the offer
+ * is then used up), else appends a copy. 0 or -1 (out of memory). */
+__attribute__((warn_unused_result)) int buf_append_big(buf *b, const void *bytes, size_t n);
+
+/* Appends n bytes as buf_append does, or takes them without a copy when
+ * they are a big offered message and b is empty. 0 or -1 (out of memory).
+ * Inline so that a small message costs one comparison: both calls take
+ * the same arguments. */
+__attribute__((warn_unused_result)) static inline int buf_append_msg(buf *b, const void *bytes,
+                                                                     size_t n)
+{
+    if (n < BUF_HANDOFF_MIN)
+        return buf_append(b, bytes, n);
+    return buf_append_big(b, bytes, n);
+}
 
 #endif

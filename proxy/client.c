@@ -1,7 +1,8 @@
 /* Client connections. Each request gets a reply slot in a FIFO; a reply that
  * completes at the head of the FIFO is copied straight to the output buffer,
  * a later one waits in its slot, so replies leave in request order whichever
- * shard answers first. */
+ * shard answers first. A big request or reply (BUF_HANDOFF_MIN) is handed
+ * over between buffers instead of copied, so it is held once. */
 #include "proxy/client.h"
 
 #include <errno.h>
@@ -171,18 +172,21 @@ static void request_finished(request *req, const char *reply, size_t len)
     }
     c->inflight--;
     if (req != c->head) {
-        /* Most replies are a few bytes: keep them in the request itself. */
+        /* Most replies are a few bytes: keep them in the request itself. A
+         * big one offered by its shard connection is taken, not copied. */
         if (len <= sizeof(req->small_reply)) {
             memcpy(req->small_reply, reply, len);
             req->small_len = (uint8_t)len;
-        } else if (buf_append(&req->reply, reply, len) < 0) {
+        } else if (buf_append_msg(&req->reply, reply, len) < 0) {
             drop_later(c, "out of memory holding a reply");
             return;
         }
         req->done = 1;
         c->waiting_bytes += len;
     } else {
-        int fail = buf_append(&c->out, reply, len) < 0;
+        /* A big reply offered by its shard connection (buf_offer) becomes
+         * the output buffer when that is empty: it is not copied. */
+        int fail = buf_append_msg(&c->out, reply, len) < 0;
         c->head = req->next;
         request_free(req);
         /* Later replies that were waiting for this one can go now. */
@@ -273,8 +277,54 @@ static void protocol_error(client *c, const char *input, size_t input_len)
     mark_dirty(c);
 }
 
-/* Scans and dispatches every whole request in data[0..len). Returns the
- * bytes used: whole requests, or everything once the client is closing. */
+/* After a request is dispatched: what it asked of the connection (QUIT,
+ * a blocking command) and the cap on requests in flight. */
+static inline void after_dispatch(client *c)
+{
+    if (c->sess.close_after_reply) {
+        c->closing = 1;
+        set_reading(c, 0);
+    } else if (c->inflight >= CLIENT_MAX_INFLIGHT) {
+        set_reading(c, 0);
+    }
+    if (c->sess.hold_input)
+        c->held = 1;
+}
+
+/* Dispatches a big request just scanned at offset done of c->in, used
+ * bytes long, without a copy where it is queued: the requests before it
+ * (dispatched already) are dropped, the request is split off c->in into a
+ * buffer of its own and offered (buf_offer), so the shard connection's
+ * output buffer can take it. c->in is left holding the bytes after the
+ * request. 0, or -1 when the client is dropped (out of memory). */
+static int dispatch_big(client *c, size_t done, size_t used)
+{
+    request *req = enqueue(c);
+    if (!req) {
+        drop_later(c, "out of memory");
+        return -1;
+    }
+    buf_consume(&c->in, done);
+    buf msg = {0};
+    if (buf_split(&c->in, used, &msg) < 0) {
+        /* The bytes after it outnumber it: copied from c->in as usual. */
+        router_dispatch(req, c->scan.argc, c->scan.argv, buf_head(&c->in), used, c->sess.id);
+        buf_consume(&c->in, used);
+    } else {
+        buf *outer = buf_offer(&msg);
+        router_dispatch(req, c->scan.argc, c->scan.argv, buf_head(&msg), used, c->sess.id);
+        buf_offer(outer);
+        buf_free(&msg);
+    }
+    after_dispatch(c);
+    return 0;
+}
+
+/* Scans and dispatches every whole request in data[0..len), which is
+ * either the head of c->in or bytes just read into shared_in. Returns the
+ * bytes used: whole requests, or everything once the client is closing;
+ * from c->in, counted from its head as it is on return (a big request's
+ * hand-off replaces the buffer). */
 static size_t process_bytes(client *c, const char *data, size_t len)
 {
     size_t done = 0;
@@ -293,6 +343,15 @@ static size_t process_bytes(client *c, const char *data, size_t len)
         /* Activity for idle_timeout is a whole request, not a byte: a client
          * trickling a request byte by byte (slowloris) stays idle. */
         c->last_active_us = srv.now_us;
+        /* A request this big is only ever in c->in (shared_in holds
+         * BUF_IO_CHUNK bytes), and never inline. It is handed over, and the
+         * scan goes on from the new head of c->in. */
+        if (used >= BUF_HANDOFF_MIN && c->scan.argc > 0 && !c->scan.is_inline &&
+            buf_len(&c->in) > 0 && data == buf_head(&c->in)) {
+            if (dispatch_big(c, done, used) < 0)
+                return len;
+            return buf_len(&c->in) ? process_bytes(c, buf_head(&c->in), buf_len(&c->in)) : 0;
+        }
         if (c->scan.argc > 0) {
             request *req = enqueue(c);
             if (!req) {
@@ -301,14 +360,7 @@ static size_t process_bytes(client *c, const char *data, size_t len)
             }
             router_dispatch(req, c->scan.argc, c->scan.argv, c->scan.is_inline ? NULL : data + done,
                             used, c->sess.id);
-            if (c->sess.close_after_reply) {
-                c->closing = 1;
-                set_reading(c, 0);
-            } else if (c->inflight >= CLIENT_MAX_INFLIGHT) {
-                set_reading(c, 0);
-            }
-            if (c->sess.hold_input)
-                c->held = 1;
+            after_dispatch(c);
         }
         done += used;
     }

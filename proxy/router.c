@@ -142,7 +142,7 @@ static void forward(request *req, uint32_t shard_index, size_t argc, const resp_
 static void part_done(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
-    if (buf_append(&f->reply, reply, len) < 0) {
+    if (buf_append_msg(&f->reply, reply, len) < 0) {
         buf_free(&f->reply);
         static const char oom[] = "-ERR out of memory keeping a shard reply\r\n";
         (void)!buf_append(&f->reply, oom, sizeof(oom) - 1);
