@@ -56,23 +56,11 @@ done
 have_nc=1
 command -v "$NUTCRACKER" >/dev/null || have_nc=0
 
-dir=$(mktemp -d /tmp/ringproxy-bigvalue.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A free loopback port at or above $1 and at most PORT_MAX.
-free_port() {
-    local port=$1
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-    [ "$port" -le $PORT_MAX ] || { echo "bigvalue: no free port up to $PORT_MAX" >&2; exit 1; }
-    echo "$port"
-}
+BENCH_NAME=bigvalue
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_init
+dir=$bench_dir
 
 # Waits (bounded) until a SET through port $1 answers OK: the target is up
 # and reaches at least one shard.
@@ -191,7 +179,7 @@ for i in 1 2 3 4; do
     mkdir -p "$dir/s$i"
     redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir/s$i" \
         --logfile "$dir/s$i/redis.log" --daemonize no &
-    pids+=($!)
+    bench_pids+=($!)
     shard_ports+=("$port")
     port=$((port + 1))
 done
@@ -204,7 +192,7 @@ rp_port=$(free_port "$port")
 } >"$dir/proxy.ini"
 "$RINGPROXY" -c "$dir/proxy.ini" 2>"$dir/ringproxy.log" &
 rp_pid=$!
-pids+=("$rp_pid")
+bench_pids+=("$rp_pid")
 wait_ready "$rp_port"
 
 if [ $have_nc = 1 ]; then
@@ -217,7 +205,7 @@ if [ $have_nc = 1 ]; then
     } >"$dir/nc.yml"
     "$NUTCRACKER" -c "$dir/nc.yml" -s "$nc_stats" -a 127.0.0.1 -v 4 -o "$dir/nc.log" &
     nc_pid=$!
-    pids+=("$nc_pid")
+    bench_pids+=("$nc_pid")
     wait_ready "$nc_port"
 fi
 

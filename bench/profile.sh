@@ -29,32 +29,13 @@ done
 [ -x "$RINGPROXY" ] || { echo "profile: $RINGPROXY not built (run make)" >&2; exit 1; }
 RINGPROXY=$(realpath "$RINGPROXY")
 
-dir=$(mktemp -d /tmp/ringproxy-profile.XXXXXX)
+BENCH_NAME=profile
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_init
+dir=$bench_dir
 out=${OUT:-$dir}
 mkdir -p "$out"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A free loopback port at or above $1: nothing accepts a connection on it.
-free_port() {
-    local port=$1
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-    echo "$port"
-}
-
-wait_ping() {
-    local deadline=$((SECONDS + WAIT_S))
-    until [ "$(redis-cli -p "$1" PING 2>/dev/null)" = PONG ]; do
-        [ $SECONDS -lt $deadline ] || { echo "profile: port $1 not answering" >&2; exit 1; }
-        sleep 0.05
-    done
-}
 
 port=$(free_port 9700)
 shard_ports=()
@@ -62,7 +43,7 @@ for i in 1 2 3 4; do
     shard_ports+=("$port")
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
         --logfile "$dir/shard$i.log" &
-    pids+=($!)
+    bench_pids+=($!)
     port=$(free_port $((port + 1)))
 done
 for p in "${shard_ports[@]}"; do wait_ping "$p"; done
@@ -80,7 +61,7 @@ nc_port=$port
 } >"$dir/nc.yml"
 nc_stats=$(free_port $((nc_port + 1)))
 "$NUTCRACKER" -c "$dir/nc.yml" -s "$nc_stats" -a 127.0.0.1 -v 4 -o "$dir/nc.log" &
-pids+=($!)
+bench_pids+=($!)
 
 rp_port=$(free_port $((nc_stats + 1)))
 {
@@ -91,7 +72,7 @@ rp_port=$(free_port $((nc_stats + 1)))
     for i in 1 2 3 4; do echo "s$i = 127.0.0.1:${shard_ports[$((i - 1))]}"; done
 } >"$dir/proxy.ini"
 "$RINGPROXY" -c "$dir/proxy.ini" 2>"$dir/ringproxy.log" &
-pids+=($!)
+bench_pids+=($!)
 wait_ping "$nc_port"
 wait_ping "$rp_port"
 

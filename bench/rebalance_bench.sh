@@ -27,31 +27,11 @@ for tool in redis-server redis-cli redis-benchmark; do
 done
 [ -x "$RINGPROXY" ] || { echo "rebalance_bench: $RINGPROXY not built (run make)" >&2; exit 1; }
 
-dir=$(mktemp -d /tmp/ringproxy-rebalance-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A free loopback port at or above $1: nothing accepts a connection on it.
-free_port() {
-    local port=$1
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-    echo "$port"
-}
-
-# Waits (bounded) until the server on port $1 answers PING.
-wait_ping() {
-    local deadline=$((SECONDS + WAIT_S))
-    until [ "$(redis-cli -p "$1" PING 2>/dev/null)" = PONG ]; do
-        [ $SECONDS -lt $deadline ] || { echo "rebalance_bench: port $1 not answering" >&2; exit 1; }
-        sleep 0.05
-    done
-}
+BENCH_NAME=rebalance-bench
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_init
+dir=$bench_dir
 
 info_field() { # port field
     redis-cli -p "$1" INFO rebalance | tr -d '\r' | awk -F: -v f="$2" '$1 == f { print $2 }'
@@ -92,7 +72,7 @@ for i in 1 2 3 4; do
     mkdir -p "$dir/s$i"
     redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir/s$i" \
         --logfile "$dir/s$i/redis.log" --daemonize no &
-    pids+=($!)
+    bench_pids+=($!)
     shard_ports+=("$port")
     port=$((port + 1))
 done
@@ -111,7 +91,7 @@ write_ini() { # rate nshards
 }
 write_ini default 3
 "$RINGPROXY" -c "$ini" 2>"$dir/ringproxy.log" &
-pids+=($!)
+bench_pids+=($!)
 wait_ping "$proxy_port"
 
 # The keys redis-benchmark -r KEYS touches: key:000000000000 ... (16 bytes),
