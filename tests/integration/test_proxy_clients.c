@@ -241,33 +241,13 @@ static void test_client_vanishing_mid_pipeline(void **state)
     redisFree(c);
 }
 
-/* Resident set size of a process in KiB (VmRSS), or -1. */
-static long rss_kib(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        return -1;
-    }
-    char line[256];
-    long kib = -1;
-    while (fgets(line, sizeof(line), f) != NULL) {
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return kib;
-}
-
 /* A client that pipelines many big GETs and reads slowly gets every reply
  * intact and in order; once it is done the proxy gives the memory back. */
 static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
 {
     fixture *f = *state;
     redisContext *c = fixture_client(f);
-    long before = rss_kib(f->proxy.pid);
+    long before = fixture_rss_kib(f->proxy.pid);
     assert_true(before > 0);
     char *value = malloc(SLOW_VALUE_LEN);
     assert_non_null(value);
@@ -317,12 +297,12 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
 
     /* The buffers of those 64 MiB of replies do not stay resident (not
      * checked under ASan, whose quarantine holds freed memory). */
-    long after = rss_kib(f->proxy.pid);
+    long after = fixture_rss_kib(f->proxy.pid);
     deadline = fixture_now_ms() + 3000;
     while (!fixture_memory_instrumented(f->proxy.pid) && after > before + RSS_SLACK_KIB &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(50);
-        after = rss_kib(f->proxy.pid);
+        after = fixture_rss_kib(f->proxy.pid);
     }
     if (!fixture_memory_instrumented(f->proxy.pid) && after > before + RSS_SLACK_KIB) {
         fail_msg("proxy RSS %ld KiB, was %ld KiB before %d MiB of replies", after, before,
