@@ -240,6 +240,17 @@ static void session_drop(session *s, const char *reason)
     drop_later(client_of(s), reason);
 }
 
+static void session_close_after_replies(session *s, const char *reason)
+{
+    client *c = client_of(s);
+    if (c->closing || c->drop_reason)
+        return;
+    log_info("client %s: closing once its replies are out: %s", c->addr, reason);
+    c->closing = 1;
+    set_reading(c, 0);
+    mark_dirty(c);
+}
+
 static request *enqueue(client *c)
 {
     request *req = request_new();
@@ -525,6 +536,7 @@ void client_accept(int fd, const char *addr)
     c->sess.created_us = server_now_us();
     c->sess.push = session_push;
     c->sess.drop = session_drop;
+    c->sess.close_after_replies = session_close_after_replies;
     c->sess.next = srv.sessions;
     if (srv.sessions)
         srv.sessions->prev = &c->sess;

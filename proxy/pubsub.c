@@ -9,7 +9,8 @@
  *
  * A change waits for its pong no longer than request_timeout (pubsub_tick):
  * then it gets the shard's timeout error, the connection closes, and the
- * client, whose subscriptions there are in an unknown state, is dropped. */
+ * client, whose subscriptions there are in an unknown state, is closed once
+ * that error and the replies before it are written. */
 #include "proxy/pubsub.h"
 
 #include <stdio.h>
@@ -56,17 +57,9 @@ typedef struct pubsub {
     size_t conn_cap;
     entries channels;
     entries patterns;
-    int failed; /* a shard timed out a change: the client is dropped once its
-                   error has gone out (pubsub_tick) */
 } pubsub;
 
 static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
-
-/* Why a client is dropped after a shard timed out one of its changes. A
- * constant: the client keeps the pointer until it closes, which may be
- * after its pubsub is gone (RESET); the log line before names the shard. */
-static const char TIMED_OUT_REASON[] =
-    "a shard did not confirm a subscription change within request_timeout";
 
 static void conn_event(void *owner, const char *push, size_t len);
 
@@ -527,11 +520,6 @@ void pubsub_command(request *req, command_id id, size_t argc, const resp_arg *ar
         request_error(req, "ERR out of memory");
         return;
     }
-    /* Between a timeout's error and the drop: nothing more is sent. */
-    if (ps->failed) {
-        request_error(req, "ERR %s, closing the connection", TIMED_OUT_REASON);
-        return;
-    }
     switch (id) {
     case CMD_SUBSCRIBE:
         cmd_subscribe(req, ps, argc, argv);
@@ -596,35 +584,28 @@ static void time_out(sub_conn *sc, int timeout_ms)
              sc->shard->label, ps->sess->addr ? ps->sess->addr : "?", timeout_ms);
     backend_reserved_close(sc->conn);
     sc->conn = NULL;
-    ps->failed = 1;
     fragment *f;
     while ((f = take_waiting(sc)))
         backend_fragment_timeout(sc->shard, f);
+    /* Its subscriptions on that shard are in an unknown state: the client
+     * must not go on believing in them. */
+    if (ps->sess->close_after_replies)
+        ps->sess->close_after_replies(
+            ps->sess, "a shard did not confirm a subscription change within request_timeout");
 }
 
 void pubsub_tick(void)
 {
     int timeout_ms = srv.cfg->request_timeout_ms;
-    uint64_t now = srv.now_us, limit = timeout_ms > 0 ? (uint64_t)timeout_ms * 1000 : 0;
+    if (timeout_ms <= 0)
+        return;
+    uint64_t now = srv.now_us, limit = (uint64_t)timeout_ms * 1000;
     for (session *sess = srv.sessions; sess; sess = sess->next) {
         pubsub *ps = sess->pubsub;
-        if (!ps)
-            continue;
-        /* A client that failed at an earlier tick has had its error
-         * flushed since (the loop writes replies after every iteration):
-         * it goes once none of its changes still waits for a shard, which
-         * is bounded by the same timeout. Its subscriptions on the closed
-         * connection are gone, so it must not go on believing in them. */
-        int drop = ps->failed;
-        for (size_t i = 0; i < ps->nconns; i++) {
-            sub_conn *sc = ps->conns[i];
-            const fragment *f = sc->waiting_head;
-            if (f && limit && now > f->sent_us && now - f->sent_us > limit)
-                time_out(sc, timeout_ms);
-            if (sc->waiting_head)
-                drop = 0;
+        for (size_t i = 0; ps && i < ps->nconns; i++) {
+            const fragment *f = ps->conns[i]->waiting_head;
+            if (f && now > f->sent_us && now - f->sent_us > limit)
+                time_out(ps->conns[i], timeout_ms);
         }
-        if (drop && sess->drop)
-            sess->drop(sess, TIMED_OUT_REASON);
     }
 }

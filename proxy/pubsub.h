@@ -34,10 +34,10 @@ void pubsub_end(session *sess);
 
 /* Periodic (the maintenance timer): a (P)(UN)SUBSCRIBE whose shard has not
  * confirmed it within request_timeout of being sent gets "-ERR shard <label>
- * timeout" and its subscriber connection closes; at a later tick, once the
- * error has been written, the client is dropped, since its subscriptions on
- * that shard are in an unknown state. Costs one pointer test per client
- * without subscriptions. */
+ * timeout" and its subscriber connection closes; the client reads nothing
+ * more and is closed once that error and the replies before it are written,
+ * since its subscriptions on that shard are in an unknown state. Costs one
+ * pointer test per client without subscriptions. */
 void pubsub_tick(void);
 
 #endif

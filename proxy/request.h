@@ -56,6 +56,9 @@ typedef struct session {
     void (*push)(struct session *s, const char *bytes, size_t len);
     /* Closes the client at the next flush, with a reason for the log. */
     void (*drop)(struct session *s, const char *reason);
+    /* Reads no more requests and closes the client once the replies due,
+     * the last just given included, are written; the reason is logged. */
+    void (*close_after_replies)(struct session *s, const char *reason);
     struct session *prev; /* every client's session (srv.sessions), for CLIENT LIST */
     struct session *next;
 } session;
