@@ -57,6 +57,7 @@ typedef struct migrate_call {
     size_t nkeys;
     char **keys;
     size_t *lens;
+    int retry; /* one key of a batch that failed with BUSYKEY */
 } migrate_call;
 
 static struct {
@@ -214,7 +215,8 @@ static void call_free(migrate_call *call)
     free(call);
 }
 
-static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys);
+static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
+                         int retry);
 
 static void on_del_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
@@ -249,7 +251,11 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
     } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
         rb.keys_moved += call->nkeys;
     } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "NOKEY") == 0) {
-        /* moved on demand meanwhile, or deleted by a client */
+        /* Moved on demand meanwhile, or deleted by a client; or, retried
+         * after its batch failed with BUSYKEY, moved by that batch: MIGRATE
+         * moves every key the target takes before it reports the error. */
+        if (call->retry)
+            rb.keys_moved++;
     } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "BUSYKEY") != NULL) {
         /* MIGRATE passes the target's RESTORE error on inside its own:
          * "ERR Target instance replied with error: BUSYKEY ...". */
@@ -257,7 +263,7 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
             /* Keys that moved are gone from the source; retry the rest one by
              * one to find the ones the target already holds. */
             for (size_t i = 0; i < call->nkeys; i++) {
-                send_migrate(m, call->target, &call->keys[i], &call->lens[i], 1);
+                send_migrate(m, call->target, &call->keys[i], &call->lens[i], 1, 1);
                 call->keys[i] = NULL;
             }
         } else if (ac) {
@@ -281,7 +287,8 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
 }
 
 /* Sends MIGRATE for keys (ownership of the key copies passes to the call). */
-static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys)
+static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
+                         int retry)
 {
     migrate_call *call = calloc(1, sizeof(*call));
     const char *pass = srv.cfg->backend_password;
@@ -310,6 +317,7 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
     call->m = m;
     call->target = target;
     call->nkeys = nkeys;
+    call->retry = retry;
     char port[8], timeout[16];
     snprintf(port, sizeof(port), "%u", (unsigned)target->port);
     snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
@@ -397,7 +405,7 @@ static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     for (size_t t = 0; t < n && group; t++) {
         if (!oom && count[t])
-            send_migrate(m, srv.shards[t], group[t], group_len[t], count[t]);
+            send_migrate(m, srv.shards[t], group[t], group_len[t], count[t], 0);
         else
             for (size_t i = 0; i < (count ? count[t] : 0); i++)
                 free(group[t][i]);

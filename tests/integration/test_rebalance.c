@@ -727,6 +727,60 @@ static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void *
     test_passed = 1;
 }
 
+/* With no client touching the keys, every move is the mover's. A batch in
+ * which one key is BUSYKEY still moves the others (MIGRATE moves each key
+ * the target takes before it reports the error); the retry of each key
+ * finds them gone and counts them, so keys_moved is exact. */
+static void test_busykey_batch_still_counts_every_moved_key(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", 3000);
+    char **stale = make_keys("stale", STALE_KEYS);
+    for (size_t i = 0; i < STALE_KEYS; i++) {
+        fixture_expect_status(fixture_cmd(c, "SET %s old-%llu", stale[i], (unsigned long long)i),
+                              "OK");
+        fixture_expect_status(
+            fixture_cmd(fixture_shard(f, S4), "SET %s new-%llu", stale[i], (unsigned long long)i),
+            "OK");
+    }
+
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    wait_idle(f, c, 1);
+
+    int *owner = calloc(d.n, sizeof(int)), *stale_owner = calloc(STALE_KEYS, sizeof(int));
+    assert_true(owner != NULL && stale_owner != NULL);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, owner);
+    size_t moved = 0, on_s4 = 0;
+    for (size_t i = 0; i < d.n; i++)
+        moved += owner[i] == S4;
+    owners_of(c, stale, STALE_KEYS, stale_owner);
+    for (size_t i = 0; i < STALE_KEYS; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "%s-%zu", stale_owner[i] == S4 ? "new" : "old", i);
+        fixture_expect_str(fixture_cmd(c, "GET %s", stale[i]), want);
+        on_s4 += stale_owner[i] == S4;
+        if (stale_owner[i] != S4)
+            fixture_expect_int(fixture_cmd(fixture_shard(f, S4), "DEL %s", stale[i]), 1);
+    }
+    assert_true(moved > 0 && on_s4 > 0);
+    /* The dataset keys s4 now owns were moved; the stale keys it owns were
+     * not (their source copies were deleted). */
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_moved"), (long long)moved);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_keys_moved_on_demand"), 0);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_stale_copies_deleted"), (long long)on_s4);
+    expect_clean_finish(c);
+    dataset_verify(c, &d);
+
+    free(stale_owner);
+    free(owner);
+    free_keys(stale, STALE_KEYS);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
 /* ---- 2. writers during the move ---- */
 
 #define WRITERS         4
@@ -1745,6 +1799,7 @@ int main(void)
                                   stop),
         cmocka_unit_test_teardown(test_copy_already_on_the_new_shard_wins_over_the_stale_source,
                                   stop),
+        cmocka_unit_test_teardown(test_busykey_batch_still_counts_every_moved_key, stop),
         cmocka_unit_test_teardown(test_writes_during_the_move_are_all_kept, stop),
         cmocka_unit_test_teardown(test_removed_shard_is_drained_to_zero_keys, stop),
         cmocka_unit_test_teardown(test_reweighted_shard_gains_keys_and_only_those_move, stop),
