@@ -1028,6 +1028,15 @@ static void test_slow_streaming_reply_is_not_a_timeout(void **state)
     redisFree(c);
 }
 
+/* The value of the big requests the fake shard reads slowly (32 MiB). */
+static char *slow_read_value(size_t size)
+{
+    char *value = malloc(size);
+    assert_non_null(value);
+    memset(value, 'v', size);
+    return value;
+}
+
 /* Writing a request counts as progress too while the shard takes its bytes:
  * a SET of 32 MiB that the shard reads at 40 MiB/s (0.8 s) is no timeout. */
 static void test_slowly_read_request_is_not_a_timeout(void **state)
@@ -1037,9 +1046,7 @@ static void test_slowly_read_request_is_not_a_timeout(void **state)
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2];
     size_t size = 32 * 1024 * 1024;
-    char *value = malloc(size);
-    assert_non_null(value);
-    memset(value, 'v', size);
+    char *value = slow_read_value(size);
     char key[64], ok[64];
     snprintf(key, sizeof(key), "slowread:{%s}", fake);
     snprintf(ok, sizeof(ok), "ok:{%s}", fake);
@@ -1119,9 +1126,7 @@ static void test_later_requests_going_out_do_not_hold_off_a_timeout(void **state
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2];
     size_t size = 32 * 1024 * 1024;
-    char *value = malloc(size);
-    assert_non_null(value);
-    memset(value, 'v', size);
+    char *value = slow_read_value(size);
     char want[64];
     snprintf(want, sizeof(want), "ERR shard s3 (127.0.0.1:%d) timeout", s->fake.port);
 

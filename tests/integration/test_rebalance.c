@@ -663,17 +663,12 @@ static void test_added_shard_gets_a_quarter_of_the_keys_and_nothing_is_lost(void
 
 #define STALE_KEYS 200
 
-static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void **state)
+/* STALE_KEYS keys "stale:i" with an old copy written through the proxy (on
+ * s1..s3) and a newer one written straight to s4, as a client of a proxy
+ * already on the new ring would have. */
+static char **stale_copies(fixture *f, redisContext *c)
 {
-    /* Slow enough that the GETs below run while the mover is still busy, so
-     * they move (or find moved) the keys themselves. */
-    fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 2000", 3);
-    redisContext *c = fixture_client(f);
-    dataset d = dataset_write(c, "k", 3000);
     char **stale = make_keys("stale", STALE_KEYS);
-    /* The old copy through the proxy (on s1..s3), a newer one written
-     * straight to s4, as a client of a proxy already on the new ring would
-     * have. */
     for (size_t i = 0; i < STALE_KEYS; i++) {
         fixture_expect_status(fixture_cmd(c, "SET %s old-%llu", stale[i], (unsigned long long)i),
                               "OK");
@@ -681,6 +676,17 @@ static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void *
             fixture_cmd(fixture_shard(f, S4), "SET %s new-%llu", stale[i], (unsigned long long)i),
             "OK");
     }
+    return stale;
+}
+
+static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void **state)
+{
+    /* Slow enough that the GETs below run while the mover is still busy, so
+     * they move (or find moved) the keys themselves. */
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 2000", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", 3000);
+    char **stale = stale_copies(f, c);
 
     add_shard_to_ini(f, S4);
     reload_ok(c);
@@ -736,14 +742,7 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
     fixture *f = start(state, "watch_config = no", 3);
     redisContext *c = fixture_client(f);
     dataset d = dataset_write(c, "k", 3000);
-    char **stale = make_keys("stale", STALE_KEYS);
-    for (size_t i = 0; i < STALE_KEYS; i++) {
-        fixture_expect_status(fixture_cmd(c, "SET %s old-%llu", stale[i], (unsigned long long)i),
-                              "OK");
-        fixture_expect_status(
-            fixture_cmd(fixture_shard(f, S4), "SET %s new-%llu", stale[i], (unsigned long long)i),
-            "OK");
-    }
+    char **stale = stale_copies(f, c);
 
     add_shard_to_ini(f, S4);
     reload_ok(c);
