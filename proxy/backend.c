@@ -30,8 +30,7 @@
 static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
 
 /* Connections with requests to write, first marked first. */
-static backend_conn *dirty_head;
-static backend_conn **dirty_tail = &dirty_head;
+static flushq pending = FLUSHQ_INIT(pending);
 static backend_conn *reserved_head; /* every reserved connection */
 
 static void conn_connect(backend_conn *c);
@@ -104,27 +103,12 @@ void backend_fragment_timeout(shard *s, fragment *f)
 /* Takes a connection that is going away off the pending-flush list. */
 static void conn_unmark_dirty(backend_conn *c)
 {
-    if (!c->dirty)
-        return;
-    backend_conn **pp = &dirty_head;
-    while (*pp && *pp != c)
-        pp = &(*pp)->next_dirty;
-    if (*pp) {
-        *pp = c->next_dirty;
-        if (dirty_tail == &c->next_dirty)
-            dirty_tail = pp;
-    }
-    c->dirty = 0;
+    flushq_remove(&pending, &c->flush);
 }
 
 static void conn_mark_dirty(backend_conn *c)
 {
-    if (c->dirty)
-        return;
-    c->dirty = 1;
-    c->next_dirty = NULL;
-    *dirty_tail = c;
-    dirty_tail = &c->next_dirty;
+    flushq_push(&pending, &c->flush);
 }
 
 static void conn_close_fd(backend_conn *c)
@@ -517,14 +501,10 @@ void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_
 int backend_flush_pending(void)
 {
     int n = 0;
-    while (dirty_head) {
+    flushq_link *l;
+    while ((l = flushq_pop(&pending))) {
         n++;
-        backend_conn *c = dirty_head;
-        dirty_head = c->next_dirty;
-        if (!dirty_head)
-            dirty_tail = &dirty_head;
-        c->dirty = 0;
-        c->next_dirty = NULL;
+        backend_conn *c = FLUSHQ_ENTRY(l, backend_conn, flush);
         /* A reserved connection's writes wait for its barrier. */
         if (c->state == BACKEND_UP && !c->barrier && !c->write_waiting)
             conn_write(c);

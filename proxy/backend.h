@@ -15,6 +15,7 @@
 
 #include "config/config.h"
 #include "proxy/buf.h"
+#include "proxy/flushq.h"
 #include "proxy/request.h"
 #include "proxy/resp.h"
 
@@ -55,11 +56,10 @@ typedef struct backend_conn {
     uint64_t progress_us;   /* loop clock of the last reply bytes read, or of a write
                                while the head's request was not all written */
     int backoff_ms;         /* next reconnect delay */
-    int dirty;              /* on the pending-flush list */
+    flushq_link flush;      /* on the pending-flush queue */
     int write_waiting;      /* ev_write is added: the socket was full */
-    struct backend_conn *next_dirty;
-    char last_error[128]; /* why it is down */
-    fragment auth;        /* the AUTH sent first when the shards need a password */
+    char last_error[128];   /* why it is down */
+    fragment auth;          /* the AUTH sent first when the shards need a password */
     /* reserved connections only (backend_reserve): owned by one client */
     int reserved;
     int push_mode;             /* every reply goes to on_event; none is matched to a request */

@@ -16,6 +16,7 @@
 #include <event2/event_struct.h>
 
 #include "proxy/buf.h"
+#include "proxy/flushq.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/request.h"
@@ -52,30 +53,21 @@ typedef struct client {
     int closing;             /* no more requests: close once replies are out */
     const char *drop_reason; /* set: close at the next flush without waiting */
     uint64_t last_active_us;
-    int dirty; /* on the pending-flush list */
-    struct client *next_dirty;
+    flushq_link flush;   /* on the pending-flush queue */
     struct client *prev; /* all clients */
     struct client *next;
 } client;
 
 static client *clients;
-/* Clients with replies to write, in the order their replies came: the
- * first to be answered is written first, which keeps latency even across a
- * batch (a LIFO list wrote the longest-waiting client last). */
-static client *dirty_head;
-static client **dirty_tail = &dirty_head;
+/* Clients with replies to write, in the order their replies came. */
+static flushq pending = FLUSHQ_INIT(pending);
 
 static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
 
 static void mark_dirty(client *c)
 {
-    if (c->dirty)
-        return;
-    c->dirty = 1;
-    c->next_dirty = NULL;
-    *dirty_tail = c;
-    dirty_tail = &c->next_dirty;
+    flushq_push(&pending, &c->flush);
 }
 
 static void set_reading(client *c, int on)
@@ -121,16 +113,7 @@ static void client_free(client *c, const char *reason)
         srv.sessions = c->sess.next;
     if (c->sess.next)
         c->sess.next->prev = c->sess.prev;
-    if (c->dirty) {
-        client **pp = &dirty_head;
-        while (*pp && *pp != c)
-            pp = &(*pp)->next_dirty;
-        if (*pp) {
-            *pp = c->next_dirty;
-            if (dirty_tail == &c->next_dirty)
-                dirty_tail = pp;
-        }
-    }
+    flushq_remove(&pending, &c->flush);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -501,14 +484,10 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 int client_flush_pending(void)
 {
     int n = 0;
-    while (dirty_head) {
+    flushq_link *l;
+    while ((l = flushq_pop(&pending))) {
         n++;
-        client *c = dirty_head;
-        dirty_head = c->next_dirty;
-        if (!dirty_head)
-            dirty_tail = &dirty_head;
-        c->dirty = 0;
-        c->next_dirty = NULL;
+        client *c = FLUSHQ_ENTRY(l, client, flush);
         if (c->drop_reason) {
             client_free(c, c->drop_reason);
             continue;
