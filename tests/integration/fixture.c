@@ -590,3 +590,25 @@ int fixture_log_contains(const harness_proc *p, const char *needle)
     fclose(f);
     return found;
 }
+
+int fixture_reserved_connections(redisContext *c)
+{
+    redisReply *r = fixture_cmd(c, "INFO shards");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    int total = 0;
+    for (const char *p = strstr(r->str, "reserved="); p; p = strstr(p + 1, "reserved=")) {
+        total += atoi(p + 9);
+    }
+    freeReplyObject(r);
+    return total;
+}
+
+void fixture_wait_reserved(redisContext *c, int want)
+{
+    long long deadline = fixture_now_ms() + 3000 * harness_timeout_scale();
+    int now;
+    while ((now = fixture_reserved_connections(c)) != want && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(20);
+    }
+    assert_int_equal(now, want);
+}

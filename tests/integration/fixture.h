@@ -130,4 +130,12 @@ long long fixture_info_int(redisContext *c, const char *field);
 /* 1 when the process's log contains needle. */
 int fixture_log_contains(const harness_proc *p, const char *needle);
 
+/* Reserved connections (transactions, blocking commands, subscribers) open
+ * to all shards, summed from INFO shards. */
+int fixture_reserved_connections(redisContext *c);
+
+/* Polls until `want` reserved connections are open (bounded: 3 s, times
+ * the harness timeout scale); fails the test otherwise. */
+void fixture_wait_reserved(redisContext *c, int want);
+
 #endif

@@ -80,32 +80,6 @@ static void expect_message(redisReply *r, const char *pattern, const char *chann
     freeReplyObject(r);
 }
 
-/* Reserved (here: subscriber) connections open to all shards, from INFO
- * shards. */
-static int reserved_connections(redisContext *c)
-{
-    redisReply *r = fixture_cmd(c, "INFO shards");
-    assert_int_equal(r->type, REDIS_REPLY_STRING);
-    int total = 0;
-    for (const char *p = strstr(r->str, "reserved="); p; p = strstr(p + 1, "reserved=")) {
-        total += atoi(p + 9);
-    }
-    freeReplyObject(r);
-    return total;
-}
-
-/* Polls until `want` reserved connections are open (bounded: 3 s, times
- * the harness timeout scale). */
-static void wait_reserved(redisContext *c, int want)
-{
-    long long deadline = fixture_now_ms() + 3000 * harness_timeout_scale();
-    int now;
-    while ((now = reserved_connections(c)) != want && fixture_now_ms() < deadline) {
-        fixture_sleep_ms(20);
-    }
-    assert_int_equal(now, want);
-}
-
 static void test_subscribers_on_every_shard(void **state)
 {
     fixture *f = *state;
@@ -289,26 +263,26 @@ static void test_subscriber_connections_go_with_the_client(void **state)
 {
     fixture *f = *state;
     redisContext *admin = fixture_client(f);
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     redisContext *s = fixture_client(f);
     /* A pattern needs every shard. */
     expect_confirm(fixture_cmd(s, "PSUBSCRIBE gone:*"), "psubscribe", "gone:*", 1);
-    assert_int_equal(reserved_connections(admin), FIXTURE_SHARDS);
+    assert_int_equal(fixture_reserved_connections(admin), FIXTURE_SHARDS);
     redisReply *r = fixture_cmd(admin, "CLIENT LIST TYPE pubsub");
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_non_null(strstr(r->str, " psub=1 "));
     freeReplyObject(r);
     redisFree(s);
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     fixture_expect_int(fixture_cmd(admin, "PUBSUB NUMPAT"), 0);
     /* Unsubscribing from everything closes them too. */
     s = fixture_client(f);
     char a[64];
     fixture_key_on_shard(s, "gone", 2, a, sizeof(a));
     expect_confirm(fixture_cmd(s, "SUBSCRIBE %s", a), "subscribe", a, 1);
-    assert_int_equal(reserved_connections(admin), 1);
+    assert_int_equal(fixture_reserved_connections(admin), 1);
     expect_confirm(fixture_cmd(s, "UNSUBSCRIBE"), "unsubscribe", a, 0);
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     redisFree(s);
     redisFree(admin);
 }
@@ -438,7 +412,7 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
 
     /* Every subscriber connection of the two clients closed, so the shard,
      * once awake, drops whatever it took of the changes. */
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     long long deadline = fixture_now_ms() + bound_ms(3000);
     long long numsub = -1;
     while (numsub != 0 && fixture_now_ms() < deadline) {

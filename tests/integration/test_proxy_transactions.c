@@ -33,45 +33,20 @@ static int group_teardown(void **state)
     return fixture_stop(*state);
 }
 
-/* Reserved connections open to all shards, from INFO shards. */
-static int reserved_connections(redisContext *c)
-{
-    redisReply *r = fixture_cmd(c, "INFO shards");
-    assert_int_equal(r->type, REDIS_REPLY_STRING);
-    int total = 0;
-    for (const char *p = strstr(r->str, "reserved="); p; p = strstr(p + 1, "reserved=")) {
-        total += atoi(p + 9);
-    }
-    freeReplyObject(r);
-    return total;
-}
-
-/* Polls until `want` reserved connections are open (bounded: 3 s, times
- * the harness timeout scale). */
-static void wait_reserved(redisContext *c, int want)
-{
-    long long deadline = fixture_now_ms() + 3000 * harness_timeout_scale();
-    int now;
-    while ((now = reserved_connections(c)) != want && fixture_now_ms() < deadline) {
-        fixture_sleep_ms(20);
-    }
-    assert_int_equal(now, want);
-}
-
 /* First, while no other test left a lingering connection: WATCH reserves
  * one, and the client leaving closes it. */
 static void test_client_leaving_closes_its_reserved_connection(void **state)
 {
     fixture *f = *state;
     redisContext *admin = fixture_client(f);
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     redisContext *c = fixture_client(f);
     fixture_expect_status(fixture_cmd(c, "WATCH leave:{a}"), "OK");
     fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
     fixture_expect_status(fixture_cmd(c, "SET leave:{a} 1"), "QUEUED");
-    assert_int_equal(reserved_connections(admin), 1);
+    assert_int_equal(fixture_reserved_connections(admin), 1);
     redisFree(c); /* mid-transaction */
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     fixture_expect_nil(fixture_cmd(admin, "GET leave:{a}"));
     redisFree(admin);
 }
@@ -348,7 +323,7 @@ static void test_ring_change_ends_what_is_pinned_to_a_shard(void **state)
     while (!done) {
         assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
     }
-    wait_reserved(admin, 3);
+    fixture_wait_reserved(admin, 3);
 
     add_last_shard(f, admin);
     /* The blocked command gets an error and may be sent again. */
@@ -359,7 +334,7 @@ static void test_ring_change_ends_what_is_pinned_to_a_shard(void **state)
     /* The subscriber is closed, to subscribe again on the new ring. */
     redisReply *gone = NULL;
     assert_int_not_equal(redisGetReply(s, (void **)&gone), REDIS_OK);
-    wait_reserved(admin, 0);
+    fixture_wait_reserved(admin, 0);
     /* All of it works again on the new ring, once keys have moved (a
      * transaction on a moving key gets TRYAGAIN meanwhile). */
     long long deadline = fixture_now_ms() + 5000 * harness_timeout_scale();
