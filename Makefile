@@ -102,6 +102,7 @@ asan:
 	@$(MAKE) --no-print-directory SAN=1 test
 
 bench: all $(BENCH_BINS)
+	@tests/install-deps.sh bench
 	bench/run.sh
 
 # deps first, in its own step: the flags above come from pkg-config, which
