@@ -288,27 +288,23 @@ static void conn_connect(backend_conn *c)
 /* Writes what is queued. Returns 0, or -1 after failing the connection. */
 static int conn_write(backend_conn *c)
 {
-    while (buf_len(&c->out) > 0) {
-        ssize_t n = write(c->fd, buf_head(&c->out), buf_len(&c->out));
-        if (n > 0) {
-            /* Progress only while the head's own request is still going
-             * out: a stopped shard's socket buffer takes megabytes of the
-             * requests behind it. */
-            if (c->head && c->written_total < c->head->end_offset)
-                c->progress_us = srv.now_us;
-            c->written_total += (uint64_t)n;
-            buf_consume(&c->out, (size_t)n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            event_add(&c->ev_write, NULL);
-            c->write_waiting = 1;
-            return 0;
-        }
+    uint64_t before = c->written_total;
+    size_t written;
+    buf_write_result r = buf_write_fd(&c->out, c->fd, &written);
+    c->written_total += written;
+    /* Progress only while the head's own request is still going out: a
+     * stopped shard's socket buffer takes megabytes of the requests behind
+     * it. */
+    if (written && c->head && before < c->head->end_offset)
+        c->progress_us = srv.now_us;
+    if (r == BUF_WRITE_BLOCKED) {
+        event_add(&c->ev_write, NULL);
+        c->write_waiting = 1;
+        return 0;
+    }
+    if (r == BUF_WRITE_FAILED) {
         char why[160];
-        snprintf(why, sizeof(why), "unavailable: write: %s", n < 0 ? strerror(errno) : "closed");
+        snprintf(why, sizeof(why), "unavailable: write: %s", errno ? strerror(errno) : "closed");
         conn_fail(c, why, 0);
         return -1;
     }

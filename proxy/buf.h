@@ -6,8 +6,10 @@
 #ifndef PROXY_BUF_H
 #define PROXY_BUF_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <unistd.h>
 
 /* Bytes read from or written to a socket per call when nothing larger is
  * expected (as Redis's PROTO_IOBUF_LEN). */
@@ -56,6 +58,37 @@ void buf_consume(buf *b, size_t n);
 
 /* Frees the storage when the buffer is empty and larger than keep bytes. */
 void buf_shrink_if_empty(buf *b, size_t keep);
+
+/* How buf_write_fd ended. */
+typedef enum buf_write_result {
+    BUF_WRITE_DONE,    /* b is empty */
+    BUF_WRITE_BLOCKED, /* the socket is full: wait for it to take more */
+    BUF_WRITE_FAILED,  /* write failed (errno), or returned 0 (errno 0) */
+} buf_write_result;
+
+/* Writes b's bytes to fd until b is empty or fd would block, consuming what
+ * was written; *written gets the byte count (also on failure). Inline: it
+ * is the last step of every request's reply. */
+static inline buf_write_result buf_write_fd(buf *b, int fd, size_t *written)
+{
+    *written = 0;
+    while (buf_len(b) > 0) {
+        ssize_t n = write(fd, buf_head(b), buf_len(b));
+        if (n > 0) {
+            buf_consume(b, (size_t)n);
+            *written += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return BUF_WRITE_BLOCKED;
+        if (n == 0)
+            errno = 0;
+        return BUF_WRITE_FAILED;
+    }
+    return BUF_WRITE_DONE;
+}
 
 void buf_free(buf *b);
 

@@ -433,21 +433,16 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 /* Writes what is ready. Returns 0, or -1 when the client was freed. */
 static int write_out(client *c)
 {
-    while (buf_len(&c->out) > 0) {
-        ssize_t n = write(c->fd, buf_head(&c->out), buf_len(&c->out));
-        if (n > 0) {
-            buf_consume(&c->out, (size_t)n);
-            srv.stats.net_output_bytes += (uint64_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            event_add(&c->ev_write, NULL);
-            c->write_waiting = 1;
-            return 0;
-        }
-        client_free(c, n < 0 ? strerror(errno) : "write returned 0");
+    size_t written;
+    buf_write_result r = buf_write_fd(&c->out, c->fd, &written);
+    srv.stats.net_output_bytes += written;
+    if (r == BUF_WRITE_BLOCKED) {
+        event_add(&c->ev_write, NULL);
+        c->write_waiting = 1;
+        return 0;
+    }
+    if (r == BUF_WRITE_FAILED) {
+        client_free(c, errno ? strerror(errno) : "write returned 0");
         return -1;
     }
     buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);

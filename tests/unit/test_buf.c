@@ -3,13 +3,17 @@
  * buf_take, buf_offer, buf_append_msg), and everything that does not fit
  * the hand-off is copied exactly as buf_append copies it. "Not copied" is
  * checked by address: the bytes the taker holds are those the source held. */
+#include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -211,13 +215,49 @@ static void test_offer_used_once_and_nested(void **state)
     buf_free(&d);
 }
 
+/* buf_write_fd over a non-blocking pipe: everything when it fits, what
+ * fits when it does not (BLOCKED, the rest kept), EPIPE once the reader is
+ * gone. */
+static void test_write_fd(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(fcntl(fds[1], F_SETFL, O_NONBLOCK), 0);
+    buf b = {0};
+    assert_int_equal(buf_append(&b, "hello", 5), 0);
+    size_t written;
+    assert_int_equal(buf_write_fd(&b, fds[1], &written), BUF_WRITE_DONE);
+    assert_int_equal(written, 5);
+    assert_int_equal(buf_len(&b), 0);
+    char got[5];
+    assert_int_equal(read(fds[0], got, 5), 5);
+    assert_memory_equal(got, "hello", 5);
+
+    size_t big = 4 * 1024 * 1024; /* more than a pipe holds */
+    char *bytes = calloc(1, big);
+    assert_non_null(bytes);
+    assert_int_equal(buf_append(&b, bytes, big), 0);
+    assert_int_equal(buf_write_fd(&b, fds[1], &written), BUF_WRITE_BLOCKED);
+    assert_true(written > 0 && written < big);
+    assert_int_equal(buf_len(&b), big - written);
+
+    close(fds[0]);
+    assert_int_equal(buf_write_fd(&b, fds[1], &written), BUF_WRITE_FAILED);
+    assert_int_equal(errno, EPIPE);
+    assert_int_equal(written, 0);
+    close(fds[1]);
+    free(bytes);
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_split),
-        cmocka_unit_test(test_take),
-        cmocka_unit_test(test_append_msg),
-        cmocka_unit_test(test_offer_used_once_and_nested),
+        cmocka_unit_test(test_split),      cmocka_unit_test(test_take),
+        cmocka_unit_test(test_append_msg), cmocka_unit_test(test_offer_used_once_and_nested),
+        cmocka_unit_test(test_write_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
