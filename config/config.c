@@ -1103,6 +1103,30 @@ int config_load(const char *path, config **out, char *err, size_t errlen)
     return rc;
 }
 
+const config_shard *config_find_shard(const config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nshards; i++)
+        if (strcmp(cfg->shards[i].name, name) == 0)
+            return &cfg->shards[i];
+    return NULL;
+}
+
+ring *config_ring(const config *cfg, char *err, size_t errlen)
+{
+    ring_shard_spec *specs = calloc(cfg->nshards ? cfg->nshards : 1, sizeof(*specs));
+    if (!specs) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->nshards; i++) {
+        specs[i].name = cfg->shards[i].name;
+        specs[i].weight = cfg->shards[i].weight;
+    }
+    ring *r = ring_build(specs, cfg->nshards, cfg->compat, err, errlen);
+    free(specs);
+    return r;
+}
+
 void config_free(config *cfg)
 {
     if (!cfg)

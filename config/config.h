@@ -86,6 +86,15 @@ __attribute__((warn_unused_result)) int config_load_string(const char *text, con
 
 void config_free(config *cfg);
 
+/* The [shards] line named name, or NULL. */
+const config_shard *config_find_shard(const config *cfg, const char *name);
+
+/* Builds the ring of cfg's [shards] (names and weights, placed by cfg's
+ * compat mode): the one way a config becomes a ring, so start-up, --check
+ * and reload agree. NULL with the reason in err (the ring has limits of its
+ * own, e.g. total weight). */
+__attribute__((warn_unused_result)) ring *config_ring(const config *cfg, char *err, size_t errlen);
+
 /* Writes into buf the comma-separated names of keys that differ between old
  * and new but cannot change at run time (e.g. "listen, hash"). Returns how
  * many there are (0: the new config can be applied whole). */

@@ -174,7 +174,7 @@ static int info_shards(buf *b)
                           "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,reserved=%d,"
                           "inflight=%zu,requests=%llu,errors=%llu,timeouts=%llu,"
                           "avg_latency_us=%llu\r\n",
-                          s->name, s->host, (unsigned)s->port, (unsigned)s->weight,
+                          s->name, s->host, (unsigned)s->port, (unsigned)srv.cfg->shards[i].weight,
                           backend_shard_state(s), s->nconns, s->reserved, backend_shard_inflight(s),
                           (unsigned long long)s->requests, (unsigned long long)s->errors,
                           (unsigned long long)s->timeouts, avg) < 0;
@@ -224,7 +224,8 @@ static void cmd_proxy_shards(request *req)
         fail |=
             buf_append_bulk(&b, "name", 4) < 0 || buf_append_bulk(&b, s->name, strlen(s->name)) < 0;
         fail |= buf_append_bulk(&b, "addr", 4) < 0 || buf_append_bulk(&b, addr, strlen(addr)) < 0;
-        fail |= buf_append_bulk(&b, "weight", 6) < 0 || buf_append_header(&b, ':', s->weight) < 0;
+        fail |= buf_append_bulk(&b, "weight", 6) < 0 ||
+                buf_append_header(&b, ':', srv.cfg->shards[i].weight) < 0;
         fail |=
             buf_append_bulk(&b, "state", 5) < 0 || buf_append_bulk(&b, state, strlen(state)) < 0;
     }

@@ -549,26 +549,62 @@ static void reserved_tick(void)
     }
 }
 
+/* A retired shard whose requests did not finish in this long is freed
+ * anyway (they get an error): request_timeout plus a second, or this when
+ * requests have no time limit. */
+#define RETIRE_MAX_US (60ull * 1000000u)
+
+/* Shards out of service that still answer requests sent before. */
+static shard *retired_head;
+
+/* Resets the connections of s whose oldest request made no progress for
+ * limit microseconds. */
+static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
+{
+    for (int j = 0; j < s->nconns; j++) {
+        backend_conn *c = &s->conns[j];
+        if (!c->head || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
+            continue;
+        uint64_t clock = conn_head_clock(c);
+        if (now > clock && now - clock > limit)
+            /* Later replies could not be matched to their requests: the
+             * whole connection is reset. */
+            conn_fail(c, "timeout", 1);
+    }
+}
+
+/* Frees the retired shards that have nothing in flight any more, or that
+ * had long enough. */
+static void retired_tick(uint64_t now)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    uint64_t cap = timeout_ms > 0 ? (uint64_t)timeout_ms * 1000 + 1000000u : RETIRE_MAX_US;
+    for (shard **link = &retired_head; *link;) {
+        shard *s = *link;
+        if (backend_shard_inflight(s) > 0 && now - s->retired_us < cap) {
+            link = &s->next_retired;
+            continue;
+        }
+        *link = s->next_retired;
+        log_notice("shard %s: retired, %zu requests still in flight, closing its connections",
+                   s->label, backend_shard_inflight(s));
+        backend_shard_free(s);
+    }
+}
+
 void backend_tick(void)
 {
     reserved_tick();
+    uint64_t now = server_now_us();
     int timeout_ms = srv.cfg->request_timeout_ms;
-    if (timeout_ms <= 0)
-        return;
-    uint64_t limit = (uint64_t)timeout_ms * 1000, now = server_now_us();
-    for (size_t i = 0; i < srv.nshards; i++) {
-        shard *s = srv.shards[i];
-        for (int j = 0; j < s->nconns; j++) {
-            backend_conn *c = &s->conns[j];
-            if (!c->head || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
-                continue;
-            uint64_t clock = conn_head_clock(c);
-            if (now > clock && now - clock > limit)
-                /* Later replies could not be matched to their requests: the
-                 * whole connection is reset. */
-                conn_fail(c, "timeout", 1);
-        }
+    if (timeout_ms > 0) {
+        uint64_t limit = (uint64_t)timeout_ms * 1000;
+        for (size_t i = 0; i < srv.nshards; i++)
+            shard_check_timeouts(srv.shards[i], limit, now);
+        for (shard *s = retired_head; s; s = s->next_retired)
+            shard_check_timeouts(s, limit, now);
     }
+    retired_tick(now);
 }
 
 const char *backend_shard_state(const shard *s)
@@ -623,7 +659,6 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
     s->name = strdup(cs->name);
     s->host = strdup(cs->host);
     s->port = cs->port;
-    s->weight = cs->weight;
     s->nconns = nconns;
     s->conns = calloc((size_t)nconns, sizeof(*s->conns));
     if (!s->name || !s->host || !s->conns) {
@@ -658,11 +693,9 @@ void backend_shard_start(shard *s)
             conn_connect(&s->conns[j]);
 }
 
-void backend_shard_free(shard *s)
+/* Ends the reserved connections pinned to s; their owners are told. */
+static void shard_fail_reserved(shard *s)
 {
-    if (!s)
-        return;
-    /* Its reserved connections go with it; their owners are told. */
     for (backend_conn *c = reserved_head; c;) {
         if (c->shard == s && !c->dead) {
             reserved_fail(c, "unavailable: shard removed or re-addressed", 0, 0);
@@ -671,6 +704,13 @@ void backend_shard_free(shard *s)
             c = c->next_reserved;
         }
     }
+}
+
+void backend_shard_free(shard *s)
+{
+    if (!s)
+        return;
+    shard_fail_reserved(s);
     for (int j = 0; s->conns && j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
@@ -683,6 +723,28 @@ void backend_shard_free(shard *s)
     free(s->name);
     free(s->host);
     free(s);
+}
+
+void backend_shard_retire(shard *s)
+{
+    shard_fail_reserved(s);
+    s->retired_us = server_now_us();
+    s->next_retired = retired_head;
+    retired_head = s;
+}
+
+shard *backend_retired_first(void)
+{
+    return retired_head;
+}
+
+void backend_retired_free_all(void)
+{
+    while (retired_head) {
+        shard *s = retired_head;
+        retired_head = s->next_retired;
+        backend_shard_free(s);
+    }
 }
 
 /* ---- reserved connections ---- */

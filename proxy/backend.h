@@ -74,12 +74,13 @@ typedef struct backend_conn {
     struct backend_conn *next_reserved;
 } backend_conn;
 
-/* A shard at run time. */
+/* A shard at run time: its connections and counters. Only what names the
+ * connection (name, address) is copied from the config; placement (weight)
+ * is read from srv.cfg, since a reload keeps the object and may change it. */
 typedef struct shard {
     char *name;
     char *host;
     uint16_t port;
-    uint32_t weight;
     char label[400];              /* "s2 (127.0.0.1:7002)", for messages */
     struct sockaddr_storage addr; /* resolved once, at load or reload */
     socklen_t addrlen;
@@ -92,6 +93,9 @@ typedef struct shard {
     uint64_t latency_us_sum;
     uint64_t replies;
     int reserved; /* reserved connections open to it (transactions, blocking, pub/sub) */
+    /* set by backend_shard_retire */
+    uint64_t retired_us;        /* when it was retired */
+    struct shard *next_retired; /* the retired list */
 } shard;
 
 /* Creates a runtime shard (resolving its address once) with nconns
@@ -104,6 +108,19 @@ void backend_shard_start(shard *s);
 
 /* Closes a shard's connections (in-flight requests get an error) and frees it. */
 void backend_shard_free(shard *s);
+
+/* Takes a shard that a reload dropped or re-addressed out of service
+ * without failing what was already sent to it: its reserved connections end
+ * now (their owners are told), and the shard is freed once every request in
+ * flight on its shared connections is answered or times out. Nothing new
+ * may be sent to it. */
+void backend_shard_retire(shard *s);
+
+/* The retired shards still answering, linked by next_retired. */
+shard *backend_retired_first(void);
+
+/* Frees every retired shard now (exit). */
+void backend_retired_free_all(void);
 
 /* Queues a fragment with its request bytes on one of s's connections (picked
  * by hint, so one client's requests keep their order). When the shard cannot

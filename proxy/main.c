@@ -129,15 +129,7 @@ static int check_config(const char *path)
         return 1;
     }
     /* The ring has limits of its own (total weight): build it too. */
-    ring_shard_spec *specs = calloc(cfg->nshards, sizeof(*specs));
-    for (size_t i = 0; specs && i < cfg->nshards; i++) {
-        specs[i].name = cfg->shards[i].name;
-        specs[i].weight = cfg->shards[i].weight;
-    }
-    if (!specs)
-        snprintf(err, sizeof(err), "out of memory");
-    ring *r = specs ? ring_build(specs, cfg->nshards, cfg->compat, err, sizeof(err)) : NULL;
-    free(specs);
+    ring *r = config_ring(cfg, err, sizeof(err));
     if (!r) {
         fprintf(stderr, "%s: %s\n", path, err);
         config_free(cfg);

@@ -549,6 +549,19 @@ static void free_movers(void)
     rb.n_movers = 0;
 }
 
+/* Sends the barrier's PING behind everything queued on each connection of s. */
+static void barrier_ping(shard *s)
+{
+    for (int j = 0; j < s->nconns; j++) {
+        fragment *f = calloc(1, sizeof(*f));
+        if (!f)
+            continue;
+        f->done = barrier_ping_done;
+        rb.barrier++;
+        backend_send(s, (uint64_t)j, f, "*1\r\n$4\r\nPING\r\n", 14);
+    }
+}
+
 int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char *state_text,
                     char *err, size_t errlen)
 {
@@ -608,17 +621,12 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     /* The barrier: one PING behind everything already queued on every
      * connection of every old shard. */
     rb.barrier = 1;
-    for (size_t i = 0; i < n_old; i++) {
-        shard *s = old_shards[i];
-        for (int j = 0; j < s->nconns; j++) {
-            fragment *f = calloc(1, sizeof(*f));
-            if (!f)
-                continue;
-            f->done = barrier_ping_done;
-            rb.barrier++;
-            backend_send(s, (uint64_t)j, f, "*1\r\n$4\r\nPING\r\n", 14);
-        }
-    }
+    for (size_t i = 0; i < n_old; i++)
+        barrier_ping(old_shards[i]);
+    /* A shard just re-addressed still answers what was sent to its old
+     * address: that too was routed by the old ring. */
+    for (shard *s = backend_retired_first(); s; s = s->next_retired)
+        barrier_ping(s);
     log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
                rb.n_movers == 1 ? "" : "s", rb.state_path);
     if (--rb.barrier == 0)

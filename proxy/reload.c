@@ -37,22 +37,6 @@ int reload_file_changed(void)
            st.st_mtim.tv_nsec != config_stat.st_mtim.tv_nsec;
 }
 
-static ring *build_ring(const config *cfg, char *err, size_t errlen)
-{
-    ring_shard_spec *specs = calloc(cfg->nshards, sizeof(*specs));
-    if (!specs) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    for (size_t i = 0; i < cfg->nshards; i++) {
-        specs[i].name = cfg->shards[i].name;
-        specs[i].weight = cfg->shards[i].weight;
-    }
-    ring *r = ring_build(specs, cfg->nshards, cfg->compat, err, errlen);
-    free(specs);
-    return r;
-}
-
 static shard *find_shard(const char *name)
 {
     for (size_t i = 0; i < srv.nshards; i++)
@@ -107,7 +91,7 @@ static int resume_rebalance(char *err, size_t errlen)
         snprintf(err, errlen, "cannot resume the rebalance recorded in %s: %s", path, detail);
         return -1;
     }
-    ring *old_ring = build_ring(old_cfg, err, errlen);
+    ring *old_ring = config_ring(old_cfg, err, errlen);
     shard **old_shards = calloc(old_cfg->nshards, sizeof(*old_shards));
     if (!old_ring || !old_shards) {
         ring_free(old_ring);
@@ -138,69 +122,76 @@ static int resume_rebalance(char *err, size_t errlen)
     return rebalance_start(old_ring, old_shards, n_old, NULL, err, errlen);
 }
 
-int reload_start(config *cfg, char *err, size_t errlen)
+/* A config read and checked, with everything switching to it needs built:
+ * preparing it is the one step of a reload that can fail, and it changes
+ * nothing that runs; committing it cannot fail. */
+typedef struct reload_plan {
+    config *cfg;        /* the new config */
+    ring *ring;         /* its ring */
+    shard **shards;     /* in cfg->shards order: a running shard kept (same name
+                           and address) or a new object */
+    size_t fresh;       /* new objects among shards (new or re-addressed) */
+    int ring_changed;   /* some hash changes owner: keys must move */
+    char changes[400];  /* what changed on the ring, for the log */
+    char *state;        /* ring_changed: the running ring as a state file */
+    shard **old_shards; /* ring_changed: the running ring's shards, for the mover */
+} reload_plan;
+
+static int is_running_shard(const shard *s)
 {
-    ring *r = build_ring(cfg, err, errlen);
-    shard **shards = r ? calloc(cfg->nshards, sizeof(*shards)) : NULL;
-    if (!shards) {
-        if (r)
-            snprintf(err, errlen, "out of memory");
-        ring_free(r);
-        config_free(cfg);
-        return -1;
-    }
-    srv.cfg = cfg;
-    for (size_t i = 0; i < cfg->nshards; i++) {
-        shards[i] = backend_shard_new(&cfg->shards[i], cfg->backend_connections, err, errlen);
-        if (!shards[i]) {
-            for (size_t j = 0; j < i; j++)
-                backend_shard_free(shards[j]);
-            free(shards);
-            ring_free(r);
-            srv.cfg = NULL;
-            config_free(cfg);
-            return -1;
-        }
-    }
-    srv.ring = r;
-    srv.shards = shards;
-    srv.nshards = cfg->nshards;
-    remember_config_stat();
-    for (size_t i = 0; i < cfg->nshards; i++)
-        backend_shard_start(shards[i]);
-    return resume_rebalance(err, errlen);
+    for (size_t i = 0; i < srv.nshards; i++)
+        if (srv.shards[i] == s)
+            return 1;
+    return 0;
 }
 
-/* Describes how the ring of next differs from the running one, or returns 0
- * when only addresses (or nothing) changed. */
-static int ring_changes(const config *next, char *out, size_t outlen)
+/* Frees what a plan built and nothing that runs (kept shards stay). */
+static void plan_free(reload_plan *p)
+{
+    for (size_t i = 0; p->shards && i < p->cfg->nshards; i++)
+        if (p->shards[i] && !is_running_shard(p->shards[i]))
+            backend_shard_free(p->shards[i]);
+    free(p->shards);
+    free(p->old_shards);
+    free(p->state);
+    ring_free(p->ring);
+    config_free(p->cfg);
+}
+
+/* Whether any hash has another owner on next than on running: decided by
+ * the rings themselves, never by settings copied into long-lived objects. */
+static int ring_moves_keys(const ring *running, const ring *next, int *moves)
+{
+    ring_range *ranges = NULL;
+    size_t n = 0;
+    if (ring_diff(running, next, &ranges, &n) < 0)
+        return -1;
+    free(ranges);
+    *moves = n > 0;
+    return 0;
+}
+
+/* Names the ring edits between the running config and next ("s4 added, s1
+ * re-weighted 2 -> 1"), from the two configs' shard lists. */
+static void describe_ring_changes(const config *running, const config *next, char *out,
+                                  size_t outlen)
 {
     size_t o = 0;
     int n = 0;
     out[0] = '\0';
-    for (size_t i = 0; i < next->nshards; i++) {
-        shard *s = find_shard(next->shards[i].name);
-        if (!s) {
-            o += (size_t)snprintf(out + o, outlen - o, "%s%s added", n++ ? ", " : "",
-                                  next->shards[i].name);
-        } else if (s->weight != next->shards[i].weight) {
-            o +=
-                (size_t)snprintf(out + o, outlen - o, "%s%s re-weighted", n++ ? ", " : "", s->name);
-        }
-        if (o >= outlen)
-            return n;
+    for (size_t i = 0; i < next->nshards && o < outlen; i++) {
+        const config_shard *now = &next->shards[i];
+        const config_shard *was = config_find_shard(running, now->name);
+        if (!was)
+            o += (size_t)snprintf(out + o, outlen - o, "%s%s added", n++ ? ", " : "", now->name);
+        else if (was->weight != now->weight)
+            o += (size_t)snprintf(out + o, outlen - o, "%s%s re-weighted %u -> %u", n++ ? ", " : "",
+                                  now->name, (unsigned)was->weight, (unsigned)now->weight);
     }
-    for (size_t i = 0; i < srv.nshards && o < outlen; i++) {
-        int kept = 0;
-        for (size_t j = 0; j < next->nshards; j++)
-            kept |= strcmp(next->shards[j].name, srv.shards[i]->name) == 0;
-        if (!kept)
+    for (size_t i = 0; i < running->nshards && o < outlen; i++)
+        if (!config_find_shard(next, running->shards[i].name))
             o += (size_t)snprintf(out + o, outlen - o, "%s%s removed", n++ ? ", " : "",
-                                  srv.shards[i]->name);
-    }
-    if (next->compat != srv.cfg->compat || next->hash != srv.cfg->hash)
-        n++;
-    return n;
+                                  running->shards[i].name);
 }
 
 /* Whether a shard kept by name gets a new address (the migration holds the
@@ -215,6 +206,123 @@ static int addresses_change(const config *next)
     return 0;
 }
 
+/* The shards of p->cfg: a running shard with the same name and address is
+ * kept with its connections; anything else is a new object. */
+static int plan_shards(reload_plan *p, char *err, size_t errlen)
+{
+    p->shards = calloc(p->cfg->nshards, sizeof(*p->shards));
+    if (!p->shards) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < p->cfg->nshards; i++) {
+        const config_shard *cs = &p->cfg->shards[i];
+        shard *old = find_shard(cs->name);
+        if (old && strcmp(old->host, cs->host) == 0 && old->port == cs->port) {
+            p->shards[i] = old;
+            continue;
+        }
+        p->shards[i] = backend_shard_new(cs, p->cfg->backend_connections, err, errlen);
+        if (!p->shards[i])
+            return -1;
+        p->fresh++;
+    }
+    return 0;
+}
+
+/* For a ring change: the running ring's shards as the mover sees them (a
+ * shard kept by name is its new object: a re-addressed shard's data moved
+ * with it; a removed one stays open until its keys are moved off), and the
+ * state file that lets a restarted proxy resume. */
+static int plan_rebalance(reload_plan *p, char *err, size_t errlen)
+{
+    p->state = state_text(srv.cfg);
+    p->old_shards = calloc(srv.nshards ? srv.nshards : 1, sizeof(*p->old_shards));
+    if (!p->state || !p->old_shards) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < srv.nshards; i++) {
+        const config_shard *cs = config_find_shard(p->cfg, srv.shards[i]->name);
+        p->old_shards[i] = cs ? p->shards[cs - p->cfg->shards] : srv.shards[i];
+    }
+    return 0;
+}
+
+/* Builds everything cfg needs (taking cfg) and decides whether keys must
+ * move. Nothing running changes. 0, or -1 with err and nothing left over. */
+static int plan_prepare(config *cfg, reload_plan *p, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof(*p));
+    p->cfg = cfg;
+    p->ring = config_ring(cfg, err, errlen);
+    if (!p->ring || plan_shards(p, err, errlen) < 0)
+        goto fail;
+    if (srv.ring) {
+        if (ring_moves_keys(srv.ring, p->ring, &p->ring_changed) < 0) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        describe_ring_changes(srv.cfg, cfg, p->changes, sizeof(p->changes));
+    }
+    if (p->ring_changed && plan_rebalance(p, err, errlen) < 0)
+        goto fail;
+    return 0;
+fail:
+    plan_free(p);
+    memset(p, 0, sizeof(*p));
+    return -1;
+}
+
+/* Retires the running shards the plan does not keep (they finish what
+ * was sent to them), except those a migration still reads from. */
+static void close_dropped_shards(const reload_plan *p)
+{
+    for (size_t i = 0; i < srv.nshards; i++) {
+        const config_shard *cs = config_find_shard(p->cfg, srv.shards[i]->name);
+        shard *now = cs ? p->shards[cs - p->cfg->shards] : NULL;
+        if (now == srv.shards[i] || (!now && p->ring_changed))
+            continue;
+        log_notice("shard %s: %s, closing its connections once their requests are answered",
+                   srv.shards[i]->label, now ? "address changed" : "removed");
+        backend_shard_retire(srv.shards[i]);
+    }
+}
+
+/* Swaps the plan into srv and starts the new shards. Cannot fail; takes
+ * everything but state and old_shards, which the caller hands on. */
+static void plan_commit(reload_plan *p)
+{
+    close_dropped_shards(p);
+    free(srv.shards);
+    config *old_cfg = srv.cfg;
+    srv.cfg = p->cfg;
+    srv.shards = p->shards;
+    srv.nshards = p->cfg->nshards;
+    srv.ring = p->ring;
+    config_free(old_cfg);
+    for (size_t i = 0; i < srv.nshards; i++)
+        backend_shard_start(srv.shards[i]);
+    remember_config_stat();
+    p->cfg = NULL;
+    p->shards = NULL;
+    p->ring = NULL;
+}
+
+int reload_start(config *cfg, char *err, size_t errlen)
+{
+    reload_plan p;
+    if (plan_prepare(cfg, &p, err, errlen) < 0)
+        return -1;
+    plan_commit(&p);
+    return resume_rebalance(err, errlen);
+}
+
+/* The answer to a ring or address edit made while keys move. */
+#define REBALANCE_QUEUED                                                                           \
+    "a rebalance is running; this reload is queued and the file is read again when "               \
+    "rebalance_state is idle"
+
 static int reject(char *err, size_t errlen, const char *fmt, const char *detail)
 {
     snprintf(err, errlen, fmt, detail);
@@ -224,142 +332,90 @@ static int reject(char *err, size_t errlen, const char *fmt, const char *detail)
     return -1;
 }
 
-int reload_config(const char *why, char *err, size_t errlen)
+/* Reads and checks the file: a config that may replace the running one, or
+ * NULL with the reason in err. */
+static config *read_next_config(char *err, size_t errlen)
 {
     config *next = NULL;
-    char detail[400];
-    log_notice("reloading %s (%s)", srv.cfg->path, why);
-    /* Read before parsing: an edit made while this runs is noticed again. */
-    remember_config_stat();
-    if (config_load(srv.cfg->path, &next, detail, sizeof(detail)) < 0)
-        return reject(err, errlen, "%s", detail);
+    char detail[200];
+    if (config_load(srv.cfg->path, &next, err, errlen) < 0)
+        return NULL;
     if (config_fixed_changes(srv.cfg, next, detail, sizeof(detail)) > 0) {
+        snprintf(err, errlen, "these keys cannot change at run time (restart to apply): %s",
+                 detail);
         config_free(next);
-        return reject(err, errlen, "these keys cannot change at run time (restart to apply): %s",
-                      detail);
+        return NULL;
     }
-    int ring_changed = ring_changes(next, detail, sizeof(detail)) > 0;
-    if (rebalance_running() && (ring_changed || addresses_change(next))) {
-        /* One migration at a time: the file is read again when it ends, so
-         * the latest edit is the one applied. Other changes (timeouts,
-         * migrate_rate, ...) apply at once, so a slow migration can be tuned. */
-        config_free(next);
-        rebalance_queue_reload();
-        return reject(err, errlen, "%s",
-                      "a rebalance is running; this reload is queued and the file is read "
-                      "again when rebalance_state is idle");
-    }
-    if (ring_changed)
-        log_notice("shard ring changes: %s", detail);
-    char *state = ring_changed ? state_text(srv.cfg) : NULL;
-    if (ring_changed && !state) {
-        config_free(next);
-        return reject(err, errlen, "%s", "out of memory");
-    }
-    ring *r = build_ring(next, err, errlen);
-    shard **shards = calloc(next->nshards, sizeof(*shards));
-    if (!r || !shards) {
-        ring_free(r);
-        free(shards);
-        free(state);
-        config_free(next);
-        return reject(err, errlen, "%s", "out of memory");
-    }
-    /* Same name and address: keep the live shard and its connections. A new
-     * address: a new shard object; the old one is closed below. */
-    size_t fresh = 0;
-    for (size_t i = 0; i < next->nshards; i++) {
-        const config_shard *cs = &next->shards[i];
-        shard *old = find_shard(cs->name);
-        if (old && strcmp(old->host, cs->host) == 0 && old->port == cs->port) {
-            shards[i] = old;
-            continue;
-        }
-        shards[i] = backend_shard_new(cs, next->backend_connections, detail, sizeof(detail));
-        if (!shards[i]) {
-            for (size_t j = 0; j < i; j++)
-                if (shards[j] != find_shard(next->shards[j].name))
-                    backend_shard_free(shards[j]);
-            free(shards);
-            ring_free(r);
-            free(state);
-            config_free(next);
-            return reject(err, errlen, "%s", detail);
-        }
-        fresh++;
-    }
-    /* The old ring's shards, for a rebalance: a shard kept by name is the
-     * new object (a re-addressed shard's data moved with it); a removed one
-     * stays open until its keys are moved off. */
-    shard **old_shards = NULL;
-    size_t n_old = srv.nshards;
-    if (ring_changed) {
-        old_shards = calloc(n_old, sizeof(*old_shards));
-        if (!old_shards) {
-            for (size_t j = 0; j < next->nshards; j++)
-                if (shards[j] != find_shard(next->shards[j].name))
-                    backend_shard_free(shards[j]);
-            free(shards);
-            ring_free(r);
-            free(state);
-            config_free(next);
-            return reject(err, errlen, "%s", "out of memory");
-        }
-    }
-    for (size_t i = 0; i < srv.nshards; i++) {
-        shard *now = NULL;
-        for (size_t j = 0; j < next->nshards; j++)
-            if (strcmp(next->shards[j].name, srv.shards[i]->name) == 0)
-                now = shards[j];
-        if (old_shards)
-            old_shards[i] = now ? now : srv.shards[i];
-        if (now == srv.shards[i] || (!now && old_shards))
-            continue;
-        log_notice("shard %s: %s, closing its connections", srv.shards[i]->label,
-                   now ? "address changed" : "removed");
-        backend_shard_free(srv.shards[i]);
-    }
-    free(srv.shards);
-    ring *old_ring = srv.ring;
-    config *old_cfg = srv.cfg;
-    srv.cfg = next;
-    srv.shards = shards;
-    srv.nshards = next->nshards;
-    srv.ring = r;
-    config_free(old_cfg);
-    for (size_t i = 0; i < srv.nshards; i++)
-        backend_shard_start(srv.shards[i]);
-    log_set_level((log_level)next->log_level);
-    srv.config_epoch++;
-    srv.last_reload_time = time(NULL);
-    srv.last_reload_error[0] = '\0';
-    log_notice("config reloaded (epoch %llu, %zu shards, %zu new or re-addressed)",
-               (unsigned long long)srv.config_epoch, srv.nshards, fresh);
-    if (!ring_changed) {
-        ring_free(old_ring);
-        return 0;
-    }
+    return next;
+}
+
+/* Starts moving keys from the running ring to the one just committed. */
+static int start_rebalance(reload_plan *p, ring *old_ring, size_t n_old, char *err, size_t errlen)
+{
     /* What is pinned to a shard by the old ring cannot follow its keys and
      * channels to their new owners: transactions and WATCHes end (EXEC
      * answers EXECABORT), blocked commands get an error, subscribers are
      * closed so that they subscribe again on the new ring. */
     backend_reserved_close_all("unavailable: the shard ring changed");
-    int rc = rebalance_start(old_ring, old_shards, n_old, state, err, errlen);
-    free(state);
+    int rc = rebalance_start(old_ring, p->old_shards, n_old, p->state, err, errlen);
+    p->old_shards = NULL;
     if (rc < 0) {
-        /* The new ring is in force but keys cannot be moved: say so loudly;
-         * requests still find their keys through the old ring's shards only
-         * after a successful start, so this is reported as a failed reload. */
+        /* The new ring is in force but keys cannot be moved: say so loudly. */
         snprintf(srv.last_reload_error, sizeof(srv.last_reload_error), "rebalance: %s", err);
         log_error("rebalance could not start: %s", err);
-        return -1;
     }
-    return 0;
+    return rc;
+}
+
+int reload_config(const char *why, char *err, size_t errlen)
+{
+    log_notice("reloading %s (%s)", srv.cfg->path, why);
+    /* Read before parsing: an edit made while this runs is noticed again. */
+    remember_config_stat();
+    char detail[600];
+    config *next = read_next_config(detail, sizeof(detail));
+    if (!next)
+        return reject(err, errlen, "%s", detail);
+    if (rebalance_running() && addresses_change(next)) {
+        config_free(next);
+        rebalance_queue_reload();
+        return reject(err, errlen, "%s", REBALANCE_QUEUED);
+    }
+    reload_plan p;
+    if (plan_prepare(next, &p, detail, sizeof(detail)) < 0)
+        return reject(err, errlen, "%s", detail);
+    if (rebalance_running() && p.ring_changed) {
+        /* One migration at a time: the file is read again when it ends, so
+         * the latest edit is the one applied. Other changes (timeouts,
+         * migrate_rate, ...) apply at once, so a slow migration can be tuned. */
+        plan_free(&p);
+        rebalance_queue_reload();
+        return reject(err, errlen, "%s", REBALANCE_QUEUED);
+    }
+    if (p.ring_changed)
+        log_notice("shard ring changes: %s", p.changes[0] ? p.changes : "placement");
+    ring *old_ring = srv.ring;
+    size_t n_old = srv.nshards, fresh = p.fresh;
+    plan_commit(&p);
+    log_set_level((log_level)srv.cfg->log_level);
+    srv.config_epoch++;
+    srv.last_reload_time = time(NULL);
+    srv.last_reload_error[0] = '\0';
+    log_notice("config reloaded (epoch %llu, %zu shards, %zu new or re-addressed)",
+               (unsigned long long)srv.config_epoch, srv.nshards, fresh);
+    int rc = 0;
+    if (p.ring_changed)
+        rc = start_rebalance(&p, old_ring, n_old, err, errlen);
+    else
+        ring_free(old_ring);
+    free(p.state);
+    return rc;
 }
 
 void reload_shutdown(void)
 {
     rebalance_shutdown();
+    backend_retired_free_all();
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_free(srv.shards[i]);
     free(srv.shards);
