@@ -183,5 +183,6 @@ valgrind: all $(INTEG_BINS)
 	@status=0; for t in $(VALGRIND_TESTS); do echo "== $$t (ringproxy under valgrind)"; \
 	    RINGPROXY_BIN=$(abspath tests/valgrind-ringproxy.sh) \
 	    VALGRIND_RINGPROXY=$(abspath $(PROXY_BIN)) VALGRIND_LOG_DIR=$(abspath build-valgrind) \
-	    HARNESS_TIMEOUT_SCALE=$(VALGRIND_TIMEOUT_SCALE) $$t || status=1; done; \
+	    HARNESS_TIMEOUT_SCALE=$(VALGRIND_TIMEOUT_SCALE) RINGPROXY_RANDOM_SEEDS=1 \
+	    RINGPROXY_RANDOM_STEPS=6 $$t || status=1; done; \
 	tests/valgrind-ringproxy.sh --summary build-valgrind || status=1; exit $$status

@@ -15,11 +15,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "config/config.h"
 #include "fixture.h"
+#include "ring/hash.h"
+#include "ring/ring.h"
 
 /* Keys of the data set most tests move: a quarter of them is hundreds of
  * MIGRATE batches, and the whole file still runs in well under a minute. */
@@ -1150,6 +1154,40 @@ static void expect_writer_keys(fixture *f, redisContext *c, const writer *w)
     free_keys(keys.keys, keys.n);
 }
 
+/* WRITERS writers with ids first_id.. through the proxy, running until
+ * writers_stop. */
+static writer *writers_start(const fixture *f, int first_id, atomic_int *stop_flag)
+{
+    atomic_store(stop_flag, 0);
+    writer *w = calloc(WRITERS, sizeof(writer));
+    assert_non_null(w);
+    for (int i = 0; i < WRITERS; i++) {
+        w[i].port = f->proxy.port;
+        w[i].id = first_id + i;
+        w[i].depth = i < 2 ? 1 : WRITER_DEPTH;
+        w[i].stop = stop_flag;
+        assert_int_equal(pthread_create(&w[i].thread, NULL, writer_run, &w[i]), 0);
+    }
+    return w;
+}
+
+static void writers_stop(writer *w, atomic_int *stop_flag)
+{
+    atomic_store(stop_flag, 1);
+    for (int i = 0; i < WRITERS; i++) {
+        assert_int_equal(pthread_join(w[i].thread, NULL), 0);
+    }
+}
+
+static void writers_free(writer *w)
+{
+    for (int i = 0; i < WRITERS; i++) {
+        free(w[i].sets.seq);
+        free(w[i].msets.seq);
+    }
+    free(w);
+}
+
 static void test_writes_during_the_move_are_all_kept(void **state)
 {
     /* migrate_rate is per source shard, and counts keys scanned: the
@@ -1161,15 +1199,7 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     dataset d = dataset_write(c, "k", DATASET_KEYS);
 
     atomic_int stop_flag = 0;
-    writer *w = calloc(WRITERS, sizeof(writer));
-    assert_non_null(w);
-    for (int i = 0; i < WRITERS; i++) {
-        w[i].port = f->proxy.port;
-        w[i].id = i;
-        w[i].depth = i < 2 ? 1 : WRITER_DEPTH;
-        w[i].stop = &stop_flag;
-        assert_int_equal(pthread_create(&w[i].thread, NULL, writer_run, &w[i]), 0);
-    }
+    writer *w = writers_start(f, 0, &stop_flag);
     /* Counters, lists and queues exist on their old shards before the
      * switch. */
     fixture_sleep_ms(300);
@@ -1188,10 +1218,7 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     long long acked_at_idle = writers_acked(w);
     /* Some writes after the switch, on the new ring alone. */
     fixture_sleep_ms(200);
-    atomic_store(&stop_flag, 1);
-    for (int i = 0; i < WRITERS; i++) {
-        assert_int_equal(pthread_join(w[i].thread, NULL), 0);
-    }
+    writers_stop(w, &stop_flag);
 
     assert_true(reloaded);
     assert_true(was_running);
@@ -1207,11 +1234,7 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
     dataset_verify(c, &d);
 
-    for (int i = 0; i < WRITERS; i++) {
-        free(w[i].sets.seq);
-        free(w[i].msets.seq);
-    }
-    free(w);
+    writers_free(w);
     dataset_free(&d);
     redisFree(c);
     test_passed = 1;
@@ -1791,6 +1814,337 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
     test_passed = 1;
 }
 
+/* ---- 5. edits undone, and random sequences of edits ---- */
+
+/* Keys written before the edits of the tests below and checked after each. */
+#define EDIT_DATASET_KEYS 3000
+/* Writing through the proxy before a reload and after the move ends. */
+#define EDIT_WRITE_MS 150
+
+/* The field of INFO shards for shard s (0-based), e.g. "addr=...,weight=2,...". */
+static void shard_info(redisContext *c, int s, char *out, size_t cap)
+{
+    char field[32];
+    snprintf(field, sizeof(field), "shard_s%d", s + 1);
+    info_text(c, "shards", field, out, cap);
+}
+
+/* One edit of proxy.ini applied with writers running: they write on the
+ * old ring, through the reload and the move, and on the new ring after it;
+ * then every write they saw acknowledged is checked. Waits for
+ * rebalance_completed to reach *completed (raised by the caller when the
+ * edit moves keys). */
+static void edit_with_writers(fixture *f, redisContext *c, const char *ini_text, int *next_writer,
+                              long long completed)
+{
+    atomic_int stop_flag = 0;
+    writer *w = writers_start(f, *next_writer, &stop_flag);
+    *next_writer += WRITERS;
+    fixture_sleep_ms(EDIT_WRITE_MS);
+    ini_write(f, ini_text);
+    reload_ok(c);
+    wait_idle(f, c, completed);
+    fixture_sleep_ms(EDIT_WRITE_MS);
+    writers_stop(w, &stop_flag);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), completed);
+    expect_clean_finish(c);
+    for (int i = 0; i < WRITERS; i++) {
+        expect_writer_keys(f, c, &w[i]);
+    }
+    writers_free(w);
+}
+
+static void test_undone_reweight_moves_the_keys_back(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", EDIT_DATASET_KEYS);
+    int *before = calloc(d.n, sizeof(int)), *after = calloc(d.n, sizeof(int));
+    assert_true(before != NULL && after != NULL);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, before);
+    char *original = ini_read(f);
+    int next_writer = 0;
+
+    char line[128], info[512];
+    shard_line(f, S1, " weight=2", line, sizeof(line));
+    ini_replace_line(f, "s1 = ", line);
+    char *heavier = ini_read(f);
+    ini_write(f, original);
+    edit_with_writers(f, c, heavier, &next_writer, 1);
+    shard_info(c, S1, info, sizeof(info));
+    assert_non_null(strstr(info, ",weight=2,"));
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    size_t gained = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        gained += after[i] != before[i];
+    }
+    assert_true(gained > 0);
+    dataset_verify(c, &d);
+
+    /* Back to weight 1: s1 gives back exactly what it gained. */
+    edit_with_writers(f, c, original, &next_writer, 2);
+    shard_info(c, S1, info, sizeof(info));
+    assert_non_null(strstr(info, ",weight=1,"));
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    for (size_t i = 0; i < d.n; i++) {
+        assert_int_equal(after[i], before[i]);
+    }
+    assert_true(info_int(c, "rebalance", "rebalance_keys_moved") >= (long long)gained);
+    dataset_verify(c, &d);
+
+    /* The same file again changes nothing on the ring: no migration, and
+     * what a ring change ends (a WATCH here) survives the reload. */
+    redisContext *t = fixture_client(f);
+    fixture_expect_status(fixture_cmd(t, "WATCH k:1"), "OK");
+    reload_ok(c);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), 2);
+    fixture_expect_status(fixture_cmd(t, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(t, "PING"), "QUEUED");
+    redisReply *exec = fixture_cmd(t, "EXEC");
+    fixture_expect_array(exec, 1);
+    freeReplyObject(exec);
+    redisFree(t);
+
+    free(original);
+    free(heavier);
+    free(before);
+    free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* A shard list as the random edits see it: on the ring with a weight, or
+ * off it (weight 0), and named by one of two addresses of the same server. */
+typedef struct ring_model {
+    unsigned weight[FIXTURE_SHARDS];
+    int alias[FIXTURE_SHARDS]; /* "localhost" instead of "127.0.0.1" */
+} ring_model;
+
+typedef enum edit_kind {
+    EDIT_ADD,
+    EDIT_REMOVE,
+    EDIT_REWEIGHT,
+    EDIT_READDRESS,
+    EDIT_REVERT,
+    EDIT_KINDS,
+} edit_kind;
+
+static const char *const edit_names[EDIT_KINDS] = {"add", "remove", "reweight", "readdress",
+                                                   "revert"};
+
+/* Random edits per sequence, and sequences per run of `make test`; the
+ * environment raises both (RINGPROXY_RANDOM_STEPS, RINGPROXY_RANDOM_SEEDS)
+ * or replays one (RINGPROXY_RANDOM_SEED). */
+#define RANDOM_STEPS   20
+#define RANDOM_SEEDS   2
+#define RANDOM_HISTORY (RANDOM_STEPS * 8 + 1)
+
+static int env_int(const char *name, int def)
+{
+    const char *text = getenv(name);
+    return text != NULL && atoi(text) > 0 ? atoi(text) : def;
+}
+
+static size_t model_on_ring(const ring_model *m)
+{
+    size_t n = 0;
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        n += m->weight[s] > 0;
+    }
+    return n;
+}
+
+/* proxy.ini for a model: the fixture's [proxy] part, then the shards. */
+static char *model_ini(const fixture *f, const char *proxy_part, const ring_model *m)
+{
+    size_t cap = strlen(proxy_part) + 128 * FIXTURE_SHARDS + 16;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    size_t o = (size_t)snprintf(text, cap, "%s[shards]\n", proxy_part);
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        if (m->weight[s] > 0) {
+            o += (size_t)snprintf(text + o, cap - o, "s%d = %s:%d weight=%u\n", s + 1,
+                                  m->alias[s] ? "localhost" : "127.0.0.1", f->shards[s].port,
+                                  m->weight[s]);
+        }
+    }
+    return text;
+}
+
+/* A shard index drawn from those whose on-ring state is want. */
+static int pick_shard(unsigned *rng, const ring_model *m, int want_on_ring)
+{
+    int candidates[FIXTURE_SHARDS], n = 0;
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        if ((m->weight[s] > 0) == want_on_ring) {
+            candidates[n++] = s;
+        }
+    }
+    return n > 0 ? candidates[rand_r(rng) % (unsigned)n] : -1;
+}
+
+/* Applies one random, possible edit to *m (history: the models so far);
+ * describes it in what. */
+static void random_edit(unsigned *rng, ring_model *m, const ring_model *history, size_t nhistory,
+                        char *what, size_t cap)
+{
+    for (;;) {
+        edit_kind kind = (edit_kind)(rand_r(rng) % EDIT_KINDS);
+        int s = pick_shard(rng, m, kind != EDIT_ADD);
+        if (kind == EDIT_REVERT && nhistory > 1) {
+            size_t k = (size_t)rand_r(rng) % (nhistory - 1);
+            if (memcmp(&history[k], m, sizeof(*m)) == 0) {
+                continue;
+            }
+            *m = history[k];
+            snprintf(what, cap, "revert to the file of step %zu", k);
+            return;
+        }
+        if (s < 0 || kind == EDIT_REVERT || (kind == EDIT_REMOVE && model_on_ring(m) < 2)) {
+            continue;
+        }
+        unsigned was = m->weight[s];
+        switch (kind) {
+        case EDIT_ADD:
+            m->weight[s] = 1 + (unsigned)rand_r(rng) % 2;
+            break;
+        case EDIT_REMOVE:
+            m->weight[s] = 0;
+            break;
+        case EDIT_REWEIGHT:
+            m->weight[s] = 1 + (was + (unsigned)rand_r(rng) % 2) % 3;
+            break;
+        case EDIT_READDRESS:
+            m->alias[s] = !m->alias[s];
+            break;
+        default:
+            fail_msg("edit kind %d", kind);
+        }
+        snprintf(what, cap, "%s s%d (weight %u -> %u, address %s)", edit_names[kind], s + 1, was,
+                 m->weight[s], m->alias[s] ? "localhost" : "127.0.0.1");
+        return;
+    }
+}
+
+/* The ring a model's file describes, built by the ring module itself from
+ * the file's text (config_load_string + config_ring). */
+static ring *model_ring(const char *ini_text, config **cfg_out)
+{
+    char err[300];
+    assert_int_equal(config_load_string(ini_text, "model.ini", cfg_out, err, sizeof(err)), 0);
+    ring *r = config_ring(*cfg_out, err, sizeof(err));
+    if (r == NULL) {
+        fail_msg("model ring: %s", err);
+    }
+    return r;
+}
+
+/* Every key of d is where the model's ring puts it, as PROXY RING also says. */
+static void expect_owners_as_modelled(redisContext *c, const dataset *d, const char *ini_text)
+{
+    config *cfg = NULL;
+    ring *r = model_ring(ini_text, &cfg);
+    int *owner = calloc(d->n, sizeof(int));
+    assert_non_null(owner);
+    owners_of(c, d->keys, d->n, owner);
+    for (size_t i = 0; i < d->n; i++) {
+        uint32_t h = hash_key(cfg->hash, d->keys[i], strlen(d->keys[i]), cfg->hash_tag_open,
+                              cfg->hash_tag_close);
+        const char *name = ring_shard_name(r, ring_lookup(r, h));
+        char want[16];
+        snprintf(want, sizeof(want), "s%d", owner[i] + 1);
+        if (strcmp(name, want) != 0) {
+            fail_msg("key %s: the model's ring puts it on %s, the proxy on %s", d->keys[i], name,
+                     want);
+        }
+    }
+    free(owner);
+    ring_free(r);
+    config_free(cfg);
+}
+
+/* Whether going from one file to the other changes any key's owner. */
+static int files_move_keys(const char *from, const char *to)
+{
+    config *a = NULL, *b = NULL;
+    ring *ra = model_ring(from, &a), *rb = model_ring(to, &b);
+    ring_range *ranges = NULL;
+    size_t n = 0;
+    assert_int_equal(ring_diff(ra, rb, &ranges, &n), 0);
+    free(ranges);
+    ring_free(ra);
+    ring_free(rb);
+    config_free(a);
+    config_free(b);
+    return n > 0;
+}
+
+static void random_edit_sequence(void **state, unsigned seed, int steps)
+{
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    char *initial = ini_read(f);
+    char *shards_at = strstr(initial, "[shards]");
+    assert_non_null(shards_at);
+    *shards_at = '\0';
+    ring_model *history = calloc(RANDOM_HISTORY, sizeof(*history));
+    assert_non_null(history);
+    ring_model m = {{1, 1, 1, 0}, {0}};
+    history[0] = m;
+    char *current = model_ini(f, initial, &m);
+    ini_write(f, current);
+    reload_ok(c);
+    dataset d = dataset_write(c, "k", EDIT_DATASET_KEYS);
+    unsigned rng = seed;
+    int next_writer = 0;
+    long long completed = 0;
+    for (int step = 1; step <= steps; step++) {
+        char what[160];
+        random_edit(&rng, &m, history, (size_t)step, what, sizeof(what));
+        history[step] = m;
+        char *next = model_ini(f, initial, &m);
+        int moves = files_move_keys(current, next);
+        completed += moves;
+        fprintf(stderr, "random edits, seed %u, step %d: %s%s\n", seed, step, what,
+                moves ? "" : " (no key changes owner)");
+        edit_with_writers(f, c, next, &next_writer, completed);
+        free(current);
+        current = next;
+        expect_owners_as_modelled(c, &d, current);
+        expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+        dataset_verify(c, &d);
+    }
+    free(current);
+    free(history);
+    free(initial);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+static void test_random_edits_with_writers_lose_nothing(void **state)
+{
+    int steps = env_int("RINGPROXY_RANDOM_STEPS", RANDOM_STEPS);
+    if (steps > RANDOM_STEPS * 8) {
+        steps = RANDOM_STEPS * 8;
+    }
+    int replay = env_int("RINGPROXY_RANDOM_SEED", 0);
+    int seeds = replay ? 1 : env_int("RINGPROXY_RANDOM_SEEDS", RANDOM_SEEDS);
+    unsigned base = replay ? (unsigned)replay : (unsigned)time(NULL) ^ (unsigned)getpid();
+    for (int i = 0; i < seeds; i++) {
+        unsigned seed = base + (unsigned)i;
+        if (seed == 0) {
+            seed = 1;
+        }
+        fprintf(stderr, "random edits: seed %u, %d steps (replay: RINGPROXY_RANDOM_SEED=%u)\n",
+                seed, steps, seed);
+        random_edit_sequence(state, seed, steps);
+        assert_int_equal(stop(state), 0);
+    }
+    test_passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1810,6 +2164,8 @@ int main(void)
         cmocka_unit_test_teardown(test_reload_during_a_migration_is_queued_then_applied, stop),
         cmocka_unit_test_teardown(
             test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropped, stop),
+        cmocka_unit_test_teardown(test_undone_reweight_moves_the_keys_back, stop),
+        cmocka_unit_test_teardown(test_random_edits_with_writers_lose_nothing, stop),
     };
     /* REBALANCE_TEST=<glob> runs only the matching tests. */
     const char *only = getenv("REBALANCE_TEST");
