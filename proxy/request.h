@@ -59,6 +59,9 @@ typedef struct session {
     /* Reads no more requests and closes the client once the replies due,
      * the last just given included, are written; the reason is logged. */
     void (*close_after_replies)(struct session *s, const char *reason);
+    /* The client connection's state (reading, paused, held, closing, ...),
+     * for CLIENT LIST. */
+    const char *(*state)(const struct session *s);
     struct session *prev; /* every client's session (srv.sessions), for CLIENT LIST */
     struct session *next;
 } session;

@@ -463,6 +463,36 @@ static void expect_clean_finish(redisContext *c)
     assert_int_equal(info_int(c, "rebalance", "rebalance_eta_seconds"), 0);
     assert_int_equal(info_int(c, "rebalance", "rebalance_failed_batches"), 0);
     assert_int_equal(info_int(c, "rebalance", "rebalance_queued_reload"), 0);
+    info_text(c, "rebalance", "rebalance_source_states", text, sizeof(text));
+    assert_string_equal(text, "none");
+}
+
+/* While a migration runs, rebalance_source_states names each source with
+ * its mover's state, as many as rebalance_sources. */
+static void expect_source_states_while_running(redisContext *c)
+{
+    static const char *const known[] = {"disconnected", "connecting", "ready",
+                                        "scanning",     "migrating",  "done"};
+    char text[512];
+    info_text(c, "rebalance", "rebalance_source_states", text, sizeof(text));
+    long long sources = info_int(c, "rebalance", "rebalance_sources"), seen = 0;
+    assert_true(sources > 0);
+    char *save = NULL;
+    for (char *item = strtok_r(text, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq || eq == item) {
+            fail_msg("rebalance_source_states item '%s' is not name=state", item);
+        }
+        int ok = 0;
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+            ok |= strcmp(eq + 1, known[i]) == 0;
+        }
+        if (!ok) {
+            fail_msg("rebalance_source_states: unknown state in '%s'", item);
+        }
+        seen++;
+    }
+    assert_int_equal(seen, sources);
 }
 
 /* ---- editing proxy.ini ---- */
@@ -1727,6 +1757,7 @@ static void test_reload_during_a_migration_is_queued_then_applied(void **state)
     add_shard_to_ini(f, S4);
     reload_ok(c);
     assert_true(rebalance_is_running(c));
+    expect_source_states_while_running(c);
     /* The next edit: s1 twice as heavy, and no rate limit. */
     char line[128];
     shard_line(f, S1, " weight=2", line, sizeof(line));
@@ -1769,6 +1800,58 @@ static void test_reload_during_a_migration_is_queued_then_applied(void **state)
 
     free(before);
     free(after);
+    dataset_free(&d);
+    redisFree(c);
+    test_passed = 1;
+}
+
+/* ---- the mover losing its connection ---- */
+
+/* Kills the connections on shard s whose last command was the mover's
+ * (SCAN, MIGRATE, DBSIZE); returns how many. */
+static int kill_mover_connections(fixture *f, int s)
+{
+    redisContext *d = fixture_shard(f, s);
+    redisReply *r = fixture_cmd(d, "CLIENT LIST");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    int killed = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(r->str, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!strstr(line, " cmd=scan ") && !strstr(line, " cmd=migrate ") &&
+            !strstr(line, " cmd=dbsize ")) {
+            continue;
+        }
+        long long id = atoll(line + 3); /* "id=" */
+        redisReply *k = fixture_cmd(d, "CLIENT KILL ID %lld", id);
+        killed += k->type == REDIS_REPLY_INTEGER ? (int)k->integer : 0;
+        freeReplyObject(k);
+    }
+    freeReplyObject(r);
+    return killed;
+}
+
+/* The mover's control connections are killed mid-migration (a blip on
+ * the network, a shard's client limit): each reconnects and goes on from
+ * its cursor, the migration completes and no key is lost. */
+static void test_mover_reconnects_when_its_connection_is_killed(void **state)
+{
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 3000", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", SLOW_DATASET_KEYS);
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    wait_keys_on(f, S4, 300);
+    assert_true(rebalance_is_running(c));
+    int killed = 0;
+    for (int s = S1; s <= S3; s++) {
+        killed += kill_mover_connections(f, s);
+    }
+    assert_true(killed > 0);
+
+    wait_idle(f, c, 1);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+    assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
+    dataset_verify(c, &d);
     dataset_free(&d);
     redisFree(c);
     test_passed = 1;
@@ -2200,6 +2283,7 @@ int main(void)
         cmocka_unit_test_teardown(test_broken_edit_is_rejected_and_traffic_is_unaffected, stop),
         cmocka_unit_test_teardown(test_lock_taken_before_a_move_stays_held_through_it, stop),
         cmocka_unit_test_teardown(test_reload_during_a_migration_is_queued_then_applied, stop),
+        cmocka_unit_test_teardown(test_mover_reconnects_when_its_connection_is_killed, stop),
         cmocka_unit_test_teardown(
             test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropped, stop),
         cmocka_unit_test_teardown(test_undone_reweight_moves_the_keys_back, stop),
