@@ -101,9 +101,11 @@ test: all $(UNIT_BINS) $(INTEG_BINS) $(BENCH_BINS)
 asan:
 	@$(MAKE) --no-print-directory SAN=1 test
 
+# make bench: ringproxy vs twemproxy vs direct Redis (bench/README.md), ~6 min;
+# QUICK=1 for a ~1 min smoke run; BENCH_ARGS passes options to bench/run.sh.
 bench: all $(BENCH_BINS)
 	@tests/install-deps.sh bench
-	bench/run.sh
+	bench/run.sh $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # deps first, in its own step: the flags above come from pkg-config, which
 # needs the packages installed before this Makefile is read again.
