@@ -245,13 +245,13 @@ awk -F, -v hz="$clk_tck" '
     echo "redis-benchmark -c $clients -r 100000 -d 3, 4 shards, no CPU pinning"
     awk -F, -v rs="$(for t in "${!rss_start[@]}"; do printf '%s=%s=%s ' "$t" "${rss_start[$t]}" "${rss_end[$t]:-0}"; done)" '
         NR == 1 { next }
-        { m[$1, $2, $3, $4] = $5; lo[$1, $2, $3, $4] = $6; hi[$1, $2, $3, $4] = $7; n[$1, $2, $3, $4] = $8
+        { m[$1, $2, $3, $4] = $5; lo[$1, $2, $3, $4] = $6; hi[$1, $2, $3, $4] = $7; samples[$1, $2, $3, $4] = $8
           if (!(($1, $2) in cs)) { cs[$1, $2] = 1; cell[++nc] = $1 SUBSEP $2 }
           if ($4 == "foreign_pct") { nf++; fsum += $5; if ($7 > fmax) fmax = $7 }
           if ($4 == "hwm_kb" && $7 > peak[$3]) { peak[$3] = $7; peakat[$3] = $1 " -P " $2 } }
         function v(c, t, metric, fmt) { return ((c, t, metric) in m) ? sprintf(fmt, m[c, t, metric]) : "-" }
         function ratio(c, pair,    k) { k = c SUBSEP pair SUBSEP "ratio"; if (!(k in m)) return "-"
-            return sprintf("**%.2f**", m[k]) (n[k] > 1 ? sprintf(" [%.2f-%.2f]", lo[k], hi[k]) : "") }
+            return sprintf("**%.2f**", m[k]) (samples[k] > 1 ? sprintf(" [%.2f-%.2f]", lo[k], hi[k]) : "") }
         END {
             printf "CPU used by other processes during the runs: median of cells %.1f%% of the machine, max %.1f%%\n", nf ? fsum / nf : 0, fmax
             print "\nRequests/s, median over rounds; ratios: median of the per-round ratios [min-max]\n"
