@@ -125,6 +125,22 @@ start_redis() {
         --appendonly no --dir "$1" --daemonize no --protected-mode yes
 }
 
+# start_shards N: redis-servers s1..sN in $bench_dir/sI, each on the next
+# free port; $shard_ports and $shard_pids once all answer PING.
+shard_ports=()
+shard_pids=()
+start_shards() {
+    local i
+    shard_ports=() shard_pids=()
+    for ((i = 1; i <= $1; i++)); do
+        next_port
+        start_redis "$bench_dir/s$i" "$port_out"
+        shard_ports+=("$port_out")
+        shard_pids+=("$spawned_pid")
+        wait_ping "$port_out" "$spawned_pid"
+    done
+}
+
 # write_ringproxy_ini FILE PORT SHARD_PORT...: shards named s1..sN.
 write_ringproxy_ini() {
     local f=$1 port=$2 i=0 p

@@ -93,14 +93,7 @@ dir=$bench_dir
 
 # ---- servers
 declare -A port pid
-shard_ports=() shard_pids=()
-for i in 1 2 3 4; do
-    next_port
-    start_redis "$dir/s$i" "$port_out"
-    shard_ports+=("$port_out")
-    shard_pids+=("$spawned_pid")
-    wait_ping "$port_out" "$spawned_pid"
-done
+start_shards 4
 for t in "${target_list[@]}"; do
     next_port
     port[$t]=$port_out
@@ -241,7 +234,7 @@ awk -F, -v hz="$clk_tck" '
 
 {
     echo "bench/run.sh $(date '+%F %T'), commit $commit, $done_rounds round(s) of ${seconds}s runs$([ $quick = 0 ] || echo ' (quick)')"
-    echo "$(nproc) CPUs, $(redis-server --version | cut -d' ' -f1-3), $(nutcracker --version 2>&1 | head -n 1),"
+    echo "$(nproc) CPUs, $(redis-server --version | cut -d' ' -f1-3)$([[ ,$targets, != *,twemproxy,* ]] || echo ", $(nutcracker --version 2>&1 | head -n 1) (-v 4)"),"
     echo "redis-benchmark -c $clients -r 100000 -d 3, 4 shards, no CPU pinning"
     awk -F, -v rs="$(for t in "${!rss_start[@]}"; do printf '%s=%s=%s ' "$t" "${rss_start[$t]}" "${rss_end[$t]:-0}"; done)" '
         NR == 1 { next }
