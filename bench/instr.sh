@@ -80,13 +80,7 @@ started=$SECONDS
 dir=$bench_dir
 mkdir -p "$dir/profiles"
 
-shard_ports=()
-for i in 1 2 3 4; do
-    next_port
-    start_redis "$dir/s$i" "$port_out"
-    shard_ports+=("$port_out")
-    wait_ping "$port_out" "$spawned_pid"
-done
+start_shards 4
 next_port
 proxy_port=$port_out
 next_port
@@ -182,7 +176,9 @@ awk -F, '
     echo "net Ir/req = (Ir of the session - Ir of an idle session) / requests, median over rounds; user space only"
     echo
     if [ -n "$compare" ]; then
-        echo "| proxy | test | P | net Ir/req | raw Ir/req | spread | $compare | ratio |"
+        echo "base: $compare; ratio = net Ir/req / base"
+        echo
+        echo "| proxy | test | P | net Ir/req | raw Ir/req | spread | base | ratio |"
         echo "|---|---|---|---:|---:|---:|---:|---:|"
     else
         echo "| proxy | test | P | net Ir/req | raw Ir/req | spread |"
