@@ -213,6 +213,6 @@ if [ -n "$out" ]; then
     cp "$dir/raw.csv" "$dir/summary.csv" "$dir/summary.txt" "$out/"
     [ ! -e "$dir/top.txt" ] || cp "$dir/top.txt" "$out/"
     cp -r "$dir/profiles" "$out/"
-    echo "results: $out (callgrind_annotate $out/profiles/ringproxy.get.P1.r1)"
+    echo "results: $out (profiles: callgrind_annotate $out/profiles/FILE)"
 fi
 bench_log "done in $((SECONDS - started)) s"
