@@ -125,13 +125,6 @@ done
 declare -A rss_start
 for t in "${target_list[@]}"; do [ "$t" = direct ] || rss_start[$t]=$(proc_kb "${pid[$t]}" VmRSS); done
 
-# ---- fill the keyspace so GETs hit, then size each run
-bench_log "filling the keyspace through ${targets//,/, }"
-for t in "${target_list[@]}"; do
-    timeout -k 5 300 redis-benchmark -p "${port[$t]}" -c 50 -n 300000 -r 100000 -d 3 -P 32 \
-        -t set -q >/dev/null 2>&1 || bench_die "filling through $t failed"
-done
-
 # bench_once TARGET TEST P N CSV: one bounded redis-benchmark run, in the
 # background so a signal reaches the traps at once.
 bench_once() {
@@ -146,6 +139,10 @@ csv_fields() {
         $1 == "test" { for (i = 1; i <= NF; i++) c[$i] = i; next }
         NF > 1 { print $c["rps"], $c["p50_latency_ms"], $c["p99_latency_ms"]; exit }' "$1"
 }
+
+# ---- fill the keyspace so GETs hit, then size each run
+bench_log "filling the keyspace through ${targets//,/, }"
+for t in "${target_list[@]}"; do bench_once "$t" set 32 300000 /dev/null; done
 
 bench_log "sizing the runs to about ${seconds}s each"
 declare -A requests
