@@ -1,5 +1,6 @@
-/* Online rebalancing with stock MIGRATE. See rebalance.h for the model; the
- * guarantees it keeps (DESIGN.md section 4):
+/* Online rebalancing with stock MIGRATE. See rebalance.h for the model and
+ * docs/rebalancing.md for the protocol in full; the guarantees it keeps
+ * (docs/semantics.md, "Rebalancing"):
  *  - no acknowledged write is lost: a request that touches a key whose owner
  *    changed first MIGRATEs it (atomic on the source), then goes to the new
  *    owner; requests sent under the old ring are all answered (the barrier)

@@ -1,9 +1,10 @@
 /* Online rebalancing, end to end: real redis-server shards behind ringproxy,
  * the shard list edited in proxy.ini and reloaded (PROXY RELOAD, SIGHUP, or
  * the file changing on disk), then every key checked through the proxy and on
- * the shards directly. What each test holds the proxy to is DESIGN.md
- * section 4: no acknowledged write lost, a key on exactly one shard, no false
- * miss, TTLs kept, a removed shard drained, a killed proxy resuming. */
+ * the shards directly. What each test holds the proxy to is listed in
+ * docs/semantics.md ("Rebalancing"): no acknowledged write lost, a key on
+ * exactly one shard, no false miss, TTLs kept, a removed shard drained, a
+ * killed proxy resuming. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -1258,9 +1259,9 @@ static void writers_free(writer *w)
 
 static void test_writes_during_the_move_are_all_kept(void **state)
 {
-    /* migrate_rate is per source shard, and counts keys scanned: the
-     * writers add keys to the sources as they go, and a SCAN pass ends only
-     * when it outruns them, so the mover is faster than they are (see
+    /* migrate_rate is per source shard, and counts keys moved: the writers
+     * add keys to the sources as they go, and a SCAN pass ends only when it
+     * outruns them, so the mover is faster than they are (see
      * WRITER_PAUSE_US) yet slow enough to overlap them for a while. */
     fixture *f = start(state, "watch_config = no\nmigrate_rate = 15000", 3);
     redisContext *c = fixture_client(f);
