@@ -16,6 +16,7 @@
 #include "proxy/command.h"
 #include "proxy/log.h"
 #include "proxy/merge.h"
+#include "proxy/migrate.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
@@ -793,237 +794,24 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
     route(req, argc, argv, raw, raw_len, hint);
 }
 
-/* ---- moving keys before serving them (rebalancing) ---- */
-
-/* Scanner for requests routed again from their saved bytes. */
-static resp_request rescan;
-static int rescan_ready;
-
-/* Parses req->deferred. 0, or -1 after answering the request with an error. */
-static int parse_deferred(request *req)
+/* migrate.c calls this back once the request's keys are on their new
+ * shards: route the saved request by the new ring. */
+static void route_moved(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                        size_t raw_len)
 {
-    if (!rescan_ready) {
-        resp_request_init(&rescan, NULL);
-        rescan_ready = 1;
-    }
-    if (resp_request_scan(&rescan, buf_head(&req->deferred), buf_len(&req->deferred)) != RESP_OK) {
-        request_error(req, "ERR internal error: saved request does not parse");
-        return -1;
-    }
-    return 0;
+    route(req, argc, argv, raw, raw_len, req->hint);
 }
 
-static void drop_fragments(request *req)
-{
-    for (size_t i = 0; i < req->nfrags; i++)
-        buf_free(&req->frags[i].reply);
-    free(req->frags);
-    req->frags = NULL;
-    req->nfrags = 0;
-}
-
-/* The keys are on their new shards: route the saved request by the new ring. */
-static void route_again(request *req)
-{
-    drop_fragments(req);
-    req->migrated = 1;
-    if (parse_deferred(req) < 0)
-        return;
-    route(req, rescan.argc, rescan.argv, buf_head(&req->deferred), buf_len(&req->deferred),
-          req->hint);
-}
-
-/* The DEL of stale source copies after a BUSYKEY: counts what it deleted,
- * so a copy the mover deleted first is not counted twice. */
-static void stale_del_done(fragment *f, const char *reply, size_t len)
-{
-    if (len > 1 && reply[0] == ':')
-        rebalance_count_on_demand(0, (size_t)strtoull(reply + 1, NULL, 10));
-    buf_free(&f->reply);
-    free(f);
-}
-
-static void migrate_part_done(fragment *f, const char *reply, size_t len)
-{
-    request *req = f->req;
-    if (len >= 1 && reply[0] == '+') {
-        if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
-            rebalance_count_on_demand(f->nkeys, 0);
-    } else if (len >= 1 && reply[0] == '-' && memmem(reply, len, "BUSYKEY", 7)) {
-        /* MIGRATE passes the target's RESTORE error on inside its own:
-         * "-ERR Target instance replied with error: BUSYKEY ...". */
-        /* The target already holds a copy written after the switch; the
-         * source's is stale. Keys that did move are gone from the source, so
-         * deleting them all there is safe. */
-        fragment *del = calloc(1, sizeof(*del));
-        if (del) {
-            del->done = stale_del_done;
-            backend_send(f->aux, req->hint, del, buf_head(&f->reply), buf_len(&f->reply));
-        }
-    } else if (!req->migrate_error) {
-        size_t n = len > 2 && reply[0] == '-' ? len - 3 : len;
-        req->migrate_error = strndup(reply[0] == '-' ? reply + 1 : reply, n > 300 ? 300 : n);
-    }
-    if (--req->pending > 0)
-        return;
-    if (!req->owner) {
-        req->on_done(req, NULL, 0);
-        return;
-    }
-    if (req->migrate_error) {
-        request_error(req, "ERR cannot move the key to its new shard (rebalancing): %s",
-                      req->migrate_error);
-        return;
-    }
-    route_again(req);
-}
-
-/* Appends one MIGRATE ... KEYS command for the keys of group g. */
-static int encode_migrate(buf *out, const shard *target, const resp_arg *argv,
-                          const size_t *group_of_key, size_t g, size_t nkeys_in_group)
-{
-    char port[8], timeout[16];
-    int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
-    int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    const char *pass = srv.cfg->backend_password;
-    int fail = buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys_in_group)) < 0;
-    fail |= buf_append_bulk(out, "MIGRATE", 7) < 0;
-    fail |= buf_append_bulk(out, target->host, strlen(target->host)) < 0;
-    fail |= buf_append_bulk(out, port, (size_t)pl) < 0;
-    fail |= buf_append_bulk(out, "", 0) < 0;
-    fail |= buf_append_bulk(out, "0", 1) < 0;
-    fail |= buf_append_bulk(out, timeout, (size_t)tl) < 0;
-    if (pass) {
-        /* The source authenticates to the target with the shards' password. */
-        fail |= buf_append_bulk(out, "AUTH", 4) < 0;
-        fail |= buf_append_bulk(out, pass, strlen(pass)) < 0;
-    }
-    fail |= buf_append_bulk(out, "KEYS", 4) < 0;
-    for (size_t k = 0; !fail && group_of_key[2 * k] != (size_t)-2; k++)
-        if (group_of_key[2 * k] == g)
-            fail |= buf_append_bulk(out, argv[group_of_key[2 * k + 1]].ptr,
-                                    argv[group_of_key[2 * k + 1]].len) < 0;
-    return fail ? -1 : 0;
-}
-
-/* Sends MIGRATE for every key of the saved request whose owner changed,
- * grouped by (old owner, new owner); the request is routed again once all
- * have answered. */
-static void start_migration(request *req)
-{
-    if (!req->owner) {
-        req->on_done(req, NULL, 0);
-        return;
-    }
-    if (parse_deferred(req) < 0)
-        return;
-    size_t argc = rescan.argc;
-    const resp_arg *argv = rescan.argv;
-    size_t nkeys = 0;
-    char err[200];
-    if (ensure_key_cap(argc) < 0 ||
-        command_keys(req->cmd, argc, argv, key_pos, &nkeys, err, sizeof(err)) < 0) {
-        request_error(req, "ERR internal error: keys of a saved request");
-        return;
-    }
-    /* group_of_key: pairs (group, argv index) for keys that move, ended by -2 */
-    size_t *group_of_key = malloc((2 * nkeys + 2) * sizeof(size_t));
-    shard **src = malloc((nkeys + 1) * sizeof(shard *)),
-          **dst = malloc((nkeys + 1) * sizeof(shard *));
-    size_t *count = calloc(nkeys + 1, sizeof(size_t));
-    if (!group_of_key || !src || !dst || !count) {
-        free(group_of_key);
-        free(src);
-        free(dst);
-        free(count);
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    size_t ngroups = 0, nmove = 0;
-    for (size_t i = 0; i < nkeys; i++) {
-        uint32_t h = key_hash(&argv[key_pos[i]]);
-        shard *to = srv.shards[ring_lookup(srv.ring, h)];
-        shard *from = rebalance_old_owner(h);
-        if (!from || from == to)
-            continue;
-        size_t g = 0;
-        while (g < ngroups && !(src[g] == from && dst[g] == to))
-            g++;
-        if (g == ngroups) {
-            src[g] = from;
-            dst[g] = to;
-            ngroups++;
-        }
-        count[g]++;
-        group_of_key[2 * nmove] = g;
-        group_of_key[2 * nmove + 1] = key_pos[i];
-        nmove++;
-    }
-    group_of_key[2 * nmove] = (size_t)-2;
-    if (ngroups == 0) {
-        /* The migration ended meanwhile. */
-        free(group_of_key);
-        free(src);
-        free(dst);
-        free(count);
-        route_again(req);
-        return;
-    }
-    req->frags = calloc(ngroups, sizeof(fragment));
-    size_t *part_off = malloc((ngroups + 1) * sizeof(size_t));
-    int fail = !req->frags || !part_off;
-    scratch.start = scratch.end = 0;
-    for (size_t g = 0; g < ngroups && !fail; g++) {
-        fragment *f = &req->frags[g];
-        f->req = req;
-        f->done = migrate_part_done;
-        f->nkeys = count[g];
-        f->aux = src[g];
-        part_off[g] = buf_len(&scratch);
-        fail |= encode_migrate(&scratch, dst[g], argv, group_of_key, g, count[g]) < 0;
-        /* The DEL to send if the target answers BUSYKEY. */
-        fail |= buf_append_header(&f->reply, '*', (int64_t)(1 + count[g])) < 0;
-        fail |= buf_append_bulk(&f->reply, "DEL", 3) < 0;
-        for (size_t k = 0; k < nmove && !fail; k++)
-            if (group_of_key[2 * k] == g)
-                fail |= buf_append_bulk(&f->reply, argv[group_of_key[2 * k + 1]].ptr,
-                                        argv[group_of_key[2 * k + 1]].len) < 0;
-    }
-    if (!fail)
-        part_off[ngroups] = buf_len(&scratch);
-    free(group_of_key);
-    free(dst);
-    free(count);
-    if (fail) {
-        free(src);
-        free(part_off);
-        drop_fragments(req);
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    req->nfrags = ngroups;
-    fragment *frags = req->frags;
-    uint64_t hint = req->hint;
-    req->pending = ngroups;
-    for (size_t g = 0; g < ngroups; g++)
-        backend_send(src[g], hint, &frags[g], scratch.data + part_off[g],
-                     part_off[g + 1] - part_off[g]);
-    free(src);
-    free(part_off);
-}
-
-/* Saves the request's bytes (its argv points into the client's buffer,
- * which moves on) and moves its keys first. */
+/* Moves the request's keys to their new shards first (migrate.c), then
+ * routes it again. */
 static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len)
 {
-    int fail =
-        raw ? buf_append(&req->deferred, raw, raw_len) < 0 : encode(&req->deferred, argc, argv) < 0;
-    if (fail) {
+    size_t len;
+    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+    if (!bytes) {
         request_error(req, "ERR out of memory");
         return;
     }
-    if (rebalance_wait_barrier(req, start_migration))
-        return;
-    start_migration(req);
+    migrate_keys_first(req, bytes, len, route_moved);
 }
