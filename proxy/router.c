@@ -29,6 +29,22 @@ static uint32_t *key_shard;
 static size_t key_cap;
 static buf scratch;
 
+/* One request on its way through the router: what the client sent, the
+ * command it names, and (once located) where its keys are. Built once per
+ * request; every step of the routing takes it. */
+typedef struct routed {
+    request *req;
+    const command *cmd;   /* resolved to its subcommand; NULL until looked up */
+    size_t argc;          /* the arguments, pointing into the client's buffer */
+    const resp_arg *argv; /* (or into req->saved_request when routed again) */
+    const char *raw;      /* the request's multibulk bytes as received, NULL when it came
+                             inline (then encoded from argv when needed) */
+    size_t raw_len;
+    size_t nkeys;   /* locate_keys: keys found, at key_pos[] on key_shard[] */
+    int same_shard; /* locate_keys: all keys on key_shard[0] */
+    int must_move;  /* locate_keys: a key's owner changes in the running rebalance */
+} routed;
+
 /* Copies a client-supplied word into out for an error message, cut short. */
 static const char *word(const resp_arg *a, char *out, size_t outlen)
 {
@@ -86,15 +102,14 @@ static int encode(buf *out, size_t argc, const resp_arg *argv)
 
 /* The request as multibulk bytes: raw as received, or argv encoded into
  * scratch (valid until scratch is used again). NULL when out of memory. */
-static const char *request_bytes(size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
-                                 size_t *len)
+static const char *request_bytes(const routed *r, size_t *len)
 {
-    if (raw) {
-        *len = raw_len;
-        return raw;
+    if (r->raw) {
+        *len = r->raw_len;
+        return r->raw;
     }
     scratch.start = scratch.end = 0;
-    if (encode(&scratch, argc, argv) < 0)
+    if (encode(&scratch, r->argc, r->argv) < 0)
         return NULL;
     *len = buf_len(&scratch);
     return buf_head(&scratch);
@@ -121,21 +136,21 @@ static void single_done(fragment *f, const char *reply, size_t len)
 }
 
 /* Sends the whole request to one shard. */
-static void forward(request *req, uint32_t shard_index, size_t argc, const resp_arg *argv,
-                    const char *raw, size_t raw_len, uint64_t hint)
+static void forward(const routed *r, uint32_t shard_index)
 {
+    request *req = r->req;
     fragment *f = &req->single;
     f->req = req;
     f->done = single_done;
     f->shard = shard_index;
     size_t len;
-    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+    const char *bytes = request_bytes(r, &len);
     if (!bytes) {
         request_error(req, "ERR out of memory");
         return;
     }
     req->pending = 1;
-    send_to_shard(req, shard_index, hint, f, bytes, len);
+    send_to_shard(req, shard_index, req->hint, f, bytes, len);
 }
 
 /* ---- split and fan-out ---- */
@@ -171,18 +186,17 @@ static void send_fragments(request *req, uint64_t hint, const buf *parts, const 
                       part_off[i + 1] - part_off[i]);
 }
 
-/* Splits a multi-key command per shard. key_shard[0..nkeys) are known. */
-static void split(request *req, const command *cmd, size_t argc, const resp_arg *argv, size_t nkeys,
-                  uint64_t hint)
+/* Groups the keys of a split request by shard: one fragment per shard
+ * (in the order the shards first appear), each key's slot in its
+ * fragment's key list in req->key_order. key_shard[0..nkeys) are known.
+ * 0, or -1 when out of memory. */
+static int split_plan(request *req, size_t nkeys)
 {
-    (void)argc;
-    size_t step = (size_t)cmd->split_step;
     int *frag_of_shard = malloc(srv.nshards * sizeof(int));
     req->key_order = malloc(2 * nkeys * sizeof(size_t));
     if (!frag_of_shard || !req->key_order) {
         free(frag_of_shard);
-        request_error(req, "ERR out of memory splitting command");
-        return;
+        return -1;
     }
     for (size_t s = 0; s < srv.nshards; s++)
         frag_of_shard[s] = -1;
@@ -191,12 +205,9 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
         if (frag_of_shard[key_shard[i]] < 0)
             frag_of_shard[key_shard[i]] = (int)nfrags++;
     req->frags = calloc(nfrags, sizeof(fragment));
-    size_t *part_off = malloc((nfrags + 1) * sizeof(size_t));
-    if (!req->frags || !part_off) {
+    if (!req->frags) {
         free(frag_of_shard);
-        free(part_off);
-        request_error(req, "ERR out of memory splitting command");
-        return;
+        return -1;
     }
     req->nfrags = nfrags;
     req->nkeys = nkeys;
@@ -206,6 +217,7 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
         req->key_order[2 * i + 1] = req->frags[fi].nkeys++;
         req->frags[fi].shard = key_shard[i];
     }
+    free(frag_of_shard);
     size_t first = 0;
     for (size_t fi = 0; fi < nfrags; fi++) {
         req->frags[fi].first_key = first;
@@ -213,15 +225,25 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
         req->frags[fi].req = req;
         req->frags[fi].done = part_done;
     }
-    /* Encode each fragment: the command name as the client sent it, then its
-     * keys (with their values for MSET) in the client's order. */
+    return 0;
+}
+
+/* Encodes each fragment of a split request into scratch, fragment fi at
+ * part_off[fi]: the command name as the client sent it, then its keys
+ * (with their values for MSET) in the client's order. 0, or -1 when out
+ * of memory. */
+static int split_encode(const routed *r, size_t *part_off)
+{
+    const request *req = r->req;
+    const resp_arg *argv = r->argv;
+    size_t step = (size_t)r->cmd->split_step;
     scratch.start = scratch.end = 0;
     int fail = 0;
-    for (size_t fi = 0; fi < nfrags && !fail; fi++) {
+    for (size_t fi = 0; fi < req->nfrags && !fail; fi++) {
         part_off[fi] = buf_len(&scratch);
         fail |= buf_append_header(&scratch, '*', (int64_t)(1 + req->frags[fi].nkeys * step)) < 0;
         fail |= buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0;
-        for (size_t i = 0; i < nkeys && !fail; i++) {
+        for (size_t i = 0; i < r->nkeys && !fail; i++) {
             if (req->key_order[2 * i] != fi)
                 continue;
             for (size_t a = 0; a < step; a++)
@@ -229,35 +251,36 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
                                         argv[key_pos[i] + a].len) < 0;
         }
     }
-    part_off[nfrags] = buf_len(&scratch);
-    free(frag_of_shard);
-    if (fail) {
+    part_off[req->nfrags] = buf_len(&scratch);
+    return fail ? -1 : 0;
+}
+
+/* Splits a multi-key command per shard; merge.c joins the replies. */
+static void split(const routed *r)
+{
+    request *req = r->req;
+    size_t *part_off = NULL;
+    if (split_plan(req, r->nkeys) < 0 || !(part_off = malloc((req->nfrags + 1) * sizeof(size_t))) ||
+        split_encode(r, part_off) < 0) {
         free(part_off);
         request_error(req, "ERR out of memory splitting command");
         return;
     }
-    send_fragments(req, hint, &scratch, part_off);
+    send_fragments(req, req->hint, &scratch, part_off);
     free(part_off);
 }
 
 /* Sends the same request to every shard (DBSIZE, KEYS, SCRIPT LOAD ...),
  * merged by cmd->merge. */
-static void fanout(request *req, size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
-                   uint64_t hint)
+static void fanout(const routed *r)
 {
+    request *req = r->req;
     req->frags = calloc(srv.nshards, sizeof(fragment));
-    if (!req->frags) {
+    size_t len;
+    const char *bytes = req->frags ? request_bytes(r, &len) : NULL;
+    if (!bytes) {
         request_error(req, "ERR out of memory");
         return;
-    }
-    if (!raw) {
-        scratch.start = scratch.end = 0;
-        if (encode(&scratch, argc, argv) < 0) {
-            request_error(req, "ERR out of memory");
-            return;
-        }
-        raw = buf_head(&scratch);
-        raw_len = buf_len(&scratch);
     }
     req->nfrags = srv.nshards;
     for (size_t i = 0; i < srv.nshards; i++) {
@@ -268,9 +291,10 @@ static void fanout(request *req, size_t argc, const resp_arg *argv, const char *
     /* The last send may complete and free the request: use locals. */
     size_t n = req->nfrags;
     fragment *frags = req->frags;
+    uint64_t hint = req->hint;
     req->pending = n;
     for (size_t i = 0; i < n; i++)
-        send_to_shard(req, (uint32_t)i, hint, &frags[i], raw, raw_len);
+        send_to_shard(req, (uint32_t)i, hint, &frags[i], bytes, len);
 }
 
 /* ---- SCAN and RANDOMKEY: the keyspace, one shard after the other ---- */
@@ -415,7 +439,7 @@ static void randomkey(request *req, uint64_t hint)
     send_to_shard(req, f->shard, hint, f, RANDOMKEY_REQUEST, sizeof(RANDOMKEY_REQUEST) - 1);
 }
 
-/* ---- commands whose class alone does not say where they go ---- */
+/* ---- where keyed requests go ---- */
 
 /* The shard of EVAL, EVALSHA and FCALL calls that name no key. */
 static uint32_t script_shard(void)
@@ -427,159 +451,160 @@ static uint32_t script_shard(void)
     return 0; /* unset: the first shard of the file */
 }
 
-/* Where a request's keys are. Fills key_pos and key_shard, *nkeys, *same
- * (all on key_shard[0]) and *must_move (a key's owner changes in the
- * running rebalance). 0, or -1 after answering req with an error. */
-static int locate_keys(request *req, const command *cmd, size_t argc, const resp_arg *argv,
-                       size_t *nkeys, int *same, int *must_move)
+/* A shard for a request any shard can answer: the client's hint keeps its
+ * requests on one connection. */
+static uint32_t any_shard(const routed *r)
 {
-    if (ensure_key_cap(argc) < 0) {
-        request_error(req, "ERR out of memory");
+    return (uint32_t)(r->req->hint % srv.nshards);
+}
+
+/* Where a request's keys are. Fills key_pos and key_shard, r->nkeys,
+ * r->same_shard (all on key_shard[0]) and r->must_move (a key's owner
+ * changes in the running rebalance). 0, or -1 after answering with an
+ * error. */
+static int locate_keys(routed *r)
+{
+    if (ensure_key_cap(r->argc) < 0) {
+        request_error(r->req, "ERR out of memory");
         return -1;
     }
     char err[200];
-    *nkeys = 0;
-    if (command_keys(cmd, argc, argv, key_pos, nkeys, err, sizeof(err)) < 0) {
-        request_error(req, "%s", err);
+    size_t nkeys = 0;
+    if (command_keys(r->cmd, r->argc, r->argv, key_pos, &nkeys, err, sizeof(err)) < 0) {
+        request_error(r->req, "%s", err);
         return -1;
     }
-    *same = 1;
-    *must_move = 0;
-    int moving = rebalance_running() && !req->migrated;
-    for (size_t i = 0; i < *nkeys; i++) {
-        uint32_t h = key_hash(&argv[key_pos[i]]);
+    int same = 1, must_move = 0;
+    int moving = rebalance_running() && !r->req->migrated;
+    for (size_t i = 0; i < nkeys; i++) {
+        uint32_t h = key_hash(&r->argv[key_pos[i]]);
         key_shard[i] = ring_lookup(srv.ring, h);
-        *same &= key_shard[i] == key_shard[0];
+        same &= key_shard[i] == key_shard[0];
         if (moving) {
             shard *old = rebalance_old_owner(h);
-            *must_move |= old && old != srv.shards[key_shard[i]];
+            must_move |= old && old != srv.shards[key_shard[i]];
         }
+    }
+    r->nkeys = nkeys;
+    r->same_shard = same;
+    r->must_move = must_move;
+    return 0;
+}
+
+/* locate_keys, then -CROSSSLOT when the keys are on several shards. 0, or
+ * -1 after answering with an error. */
+static int locate_on_one_shard(routed *r)
+{
+    if (locate_keys(r) < 0)
+        return -1;
+    if (!r->same_shard) {
+        srv.stats.errors_crossslot++;
+        request_error(r->req,
+                      "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+        return -1;
     }
     return 0;
 }
 
-/* A command whose only key is argv[1] and that the router needs to know
- * nothing more about: not blocking, not a script, not PUBLISH. */
-static inline int is_single_key(const command *cmd)
-{
-    return cmd->cls == COMMAND_FORWARD && cmd->id == CMD_OTHER && cmd->keys == KEYS_RANGE &&
-           cmd->first_key == 1 && cmd->last_key == 1;
-}
+static void migrate_first(const routed *r);
 
-/* Commands a subscribed client may send, as in Redis. */
-static int allowed_subscribed(const command *cmd)
+/* During a rebalance, a request with a key whose owner changes moves its
+ * keys first and is routed again afterwards (migrate.c). 1 when that
+ * happened, 0 when the request can go now. */
+static int moved_first(const routed *r)
 {
-    switch (cmd->id) {
-    case CMD_SUBSCRIBE:
-    case CMD_PSUBSCRIBE:
-    case CMD_UNSUBSCRIBE:
-    case CMD_PUNSUBSCRIBE:
-    case CMD_PING:
-    case CMD_QUIT:
-    case CMD_RESET:
-        return 1;
-    default:
+    if (!r->must_move)
         return 0;
-    }
-}
-
-/* Commands that run at once inside MULTI rather than being queued. */
-static int runs_in_multi(const command *cmd)
-{
-    switch (cmd->id) {
-    case CMD_EXEC:
-    case CMD_DISCARD:
-    case CMD_MULTI:
-    case CMD_WATCH:
-    case CMD_QUIT:
-    case CMD_RESET:
-        return 1;
-    default:
-        return 0;
-    }
+    migrate_first(r);
+    return 1;
 }
 
 static const char TRYAGAIN_MOVING[] =
     "TRYAGAIN a key of the request is moving to its new shard (rebalancing); retry the "
     "transaction later";
 
-/* A command given between MULTI and EXEC: queued on the transaction's
- * shard, or refused (and the transaction aborted, as Redis aborts one on a
- * command it cannot queue) when one shard cannot run it. */
-static void route_in_multi(request *req, const command *cmd, size_t argc, const resp_arg *argv,
-                           const char *raw, size_t raw_len)
+/* ---- route handlers: one per command_route, chosen by the table ---- */
+
+/* ROUTE_KEYS: the shard of its keys; a keyless command, any shard. */
+static void route_keys(routed *r)
 {
-    session *sess = req->session;
-    const char *why = NULL;
-    switch (cmd->cls) {
-    case COMMAND_UNSUPPORTED:
-        srv.stats.errors_unsupported++;
-        txn_abort(sess);
-        request_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
+    if (locate_on_one_shard(r) < 0 || moved_first(r))
         return;
-    case COMMAND_LOCAL:
-        if (cmd->id != CMD_PING && cmd->id != CMD_ECHO && cmd->id != CMD_TIME)
-            why = "the proxy answers it itself";
-        break;
-    case COMMAND_FANOUT:
-    case COMMAND_ITERATE:
-        why = "it needs every shard";
-        break;
-    case COMMAND_PUBSUB:
-        why = "subscriptions are not transactional";
-        break;
-    case COMMAND_TRANSACTION: /* UNWATCH: queued, as Redis does */
-    case COMMAND_FORWARD:
-    case COMMAND_SPLIT:
-    case COMMAND_SAME_SHARD:
-        break;
-    }
-    if (why) {
-        txn_abort(sess);
-        request_error(req, "ERR '%s' cannot be part of a transaction through ringproxy: %s",
-                      cmd->name, why);
-        return;
-    }
-    shard *target = NULL;
-    if (cmd->id == CMD_PUBLISH) {
-        target = srv.shards[router_shard_of(argv[1].ptr, argv[1].len)];
-    } else if (cmd->cls != COMMAND_LOCAL && cmd->cls != COMMAND_TRANSACTION) {
-        size_t nkeys;
-        int same, must_move;
-        if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0) {
-            txn_abort(sess);
-            return;
-        }
-        if (!same) {
-            txn_abort(sess);
-            srv.stats.errors_crossslot++;
-            request_error(
-                req, "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
-            return;
-        }
-        if (must_move) {
-            txn_abort(sess);
-            request_error(req, "%s", TRYAGAIN_MOVING);
-            return;
-        }
-        if (nkeys)
-            target = srv.shards[key_shard[0]];
-    }
-    size_t len;
-    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
-    if (!bytes) {
-        txn_abort(sess);
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    txn_queue(req, target, bytes, len);
+    forward(r, r->nkeys ? key_shard[0] : any_shard(r));
 }
 
-/* RESET: the connection's state back to a fresh one's, as Redis does:
- * transaction, WATCH and subscriptions end, the name goes, and with
- * requirepass set the client must AUTH again. */
-static void reset(request *req)
+/* ROUTE_SPLIT: keys on one shard go as they are, else one fragment per
+ * shard. */
+static void route_split(routed *r)
 {
+    if (locate_keys(r) < 0 || moved_first(r))
+        return;
+    if (r->same_shard)
+        forward(r, r->nkeys ? key_shard[0] : any_shard(r));
+    else
+        split(r);
+}
+
+/* ROUTE_SCRIPT: EVAL and FCALL without keys run on script_default_shard. */
+static void route_script(routed *r)
+{
+    if (locate_on_one_shard(r) < 0 || moved_first(r))
+        return;
+    forward(r, r->nkeys ? key_shard[0] : script_shard());
+}
+
+/* ROUTE_BLOCKING: a request that may block takes a connection reserved
+ * for the client, so it blocks no one else's requests (txn.c). */
+static void route_blocking(routed *r)
+{
+    if (locate_on_one_shard(r) < 0 || moved_first(r))
+        return;
+    uint64_t block_us;
+    if (!r->nkeys || !r->req->session || !command_blocking(r->cmd, r->argc, r->argv, &block_us)) {
+        forward(r, r->nkeys ? key_shard[0] : any_shard(r));
+        return;
+    }
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(r->req, "ERR out of memory");
+        return;
+    }
+    txn_blocking(r->req, srv.shards[key_shard[0]], block_us, bytes, len);
+}
+
+/* ROUTE_CHANNEL: PUBLISH goes to the shard owning its channel, where the
+ * channel's subscribers are (pubsub.c). */
+static void route_channel(routed *r)
+{
+    forward(r, router_shard_of(r->argv[1].ptr, r->argv[1].len));
+}
+
+static void route_any_shard(routed *r)
+{
+    forward(r, any_shard(r));
+}
+
+static void route_local(routed *r)
+{
+    admin_execute(r->req, r->cmd, r->argc, r->argv);
+}
+
+/* ROUTE_PING: a subscribed client gets the subscriber's form of the reply. */
+static void route_ping(routed *r)
+{
+    if (pubsub_active(r->req->session))
+        pubsub_ping(r->req, r->argc, r->argv);
+    else
+        admin_execute(r->req, r->cmd, r->argc, r->argv);
+}
+
+/* ROUTE_RESET: the connection's state back to a fresh one's, as Redis
+ * does: transaction, WATCH and subscriptions end, the name goes, and with
+ * requirepass set the client must AUTH again. */
+static void route_reset(routed *r)
+{
+    request *req = r->req;
     session *sess = req->session;
     if (!sess) {
         req->on_done(req, "+RESET\r\n", 8);
@@ -593,205 +618,289 @@ static void reset(request *req)
     txn_reset(req);
 }
 
+static void route_fanout(routed *r)
+{
+    fanout(r);
+}
+
+/* ROUTE_FLUSH: FLUSHDB and FLUSHALL empty every shard, unless the
+ * configuration forbids it. */
+static void route_flush(routed *r)
+{
+    if (!srv.cfg->allow_flush) {
+        request_error(r->req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", r->cmd->name);
+        return;
+    }
+    fanout(r);
+}
+
+static void route_scan(routed *r)
+{
+    scan(r->req, r->argc, r->argv, r->req->hint);
+}
+
+static void route_randomkey(routed *r)
+{
+    randomkey(r->req, r->req->hint);
+}
+
+/* ROUTE_TRANSACTION: MULTI, EXEC, DISCARD, WATCH, UNWATCH, run by txn.c
+ * on the shard of their keys (WATCH's) over the client's reserved
+ * connection. */
+static void route_transaction(routed *r)
+{
+    request *req = r->req;
+    if (locate_on_one_shard(r) < 0)
+        return;
+    if (!req->session) {
+        request_error(req, "ERR no client");
+        return;
+    }
+    if (r->must_move) {
+        request_error(req, "%s", TRYAGAIN_MOVING);
+        return;
+    }
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(req, "ERR out of memory");
+        return;
+    }
+    txn_command(req, r->cmd->id, r->nkeys ? srv.shards[key_shard[0]] : NULL, bytes, len);
+}
+
+static void route_pubsub(routed *r)
+{
+    if (r->req->session)
+        pubsub_command(r->req, r->cmd->id, r->argc, r->argv);
+    else
+        request_error(r->req, "ERR no client");
+}
+
+static void route_unsupported(routed *r)
+{
+    srv.stats.errors_unsupported++;
+    request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
+}
+
+/* ---- between MULTI and EXEC: the shard a queued command needs ---- */
+
+/* The keys' shard (NULL when keyless). 0, or -1 after answering with an
+ * error. */
+static int queue_by_keys(routed *r, shard **target)
+{
+    if (locate_on_one_shard(r) < 0)
+        return -1;
+    if (r->must_move) {
+        request_error(r->req, "%s", TRYAGAIN_MOVING);
+        return -1;
+    }
+    *target = r->nkeys ? srv.shards[key_shard[0]] : NULL;
+    return 0;
+}
+
+static int queue_by_channel(routed *r, shard **target)
+{
+    *target = srv.shards[router_shard_of(r->argv[1].ptr, r->argv[1].len)];
+    return 0;
+}
+
+/* Any shard answers it (PING, ECHO, TIME, UNWATCH): the transaction's. */
+static int queue_anywhere(routed *r, shard **target)
+{
+    (void)r;
+    *target = NULL;
+    return 0;
+}
+
+/* What the router does with each command_route. */
+typedef struct route_handler {
+    void (*run)(routed *r); /* routes the request */
+    /* Between MULTI and EXEC, for rows not flagged COMMAND_FLAG_NOT_QUEUED:
+     * sets the shard to queue it on (NULL: the transaction's, whichever
+     * that is). 0, or -1 after answering with an error. */
+    int (*queue_on)(routed *r, shard **target);
+    /* Why rows flagged COMMAND_FLAG_NOT_QUEUED cannot be part of a
+     * transaction; NULL: run's own error answers it (unsupported). */
+    const char *not_queued;
+} route_handler;
+
+#define ANSWERED_LOCALLY  "the proxy answers it itself"
+#define NEEDS_EVERY_SHARD "it needs every shard"
+
+static const route_handler route_handlers[ROUTE_COUNT] = {
+    [ROUTE_KEYS] = {route_keys, queue_by_keys, NULL},
+    [ROUTE_SPLIT] = {route_split, queue_by_keys, NULL},
+    [ROUTE_SCRIPT] = {route_script, queue_by_keys, NULL},
+    [ROUTE_BLOCKING] = {route_blocking, queue_by_keys, NULL},
+    [ROUTE_CHANNEL] = {route_channel, queue_by_channel, NULL},
+    [ROUTE_ANY_SHARD] = {route_any_shard, queue_anywhere, ANSWERED_LOCALLY},
+    [ROUTE_LOCAL] = {route_local, queue_anywhere, ANSWERED_LOCALLY},
+    [ROUTE_PING] = {route_ping, queue_anywhere, ANSWERED_LOCALLY},
+    [ROUTE_RESET] = {route_reset, NULL, ANSWERED_LOCALLY},
+    [ROUTE_FANOUT] = {route_fanout, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_FLUSH] = {route_flush, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_SCAN] = {route_scan, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_RANDOMKEY] = {route_randomkey, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_TRANSACTION] = {route_transaction, queue_anywhere, NULL},
+    [ROUTE_PUBSUB] = {route_pubsub, NULL, "subscriptions are not transactional"},
+    [ROUTE_UNSUPPORTED] = {route_unsupported, NULL, NULL},
+};
+
+/* A command given between MULTI and EXEC: queued on the transaction's
+ * shard, or refused (and the transaction aborted, as Redis aborts one on a
+ * command it cannot queue) when one shard cannot run it. */
+static void route_in_multi(routed *r)
+{
+    request *req = r->req;
+    const route_handler *h = &route_handlers[r->cmd->route];
+    shard *target = NULL;
+    if (r->cmd->flags & COMMAND_FLAG_NOT_QUEUED || !h->queue_on) {
+        txn_abort(req->session);
+        if (h->not_queued)
+            request_error(req, "ERR '%s' cannot be part of a transaction through ringproxy: %s",
+                          r->cmd->name, h->not_queued);
+        else
+            h->run(r);
+        return;
+    }
+    if (h->queue_on(r, &target) < 0) {
+        txn_abort(req->session);
+        return;
+    }
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        txn_abort(req->session);
+        request_error(req, "ERR out of memory");
+        return;
+    }
+    txn_queue(req, target, bytes, len);
+}
+
 void router_session_end(session *sess)
 {
     pubsub_end(sess);
     txn_end(sess);
 }
 
-static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
-                          size_t raw_len);
+/* ---- checks before routing ---- */
 
-static void route(request *req, size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
-                  uint64_t hint)
+static void unknown_command(const routed *r)
 {
-    char w[64];
-    session *sess = req->session;
-    const command *cmd = command_lookup(argv[0].ptr, argv[0].len);
+    char w[64], args[200];
+    size_t o = 0;
+    args[0] = '\0';
+    for (size_t i = 1; i < r->argc && o < sizeof(args) - 80; i++) {
+        char a[64];
+        o += (size_t)snprintf(args + o, sizeof(args) - o, "'%s' ", word(&r->argv[i], a, sizeof(a)));
+    }
+    srv.stats.errors_unknown++;
+    txn_abort(r->req->session);
+    request_error(r->req, "ERR unknown command '%s', with args beginning with: %s",
+                  word(&r->argv[0], w, sizeof(w)), args);
+}
+
+static void unknown_subcommand(const routed *r, const command *container)
+{
+    char w[64], upper[64];
+    size_t n = strlen(container->name);
+    for (size_t i = 0; i <= n && i < sizeof(upper) - 1; i++) {
+        char c = container->name[i];
+        upper[i] = (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
+    }
+    upper[sizeof(upper) - 1] = '\0';
+    srv.stats.errors_unknown++;
+    txn_abort(r->req->session);
+    request_error(r->req, "ERR unknown subcommand '%s'. Try %s HELP.",
+                  r->argc > 1 ? word(&r->argv[1], w, sizeof(w)) : "", upper);
+}
+
+/* Checks arity: 0, or -1 after answering with Redis's error. */
+static int check_arity(const routed *r, const command *cmd)
+{
+    if (command_check_arity(cmd, r->argc) == 0)
+        return 0;
+    srv.stats.errors_arity++;
+    txn_abort(r->req->session);
+    request_error(r->req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    return -1;
+}
+
+/* Looks the command up, resolves its subcommand and checks arity, as
+ * Redis does; sets r->cmd. 0, or -1 after answering with an error (an
+ * error inside MULTI aborts the transaction, as in Redis). */
+static int resolve(routed *r)
+{
+    const command *cmd = command_lookup(r->argv[0].ptr, r->argv[0].len);
     if (!cmd) {
-        srv.stats.errors_unknown++;
-        char args[200];
-        size_t o = 0;
-        args[0] = '\0';
-        for (size_t i = 1; i < argc && o < sizeof(args) - 80; i++) {
-            char a[64];
-            o +=
-                (size_t)snprintf(args + o, sizeof(args) - o, "'%s' ", word(&argv[i], a, sizeof(a)));
-        }
-        txn_abort(sess);
-        request_error(req, "ERR unknown command '%s', with args beginning with: %s",
-                      word(&argv[0], w, sizeof(w)), args);
-        return;
+        unknown_command(r);
+        return -1;
     }
-    if (command_check_arity(cmd, argc) < 0) {
-        srv.stats.errors_arity++;
-        txn_abort(sess);
-        request_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
-        return;
-    }
-    const command *top = cmd;
+    if (check_arity(r, cmd) < 0)
+        return -1;
     if (cmd->nsubcommands) {
-        const command *sub = command_subcommand(cmd, argc, argv);
+        const command *sub = command_subcommand(cmd, r->argc, r->argv);
         if (!sub) {
-            srv.stats.errors_unknown++;
-            char upper[64];
-            size_t n = strlen(cmd->name);
-            for (size_t i = 0; i <= n && i < sizeof(upper) - 1; i++)
-                upper[i] = (char)(cmd->name[i] >= 'a' && cmd->name[i] <= 'z' ? cmd->name[i] - 32
-                                                                             : cmd->name[i]);
-            upper[sizeof(upper) - 1] = '\0';
-            txn_abort(sess);
-            request_error(req, "ERR unknown subcommand '%s'. Try %s HELP.",
-                          argc > 1 ? word(&argv[1], w, sizeof(w)) : "", upper);
-            return;
+            unknown_subcommand(r, cmd);
+            return -1;
         }
-        if (command_check_arity(sub, argc) < 0) {
-            srv.stats.errors_arity++;
-            txn_abort(sess);
-            request_error(req, "ERR wrong number of arguments for '%s' command", sub->name);
-            return;
-        }
+        if (check_arity(r, sub) < 0)
+            return -1;
         cmd = sub;
     }
-    req->cmd = cmd;
+    r->cmd = cmd;
+    r->req->cmd = cmd;
+    session *sess = r->req->session;
     if (sess) {
         sess->last_cmd = cmd->name;
         sess->last_cmd_us = srv.now_us;
     }
-    if (srv.cfg->requirepass && sess && !sess->authenticated && cmd->id != CMD_AUTH &&
-        cmd->id != CMD_HELLO && cmd->id != CMD_QUIT && cmd->id != CMD_RESET) {
+    return 0;
+}
+
+/* Checks the request, runs the gates its command's flags ask for, then
+ * hands it to its command's handler. */
+static void route(routed *r)
+{
+    if (resolve(r) < 0)
+        return;
+    const command *cmd = r->cmd;
+    session *sess = r->req->session;
+    if (srv.cfg->requirepass && sess && !sess->authenticated &&
+        !(cmd->flags & COMMAND_FLAG_NO_AUTH)) {
         srv.stats.errors_noauth++;
-        request_error(req, "NOAUTH Authentication required.");
+        request_error(r->req, "NOAUTH Authentication required.");
         return;
     }
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
-    if (plain && is_single_key(cmd) && !rebalance_running()) {
-        forward(req, ring_lookup(srv.ring, key_hash(&argv[1])), argc, argv, raw, raw_len, hint);
+    if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !rebalance_running()) {
+        forward(r, ring_lookup(srv.ring, key_hash(&r->argv[1])));
         return;
     }
-    if (!plain && pubsub_active(sess) && !allowed_subscribed(cmd)) {
-        request_error(req,
+    if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED)) {
+        request_error(r->req,
                       "ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
                       "QUIT / RESET are allowed in this context",
                       cmd->name);
         return;
     }
-    if (!plain && txn_in_multi(sess) && !runs_in_multi(cmd)) {
-        route_in_multi(req, cmd, argc, argv, raw, raw_len);
+    if (!plain && txn_in_multi(sess) && !(cmd->flags & COMMAND_FLAG_RUNS_IN_MULTI)) {
+        route_in_multi(r);
         return;
     }
-    switch (cmd->cls) {
-    case COMMAND_UNSUPPORTED:
-        srv.stats.errors_unsupported++;
-        request_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
-        return;
-    case COMMAND_LOCAL:
-        if (cmd->id == CMD_TIME || top->id == CMD_COMMAND) {
-            /* Any shard knows the time and the command set. */
-            forward(req, (uint32_t)(hint % srv.nshards), argc, argv, raw, raw_len, hint);
-            return;
-        }
-        if (cmd->id == CMD_RESET) {
-            reset(req);
-            return;
-        }
-        if (cmd->id == CMD_PING && pubsub_active(sess)) {
-            pubsub_ping(req, argc, argv);
-            return;
-        }
-        admin_execute(req, cmd, argc, argv);
-        return;
-    case COMMAND_FANOUT:
-        if (cmd->id == CMD_FLUSH && !srv.cfg->allow_flush) {
-            request_error(req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", cmd->name);
-            return;
-        }
-        fanout(req, argc, argv, raw, raw_len, hint);
-        return;
-    case COMMAND_ITERATE:
-        if (cmd->id == CMD_SCAN)
-            scan(req, argc, argv, hint);
-        else
-            randomkey(req, hint);
-        return;
-    case COMMAND_PUBSUB:
-        if (sess)
-            pubsub_command(req, cmd->id, argc, argv);
-        else
-            request_error(req, "ERR no client");
-        return;
-    case COMMAND_TRANSACTION:
-    case COMMAND_FORWARD:
-    case COMMAND_SPLIT:
-    case COMMAND_SAME_SHARD:
-        break;
-    }
-    if (cmd->id == CMD_PUBLISH) {
-        forward(req, router_shard_of(argv[1].ptr, argv[1].len), argc, argv, raw, raw_len, hint);
-        return;
-    }
-    size_t nkeys;
-    int same, must_move;
-    if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0)
-        return;
-    if (!same && cmd->cls != COMMAND_SPLIT) {
-        srv.stats.errors_crossslot++;
-        request_error(req,
-                      "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
-        return;
-    }
-    if (cmd->cls == COMMAND_TRANSACTION) {
-        if (!sess) {
-            request_error(req, "ERR no client");
-            return;
-        }
-        if (must_move) {
-            request_error(req, "%s", TRYAGAIN_MOVING);
-            return;
-        }
-        size_t len;
-        const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
-        if (!bytes) {
-            request_error(req, "ERR out of memory");
-            return;
-        }
-        txn_command(req, cmd->id, nkeys ? srv.shards[key_shard[0]] : NULL, bytes, len);
-        return;
-    }
-    if (must_move) {
-        req->hint = hint;
-        migrate_first(req, argc, argv, raw, raw_len);
-        return;
-    }
-    if (nkeys == 0) {
-        uint32_t target = cmd->id == CMD_EVAL ? script_shard() : (uint32_t)(hint % srv.nshards);
-        forward(req, target, argc, argv, raw, raw_len, hint);
-        return;
-    }
-    uint64_t block_us;
-    if (sess && command_blocking(cmd, argc, argv, &block_us)) {
-        size_t len;
-        const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
-        if (!bytes) {
-            request_error(req, "ERR out of memory");
-            return;
-        }
-        txn_blocking(req, srv.shards[key_shard[0]], block_us, bytes, len);
-        return;
-    }
-    if (same)
-        forward(req, key_shard[0], argc, argv, raw, raw_len, hint);
-    else
-        split(req, cmd, argc, argv, nkeys, hint);
+    route_handlers[cmd->route].run(r);
 }
 
 void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char *raw,
                      size_t raw_len, uint64_t hint)
 {
     srv.stats.commands++;
-    route(req, argc, argv, raw, raw_len, hint);
+    req->hint = hint;
+    routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    route(&r);
 }
 
 /* migrate.c calls this back once the request's keys are on their new
@@ -799,19 +908,19 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
 static void route_moved(request *req, size_t argc, const resp_arg *argv, const char *raw,
                         size_t raw_len)
 {
-    route(req, argc, argv, raw, raw_len, req->hint);
+    routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    route(&r);
 }
 
 /* Moves the request's keys to their new shards first (migrate.c), then
  * routes it again. */
-static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
-                          size_t raw_len)
+static void migrate_first(const routed *r)
 {
     size_t len;
-    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+    const char *bytes = request_bytes(r, &len);
     if (!bytes) {
-        request_error(req, "ERR out of memory");
+        request_error(r->req, "ERR out of memory");
         return;
     }
-    migrate_keys_first(req, bytes, len, route_moved);
+    migrate_keys_first(r->req, bytes, len, route_moved);
 }
