@@ -285,6 +285,16 @@ backend_conn *txn_conn_for(const session *sess, const shard *s)
     return t->conn;
 }
 
+void txn_send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, const char *bytes,
+                       size_t len)
+{
+    backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
+    if (reserved)
+        backend_reserved_send(reserved, f, bytes, len);
+    else
+        backend_send(srv.shards[i], hint, f, bytes, len);
+}
+
 int txn_in_multi(const session *sess)
 {
     return sess && sess->txn &&
