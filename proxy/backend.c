@@ -187,7 +187,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg);
 
 static void auth_done(fragment *f, const char *reply, size_t len)
 {
-    backend_conn *c = f->aux;
+    backend_conn *c = f->conn;
     if (c->state != BACKEND_UP)
         return; /* the connection is failing already */
     if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
@@ -221,7 +221,7 @@ static int conn_queue_auth(backend_conn *c, const char *password)
     c->out = first;
     memset(&c->auth, 0, sizeof(c->auth));
     c->auth.done = auth_done;
-    c->auth.aux = c;
+    c->auth.conn = c;
     c->auth.sent_us = srv.now_us;
     c->auth.end_offset = c->written_total + auth_len;
     c->auth.next = c->head;
@@ -698,7 +698,7 @@ static void reserved_free(backend_conn *c)
         c->next_reserved->prev_reserved = c->prev_reserved;
     /* A barrier still queued on the pool connection completes alone. */
     if (c->barrier)
-        c->barrier->aux = NULL;
+        c->barrier->conn = NULL;
     event_del(&c->ev_timer);
     buf_free(&c->out);
     buf_free(&c->in);
@@ -774,7 +774,7 @@ static void barrier_done(fragment *f, const char *reply, size_t len)
 {
     (void)reply;
     (void)len;
-    backend_conn *c = f->aux;
+    backend_conn *c = f->conn;
     free(f);
     if (!c || c->barrier != f)
         return;
@@ -795,10 +795,10 @@ void backend_reserved_barrier(backend_conn *c, uint64_t hint)
         return;
     }
     f->done = barrier_done;
-    f->aux = c;
+    f->conn = c;
     /* A newer barrier covers everything the older one did. */
     if (c->barrier)
-        c->barrier->aux = NULL;
+        c->barrier->conn = NULL;
     c->barrier = f;
     backend_send(c->shard, hint, f, PING_REQUEST, sizeof(PING_REQUEST) - 1);
 }

@@ -115,13 +115,14 @@ void keyspace_scan(request *req, size_t argc, const resp_arg *argv, uint64_t hin
 static const char RANDOMKEY_REQUEST[] = "*1\r\n$9\r\nRANDOMKEY\r\n";
 
 /* A shard answered RANDOMKEY: nil means that shard is empty, so the next
- * one is asked, until one has a key or all were asked. f->nkeys counts the
+ * one is asked, until one has a key or all were asked. f->shards_asked counts the
  * shards asked so far. */
 static void randomkey_done(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
-    if (req->owner && len == 5 && memcmp(reply, "$-1\r\n", 5) == 0 && f->nkeys + 1 < srv.nshards) {
-        f->nkeys++;
+    if (req->owner && len == 5 && memcmp(reply, "$-1\r\n", 5) == 0 &&
+        f->shards_asked + 1 < srv.nshards) {
+        f->shards_asked++;
         f->shard = (uint32_t)((f->shard + 1) % srv.nshards);
         txn_send_to_shard(req, f->shard, req->hint, f, RANDOMKEY_REQUEST,
                           sizeof(RANDOMKEY_REQUEST) - 1);
@@ -149,7 +150,7 @@ void keyspace_randomkey(request *req, uint64_t hint)
     f->req = req;
     f->done = randomkey_done;
     f->shard = random_shard();
-    f->nkeys = 0;
+    f->shards_asked = 0;
     req->hint = hint;
     req->pending = 1;
     txn_send_to_shard(req, f->shard, hint, f, RANDOMKEY_REQUEST, sizeof(RANDOMKEY_REQUEST) - 1);

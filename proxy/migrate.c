@@ -29,14 +29,15 @@ typedef struct move_plan {
     size_t nmove;
 } move_plan;
 
-/* Parses req->deferred. 0, or -1 after answering the request with an error. */
-static int parse_deferred(request *req)
+/* Parses req->saved_request. 0, or -1 after answering the request with an error. */
+static int parse_saved_request(request *req)
 {
     if (!rescan_ready) {
         resp_request_init(&rescan, NULL);
         rescan_ready = 1;
     }
-    if (resp_request_scan(&rescan, buf_head(&req->deferred), buf_len(&req->deferred)) != RESP_OK) {
+    if (resp_request_scan(&rescan, buf_head(&req->saved_request), buf_len(&req->saved_request)) !=
+        RESP_OK) {
         request_error(req, "ERR internal error: saved request does not parse");
         return -1;
     }
@@ -45,8 +46,10 @@ static int parse_deferred(request *req)
 
 static void drop_fragments(request *req)
 {
-    for (size_t i = 0; i < req->nfrags; i++)
+    for (size_t i = 0; i < req->nfrags; i++) {
         buf_free(&req->frags[i].reply);
+        buf_free(&req->frags[i].stale_del);
+    }
     free(req->frags);
     req->frags = NULL;
     req->nfrags = 0;
@@ -57,9 +60,10 @@ static void route_again(request *req)
 {
     drop_fragments(req);
     req->migrated = 1;
-    if (parse_deferred(req) < 0)
+    if (parse_saved_request(req) < 0)
         return;
-    reroute_fn(req, rescan.argc, rescan.argv, buf_head(&req->deferred), buf_len(&req->deferred));
+    reroute_fn(req, rescan.argc, rescan.argv, buf_head(&req->saved_request),
+               buf_len(&req->saved_request));
 }
 
 /* The DEL of stale source copies after a BUSYKEY: counts what it deleted,
@@ -68,7 +72,6 @@ static void stale_del_done(fragment *f, const char *reply, size_t len)
 {
     if (len > 1 && reply[0] == ':')
         rebalance_count_on_demand(0, (size_t)strtoull(reply + 1, NULL, 10));
-    buf_free(&f->reply);
     free(f);
 }
 
@@ -87,7 +90,8 @@ static void migrate_part_done(fragment *f, const char *reply, size_t len)
         fragment *del = calloc(1, sizeof(*del));
         if (del) {
             del->done = stale_del_done;
-            backend_send(f->aux, req->hint, del, buf_head(&f->reply), buf_len(&f->reply));
+            backend_send(f->move_source, req->hint, del, buf_head(&f->stale_del),
+                         buf_len(&f->stale_del));
         }
     } else if (!req->migrate_error) {
         size_t n = len > 2 && reply[0] == '-' ? len - 3 : len;
@@ -166,8 +170,8 @@ static int plan_moves(move_plan *p, const resp_arg *argv, const size_t *key_pos,
 }
 
 /* One fragment per group, its MIGRATE encoded into scratch at part_off[g]
- * and the DEL to send if the target answers BUSYKEY kept in its reply
- * buffer. 0, or -1 when out of memory. */
+ * and the DEL to send if the target answers BUSYKEY kept in its
+ * stale_del. 0, or -1 when out of memory. */
 static int encode_moves(request *req, const move_plan *p, const resp_arg *argv, size_t *part_off)
 {
     int fail = 0;
@@ -177,14 +181,14 @@ static int encode_moves(request *req, const move_plan *p, const resp_arg *argv, 
         f->req = req;
         f->done = migrate_part_done;
         f->nkeys = p->count[g];
-        f->aux = p->src[g];
+        f->move_source = p->src[g];
         part_off[g] = buf_len(&scratch);
         fail |= rebalance_migrate_head(&scratch, p->dst[g], p->count[g]) < 0;
         fail |= encode_group_keys(&scratch, p, argv, g) < 0;
         /* The DEL to send if the target answers BUSYKEY. */
-        fail |= buf_append_header(&f->reply, '*', (int64_t)(1 + p->count[g])) < 0;
-        fail |= buf_append_bulk(&f->reply, "DEL", 3) < 0;
-        fail |= encode_group_keys(&f->reply, p, argv, g) < 0;
+        fail |= buf_append_header(&f->stale_del, '*', (int64_t)(1 + p->count[g])) < 0;
+        fail |= buf_append_bulk(&f->stale_del, "DEL", 3) < 0;
+        fail |= encode_group_keys(&f->stale_del, p, argv, g) < 0;
     }
     part_off[p->ngroups] = buf_len(&scratch);
     return fail ? -1 : 0;
@@ -222,7 +226,7 @@ static void start_migration(request *req)
         req->on_done(req, NULL, 0);
         return;
     }
-    if (parse_deferred(req) < 0)
+    if (parse_saved_request(req) < 0)
         return;
     size_t argc = rescan.argc;
     const resp_arg *argv = rescan.argv;
@@ -251,7 +255,7 @@ static void start_migration(request *req)
 void migrate_keys_first(request *req, const char *bytes, size_t len, migrate_reroute_fn reroute)
 {
     reroute_fn = reroute;
-    if (buf_append(&req->deferred, bytes, len) < 0) {
+    if (buf_append(&req->saved_request, bytes, len) < 0) {
         request_error(req, "ERR out of memory");
         return;
     }

@@ -159,7 +159,7 @@ static sub_conn *conn_to(pubsub *ps, shard *s, char *err, size_t errlen)
 static void part_taken(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
-    buf *d = &req->deferred;
+    buf *d = &req->confirmations;
     /* Confirmations start with '*', so an error already kept is seen. */
     if (reply && len > 0 && reply[0] == '-' && (buf_len(d) == 0 || buf_head(d)[0] != '-')) {
         buf_consume(d, buf_len(d));
@@ -360,7 +360,7 @@ static int send_part(sub_conn *sc, fragment *f, const char *verb, const entries 
 }
 
 /* Waits for the parts marked in send_to[0..nconns) and answers req with
- * the reply in req->deferred once all are taken. */
+ * the reply in req->confirmations once all are taken. */
 static void send_parts(request *req, pubsub *ps, const unsigned char *send_to, const char *verb,
                        const entries *e, int channels_only, size_t argc, const resp_arg *argv)
 {
@@ -368,7 +368,7 @@ static void send_parts(request *req, pubsub *ps, const unsigned char *send_to, c
     for (size_t i = 0; i < ps->nconns; i++)
         nparts += send_to[i];
     if (nparts == 0) {
-        req->on_done(req, buf_head(&req->deferred), buf_len(&req->deferred));
+        req->on_done(req, buf_head(&req->confirmations), buf_len(&req->confirmations));
         return;
     }
     req->frags = calloc(nparts, sizeof(fragment));
@@ -415,8 +415,8 @@ static void cmd_subscribe(request *req, pubsub *ps, size_t argc, const resp_arg 
         if (!find(&ps->channels, argv[i].ptr, argv[i].len))
             fail = !add(&ps->channels, argv[i].ptr, argv[i].len,
                         conn_to(ps, channel_shard(&argv[i]), err, sizeof(err)));
-        fail =
-            fail || confirm(&req->deferred, "subscribe", argv[i].ptr, argv[i].len, total(ps)) < 0;
+        fail = fail ||
+               confirm(&req->confirmations, "subscribe", argv[i].ptr, argv[i].len, total(ps)) < 0;
     }
     unsigned char *send_to = calloc(ps->nconns + 1, 1);
     if (fail || !send_to) {
@@ -450,8 +450,8 @@ static void cmd_psubscribe(request *req, pubsub *ps, size_t argc, const resp_arg
     for (size_t i = 1; i < argc && !fail; i++) {
         if (!find(&ps->patterns, argv[i].ptr, argv[i].len))
             fail = !add(&ps->patterns, argv[i].ptr, argv[i].len, NULL);
-        fail =
-            fail || confirm(&req->deferred, "psubscribe", argv[i].ptr, argv[i].len, total(ps)) < 0;
+        fail = fail ||
+               confirm(&req->confirmations, "psubscribe", argv[i].ptr, argv[i].len, total(ps)) < 0;
     }
     unsigned char *send_to = calloc(ps->nconns + 1, 1);
     if (fail || !send_to) {
@@ -481,13 +481,13 @@ static void cmd_unsubscribe(request *req, pubsub *ps, int patterns, size_t argc,
     int fail = 0;
     if (argc == 1) {
         if (e->n == 0)
-            fail = confirm(&req->deferred, kind, NULL, 0, total(ps)) < 0;
+            fail = confirm(&req->confirmations, kind, NULL, 0, total(ps)) < 0;
         for (size_t j = 0; j < ps->nconns; j++)
             for (size_t i = 0; i < e->n; i++)
                 send_to[j] |= patterns || e->items[i].sc == ps->conns[j];
         while (e->n > 0 && !fail) {
             entry *last = &e->items[e->n - 1];
-            fail = confirm(&req->deferred, kind, last->name, last->len, total(ps) - 1) < 0;
+            fail = confirm(&req->confirmations, kind, last->name, last->len, total(ps) - 1) < 0;
             remove_at(e, e->n - 1);
         }
     } else {
@@ -498,7 +498,7 @@ static void cmd_unsubscribe(request *req, pubsub *ps, int patterns, size_t argc,
                     send_to[j] |= patterns || it->sc == ps->conns[j];
                 remove_at(e, (size_t)(it - e->items));
             }
-            fail = confirm(&req->deferred, kind, argv[i].ptr, argv[i].len, total(ps)) < 0;
+            fail = confirm(&req->confirmations, kind, argv[i].ptr, argv[i].len, total(ps)) < 0;
         }
     }
     if (fail) {

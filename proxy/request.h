@@ -12,6 +12,8 @@
 struct request;
 struct fragment;
 struct command;
+struct shard;
+struct backend_conn;
 
 /* Called exactly once per fragment with its whole reply (or an error reply
  * the proxy made up, e.g. for a shard that is down). */
@@ -19,19 +21,24 @@ typedef void (*fragment_done_fn)(struct fragment *f, const char *reply, size_t l
 
 /* One piece of a request sent to one backend connection. */
 typedef struct fragment {
-    struct fragment *next; /* next in the backend's in-flight FIFO */
-    struct request *req;   /* the request it belongs to */
-    fragment_done_fn done; /* completion, set by the router */
-    uint64_t sent_us;      /* loop clock when queued, for timeouts and latency */
-    uint64_t block_us;     /* a blocking command's own timeout, added to request_timeout;
-                              UINT64_MAX: it may block for ever */
-    uint64_t end_offset;   /* the backend connection's queued byte count just after its
-                              request: the request is all written once that many are */
-    uint32_t shard;        /* index of the target shard */
-    size_t first_key;      /* split: index of its first key in the request's key list */
-    size_t nkeys;          /* split: number of keys it carries */
-    buf reply;             /* split: a copy of its reply, kept until all parts are in */
-    void *aux;             /* router-private: the source shard of a key move */
+    struct fragment *next;     /* next in the backend's in-flight FIFO */
+    struct request *req;       /* the request it belongs to */
+    fragment_done_fn done;     /* completion, set by the router */
+    uint64_t sent_us;          /* loop clock when queued, for timeouts and latency */
+    uint64_t block_us;         /* a blocking command's own timeout, added to request_timeout;
+                                  UINT64_MAX: it may block for ever */
+    uint64_t end_offset;       /* the backend connection's queued byte count just after its
+                                  request: the request is all written once that many are */
+    uint32_t shard;            /* index of the target shard */
+    size_t first_key;          /* split: index of its first key in the request's key list */
+    size_t nkeys;              /* split, key move: number of keys it carries */
+    buf reply;                 /* split: a copy of its reply, kept until all parts are in */
+    size_t shards_asked;       /* RANDOMKEY: shards asked so far (the next is asked while they
+                                  answer nil) */
+    struct shard *move_source; /* key move: the shard its keys leave */
+    buf stale_del;             /* key move: DEL of the source's copies, sent when the target
+                                  answers BUSYKEY (its copy is newer) */
+    struct backend_conn *conn; /* a backend's own fragment (AUTH, barrier): its connection */
 } fragment;
 
 /* State of a client connection that the router and local commands read or
@@ -86,9 +93,10 @@ typedef struct request {
     size_t nkeys;
     uint64_t hint; /* backend connection choice (the client's id) */
     /* rebalancing: a request whose keys must move first keeps a copy of its
-     * bytes and is routed again once the keys are on their new shard; a
-     * pub/sub request keeps the reply made for it until the shards confirm */
-    buf deferred;
+     * bytes and is routed again from it once the keys are on their new shard */
+    buf saved_request;
+    buf confirmations;         /* (un)subscribe: the reply made for it, given once the
+                                  shards have taken their parts */
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
