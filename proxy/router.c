@@ -102,19 +102,26 @@ static int encode(buf *out, size_t argc, const resp_arg *argv)
     return 0;
 }
 
-/* The request as multibulk bytes: raw as received, or argv encoded into
- * scratch (valid until scratch is used again). NULL when out of memory. */
-static const char *request_bytes(const routed *r, size_t *len)
+/* request_bytes for a request that came inline: argv encoded into
+ * scratch. Kept out of line so the common case inlines. */
+static __attribute__((noinline)) const char *encode_to_scratch(const routed *r, size_t *len)
 {
-    if (r->raw) {
-        *len = r->raw_len;
-        return r->raw;
-    }
     scratch.start = scratch.end = 0;
     if (encode(&scratch, r->argc, r->argv) < 0)
         return NULL;
     *len = buf_len(&scratch);
     return buf_head(&scratch);
+}
+
+/* The request as multibulk bytes: raw as received, or argv encoded into
+ * scratch (valid until scratch is used again). NULL when out of memory. */
+static inline const char *request_bytes(const routed *r, size_t *len)
+{
+    if (r->raw) {
+        *len = r->raw_len;
+        return r->raw;
+    }
+    return encode_to_scratch(r, len);
 }
 
 static void single_done(fragment *f, const char *reply, size_t len)
