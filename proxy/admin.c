@@ -17,7 +17,6 @@
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
-#include "proxy/router.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
 
@@ -233,7 +232,7 @@ static void cmd_proxy_shards(request *req)
 
 static void cmd_proxy_ring(request *req, const resp_arg *key)
 {
-    uint32_t i = router_shard_of(key->ptr, key->len);
+    uint32_t i = server_shard_of_key(key->ptr, key->len);
     const shard *s = srv.shards[i];
     char addr[300];
     snprintf(addr, sizeof(addr), strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host,

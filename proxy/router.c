@@ -41,19 +41,6 @@ static const char *word(const resp_arg *a, char *out, size_t outlen)
     return out;
 }
 
-static uint32_t key_hash(const resp_arg *key)
-{
-    const config *cfg = srv.cfg;
-    return hash_key(cfg->hash, key->ptr, key->len, cfg->hash_tag_open, cfg->hash_tag_close);
-}
-
-uint32_t router_shard_of(const char *key, size_t len)
-{
-    const config *cfg = srv.cfg;
-    uint32_t h = hash_key(cfg->hash, key, len, cfg->hash_tag_open, cfg->hash_tag_close);
-    return ring_lookup(srv.ring, h);
-}
-
 static int ensure_key_cap(size_t n)
 {
     if (n <= key_cap)
@@ -292,7 +279,7 @@ static int locate_keys(request *req, const command *cmd, size_t argc, const resp
     *must_move = 0;
     int moving = rebalance_running() && !req->migrated;
     for (size_t i = 0; i < *nkeys; i++) {
-        uint32_t h = key_hash(&argv[key_pos[i]]);
+        uint32_t h = server_key_hash(argv[key_pos[i]].ptr, argv[key_pos[i]].len);
         key_shard[i] = ring_lookup(srv.ring, h);
         *same &= key_shard[i] == key_shard[0];
         if (moving) {
@@ -387,7 +374,7 @@ static void route_in_multi(request *req, const command *cmd, size_t argc, const 
     }
     shard *target = NULL;
     if (cmd->id == CMD_PUBLISH) {
-        target = srv.shards[router_shard_of(argv[1].ptr, argv[1].len)];
+        target = srv.shards[server_shard_of_key(argv[1].ptr, argv[1].len)];
     } else if (cmd->cls != COMMAND_LOCAL && cmd->cls != COMMAND_TRANSACTION) {
         size_t nkeys;
         int same, must_move;
@@ -513,7 +500,7 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
     if (plain && is_single_key(cmd) && !rebalance_running()) {
-        forward(req, ring_lookup(srv.ring, key_hash(&argv[1])), argc, argv, raw, raw_len, hint);
+        forward(req, server_shard_of_key(argv[1].ptr, argv[1].len), argc, argv, raw, raw_len, hint);
         return;
     }
     if (!plain && pubsub_active(sess) && !allowed_subscribed(cmd)) {
@@ -574,7 +561,7 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
         break;
     }
     if (cmd->id == CMD_PUBLISH) {
-        forward(req, router_shard_of(argv[1].ptr, argv[1].len), argc, argv, raw, raw_len, hint);
+        forward(req, server_shard_of_key(argv[1].ptr, argv[1].len), argc, argv, raw, raw_len, hint);
         return;
     }
     size_t nkeys;
