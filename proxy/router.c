@@ -384,9 +384,7 @@ static void route_in_multi(request *req, const command *cmd, size_t argc, const 
         }
         if (!same) {
             txn_abort(sess);
-            srv.stats.errors_crossslot++;
-            request_error(
-                req, "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+            request_crossslot(req, REQUEST_KEYS_APART);
             return;
         }
         if (must_move) {
@@ -569,9 +567,7 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
     if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0)
         return;
     if (!same && cmd->cls != COMMAND_SPLIT) {
-        srv.stats.errors_crossslot++;
-        request_error(req,
-                      "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+        request_crossslot(req, REQUEST_KEYS_APART);
         return;
     }
     if (cmd->cls == COMMAND_TRANSACTION) {
