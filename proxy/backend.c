@@ -631,10 +631,9 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         backend_shard_free(s);
         return NULL;
     }
-    if (strchr(s->host, ':'))
-        snprintf(s->label, sizeof(s->label), "%s ([%s]:%u)", s->name, s->host, (unsigned)s->port);
-    else
-        snprintf(s->label, sizeof(s->label), "%s (%s:%u)", s->name, s->host, (unsigned)s->port);
+    char addr[CONFIG_ADDR_MAX];
+    config_format_addr(s->host, s->port, addr, sizeof(addr));
+    snprintf(s->label, sizeof(s->label), "%s (%s)", s->name, addr);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         c->shard = s;

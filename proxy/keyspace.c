@@ -94,7 +94,7 @@ void keyspace_scan(request *req, size_t argc, const resp_arg *argv, uint64_t hin
     }
     /* The same request with the shard's own cursor. */
     int n = snprintf(digits, sizeof(digits), "%llu", cursor >> SCAN_SHARD_BITS);
-    scratch.start = scratch.end = 0;
+    buf_reset(&scratch);
     int fail = buf_append_header(&scratch, '*', (int64_t)argc) < 0 ||
                buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0 ||
                buf_append_bulk(&scratch, digits, (size_t)n) < 0;

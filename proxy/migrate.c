@@ -143,11 +143,9 @@ static int plan_moves(move_plan *p, const resp_arg *argv, const size_t *key_pos,
         plan_free(p);
         return -1;
     }
-    const config *cfg = srv.cfg;
     for (size_t i = 0; i < nkeys; i++) {
         const resp_arg *key = &argv[key_pos[i]];
-        uint32_t h =
-            hash_key(cfg->hash, key->ptr, key->len, cfg->hash_tag_open, cfg->hash_tag_close);
+        uint32_t h = server_key_hash(key->ptr, key->len);
         shard *to = srv.shards[ring_lookup(srv.ring, h)];
         shard *from = rebalance_old_owner(h);
         if (!from || from == to)
@@ -175,7 +173,7 @@ static int plan_moves(move_plan *p, const resp_arg *argv, const size_t *key_pos,
 static int encode_moves(request *req, const move_plan *p, const resp_arg *argv, size_t *part_off)
 {
     int fail = 0;
-    scratch.start = scratch.end = 0;
+    buf_reset(&scratch);
     for (size_t g = 0; g < p->ngroups && !fail; g++) {
         fragment *f = &req->frags[g];
         f->req = req;

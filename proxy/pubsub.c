@@ -305,10 +305,7 @@ static pubsub *get_pubsub(session *sess)
 
 static shard *channel_shard(const resp_arg *channel)
 {
-    const config *cfg = srv.cfg;
-    uint32_t h =
-        hash_key(cfg->hash, channel->ptr, channel->len, cfg->hash_tag_open, cfg->hash_tag_close);
-    return srv.shards[ring_lookup(srv.ring, h)];
+    return srv.shards[server_shard_of_key(channel->ptr, channel->len)];
 }
 
 /* Appends one confirmation: [kind, name (NULL: nil), count]. */

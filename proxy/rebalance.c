@@ -388,8 +388,7 @@ static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
         redisReply *k = keys->element[i];
         if (k->type != REDIS_REPLY_STRING)
             continue;
-        uint32_t h = hash_key(cfg->hash, k->str, k->len, cfg->hash_tag_open, cfg->hash_tag_close);
-        uint32_t t = ring_lookup(srv.ring, h);
+        uint32_t t = server_shard_of_key(k->str, k->len);
         if (srv.shards[t] == m->source)
             continue;
         if (!group[t]) {

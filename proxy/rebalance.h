@@ -46,8 +46,9 @@ __attribute__((warn_unused_result)) int rebalance_migrate_head(buf *out, const s
 /* Counts keys moved on demand (for INFO). */
 void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);
 
-/* Appends the INFO rebalance section (Redis INFO format). 0 or -1. */
-__attribute__((warn_unused_result)) int rebalance_info(buf *b);
+/* Appends the INFO rebalance section (Redis INFO format). 0 or -1; a
+ * failure is also kept in b (buf_failed). */
+int rebalance_info(buf *b);
 
 /* Periodic: drives the mover (rate limit, retries, stalls). */
 void rebalance_tick(void);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/server.h"
+
 /* Requests kept for reuse: enough for a busy pipeline burst, small enough
  * (about 450 bytes each) not to matter when idle. */
 #define REQUEST_CACHE_MAX 4096
@@ -75,4 +77,10 @@ void request_error(request *req, const char *fmt, ...)
     msg[len++] = '\r';
     msg[len++] = '\n';
     req->on_done(req, msg, len);
+}
+
+void request_crossslot(request *req, const char *what)
+{
+    srv.stats.errors_crossslot++;
+    request_error(req, "CROSSSLOT %s (use {hash tags})", what);
 }

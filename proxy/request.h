@@ -117,4 +117,13 @@ void request_trim_cache(void);
  * client-supplied name) become spaces, so the reply stays one line. */
 void request_error(request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* What request_crossslot says of keys on several shards. */
+#define REQUEST_KEYS_APART "Keys in request don't hash to the same shard"
+
+/* Answers req with Redis Cluster's CROSSSLOT error for keys on different
+ * shards where one shard is needed, and counts it (INFO errors_crossslot).
+ * what: REQUEST_KEYS_APART, with a suffix saying which shard it must be;
+ * " (use {hash tags})" follows. */
+void request_crossslot(request *req, const char *what);
+
 #endif

@@ -59,19 +59,6 @@ static const char *word(const resp_arg *a, char *out, size_t outlen)
     return out;
 }
 
-static uint32_t key_hash(const resp_arg *key)
-{
-    const config *cfg = srv.cfg;
-    return hash_key(cfg->hash, key->ptr, key->len, cfg->hash_tag_open, cfg->hash_tag_close);
-}
-
-uint32_t router_shard_of(const char *key, size_t len)
-{
-    const config *cfg = srv.cfg;
-    uint32_t h = hash_key(cfg->hash, key, len, cfg->hash_tag_open, cfg->hash_tag_close);
-    return ring_lookup(srv.ring, h);
-}
-
 static int ensure_key_cap(size_t n)
 {
     if (n <= key_cap)
@@ -94,19 +81,17 @@ static int ensure_key_cap(size_t n)
 /* Multibulk encoding of argv, for requests that came inline. */
 static int encode(buf *out, size_t argc, const resp_arg *argv)
 {
-    if (buf_append_header(out, '*', (int64_t)argc) < 0)
-        return -1;
+    buf_append_header(out, '*', (int64_t)argc);
     for (size_t i = 0; i < argc; i++)
-        if (buf_append_bulk(out, argv[i].ptr, argv[i].len) < 0)
-            return -1;
-    return 0;
+        buf_append_bulk(out, argv[i].ptr, argv[i].len);
+    return buf_failed(out) ? -1 : 0;
 }
 
 /* request_bytes for a request that came inline: argv encoded into
  * scratch. Kept out of line so the common case inlines. */
 static __attribute__((noinline)) const char *encode_to_scratch(const routed *r, size_t *len)
 {
-    scratch.start = scratch.end = 0;
+    buf_reset(&scratch);
     if (encode(&scratch, r->argc, r->argv) < 0)
         return NULL;
     *len = buf_len(&scratch);
@@ -233,22 +218,20 @@ static int split_encode(const routed *r, size_t *part_off)
     const request *req = r->req;
     const resp_arg *argv = r->argv;
     size_t step = (size_t)r->cmd->split_step;
-    scratch.start = scratch.end = 0;
-    int fail = 0;
-    for (size_t fi = 0; fi < req->nfrags && !fail; fi++) {
+    buf_reset(&scratch);
+    for (size_t fi = 0; fi < req->nfrags; fi++) {
         part_off[fi] = buf_len(&scratch);
-        fail |= buf_append_header(&scratch, '*', (int64_t)(1 + req->frags[fi].nkeys * step)) < 0;
-        fail |= buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0;
-        for (size_t i = 0; i < r->nkeys && !fail; i++) {
+        buf_append_header(&scratch, '*', (int64_t)(1 + req->frags[fi].nkeys * step));
+        buf_append_bulk(&scratch, argv[0].ptr, argv[0].len);
+        for (size_t i = 0; i < r->nkeys; i++) {
             if (req->key_order[2 * i] != fi)
                 continue;
             for (size_t a = 0; a < step; a++)
-                fail |= buf_append_bulk(&scratch, argv[key_pos[i] + a].ptr,
-                                        argv[key_pos[i] + a].len) < 0;
+                buf_append_bulk(&scratch, argv[key_pos[i] + a].ptr, argv[key_pos[i] + a].len);
         }
     }
     part_off[req->nfrags] = buf_len(&scratch);
-    return fail ? -1 : 0;
+    return buf_failed(&scratch) ? -1 : 0;
 }
 
 /* Splits a multi-key command per shard; merge.c joins the replies. */
@@ -331,7 +314,7 @@ static int locate_keys(routed *r)
     int same = 1, must_move = 0;
     int moving = rebalance_running() && !r->req->migrated;
     for (size_t i = 0; i < nkeys; i++) {
-        uint32_t h = key_hash(&r->argv[key_pos[i]]);
+        uint32_t h = server_key_hash(r->argv[key_pos[i]].ptr, r->argv[key_pos[i]].len);
         key_shard[i] = ring_lookup(srv.ring, h);
         same &= key_shard[i] == key_shard[0];
         if (moving) {
@@ -352,9 +335,7 @@ static int locate_on_one_shard(routed *r)
     if (locate_keys(r) < 0)
         return -1;
     if (!r->same_shard) {
-        srv.stats.errors_crossslot++;
-        request_error(r->req,
-                      "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
+        request_crossslot(r->req, REQUEST_KEYS_APART);
         return -1;
     }
     return 0;
@@ -431,7 +412,7 @@ static void route_blocking(routed *r)
  * channel's subscribers are (pubsub.c). */
 static void route_channel(routed *r)
 {
-    forward(r, router_shard_of(r->argv[1].ptr, r->argv[1].len));
+    forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
 }
 
 static void route_any_shard(routed *r)
@@ -555,7 +536,7 @@ static int queue_by_keys(routed *r, shard **target)
 
 static int queue_by_channel(routed *r, shard **target)
 {
-    *target = srv.shards[router_shard_of(r->argv[1].ptr, r->argv[1].len)];
+    *target = srv.shards[server_shard_of_key(r->argv[1].ptr, r->argv[1].len)];
     return 0;
 }
 
@@ -731,7 +712,7 @@ static void route(routed *r)
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
     if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !rebalance_running()) {
-        forward(r, ring_lookup(srv.ring, key_hash(&r->argv[1])));
+        forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
         return;
     }
     if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED)) {

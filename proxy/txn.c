@@ -340,9 +340,7 @@ void txn_queue(request *req, shard *s, const char *bytes, size_t len)
         return;
     } else if (s && t->conn && t->conn->shard != s) {
         t->aborted = 1;
-        srv.stats.errors_crossslot++;
-        request_error(req, "CROSSSLOT Keys in request don't hash to the same shard as the "
-                           "transaction's earlier keys (use {hash tags})");
+        request_crossslot(req, REQUEST_KEYS_APART " as the transaction's earlier keys");
         return;
     }
     t->queued_count++;
@@ -420,9 +418,7 @@ static void cmd_watch(txn *t, request *req, shard *s, const char *bytes, size_t 
 {
     if (t->state == TXN_WATCHING) {
         if (t->conn->shard != s) {
-            srv.stats.errors_crossslot++;
-            request_error(req, "CROSSSLOT Keys in request don't hash to the same shard as the "
-                               "WATCHed keys (use {hash tags})");
+            request_crossslot(req, REQUEST_KEYS_APART " as the WATCHed keys");
             return;
         }
     } else {
@@ -491,9 +487,7 @@ void txn_blocking(request *req, shard *s, uint64_t block_us, const char *bytes, 
     }
     if (t->state == TXN_WATCHING) {
         if (t->conn->shard != s) {
-            srv.stats.errors_crossslot++;
-            request_error(req, "CROSSSLOT a blocking command on another shard than the "
-                               "WATCHed keys (use {hash tags})");
+            request_crossslot(req, "a blocking command on another shard than the WATCHed keys");
             return;
         }
         req->session->hold_input = 1;
