@@ -46,10 +46,8 @@ static int parse_saved_request(request *req)
 
 static void drop_fragments(request *req)
 {
-    for (size_t i = 0; i < req->nfrags; i++) {
-        buf_free(&req->frags[i].reply);
+    for (size_t i = 0; i < req->nfrags; i++)
         buf_free(&req->frags[i].stale_del);
-    }
     free(req->frags);
     req->frags = NULL;
     req->nfrags = 0;

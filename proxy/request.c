@@ -34,14 +34,11 @@ void request_free(request *req)
         return;
     buf_free(&req->reply);
     buf_free(&req->single.reply);
-    for (size_t i = 0; i < req->nfrags; i++) {
-        buf_free(&req->frags[i].reply);
-        buf_free(&req->frags[i].stale_del);
-    }
+    for (size_t i = 0; i < req->nfrags; i++)
+        buf_free(&req->frags[i].reply); /* or stale_del: a union */
     free(req->frags);
     free(req->key_order);
-    buf_free(&req->saved_request);
-    buf_free(&req->confirmations);
+    buf_free(&req->saved_request); /* or confirmations: a union */
     free(req->migrate_error);
     if (free_count >= REQUEST_CACHE_MAX) {
         free(req);

@@ -21,24 +21,32 @@ typedef void (*fragment_done_fn)(struct fragment *f, const char *reply, size_t l
 
 /* One piece of a request sent to one backend connection. */
 typedef struct fragment {
-    struct fragment *next;     /* next in the backend's in-flight FIFO */
-    struct request *req;       /* the request it belongs to */
-    fragment_done_fn done;     /* completion, set by the router */
-    uint64_t sent_us;          /* loop clock when queued, for timeouts and latency */
-    uint64_t block_us;         /* a blocking command's own timeout, added to request_timeout;
-                                  UINT64_MAX: it may block for ever */
-    uint64_t end_offset;       /* the backend connection's queued byte count just after its
-                                  request: the request is all written once that many are */
-    uint32_t shard;            /* index of the target shard */
-    size_t first_key;          /* split: index of its first key in the request's key list */
-    size_t nkeys;              /* split, key move: number of keys it carries */
-    buf reply;                 /* split: a copy of its reply, kept until all parts are in */
-    size_t shards_asked;       /* RANDOMKEY: shards asked so far (the next is asked while they
-                                  answer nil) */
-    struct shard *move_source; /* key move: the shard its keys leave */
-    buf stale_del;             /* key move: DEL of the source's copies, sent when the target
-                                  answers BUSYKEY (its copy is newer) */
-    struct backend_conn *conn; /* a backend's own fragment (AUTH, barrier): its connection */
+    struct fragment *next; /* next in the backend's in-flight FIFO */
+    struct request *req;   /* the request it belongs to */
+    fragment_done_fn done; /* completion, set by the router */
+    uint64_t sent_us;      /* loop clock when queued, for timeouts and latency */
+    uint64_t block_us;     /* a blocking command's own timeout, added to request_timeout;
+                              UINT64_MAX: it may block for ever */
+    uint64_t end_offset;   /* the backend connection's queued byte count just after its
+                              request: the request is all written once that many are */
+    uint32_t shard;        /* index of the target shard */
+    size_t first_key;      /* split: index of its first key in the request's key list */
+    size_t nkeys;          /* split, key move: number of keys it carries */
+    /* What one kind of fragment keeps (a fragment is of one kind only; the
+     * unions keep the request, which embeds one fragment, small: it is
+     * zeroed for every request). request_free frees the buffer as reply. */
+    union {
+        buf reply;     /* split, fan-out: a copy of its reply, kept until all parts are in */
+        buf stale_del; /* key move: DEL of the source's copies, sent when the target
+                          answers BUSYKEY (its copy is newer) */
+    };
+    union {
+        size_t shards_asked;       /* RANDOMKEY: shards asked so far (the next is asked
+                                      while they answer nil) */
+        struct shard *move_source; /* key move: the shard its keys leave */
+        struct backend_conn *conn; /* a backend's own fragment (AUTH, barrier): its
+                                      connection */
+    };
 } fragment;
 
 /* State of a client connection that the router and local commands read or
@@ -92,11 +100,14 @@ typedef struct request {
                           fragments' key lists (malloc'd) */
     size_t nkeys;
     uint64_t hint; /* backend connection choice (the client's id) */
-    /* rebalancing: a request whose keys must move first keeps a copy of its
-     * bytes and is routed again from it once the keys are on their new shard */
-    buf saved_request;
-    buf confirmations;         /* (un)subscribe: the reply made for it, given once the
-                                  shards have taken their parts */
+    /* A request is either moved or an (un)subscribe, never both; request_free
+     * frees the buffer as saved_request. */
+    union {
+        buf saved_request; /* rebalancing: a request whose keys must move first keeps
+                              a copy of its bytes, routed again once they have moved */
+        buf confirmations; /* (un)subscribe: the reply made for it, given once the
+                              shards have taken their parts */
+    };
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
