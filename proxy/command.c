@@ -115,6 +115,19 @@ void command_init(void)
     command_index.built = true;
 }
 
+/* Equality of len bytes. Names are a few bytes long: a loop costs less
+ * than a call to memcmp, whose cost also varies with where the table's
+ * strings happen to lie (page-crossing checks). */
+static inline bool same_name(const char *a, const char *b, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (a[i] != b[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
 const command *command_lookup(const char *name, size_t len)
 {
     if (!command_index.built) {
@@ -134,7 +147,7 @@ const command *command_lookup(const char *name, size_t len)
             return NULL;
         }
         row--;
-        if (command_index.name_len[row] == len && memcmp(command_rows[row].name, lower, len) == 0) {
+        if (command_index.name_len[row] == len && same_name(command_rows[row].name, lower, len)) {
             return &command_rows[row];
         }
         s = (s + 1) & (COMMAND_SLOTS - 1);
