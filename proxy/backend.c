@@ -452,6 +452,7 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
     /* A big request offered by the client (buf_offer) is taken, not
      * copied, when nothing else is queued. */
     if (buf_append_msg(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
         return -1;
     }
@@ -819,8 +820,10 @@ int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
 {
     if (c->dead || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
         return -1;
-    if (buf_append(&c->out, bytes, len) < 0)
+    if (buf_append(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         return -1;
+    }
     c->queued_total += len;
     if (c->state == BACKEND_UP)
         conn_mark_dirty(c);

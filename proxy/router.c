@@ -80,7 +80,7 @@ static const char *request_bytes(size_t argc, const resp_arg *argv, const char *
         *len = raw_len;
         return raw;
     }
-    scratch.start = scratch.end = 0;
+    buf_reset(&scratch);
     if (encode(&scratch, argc, argv) < 0)
         return NULL;
     *len = buf_len(&scratch);
@@ -189,7 +189,7 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
     }
     /* Encode each fragment: the command name as the client sent it, then its
      * keys (with their values for MSET) in the client's order. */
-    scratch.start = scratch.end = 0;
+    buf_reset(&scratch);
     int fail = 0;
     for (size_t fi = 0; fi < nfrags && !fail; fi++) {
         part_off[fi] = buf_len(&scratch);
@@ -225,7 +225,7 @@ static void fanout(request *req, size_t argc, const resp_arg *argv, const char *
         return;
     }
     if (!raw) {
-        scratch.start = scratch.end = 0;
+        buf_reset(&scratch);
         if (encode(&scratch, argc, argv) < 0) {
             request_error(req, "ERR out of memory");
             return;
