@@ -27,8 +27,6 @@
  * connection, and a client that did it once does not pin one for ever. */
 #define BACKEND_LINGER_MS 10000
 
-static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
-
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
 static backend_conn *reserved_head; /* every reserved connection */
@@ -800,7 +798,7 @@ void backend_reserved_barrier(backend_conn *c, uint64_t hint)
     if (c->barrier)
         c->barrier->aux = NULL;
     c->barrier = f;
-    backend_send(c->shard, hint, f, PING_REQUEST, sizeof(PING_REQUEST) - 1);
+    backend_send(c->shard, hint, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
 }
 
 void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size_t len)
