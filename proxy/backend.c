@@ -14,6 +14,7 @@
 
 #include <event2/event.h>
 
+#include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -688,12 +689,7 @@ void backend_shard_free(shard *s)
 static void reserved_free(backend_conn *c)
 {
     conn_unmark_dirty(c);
-    if (c->prev_reserved)
-        c->prev_reserved->next_reserved = c->next_reserved;
-    else
-        reserved_head = c->next_reserved;
-    if (c->next_reserved)
-        c->next_reserved->prev_reserved = c->prev_reserved;
+    DLIST_UNLINK(reserved_head, c, prev_reserved, next_reserved);
     /* A barrier still queued on the pool connection completes alone. */
     if (c->barrier)
         c->barrier->aux = NULL;
@@ -749,10 +745,7 @@ backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event
     c->idle_since_us = srv.now_us;
     resp_reply_init(&c->scan);
     event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
-    c->next_reserved = reserved_head;
-    if (reserved_head)
-        reserved_head->prev_reserved = c;
-    reserved_head = c;
+    DLIST_PUSH_FRONT(reserved_head, c, prev_reserved, next_reserved);
     s->reserved++;
     /* A connect that fails at once must not call the owner back before it
      * has the handle. */
