@@ -14,6 +14,7 @@
 
 #include <event2/event.h>
 
+#include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -26,8 +27,6 @@
  * next one, then closes: a worker looping on BLPOP or MULTI/EXEC reuses one
  * connection, and a client that did it once does not pin one for ever. */
 #define BACKEND_LINGER_MS 10000
-
-static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
 
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
@@ -452,6 +451,7 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
     /* A big request offered by the client (buf_offer) is taken, not
      * copied, when nothing else is queued. */
     if (buf_append_msg(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
         return -1;
     }
@@ -689,12 +689,7 @@ void backend_shard_free(shard *s)
 static void reserved_free(backend_conn *c)
 {
     conn_unmark_dirty(c);
-    if (c->prev_reserved)
-        c->prev_reserved->next_reserved = c->next_reserved;
-    else
-        reserved_head = c->next_reserved;
-    if (c->next_reserved)
-        c->next_reserved->prev_reserved = c->prev_reserved;
+    DLIST_UNLINK(reserved_head, c, prev_reserved, next_reserved);
     /* A barrier still queued on the pool connection completes alone. */
     if (c->barrier)
         c->barrier->conn = NULL;
@@ -750,10 +745,7 @@ backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event
     c->idle_since_us = srv.now_us;
     resp_reply_init(&c->scan);
     event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
-    c->next_reserved = reserved_head;
-    if (reserved_head)
-        reserved_head->prev_reserved = c;
-    reserved_head = c;
+    DLIST_PUSH_FRONT(reserved_head, c, prev_reserved, next_reserved);
     s->reserved++;
     /* A connect that fails at once must not call the owner back before it
      * has the handle. */
@@ -799,7 +791,7 @@ void backend_reserved_barrier(backend_conn *c, uint64_t hint)
     if (c->barrier)
         c->barrier->conn = NULL;
     c->barrier = f;
-    backend_send(c->shard, hint, f, PING_REQUEST, sizeof(PING_REQUEST) - 1);
+    backend_send(c->shard, hint, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
 }
 
 void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size_t len)
@@ -819,8 +811,10 @@ int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
 {
     if (c->dead || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
         return -1;
-    if (buf_append(&c->out, bytes, len) < 0)
+    if (buf_append(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         return -1;
+    }
     c->queued_total += len;
     if (c->state == BACKEND_UP)
         conn_mark_dirty(c);

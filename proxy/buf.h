@@ -62,6 +62,14 @@ static inline void buf_reset(buf *b)
     b->err = 0;
 }
 
+/* For a queue of whole messages (a connection's output): an append that
+ * failed added nothing, so what was queued before it is still good. Once
+ * the failure is handled, this lets the queue take the next message. */
+static inline void buf_forget_failure(buf *b)
+{
+    b->err = 0;
+}
+
 /* Makes room for at least n more bytes at the end (compacting first).
  * Returns 0, or -1 when out of memory; a reservation that fails is not an
  * append and does not mark the buffer failed. */

@@ -31,17 +31,11 @@ static void scan_done(fragment *f, const char *reply, size_t len)
     /* [cursor, keys]: the cursor is rewritten, the keys pass as they are. */
     const char *cursor = NULL;
     size_t pos = 0, cursor_len = 0;
-    if (len > 8 && memcmp(reply, "*2\r\n$", 5) == 0) {
-        const char *crlf = memchr(reply + 5, '\r', len - 5);
-        long long n = crlf ? strtoll(reply + 5, NULL, 10) : -1;
-        size_t body = crlf ? (size_t)(crlf - reply) + 2 : len;
-        if (n > 0 && n < 21 && body + (size_t)n + 2 <= len) {
-            cursor = reply + body;
-            cursor_len = (size_t)n;
-            pos = body + (size_t)n + 2;
-        }
-    }
-    if (!cursor || !req->owner) {
+    int64_t count;
+    int ok = resp_reply_array_at(reply, len, &pos, &count) == 0 && count == 2 &&
+             resp_reply_bulk_at(reply, len, &pos, &cursor, &cursor_len) == 0 && cursor_len > 0 &&
+             cursor_len < 21;
+    if (!ok || !req->owner) {
         req->on_done(req, reply, len); /* an error, or nobody to answer */
         return;
     }
@@ -60,12 +54,10 @@ static void scan_done(fragment *f, const char *reply, size_t len)
     char head[48];
     int hl = snprintf(head, sizeof(head), "%llu", out);
     buf b = {0};
-    int fail = buf_append(&b, "*2\r\n", 4) < 0 || buf_append_bulk(&b, head, (size_t)hl) < 0 ||
-               buf_append(&b, reply + pos, len - pos) < 0;
-    if (fail)
-        request_error(req, "ERR out of memory");
-    else
-        req->on_done(req, buf_head(&b), buf_len(&b));
+    buf_append(&b, "*2\r\n", 4);
+    buf_append_bulk(&b, head, (size_t)hl);
+    buf_append(&b, reply + pos, len - pos);
+    request_reply_buf(req, &b);
     buf_free(&b);
 }
 
@@ -95,12 +87,12 @@ void keyspace_scan(request *req, size_t argc, const resp_arg *argv, uint64_t hin
     /* The same request with the shard's own cursor. */
     int n = snprintf(digits, sizeof(digits), "%llu", cursor >> SCAN_SHARD_BITS);
     buf_reset(&scratch);
-    int fail = buf_append_header(&scratch, '*', (int64_t)argc) < 0 ||
-               buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0 ||
-               buf_append_bulk(&scratch, digits, (size_t)n) < 0;
-    for (size_t i = 2; i < argc && !fail; i++)
-        fail = buf_append_bulk(&scratch, argv[i].ptr, argv[i].len) < 0;
-    if (fail) {
+    buf_append_header(&scratch, '*', (int64_t)argc);
+    buf_append_bulk(&scratch, argv[0].ptr, argv[0].len);
+    buf_append_bulk(&scratch, digits, (size_t)n);
+    for (size_t i = 2; i < argc; i++)
+        buf_append_bulk(&scratch, argv[i].ptr, argv[i].len);
+    if (buf_failed(&scratch)) {
         request_error(req, "ERR out of memory");
         return;
     }

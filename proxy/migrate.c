@@ -110,14 +110,12 @@ static void migrate_part_done(fragment *f, const char *reply, size_t len)
 }
 
 /* Appends the keys of group g (of the plan), as bulks. */
-static int encode_group_keys(buf *out, const move_plan *p, const resp_arg *argv, size_t g)
+static void encode_group_keys(buf *out, const move_plan *p, const resp_arg *argv, size_t g)
 {
-    int fail = 0;
-    for (size_t k = 0; !fail && k < p->nmove; k++)
+    for (size_t k = 0; k < p->nmove; k++)
         if (p->group_of_key[2 * k] == g)
-            fail |= buf_append_bulk(out, argv[p->group_of_key[2 * k + 1]].ptr,
-                                    argv[p->group_of_key[2 * k + 1]].len) < 0;
-    return fail ? -1 : 0;
+            buf_append_bulk(out, argv[p->group_of_key[2 * k + 1]].ptr,
+                            argv[p->group_of_key[2 * k + 1]].len);
 }
 
 static void plan_free(move_plan *p)
@@ -172,22 +170,23 @@ static int encode_moves(request *req, const move_plan *p, const resp_arg *argv, 
 {
     int fail = 0;
     buf_reset(&scratch);
-    for (size_t g = 0; g < p->ngroups && !fail; g++) {
+    for (size_t g = 0; g < p->ngroups; g++) {
         fragment *f = &req->frags[g];
         f->req = req;
         f->done = migrate_part_done;
         f->nkeys = p->count[g];
         f->move_source = p->src[g];
         part_off[g] = buf_len(&scratch);
-        fail |= rebalance_migrate_head(&scratch, p->dst[g], p->count[g]) < 0;
-        fail |= encode_group_keys(&scratch, p, argv, g) < 0;
+        rebalance_migrate_head(&scratch, p->dst[g], p->count[g]);
+        encode_group_keys(&scratch, p, argv, g);
         /* The DEL to send if the target answers BUSYKEY. */
-        fail |= buf_append_header(&f->stale_del, '*', (int64_t)(1 + p->count[g])) < 0;
-        fail |= buf_append_bulk(&f->stale_del, "DEL", 3) < 0;
-        fail |= encode_group_keys(&f->stale_del, p, argv, g) < 0;
+        buf_append_header(&f->stale_del, '*', (int64_t)(1 + p->count[g]));
+        buf_append_bulk(&f->stale_del, "DEL", 3);
+        encode_group_keys(&f->stale_del, p, argv, g);
+        fail |= buf_failed(&f->stale_del);
     }
     part_off[p->ngroups] = buf_len(&scratch);
-    return fail ? -1 : 0;
+    return fail || buf_failed(&scratch) ? -1 : 0;
 }
 
 /* Sends a MIGRATE per group of the plan; the request is routed again once

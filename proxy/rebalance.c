@@ -286,26 +286,25 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
         batch_end(m);
 }
 
-int rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
+void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
 {
     char port[8], timeout[16];
     int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
     int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
     const char *pass = srv.cfg->backend_password;
-    int fail = buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys)) < 0;
-    fail |= buf_append_bulk(out, "MIGRATE", 7) < 0;
-    fail |= buf_append_bulk(out, target->host, strlen(target->host)) < 0;
-    fail |= buf_append_bulk(out, port, (size_t)pl) < 0;
-    fail |= buf_append_bulk(out, "", 0) < 0;
-    fail |= buf_append_bulk(out, "0", 1) < 0;
-    fail |= buf_append_bulk(out, timeout, (size_t)tl) < 0;
+    buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys));
+    buf_append_bulk(out, "MIGRATE", 7);
+    buf_append_bulk(out, target->host, strlen(target->host));
+    buf_append_bulk(out, port, (size_t)pl);
+    buf_append_bulk(out, "", 0);
+    buf_append_bulk(out, "0", 1);
+    buf_append_bulk(out, timeout, (size_t)tl);
     if (pass) {
         /* The source authenticates to the target with the shards' password. */
-        fail |= buf_append_bulk(out, "AUTH", 4) < 0;
-        fail |= buf_append_bulk(out, pass, strlen(pass)) < 0;
+        buf_append_bulk(out, "AUTH", 4);
+        buf_append_bulk(out, pass, strlen(pass));
     }
-    fail |= buf_append_bulk(out, "KEYS", 4) < 0;
-    return fail ? -1 : 0;
+    buf_append_bulk(out, "KEYS", 4);
 }
 
 /* Sends MIGRATE for keys (ownership of the key copies passes to the call). */
@@ -318,11 +317,10 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
         call->lens = malloc(nkeys * sizeof(size_t));
     }
     buf cmd = {0};
-    int fail = !call || !call->keys || !call->lens || !m->ac ||
-               rebalance_migrate_head(&cmd, target, nkeys) < 0;
-    for (size_t i = 0; i < nkeys && !fail; i++)
-        fail = buf_append_bulk(&cmd, keys[i], lens[i]) < 0;
-    if (fail) {
+    rebalance_migrate_head(&cmd, target, nkeys);
+    for (size_t i = 0; i < nkeys; i++)
+        buf_append_bulk(&cmd, keys[i], lens[i]);
+    if (!call || !call->keys || !call->lens || !m->ac || buf_failed(&cmd)) {
         for (size_t i = 0; i < nkeys; i++)
             free(keys[i]);
         if (call) {
@@ -621,7 +619,7 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
                 continue;
             f->done = barrier_ping_done;
             rb.barrier++;
-            backend_send(s, (uint64_t)j, f, "*1\r\n$4\r\nPING\r\n", 14);
+            backend_send(s, (uint64_t)j, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
         }
     }
     log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,

@@ -38,10 +38,10 @@ int rebalance_wait_barrier(request *req, void (*resume)(request *req));
 
 /* Appends the start of a MIGRATE of nkeys keys to target: the multibulk
  * header and every argument up to KEYS (with AUTH when the shards have a
- * password); the caller appends the nkeys keys as bulks. The one encoding
- * of MIGRATE, for the mover and for on-demand moves. 0 or -1. */
-__attribute__((warn_unused_result)) int rebalance_migrate_head(buf *out, const shard *target,
-                                                               size_t nkeys);
+ * password); the caller appends the nkeys keys as bulks and checks
+ * buf_failed(out) once done. The one encoding of MIGRATE, for the mover and
+ * for on-demand moves. */
+void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys);
 
 /* Counts keys moved on demand (for INFO). */
 void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);

@@ -330,7 +330,7 @@ int reload_config(const char *why, char *err, size_t errlen)
     config_free(old_cfg);
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_start(srv.shards[i]);
-    log_set_level((log_level)next->log_level);
+    log_set_level(next->log_level);
     srv.config_epoch++;
     srv.last_reload_time = time(NULL);
     srv.last_reload_error[0] = '\0';

@@ -76,6 +76,14 @@ void request_error(request *req, const char *fmt, ...)
     req->on_done(req, msg, len);
 }
 
+void request_reply_buf(request *req, const buf *b)
+{
+    if (buf_failed(b))
+        request_error(req, "ERR out of memory");
+    else
+        req->on_done(req, buf_head(b), buf_len(b));
+}
+
 void request_crossslot(request *req, const char *what)
 {
     srv.stats.errors_crossslot++;

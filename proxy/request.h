@@ -128,6 +128,10 @@ void request_trim_cache(void);
  * client-supplied name) become spaces, so the reply stays one line. */
 void request_error(request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Answers req with the reply built in b, or with "-ERR out of memory" when
+ * an append to b failed (buf_failed). b is not freed. */
+void request_reply_buf(request *req, const buf *b);
+
 /* What request_crossslot says of keys on several shards. */
 #define REQUEST_KEYS_APART "Keys in request don't hash to the same shard"
 

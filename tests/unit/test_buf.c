@@ -327,6 +327,13 @@ static void test_failure_ends_when_emptied(void **state)
     assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
     buf_free(&b);
     assert_false(buf_failed(&b));
+    /* a queue of whole messages goes on after a failed append */
+    assert_int_equal(buf_append(&b, "ab", 2), 0);
+    assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
+    buf_forget_failure(&b);
+    assert_int_equal(buf_append(&b, "c", 1), 0);
+    assert_memory_equal(buf_head(&b), "abc", 3);
+    buf_free(&b);
     /* a reservation that fails is not an append */
     assert_int_equal(buf_reserve(&b, IMPOSSIBLE_LEN), -1);
     assert_false(buf_failed(&b));
