@@ -34,10 +34,7 @@ static void reply_str(request *req, const char *s)
  * out of memory; frees b. */
 static void reply_buf(request *req, buf *b)
 {
-    if (buf_failed(b))
-        reply_str(req, "-ERR out of memory\r\n");
-    else
-        reply(req, buf_head(b), buf_len(b));
+    request_reply_buf(req, b);
     buf_free(b);
 }
 
@@ -53,7 +50,7 @@ static void reply_bulk(request *req, const char *s, size_t len)
 static void reply_text(request *req, buf *text)
 {
     if (buf_failed(text))
-        reply_str(req, "-ERR out of memory\r\n");
+        request_reply_buf(req, text);
     else
         reply_bulk(req, text->data ? buf_head(text) : "", buf_len(text));
     buf_free(text);

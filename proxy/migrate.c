@@ -21,7 +21,7 @@ static migrate_reroute_fn reroute_fn;
 
 /* The keys of one request that move, grouped by (source, target). */
 typedef struct move_plan {
-    size_t *group_of_key; /* pairs (group, argv index) for keys that move, ended by -2 */
+    size_t *group_of_key; /* nmove pairs (group, argv index), one per key that moves */
     shard **src;          /* per group: the old owner */
     shard **dst;          /* per group: the new owner */
     size_t *count;        /* per group: its number of keys */
@@ -159,7 +159,6 @@ static int plan_moves(move_plan *p, const resp_arg *argv, const size_t *key_pos,
         p->group_of_key[2 * p->nmove + 1] = key_pos[i];
         p->nmove++;
     }
-    p->group_of_key[2 * p->nmove] = (size_t)-2;
     return 0;
 }
 

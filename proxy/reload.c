@@ -225,6 +225,87 @@ static int reject(char *err, size_t errlen, const char *fmt, const char *detail)
     return -1;
 }
 
+/* Frees the first n shards of a new shard list that are not live ones. */
+static void free_new_shards(shard **shards, size_t n, const config *next)
+{
+    for (size_t j = 0; j < n; j++)
+        if (shards[j] != find_shard(next->shards[j].name))
+            backend_shard_free(shards[j]);
+}
+
+/* The shard objects for next's shard list, in its order. Same name and
+ * address: the live shard and its connections are kept; a new address: a
+ * new shard object (the old one is closed once next is in force). *fresh
+ * counts the new ones. NULL with detail when out of memory. */
+static shard **new_shard_list(const config *next, size_t *fresh, char *detail, size_t len)
+{
+    shard **shards = calloc(next->nshards, sizeof(*shards));
+    if (!shards) {
+        snprintf(detail, len, "out of memory");
+        return NULL;
+    }
+    *fresh = 0;
+    for (size_t i = 0; i < next->nshards; i++) {
+        const config_shard *cs = &next->shards[i];
+        shard *old = find_shard(cs->name);
+        if (old && strcmp(old->host, cs->host) == 0 && old->port == cs->port) {
+            shards[i] = old;
+            continue;
+        }
+        shards[i] = backend_shard_new(cs, next->backend_connections, detail, len);
+        if (!shards[i]) {
+            free_new_shards(shards, i, next);
+            free(shards);
+            return NULL;
+        }
+        (*fresh)++;
+    }
+    return shards;
+}
+
+/* Closes the live shards that next's list (shards) drops or re-addresses.
+ * With old_shards (a ring change), fills it with the old ring's shards
+ * instead: a shard kept by name is the new object (a re-addressed shard's
+ * data moved with it), and a removed one stays open until its keys are
+ * moved off. */
+static void retire_old_shards(const config *next, shard **shards, shard **old_shards)
+{
+    for (size_t i = 0; i < srv.nshards; i++) {
+        shard *now = NULL;
+        for (size_t j = 0; j < next->nshards; j++)
+            if (strcmp(next->shards[j].name, srv.shards[i]->name) == 0)
+                now = shards[j];
+        if (old_shards)
+            old_shards[i] = now ? now : srv.shards[i];
+        if (now == srv.shards[i] || (!now && old_shards))
+            continue;
+        log_notice("shard %s: %s, closing its connections", srv.shards[i]->label,
+                   now ? "address changed" : "removed");
+        backend_shard_free(srv.shards[i]);
+    }
+}
+
+/* Puts next, its shards and ring in force and starts the new shards;
+ * returns the ring it replaces. */
+static ring *install(config *next, shard **shards, ring *r)
+{
+    free(srv.shards);
+    ring *old_ring = srv.ring;
+    config *old_cfg = srv.cfg;
+    srv.cfg = next;
+    srv.shards = shards;
+    srv.nshards = next->nshards;
+    srv.ring = r;
+    config_free(old_cfg);
+    for (size_t i = 0; i < srv.nshards; i++)
+        backend_shard_start(srv.shards[i]);
+    log_set_level(next->log_level);
+    srv.config_epoch++;
+    srv.last_reload_time = time(NULL);
+    srv.last_reload_error[0] = '\0';
+    return old_ring;
+}
+
 int reload_config(const char *why, char *err, size_t errlen)
 {
     config *next = NULL;
@@ -253,87 +334,27 @@ int reload_config(const char *why, char *err, size_t errlen)
     if (ring_changed)
         log_notice("shard ring changes: %s", detail);
     char *state = ring_changed ? state_text(srv.cfg) : NULL;
-    if (ring_changed && !state) {
-        config_free(next);
-        return reject(err, errlen, "%s", "out of memory");
-    }
-    ring *r = build_ring(next, err, errlen);
-    shard **shards = calloc(next->nshards, sizeof(*shards));
-    if (!r || !shards) {
-        ring_free(r);
-        free(shards);
+    ring *r = !ring_changed || state ? build_ring(next, err, errlen) : NULL;
+    if (!r) {
         free(state);
         config_free(next);
         return reject(err, errlen, "%s", "out of memory");
     }
-    /* Same name and address: keep the live shard and its connections. A new
-     * address: a new shard object; the old one is closed below. */
-    size_t fresh = 0;
-    for (size_t i = 0; i < next->nshards; i++) {
-        const config_shard *cs = &next->shards[i];
-        shard *old = find_shard(cs->name);
-        if (old && strcmp(old->host, cs->host) == 0 && old->port == cs->port) {
-            shards[i] = old;
-            continue;
-        }
-        shards[i] = backend_shard_new(cs, next->backend_connections, detail, sizeof(detail));
-        if (!shards[i]) {
-            for (size_t j = 0; j < i; j++)
-                if (shards[j] != find_shard(next->shards[j].name))
-                    backend_shard_free(shards[j]);
-            free(shards);
-            ring_free(r);
-            free(state);
-            config_free(next);
-            return reject(err, errlen, "%s", detail);
-        }
-        fresh++;
-    }
-    /* The old ring's shards, for a rebalance: a shard kept by name is the
-     * new object (a re-addressed shard's data moved with it); a removed one
-     * stays open until its keys are moved off. */
-    shard **old_shards = NULL;
+    size_t fresh;
+    shard **shards = new_shard_list(next, &fresh, detail, sizeof(detail));
     size_t n_old = srv.nshards;
-    if (ring_changed) {
-        old_shards = calloc(n_old, sizeof(*old_shards));
-        if (!old_shards) {
-            for (size_t j = 0; j < next->nshards; j++)
-                if (shards[j] != find_shard(next->shards[j].name))
-                    backend_shard_free(shards[j]);
-            free(shards);
-            ring_free(r);
-            free(state);
-            config_free(next);
-            return reject(err, errlen, "%s", "out of memory");
-        }
+    shard **old_shards = shards && ring_changed ? calloc(n_old, sizeof(*old_shards)) : NULL;
+    if (!shards || (ring_changed && !old_shards)) {
+        if (shards)
+            free_new_shards(shards, next->nshards, next);
+        free(shards);
+        ring_free(r);
+        free(state);
+        config_free(next);
+        return reject(err, errlen, "%s", shards ? "out of memory" : detail);
     }
-    for (size_t i = 0; i < srv.nshards; i++) {
-        shard *now = NULL;
-        for (size_t j = 0; j < next->nshards; j++)
-            if (strcmp(next->shards[j].name, srv.shards[i]->name) == 0)
-                now = shards[j];
-        if (old_shards)
-            old_shards[i] = now ? now : srv.shards[i];
-        if (now == srv.shards[i] || (!now && old_shards))
-            continue;
-        log_notice("shard %s: %s, closing its connections", srv.shards[i]->label,
-                   now ? "address changed" : "removed");
-        backend_shard_free(srv.shards[i]);
-    }
-    free(srv.shards);
-    ring *old_ring = srv.ring;
-    config *old_cfg = srv.cfg;
-    srv.cfg = next;
-    srv.shards = shards;
-    srv.nshards = next->nshards;
-    srv.ring = r;
-    config_free(old_cfg);
-    for (size_t i = 0; i < srv.nshards; i++)
-        backend_shard_start(srv.shards[i]);
-    log_set_level(next->log_level);
-    srv.config_epoch++;
-    srv.last_reload_time = time(NULL);
-    srv.last_reload_error[0] = '\0';
+    retire_old_shards(next, shards, old_shards);
+    ring *old_ring = install(next, shards, r);
     log_notice("config reloaded (epoch %llu, %zu shards, %zu new or re-addressed)",
                (unsigned long long)srv.config_epoch, srv.nshards, fresh);
     if (!ring_changed) {
