@@ -14,6 +14,11 @@ persistence, and stops it (by PID) when done. `--socket PATH` uses a running
 server instead. The script refuses to write a table when a command is left
 unclassified or its keys cannot be described, so a new Redis version is
 reviewed command by command.
+
+A new kind of command (a lock, a cross-shard transaction) is a value in
+command_route (proxy/command.h), its handler in route_handlers
+(proxy/router.c), and its commands mapped to it below (ROUTE_BY_ID); the
+gates read the flags, so none of them changes.
 """
 
 import argparse
