@@ -43,7 +43,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 PROXY_BIN := $(BUILD)/ringproxy
 
-.PHONY: all test unit integration asan clean run bench bench-instr format check-format deps
+.PHONY: all test unit integration asan clean run bench bench-instr format check-format deps check-layers
 # Keep the integration helpers' objects between runs.
 .SECONDARY:
 .DEFAULT_GOAL := all
@@ -95,6 +95,7 @@ integration: $(INTEG_BINS) ringproxy
 	@set -e; for t in $(INTEG_BINS); do echo "== $$t"; RINGPROXY_BIN=$(abspath $(PROXY_BIN)) $$t; done
 
 test: all $(UNIT_BINS) $(INTEG_BINS) $(BENCH_BINS)
+	@tests/check-layers.sh
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 
@@ -124,6 +125,10 @@ deps:
 
 format:
 	clang-format -i $(wildcard */*.c */*.h tests/*/*.c tests/*/*.h)
+
+# No two modules of proxy/ may include each other, directly or not.
+check-layers:
+	@tests/check-layers.sh
 
 check-format:
 	clang-format --dry-run --Werror $(wildcard */*.c */*.h tests/*/*.c tests/*/*.h)

@@ -555,8 +555,7 @@ static bool same_host(const char *a, const char *b)
     return strcasecmp(a, b) == 0;
 }
 
-/* "127.0.0.1:7001" or "[::1]:7001". */
-static void format_addr(const char *host, uint16_t port, char *buf, size_t buflen)
+void config_format_addr(const char *host, uint16_t port, char *buf, size_t buflen)
 {
     if (strchr(host, ':'))
         snprintf(buf, buflen, "[%s]:%u", host, (unsigned)port);
@@ -806,8 +805,8 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *other = &cfg->shards[i];
         if (other->port == shard.port && same_host(other->host, shard.host)) {
-            char addr[300];
-            format_addr(shard.host, shard.port, addr, sizeof(addr));
+            char addr[CONFIG_ADDR_MAX];
+            config_format_addr(shard.host, shard.port, addr, sizeof(addr));
             fail(ctx, ctx->line, "shards %s and %s (line %d) have the same address %s", name,
                  other->name, other->line, addr);
             free(shard.host);
@@ -995,8 +994,8 @@ static void validate(load_ctx *ctx)
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *shard = &cfg->shards[i];
         if (shard->port == cfg->listen_port && same_host(shard->host, cfg->listen_host)) {
-            char addr[300];
-            format_addr(shard->host, shard->port, addr, sizeof(addr));
+            char addr[CONFIG_ADDR_MAX];
+            config_format_addr(shard->host, shard->port, addr, sizeof(addr));
             fail(ctx, shard->line, "shard %s is at the proxy's own listen address %s", shard->name,
                  addr);
             return;

@@ -108,6 +108,14 @@ void config_write_reference(FILE *out);
  * reloadable, meaning), as in config/README.md. */
 void config_write_markdown(FILE *out);
 
+/* Room for any address config_format_addr writes: a host of up to 255
+ * bytes (a DNS name's limit; longer ones are cut), brackets, ':' and port. */
+#define CONFIG_ADDR_MAX 300
+
+/* Writes host:port as proxy.ini spells it: "127.0.0.1:7001", or
+ * "[::1]:7001" for an IPv6 host. */
+void config_format_addr(const char *host, uint16_t port, char *buf, size_t buflen);
+
 /* Name of a log level ("debug", "info", ...). */
 const char *config_log_level_name(config_log_level level);
 

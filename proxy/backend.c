@@ -14,6 +14,7 @@
 
 #include <event2/event.h>
 
+#include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -26,8 +27,6 @@
  * next one, then closes: a worker looping on BLPOP or MULTI/EXEC reuses one
  * connection, and a client that did it once does not pin one for ever. */
 #define BACKEND_LINGER_MS 10000
-
-static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
 
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
@@ -207,7 +206,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg);
 
 static void auth_done(fragment *f, const char *reply, size_t len)
 {
-    backend_conn *c = f->aux;
+    backend_conn *c = f->conn;
     if (c->state != BACKEND_UP)
         return; /* the connection is failing already */
     if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
@@ -241,7 +240,7 @@ static int conn_queue_auth(backend_conn *c, const char *password)
     c->out = first;
     memset(&c->auth, 0, sizeof(c->auth));
     c->auth.done = auth_done;
-    c->auth.aux = c;
+    c->auth.conn = c;
     c->auth.sent_us = srv.now_us;
     c->auth.end_offset = c->written_total + auth_len;
     c->auth.next = c->head;
@@ -489,6 +488,7 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
     /* A big request offered by the client (buf_offer) is taken, not
      * copied, when nothing else is queued. */
     if (buf_append_msg(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
         return -1;
     }
@@ -704,10 +704,9 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         backend_shard_free(s);
         return NULL;
     }
-    if (strchr(s->host, ':'))
-        snprintf(s->label, sizeof(s->label), "%s ([%s]:%u)", s->name, s->host, (unsigned)s->port);
-    else
-        snprintf(s->label, sizeof(s->label), "%s (%s:%u)", s->name, s->host, (unsigned)s->port);
+    char addr[CONFIG_ADDR_MAX];
+    config_format_addr(s->host, s->port, addr, sizeof(addr));
+    snprintf(s->label, sizeof(s->label), "%s (%s)", s->name, addr);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         c->shard = s;
@@ -790,15 +789,10 @@ void backend_retired_free_all(void)
 static void reserved_free(backend_conn *c)
 {
     conn_unmark_dirty(c);
-    if (c->prev_reserved)
-        c->prev_reserved->next_reserved = c->next_reserved;
-    else
-        reserved_head = c->next_reserved;
-    if (c->next_reserved)
-        c->next_reserved->prev_reserved = c->prev_reserved;
+    DLIST_UNLINK(reserved_head, c, prev_reserved, next_reserved);
     /* A barrier still queued on the pool connection completes alone. */
     if (c->barrier)
-        c->barrier->aux = NULL;
+        c->barrier->conn = NULL;
     event_del(&c->ev_timer);
     buf_free(&c->out);
     buf_free(&c->in);
@@ -850,10 +844,7 @@ backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event
     c->idle_since_us = srv.now_us;
     resp_reply_init(&c->scan);
     event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
-    c->next_reserved = reserved_head;
-    if (reserved_head)
-        reserved_head->prev_reserved = c;
-    reserved_head = c;
+    DLIST_PUSH_FRONT(reserved_head, c, prev_reserved, next_reserved);
     s->reserved++;
     /* A connect that fails at once must not call the owner back before it
      * has the handle. */
@@ -873,7 +864,7 @@ static void barrier_done(fragment *f, const char *reply, size_t len)
 {
     (void)reply;
     (void)len;
-    backend_conn *c = f->aux;
+    backend_conn *c = f->conn;
     free(f);
     if (!c || c->barrier != f)
         return;
@@ -894,12 +885,12 @@ void backend_reserved_barrier(backend_conn *c, uint64_t hint)
         return;
     }
     f->done = barrier_done;
-    f->aux = c;
+    f->conn = c;
     /* A newer barrier covers everything the older one did. */
     if (c->barrier)
-        c->barrier->aux = NULL;
+        c->barrier->conn = NULL;
     c->barrier = f;
-    backend_send(c->shard, hint, f, PING_REQUEST, sizeof(PING_REQUEST) - 1);
+    backend_send(c->shard, hint, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
 }
 
 void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size_t len)
@@ -919,8 +910,10 @@ int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
 {
     if (!conn_takes_requests(c))
         return -1;
-    if (buf_append(&c->out, bytes, len) < 0)
+    if (buf_append(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         return -1;
+    }
     c->queued_total += len;
     if (c->state == BACKEND_UP)
         conn_mark_dirty(c);

@@ -3,7 +3,8 @@
 
 Names, arities and key positions come from a real redis-server's COMMAND
 reply, so they match the Redis version the proxy speaks; how ringproxy
-routes each command (the policy) is the hand-written part below.
+routes each command (the policy: class, route handler, gate flags) is the
+hand-written part below.
 
     python3 proxy/command_gen.py > proxy/command_table.inc
     python3 proxy/command_gen.py --markdown > docs/commands.md
@@ -13,6 +14,11 @@ persistence, and stops it (by PID) when done. `--socket PATH` uses a running
 server instead. The script refuses to write a table when a command is left
 unclassified or its keys cannot be described, so a new Redis version is
 reviewed command by command.
+
+A new kind of command (a lock, a cross-shard transaction) is a value in
+command_route (proxy/command.h), its handler in route_handlers
+(proxy/router.c), and its commands mapped to it below (ROUTE_BY_ID); the
+gates read the flags, so none of them changes.
 """
 
 import argparse
@@ -102,6 +108,47 @@ KEYED_IDS = {
     "blmpop": "CMD_BLOCK_FIRST", "bzmpop": "CMD_BLOCK_FIRST",
     "xread": "CMD_XREAD", "xreadgroup": "CMD_XREAD",
 }
+
+# How the router runs each command: its route handler (command_route in
+# command.h). By command id where the id asks for a routing of its own,
+# else by class.
+ROUTE_BY_ID = {
+    "CMD_TIME": "ROUTE_ANY_SHARD",      # any shard knows the time
+    "CMD_COMMAND": "ROUTE_ANY_SHARD",   # and the command set
+    "CMD_PING": "ROUTE_PING",           # answered as a subscriber when subscribed
+    "CMD_RESET": "ROUTE_RESET",
+    "CMD_FLUSH": "ROUTE_FLUSH",         # refused with allow_flush = no
+    "CMD_EVAL": "ROUTE_SCRIPT",         # without keys: script_default_shard
+    "CMD_BLOCK_LAST": "ROUTE_BLOCKING",
+    "CMD_BLOCK_FIRST": "ROUTE_BLOCKING",
+    "CMD_XREAD": "ROUTE_BLOCKING",
+    "CMD_PUBLISH": "ROUTE_CHANNEL",
+    "CMD_SCAN": "ROUTE_SCAN",
+    "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
+}
+ROUTE_BY_CLASS = {
+    "COMMAND_FORWARD": "ROUTE_KEYS",
+    "COMMAND_SAME_SHARD": "ROUTE_KEYS",
+    "COMMAND_SPLIT": "ROUTE_SPLIT",
+    "COMMAND_LOCAL": "ROUTE_LOCAL",
+    "COMMAND_FANOUT": "ROUTE_FANOUT",
+    "COMMAND_UNSUPPORTED": "ROUTE_UNSUPPORTED",
+    "COMMAND_TRANSACTION": "ROUTE_TRANSACTION",
+    "COMMAND_PUBSUB": "ROUTE_PUBSUB",
+}
+
+# Flags the router's gates read (COMMAND_FLAG_* in command.h). Allowed
+# before AUTH is Redis's own no_auth flag; the rest are ringproxy's.
+WHILE_SUBSCRIBED = {"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit",
+                    "reset"}
+# Not queued between MULTI and EXEC: they run at once, as in Redis.
+RUNS_IN_MULTI = {"multi", "exec", "discard", "watch", "quit", "reset"}
+# Local commands a transaction may queue (the shard answers them in EXEC);
+# every other local, fan-out, shard-by-shard, pub/sub or unsupported
+# command is refused between MULTI and EXEC.
+QUEUED_LOCAL = {"ping", "echo", "time"}
+NOT_QUEUED_CLASSES = {"COMMAND_LOCAL", "COMMAND_FANOUT", "COMMAND_ITERATE", "COMMAND_PUBSUB",
+                      "COMMAND_UNSUPPORTED"}
 
 # Not supported: -ERR unsupported command. Their key positions are kept
 # right all the same.
@@ -272,6 +319,8 @@ class Row:
         self.split_step = 0
         self.numkeys = None
         self.subs = None  # name of the subcommand array
+        self.route = None
+        self.flags = []
 
 
 def fields(entry):
@@ -340,11 +389,38 @@ def classify(cmd, container=None):
         if row.cls not in ("COMMAND_FORWARD", "COMMAND_SAME_SHARD"):
             sys.exit("command_gen: %s is in KEYED_IDS but not keyed" % name)
         row.cmd_id = KEYED_IDS[name]
+    route_and_flags(row, cmd["flags"])
     return row
+
+
+def route_and_flags(row, redis_flags):
+    """The route handler and gate flags of a classified row."""
+    row.route = ROUTE_BY_ID.get(row.cmd_id) or ROUTE_BY_CLASS.get(row.cls)
+    if row.route is None:
+        sys.exit("command_gen: %s (%s) has no route handler" % (row.name, row.cls))
+    flags = []
+    if "no_auth" in redis_flags:
+        flags.append("COMMAND_FLAG_NO_AUTH")
+    if row.name in WHILE_SUBSCRIBED:
+        flags.append("COMMAND_FLAG_WHILE_SUBSCRIBED")
+    if row.name in RUNS_IN_MULTI:
+        flags.append("COMMAND_FLAG_RUNS_IN_MULTI")
+    elif row.cls in NOT_QUEUED_CLASSES and row.name not in QUEUED_LOCAL:
+        flags.append("COMMAND_FLAG_NOT_QUEUED")
+    if (row.route == "ROUTE_KEYS" and row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_RANGE"
+            and row.first == 1 and row.last == 1):
+        flags.append("COMMAND_FLAG_SINGLE_KEY")
+    row.flags = flags
 
 
 def row_cells(row):
     """(macro, cells) of one table row; see the macros in command.c."""
+    macro, cells = row_shape(row)
+    return macro, cells + [row.route, " | ".join(row.flags) or "0"]
+
+
+def row_shape(row):
+    """(macro, cells) of a row without its route and flags."""
     name = '"%s"' % row.name
     arity = str(row.arity)
     if row.subs:
@@ -386,7 +462,7 @@ def format_rows(rows):
             text = value if last else value + ","
             numeric = value.lstrip("-").isdigit()
             if last:
-                parts.append(text.rjust(w[i]) if numeric else text)
+                parts.append(text)  # the flags
             elif numeric:
                 parts.append(text.rjust(w[i] + 1))
             else:
@@ -409,12 +485,14 @@ def build_rows(commands):
         rows.append(row)
     proxy = Row("proxy", -2)
     proxy.cls, proxy.cmd_id, proxy.subs = "COMMAND_LOCAL", "CMD_PROXY", "proxy_subcommands"
+    route_and_flags(proxy, set())
     proxy_subs = []
     for name, arity, cmd_id, key in PROXY_SUBCOMMANDS:
         sub = Row(name, arity)
         sub.cls, sub.cmd_id = "COMMAND_LOCAL", cmd_id
         if key:
             sub.rule, sub.first, sub.last, sub.step = "KEYS_RANGE", key, key, 1
+        route_and_flags(sub, set())
         proxy_subs.append(sub)
     sub_arrays.append((proxy.subs, proxy_subs))
     rows.append(proxy)
@@ -429,7 +507,8 @@ def emit(version, commands, out):
       " * plus ringproxy's own PROXY, sorted by name. Written by proxy/command_gen.py\n"
       " * from the server's COMMAND reply and the routing policy in that script:\n"
       " * change the script and run it again rather than editing this file.\n"
-      " * Row shapes are the macros defined in command.c. */\n\n" % version)
+      " * Row shapes are the macros defined in command.c; each row ends with the\n"
+      " * router's handler and the command's flags. */\n\n" % version)
     w("/* clang-format off */\n")
     for array, subs in sorted(sub_arrays):
         w("static const command %s[] = {\n" % array)

@@ -149,7 +149,7 @@ static int run(const char *path)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    log_set_level((log_level)cfg->log_level);
+    log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
     srv.base = event_base_new();
     if (!srv.base) {

@@ -9,7 +9,7 @@
  *    answer (the target already has a newer copy) deletes the stale one;
  *  - no false misses: a key is read from the new owner only after its move.
  * The background mover uses hiredis (control plane) over its own connection
- * to each source; on-demand moves use the data path (router.c). */
+ * to each source; on-demand moves use the data path (migrate.c). */
 #include "proxy/rebalance.h"
 
 #include <errno.h>
@@ -352,20 +352,41 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
         batch_end(m);
 }
 
+void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
+{
+    char port[8], timeout[16];
+    int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
+    int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
+    const char *pass = srv.cfg->backend_password;
+    buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys));
+    buf_append_bulk(out, "MIGRATE", 7);
+    buf_append_bulk(out, target->host, strlen(target->host));
+    buf_append_bulk(out, port, (size_t)pl);
+    buf_append_bulk(out, "", 0);
+    buf_append_bulk(out, "0", 1);
+    buf_append_bulk(out, timeout, (size_t)tl);
+    if (pass) {
+        /* The source authenticates to the target with the shards' password. */
+        buf_append_bulk(out, "AUTH", 4);
+        buf_append_bulk(out, pass, strlen(pass));
+    }
+    buf_append_bulk(out, "KEYS", 4);
+}
+
 /* Sends MIGRATE for keys (ownership of the key copies passes to the call). */
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
                          int retry)
 {
     migrate_call *call = calloc(1, sizeof(*call));
-    const char *pass = srv.cfg->backend_password;
-    size_t nhead = pass ? 9 : 7;
-    const char **argv = malloc((nhead + nkeys) * sizeof(char *));
-    size_t *argvlen = malloc((nhead + nkeys) * sizeof(size_t));
     if (call) {
         call->keys = malloc(nkeys * sizeof(char *));
         call->lens = malloc(nkeys * sizeof(size_t));
     }
-    if (!call || !argv || !argvlen || !call->keys || !call->lens || !m->ac) {
+    buf cmd = {0};
+    rebalance_migrate_head(&cmd, target, nkeys);
+    for (size_t i = 0; i < nkeys; i++)
+        buf_append_bulk(&cmd, keys[i], lens[i]);
+    if (!call || !call->keys || !call->lens || !m->ac || buf_failed(&cmd)) {
         for (size_t i = 0; i < nkeys; i++)
             free(keys[i]);
         if (call) {
@@ -373,8 +394,7 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
             free(call->lens);
             free(call);
         }
-        free(argv);
-        free(argvlen);
+        buf_free(&cmd);
         snprintf(rb.last_error, sizeof(rb.last_error), "%s",
                  m->ac ? "out of memory" : "connection lost");
         m->batch_failed = 1;
@@ -384,26 +404,11 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
     call->target = target;
     call->nkeys = nkeys;
     call->retry = retry;
-    char port[8], timeout[16];
-    snprintf(port, sizeof(port), "%u", (unsigned)target->port);
-    snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    const char *head[9] = {"MIGRATE", target->host, port, "", "0", timeout, "KEYS", NULL, NULL};
-    if (pass) {
-        head[6] = "AUTH";
-        head[7] = pass;
-        head[8] = "KEYS";
-    }
-    for (size_t i = 0; i < nhead; i++) {
-        argv[i] = head[i];
-        argvlen[i] = strlen(head[i]);
-    }
     for (size_t i = 0; i < nkeys; i++) {
         call->keys[i] = keys[i];
         call->lens[i] = lens[i];
-        argv[nhead + i] = keys[i];
-        argvlen[nhead + i] = lens[i];
     }
-    if (redisAsyncCommandArgv(m->ac, on_migrate_reply, call, (int)(nhead + nkeys), argv, argvlen) ==
+    if (redisAsyncFormattedCommand(m->ac, on_migrate_reply, call, buf_head(&cmd), buf_len(&cmd)) ==
         REDIS_OK) {
         m->migrates_pending++;
     } else {
@@ -412,8 +417,7 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
         m->batch_failed = 1;
         call_free(call);
     }
-    free(argv);
-    free(argvlen);
+    buf_free(&cmd);
 }
 
 /* Sends MIGRATEs for the keys of a SCAN reply whose owner changed,
@@ -426,13 +430,11 @@ static size_t migrate_scanned(mover *m, const redisReply *keys)
     size_t **group_len = calloc(n, sizeof(size_t *));
     size_t *count = calloc(n, sizeof(size_t));
     int oom = !group || !group_len || !count;
-    const config *cfg = srv.cfg;
     for (size_t i = 0; !oom && i < keys->elements; i++) {
         redisReply *k = keys->element[i];
         if (k->type != REDIS_REPLY_STRING)
             continue;
-        uint32_t h = hash_key(cfg->hash, k->str, k->len, cfg->hash_tag_open, cfg->hash_tag_close);
-        uint32_t t = ring_lookup(srv.ring, h);
+        uint32_t t = server_shard_of_key(k->str, k->len);
         if (srv.shards[t] == m->source)
             continue;
         if (!group[t]) {
@@ -660,7 +662,7 @@ static void barrier_ping(shard *s)
             continue;
         f->done = barrier_ping_done;
         rb.barrier++;
-        backend_send(s, (uint64_t)j, f, "*1\r\n$4\r\nPING\r\n", 14);
+        backend_send(s, (uint64_t)j, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
     }
 }
 

@@ -36,11 +36,19 @@ shard *rebalance_old_owner(uint32_t hash);
  * barrier is still up, 0 when the caller can go on now. */
 int rebalance_wait_barrier(request *req, void (*resume)(request *req));
 
+/* Appends the start of a MIGRATE of nkeys keys to target: the multibulk
+ * header and every argument up to KEYS (with AUTH when the shards have a
+ * password); the caller appends the nkeys keys as bulks and checks
+ * buf_failed(out) once done. The one encoding of MIGRATE, for the mover and
+ * for on-demand moves. */
+void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys);
+
 /* Counts keys moved on demand (for INFO). */
 void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);
 
-/* Appends the INFO rebalance section (Redis INFO format). 0 or -1. */
-__attribute__((warn_unused_result)) int rebalance_info(buf *b);
+/* Appends the INFO rebalance section (Redis INFO format). 0 or -1; a
+ * failure is also kept in b (buf_failed). */
+int rebalance_info(buf *b);
 
 /* Periodic: drives the mover (rate limit, retries, stalls). */
 void rebalance_tick(void);

@@ -682,3 +682,43 @@ int resp_reply_integer(const char *reply, size_t len, int64_t *out)
         return -1;
     return parse_int64(reply + 1, len - 3, out) ? 0 : -1;
 }
+
+/* Reads the header line "<prefix><integer>\r\n" at r[*pos] into *value and
+ * moves *pos past it. 0 or -1. */
+static int header_at(const char *r, size_t len, size_t *pos, char prefix, int64_t *value)
+{
+    if (*pos >= len || r[*pos] != prefix)
+        return -1;
+    const char *cr = memchr(r + *pos, '\r', len - *pos);
+    if (!cr || (size_t)(cr - r) + 2 > len || cr[1] != '\n')
+        return -1;
+    size_t digits = (size_t)(cr - r) - *pos - 1;
+    if (!parse_int64(r + *pos + 1, digits, value))
+        return -1;
+    *pos = (size_t)(cr - r) + 2;
+    return 0;
+}
+
+int resp_reply_array_at(const char *r, size_t len, size_t *pos, int64_t *count)
+{
+    size_t at = *pos;
+    int64_t n;
+    if (header_at(r, len, &at, '*', &n) < 0 || n < 0)
+        return -1;
+    *count = n;
+    *pos = at;
+    return 0;
+}
+
+int resp_reply_bulk_at(const char *r, size_t len, size_t *pos, const char **ptr, size_t *n)
+{
+    size_t at = *pos;
+    int64_t blen;
+    if (header_at(r, len, &at, '$', &blen) < 0 || blen < 0 || (uint64_t)blen > len - at ||
+        len - at - (size_t)blen < 2)
+        return -1;
+    *ptr = r + at;
+    *n = (size_t)blen;
+    *pos = at + (size_t)blen + 2;
+    return 0;
+}
