@@ -69,6 +69,8 @@ typedef struct config {
     int migrate_timeout_ms;     /* MIGRATE's own timeout */
     int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
     char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */
+    int store_db;               /* database index of the proxy's hidden records on each shard */
+    char *lock_shards;          /* "all" or a comma-separated list of shard names (LOCK.*) */
 
     /* [shards], in file order */
     config_shard *shards;
@@ -98,6 +100,9 @@ void config_write_reference(FILE *out);
 /* Writes the [proxy] keys as a Markdown table (key, default, values,
  * reloadable, meaning), as in config/README.md. */
 void config_write_markdown(FILE *out);
+
+/* Whether shard name is one of the lock shards (lock_shards). */
+int config_is_lock_shard(const config *cfg, const char *name);
 
 /* Name of a log level ("debug", "info", ...). */
 const char *config_log_level_name(config_log_level level);
