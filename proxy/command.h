@@ -25,6 +25,8 @@ typedef enum command_class {
                             connection reserved for the client */
     COMMAND_PUBSUB,      /* SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE: over the
                             client's own subscriber connections */
+    COMMAND_LOCK,        /* LOCK.ACQUIRE, LOCK.RELEASE, LOCK.EXTEND, LOCK.INFO: quorum locks
+                            over the lock shards' hidden store (proxy/lock.c) */
 } command_class;
 
 /* How split or fan-out replies are merged into one. */
@@ -132,6 +134,10 @@ typedef enum command_id {
     CMD_PSUBSCRIBE,
     CMD_UNSUBSCRIBE,
     CMD_PUNSUBSCRIBE,
+    CMD_LOCK_ACQUIRE,
+    CMD_LOCK_RELEASE,
+    CMD_LOCK_EXTEND,
+    CMD_LOCK_INFO,
 } command_id;
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis

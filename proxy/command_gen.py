@@ -159,6 +159,17 @@ PROXY_SUBCOMMANDS = [
     ("proxy|shards", 2, "CMD_PROXY_SHARDS", 0),
 ]
 
+# The proxy's lock commands (not Redis commands): quorum locks over the
+# lock shards' hidden store, answered by proxy/lock.c. The lock name is not
+# a ring key: a lock lives on a majority of the lock shards.
+LOCK_COMMANDS = [
+    # name, arity, id
+    ("lock.acquire", -3, "CMD_LOCK_ACQUIRE"),
+    ("lock.extend", 4, "CMD_LOCK_EXTEND"),
+    ("lock.info", 2, "CMD_LOCK_INFO"),
+    ("lock.release", 3, "CMD_LOCK_RELEASE"),
+]
+
 # Keys that first/last/step cannot describe: name -> (rule, first_key,
 # numkeys check). first_key is the index the rule starts from (see
 # command_keys_rule in command.h).
@@ -418,6 +429,10 @@ def build_rows(commands):
         proxy_subs.append(sub)
     sub_arrays.append((proxy.subs, proxy_subs))
     rows.append(proxy)
+    for name, arity, cmd_id in LOCK_COMMANDS:
+        lock = Row(name, arity)
+        lock.cls, lock.cmd_id = "COMMAND_LOCK", cmd_id
+        rows.append(lock)
     rows.sort(key=lambda r: r.name)
     return rows, sub_arrays
 
@@ -426,7 +441,7 @@ def emit(version, commands, out):
     rows, sub_arrays = build_rows(commands)
     w = out.write
     w("/* The command table of proxy/command.c: every command of redis-server %s\n"
-      " * plus ringproxy's own PROXY, sorted by name. Written by proxy/command_gen.py\n"
+      " * plus ringproxy's own PROXY and LOCK.*, sorted by name. Written by proxy/command_gen.py\n"
       " * from the server's COMMAND reply and the routing policy in that script:\n"
       " * change the script and run it again rather than editing this file.\n"
       " * Row shapes are the macros defined in command.c. */\n\n" % version)
@@ -460,6 +475,7 @@ CLASS_WORDS = {
     "COMMAND_ITERATE": "shard by shard",
     "COMMAND_TRANSACTION": "transaction",
     "COMMAND_PUBSUB": "pub/sub",
+    "COMMAND_LOCK": "lock",
 }
 
 MERGE_NOTES = {
@@ -493,6 +509,10 @@ ID_NOTES = {
     "CMD_RESET": "also ends transactions and subscriptions",
     "CMD_CLIENT_INFO": "the proxy's own clients",
     "CMD_CLIENT_LIST": "the proxy's own clients",
+    "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
+    "CMD_LOCK_RELEASE": "1 when the token held the lock",
+    "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
+    "CMD_LOCK_INFO": "holder token and remaining ttl, or nil",
 }
 
 

@@ -14,6 +14,7 @@
 #include "proxy/admin.h"
 #include "proxy/backend.h"
 #include "proxy/command.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/merge.h"
 #include "proxy/pubsub.h"
@@ -527,6 +528,9 @@ static void route_in_multi(request *req, const command *cmd, size_t argc, const 
     case COMMAND_PUBSUB:
         why = "subscriptions are not transactional";
         break;
+    case COMMAND_LOCK: /* [locks] hook */
+        why = "locks live on a majority of the lock shards";
+        break;
     case COMMAND_TRANSACTION: /* UNWATCH: queued, as Redis does */
     case COMMAND_FORWARD:
     case COMMAND_SPLIT:
@@ -598,6 +602,18 @@ void router_session_end(session *sess)
     txn_end(sess);
 }
 
+/* [locks] COPY with a DB option would reach another database of the shard,
+ * where the proxy keeps its hidden records (store_db). */
+static int copy_to_other_db(const command *cmd, size_t argc, const resp_arg *argv)
+{
+    if (strcmp(cmd->name, "copy") != 0)
+        return 0;
+    for (size_t i = 3; i < argc; i++)
+        if (argv[i].len == 2 && strncasecmp(argv[i].ptr, "db", 2) == 0)
+            return 1;
+    return 0;
+}
+
 static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len);
 
@@ -663,6 +679,11 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
         request_error(req, "NOAUTH Authentication required.");
         return;
     }
+    if (cmd->cls == COMMAND_SAME_SHARD && argc > 3 && copy_to_other_db(cmd, argc, argv)) {
+        /* [locks] the other databases hold the proxy's hidden records */
+        request_error(req, "ERR COPY ... DB is not supported: ringproxy serves database 0 only");
+        return;
+    }
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
@@ -707,6 +728,16 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
             request_error(req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", cmd->name);
             return;
         }
+        if (cmd->id == CMD_FLUSH && argv[0].len == 8) {
+            /* [locks] FLUSHALL empties database 0 only, as FLUSHDB: the
+             * shards' other databases hold the proxy's own records (store_db),
+             * and clients see database 0 alone anyway. */
+            resp_arg flushdb[3] = {{"FLUSHDB", 7}};
+            for (size_t i = 1; i < argc && i < 3; i++)
+                flushdb[i] = argv[i];
+            fanout(req, argc < 3 ? argc : 3, flushdb, NULL, 0, hint);
+            return;
+        }
         fanout(req, argc, argv, raw, raw_len, hint);
         return;
     case COMMAND_ITERATE:
@@ -720,6 +751,9 @@ static void route(request *req, size_t argc, const resp_arg *argv, const char *r
             pubsub_command(req, cmd->id, argc, argv);
         else
             request_error(req, "ERR no client");
+        return;
+    case COMMAND_LOCK: /* [locks] hook: the one entry point of proxy/lock.c */
+        lock_command(req, cmd, argc, argv);
         return;
     case COMMAND_TRANSACTION:
     case COMMAND_FORWARD:
