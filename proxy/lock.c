@@ -134,6 +134,8 @@ typedef struct lock_op {
     size_t held; /* COUNTERS: shards that report a live hold */
     uint64_t max_counter;
     uint64_t granted;     /* GRANT: shards (bit per lock shard) that granted this attempt */
+    int won;              /* the client was granted the lock by attempt won_attempt, */
+    unsigned won_attempt; /* whose late grants are part of the lock: kept */
     uint64_t *info_token; /* INFO: per lock shard, 0 = none */
     long long *info_pttl;
     int unavailable; /* the last attempt found fewer than a majority ready */
@@ -297,9 +299,43 @@ static void release_granted(lock_op *op, uint64_t mask, uint64_t token)
             (void)send_script(op, i, &release_script, on_released, token, 0, 1);
 }
 
+/* Arms the op's one timer (a phase uses at most one at a time). */
+static void timer_arm(lock_op *op, uint64_t after_us, event_callback_fn fn)
+{
+    if (op->timer_set)
+        event_del(&op->timer);
+    struct timeval tv = {(time_t)(after_us / 1000000u), (suseconds_t)(after_us % 1000000u)};
+    evtimer_assign(&op->timer, srv.base, fn, op);
+    evtimer_add(&op->timer, &tv);
+    op->timer_set = 1;
+}
+
+static void timer_cancel(lock_op *op)
+{
+    if (op->timer_set)
+        event_del(&op->timer);
+    op->timer_set = 0;
+}
+
 /* ---- ACQUIRE ---- */
 
 static void attempt_start(lock_op *op);
+static void attempt_failed(lock_op *op);
+
+/* The grant's validity window closed before a majority granted (a shard
+ * stopped answering): whatever comes later cannot make a valid lock. */
+static void on_grant_expired(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    lock_op *op = arg;
+    op->timer_set = 0;
+    server_clock_update();
+    if (op->phase != PHASE_GRANT)
+        return;
+    release_granted(op, op->granted, op->token);
+    attempt_failed(op);
+}
 
 static void on_backoff(evutil_socket_t fd, short what, void *arg)
 {
@@ -323,12 +359,10 @@ static void attempt_failed(lock_op *op)
     op->attempt++;
     uint64_t now = mono_us();
     uint64_t pause = LOCK_RETRY_MIN_US + random_u64() % (LOCK_RETRY_MAX_US - LOCK_RETRY_MIN_US + 1);
+    timer_cancel(op);
     if (op->req && now + pause < op->deadline_us) {
         op->phase = PHASE_BACKOFF;
-        struct timeval tv = {(time_t)(pause / 1000000u), (suseconds_t)(pause % 1000000u)};
-        evtimer_assign(&op->timer, srv.base, on_backoff, op);
-        evtimer_add(&op->timer, &tv);
-        op->timer_set = 1;
+        timer_arm(op, pause, on_backoff);
         return;
     }
     if (op->unavailable)
@@ -345,13 +379,16 @@ static void grant_decide(lock_op *op)
         uint64_t validity = (uint64_t)op->ttl_ms * 1000u;
         if (elapsed + drift_us(op->ttl_ms) < validity) {
             uint64_t mask = op->granted;
-            op->attempt++;                    /* later grants of this attempt are released */
+            op->attempt++; /* later grants of this attempt are released */
+            timer_cancel(op);
             if (op->req && !op->req->owner) { /* the client left: give it back */
                 release_granted(op, mask, op->token);
                 answer_str(op, "$-1\r\n");
                 op_maybe_free(op);
                 return;
             }
+            op->won = 1;
+            op->won_attempt = op->attempt - 1;
             answer_int(op, (long long)op->token);
             op_maybe_free(op);
             return;
@@ -372,8 +409,9 @@ static void on_grant(void *privdata, size_t shard, const redisReply *r)
     lock_op *op = call->op;
     int granted = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     if (!take_reply(call, PHASE_GRANT)) {
-        /* A grant that came too late for its attempt: give it back. */
-        if (granted)
+        /* A grant that came too late for a failed attempt: give it back.
+         * One for the attempt that won is part of the lock: kept. */
+        if (granted && !(op->won && call->attempt == op->won_attempt))
             release_granted(op, 1ull << call->lock_index, call->token);
         free(call);
         op_maybe_free(op);
@@ -403,6 +441,10 @@ static void grant_start(lock_op *op)
         if (store_shard_state(lk.shard[i]) == STORE_READY &&
             send_script(op, i, &acquire_script, on_grant, op->token, op->ttl_ms, 2) == 0)
             op->sent++;
+    uint64_t validity = (uint64_t)op->ttl_ms * 1000u;
+    uint64_t drift = drift_us(op->ttl_ms);
+    if (op->sent >= lk.majority)
+        timer_arm(op, validity > drift ? validity - drift : 0, on_grant_expired);
     if (op->sent < lk.majority) {
         op->unavailable = 1;
         op->attempt++; /* what was sent is released as it comes back */
@@ -559,7 +601,10 @@ static void on_call(void *privdata, size_t shard, const redisReply *r)
     } else if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
         op->yes++;
     }
-    if (op->outstanding == 0) {
+    /* RELEASE and EXTEND are decided once a majority said yes: a shard
+     * that stopped answering does not hold the reply up. */
+    if (op->outstanding == 0 || (op->id != CMD_LOCK_INFO && op->yes >= lk.majority)) {
+        op->attempt++;
         calls_done(op);
         op_maybe_free(op);
     }

@@ -52,7 +52,8 @@ typedef struct store_shard {
     pending *tail;
     uint64_t retry_at_us; /* next connect (DOWN) or restore (UNRESTORED) */
     int backoff_ms;
-    int setup_failed; /* AUTH or SELECT failed on this connection */
+    int setup_failed;   /* AUTH or SELECT failed on this connection */
+    int restore_logged; /* the missing marker was logged (once per loss) */
 } store_shard;
 
 static struct {
@@ -109,7 +110,7 @@ static void set_state(store_shard *sh, store_state to)
 {
     if (sh->state == to)
         return;
-    if (to == STORE_READY || to == STORE_UNRESTORED || sh->state == STORE_READY)
+    if (to == STORE_READY || sh->state == STORE_READY)
         log_notice("store: shard %s %s -> %s", sh->name, store_state_name(sh->state),
                    store_state_name(to));
     sh->state = to;
@@ -335,13 +336,26 @@ static void on_marker(void *privdata, size_t shard, const redisReply *r)
     }
     sh->backoff_ms = st.reconnect_min_ms;
     if (r->type == REDIS_REPLY_STRING) {
+        sh->restore_logged = 0;
         set_state(sh, STORE_READY);
         return;
     }
-    log_warn("store: shard %s has no store marker (new, or restarted empty): restoring it",
-             sh->name);
+    if (!sh->restore_logged)
+        log_warn("store: shard %s has no store marker (new, or restarted empty): restoring it",
+                 sh->name);
+    sh->restore_logged = 1;
     set_state(sh, STORE_UNRESTORED);
     start_restore(sh);
+}
+
+/* Reads the marker again: on_marker restores the shard or finds it READY. */
+static void check_marker(store_shard *sh)
+{
+    const char *get[2] = {"GET", STORE_MARKER_KEY};
+    size_t getlen[2] = {3, strlen(STORE_MARKER_KEY)};
+    set_state(sh, STORE_CHECKING);
+    if (store_call(sh->index, on_marker, NULL, 2, get, getlen) < 0)
+        drop_connection(sh, "cannot read the marker");
 }
 
 static void send_setup(store_shard *sh)
@@ -363,11 +377,10 @@ static void send_setup(store_shard *sh)
         size_t argvlen[3] = {6, 4, strlen(st.scripts[i]->body)};
         fail |= store_call(sh->index, on_script_loaded, st.scripts[i], 3, argv, argvlen);
     }
-    const char *get[2] = {"GET", STORE_MARKER_KEY};
-    size_t getlen[2] = {3, strlen(STORE_MARKER_KEY)};
-    fail |= store_call(sh->index, on_marker, NULL, 2, get, getlen);
     if (fail)
         drop_connection(sh, "cannot send the set-up");
+    else
+        check_marker(sh);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -469,7 +482,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (sh->state == STORE_DOWN && !sh->ac && now >= sh->retry_at_us)
             connect_shard(sh);
         else if (sh->state == STORE_UNRESTORED && sh->ac && now >= sh->retry_at_us)
-            start_restore(sh);
+            check_marker(sh); /* another proxy may have restored it meanwhile */
     }
 }
 
