@@ -13,6 +13,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/buf.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
@@ -196,6 +197,8 @@ static void cmd_info(request *req, size_t argc, const resp_arg *argv)
         fail |= info_shards(&text) < 0;
     if (section_wanted("rebalance", argc, argv))
         fail |= rebalance_info(&text) < 0;
+    if (section_wanted("locks", argc, argv)) /* [locks] hook */
+        fail |= lock_info(&text) < 0;
     /* Redis ends INFO without the blank line of the last section. */
     if (buf_len(&text) >= 2)
         text.end -= 2;

@@ -161,6 +161,8 @@ static struct {
     int started;
     /* the restore under way, one at a time */
     struct restore *restoring;
+    /* counters for INFO locks */
+    uint64_t granted, denied, unavailable, restores, restore_failures;
 } lk;
 
 static uint64_t mono_us(void)
@@ -365,10 +367,13 @@ static void attempt_failed(lock_op *op)
         timer_arm(op, pause, on_backoff);
         return;
     }
-    if (op->unavailable)
+    if (op->unavailable) {
+        lk.unavailable++;
         answer_unavailable(op);
-    else
+    } else {
+        lk.denied++;
         answer_str(op, "$-1\r\n");
+    }
     op_maybe_free(op);
 }
 
@@ -389,6 +394,7 @@ static void grant_decide(lock_op *op)
             }
             op->won = 1;
             op->won_attempt = op->attempt - 1;
+            lk.granted++;
             answer_int(op, (long long)op->token);
             op_maybe_free(op);
             return;
@@ -778,6 +784,10 @@ static void restore_finish(restore *rs)
         lk.restoring = NULL;
     log_notice("lock: restore of shard %s %s (%zu lock names)", store_name(target),
                ok ? "done" : "failed", rs->count);
+    if (ok)
+        lk.restores++;
+    else
+        lk.restore_failures++;
     restore_free(rs);
     store_restored(target, ok);
 }
@@ -959,6 +969,36 @@ static void restore_hook(size_t shard)
         rs->failed = 1;
         restore_finish(rs);
     }
+}
+
+int lock_info(buf *b)
+{
+    size_t waiting = 0;
+    for (const lock_op *op = lk.ops; op; op = op->next)
+        waiting += op->req != NULL;
+    int fail = buf_printf(b,
+                          "# Locks\r\n"
+                          "lock_shards:%zu\r\n"
+                          "lock_majority:%zu\r\n"
+                          "lock_shards_ready:%zu\r\n"
+                          "lock_shard_states:",
+                          lk.n, lk.majority, ready_count()) < 0;
+    for (size_t i = 0; i < lk.n; i++)
+        fail |= buf_printf(b, "%s%s=%s", i ? "," : "", store_name(lk.shard[i]),
+                           store_state_name(store_shard_state(lk.shard[i]))) < 0;
+    fail |= buf_printf(b,
+                       "\r\n"
+                       "lock_requests_waiting:%zu\r\n"
+                       "lock_granted:%llu\r\n"
+                       "lock_denied:%llu\r\n"
+                       "lock_unavailable:%llu\r\n"
+                       "lock_restores:%llu\r\n"
+                       "lock_restore_failures:%llu\r\n"
+                       "\r\n",
+                       waiting, (unsigned long long)lk.granted, (unsigned long long)lk.denied,
+                       (unsigned long long)lk.unavailable, (unsigned long long)lk.restores,
+                       (unsigned long long)lk.restore_failures) < 0;
+    return fail ? -1 : 0;
 }
 
 /* ---- start and stop ---- */

@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "config/config.h"
+#include "proxy/buf.h"
 #include "proxy/command.h"
 #include "proxy/request.h"
 #include "proxy/resp.h"
@@ -21,6 +22,10 @@ __attribute__((warn_unused_result)) int lock_start(const config *cfg, char *err,
 /* Answers a COMMAND_LOCK request through req->on_done, now or later; a
  * waiting LOCK.ACQUIRE never blocks the loop. */
 void lock_command(request *req, const command *cmd, size_t argc, const resp_arg *argv);
+
+/* Appends the INFO locks section (Redis INFO format): the lock shards and
+ * their store states, requests waiting, grants, denials, restores. 0 or -1. */
+__attribute__((warn_unused_result)) int lock_info(buf *b);
 
 /* Answers every lock request still waiting with an error and frees the
  * module (exit). Call before store_shutdown. */

@@ -203,6 +203,14 @@ static void test_grant_deny_release_extend_info(void **state)
     redisContext *p = connect_to(&c->proxies[0]);
     wait_lock_service(p);
 
+    redisReply *r = fixture_cmd(p, "INFO locks");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_non_null(strstr(r->str, "lock_shards:3\r\n"));
+    assert_non_null(strstr(r->str, "lock_majority:2\r\n"));
+    assert_non_null(strstr(r->str, "lock_shards_ready:3\r\n"));
+    assert_non_null(strstr(r->str, "lock_shard_states:s1=ready,s2=ready,s3=ready\r\n"));
+    freeReplyObject(r);
+
     long long t1 = acquire(p, "orders", 5000, 0);
     assert_true(t1 > 0);
     assert_int_equal(acquire(p, "orders", 5000, 0), 0); /* held: nil */
@@ -243,7 +251,7 @@ static void test_grant_deny_release_extend_info(void **state)
     assert_int_equal(redisBufferWrite(waiter, &done), REDIS_OK);
     fixture_expect_status(fixture_cmd(p, "PING"), "PONG");
     assert_int_equal(lock_int(p, "LOCK.RELEASE orders %lld", t3), 1);
-    redisReply *r = fixture_next_reply(waiter);
+    r = fixture_next_reply(waiter);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     assert_true(r->integer > t3);
     freeReplyObject(r);
@@ -334,32 +342,37 @@ static void test_minority_down_granted_majority_down_refused(void **state)
     test_passed = 1;
 }
 
-/* A lock granted while s3 was down lives on s1 and s2 only. s3 comes back
- * empty and is restored from s1 and s2; s1 restarts empty and is restored
- * from s2 and s3; then s2 dies. s1 and s3 alone must still know the holder
- * and the counter: without the restores they would grant the lock again,
- * with token 1. */
+/* Takes and releases "vault" a few times (its counter above 1), then takes
+ * it for a minute with s3 down, so that s1 and s2 alone hold it. */
+static long long vault_held_without_s3(cluster *c, redisContext *p)
+{
+    wait_lock_service(p);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(lock_int(p, "LOCK.RELEASE vault %lld", acquire(p, "vault", 5000, 0)), 1);
+    harness_proc_stop(&c->shards[2], SIGKILL);
+    long long t = acquire(p, "vault", 60000, 0);
+    assert_true(t > 5);
+    return t;
+}
+
+/* An empty shard with too few restored others to copy the lock state from
+ * does not count: s3 restarts empty while only s2 is up, then s1 restarts
+ * empty too. Counting either would let s1 and s3 grant "vault" again, with
+ * token 1. */
 static void test_shard_restarted_empty_is_restored_before_it_counts(void **state)
 {
     cluster *c = cluster_start(state, 3, 1, NULL);
     redisContext *p = connect_to(&c->proxies[0]);
-    wait_lock_service(p);
-    for (int i = 0; i < 5; i++) /* a counter above 1 */
-        assert_int_equal(lock_int(p, "LOCK.RELEASE vault %lld", acquire(p, "vault", 5000, 0)), 1);
+    vault_held_without_s3(c, p);
 
-    harness_proc_stop(&c->shards[2], SIGKILL);
-    long long t = acquire(p, "vault", 60000, 0);
-    assert_true(t > 5);
-
-    /* s3 restarts empty while s1 alone is not enough to restore it from:
-     * stop s1 first, so only s2 is ready. s3 does not count meanwhile. */
+    /* s3 restarts empty while s2 alone is up: not enough to restore from. */
     harness_proc_stop(&c->shards[0], SIGKILL);
     assert_int_equal(harness_redis_restart(&c->shards[2]), 0);
     fixture_sleep_ms(500);
     expect_error(p, "LOCKUNAVAILABLE", "LOCK.ACQUIRE vault 1000");
     assert_false(fixture_log_contains(&c->proxies[0], "restore of shard s3 done"));
 
-    /* s1 back empty too: nothing to restore either from, until... */
+    /* s1 back empty too: still only s2 to restore from. */
     assert_int_equal(harness_redis_restart(&c->shards[0]), 0);
     fixture_sleep_ms(500);
     expect_error(p, "LOCKUNAVAILABLE", "LOCK.ACQUIRE vault 1000");
@@ -367,17 +380,15 @@ static void test_shard_restarted_empty_is_restored_before_it_counts(void **state
     test_passed = 1;
 }
 
+/* A lock granted while s3 was down lives on s1 and s2 only. s3 comes back
+ * empty and is restored from s1 and s2; s1 restarts empty and is restored
+ * from s2 and s3; then s2 dies. s1 and s3 alone still know the holder and
+ * the counter. */
 static void test_restore_copies_holds_and_counters(void **state)
 {
     cluster *c = cluster_start(state, 3, 1, NULL);
     redisContext *p = connect_to(&c->proxies[0]);
-    wait_lock_service(p);
-    for (int i = 0; i < 5; i++)
-        assert_int_equal(lock_int(p, "LOCK.RELEASE vault %lld", acquire(p, "vault", 5000, 0)), 1);
-
-    harness_proc_stop(&c->shards[2], SIGKILL);
-    long long t = acquire(p, "vault", 60000, 0); /* on s1 and s2 only */
-    assert_true(t > 5);
+    long long t = vault_held_without_s3(c, p);
 
     assert_int_equal(harness_redis_restart(&c->shards[2]), 0);
     wait_log(&c->proxies[0], "restore of shard s3 done");
@@ -702,11 +713,6 @@ static int by_name_then_reply(const void *a, const void *b)
     return (x->acq_reply_us > y->acq_reply_us) - (x->acq_reply_us < y->acq_reply_us);
 }
 
-static void sleep_ms_scaled(int ms)
-{
-    fixture_sleep_ms(ms);
-}
-
 /* One fault cycle, about 15 s: a shard SIGKILLed and restarted empty, a
  * second paused past the TTL, a proxy SIGKILLed and restarted, then three
  * shards stopped at once (a minority up) for a while. */
@@ -718,21 +724,21 @@ static void fault_cycle(unsigned long long *rng)
     int proxy = (int)(next_rand(rng) % 2);
     printf("# cycle: kill s%d, pause s%d, kill proxy %d\n", killed + 1, paused + 1, proxy);
 
-    sleep_ms_scaled(1500);
+    fixture_sleep_ms(1500);
     harness_proc_stop(&c->shards[killed], SIGKILL);
-    sleep_ms_scaled(1500);
+    fixture_sleep_ms(1500);
     assert_int_equal(harness_redis_restart(&c->shards[killed]), 0);
-    sleep_ms_scaled(2000);
+    fixture_sleep_ms(2000);
 
     kill(c->shards[paused].pid, SIGSTOP);
-    sleep_ms_scaled(3 * CHECK_TTL_MS);
+    fixture_sleep_ms(3 * CHECK_TTL_MS);
     kill(c->shards[paused].pid, SIGCONT);
-    sleep_ms_scaled(1500);
+    fixture_sleep_ms(1500);
 
     atomic_store(&chk.proxy_alive[proxy], 0);
     assert_int_equal(harness_ringproxy_restart(&c->proxies[proxy], SIGKILL), 0);
     atomic_store(&chk.proxy_alive[proxy], 1);
-    sleep_ms_scaled(1500);
+    fixture_sleep_ms(1500);
 
     int stopped[3];
     for (int i = 0; i < 3; i++)
@@ -740,7 +746,7 @@ static void fault_cycle(unsigned long long *rng)
     long long start = mono_us();
     for (int i = 0; i < 3; i++)
         kill(c->shards[stopped[i]].pid, SIGSTOP);
-    sleep_ms_scaled(1500);
+    fixture_sleep_ms(1500);
     long long end = mono_us();
     for (int i = 0; i < 3; i++)
         kill(c->shards[stopped[i]].pid, SIGCONT);
@@ -749,7 +755,7 @@ static void fault_cycle(unsigned long long *rng)
         chk.window_end_us[chk.nwindows] = end;
         chk.nwindows++;
     }
-    sleep_ms_scaled(2500);
+    fixture_sleep_ms(2500);
 }
 
 static void test_checker_16_clients_through_faults(void **state)
