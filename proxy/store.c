@@ -191,10 +191,16 @@ static pending *new_pending(store_shard *sh, store_reply_fn fn, void *privdata)
     return p;
 }
 
+/* Connected: a connection still connecting (DOWN) takes no calls. */
+static int connected(size_t shard)
+{
+    return shard < st.n && st.shards[shard].ac && st.shards[shard].state != STORE_DOWN;
+}
+
 int store_call(size_t shard, store_reply_fn fn, void *privdata, int argc, const char **argv,
                const size_t *argvlen)
 {
-    if (shard >= st.n || !st.shards[shard].ac)
+    if (!connected(shard))
         return -1;
     store_shard *sh = &st.shards[shard];
     char *cmd = NULL;
@@ -215,7 +221,7 @@ int store_call(size_t shard, store_reply_fn fn, void *privdata, int argc, const 
 int store_eval(size_t shard, store_script *s, store_reply_fn fn, void *privdata, int nkeys,
                int argc, const char **argv, const size_t *argvlen)
 {
-    if (shard >= st.n || !st.shards[shard].ac || argc < 0 || argc > STORE_EVAL_MAX_ARGS)
+    if (!connected(shard) || argc < 0 || argc > STORE_EVAL_MAX_ARGS)
         return -1;
     store_shard *sh = &st.shards[shard];
     int total = argc + 4;
