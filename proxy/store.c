@@ -237,8 +237,10 @@ int store_eval(size_t shard, store_script *s, store_reply_fn fn, void *privdata,
     av[3] = STORE_MARKER_KEY;
     for (int i = 0; i < 4; i++)
         al[i] = strlen(av[i]);
-    memcpy(av + 4, argv, sizeof(*av) * (size_t)argc);
-    memcpy(al + 4, argvlen, sizeof(*al) * (size_t)argc);
+    if (argc > 0) {
+        memcpy(av + 4, argv, sizeof(*av) * (size_t)argc);
+        memcpy(al + 4, argvlen, sizeof(*al) * (size_t)argc);
+    }
     char *eval_cmd = NULL;
     long long eval_len = redisFormatCommandArgv(&eval_cmd, total, av, al);
     char *sha_cmd = NULL;
