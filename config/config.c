@@ -49,6 +49,7 @@ typedef enum key_type {
     KEY_TAG,    /* char open at offset, char close at offset2; empty = tags off */
     KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
+    KEY_SHARDS, /* char * field: "all" or a comma-separated list of shards of [shards] */
 } key_type;
 
 typedef struct config_key {
@@ -206,7 +207,7 @@ static const config_key config_keys[] = {
     INT_KEY("migrate_timeout", migrate_timeout_ms, "5000", "ms", 1, 3600000, RELOAD,
             "MIGRATE timeout for one batch; raise it for big keys"),
     BOOL_KEY("allow_flush", allow_flush, "yes", RELOAD,
-             "FLUSHDB and FLUSHALL empty every shard; no = refuse them"),
+             "FLUSHDB and FLUSHALL empty db 0 of every shard; no = refuse them"),
     {.name = "script_default_shard",
      .type = KEY_SHARD,
      .default_value = "",
@@ -214,6 +215,15 @@ static const config_key config_keys[] = {
      .reloadable = RELOAD,
      .description = "shard of EVAL, EVALSHA and FCALL calls with no keys",
      .offset = FIELD(script_default_shard, char *)},
+    INT_KEY("store_db", store_db, "15", "", 1, 1000000, RESTART,
+            "database on each shard for the proxy's hidden records (locks)"),
+    {.name = "lock_shards",
+     .type = KEY_SHARDS,
+     .default_value = "all",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "shards holding LOCK.* state; odd count >= 3",
+     .offset = FIELD(lock_shards, char *)},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -323,6 +333,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_TAG:
     case KEY_SECRET:
     case KEY_SHARD:
+    case KEY_SHARDS:
         break;
     }
     abort(); /* not a number: a bug in the caller */
@@ -397,6 +408,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_SHARD:
         snprintf(buf, buflen, "a shard name, empty = the first");
+        return;
+    case KEY_SHARDS:
+        snprintf(buf, buflen, "all or a comma list");
         return;
     }
 }
@@ -672,7 +686,8 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
         return 0;
     }
     case KEY_SECRET:
-    case KEY_SHARD: {
+    case KEY_SHARD:
+    case KEY_SHARDS: {
         /* A shard name is checked against [shards] once the whole file is
          * read (validate), since [shards] may come after [proxy]. */
         char *copy = NULL;
@@ -930,6 +945,93 @@ static char *read_line(char *buf, int size, void *stream)
 }
 
 /* Checks that involve several keys; reported at the later of their lines. */
+/* Calls fn for each name of a comma-separated list (spaces around names
+ * ignored); stops at the first fn that returns non-zero and returns it. */
+static int each_listed_name(const char *list, int (*fn)(const char *name, size_t len, void *arg),
+                            void *arg)
+{
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        int rc = fn(p, (size_t)(last - p), arg);
+        if (rc)
+            return rc;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+static int shard_named(const config *cfg, const char *name, size_t len)
+{
+    for (size_t j = 0; j < cfg->nshards; j++)
+        if (strlen(cfg->shards[j].name) == len && memcmp(cfg->shards[j].name, name, len) == 0)
+            return (int)j;
+    return -1;
+}
+
+struct list_check {
+    const config *cfg;
+    unsigned char *seen;
+    char *bad;
+    size_t badlen;
+};
+
+static int check_listed_name(const char *name, size_t len, void *arg)
+{
+    struct list_check *lc = arg;
+    int j = len ? shard_named(lc->cfg, name, len) : -1;
+    if (j < 0) {
+        snprintf(lc->bad, lc->badlen, "'%.*s' is not a shard of [shards]", (int)len, name);
+        return -1;
+    }
+    if (lc->seen[j]++) {
+        snprintf(lc->bad, lc->badlen, "'%.*s' is listed twice", (int)len, name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A shard list key: "all", or names of [shards], each once. */
+static int check_shard_list(const config *cfg, const char *list, char *bad, size_t badlen)
+{
+    if (!list || strcmp(list, "all") == 0)
+        return 0;
+    unsigned char *seen = calloc(cfg->nshards ? cfg->nshards : 1, 1);
+    if (!seen) {
+        snprintf(bad, badlen, "out of memory");
+        return -1;
+    }
+    struct list_check lc = {cfg, seen, bad, badlen};
+    int rc = each_listed_name(list, check_listed_name, &lc);
+    free(seen);
+    return rc ? -1 : 0;
+}
+
+struct list_find {
+    const char *name;
+};
+
+static int is_named(const char *name, size_t len, void *arg)
+{
+    const struct list_find *lf = arg;
+    return strlen(lf->name) == len && memcmp(lf->name, name, len) == 0;
+}
+
+int config_is_lock_shard(const config *cfg, const char *name)
+{
+    if (!cfg->lock_shards || strcmp(cfg->lock_shards, "all") == 0)
+        return shard_named(cfg, name, strlen(name)) >= 0;
+    struct list_find lf = {name};
+    return each_listed_name(cfg->lock_shards, is_named, &lf) == 1;
+}
+
 static void validate(load_ctx *ctx)
 {
     config *cfg = ctx->cfg;
@@ -985,6 +1087,18 @@ static void validate(load_ctx *ctx)
             found = strcmp(cfg->shards[j].name, *name) == 0;
         if (!found) {
             fail(ctx, ctx->key_line[i], "%s: '%s' is not a shard of [shards]", key->name, *name);
+            return;
+        }
+    }
+
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        if (key->type != KEY_SHARDS)
+            continue;
+        char *const *list = const_field_of(cfg, key->offset);
+        char bad[200];
+        if (check_shard_list(cfg, *list, bad, sizeof(bad)) < 0) {
+            fail(ctx, ctx->key_line[i], "%s: %s", key->name, bad);
             return;
         }
     }
@@ -1139,6 +1253,7 @@ void config_free(config *cfg)
     free(cfg->requirepass);
     free(cfg->backend_password);
     free(cfg->script_default_shard);
+    free(cfg->lock_shards);
     free(cfg->path);
     free(cfg);
 }
@@ -1157,7 +1272,8 @@ static bool same_value(const config_key *key, const config *a, const config *b)
         return memcmp(const_field_of(a, key->offset), const_field_of(b, key->offset), 1) == 0 &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
     case KEY_SECRET:
-    case KEY_SHARD: {
+    case KEY_SHARD:
+    case KEY_SHARDS: {
         char *const *sa = const_field_of(a, key->offset);
         char *const *sb = const_field_of(b, key->offset);
         return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);

@@ -69,6 +69,8 @@ typedef struct config {
     int migrate_timeout_ms;     /* MIGRATE's own timeout */
     int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
     char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */
+    int store_db;               /* database index of the proxy's hidden records on each shard */
+    char *lock_shards;          /* "all" or a comma-separated list of shard names (LOCK.*) */
 
     /* [shards], in file order */
     config_shard *shards;
@@ -115,6 +117,9 @@ void config_write_markdown(FILE *out);
 /* Writes host:port as proxy.ini spells it: "127.0.0.1:7001", or
  * "[::1]:7001" for an IPv6 host. */
 void config_format_addr(const char *host, uint16_t port, char *buf, size_t buflen);
+
+/* Whether shard name is one of the lock shards (lock_shards). */
+int config_is_lock_shard(const config *cfg, const char *name);
 
 /* Name of a log level ("debug", "info", ...). */
 const char *config_log_level_name(config_log_level level);

@@ -13,6 +13,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/buf.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
@@ -219,6 +220,8 @@ static void cmd_info(request *req, size_t argc, const resp_arg *argv)
         (void)info_shards(&text);
     if (section_wanted("rebalance", argc, argv))
         (void)rebalance_info(&text);
+    if (section_wanted("locks", argc, argv))
+        (void)lock_info(&text);
     drop_blank_line(&text);
     reply_text(req, &text);
 }

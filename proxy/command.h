@@ -25,6 +25,8 @@ typedef enum command_class {
                             connection reserved for the client */
     COMMAND_PUBSUB,      /* SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE: over the
                             client's own subscriber connections */
+    COMMAND_LOCK,        /* LOCK.ACQUIRE, LOCK.RELEASE, LOCK.EXTEND, LOCK.INFO: quorum locks
+                            over the lock shards' hidden store (proxy/lock.c) */
 } command_class;
 
 /* How split or fan-out replies are merged into one. */
@@ -123,6 +125,7 @@ typedef enum command_id {
                         BZPOPMIN, BZPOPMAX, BRPOPLPUSH, BLMOVE) */
     CMD_BLOCK_FIRST, /* blocks; timeout in seconds is argv[1] (BLMPOP, BZMPOP) */
     CMD_XREAD,       /* XREAD, XREADGROUP: block when given BLOCK <milliseconds> */
+    CMD_COPY,        /* COPY: refused with a DB option (other databases are the proxy's) */
     CMD_MULTI,
     CMD_EXEC,
     CMD_DISCARD,
@@ -132,6 +135,10 @@ typedef enum command_id {
     CMD_PSUBSCRIBE,
     CMD_UNSUBSCRIBE,
     CMD_PUNSUBSCRIBE,
+    CMD_LOCK_ACQUIRE,
+    CMD_LOCK_RELEASE,
+    CMD_LOCK_EXTEND,
+    CMD_LOCK_INFO,
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -157,6 +164,8 @@ typedef enum command_route {
     ROUTE_TRANSACTION, /* MULTI, EXEC, DISCARD, WATCH, UNWATCH (txn.c) */
     ROUTE_PUBSUB,      /* SUBSCRIBE and friends (pubsub.c) */
     ROUTE_UNSUPPORTED, /* -ERR unsupported command */
+    ROUTE_LOCK,        /* LOCK.*: quorum locks on the lock shards (lock.c) */
+    ROUTE_COPY,        /* COPY: as ROUTE_KEYS, refused with a DB option */
     ROUTE_COUNT
 } command_route;
 

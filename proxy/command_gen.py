@@ -107,6 +107,8 @@ KEYED_IDS = {
     "brpoplpush": "CMD_BLOCK_LAST", "blmove": "CMD_BLOCK_LAST",
     "blmpop": "CMD_BLOCK_FIRST", "bzmpop": "CMD_BLOCK_FIRST",
     "xread": "CMD_XREAD", "xreadgroup": "CMD_XREAD",
+    # the other databases hold the proxy's hidden records (store_db)
+    "copy": "CMD_COPY",
 }
 
 # How the router runs each command: its route handler (command_route in
@@ -125,6 +127,7 @@ ROUTE_BY_ID = {
     "CMD_PUBLISH": "ROUTE_CHANNEL",
     "CMD_SCAN": "ROUTE_SCAN",
     "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
+    "CMD_COPY": "ROUTE_COPY",
 }
 ROUTE_BY_CLASS = {
     "COMMAND_FORWARD": "ROUTE_KEYS",
@@ -135,6 +138,7 @@ ROUTE_BY_CLASS = {
     "COMMAND_UNSUPPORTED": "ROUTE_UNSUPPORTED",
     "COMMAND_TRANSACTION": "ROUTE_TRANSACTION",
     "COMMAND_PUBSUB": "ROUTE_PUBSUB",
+    "COMMAND_LOCK": "ROUTE_LOCK",
 }
 
 # Flags the router's gates read (COMMAND_FLAG_* in command.h). Allowed
@@ -148,7 +152,7 @@ RUNS_IN_MULTI = {"multi", "exec", "discard", "watch", "quit", "reset"}
 # command is refused between MULTI and EXEC.
 QUEUED_LOCAL = {"ping", "echo", "time"}
 NOT_QUEUED_CLASSES = {"COMMAND_LOCAL", "COMMAND_FANOUT", "COMMAND_ITERATE", "COMMAND_PUBSUB",
-                      "COMMAND_UNSUPPORTED"}
+                      "COMMAND_UNSUPPORTED", "COMMAND_LOCK"}
 
 # Not supported: -ERR unsupported command. Their key positions are kept
 # right all the same.
@@ -204,6 +208,17 @@ PROXY_SUBCOMMANDS = [
     ("proxy|reload", 2, "CMD_PROXY_RELOAD", 0),
     ("proxy|ring", 3, "CMD_PROXY_RING", 2),
     ("proxy|shards", 2, "CMD_PROXY_SHARDS", 0),
+]
+
+# The proxy's lock commands (not Redis commands): quorum locks over the
+# lock shards' hidden store, answered by proxy/lock.c. The lock name is not
+# a ring key: a lock lives on a majority of the lock shards.
+LOCK_COMMANDS = [
+    # name, arity, id
+    ("lock.acquire", -3, "CMD_LOCK_ACQUIRE"),
+    ("lock.extend", 4, "CMD_LOCK_EXTEND"),
+    ("lock.info", 2, "CMD_LOCK_INFO"),
+    ("lock.release", 3, "CMD_LOCK_RELEASE"),
 ]
 
 # Keys that first/last/step cannot describe: name -> (rule, first_key,
@@ -496,6 +511,11 @@ def build_rows(commands):
         proxy_subs.append(sub)
     sub_arrays.append((proxy.subs, proxy_subs))
     rows.append(proxy)
+    for name, arity, cmd_id in LOCK_COMMANDS:
+        lock = Row(name, arity)
+        lock.cls, lock.cmd_id = "COMMAND_LOCK", cmd_id
+        route_and_flags(lock, set())
+        rows.append(lock)
     rows.sort(key=lambda r: r.name)
     return rows, sub_arrays
 
@@ -504,7 +524,7 @@ def emit(version, commands, out):
     rows, sub_arrays = build_rows(commands)
     w = out.write
     w("/* The command table of proxy/command.c: every command of redis-server %s\n"
-      " * plus ringproxy's own PROXY, sorted by name. Written by proxy/command_gen.py\n"
+      " * plus ringproxy's own PROXY and LOCK.*, sorted by name. Written by proxy/command_gen.py\n"
       " * from the server's COMMAND reply and the routing policy in that script:\n"
       " * change the script and run it again rather than editing this file.\n"
       " * Row shapes are the macros defined in command.c; each row ends with the\n"
@@ -540,6 +560,7 @@ CLASS_WORDS = {
     "COMMAND_ITERATE": "shard by shard",
     "COMMAND_TRANSACTION": "transaction",
     "COMMAND_PUBSUB": "pub/sub",
+    "COMMAND_LOCK": "lock",
 }
 
 MERGE_NOTES = {
@@ -573,6 +594,10 @@ ID_NOTES = {
     "CMD_RESET": "also ends transactions and subscriptions",
     "CMD_CLIENT_INFO": "the proxy's own clients",
     "CMD_CLIENT_LIST": "the proxy's own clients",
+    "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
+    "CMD_LOCK_RELEASE": "1 when the token held the lock",
+    "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
+    "CMD_LOCK_INFO": "holder token and remaining ttl, or nil",
 }
 
 

@@ -16,12 +16,14 @@
 #include "proxy/backend.h"
 #include "proxy/client.h"
 #include "proxy/listener.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
+#include "proxy/store.h"
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
@@ -165,9 +167,20 @@ static int run(const char *path)
         event_base_free(srv.base);
         return 1;
     }
+    /* The lock module registers its scripts before the store connects. */
+    if (lock_start(cfg, err, sizeof(err)) < 0 || store_start(cfg, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        lock_free();
+        reload_shutdown();
+        event_base_free(srv.base);
+        return 1;
+    }
     if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
         0) {
         log_error("%s", err);
+        lock_shutdown();
+        store_shutdown();
+        lock_free();
         reload_shutdown();
         event_base_free(srv.base);
         return 1;
@@ -203,6 +216,9 @@ static int run(const char *path)
     event_del(&ev_sigterm);
     event_del(&ev_sigint);
     event_del(&ev_sighup);
+    lock_shutdown();
+    store_shutdown();
+    lock_free();
     reload_shutdown();
     request_trim_cache();
     event_base_free(srv.base);

@@ -16,6 +16,7 @@
 #include "proxy/backend.h"
 #include "proxy/command.h"
 #include "proxy/keyspace.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/merge.h"
 #include "proxy/migrate.h"
@@ -466,9 +467,23 @@ static void route_flush(routed *r)
         request_error(r->req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", r->cmd->name);
         return;
     }
-    fanout(r);
+    if (r->argv[0].len != 8) {
+        fanout(r);
+        return;
+    }
+    /* FLUSHALL empties database 0 only, as FLUSHDB: the shards' other
+     * databases hold the proxy's own records (store_db), and clients see
+     * database 0 alone anyway. */
+    resp_arg flushdb[3] = {{"FLUSHDB", 7}};
+    routed as_flushdb = *r;
+    as_flushdb.argc = r->argc < 3 ? r->argc : 3;
+    for (size_t i = 1; i < as_flushdb.argc; i++)
+        flushdb[i] = r->argv[i];
+    as_flushdb.argv = flushdb;
+    as_flushdb.raw = NULL;
+    as_flushdb.raw_len = 0;
+    fanout(&as_flushdb);
 }
-
 static void route_scan(routed *r)
 {
     keyspace_scan(r->req, r->argc, r->argv, r->req->hint);
@@ -518,6 +533,33 @@ static void route_unsupported(routed *r)
     request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
 }
 
+/* COPY with a DB option would reach another database of the shard,
+ * where the proxy keeps its hidden records (store_db): clients see
+ * database 0 only. */
+static int copy_to_other_db(const routed *r)
+{
+    for (size_t i = 3; i < r->argc; i++)
+        if (r->argv[i].len == 2 && strncasecmp(r->argv[i].ptr, "db", 2) == 0) {
+            request_error(r->req,
+                          "ERR COPY ... DB is not supported: ringproxy serves database 0 only");
+            return 1;
+        }
+    return 0;
+}
+
+/* ROUTE_LOCK: proxy/lock.c answers, from the lock shards. */
+static void route_lock(routed *r)
+{
+    lock_command(r->req, r->cmd, r->argc, r->argv);
+}
+
+/* ROUTE_COPY: as ROUTE_KEYS, but never into another database. */
+static void route_copy(routed *r)
+{
+    if (!copy_to_other_db(r))
+        route_keys(r);
+}
+
 /* ---- between MULTI and EXEC: the shard a queued command needs ---- */
 
 /* The keys' shard (NULL when keyless). 0, or -1 after answering with an
@@ -549,6 +591,13 @@ static int queue_anywhere(routed *r, shard **target)
 }
 
 /* What the router does with each command_route. */
+/* COPY between MULTI and EXEC: as any keyed command, never into another
+ * database. */
+static int queue_copy(routed *r, shard **target)
+{
+    return copy_to_other_db(r) ? -1 : queue_by_keys(r, target);
+}
+
 typedef struct route_handler {
     void (*run)(routed *r); /* routes the request */
     /* Between MULTI and EXEC, for rows not flagged COMMAND_FLAG_NOT_QUEUED:
@@ -580,6 +629,8 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_TRANSACTION] = {route_transaction, queue_anywhere, NULL},
     [ROUTE_PUBSUB] = {route_pubsub, NULL, "subscriptions are not transactional"},
     [ROUTE_UNSUPPORTED] = {route_unsupported, NULL, NULL},
+    [ROUTE_LOCK] = {route_lock, NULL, "locks live on a majority of the lock shards"},
+    [ROUTE_COPY] = {route_copy, queue_copy, NULL},
 };
 
 /* A command given between MULTI and EXEC: queued on the transaction's

@@ -50,6 +50,8 @@ static const char *class_word(command_class cls)
         return "transaction";
     case COMMAND_PUBSUB:
         return "pub/sub";
+    case COMMAND_LOCK:
+        return "lock";
     }
     return "?";
 }

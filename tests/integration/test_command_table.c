@@ -282,11 +282,15 @@ static void test_every_command_has_redis_arity_and_keys(void **state)
     for (size_t i = 0; i < s->commands->elements; i++) {
         check_entry(s->commands->element[i], NULL, &checked);
     }
-    /* and nothing else but PROXY, ringproxy's own */
+    /* and nothing else but PROXY and the four LOCK.* commands, ringproxy's own */
     size_t count;
     command_table(&count);
-    assert_int_equal(count, s->commands->elements + 1);
+    assert_int_equal(count, s->commands->elements + 5);
     assert_non_null(command_lookup("proxy", 5));
+    assert_non_null(command_lookup("LOCK.ACQUIRE", 12));
+    assert_non_null(command_lookup("lock.release", 12));
+    assert_non_null(command_lookup("lock.extend", 11));
+    assert_non_null(command_lookup("lock.info", 9));
     print_message("%zu commands and subcommands checked against Redis\n", checked);
 }
 

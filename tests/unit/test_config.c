@@ -266,6 +266,12 @@ static const error_case error_cases[] = {
     /* a key naming a shard: checked once [shards] is read */
     {"[proxy]\nscript_default_shard = s9\n" SHARDS,
      "proxy.ini:2: script_default_shard: 's9' is not a shard of [shards]"},
+    {"[proxy]\nlock_shards = s1,s9\n" SHARDS,
+     "proxy.ini:2: lock_shards: 's9' is not a shard of [shards]"},
+    {"[proxy]\nlock_shards = s1, s1\n" SHARDS, "proxy.ini:2: lock_shards: 's1' is listed twice"},
+    {"[proxy]\nlock_shards = s1,,\n" SHARDS,
+     "proxy.ini:2: lock_shards: '' is not a shard of [shards]"},
+    {"[proxy]\nstore_db = 0\n" SHARDS, "proxy.ini:2: store_db: 0 is out of range 1..1000000"},
 
     /* control bytes are escaped in messages */
     {"[proxy]\nhash = md\x01\n" SHARDS,
@@ -445,6 +451,9 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->migrate_timeout_ms, 5000);
     assert_int_equal(cfg->allow_flush, 1);
     assert_null(cfg->script_default_shard);
+    assert_int_equal(cfg->store_db, 15);
+    assert_string_equal(cfg->lock_shards, "all");
+    assert_true(config_is_lock_shard(cfg, "s1"));
 }
 
 static void test_defaults(void **state)
@@ -488,7 +497,9 @@ static void test_every_key_set(void **state)
                           "log_level = warn\n"
                           "watch_config = no\n"
                           "allow_flush = no\n"
-                          "script_default_shard = s1\n" SHARDS);
+                          "script_default_shard = s1\n"
+                          "store_db = 9\n"
+                          "lock_shards =  s1 \n" SHARDS);
     assert_string_equal(cfg->listen_host, "::1");
     assert_int_equal(cfg->listen_port, 6390);
     assert_int_equal(cfg->hash, HASH_FNV1A_64);
@@ -514,6 +525,10 @@ static void test_every_key_set(void **state)
     assert_int_equal(cfg->watch_config, 0);
     assert_int_equal(cfg->allow_flush, 0);
     assert_string_equal(cfg->script_default_shard, "s1");
+    assert_int_equal(cfg->store_db, 9);
+    assert_true(config_is_lock_shard(cfg, "s1"));
+    assert_false(config_is_lock_shard(cfg, "s2"));
+    assert_false(config_is_lock_shard(cfg, "s"));
     config_free(cfg);
 }
 
@@ -721,7 +736,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 28);
+    assert_int_equal(keys, 30);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
