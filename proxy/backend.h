@@ -97,6 +97,10 @@ typedef struct shard {
     uint64_t latency_us_sum;
     uint64_t replies;
     int reserved; /* reserved connections open to it (transactions, blocking, pub/sub) */
+    /* MIGRATEs in flight with it as source and as target (rebalance.c's
+     * admission: never both at once) */
+    int migrating_out;
+    int migrating_in;
     /* set by backend_shard_retire */
     uint64_t retired_us;        /* when it was retired */
     struct shard *next_retired; /* the retired list */

@@ -14,8 +14,6 @@
 /* Scanner for requests routed again from their saved bytes. */
 static resp_request rescan;
 static int rescan_ready;
-/* Encoding buffer for the MIGRATE commands of one request. */
-static buf scratch;
 /* The router's entry point for requests whose keys have moved. */
 static migrate_reroute_fn reroute_fn;
 
@@ -28,6 +26,31 @@ typedef struct move_plan {
     size_t ngroups;
     size_t nmove;
 } move_plan;
+
+/* A request's key moves while they are sent: each group's MIGRATE waits
+ * for admission (rebalance_migrate_admit), so groups of one request may go
+ * out at different times. */
+typedef struct move_job {
+    buf bytes;        /* every group's MIGRATE */
+    size_t *part_off; /* group g's MIGRATE is bytes[part_off[g], part_off[g + 1]) */
+    shard **src;      /* per group: the old owner */
+    shard **dst;      /* per group: the new owner */
+    char *sent;       /* per group: admitted and sent */
+    size_t ngroups;
+    size_t unsent;
+} move_job;
+
+static void job_free(move_job *job)
+{
+    if (!job)
+        return;
+    buf_free(&job->bytes);
+    free(job->part_off);
+    free(job->src);
+    free(job->dst);
+    free(job->sent);
+    free(job);
+}
 
 /* Parses req->saved_request. 0, or -1 after answering the request with an error. */
 static int parse_saved_request(request *req)
@@ -46,6 +69,8 @@ static int parse_saved_request(request *req)
 
 static void drop_fragments(request *req)
 {
+    job_free(req->moves);
+    req->moves = NULL;
     for (size_t i = 0; i < req->nfrags; i++)
         buf_free(&req->frags[i].stale_del);
     free(req->frags);
@@ -76,6 +101,8 @@ static void stale_del_done(fragment *f, const char *reply, size_t len)
 static void migrate_part_done(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
+    size_t g = (size_t)(f - req->frags);
+    rebalance_migrate_release(req->moves->src[g], req->moves->dst[g]);
     if (len >= 1 && reply[0] == '+') {
         if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
             rebalance_count_on_demand(f->nkeys, 0);
@@ -97,6 +124,8 @@ static void migrate_part_done(fragment *f, const char *reply, size_t len)
     }
     if (--req->pending > 0)
         return;
+    job_free(req->moves);
+    req->moves = NULL;
     if (!req->owner) {
         req->on_done(req, NULL, 0);
         return;
@@ -162,53 +191,80 @@ static int plan_moves(move_plan *p, const resp_arg *argv, const size_t *key_pos,
     return 0;
 }
 
-/* One fragment per group, its MIGRATE encoded into scratch at part_off[g]
- * and the DEL to send if the target answers BUSYKEY kept in its
- * stale_del. 0, or -1 when out of memory. */
-static int encode_moves(request *req, const move_plan *p, const resp_arg *argv, size_t *part_off)
+/* One fragment per group, its MIGRATE encoded into the job's bytes at
+ * part_off[g] and the DEL to send if the target answers BUSYKEY kept in
+ * its stale_del. 0, or -1 when out of memory. */
+static int encode_moves(request *req, const move_plan *p, const resp_arg *argv, move_job *job)
 {
     int fail = 0;
-    buf_reset(&scratch);
     for (size_t g = 0; g < p->ngroups; g++) {
         fragment *f = &req->frags[g];
         f->req = req;
         f->done = migrate_part_done;
         f->nkeys = p->count[g];
         f->move_source = p->src[g];
-        part_off[g] = buf_len(&scratch);
-        rebalance_migrate_head(&scratch, p->dst[g], p->count[g]);
-        encode_group_keys(&scratch, p, argv, g);
+        job->src[g] = p->src[g];
+        job->dst[g] = p->dst[g];
+        job->part_off[g] = buf_len(&job->bytes);
+        rebalance_migrate_head(&job->bytes, p->dst[g], p->count[g]);
+        encode_group_keys(&job->bytes, p, argv, g);
         /* The DEL to send if the target answers BUSYKEY. */
         buf_append_header(&f->stale_del, '*', (int64_t)(1 + p->count[g]));
         buf_append_bulk(&f->stale_del, "DEL", 3);
         encode_group_keys(&f->stale_del, p, argv, g);
         fail |= buf_failed(&f->stale_del);
     }
-    part_off[p->ngroups] = buf_len(&scratch);
-    return fail || buf_failed(&scratch) ? -1 : 0;
+    job->part_off[p->ngroups] = buf_len(&job->bytes);
+    return fail || buf_failed(&job->bytes) ? -1 : 0;
 }
 
-/* Sends a MIGRATE per group of the plan; the request is routed again once
- * all have answered. */
+/* Sends the groups whose MIGRATE is admitted now. Returns 1 once every
+ * group is sent, 0 while some wait. */
+static int send_admitted(void *arg)
+{
+    request *req = arg;
+    move_job *job = req->moves;
+    uint64_t hint = req->hint;
+    for (size_t g = 0; g < job->ngroups && job->unsent > 0; g++) {
+        if (job->sent[g] || !rebalance_migrate_admit(job->src[g], job->dst[g]))
+            continue;
+        job->sent[g] = 1;
+        int last = --job->unsent == 0;
+        /* The reply may come at once (a shard that is down), and the last
+         * one ends the request: nothing of it is touched after that. */
+        backend_send(job->src[g], hint, &req->frags[g], job->bytes.data + job->part_off[g],
+                     job->part_off[g + 1] - job->part_off[g]);
+        if (last)
+            return 1;
+    }
+    return job->unsent == 0;
+}
+
+/* Sends a MIGRATE per group of the plan, each once admitted; the request
+ * is routed again once all have answered. */
 static void send_moves(request *req, const move_plan *p, const resp_arg *argv)
 {
+    move_job *job = calloc(1, sizeof(*job));
     req->frags = calloc(p->ngroups, sizeof(fragment));
-    size_t *part_off = malloc((p->ngroups + 1) * sizeof(size_t));
     if (req->frags)
         req->nfrags = p->ngroups; /* so drop_fragments frees their DEL buffers */
-    if (!req->frags || !part_off || encode_moves(req, p, argv, part_off) < 0) {
-        free(part_off);
+    req->moves = job;
+    if (job) {
+        job->ngroups = job->unsent = p->ngroups;
+        job->part_off = malloc((p->ngroups + 1) * sizeof(size_t));
+        job->src = malloc(p->ngroups * sizeof(shard *));
+        job->dst = malloc(p->ngroups * sizeof(shard *));
+        job->sent = calloc(p->ngroups, 1);
+    }
+    if (!req->frags || !job || !job->part_off || !job->src || !job->dst || !job->sent ||
+        encode_moves(req, p, argv, job) < 0) {
         drop_fragments(req);
         request_error(req, "ERR out of memory");
         return;
     }
-    fragment *frags = req->frags;
-    uint64_t hint = req->hint;
     req->pending = p->ngroups;
-    for (size_t g = 0; g < p->ngroups; g++)
-        backend_send(p->src[g], hint, &frags[g], scratch.data + part_off[g],
-                     part_off[g + 1] - part_off[g]);
-    free(part_off);
+    if (!send_admitted(req))
+        rebalance_migrate_wait(send_admitted, req);
 }
 
 /* Sends MIGRATE for every key of the saved request whose owner changed,

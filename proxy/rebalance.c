@@ -73,6 +73,7 @@ typedef struct migrate_call {
     char **keys;
     size_t *lens;
     int retry; /* one key of a batch that failed with BUSYKEY */
+    buf cmd;   /* the MIGRATE, while it waits for admission */
 } migrate_call;
 
 static struct {
@@ -278,7 +279,91 @@ static void call_free(migrate_call *call)
         free(call->keys[i]);
     free(call->keys);
     free(call->lens);
+    buf_free(&call->cmd);
     free(call);
+}
+
+/* ---- MIGRATE admission (see rebalance.h) ---- */
+
+typedef struct migrate_waiter {
+    struct migrate_waiter *next;
+    int (*retry)(void *arg);
+    void *arg;
+} migrate_waiter;
+
+static migrate_waiter *waiters;
+static int waking, wake_again;
+
+int rebalance_migrate_admit(shard *from, shard *to)
+{
+    if (from->migrating_in > 0 || to->migrating_out > 0)
+        return 0;
+    from->migrating_out++;
+    to->migrating_in++;
+    return 1;
+}
+
+void rebalance_migrate_wait(int (*retry)(void *arg), void *arg)
+{
+    migrate_waiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        /* Cannot wait: let it try now; it fails or is sent. */
+        while (!retry(arg))
+            ;
+        return;
+    }
+    w->retry = retry;
+    w->arg = arg;
+    migrate_waiter **tail = &waiters;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = w;
+}
+
+/* Gives every waiter, first come first served, a chance to send. A retry
+ * may release a MIGRATE itself (a send that fails at once): the walk is
+ * then made again rather than nested. */
+static void wake_waiters(void)
+{
+    if (waking) {
+        wake_again = 1;
+        return;
+    }
+    waking = 1;
+    do {
+        wake_again = 0;
+        for (migrate_waiter **link = &waiters; *link;) {
+            migrate_waiter *w = *link;
+            if (w->retry(w->arg)) {
+                *link = w->next;
+                free(w);
+            } else {
+                link = &w->next;
+            }
+        }
+    } while (wake_again);
+    waking = 0;
+}
+
+void rebalance_migrate_release(shard *from, shard *to)
+{
+    from->migrating_out--;
+    to->migrating_in--;
+    wake_waiters();
+}
+
+/* Forgets the waiters whose argument is gone (movers being freed). */
+static void drop_waiters(int (*retry)(void *arg))
+{
+    for (migrate_waiter **link = &waiters; *link;) {
+        migrate_waiter *w = *link;
+        if (w->retry == retry) {
+            *link = w->next;
+            free(w);
+        } else {
+            link = &w->next;
+        }
+    }
 }
 
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
@@ -306,6 +391,7 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
     migrate_call *call = privdata;
     mover *m = call->m;
     redisReply *r = reply;
+    rebalance_migrate_release(m->source, call->target);
     if (!ac->data) {
         call_free(call); /* the context is being freed (exit, or a new start) */
         return;
@@ -374,6 +460,31 @@ void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
 }
 
 /* Sends MIGRATE for keys (ownership of the key copies passes to the call). */
+/* Sends a mover's MIGRATE once admitted (counted in migrates_pending
+ * already). Returns 0 while it must wait, 1 once sent or failed. */
+static int mover_call_send(void *arg)
+{
+    migrate_call *call = arg;
+    mover *m = call->m;
+    if (m->ac && !rebalance_migrate_admit(m->source, call->target))
+        return 0;
+    int sent =
+        m->ac && redisAsyncFormattedCommand(m->ac, on_migrate_reply, call, buf_head(&call->cmd),
+                                            buf_len(&call->cmd)) == REDIS_OK;
+    buf_free(&call->cmd);
+    if (sent)
+        return 1;
+    if (m->ac)
+        rebalance_migrate_release(m->source, call->target);
+    snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: %s", m->source->name,
+             m->ac ? "cannot send" : "connection lost");
+    m->batch_failed = 1;
+    call_free(call);
+    if (--m->migrates_pending == 0)
+        batch_end(m);
+    return 1;
+}
+
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
                          int retry)
 {
@@ -408,16 +519,10 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
         call->keys[i] = keys[i];
         call->lens[i] = lens[i];
     }
-    if (redisAsyncFormattedCommand(m->ac, on_migrate_reply, call, buf_head(&cmd), buf_len(&cmd)) ==
-        REDIS_OK) {
-        m->migrates_pending++;
-    } else {
-        snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: cannot send",
-                 m->source->name);
-        m->batch_failed = 1;
-        call_free(call);
-    }
-    buf_free(&cmd);
+    call->cmd = cmd;
+    m->migrates_pending++;
+    if (!mover_call_send(call))
+        rebalance_migrate_wait(mover_call_send, call);
 }
 
 /* Sends MIGRATEs for the keys of a SCAN reply whose owner changed,
@@ -618,6 +723,11 @@ static int write_state(const char *text, char *err, size_t errlen)
 
 static void free_movers(void)
 {
+    /* MIGRATEs still waiting for admission belong to these movers. */
+    for (migrate_waiter *w = waiters; w; w = w->next)
+        if (w->retry == mover_call_send)
+            call_free(w->arg);
+    drop_waiters(mover_call_send);
     for (size_t i = 0; i < rb.n_movers; i++)
         if (rb.movers[i].ac) {
             rb.movers[i].ac->data = NULL;

@@ -43,6 +43,24 @@ int rebalance_wait_barrier(request *req, void (*resume)(request *req));
  * for on-demand moves. */
 void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys);
 
+/* MIGRATE admission. Redis runs MIGRATE synchronously: the source waits,
+ * serving nobody, until the target has answered. Two shards migrating to
+ * each other at once (a ring edit that moves keys both ways, as undoing one
+ * does) wait on each other until migrate_timeout, fail, and are retried
+ * into the same embrace. So a MIGRATE from one shard to another is sent
+ * only while the source is the target of none in flight and the target the
+ * source of none: no shard is ever both, so none waits on one that waits.
+ *
+ * rebalance_migrate_admit counts the MIGRATE in flight and returns 1, or
+ * returns 0 when it must wait; every admitted one is released once, when
+ * its reply (or its failure) arrives. */
+int rebalance_migrate_admit(shard *from, shard *to);
+void rebalance_migrate_release(shard *from, shard *to);
+
+/* Calls retry(arg) after MIGRATEs are released, in the order of the calls
+ * to this, until it returns 1 (it sent what waited, or gave up). */
+void rebalance_migrate_wait(int (*retry)(void *arg), void *arg);
+
 /* Counts keys moved on demand (for INFO). */
 void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);
 

@@ -113,6 +113,7 @@ typedef struct request {
     };
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
+    struct move_job *moves;    /* its key moves, while they are sent (migrate.c) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
 } request;
 
