@@ -715,7 +715,8 @@ int resp_reply_bulk_at(const char *r, size_t len, size_t *pos, const char **ptr,
     size_t at = *pos;
     int64_t blen;
     if (header_at(r, len, &at, '$', &blen) < 0 || blen < 0 || (uint64_t)blen > len - at ||
-        len - at - (size_t)blen < 2)
+        len - at - (size_t)blen < 2 || r[at + (size_t)blen] != '\r' ||
+        r[at + (size_t)blen + 1] != '\n')
         return -1;
     *ptr = r + at;
     *n = (size_t)blen;

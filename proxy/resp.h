@@ -107,8 +107,8 @@ __attribute__((warn_unused_result)) int resp_reply_array_at(const char *r, size_
                                                             int64_t *count);
 
 /* Reads the bulk string at r[*pos] (r holds len bytes): its bytes in *ptr
- * and *n, and moves *pos past it. 0, or -1 when no whole bulk string (or a
- * null bulk) is there. */
+ * and *n, and moves *pos past it. 0, or -1 when no whole bulk string (body
+ * and CR LF), or a null bulk, is there. */
 __attribute__((warn_unused_result)) int resp_reply_bulk_at(const char *r, size_t len, size_t *pos,
                                                            const char **ptr, size_t *n);
 

@@ -924,6 +924,7 @@ static const inside_case inside_cases[] = {
     {"null bulk", "$-1\r\n", 0, 0, -1, 0, NULL, 0},
     {"bulk body cut short", "$5\r\nab", 0, 0, -1, 0, NULL, 0},
     {"bulk without its CR LF", "$2\r\nab", 0, 0, -1, 0, NULL, 0},
+    {"bulk body longer than said", "$2\r\nabc\r\n", 0, 0, -1, 0, NULL, 0},
     {"bulk length past the end", "$99999999999\r\nab\r\n", 0, 0, -1, 0, NULL, 0},
     {"offset at the end", "$1\r\nx\r\n", 7, 0, -1, 0, NULL, 0},
 };
