@@ -117,7 +117,7 @@ static int setup_fd_limit(void **state)
 }
 
 /* No crash; a new client is served; writes of before read back. */
-static void expect_proxy_serves(const fixture *f, const char *key, const char *value)
+static void expect_proxy_serves(fixture *f, const char *key, const char *value)
 {
     assert_true(fixture_alive(f->proxy.pid));
     redisContext *c = fixture_client(f);
@@ -125,7 +125,7 @@ static void expect_proxy_serves(const fixture *f, const char *key, const char *v
     if (key != NULL) {
         fixture_expect_str(fixture_cmd(c, "GET %s", key), value);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* Reads what is waiting on a non-blocking socket without waiting: the
@@ -250,10 +250,10 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
         fixture_expect_status(fixture_cmd(again[i], "PING"), "PONG");
     }
     for (int i = 0; i < 100; i++) {
-        redisFree(again[i]);
+        fixture_close(f, again[i]);
     }
     assert_true(fixture_log_contains(&f->proxy, "refused: "));
-    redisFree(admin);
+    fixture_close(f, admin);
     expect_proxy_serves(f, "many:key", "during");
 }
 
@@ -297,7 +297,7 @@ static void test_huge_bulk_length_closed_with_protocol_error(void **state)
     }
     assert_true(fixture_log_contains(&f->proxy, "invalid bulk length"));
     fixture_expect_str(fixture_cmd(other, "GET huge:key"), "kept");
-    redisFree(other);
+    fixture_close(f, other);
     expect_proxy_serves(f, "huge:key", "kept");
 }
 
@@ -369,7 +369,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
                  hwm, peak, FLOOD_OUTPUT_MAX, FLOOD_PEAK_KIB);
     }
     free(value);
-    redisFree(c);
+    fixture_close(f, c);
     expect_proxy_serves(f, "flood:after", "ok");
 }
 
@@ -438,7 +438,7 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     fixture_expect_str(fixture_cmd(active, "GET slow:key"), "kept");
     assert_true(fixture_log_contains(&f->proxy, "idle timeout"));
     assert_true(fixture_info_int(active, "clients_dropped") >= dropped_before + SLOW_CLIENTS + 1);
-    redisFree(active);
+    fixture_close(f, active);
     expect_proxy_serves(f, "slow:key", "kept");
 }
 
@@ -545,14 +545,14 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
         fixture_expect_status(fixture_cmd(again[i], "PING"), "PONG");
     }
     for (int i = 0; i < 20; i++) {
-        redisFree(again[i]);
+        fixture_close(f, again[i]);
     }
     for (int i = 0; i < 100; i++) {
         char want[16];
         snprintf(want, sizeof(want), "v%d", i);
         fixture_expect_str(fixture_cmd(admin, "GET fd:%d", i), want);
     }
-    redisFree(admin);
+    fixture_close(f, admin);
     expect_proxy_serves(f, "fd:0", "v0");
 }
 

@@ -365,7 +365,7 @@ static void test_shard_killed_under_load_then_restarted_empty(void **state)
     expect_proxy_healthy(&f->proxy);
     log_free(&w);
     load_close(&l);
-    redisFree(admin);
+    fixture_close(f, admin);
 }
 
 static void test_shard_stopped_times_out_and_others_unaffected(void **state)
@@ -434,8 +434,8 @@ static void test_shard_stopped_times_out_and_others_unaffected(void **state)
     expect_proxy_healthy(&f->proxy);
     log_free(&w);
     load_close(&l);
-    redisFree(bystander);
-    redisFree(admin);
+    fixture_close(f, bystander);
+    fixture_close(f, admin);
 }
 
 static void test_shard_restarted_empty_gives_misses_not_errors(void **state)
@@ -466,7 +466,7 @@ static void test_shard_restarted_empty_gives_misses_not_errors(void **state)
     expect_proxy_healthy(&f->proxy);
     log_free(&w);
     load_close(&l);
-    redisFree(admin);
+    fixture_close(f, admin);
 }
 
 /* The error a command gets from the shard itself, asked directly. */
@@ -541,7 +541,7 @@ static void test_shard_oom_error_reaches_the_client_unchanged(void **state)
     expect_proxy_healthy(&f->proxy);
     free(oom);
     log_free(&w);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_shard_busy_script_error_reaches_the_client_unchanged(void **state)
@@ -592,7 +592,7 @@ static void test_shard_busy_script_error_reaches_the_client_unchanged(void **sta
     fixture_expect_str(fixture_cmd(c, "GET %s", key), key);
     expect_proxy_healthy(&f->proxy);
     free(busy_error);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_half_an_mset_on_a_dead_shard_names_the_failure(void **state)
@@ -668,7 +668,7 @@ static void test_half_an_mset_on_a_dead_shard_names_the_failure(void **state)
     expect_proxy_healthy(&f->proxy);
     log_free(&w);
     load_close(&l);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* ---- a reload storm under load ---- */
@@ -808,7 +808,7 @@ static void test_reload_storm_under_load(void **state)
     expect_proxy_healthy(&f->proxy);
     log_free(&w);
     load_close(&l);
-    redisFree(admin);
+    fixture_close(f, admin);
 }
 
 /* ---- a fake shard: -LOADING, -BUSY, -OOM, a reply cut short, slow or stalled ---- */

@@ -35,7 +35,7 @@ static int group_teardown(void **state)
     return fixture_stop(*state);
 }
 
-static redisContext *big_client(const fixture *f)
+static redisContext *big_client(fixture *f)
 {
     redisContext *c = fixture_client(f);
     struct timeval tv = {BIG_TIMEOUT_S * harness_timeout_scale(), 0};
@@ -186,7 +186,7 @@ static void run_pipeline(fixture *f, char keys[4][64])
         free(m.pool[v][0]);
         free(m.pool[v][1]);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_big_and_small_pipelined_on_one_shard(void **state)
@@ -198,7 +198,7 @@ static void test_big_and_small_pipelined_on_one_shard(void **state)
     for (int k = 0; k < 4; k++) {
         fixture_key_on_shard(c, prefixes[k], 2, keys[k], sizeof(keys[k]));
     }
-    redisFree(c);
+    fixture_close(f, c);
     run_pipeline(f, keys);
 }
 
@@ -211,7 +211,7 @@ static void test_big_and_small_pipelined_across_shards(void **state)
     for (int k = 0; k < 4; k++) {
         fixture_key_on_shard(c, prefixes[k], k, keys[k], sizeof(keys[k]));
     }
-    redisFree(c);
+    fixture_close(f, c);
     run_pipeline(f, keys);
 }
 
@@ -238,7 +238,7 @@ static void test_big_request_after_held_input(void **state)
     fixture_expect_str(fixture_next_reply(c), "after");
     fixture_expect_int(fixture_cmd(c, "DEL held:big held:small"), 2);
     free(big);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* Busies a shard for about 300 ms (a script that loops on TIME). */
@@ -288,7 +288,7 @@ static void test_big_reply_behind_a_slower_shard(void **state)
     }
     fixture_expect_int(fixture_cmd(c, "DEL %s %s %s", slow, fast, fast_small), 3);
     free(big);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* ---- memory: a value in flight is held once ---- */
@@ -356,7 +356,7 @@ static void test_64mib_value_held_once(void **state)
         fail_msg("a 64 MiB GET raised the proxy's peak RSS by %.2f values (bound 1.5)", get_rise);
     }
     free(value);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 int main(void)

@@ -171,7 +171,7 @@ static void test_1000_concurrent_clients(void **state)
     if (connected > before) {
         fail_msg("INFO connected_clients still %lld after the clients closed", connected);
     }
-    redisFree(admin);
+    fixture_close(f, admin);
 }
 
 /* 1 while pid has not exited (without reaping it). */
@@ -238,7 +238,7 @@ static void test_client_vanishing_mid_pipeline(void **state)
     if (connected > before) {
         fail_msg("INFO connected_clients still %lld after the clients vanished", connected);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* A client that pipelines many big GETs and reads slowly gets every reply
@@ -311,7 +311,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
     free(reply);
     free(value);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* Runs argv with stdout and stderr captured into out (NUL-terminated, cut at
@@ -419,7 +419,7 @@ static void test_redis_benchmark_smoke(void **state)
     fixture_expect_int(fixture_cmd(c, "EXISTS key:__rand_int__"), 1);
     int owner = fixture_owner(c, "mylist", 6);
     fixture_expect_int(fixture_cmd(fixture_shard(f, owner), "LLEN mylist"), 2000);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 int main(void)

@@ -205,8 +205,8 @@ static void test_killed_shard_errors_then_recovers(void **state)
         assert_int_equal(fixture_holders(f, key, strlen(key)), 1u << victim);
     }
     free(k);
-    redisFree(other);
-    redisFree(c);
+    fixture_close(f, other);
+    fixture_close(f, c);
 }
 
 static void test_stalled_shard_times_out(void **state)
@@ -264,8 +264,8 @@ static void test_stalled_shard_times_out(void **state)
     }
     expect_shard_serves(c, k, victim);
     free(k);
-    redisFree(other);
-    redisFree(c);
+    fixture_close(f, other);
+    fixture_close(f, c);
 }
 
 /* SIGTERM: the proxy stops accepting, answers the requests it holds (here
@@ -313,7 +313,7 @@ static void test_sigterm_finishes_inflight_then_exits_0(void **state)
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     free(k);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 int main(void)

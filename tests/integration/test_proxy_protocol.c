@@ -203,7 +203,7 @@ static void test_malformed_input_closes_only_that_client(void **state)
         fixture_expect_str(fixture_cmd(other, "GET %s", PROTO_KEY), PROTO_VALUE);
         fixture_expect_int(fixture_cmd(other, "INCR proto:counter"), (long long)i + 1);
     }
-    redisFree(other);
+    fixture_close(f, other);
 }
 
 /* Limits close to the edge but inside it are accepted. */

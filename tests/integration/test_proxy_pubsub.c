@@ -105,8 +105,8 @@ static void test_subscribers_on_every_shard(void **state)
         snprintf(payload, sizeof(payload), "hello%d", i);
         expect_message(fixture_next_reply(s), NULL, channel[i], payload);
     }
-    redisFree(s);
-    redisFree(p);
+    fixture_close(f, s);
+    fixture_close(f, p);
 }
 
 static void test_patterns_hear_every_shard(void **state)
@@ -124,8 +124,8 @@ static void test_patterns_hear_every_shard(void **state)
         expect_message(fixture_next_reply(s), "pat:*", channel, payload);
     }
     fixture_expect_int(fixture_cmd(p, "PUBLISH other m"), 0);
-    redisFree(s);
-    redisFree(p);
+    fixture_close(f, s);
+    fixture_close(f, p);
 }
 
 static void test_counts_are_the_clients_totals(void **state)
@@ -157,7 +157,7 @@ static void test_counts_are_the_clients_totals(void **state)
     /* Out of subscribed mode: plain commands again. */
     fixture_expect_status(fixture_cmd(s, "SET cnt v"), "OK");
     fixture_expect_status(fixture_cmd(s, "PING"), "PONG");
-    redisFree(s);
+    fixture_close(f, s);
 }
 
 static void test_subscribed_mode_allows_only_pubsub_commands(void **state)
@@ -183,11 +183,11 @@ static void test_subscribed_mode_allows_only_pubsub_commands(void **state)
     fixture_expect_nil(fixture_cmd(s, "GET mode"));
     redisContext *p = fixture_client(f);
     fixture_expect_int(fixture_cmd(p, "PUBLISH mode x"), 0);
-    redisFree(p);
+    fixture_close(f, p);
     /* QUIT answers and closes, subscribed or not. */
     expect_confirm(fixture_cmd(s, "SUBSCRIBE mode"), "subscribe", "mode", 1);
     fixture_expect_status(fixture_cmd(s, "QUIT"), "OK");
-    redisFree(s);
+    fixture_close(f, s);
 }
 
 static void test_messages_arrive_in_order(void **state)
@@ -214,8 +214,8 @@ static void test_messages_arrive_in_order(void **state)
     fixture_expect_int(fixture_cmd(p, "PUBLISH ordered:{1} late"), 0);
     fixture_expect_int(fixture_cmd(p, "PUBLISH ordered:{2} last"), 1);
     expect_message(fixture_next_reply(s), NULL, "ordered:{2}", "last");
-    redisFree(s);
-    redisFree(p);
+    fixture_close(f, s);
+    fixture_close(f, p);
 }
 
 static void test_pubsub_introspection_merges_shards(void **state)
@@ -253,9 +253,9 @@ static void test_pubsub_introspection_merges_shards(void **state)
     assert_int_equal(r->element[5]->integer, 0);
     freeReplyObject(r);
     fixture_expect_int(fixture_cmd(c, "PUBSUB NUMPAT"), 2);
-    redisFree(s1);
-    redisFree(s2);
-    redisFree(c);
+    fixture_close(f, s1);
+    fixture_close(f, s2);
+    fixture_close(f, c);
 }
 
 /* Last: no subscriber left from earlier tests once they have closed. */
@@ -272,7 +272,7 @@ static void test_subscriber_connections_go_with_the_client(void **state)
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_non_null(strstr(r->str, " psub=1 "));
     freeReplyObject(r);
-    redisFree(s);
+    fixture_close(f, s);
     fixture_wait_reserved(admin, 0);
     fixture_expect_int(fixture_cmd(admin, "PUBSUB NUMPAT"), 0);
     /* Unsubscribing from everything closes them too. */
@@ -283,8 +283,8 @@ static void test_subscriber_connections_go_with_the_client(void **state)
     assert_int_equal(fixture_reserved_connections(admin), 1);
     expect_confirm(fixture_cmd(s, "UNSUBSCRIBE"), "unsubscribe", a, 0);
     fixture_wait_reserved(admin, 0);
-    redisFree(s);
-    redisFree(admin);
+    fixture_close(f, s);
+    fixture_close(f, admin);
 }
 
 /* ---- a shard that stops answering (its own proxy: request_timeout) ---- */
@@ -407,8 +407,8 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     assert_true(fixture_log_contains(
         &f->proxy, "a shard did not confirm a subscription change within request_timeout"));
     assert_int_equal(fixture_info_int(admin, "errors_shard_timeout"), timeouts_before + 2);
-    redisFree(sub);
-    redisFree(psub);
+    fixture_close(f, sub);
+    fixture_close(f, psub);
 
     /* Every subscriber connection of the two clients closed, so the shard,
      * once awake, drops whatever it took of the changes. */
@@ -430,9 +430,9 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     expect_confirm(fixture_cmd(sub, "SUBSCRIBE %s", channel), "subscribe", channel, 1);
     fixture_expect_int(fixture_cmd(admin, "PUBLISH %s back", channel), 1);
     expect_message(fixture_next_reply(sub), NULL, channel, "back");
-    redisFree(sub);
-    redisFree(bystander);
-    redisFree(admin);
+    fixture_close(f, sub);
+    fixture_close(f, bystander);
+    fixture_close(f, admin);
 }
 
 int main(void)

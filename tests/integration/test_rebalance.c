@@ -655,7 +655,7 @@ static void test_added_shard_gets_a_quarter_of_the_keys_and_nothing_is_lost(void
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -729,7 +729,7 @@ static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void *
     free(owner);
     free_keys(stale, STALE_KEYS);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -776,7 +776,7 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
     free(owner);
     free_keys(stale, STALE_KEYS);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1213,7 +1213,7 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     }
     free(w);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1263,7 +1263,7 @@ static void test_removed_shard_is_drained_to_zero_keys(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1304,7 +1304,7 @@ static void test_reweighted_shard_gains_keys_and_only_those_move(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1394,7 +1394,7 @@ static void test_readdressed_shard_moves_no_key(void **state)
     free(holders);
     free(before);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1437,7 +1437,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
      * state, and the next start resumes. */
     wait_keys_on(f, S4, 300);
     assert_true(rebalance_is_running(c));
-    redisFree(c);
+    fixture_close(f, c);
     assert_int_equal(harness_ringproxy_restart(&f->proxy, SIGTERM), 0);
     char *log = read_file(f->proxy.log);
     assert_non_null(strstr(log, "ringproxy stopped"));
@@ -1450,7 +1450,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
     /* Killed once some more have moved. */
     wait_keys_on(f, S4, shard_dbsize(f, S4) + 300);
     assert_true(rebalance_is_running(c));
-    redisFree(c);
+    fixture_close(f, c);
     pid_t old_pid = f->proxy.pid;
     assert_int_equal(kill(old_pid, SIGKILL), 0);
     fixture_sleep_ms(100);
@@ -1487,7 +1487,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
 
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1580,8 +1580,8 @@ static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
 
     free(good);
     dataset_free(&d);
-    redisFree(busy);
-    redisFree(c);
+    fixture_close(f, busy);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1646,8 +1646,8 @@ static void test_lock_taken_before_a_move_stays_held_through_it(void **state)
     free(after);
     free_keys(locks, LOCKS);
     dataset_free(&d);
-    redisFree(other);
-    redisFree(c);
+    fixture_close(f, other);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1709,7 +1709,7 @@ static void test_reload_during_a_migration_is_queued_then_applied(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1787,7 +1787,7 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
 
     free(big);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
