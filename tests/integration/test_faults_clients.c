@@ -62,11 +62,6 @@
 static int many_clients = MANY_CLIENTS;
 static int many_max_clients = MANY_CLIENTS / 2;
 
-static long long bound_ms(long long ms)
-{
-    return ms * harness_timeout_scale();
-}
-
 /* Per-test fixtures: each test runs against its own proxy, so its memory
  * figures (peak RSS included) are its own. */
 static int start_with(void **state, const char *lines)
@@ -100,7 +95,7 @@ static int setup_flood(void **state)
      * longer than the default request timeout. */
     char lines[128];
     snprintf(lines, sizeof(lines), "max_client_output = %s\nrequest_timeout = %lld\n",
-             FLOOD_OUTPUT_MAX, bound_ms(2000));
+             FLOOD_OUTPUT_MAX, fixture_bound_ms(2000));
     return start_with(state, lines);
 }
 
@@ -163,8 +158,7 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
     redisContext *admin = fixture_client(f);
     fixture_expect_status(fixture_cmd(admin, "SET many:key before"), "OK");
     long long rejected_before = fixture_info_int(admin, "rejected_connections");
-    int *fds = malloc((size_t)many_clients * sizeof(int));
-    assert_non_null(fds);
+    int *fds = fixture_alloc(f, (size_t)many_clients * sizeof(int));
     for (int i = 0; i < many_clients; i++) {
         fds[i] = fixture_raw_connect(f->proxy.port);
         if (fds[i] < 0) {
@@ -174,7 +168,7 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
     /* The admin connection holds one of the max_clients places. */
     const int accepted_want = many_max_clients - 1;
     const int refused_want = many_clients - accepted_want;
-    long long deadline = fixture_now_ms() + bound_ms(10000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
     long long refused_seen;
     while ((refused_seen = fixture_info_int(admin, "rejected_connections") - rejected_before) <
                refused_want &&
@@ -219,7 +213,8 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
         if (fds[i] >= 0) {
             char buf[16];
             int closed;
-            fixture_raw_read(fds[i], buf, sizeof(buf), 7, REPLY_TIMEOUT_MS, &closed);
+            fixture_raw_read(fds[i], buf, sizeof(buf), 7, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                             &closed);
             if (strcmp(buf, "+PONG\r\n") != 0) {
                 fail_msg("accepted connection %d: PING got \"%s\"", i, buf);
             }
@@ -238,8 +233,8 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
             close(fds[i]);
         }
     }
-    free(fds);
-    deadline = fixture_now_ms() + bound_ms(5000);
+    fixture_free(f, fds);
+    deadline = fixture_now_ms() + fixture_bound_ms(5000);
     while (fixture_info_int(admin, "connected_clients") > 1 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
     }
@@ -272,7 +267,8 @@ static void test_huge_bulk_length_closed_with_protocol_error(void **state)
     (void)fixture_raw_send(fd, req, sizeof(req) - 1);
     char buf[256];
     int closed;
-    fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, REPLY_TIMEOUT_MS, &closed);
+    fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                     &closed);
     close(fd);
     assert_string_equal(buf, "-ERR Protocol error: invalid bulk length\r\n");
     assert_true(closed);
@@ -282,11 +278,14 @@ static void test_huge_bulk_length_closed_with_protocol_error(void **state)
     fd = fixture_raw_connect(f->proxy.port);
     assert_true(fd >= 0);
     static const char big[] = "*2\r\n$3\r\nGET\r\n$500000000\r\n";
+    long long input_before = fixture_info_int(other, "total_net_input_bytes");
     assert_int_equal(fixture_raw_send(fd, big, sizeof(big) - 1), 0);
     static char body[1024 * 1024];
     memset(body, 'b', sizeof(body));
     assert_int_equal(fixture_raw_send(fd, body, sizeof(body)), 0);
-    fixture_sleep_ms(100);
+    /* The proxy has read all of it. */
+    fixture_wait_info_at_least(other, "total_net_input_bytes",
+                               input_before + (long long)(sizeof(big) - 1 + sizeof(body)));
     long peak_during = fixture_peak_rss_kib(f->proxy.pid);
     fixture_expect_str(fixture_cmd(other, "GET huge:key"), "kept");
     close(fd);
@@ -307,8 +306,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
 {
     fixture *f = *state;
     redisContext *c = fixture_client(f);
-    char *value = malloc(FLOOD_VALUE_LEN);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, FLOOD_VALUE_LEN);
     for (size_t i = 0; i < FLOOD_VALUE_LEN; i++) {
         value[i] = (char)('a' + i % 26);
     }
@@ -326,7 +324,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
         memcpy(batch + i * (sizeof(get) - 1), get, sizeof(get) - 1);
     }
     /* GETs as fast as the proxy takes them, until it drops the client. */
-    long long deadline = fixture_now_ms() + bound_ms(FLOOD_DEADLINE_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(FLOOD_DEADLINE_MS);
     size_t off = 0, sent_gets = 0;
     int dropped = 0;
     long peak = 0;
@@ -353,11 +351,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
                  sent_gets);
     }
     /* The reason is logged and counted. */
-    deadline = fixture_now_ms() + bound_ms(2000);
-    while (!fixture_log_contains(&f->proxy, "max_client_output") && fixture_now_ms() < deadline) {
-        fixture_sleep_ms(20);
-    }
-    assert_true(fixture_log_contains(&f->proxy, "max_client_output"));
+    fixture_wait_log(&f->proxy, "max_client_output");
     assert_true(fixture_info_int(c, "clients_dropped") > dropped_before);
 
     /* Meanwhile and after, the others are served, the big value intact. */
@@ -368,7 +362,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
         fail_msg("proxy peak RSS %ld KiB (sampled %ld) with %s max_client_output, bound %d KiB",
                  hwm, peak, FLOOD_OUTPUT_MAX, FLOOD_PEAK_KIB);
     }
-    free(value);
+    fixture_free(f, value);
     fixture_close(f, c);
     expect_proxy_serves(f, "flood:after", "ok");
 }
@@ -398,7 +392,7 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     long long start = fixture_now_ms();
     int open_count = SLOW_CLIENTS;
     for (int tick = 0; (open_count > 0 || silent_closed_at == 0) &&
-                       fixture_now_ms() - start < bound_ms(2 * SLOW_CLOSE_MS);
+                       fixture_now_ms() - start < fixture_bound_ms(2 * SLOW_CLOSE_MS);
          tick++) {
         for (int i = 0; i < SLOW_CLIENTS; i++) {
             if (closed_at[i] != 0) {
@@ -428,13 +422,14 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     }
     for (int i = 0; i < SLOW_CLIENTS; i++) {
         close(slow[i]);
-        if (closed_at[i] == 0 || closed_at[i] - start > bound_ms(SLOW_CLOSE_MS)) {
+        if (closed_at[i] == 0 || closed_at[i] - start > fixture_bound_ms(SLOW_CLOSE_MS)) {
             fail_msg("slowloris client %d %s", i,
                      closed_at[i] == 0 ? "was never closed" : "was closed late");
         }
     }
     close(silent);
-    assert_true(silent_closed_at != 0 && silent_closed_at - start <= bound_ms(SLOW_CLOSE_MS));
+    assert_true(silent_closed_at != 0 &&
+                silent_closed_at - start <= fixture_bound_ms(SLOW_CLOSE_MS));
     fixture_expect_str(fixture_cmd(active, "GET slow:key"), "kept");
     assert_true(fixture_log_contains(&f->proxy, "idle timeout"));
     assert_true(fixture_info_int(active, "clients_dropped") >= dropped_before + SLOW_CLIENTS + 1);
@@ -457,7 +452,7 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
     }
     /* Every connection is taken: served, or refused at once; none is left
      * waiting in the listen backlog. */
-    long long deadline = fixture_now_ms() + bound_ms(5000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(5000);
     long long taken = 0;
     while (fixture_now_ms() < deadline) {
         taken = fixture_info_int(admin, "rejected_connections") - rejected_before +
@@ -496,7 +491,8 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
             char buf[16];
             int closed;
             assert_int_equal(fixture_raw_send(fds[i], "PING\r\n", 6), 0);
-            fixture_raw_read(fds[i], buf, sizeof(buf), 7, REPLY_TIMEOUT_MS, &closed);
+            fixture_raw_read(fds[i], buf, sizeof(buf), 7, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                             &closed);
             if (strcmp(buf, "+PONG\r\n") != 0) {
                 fail_msg("served connection %d: PING got \"%s\"", i, buf);
             }
@@ -512,7 +508,7 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
     /* At the limit, a shard connection that drops can still come back. */
     assert_true(harness_proc_stop(&f->shards[0], SIGKILL) != -1);
     assert_int_equal(harness_redis_restart(&f->shards[0]), 0);
-    deadline = fixture_now_ms() + bound_ms(5000);
+    deadline = fixture_now_ms() + fixture_bound_ms(5000);
     int back = 0;
     while (!back && fixture_now_ms() < deadline) {
         back = 1;
@@ -535,7 +531,7 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
             close(fds[i]);
         }
     }
-    deadline = fixture_now_ms() + bound_ms(5000);
+    deadline = fixture_now_ms() + fixture_bound_ms(5000);
     while (fixture_info_int(admin, "connected_clients") > 1 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
     }

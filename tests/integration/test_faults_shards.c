@@ -50,11 +50,6 @@
 
 /* ---- time bounds, stretched under valgrind ---- */
 
-static long long bound_ms(long long ms)
-{
-    return ms * harness_timeout_scale();
-}
-
 /* The [proxy] lines of every proxy here, with request_timeout = ms. */
 static const char *proxy_lines(int ms)
 {
@@ -246,11 +241,11 @@ static int load_round(load *l, const int *ports, unsigned failing, write_log *w)
 /* Rounds until one has no error, bounded by the recovery deadline. */
 static void load_until_clean(load *l, const int *ports, unsigned failing, write_log *w)
 {
-    long long deadline = fixture_now_ms() + bound_ms(RECOVERY_DEADLINE_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
     while (load_round(l, ports, failing, w) > 0) {
         if (fixture_now_ms() > deadline) {
             fail_msg("shards still failing %lld ms after they came back",
-                     bound_ms(RECOVERY_DEADLINE_MS));
+                     fixture_bound_ms(RECOVERY_DEADLINE_MS));
         }
         fixture_sleep_ms(20);
     }
@@ -346,11 +341,11 @@ static void test_shard_killed_under_load_then_restarted_empty(void **state)
         long long start = fixture_now_ms();
         assert_int_equal(load_round(&l, ports, 1u << victim, &w), per_round);
         long long took = fixture_now_ms() - start;
-        if (took > bound_ms(ERROR_DEADLINE_MS)) {
+        if (took > fixture_bound_ms(ERROR_DEADLINE_MS)) {
             fail_msg("a round with s%d dead took %lld ms", victim + 1, took);
         }
     }
-    assert_true(fixture_now_ms() - killed_at < bound_ms(4 * ERROR_DEADLINE_MS));
+    assert_true(fixture_now_ms() - killed_at < fixture_bound_ms(4 * ERROR_DEADLINE_MS));
 
     /* Back on its address, empty: what it held went with the process. */
     log_forget_shard(&w, victim);
@@ -414,11 +409,11 @@ static void test_shard_stopped_times_out_and_others_unaffected(void **state)
         assert_non_null(live_replies[i]);
         fixture_expect_str(live_replies[i], live_key);
     }
-    if (worst > bound_ms(LIVE_LATENCY_MS)) {
+    if (worst > fixture_bound_ms(LIVE_LATENCY_MS)) {
         fail_msg("a healthy shard's request took %lld ms while s%d was stopped", worst, victim + 1);
     }
     assert_int_equal(errors, LOAD_CONNS * LOAD_PIPELINE / FIXTURE_SHARDS);
-    if (round_ms > bound_ms(ERROR_DEADLINE_MS)) {
+    if (round_ms > fixture_bound_ms(ERROR_DEADLINE_MS)) {
         fail_msg("a round with s%d stopped took %lld ms (timeout %d ms)", victim + 1, round_ms,
                  REQUEST_TIMEOUT_MS);
     }
@@ -426,7 +421,7 @@ static void test_shard_stopped_times_out_and_others_unaffected(void **state)
     assert_true(is_shard_error(again, victim, ports[victim]));
     assert_non_null(strstr(again->str, "timeout"));
     freeReplyObject(again);
-    assert_true(again_ms < bound_ms(ERROR_DEADLINE_MS));
+    assert_true(again_ms < fixture_bound_ms(ERROR_DEADLINE_MS));
 
     /* Resumed, it serves again, with its data. */
     load_until_clean(&l, ports, 1u << victim, &w);
@@ -566,8 +561,22 @@ static void test_shard_busy_script_error_reaches_the_client_unchanged(void **sta
     assert_non_null(script);
     redisAppendCommand(script, "EVAL %s 0", "while true do end");
     flush_conn(script);
-    fixture_sleep_ms(300);
-    char *busy_error = direct_error(shard, "GET %s", key);
+    /* Until the script runs past the threshold, the GET is answered (first
+     * the script may not have arrived yet) or waits; then it is -BUSY. */
+    char *busy_error = NULL;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
+    while (busy_error == NULL) {
+        redisReply *probe = fixture_cmd(shard, "GET %s", key);
+        if (probe->type == REDIS_REPLY_ERROR) {
+            busy_error = strdup(probe->str);
+            assert_non_null(busy_error);
+        }
+        freeReplyObject(probe);
+        if (busy_error == NULL) {
+            assert_true(fixture_now_ms() < deadline);
+            fixture_sleep_ms(20);
+        }
+    }
     assert_true(strncmp(busy_error, "BUSY ", 5) == 0);
 
     redisAppendCommand(c, "GET %s", key);
@@ -581,7 +590,7 @@ static void test_shard_busy_script_error_reaches_the_client_unchanged(void **sta
     fixture_expect_str(fixture_next_reply(c), other_key);
     fixture_expect_status(fixture_next_reply(c), "PONG");
     /* Answered by the shard at once, not by the proxy's timeout. */
-    assert_true(fixture_now_ms() - start < bound_ms(REQUEST_TIMEOUT_MS));
+    assert_true(fixture_now_ms() - start < fixture_bound_ms(REQUEST_TIMEOUT_MS));
 
     fixture_expect_status(fixture_cmd(shard, "SCRIPT KILL"), "OK");
     r = fixture_next_reply(script);
@@ -743,8 +752,10 @@ static void test_reload_storm_under_load(void **state)
     long long epoch_before = fixture_info_int(admin, "config_epoch");
     char bench_out[400];
     snprintf(bench_out, sizeof(bench_out), "%s/benchmark.out", f->proxy.dir);
+    long long clients_before = fixture_info_int(admin, "connected_clients");
     pid_t bench = start_benchmark(f->proxy.port, bench_out);
-    fixture_sleep_ms(100);
+    /* The storm starts once the benchmark's 8 connections are in. */
+    fixture_wait_info_at_least(admin, "connected_clients", clients_before + 8);
 
     /* 100 reloads in about a second: PROXY RELOAD and SIGHUP in turn, the
      * file rewritten every tenth time (noticed by watch_config), and the
@@ -770,7 +781,7 @@ static void test_reload_storm_under_load(void **state)
 
     /* The benchmark finishes without a single error. */
     int status = -1;
-    long long deadline = fixture_now_ms() + bound_ms(60000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(60000);
     while (waitpid(bench, &status, WNOHANG) == 0) {
         if (fixture_now_ms() > deadline) {
             kill(bench, SIGKILL);
@@ -790,7 +801,7 @@ static void test_reload_storm_under_load(void **state)
         fail_msg("redis-benchmark during the reload storm (status %#x):\n%s", (unsigned)status,
                  out);
     }
-    if (storm_ms > bound_ms(5000)) {
+    if (storm_ms > fixture_bound_ms(5000)) {
         fail_msg("100 reloads took %lld ms", storm_ms);
     }
     /* Every PROXY RELOAD was applied; signals sent close together may be
@@ -940,7 +951,7 @@ static void test_backend_closing_mid_reply_fails_inflight_then_reconnects(void *
         fixture_expect_str(fixture_cmd(other, "GET {%s}:k", real), "v");
 
         /* The proxy reconnects: the fake's keys work again. */
-        long long deadline = fixture_now_ms() + bound_ms(RECOVERY_DEADLINE_MS);
+        long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
         for (;;) {
             r = fixture_cmd(c, "GET %s", ok);
             if (r->type == REDIS_REPLY_STRING) {
@@ -983,7 +994,7 @@ static redisContext *patient_client(int port)
 {
     redisContext *c = harness_connect(port);
     assert_non_null(c);
-    struct timeval tv = {(time_t)bound_ms(10000) / 1000, 0};
+    struct timeval tv = {(time_t)fixture_bound_ms(10000) / 1000, 0};
     assert_int_equal(redisSetTimeout(c, tv), REDIS_OK);
     return c;
 }
@@ -1094,14 +1105,14 @@ static void test_reply_stalling_half_way_times_out_then_recovers(void **state)
     assert_string_equal(behind->str, want);
     freeReplyObject(stalled);
     freeReplyObject(behind);
-    if (took < REQUEST_TIMEOUT_MS - 100 || took > bound_ms(3000)) {
+    if (took < REQUEST_TIMEOUT_MS - 100 || took > fixture_bound_ms(3000)) {
         fail_msg("the stalled reply timed out after %lld ms (timeout %d ms)", took,
                  REQUEST_TIMEOUT_MS);
     }
     assert_int_equal(shard_timeouts(c, "s3"), timeouts_before + 2);
 
     /* The proxy reconnects: the fake's keys work again. */
-    long long deadline = fixture_now_ms() + bound_ms(RECOVERY_DEADLINE_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
     for (;;) {
         redisReply *r = fixture_cmd(c, "GET %s", ok);
         if (r->type == REDIS_REPLY_STRING) {
@@ -1143,7 +1154,7 @@ static void test_later_requests_going_out_do_not_hold_off_a_timeout(void **state
     freeReplyObject(stalled);
     freeReplyObject(behind);
     long long taking = (long long)(size / FAKE_SLOW_READ_CHUNK) * FAKE_SILENT_READ_GAP_MS;
-    if (took < REQUEST_TIMEOUT_MS - 100 || took > bound_ms(REQUEST_TIMEOUT_MS + 700)) {
+    if (took < REQUEST_TIMEOUT_MS - 100 || took > fixture_bound_ms(REQUEST_TIMEOUT_MS + 700)) {
         fail_msg("the stalled request timed out after %lld ms (timeout %d ms; the request "
                  "behind it takes %lld ms to go out)",
                  took, REQUEST_TIMEOUT_MS, taking);

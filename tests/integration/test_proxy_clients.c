@@ -114,7 +114,7 @@ static void test_1000_concurrent_clients(void **state)
     /* connect() returns once the kernel queued the connection; the proxy
      * accepts it a moment later. */
     long long connected = info_field(admin, "connected_clients");
-    long long deadline = fixture_now_ms() + 3000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     while (connected != -1 && connected < before + CONCURRENT_CLIENTS &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
@@ -163,7 +163,7 @@ static void test_1000_concurrent_clients(void **state)
     close_clients(NULL);
 
     /* The proxy notices all of them gone. */
-    deadline = fixture_now_ms() + 3000;
+    deadline = fixture_now_ms() + fixture_bound_ms(3000);
     while ((connected = info_field(admin, "connected_clients")) > before &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
@@ -229,7 +229,7 @@ static void test_client_vanishing_mid_pipeline(void **state)
     fixture_expect_str(fixture_cmd(c, "GET vanish:after"), "ok");
 
     /* Their connections are released, not leaked. */
-    long long deadline = fixture_now_ms() + 3000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     long long connected;
     while ((connected = info_field(c, "connected_clients")) > before &&
            fixture_now_ms() < deadline) {
@@ -275,11 +275,12 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
      * with the expected stream of identical replies. */
     size_t total = reply_len * SLOW_GETS, got = 0;
     static char chunk[65536];
-    long long deadline = fixture_now_ms() + 30000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(30000);
     while (got < total && fixture_now_ms() < deadline) {
         int closed;
         size_t want = total - got < sizeof(chunk) - 1 ? total - got : sizeof(chunk) - 1;
-        size_t n = fixture_raw_read(fd, chunk, sizeof(chunk), want, 2000, &closed);
+        size_t n =
+            fixture_raw_read(fd, chunk, sizeof(chunk), want, fixture_bound_ms(2000), &closed);
         for (size_t j = 0; j < n; j++) {
             if (chunk[j] != reply[(got + j) % reply_len]) {
                 fail_msg("reply byte %zu differs (reply %zu, offset %zu)", got + j,
@@ -298,7 +299,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     /* The buffers of those 64 MiB of replies do not stay resident (not
      * checked under ASan, whose quarantine holds freed memory). */
     long after = fixture_rss_kib(f->proxy.pid);
-    deadline = fixture_now_ms() + 3000;
+    deadline = fixture_now_ms() + fixture_bound_ms(3000);
     while (!fixture_memory_instrumented(f->proxy.pid) && after > before + RSS_SLACK_KIB &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(50);
@@ -386,7 +387,7 @@ static void test_redis_benchmark_smoke(void **state)
         "redis-benchmark",         "-h", "127.0.0.1", "-p", port, "-n", "2000", "-c", "10", "-t",
         "set,get,incr,lpush,mset", "-q", NULL};
     static char out[65536];
-    int status = run_captured(argv, out, sizeof(out), BENCHMARK_TIMEOUT_MS);
+    int status = run_captured(argv, out, sizeof(out), fixture_bound_ms(BENCHMARK_TIMEOUT_MS));
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fail_msg("redis-benchmark failed (status %#x):\n%s", (unsigned)status, out);
     }

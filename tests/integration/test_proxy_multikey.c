@@ -270,7 +270,7 @@ static void test_every_key_on_exactly_one_shard(void **state)
 static void test_10000_command_pipeline_in_order(void **state)
 {
     redisContext *c = fixture_client(*state);
-    struct timeval tv = {10, 0};
+    struct timeval tv = fixture_bound_tv(10000);
     assert_int_equal(redisSetTimeout(c, tv), REDIS_OK);
     fixture_expect_int(fixture_cmd(c, "DEL pipe:counter"), 0);
     for (int i = 0; i < PIPELINE_COMMANDS; i++) {

@@ -43,7 +43,8 @@ static void expect_exchange(const fixture *f, const char *req, size_t req_len, c
     assert_int_equal(fixture_raw_send(fd, req, req_len), 0);
     char buf[4096];
     int closed;
-    size_t n = fixture_raw_read(fd, buf, sizeof(buf), strlen(want), REPLY_TIMEOUT_MS, &closed);
+    size_t n = fixture_raw_read(fd, buf, sizeof(buf), strlen(want),
+                                fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
     close(fd);
     if (n != strlen(want) || memcmp(buf, want, n) != 0) {
         fail_msg("sent %zu bytes, expected \"%s\", got %zu bytes \"%s\"%s", req_len, want, n, buf,
@@ -84,7 +85,8 @@ static void test_requests_split_at_every_byte(void **state)
     }
     char buf[256];
     int closed;
-    fixture_raw_read(fd, buf, sizeof(buf), sizeof(want) - 1, REPLY_TIMEOUT_MS, &closed);
+    fixture_raw_read(fd, buf, sizeof(buf), sizeof(want) - 1, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                     &closed);
     close(fd);
     assert_string_equal(buf, want);
 }
@@ -155,8 +157,8 @@ static void check_malformed_answer(const malformed_case *mc, const char *got, si
                  n, got);
     }
     if (!closed) {
-        fail_msg("%s: connection still open %d ms after a protocol error (got \"%s\")", mc->what,
-                 REPLY_TIMEOUT_MS, got);
+        fail_msg("%s: connection still open %lld ms after a protocol error (got \"%s\")", mc->what,
+                 fixture_bound_ms(REPLY_TIMEOUT_MS), got);
     }
 }
 
@@ -186,16 +188,16 @@ static void test_malformed_input_closes_only_that_client(void **state)
         free(bytes);
         char buf[1024];
         int closed;
-        size_t n =
-            fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, REPLY_TIMEOUT_MS, &closed);
+        size_t n = fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1,
+                                    fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
         close(fd);
         check_malformed_answer(mc, buf, n, closed);
 
         /* The bystander's request completes; the hiredis client is fine. */
         assert_int_equal(fixture_raw_send(bystander, half2, sizeof(half2) - 1), 0);
         static const char want[] = "$11\r\n" PROTO_VALUE "\r\n";
-        n = fixture_raw_read(bystander, buf, sizeof(buf), sizeof(want) - 1, REPLY_TIMEOUT_MS,
-                             &closed);
+        n = fixture_raw_read(bystander, buf, sizeof(buf), sizeof(want) - 1,
+                             fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
         close(bystander);
         if (strcmp(buf, want) != 0) {
             fail_msg("after \"%s\" a bystander got \"%s\"", mc->what, buf);
@@ -227,7 +229,8 @@ static void test_long_inline_line_under_the_limit_is_accepted(void **state)
     char *buf = malloc(want + 1);
     assert_non_null(buf);
     int closed;
-    size_t n = fixture_raw_read(fd, buf, want + 1, want, REPLY_TIMEOUT_MS, &closed);
+    size_t n =
+        fixture_raw_read(fd, buf, want + 1, want, fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
     close(fd);
     assert_int_equal(n, want);
     assert_memory_equal(buf, header, (size_t)header_len);

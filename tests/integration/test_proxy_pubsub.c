@@ -289,11 +289,6 @@ static void test_subscriber_connections_go_with_the_client(void **state)
 
 /* ---- a shard that stops answering (its own proxy: request_timeout) ---- */
 
-static long long bound_ms(long long ms)
-{
-    return ms * harness_timeout_scale();
-}
-
 /* Every shard running again, whatever a test left (it may have failed half
  * way with one stopped). */
 static int resume_shards(void **state)
@@ -378,7 +373,7 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
              f->shards[victim].port);
     assert_non_null(live_reply);
     fixture_expect_str(live_reply, "v");
-    if (live_ms > bound_ms(LIVE_LATENCY_MS)) {
+    if (live_ms > fixture_bound_ms(LIVE_LATENCY_MS)) {
         fail_msg("a healthy shard's GET took %lld ms while s%d was stopped", live_ms, victim + 1);
     }
     assert_int_equal(sub_rc, REDIS_OK);
@@ -389,8 +384,8 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     assert_int_equal(psub_reply->type, REDIS_REPLY_ERROR);
     assert_string_equal(psub_reply->str, error);
     freeReplyObject(psub_reply);
-    if (sub_ms < TIMEOUT_EARLIEST_MS || sub_ms > bound_ms(TIMEOUT_LATEST_MS) ||
-        psub_ms < TIMEOUT_EARLIEST_MS || psub_ms > bound_ms(TIMEOUT_LATEST_MS)) {
+    if (sub_ms < TIMEOUT_EARLIEST_MS || sub_ms > fixture_bound_ms(TIMEOUT_LATEST_MS) ||
+        psub_ms < TIMEOUT_EARLIEST_MS || psub_ms > fixture_bound_ms(TIMEOUT_LATEST_MS)) {
         fail_msg("timeout errors after %lld and %lld ms (request_timeout %d ms)", sub_ms, psub_ms,
                  REQUEST_TIMEOUT_MS);
     }
@@ -400,7 +395,7 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     assert_int_equal(psub_after_rc, REDIS_ERR);
     assert_null(psub_after);
     assert_int_equal(psub_err, REDIS_ERR_EOF);
-    if (closed_ms - sub_ms > bound_ms(CLOSE_LATEST_MS)) {
+    if (closed_ms - sub_ms > fixture_bound_ms(CLOSE_LATEST_MS)) {
         fail_msg("closed %lld ms after its error", closed_ms - sub_ms);
     }
     assert_true(fixture_log_contains(&f->proxy, "no confirmation of client"));
@@ -413,7 +408,7 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     /* Every subscriber connection of the two clients closed, so the shard,
      * once awake, drops whatever it took of the changes. */
     fixture_wait_reserved(admin, 0);
-    long long deadline = fixture_now_ms() + bound_ms(3000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     long long numsub = -1;
     while (numsub != 0 && fixture_now_ms() < deadline) {
         redisReply *r = fixture_cmd(fixture_shard(f, victim), "PUBSUB NUMSUB %s", channel);
