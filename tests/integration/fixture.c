@@ -163,7 +163,7 @@ void *fixture_alloc(fixture *f, size_t len)
     if (slot == -1) {
         fail_msg("more than %d buffers held at once", FIXTURE_OWNED_MAX);
     }
-    void *p = malloc(len > 0 ? len : 1);
+    void *p = calloc(1, len > 0 ? len : 1);
     if (p == NULL) {
         fail_msg("out of memory for %zu bytes", len);
     }

@@ -56,7 +56,7 @@ redisContext *fixture_client(fixture *f);
 /* Closes a client of fixture_client (NULL: nothing). */
 void fixture_close(fixture *f, redisContext *c);
 
-/* len bytes owned by f until fixture_free (or fixture_stop, after a failed
+/* len zeroed bytes owned by f until fixture_free (or fixture_stop, after a failed
  * assertion); fails the test when out of memory or slots. */
 void *fixture_alloc(fixture *f, size_t len);
 void fixture_free(fixture *f, void *p);

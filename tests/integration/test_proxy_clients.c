@@ -190,17 +190,15 @@ static void test_client_vanishing_mid_pipeline(void **state)
     fixture *f = *state;
     redisContext *c = fixture_client(f);
     long long before = info_field(c, "connected_clients");
-    char *value = malloc(VANISH_VALUE_LEN);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, VANISH_VALUE_LEN);
     memset(value, 'v', VANISH_VALUE_LEN);
     fixture_expect_status(fixture_cmd(c, "SET vanish:big %b", value, (size_t)VANISH_VALUE_LEN),
                           "OK");
-    free(value);
+    fixture_free(f, value);
 
     static const char get[] = "*2\r\n$3\r\nGET\r\n$10\r\nvanish:big\r\n";
     size_t len = (sizeof(get) - 1) * VANISH_GETS;
-    char *pipeline = malloc(len);
-    assert_non_null(pipeline);
+    char *pipeline = fixture_alloc(f, len);
     for (int i = 0; i < VANISH_GETS; i++) {
         memcpy(pipeline + i * (sizeof(get) - 1), get, sizeof(get) - 1);
     }
@@ -222,7 +220,7 @@ static void test_client_vanishing_mid_pipeline(void **state)
         /* Others are served meanwhile. */
         fixture_expect_int(fixture_cmd(c, "STRLEN vanish:big"), VANISH_VALUE_LEN);
     }
-    free(pipeline);
+    fixture_free(f, pipeline);
     assert_true(proxy_alive(f->proxy.pid));
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
     fixture_expect_status(fixture_cmd(c, "SET vanish:after ok"), "OK");
@@ -249,8 +247,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     redisContext *c = fixture_client(f);
     long before = fixture_rss_kib(f->proxy.pid);
     assert_true(before > 0);
-    char *value = malloc(SLOW_VALUE_LEN);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, SLOW_VALUE_LEN);
     for (size_t i = 0; i < SLOW_VALUE_LEN; i++) {
         value[i] = (char)('A' + i % 53);
     }
@@ -265,8 +262,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     char header[32];
     size_t header_len = (size_t)snprintf(header, sizeof(header), "$%d\r\n", SLOW_VALUE_LEN);
     size_t reply_len = header_len + SLOW_VALUE_LEN + 2;
-    char *reply = malloc(reply_len);
-    assert_non_null(reply);
+    char *reply = fixture_alloc(f, reply_len);
     memcpy(reply, header, header_len);
     memcpy(reply + header_len, value, SLOW_VALUE_LEN);
     memcpy(reply + header_len + SLOW_VALUE_LEN, "\r\n", 2);
@@ -310,8 +306,8 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
                  (int)(total >> 20));
     }
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
-    free(reply);
-    free(value);
+    fixture_free(f, reply);
+    fixture_free(f, value);
     fixture_close(f, c);
 }
 

@@ -300,8 +300,7 @@ static void big_value_round_trip(fixture *f, const char *key, size_t len)
     redisContext *c = fixture_client(f);
     struct timeval tv = fixture_bound_tv(30000);
     assert_int_equal(redisSetTimeout(c, tv), REDIS_OK);
-    char *value = malloc(len);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, len);
     for (size_t i = 0; i < len; i++) {
         value[i] = (char)('a' + (i * 7 + i / 4096) % 26);
     }
@@ -319,7 +318,7 @@ static void big_value_round_trip(fixture *f, const char *key, size_t len)
     assert_int_equal(redisSetTimeout(shard, tv), REDIS_OK);
     fixture_expect_int(fixture_cmd(shard, "STRLEN %s", key), (long long)len);
     fixture_expect_int(fixture_cmd(c, "DEL %s", key), 1);
-    free(value);
+    fixture_free(f, value);
     fixture_close(f, c);
 }
 

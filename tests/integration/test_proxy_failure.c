@@ -101,8 +101,7 @@ static void test_killed_shard_errors_then_recovers(void **state)
     fixture *f = *state;
     const int victim = 1; /* s2 */
     redisContext *c = fixture_client(f);
-    shard_keys *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
+    shard_keys *k = fixture_alloc(f, sizeof(*k));
     make_keys(c, "down", k);
 
     /* Requests for every shard in flight when the shard dies. */
@@ -205,7 +204,7 @@ static void test_killed_shard_errors_then_recovers(void **state)
         const char *key = k->key[victim][i];
         assert_int_equal(fixture_holders(f, key, strlen(key)), 1u << victim);
     }
-    free(k);
+    fixture_free(f, k);
     fixture_close(f, other);
     fixture_close(f, c);
 }
@@ -216,8 +215,7 @@ static void test_stalled_shard_times_out(void **state)
     const int victim = 2; /* s3 */
     redisContext *c = fixture_client(f);
     redisContext *other = fixture_client(f);
-    shard_keys *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
+    shard_keys *k = fixture_alloc(f, sizeof(*k));
     make_keys(c, "stall", k);
 
     /* A stopped process keeps its sockets open but never answers. Nothing
@@ -265,7 +263,7 @@ static void test_stalled_shard_times_out(void **state)
                  fixture_bound_ms(RECOVERY_DEADLINE_MS));
     }
     expect_shard_serves(c, k, victim);
-    free(k);
+    fixture_free(f, k);
     fixture_close(f, other);
     fixture_close(f, c);
 }
@@ -278,8 +276,7 @@ static void test_sigterm_finishes_inflight_then_exits_0(void **state)
     fixture *f = *state;
     const int slow = 0; /* s1 */
     redisContext *c = fixture_client(f);
-    shard_keys *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
+    shard_keys *k = fixture_alloc(f, sizeof(*k));
     make_keys(c, "term", k);
 
     redisContext *admin = fixture_client(f);
@@ -322,7 +319,7 @@ static void test_sigterm_finishes_inflight_then_exits_0(void **state)
     assert_true(fixture_now_ms() - start < fixture_bound_ms(2000));
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
-    free(k);
+    fixture_free(f, k);
     fixture_close(f, c);
 }
 

@@ -215,8 +215,7 @@ static void test_long_inline_line_under_the_limit_is_accepted(void **state)
     /* "ECHO " + a 60 KiB argument + CRLF: under Redis's 64 KiB inline limit. */
     size_t arg_len = 60 * 1024;
     size_t len = 5 + arg_len + 2;
-    char *req = malloc(len);
-    assert_non_null(req);
+    char *req = fixture_alloc(f, len);
     memcpy(req, "ECHO ", 5);
     memset(req + 5, 'x', arg_len);
     memcpy(req + 5 + arg_len, "\r\n", 2);
@@ -226,8 +225,7 @@ static void test_long_inline_line_under_the_limit_is_accepted(void **state)
     char header[16];
     int header_len = snprintf(header, sizeof(header), "$%zu\r\n", arg_len);
     size_t want = (size_t)header_len + arg_len + 2;
-    char *buf = malloc(want + 1);
-    assert_non_null(buf);
+    char *buf = fixture_alloc(f, want + 1);
     int closed;
     size_t n =
         fixture_raw_read(fd, buf, want + 1, want, fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
@@ -235,8 +233,8 @@ static void test_long_inline_line_under_the_limit_is_accepted(void **state)
     assert_int_equal(n, want);
     assert_memory_equal(buf, header, (size_t)header_len);
     assert_memory_equal(buf + header_len, req + 5, arg_len);
-    free(buf);
-    free(req);
+    fixture_free(f, buf);
+    fixture_free(f, req);
 }
 
 int main(void)

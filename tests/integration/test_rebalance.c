@@ -59,6 +59,9 @@ static fixture *start(void **state, const char *extra_proxy_lines, size_t nshard
     return f;
 }
 
+/* Ends and frees the writers of a test, if it started any. */
+static void writers_free(void);
+
 static int stop(void **state)
 {
     fixture *f = *state;
@@ -69,6 +72,7 @@ static int stop(void **state)
     if (!test_passed && f->proxy.pid != 0) {
         harness_dump_log(&f->proxy, 6000);
     }
+    writers_free();
     return fixture_stop(f);
 }
 
@@ -791,8 +795,11 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
 #define WRITER_DEPTH 16
 /* Pause of a pipelining writer between batches, so that all of them add
  * keys more slowly than the mover scans. */
-#define WRITER_PAUSE_US    2000
-#define WRITER_PROBLEM_LEN 256
+#define WRITER_PAUSE_US 2000
+/* Writes each writer has acknowledged before the switch (so its keys exist
+ * on their old shards) and again after it (on the new ring alone). */
+#define WRITER_PROGRESS_ACKS 10
+#define WRITER_PROBLEM_LEN   256
 
 /* What a writer does, in turn. */
 typedef enum writer_op {
@@ -1055,6 +1062,77 @@ static long long writers_acked(writer *w)
     return sum;
 }
 
+/* The writers of the test running now, so that the teardown can end them
+ * when an assertion fails while they run. */
+static struct {
+    writer *w;       /* WRITERS of them, NULL when none */
+    int started;     /* threads created and not yet joined */
+    atomic_int halt; /* tells them to finish */
+} writers;
+
+/* Starts WRITERS writers on port; fails the test if one cannot start. */
+static writer *writers_start(int port)
+{
+    writers.w = calloc(WRITERS, sizeof(writer));
+    assert_non_null(writers.w);
+    atomic_store(&writers.halt, 0);
+    for (int i = 0; i < WRITERS; i++) {
+        writer *w = &writers.w[i];
+        w->port = port;
+        w->id = i;
+        w->depth = i < 2 ? 1 : WRITER_DEPTH;
+        w->stop = &writers.halt;
+        assert_int_equal(pthread_create(&w->thread, NULL, writer_run, w), 0);
+        writers.started++;
+    }
+    return writers.w;
+}
+
+/* Ends the writers' threads; what they recorded stays for the test. */
+static void writers_stop(void)
+{
+    atomic_store(&writers.halt, 1);
+    for (; writers.started > 0; writers.started--) {
+        pthread_join(writers.w[writers.started - 1].thread, NULL);
+    }
+}
+
+static void writers_free(void)
+{
+    writers_stop();
+    if (writers.w != NULL) {
+        for (int i = 0; i < WRITERS; i++) {
+            free(writers.w[i].sets.seq);
+            free(writers.w[i].msets.seq);
+        }
+        free(writers.w);
+        writers.w = NULL;
+    }
+}
+
+/* Waits until every writer has had `more` writes acknowledged from now on
+ * (bounded by the rebalance timeout). 0, or -1 with a message. */
+static int wait_writers_progress(writer *w, long long more)
+{
+    long long want[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        want[i] = atomic_load(&w[i].acked) + more;
+    }
+    long long deadline = fixture_now_ms() + timeout_ms();
+    for (int i = 0; i < WRITERS; i++) {
+        while (atomic_load(&w[i].acked) < want[i] && fixture_now_ms() < deadline) {
+            fixture_sleep_ms(POLL_MS);
+        }
+        if (atomic_load(&w[i].acked) < want[i]) {
+            print_error("writer %d: %lld writes acknowledged, waited for %lld (%s)\n", i,
+                        (long long)atomic_load(&w[i].acked), want[i],
+                        w[i].first_problem[0] != '\0' ? w[i].first_problem : "no error");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* A growing list of key names. */
 typedef struct key_list {
     char **keys;
@@ -1160,19 +1238,10 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     redisContext *c = fixture_client(f);
     dataset d = dataset_write(c, "k", DATASET_KEYS);
 
-    atomic_int stop_flag = 0;
-    writer *w = calloc(WRITERS, sizeof(writer));
-    assert_non_null(w);
-    for (int i = 0; i < WRITERS; i++) {
-        w[i].port = f->proxy.port;
-        w[i].id = i;
-        w[i].depth = i < 2 ? 1 : WRITER_DEPTH;
-        w[i].stop = &stop_flag;
-        assert_int_equal(pthread_create(&w[i].thread, NULL, writer_run, &w[i]), 0);
-    }
+    writer *w = writers_start(f->proxy.port);
     /* Counters, lists and queues exist on their old shards before the
-     * switch. */
-    fixture_sleep_ms(300);
+     * switch: every writer has had some writes acknowledged. */
+    int warmed_up = wait_writers_progress(w, WRITER_PROGRESS_ACKS);
 
     add_shard_to_ini(f, S4);
     long long acked_at_reload = writers_acked(w);
@@ -1187,12 +1256,11 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     }
     long long acked_at_idle = writers_acked(w);
     /* Some writes after the switch, on the new ring alone. */
-    fixture_sleep_ms(200);
-    atomic_store(&stop_flag, 1);
-    for (int i = 0; i < WRITERS; i++) {
-        assert_int_equal(pthread_join(w[i].thread, NULL), 0);
-    }
+    int wrote_after = wait_writers_progress(w, WRITER_PROGRESS_ACKS);
+    writers_stop();
 
+    assert_int_equal(warmed_up, 0);
+    assert_int_equal(wrote_after, 0);
     assert_true(reloaded);
     assert_true(was_running);
     wait_idle(f, c, 1);
@@ -1207,11 +1275,7 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
     dataset_verify(c, &d);
 
-    for (int i = 0; i < WRITERS; i++) {
-        free(w[i].sets.seq);
-        free(w[i].msets.seq);
-    }
-    free(w);
+    writers_free();
     dataset_free(&d);
     fixture_close(f, c);
     test_passed = 1;
@@ -1453,7 +1517,11 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
     fixture_close(f, c);
     pid_t old_pid = f->proxy.pid;
     assert_int_equal(kill(old_pid, SIGKILL), 0);
-    fixture_sleep_ms(100);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (fixture_alive(old_pid)) {
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(POLL_MS);
+    }
     long long moved_before_kill = shard_dbsize(f, S4);
     assert_true(moved_before_kill >= 300);
     assert_true(file_exists(path));
@@ -1554,7 +1622,7 @@ static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
     assert_false(rebalance_is_running(c));
     /* SIGHUP reads the same broken file: rejected the same way. */
     assert_int_equal(kill(f->proxy.pid, SIGHUP), 0);
-    fixture_sleep_ms(100);
+    fixture_wait_log(&f->proxy, "(SIGHUP)");
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
     assert_int_equal(info_int(c, "server", "config_epoch"), epoch);
     char *log = read_file(f->proxy.log);
@@ -1763,9 +1831,11 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
     } else {
         fixture_expect_bin(r, big, BIG_VALUE_LEN);
     }
-    for (int tries = 0; tries < 100 && info_int(c, "rebalance", "rebalance_failed_batches") < 2;
-         tries++)
-        fixture_sleep_ms(50);
+    deadline = fixture_now_ms() + timeout_ms();
+    while (info_int(c, "rebalance", "rebalance_failed_batches") < 2 &&
+           fixture_now_ms() < deadline) {
+        fixture_sleep_ms(POLL_MS);
+    }
     assert_true(rebalance_is_running(c));
     assert_true(info_int(c, "rebalance", "rebalance_failed_batches") >= 2);
     /* A reload that leaves the ring alone applies during a migration: raising
