@@ -829,9 +829,27 @@ typedef struct fake_setup {
     fake_shard fake;
     harness_proc proxy;
     tags tags;
+    /* What the running test holds, freed by fake_setup_stop also when an
+     * assertion fails first. */
+    redisContext *conn[2];
+    char *buf;
 } fake_setup;
 
-static int fake_setup_start(void **state)
+/* Frees the connections and buffer the test holds. */
+static void fake_release(fake_setup *s)
+{
+    for (int i = 0; i < 2; i++) {
+        if (s->conn[i] != NULL) {
+            redisFree(s->conn[i]);
+            s->conn[i] = NULL;
+        }
+    }
+    free(s->buf);
+    s->buf = NULL;
+}
+
+/* Starts the fake setup with the proxy's request_timeout at ms. */
+static int fake_start_with(void **state, long long ms)
 {
     fake_setup *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -843,13 +861,29 @@ static int fake_setup_start(void **state)
         return -1;
     }
     s->shards[2].port = s->fake.port;
-    char *ini = harness_ini(s->shards, 3, proxy_lines(REQUEST_TIMEOUT_MS));
+    char *ini = harness_ini(s->shards, 3, proxy_lines((int)ms));
     if (ini == NULL) {
         return -1;
     }
     int rc = harness_ringproxy_start(&s->proxy, ini);
     free(ini);
     return rc;
+}
+
+/* For the tests of request_timeout itself: 500 ms against the fake's
+ * pauses of 25 to 100 ms. */
+static int fake_setup_start(void **state)
+{
+    return fake_start_with(state, REQUEST_TIMEOUT_MS);
+}
+
+/* For the tests of what a shard answers or how it fails, which wait on
+ * the fake without timing it: a request_timeout scaled like every other
+ * bound, so that a starved fake (a busy machine, ASan) is not taken for a
+ * stalled one. */
+static int fake_setup_start_scaled(void **state)
+{
+    return fake_start_with(state, fixture_bound_ms(REQUEST_TIMEOUT_MS));
 }
 
 static int fake_setup_stop(void **state)
@@ -863,6 +897,7 @@ static int fake_setup_stop(void **state)
         int status = harness_proc_stop(&s->proxy, SIGTERM);
         rc = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
     }
+    fake_release(s);
     fake_shard_stop(&s->fake);
     for (int i = 0; i < 2; i++) {
         if (s->shards[i].pid != 0) {
@@ -876,7 +911,7 @@ static int fake_setup_stop(void **state)
 static void test_loading_busy_oom_from_a_shard_reach_the_client(void **state)
 {
     fake_setup *s = *state;
-    redisContext *c = harness_connect(s->proxy.port);
+    redisContext *c = s->conn[0] = harness_connect(s->proxy.port);
     assert_non_null(c);
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2], *real = s->tags.of[0];
@@ -912,15 +947,15 @@ static void test_loading_busy_oom_from_a_shard_reach_the_client(void **state)
     fixture_expect_error(fixture_cmd(c, "MGET {%s}:k loading:{%s}", real, fake), FAKE_LOADING);
     fixture_expect_error(fixture_cmd(c, "DEL {%s}:x busy:{%s}", real, fake), FAKE_BUSY);
     expect_proxy_healthy(&s->proxy);
-    redisFree(c);
+    fake_release(s);
 }
 
 static void test_backend_closing_mid_reply_fails_inflight_then_reconnects(void **state)
 {
     fake_setup *s = *state;
-    redisContext *c = harness_connect(s->proxy.port);
+    redisContext *c = s->conn[0] = harness_connect(s->proxy.port);
     assert_non_null(c);
-    redisContext *other = harness_connect(s->proxy.port);
+    redisContext *other = s->conn[1] = harness_connect(s->proxy.port);
     assert_non_null(other);
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2], *real = s->tags.of[1];
@@ -968,8 +1003,7 @@ static void test_backend_closing_mid_reply_fails_inflight_then_reconnects(void *
     fixture_expect_str(fixture_cmd(c, "GET {%s}:k", real), "v");
     assert_true(fixture_log_contains(&s->proxy, "bad reply from shard"));
     expect_proxy_healthy(&s->proxy);
-    redisFree(other);
-    redisFree(c);
+    fake_release(s);
 }
 
 /* The timeouts=N of a shard's line in INFO shards; fails the test if absent. */
@@ -1006,11 +1040,11 @@ static redisContext *patient_client(int port)
 static void test_slow_streaming_reply_is_not_a_timeout(void **state)
 {
     fake_setup *s = *state;
-    redisContext *c = patient_client(s->proxy.port);
+    redisContext *c = s->conn[0] = patient_client(s->proxy.port);
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2];
     long long timeouts_before = fixture_info_int(c, "errors_shard_timeout");
-    char *want = malloc(FAKE_SLOW_BULK);
+    char *want = s->buf = malloc(FAKE_SLOW_BULK);
     assert_non_null(want);
     for (size_t i = 0; i < FAKE_SLOW_BULK; i++) {
         want[i] = (char)('a' + i % 26);
@@ -1035,8 +1069,7 @@ static void test_slow_streaming_reply_is_not_a_timeout(void **state)
     assert_int_equal(fixture_info_int(c, "errors_shard_timeout"), timeouts_before);
     assert_false(fixture_log_contains(&s->proxy, "timeout"));
     expect_proxy_healthy(&s->proxy);
-    free(want);
-    redisFree(c);
+    fake_release(s);
 }
 
 /* The value of the big requests the fake shard reads slowly (32 MiB). */
@@ -1053,11 +1086,11 @@ static char *slow_read_value(size_t size)
 static void test_slowly_read_request_is_not_a_timeout(void **state)
 {
     fake_setup *s = *state;
-    redisContext *c = patient_client(s->proxy.port);
+    redisContext *c = s->conn[0] = patient_client(s->proxy.port);
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2];
     size_t size = 32 * 1024 * 1024;
-    char *value = slow_read_value(size);
+    char *value = s->buf = slow_read_value(size);
     char key[64], ok[64];
     snprintf(key, sizeof(key), "slowread:{%s}", fake);
     snprintf(ok, sizeof(ok), "ok:{%s}", fake);
@@ -1074,8 +1107,7 @@ static void test_slowly_read_request_is_not_a_timeout(void **state)
     }
     assert_int_equal(shard_timeouts(c, "s3"), 0);
     assert_false(fixture_log_contains(&s->proxy, "timeout"));
-    free(value);
-    redisFree(c);
+    fake_release(s);
 }
 
 /* A shard that sends part of a reply and then nothing: the request (and
@@ -1084,7 +1116,7 @@ static void test_slowly_read_request_is_not_a_timeout(void **state)
 static void test_reply_stalling_half_way_times_out_then_recovers(void **state)
 {
     fake_setup *s = *state;
-    redisContext *c = patient_client(s->proxy.port);
+    redisContext *c = s->conn[0] = patient_client(s->proxy.port);
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2];
     char ok[64], want[64];
@@ -1124,7 +1156,7 @@ static void test_reply_stalling_half_way_times_out_then_recovers(void **state)
         fixture_sleep_ms(20);
     }
     expect_proxy_healthy(&s->proxy);
-    redisFree(c);
+    fake_release(s);
 }
 
 /* Only the head request's own bytes going out count as progress: while a
@@ -1133,11 +1165,11 @@ static void test_reply_stalling_half_way_times_out_then_recovers(void **state)
 static void test_later_requests_going_out_do_not_hold_off_a_timeout(void **state)
 {
     fake_setup *s = *state;
-    redisContext *c = patient_client(s->proxy.port);
+    redisContext *c = s->conn[0] = patient_client(s->proxy.port);
     find_tags(c, &s->tags, 3);
     const char *fake = s->tags.of[2];
     size_t size = 32 * 1024 * 1024;
-    char *value = slow_read_value(size);
+    char *value = s->buf = slow_read_value(size);
     char want[64];
     snprintf(want, sizeof(want), "ERR shard s3 (127.0.0.1:%d) timeout", s->fake.port);
 
@@ -1159,8 +1191,7 @@ static void test_later_requests_going_out_do_not_hold_off_a_timeout(void **state
                  "behind it takes %lld ms to go out)",
                  took, REQUEST_TIMEOUT_MS, taking);
     }
-    free(value);
-    redisFree(c);
+    fake_release(s);
 }
 
 int main(void)
@@ -1182,9 +1213,9 @@ int main(void)
     };
     const struct CMUnitTest fake_tests[] = {
         cmocka_unit_test_setup_teardown(test_loading_busy_oom_from_a_shard_reach_the_client,
-                                        fake_setup_start, fake_setup_stop),
+                                        fake_setup_start_scaled, fake_setup_stop),
         cmocka_unit_test_setup_teardown(
-            test_backend_closing_mid_reply_fails_inflight_then_reconnects, fake_setup_start,
+            test_backend_closing_mid_reply_fails_inflight_then_reconnects, fake_setup_start_scaled,
             fake_setup_stop),
         cmocka_unit_test_setup_teardown(test_slow_streaming_reply_is_not_a_timeout,
                                         fake_setup_start, fake_setup_stop),
