@@ -636,6 +636,7 @@ int fixture_log_contains(const harness_proc *p, const char *needle)
 {
     FILE *f = fopen(p->log, "r");
     if (f == NULL) {
+        print_error("fixture: cannot read %s: %s\n", p->log, strerror(errno));
         return 0;
     }
     /* Lines are short; a needle split across two reads is found by
