@@ -64,6 +64,9 @@ static fixture *start(void **state, const char *extra_proxy_lines, size_t nshard
     return f;
 }
 
+/* Ends and frees the writers of a test, if it started any. */
+static void writers_free(void);
+
 static int stop(void **state)
 {
     fixture *f = *state;
@@ -74,6 +77,7 @@ static int stop(void **state)
     if (!test_passed && f->proxy.pid != 0) {
         harness_dump_log(&f->proxy, 6000);
     }
+    writers_free();
     return fixture_stop(f);
 }
 
@@ -690,7 +694,7 @@ static void test_added_shard_gets_a_quarter_of_the_keys_and_nothing_is_lost(void
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -764,7 +768,7 @@ static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void *
     free(owner);
     free_keys(stale, STALE_KEYS);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -811,7 +815,7 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
     free(owner);
     free_keys(stale, STALE_KEYS);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -826,8 +830,11 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
 #define WRITER_DEPTH 16
 /* Pause of a pipelining writer between batches, so that all of them add
  * keys more slowly than the mover scans. */
-#define WRITER_PAUSE_US    2000
-#define WRITER_PROBLEM_LEN 256
+#define WRITER_PAUSE_US 2000
+/* Writes each writer has acknowledged before the switch (so its keys exist
+ * on their old shards) and again after it (on the new ring alone). */
+#define WRITER_PROGRESS_ACKS 10
+#define WRITER_PROBLEM_LEN   256
 
 /* What a writer does, in turn. */
 typedef enum writer_op {
@@ -1090,6 +1097,77 @@ static long long writers_acked(writer *w)
     return sum;
 }
 
+/* The writers of the test running now, so that the teardown can end them
+ * when an assertion fails while they run. */
+static struct {
+    writer *w;       /* WRITERS of them, NULL when none */
+    int started;     /* threads created and not yet joined */
+    atomic_int halt; /* tells them to finish */
+} writers;
+
+/* Starts WRITERS writers on port; fails the test if one cannot start. */
+static writer *writers_start(int port, int first_id)
+{
+    writers.w = calloc(WRITERS, sizeof(writer));
+    assert_non_null(writers.w);
+    atomic_store(&writers.halt, 0);
+    for (int i = 0; i < WRITERS; i++) {
+        writer *w = &writers.w[i];
+        w->port = port;
+        w->id = first_id + i;
+        w->depth = i < 2 ? 1 : WRITER_DEPTH;
+        w->stop = &writers.halt;
+        assert_int_equal(pthread_create(&w->thread, NULL, writer_run, w), 0);
+        writers.started++;
+    }
+    return writers.w;
+}
+
+/* Ends the writers' threads; what they recorded stays for the test. */
+static void writers_stop(void)
+{
+    atomic_store(&writers.halt, 1);
+    for (; writers.started > 0; writers.started--) {
+        pthread_join(writers.w[writers.started - 1].thread, NULL);
+    }
+}
+
+static void writers_free(void)
+{
+    writers_stop();
+    if (writers.w != NULL) {
+        for (int i = 0; i < WRITERS; i++) {
+            free(writers.w[i].sets.seq);
+            free(writers.w[i].msets.seq);
+        }
+        free(writers.w);
+        writers.w = NULL;
+    }
+}
+
+/* Waits until every writer has had `more` writes acknowledged from now on
+ * (bounded by the rebalance timeout). 0, or -1 with a message. */
+static int wait_writers_progress(writer *w, long long more)
+{
+    long long want[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        want[i] = atomic_load(&w[i].acked) + more;
+    }
+    long long deadline = fixture_now_ms() + timeout_ms();
+    for (int i = 0; i < WRITERS; i++) {
+        while (atomic_load(&w[i].acked) < want[i] && fixture_now_ms() < deadline) {
+            fixture_sleep_ms(POLL_MS);
+        }
+        if (atomic_load(&w[i].acked) < want[i]) {
+            print_error("writer %d: %lld writes acknowledged, waited for %lld (%s)\n", i,
+                        (long long)atomic_load(&w[i].acked), want[i],
+                        w[i].first_problem[0] != '\0' ? w[i].first_problem : "no error");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* A growing list of key names. */
 typedef struct key_list {
     char **keys;
@@ -1223,40 +1301,6 @@ static void expect_writer_keys(fixture *f, redisContext *c, const writer *w)
     free_keys(keys.keys, keys.n);
 }
 
-/* WRITERS writers with ids first_id.. through the proxy, running until
- * writers_stop. */
-static writer *writers_start(const fixture *f, int first_id, atomic_int *stop_flag)
-{
-    atomic_store(stop_flag, 0);
-    writer *w = calloc(WRITERS, sizeof(writer));
-    assert_non_null(w);
-    for (int i = 0; i < WRITERS; i++) {
-        w[i].port = f->proxy.port;
-        w[i].id = first_id + i;
-        w[i].depth = i < 2 ? 1 : WRITER_DEPTH;
-        w[i].stop = stop_flag;
-        assert_int_equal(pthread_create(&w[i].thread, NULL, writer_run, &w[i]), 0);
-    }
-    return w;
-}
-
-static void writers_stop(writer *w, atomic_int *stop_flag)
-{
-    atomic_store(stop_flag, 1);
-    for (int i = 0; i < WRITERS; i++) {
-        assert_int_equal(pthread_join(w[i].thread, NULL), 0);
-    }
-}
-
-static void writers_free(writer *w)
-{
-    for (int i = 0; i < WRITERS; i++) {
-        free(w[i].sets.seq);
-        free(w[i].msets.seq);
-    }
-    free(w);
-}
-
 static void test_writes_during_the_move_are_all_kept(void **state)
 {
     /* migrate_rate is per source shard, and counts keys moved: the writers
@@ -1267,11 +1311,10 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     redisContext *c = fixture_client(f);
     dataset d = dataset_write(c, "k", DATASET_KEYS);
 
-    atomic_int stop_flag = 0;
-    writer *w = writers_start(f, 0, &stop_flag);
+    writer *w = writers_start(f->proxy.port, 0);
     /* Counters, lists and queues exist on their old shards before the
-     * switch. */
-    fixture_sleep_ms(300);
+     * switch: every writer has had some writes acknowledged. */
+    int warmed_up = wait_writers_progress(w, WRITER_PROGRESS_ACKS);
 
     add_shard_to_ini(f, S4);
     long long acked_at_reload = writers_acked(w);
@@ -1286,9 +1329,11 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     }
     long long acked_at_idle = writers_acked(w);
     /* Some writes after the switch, on the new ring alone. */
-    fixture_sleep_ms(200);
-    writers_stop(w, &stop_flag);
+    int wrote_after = wait_writers_progress(w, WRITER_PROGRESS_ACKS);
+    writers_stop();
 
+    assert_int_equal(warmed_up, 0);
+    assert_int_equal(wrote_after, 0);
     assert_true(reloaded);
     assert_true(was_running);
     wait_idle(f, c, 1);
@@ -1303,9 +1348,9 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
     dataset_verify(c, &d);
 
-    writers_free(w);
+    writers_free();
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1355,7 +1400,7 @@ static void test_removed_shard_is_drained_to_zero_keys(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1396,7 +1441,7 @@ static void test_reweighted_shard_gains_keys_and_only_those_move(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1486,7 +1531,7 @@ static void test_readdressed_shard_moves_no_key(void **state)
     free(holders);
     free(before);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1529,7 +1574,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
      * state, and the next start resumes. */
     wait_keys_on(f, S4, 300);
     assert_true(rebalance_is_running(c));
-    redisFree(c);
+    fixture_close(f, c);
     assert_int_equal(harness_ringproxy_restart(&f->proxy, SIGTERM), 0);
     char *log = read_file(f->proxy.log);
     assert_non_null(strstr(log, "ringproxy stopped"));
@@ -1542,10 +1587,14 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
     /* Killed once some more have moved. */
     wait_keys_on(f, S4, shard_dbsize(f, S4) + 300);
     assert_true(rebalance_is_running(c));
-    redisFree(c);
+    fixture_close(f, c);
     pid_t old_pid = f->proxy.pid;
     assert_int_equal(kill(old_pid, SIGKILL), 0);
-    fixture_sleep_ms(100);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (fixture_alive(old_pid)) {
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(POLL_MS);
+    }
     long long moved_before_kill = shard_dbsize(f, S4);
     assert_true(moved_before_kill >= 300);
     assert_true(file_exists(path));
@@ -1579,7 +1628,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
 
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1646,7 +1695,7 @@ static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
     assert_false(rebalance_is_running(c));
     /* SIGHUP reads the same broken file: rejected the same way. */
     assert_int_equal(kill(f->proxy.pid, SIGHUP), 0);
-    fixture_sleep_ms(100);
+    fixture_wait_log(&f->proxy, "(SIGHUP)");
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
     assert_int_equal(info_int(c, "server", "config_epoch"), epoch);
     char *log = read_file(f->proxy.log);
@@ -1672,8 +1721,8 @@ static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
 
     free(good);
     dataset_free(&d);
-    redisFree(busy);
-    redisFree(c);
+    fixture_close(f, busy);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1738,8 +1787,8 @@ static void test_lock_taken_before_a_move_stays_held_through_it(void **state)
     free(after);
     free_keys(locks, LOCKS);
     dataset_free(&d);
-    redisFree(other);
-    redisFree(c);
+    fixture_close(f, other);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1802,7 +1851,7 @@ static void test_reload_during_a_migration_is_queued_then_applied(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1908,9 +1957,11 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
     } else {
         fixture_expect_bin(r, big, BIG_VALUE_LEN);
     }
-    for (int tries = 0; tries < 100 && info_int(c, "rebalance", "rebalance_failed_batches") < 2;
-         tries++)
-        fixture_sleep_ms(50);
+    deadline = fixture_now_ms() + timeout_ms();
+    while (info_int(c, "rebalance", "rebalance_failed_batches") < 2 &&
+           fixture_now_ms() < deadline) {
+        fixture_sleep_ms(POLL_MS);
+    }
     assert_true(rebalance_is_running(c));
     assert_true(info_int(c, "rebalance", "rebalance_failed_batches") >= 2);
     /* A reload that leaves the ring alone applies during a migration: raising
@@ -1932,7 +1983,7 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
 
     free(big);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1940,8 +1991,6 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
 
 /* Keys written before the edits of the tests below and checked after each. */
 #define EDIT_DATASET_KEYS 3000
-/* Writing through the proxy before a reload and after the move ends. */
-#define EDIT_WRITE_MS 150
 
 /* The field of INFO shards for shard s (0-based), e.g. "addr=...,weight=2,...". */
 static void shard_info(redisContext *c, int s, char *out, size_t cap)
@@ -1952,28 +2001,28 @@ static void shard_info(redisContext *c, int s, char *out, size_t cap)
 }
 
 /* One edit of proxy.ini applied with writers running: they write on the
- * old ring, through the reload and the move, and on the new ring after it;
+ * old ring (some writes each, acknowledged before the reload), through the
+ * reload and the move, and on the new ring after it;
  * then every write they saw acknowledged is checked. Waits for
  * rebalance_completed to reach *completed (raised by the caller when the
  * edit moves keys). */
 static void edit_with_writers(fixture *f, redisContext *c, const char *ini_text, int *next_writer,
                               long long completed)
 {
-    atomic_int stop_flag = 0;
-    writer *w = writers_start(f, *next_writer, &stop_flag);
+    writer *w = writers_start(f->proxy.port, *next_writer);
     *next_writer += WRITERS;
-    fixture_sleep_ms(EDIT_WRITE_MS);
+    assert_int_equal(wait_writers_progress(w, WRITER_PROGRESS_ACKS), 0);
     ini_write(f, ini_text);
     reload_ok(c);
     wait_idle(f, c, completed);
-    fixture_sleep_ms(EDIT_WRITE_MS);
-    writers_stop(w, &stop_flag);
+    assert_int_equal(wait_writers_progress(w, WRITER_PROGRESS_ACKS), 0);
+    writers_stop();
     assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), completed);
     expect_clean_finish(c);
     for (int i = 0; i < WRITERS; i++) {
         expect_writer_keys(f, c, &w[i]);
     }
-    writers_free(w);
+    writers_free();
 }
 
 static void test_undone_reweight_moves_the_keys_back(void **state)
