@@ -274,6 +274,9 @@ static void conn_connect(backend_conn *c)
 {
     shard *s = c->shard;
     char why[160];
+    /* A reload starts a shard whose connection waits out its reconnect
+     * delay: that timer must be off before ev_timer is assigned again. */
+    event_del(&c->ev_timer);
     int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(why, sizeof(why), "unavailable: socket: %s", strerror(errno));
