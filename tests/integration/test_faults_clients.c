@@ -427,7 +427,7 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     assert_int_equal(fixture_raw_send(fd, batch, sizeof(batch)), 0);
 
     char st[32];
-    long long deadline = fixture_now_ms() + bound_ms(REPLY_TIMEOUT_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(REPLY_TIMEOUT_MS);
     client_state_of(c, "late", st, sizeof(st));
     while (strcmp(st, "paused") != 0 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(10);
@@ -441,9 +441,9 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     size_t one = (size_t)head_len + PAUSE_VALUE_LEN + 2, total = one * PAUSE_GETS;
     char *got = malloc(total + 1);
     assert_non_null(got);
-    assert_int_equal(
-        fixture_raw_read(fd, got, total + 1, total, (int)bound_ms(REPLY_TIMEOUT_MS), &closed),
-        total);
+    assert_int_equal(fixture_raw_read(fd, got, total + 1, total,
+                                      (int)fixture_bound_ms(REPLY_TIMEOUT_MS), &closed),
+                     total);
     for (size_t i = 0; i < PAUSE_GETS; i++) {
         const char *r = got + i * one;
         assert_memory_equal(r, head, (size_t)head_len);
@@ -459,7 +459,7 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     close(fd);
     free(got);
     free(value);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* ---- slowloris ---- */

@@ -246,8 +246,8 @@ static void test_quit_behind_a_blocking_command_closes_after_its_reply(void **st
     assert_null(eof);
     assert_int_equal(a->err, REDIS_ERR_EOF);
     fixture_expect_str(fixture_cmd(b, "CLIENT LIST ID %lld", id), "");
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_other_blocking_commands(void **state)
