@@ -34,6 +34,7 @@ static backend_conn *reserved_head; /* every reserved connection */
 
 static void conn_connect(backend_conn *c);
 static void conn_fail(backend_conn *c, const char *why, int is_timeout);
+static void conn_note_unconfirmed(backend_conn *c);
 static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet);
 
 static const char *state_name(backend_state st)
@@ -188,6 +189,9 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
     }
     if (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING)
         log_warn("shard %s: %s", c->shard->label, why);
+    if (c->state == BACKEND_UP)
+        conn_note_unconfirmed(c);
+    c->laddr[0] = '\0';
     conn_close_fd(c);
     event_del(&c->ev_timer);
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
@@ -251,9 +255,66 @@ static int conn_queue_auth(backend_conn *c, const char *password)
     return 0;
 }
 
+/* Our end of c as the shard prints it (ip:port, [ip]:port for IPv6). */
+static void conn_note_laddr(backend_conn *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "";
+    uint16_t port = 0;
+    c->laddr[0] = '\0';
+    if (getsockname(c->fd, (struct sockaddr *)&ss, &len) < 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        port = ntohs(in->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(in6->sin6_port);
+    }
+    if (ip[0])
+        config_format_addr(ip, port, c->laddr, sizeof(c->laddr));
+}
+
+/* A connection reset while requests that change data were in flight: the
+ * shard may still run them (they wait in its socket while it is paused),
+ * so it is remembered until the shard confirms it gone. */
+static void conn_note_unconfirmed(backend_conn *c)
+{
+    int risky = 0;
+    for (const fragment *f = c->head; f && !risky; f = f->next)
+        risky = !f->harmless;
+    shard *s = c->shard;
+    if (!risky || !c->laddr[0])
+        return;
+    if (s->n_unconfirmed == BACKEND_UNCONFIRMED_MAX) {
+        s->unconfirmed_dropped++;
+        log_warn("shard %s: more than %d old connections may still run requests; forgetting %s",
+                 s->label, BACKEND_UNCONFIRMED_MAX, s->unconfirmed[0]);
+        memmove(s->unconfirmed[0], s->unconfirmed[1],
+                (size_t)(BACKEND_UNCONFIRMED_MAX - 1) * sizeof(s->unconfirmed[0]));
+        s->n_unconfirmed--;
+    }
+    snprintf(s->unconfirmed[s->n_unconfirmed++], sizeof(s->unconfirmed[0]), "%s", c->laddr);
+}
+
+void backend_shard_confirm_gone(shard *s, const char *laddr)
+{
+    for (int i = 0; i < s->n_unconfirmed; i++)
+        if (strcmp(s->unconfirmed[i], laddr) == 0) {
+            memmove(s->unconfirmed[i], s->unconfirmed[i + 1],
+                    (size_t)(s->n_unconfirmed - i - 1) * sizeof(s->unconfirmed[0]));
+            s->n_unconfirmed--;
+            return;
+        }
+}
+
 static void conn_connected(backend_conn *c)
 {
     event_del(&c->ev_timer);
+    conn_note_laddr(c);
     conn_set_state(c, BACKEND_UP);
     c->backoff_ms = 0;
     c->last_error[0] = '\0';
@@ -602,6 +663,8 @@ static shard *retired_head;
  * limit microseconds. */
 static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
 {
+    if (limit == 0)
+        return;
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         if (!c->head || !conn_takes_requests(c))
@@ -631,6 +694,12 @@ static void retired_tick(uint64_t now)
                    s->label, backend_shard_inflight(s));
         backend_shard_free(s);
     }
+}
+
+void backend_shard_check_timeouts(shard *s)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    shard_check_timeouts(s, timeout_ms > 0 ? (uint64_t)timeout_ms * 1000 : 0, server_now_us());
 }
 
 void backend_tick(void)

@@ -76,6 +76,9 @@ typedef struct migrate_call {
     buf cmd;   /* the MIGRATE, while it waits for admission */
 } migrate_call;
 
+/* Shards a barrier can wait on to confirm old connections gone. */
+#define REBALANCE_CONFIRM_MAX 256
+
 static struct {
     int running;
     ring *old_ring;
@@ -85,7 +88,15 @@ static struct {
     size_t n_movers;
     shard **closing; /* removed shards, freed once nothing is in flight */
     size_t n_closing;
-    int barrier;        /* PINGs still out on the old ring's connections */
+    int barrier;               /* PINGs still out on the old ring's connections, plus one
+                                  per shard in confirming[] */
+    uint64_t barrier_since_us; /* when the barrier went up */
+    uint64_t barrier_gen;      /* counts barriers: a late reply to an earlier one is ignored */
+    /* Old shards that must confirm our reset connections are gone before
+     * keys move (their PING failed, or they had such connections). */
+    shard *confirming[REBALANCE_CONFIRM_MAX];
+    int kills_in_flight[REBALANCE_CONFIRM_MAX];
+    size_t n_confirming;
     request *wait_head; /* requests waiting for the barrier */
     request *wait_tail;
     void (*resume)(request *req);
@@ -150,7 +161,25 @@ static int shard_in_new_set(const shard *s)
     return 0;
 }
 
-/* ---- the barrier ---- */
+/* ---- the barrier ----
+ * Before keys move, every request sent under the old ring must have run,
+ * or be sure never to run: a PING behind everything queued on each
+ * connection of each old shard proves the first. A connection that was
+ * reset with requests in flight (a request or the PING timed out) proves
+ * nothing: a paused shard still holds those requests in its socket and runs
+ * them when it resumes, possibly after their key moved away; a later move
+ * back would then take that stale copy for the newer one. So such a
+ * shard's old connections must be gone, which CLIENT KILL ADDR on the
+ * shard confirms (it answers how many it closed, 0 or 1), before the
+ * barrier falls. */
+
+/* A barrier fragment and the shard it was sent to. */
+typedef struct barrier_frag {
+    fragment f; /* first: the done callback gets it */
+    shard *s;
+    uint64_t gen;   /* the barrier it belongs to */
+    char laddr[64]; /* CLIENT KILL: the connection to confirm gone */
+} barrier_frag;
 
 static void barrier_release(void)
 {
@@ -166,14 +195,125 @@ static void barrier_release(void)
         mover_step(&rb.movers[i]);
 }
 
-static void barrier_ping_done(fragment *f, const char *reply, size_t len)
+static void barrier_lower(void)
 {
-    (void)reply;
-    (void)len;
-    free(f);
     if (--rb.barrier == 0 && rb.running) {
         log_info("rebalance: every request sent under the old ring is answered, moving keys");
         barrier_release();
+    }
+}
+
+/* Puts s among the shards whose old connections must be confirmed gone
+ * (once). */
+static void confirm_needed(shard *s)
+{
+    for (size_t i = 0; i < rb.n_confirming; i++)
+        if (rb.confirming[i] == s)
+            return;
+    if (rb.n_confirming == REBALANCE_CONFIRM_MAX) {
+        log_error("rebalance: more than %d shards to confirm; %s is not waited for",
+                  REBALANCE_CONFIRM_MAX, s->label);
+        return;
+    }
+    log_warn("rebalance: shard %s may still run requests sent under the old ring; keys move "
+             "once it confirms its old connections gone",
+             s->label);
+    rb.kills_in_flight[rb.n_confirming] = 0;
+    rb.confirming[rb.n_confirming++] = s;
+    rb.barrier++;
+}
+
+static void barrier_ping_done(fragment *f, const char *reply, size_t len)
+{
+    barrier_frag *bf = (barrier_frag *)f;
+    int current = rb.running && bf->gen == rb.barrier_gen;
+    if (current && !(len >= 5 && memcmp(reply, "+PONG", 5) == 0))
+        confirm_needed(bf->s);
+    free(bf);
+    if (current)
+        barrier_lower();
+}
+
+static void barrier_kill_done(fragment *f, const char *reply, size_t len)
+{
+    barrier_frag *bf = (barrier_frag *)f;
+    /* CLIENT KILL ADDR answers how many it closed: either way, none is
+     * left with that address. */
+    if (len >= 1 && reply[0] == ':')
+        backend_shard_confirm_gone(bf->s, bf->laddr);
+    for (size_t i = 0; bf->gen == rb.barrier_gen && i < rb.n_confirming; i++) {
+        if (rb.confirming[i] != bf->s)
+            continue;
+        if (--rb.kills_in_flight[i] == 0 && bf->s->n_unconfirmed == 0) {
+            log_notice("rebalance: shard %s confirmed its old connections gone", bf->s->label);
+            rb.confirming[i] = rb.confirming[--rb.n_confirming];
+            rb.kills_in_flight[i] = rb.kills_in_flight[rb.n_confirming];
+            free(bf);
+            barrier_lower();
+            return;
+        }
+        break;
+    }
+    free(bf);
+}
+
+/* Asks each confirming shard with nothing in flight to drop the old
+ * connections it may still run requests from (again after a failure). */
+static void confirm_tick(void)
+{
+    for (size_t i = 0; i < rb.n_confirming; i++) {
+        shard *s = rb.confirming[i];
+        if (rb.kills_in_flight[i] > 0)
+            continue;
+        if (s->n_unconfirmed == 0) {
+            rb.confirming[i] = rb.confirming[--rb.n_confirming];
+            rb.kills_in_flight[i] = rb.kills_in_flight[rb.n_confirming];
+            barrier_lower();
+            return; /* the arrays changed: the next tick goes on */
+        }
+        for (int k = 0; k < s->n_unconfirmed; k++) {
+            barrier_frag *bf = calloc(1, sizeof(*bf));
+            buf cmd = {0};
+            buf_append_header(&cmd, '*', 4);
+            buf_append_bulk(&cmd, "CLIENT", 6);
+            buf_append_bulk(&cmd, "KILL", 4);
+            buf_append_bulk(&cmd, "ADDR", 4);
+            buf_append_bulk(&cmd, s->unconfirmed[k], strlen(s->unconfirmed[k]));
+            if (!bf || buf_failed(&cmd)) {
+                free(bf);
+                buf_free(&cmd);
+                continue;
+            }
+            bf->s = s;
+            bf->gen = rb.barrier_gen;
+            snprintf(bf->laddr, sizeof(bf->laddr), "%s", s->unconfirmed[k]);
+            bf->f.done = barrier_kill_done;
+            bf->f.harmless = 1;
+            rb.kills_in_flight[i]++;
+            backend_send(s, (uint64_t)k, &bf->f, buf_head(&cmd), buf_len(&cmd));
+            buf_free(&cmd);
+        }
+    }
+}
+
+/* Requests that waited for the barrier longer than request_timeout get a
+ * retryable error: a source that stays paused must not hold them for ever. */
+static void barrier_wait_tick(uint64_t now)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    if (rb.barrier == 0 || !rb.wait_head || timeout_ms <= 0 ||
+        now - rb.barrier_since_us < (uint64_t)timeout_ms * 1000)
+        return;
+    request *req = rb.wait_head;
+    rb.wait_head = rb.wait_tail = NULL;
+    while (req) {
+        request *next = req->next_wait;
+        req->next_wait = NULL;
+        static const char tryagain[] =
+            "-TRYAGAIN ring changed: a shard has not yet answered every request sent under "
+            "the old ring; retry\r\n";
+        req->on_done(req, tryagain, sizeof(tryagain) - 1);
+        req = next;
     }
 }
 
@@ -767,12 +907,15 @@ static int *find_sources(ring *old_ring, shard **old_shards, size_t n_old)
 static void barrier_ping(shard *s)
 {
     for (int j = 0; j < s->nconns; j++) {
-        fragment *f = calloc(1, sizeof(*f));
-        if (!f)
+        barrier_frag *bf = calloc(1, sizeof(*bf));
+        if (!bf)
             continue;
-        f->done = barrier_ping_done;
+        bf->s = s;
+        bf->gen = rb.barrier_gen;
+        bf->f.done = barrier_ping_done;
+        bf->f.harmless = 1;
         rb.barrier++;
-        backend_send(s, (uint64_t)j, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
+        backend_send(s, (uint64_t)j, &bf->f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
     }
 }
 
@@ -783,8 +926,14 @@ static void barrier_ping(shard *s)
 static void raise_barrier(shard **old_shards, size_t n_old)
 {
     rb.barrier = 1;
-    for (size_t i = 0; i < n_old; i++)
+    rb.barrier_gen++;
+    rb.barrier_since_us = server_now_us();
+    rb.n_confirming = 0;
+    for (size_t i = 0; i < n_old; i++) {
         barrier_ping(old_shards[i]);
+        if (old_shards[i]->n_unconfirmed > 0)
+            confirm_needed(old_shards[i]);
+    }
     for (shard *s = backend_retired_first(); s; s = s->next_retired)
         barrier_ping(s);
 }
@@ -884,6 +1033,13 @@ static void finish(void)
 void rebalance_tick(void)
 {
     uint64_t now = server_now_us();
+    /* Shards removed from the ring are in no list backend_tick walks: a
+     * request on one that stops answering must still time out. */
+    for (size_t i = 0; rb.running && i < rb.n_old; i++)
+        if (!shard_in_new_set(rb.old_shards[i]))
+            backend_shard_check_timeouts(rb.old_shards[i]);
+    for (size_t i = 0; i < rb.n_closing; i++)
+        backend_shard_check_timeouts(rb.closing[i]);
     for (size_t i = 0; i < rb.n_closing;) {
         shard *s = rb.closing[i];
         if (backend_shard_inflight(s) == 0) {
@@ -896,6 +1052,8 @@ void rebalance_tick(void)
     }
     if (!rb.running)
         return;
+    confirm_tick();
+    barrier_wait_tick(now);
     uint64_t stall = (uint64_t)srv.cfg->migrate_timeout_ms * 2000u + REBALANCE_STALL_GRACE_US;
     for (size_t i = 0; i < rb.n_movers; i++) {
         mover *m = &rb.movers[i];

@@ -30,6 +30,8 @@ typedef struct fragment {
     uint64_t end_offset;   /* the backend connection's queued byte count just after its
                               request: the request is all written once that many are */
     uint32_t shard;        /* index of the target shard */
+    uint8_t harmless;      /* changes no data (a barrier's PING, CLIENT KILL): if its
+                              connection is reset, running it later cannot matter */
     size_t first_key;      /* split: index of its first key in the request's key list */
     size_t nkeys;          /* split, key move: number of keys it carries */
     /* What one kind of fragment keeps (a fragment is of one kind only; the

@@ -1903,7 +1903,7 @@ static void test_mover_reconnects_when_its_connection_is_killed(void **state)
     assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
     dataset_verify(c, &d);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -2074,14 +2074,14 @@ static void test_undone_reweight_moves_the_keys_back(void **state)
     redisReply *exec = fixture_cmd(t, "EXEC");
     fixture_expect_array(exec, 1);
     freeReplyObject(exec);
-    redisFree(t);
+    fixture_close(f, t);
 
     free(original);
     free(heavier);
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -2290,7 +2290,7 @@ static void random_edit_sequence(void **state, unsigned seed, int steps)
     free(history);
     free(initial);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -2316,6 +2316,150 @@ static void test_random_edits_with_writers_lose_nothing(void **state)
     test_passed = 1;
 }
 
+/* ---- 6. requests stuck in a paused source ---- */
+
+/* Keys of the paused-source test, and the value each stale write carries:
+ * enough bytes that the shard, once resumed, reads them over many turns of
+ * its event loop, between which other connections' commands run. */
+#define STUCK_KEYS       200
+#define STUCK_VALUE_LEN  (16 * 1024)
+#define STUCK_TIMEOUT_MS 400
+
+/* timeouts= of INFO shards for shard s. */
+static long long shard_timeouts(redisContext *c, int s)
+{
+    char info[512];
+    shard_info(c, s, info, sizeof(info));
+    const char *at = strstr(info, "timeouts=");
+    return at != NULL ? atoll(at + 9) : -1;
+}
+
+/* n keys "<prefix>:<i>" that PROXY RING places on shard s. */
+static char **keys_on_shard(redisContext *c, const char *prefix, int s, size_t n)
+{
+    char **keys = calloc(n, sizeof(*keys));
+    assert_non_null(keys);
+    size_t found = 0;
+    for (size_t i = 0; found < n && i < FIXTURE_KEY_SEARCH; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%s:%zu", prefix, i);
+        char *one[1] = {name};
+        int owner = -1;
+        owners_of(c, one, 1, &owner);
+        if (owner == s) {
+            keys[found] = strdup(name);
+            assert_non_null(keys[found]);
+            found++;
+        }
+    }
+    assert_int_equal(found, n);
+    return keys;
+}
+
+static void set_all(redisContext *c, char **keys, size_t n, const char *value)
+{
+    for (size_t i = 0; i < n; i++) {
+        redisAppendCommand(c, "SET %s %s", keys[i], value);
+    }
+    for (size_t i = 0; i < n; i++) {
+        fixture_expect_status(fixture_next_reply(c), "OK");
+    }
+}
+
+static void test_writes_stuck_in_a_paused_source_never_land_after_the_move(void **state)
+{
+    char extra[128];
+    snprintf(extra, sizeof(extra), "watch_config = no\nrequest_timeout = %lld",
+             fixture_bound_ms(STUCK_TIMEOUT_MS));
+    fixture *f = start(state, extra, 3);
+    redisContext *c = fixture_client(f);
+    char **keys = keys_on_shard(c, "stuck", S1, STUCK_KEYS);
+    set_all(c, keys, STUCK_KEYS, "v1");
+
+    /* s1 stops; writes pile up in its socket and time out in the proxy,
+     * which resets the connection: s1 still holds them. */
+    assert_int_equal(kill(f->shards[S1].pid, SIGSTOP), 0);
+    long long timeouts = shard_timeouts(c, S1);
+    char *stale = malloc(STUCK_VALUE_LEN + 1);
+    assert_non_null(stale);
+    memset(stale, 's', STUCK_VALUE_LEN);
+    stale[STUCK_VALUE_LEN] = '\0';
+    redisContext *w = fixture_client(f);
+    for (size_t i = 0; i < STUCK_KEYS; i++) {
+        redisAppendCommand(w, "SET %s %s", keys[i], stale);
+    }
+    for (size_t i = 0; i < STUCK_KEYS; i++) {
+        fixture_expect_error(fixture_next_reply(w), "ERR");
+    }
+    free(stale);
+    fixture_close(f, w);
+    assert_true(shard_timeouts(c, S1) > timeouts);
+
+    /* s4 joins: about a quarter of the keys move from s1. The barrier's PING
+     * to s1 times out as well; then s1 resumes. */
+    timeouts = shard_timeouts(c, S1);
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (shard_timeouts(c, S1) == timeouts && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(POLL_MS);
+    }
+    assert_true(shard_timeouts(c, S1) > timeouts);
+    assert_int_equal(kill(f->shards[S1].pid, SIGCONT), 0);
+    wait_idle(f, c, 1);
+
+    /* No stuck write landed on s1 after its key moved: every key is on its
+     * owner only. Then newer values, and the keys move back to s1. */
+    expect_each_key_on_its_owner_only(f, c, keys, STUCK_KEYS, NULL);
+    set_all(c, keys, STUCK_KEYS, "v2");
+    ini_replace_line(f, "s4 = ", NULL);
+    reload_ok(c);
+    wait_idle(f, c, 2);
+    expect_each_key_on_its_owner_only(f, c, keys, STUCK_KEYS, NULL);
+    for (size_t i = 0; i < STUCK_KEYS; i++) {
+        expect_key_value(f, c, keys[i], fixture_cmd(c, "GET %s", keys[i]), "v2");
+    }
+    free_keys(keys, STUCK_KEYS);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
+static void test_removed_shard_that_stops_answering_gives_errors_not_a_hang(void **state)
+{
+    char extra[128];
+    snprintf(extra, sizeof(extra), "watch_config = no\nrequest_timeout = %lld",
+             fixture_bound_ms(STUCK_TIMEOUT_MS));
+    fixture *f = start(state, extra, 3);
+    redisContext *c = fixture_client(f);
+    char **keys = keys_on_shard(c, "gone", S3, 20);
+    set_all(c, keys, 20, "v1");
+
+    /* s3 stops answering, then leaves the ring: its keys cannot move while
+     * it is stopped, and a request for one gets an error in bounded time. */
+    assert_int_equal(kill(f->shards[S3].pid, SIGSTOP), 0);
+    ini_replace_line(f, "s3 = ", NULL);
+    reload_ok(c);
+    long long asked = fixture_now_ms();
+    redisReply *r = fixture_cmd(c, "GET %s", keys[0]);
+    /* TRYAGAIN while the barrier waits for s3, or the failed move itself. */
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    assert_true(strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "ERR cannot move", 15) == 0);
+    freeReplyObject(r);
+    assert_true(fixture_now_ms() - asked < fixture_bound_ms(10 * STUCK_TIMEOUT_MS));
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+
+    /* Once it answers again, its keys move off and read as written. */
+    assert_int_equal(kill(f->shards[S3].pid, SIGCONT), 0);
+    wait_idle(f, c, 1);
+    for (size_t i = 0; i < 20; i++) {
+        expect_key_value(f, c, keys[i], fixture_cmd(c, "GET %s", keys[i]), "v1");
+    }
+    assert_int_equal(shard_dbsize(f, S3), 0);
+    free_keys(keys, 20);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2338,6 +2482,10 @@ int main(void)
             test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropped, stop),
         cmocka_unit_test_teardown(test_undone_reweight_moves_the_keys_back, stop),
         cmocka_unit_test_teardown(test_random_edits_with_writers_lose_nothing, stop),
+        cmocka_unit_test_teardown(test_writes_stuck_in_a_paused_source_never_land_after_the_move,
+                                  stop),
+        cmocka_unit_test_teardown(test_removed_shard_that_stops_answering_gives_errors_not_a_hang,
+                                  stop),
     };
     /* REBALANCE_TEST=<glob> runs only the matching tests. */
     const char *only = getenv("REBALANCE_TEST");
