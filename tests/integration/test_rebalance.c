@@ -831,10 +831,13 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
 /* Pause of a pipelining writer between batches, so that all of them add
  * keys more slowly than the mover scans. */
 #define WRITER_PAUSE_US 2000
-/* Writes each writer has acknowledged before the switch (so its keys exist
- * on their old shards) and again after it (on the new ring alone). */
-#define WRITER_PROGRESS_ACKS 10
-#define WRITER_PROBLEM_LEN   256
+/* Writes each writer has acknowledged before the switch: one round of
+ * every kind over every slot (WRITER_COUNTERS is the most slots of a kind),
+ * so that each of its counters, lists and queues exists on its old shard;
+ * and again after it, on the new ring alone. */
+#define WRITER_WARMUP_ACKS ((long long)OP_COUNT * WRITER_COUNTERS)
+#define WRITER_AFTER_ACKS  10
+#define WRITER_PROBLEM_LEN 256
 
 /* What a writer does, in turn. */
 typedef enum writer_op {
@@ -1313,8 +1316,8 @@ static void test_writes_during_the_move_are_all_kept(void **state)
 
     writer *w = writers_start(f->proxy.port, 0);
     /* Counters, lists and queues exist on their old shards before the
-     * switch: every writer has had some writes acknowledged. */
-    int warmed_up = wait_writers_progress(w, WRITER_PROGRESS_ACKS);
+     * switch. */
+    int warmed_up = wait_writers_progress(w, WRITER_WARMUP_ACKS);
 
     add_shard_to_ini(f, S4);
     long long acked_at_reload = writers_acked(w);
@@ -1329,7 +1332,7 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     }
     long long acked_at_idle = writers_acked(w);
     /* Some writes after the switch, on the new ring alone. */
-    int wrote_after = wait_writers_progress(w, WRITER_PROGRESS_ACKS);
+    int wrote_after = wait_writers_progress(w, WRITER_AFTER_ACKS);
     writers_stop();
 
     assert_int_equal(warmed_up, 0);
