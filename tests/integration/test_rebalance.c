@@ -2014,11 +2014,11 @@ static void edit_with_writers(fixture *f, redisContext *c, const char *ini_text,
 {
     writer *w = writers_start(f->proxy.port, *next_writer);
     *next_writer += WRITERS;
-    assert_int_equal(wait_writers_progress(w, WRITER_PROGRESS_ACKS), 0);
+    assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
     ini_write(f, ini_text);
     reload_ok(c);
     wait_idle(f, c, completed);
-    assert_int_equal(wait_writers_progress(w, WRITER_PROGRESS_ACKS), 0);
+    assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
     writers_stop();
     assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), completed);
     expect_clean_finish(c);
