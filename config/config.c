@@ -577,15 +577,138 @@ void config_format_addr(const char *host, uint16_t port, char *buf, size_t bufle
         snprintf(buf, buflen, "%s:%u", host, (unsigned)port);
 }
 
+/* The typed setters below store a non-empty value into field (and, for the
+ * two-field types, the one at key->offset2 of cfg). Each returns 0, or -1
+ * with a reason in why, as set_key does. */
+
+static int set_number(const config_key *key, const char *value, void *field, char *why,
+                      size_t whylen)
+{
+    int64_t v;
+    int rc = parse_number(value, key->type == KEY_BYTES, &v);
+    if (rc == -1) {
+        if (key->type == KEY_BYTES)
+            snprintf(why, whylen, "%s: '%s' is not a size (bytes, or a number with kb, mb or gb)",
+                     key->name, value);
+        else if (key->unit[0])
+            snprintf(why, whylen, "%s: '%s' is not an integer (%s)", key->name, value, key->unit);
+        else
+            snprintf(why, whylen, "%s: '%s' is not an integer", key->name, value);
+        return -1;
+    }
+    if (rc == -2 || v < key->min || v > key->max) {
+        char range[80];
+        format_range(key, range, sizeof(range));
+        if (key->unit[0])
+            snprintf(why, whylen, "%s: %s is out of range %s (%s)", key->name, value, range,
+                     key->unit);
+        else
+            snprintf(why, whylen, "%s: %s is out of range %s", key->name, value, range);
+        return -1;
+    }
+    if (key->type == KEY_INT) {
+        int i = (int)v;
+        memcpy(field, &i, sizeof(i));
+    } else {
+        memcpy(field, &v, sizeof(v));
+    }
+    return 0;
+}
+
+static int set_bool(const config_key *key, const char *value, void *field, char *why, size_t whylen)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        int b = -1;
+        if (strcasecmp(value, yes[i]) == 0)
+            b = 1;
+        else if (strcasecmp(value, no[i]) == 0)
+            b = 0;
+        if (b >= 0) {
+            memcpy(field, &b, sizeof(b));
+            return 0;
+        }
+    }
+    snprintf(why, whylen, "%s: '%s' is not yes or no", key->name, value);
+    return -1;
+}
+
+static int set_enum(const config_key *key, const char *value, void *field, char *why, size_t whylen)
+{
+    char values[128];
+    for (int i = 0; i < key->enum_count; i++) {
+        if (strcasecmp(value, key->enum_name(i)) == 0) {
+            memcpy(field, &i, sizeof(i));
+            return 0;
+        }
+    }
+    describe_values(key, values, sizeof(values));
+    snprintf(why, whylen, "%s: '%s' is not one of %s", key->name, value, values);
+    return -1;
+}
+
+/* The host goes to the string at key->offset, the port to key->offset2. */
+static int set_addr(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
+{
+    char reason[320];
+    char *host;
+    uint16_t port;
+    if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
+        snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
+        return -1;
+    }
+    char **slot = field_of(cfg, key->offset);
+    free(*slot);
+    *slot = host;
+    memcpy(field_of(cfg, key->offset2), &port, sizeof(port));
+    return 0;
+}
+
+/* The opening character goes to key->offset, the closing one to
+ * key->offset2; an empty value stores two NULs (tags disabled). */
+static int set_tag(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
+{
+    size_t len = strlen(value);
+    bool ok = len == 0 || (len == 2 && value[0] != value[1] && isgraph((unsigned char)value[0]) &&
+                           isgraph((unsigned char)value[1]));
+    if (!ok) {
+        snprintf(why, whylen,
+                 "%s: '%s' is not two different characters (like {}), or empty to disable tags",
+                 key->name, value);
+        return -1;
+    }
+    char open = len ? value[0] : '\0';
+    char close = len ? value[1] : '\0';
+    memcpy(field_of(cfg, key->offset), &open, 1);
+    memcpy(field_of(cfg, key->offset2), &close, 1);
+    return 0;
+}
+
+/* A copy of value, or NULL for an empty one, replaces the string in field. */
+static int set_string(const config_key *key, const char *value, void *field, char *why,
+                      size_t whylen)
+{
+    char *copy = NULL;
+    if (value[0] && !(copy = strdup(value))) {
+        snprintf(why, whylen, "%s: out of memory", key->name);
+        return -1;
+    }
+    char **slot = field;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
 /* Parses value into key's field(s) of cfg. Returns 0, or -1 with a reason
  * (without the file:line prefix) in why. */
 static int set_key(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
 {
     void *field = field_of(cfg, key->offset);
-    char values[128];
 
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
         key->type != KEY_SHARD) {
+        char values[128];
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
         return -1;
@@ -594,112 +717,22 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     switch (key->type) {
     case KEY_INT:
     case KEY_INT64:
-    case KEY_BYTES: {
-        int64_t v;
-        int rc = parse_number(value, key->type == KEY_BYTES, &v);
-        if (rc == -1) {
-            if (key->type == KEY_BYTES)
-                snprintf(why, whylen,
-                         "%s: '%s' is not a size (bytes, or a number with kb, mb or gb)", key->name,
-                         value);
-            else if (key->unit[0])
-                snprintf(why, whylen, "%s: '%s' is not an integer (%s)", key->name, value,
-                         key->unit);
-            else
-                snprintf(why, whylen, "%s: '%s' is not an integer", key->name, value);
-            return -1;
-        }
-        if (rc == -2 || v < key->min || v > key->max) {
-            char range[80];
-            format_range(key, range, sizeof(range));
-            if (key->unit[0])
-                snprintf(why, whylen, "%s: %s is out of range %s (%s)", key->name, value, range,
-                         key->unit);
-            else
-                snprintf(why, whylen, "%s: %s is out of range %s", key->name, value, range);
-            return -1;
-        }
-        if (key->type == KEY_INT) {
-            int i = (int)v;
-            memcpy(field, &i, sizeof(i));
-        } else {
-            memcpy(field, &v, sizeof(v));
-        }
-        return 0;
-    }
-    case KEY_BOOL: {
-        static const char *const yes[] = {"yes", "true", "on", "1"};
-        static const char *const no[] = {"no", "false", "off", "0"};
-        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
-            int b = -1;
-            if (strcasecmp(value, yes[i]) == 0)
-                b = 1;
-            else if (strcasecmp(value, no[i]) == 0)
-                b = 0;
-            if (b >= 0) {
-                memcpy(field, &b, sizeof(b));
-                return 0;
-            }
-        }
-        snprintf(why, whylen, "%s: '%s' is not yes or no", key->name, value);
-        return -1;
-    }
+    case KEY_BYTES:
+        return set_number(key, value, field, why, whylen);
+    case KEY_BOOL:
+        return set_bool(key, value, field, why, whylen);
     case KEY_ENUM:
-        for (int i = 0; i < key->enum_count; i++) {
-            if (strcasecmp(value, key->enum_name(i)) == 0) {
-                memcpy(field, &i, sizeof(i));
-                return 0;
-            }
-        }
-        describe_values(key, values, sizeof(values));
-        snprintf(why, whylen, "%s: '%s' is not one of %s", key->name, value, values);
-        return -1;
-    case KEY_ADDR: {
-        char reason[320];
-        char *host;
-        uint16_t port;
-        if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
-            snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
-            return -1;
-        }
-        char **slot = field;
-        free(*slot);
-        *slot = host;
-        memcpy(field_of(cfg, key->offset2), &port, sizeof(port));
-        return 0;
-    }
-    case KEY_TAG: {
-        size_t len = strlen(value);
-        bool ok =
-            len == 0 || (len == 2 && value[0] != value[1] && isgraph((unsigned char)value[0]) &&
-                         isgraph((unsigned char)value[1]));
-        if (!ok) {
-            snprintf(why, whylen,
-                     "%s: '%s' is not two different characters (like {}), or empty to disable tags",
-                     key->name, value);
-            return -1;
-        }
-        char open = len ? value[0] : '\0';
-        char close = len ? value[1] : '\0';
-        memcpy(field, &open, 1);
-        memcpy(field_of(cfg, key->offset2), &close, 1);
-        return 0;
-    }
+        return set_enum(key, value, field, why, whylen);
+    case KEY_ADDR:
+        return set_addr(key, value, cfg, why, whylen);
+    case KEY_TAG:
+        return set_tag(key, value, cfg, why, whylen);
     case KEY_SECRET:
     case KEY_SHARD:
-    case KEY_SHARDS: {
+    case KEY_SHARDS:
         /* A shard name is checked against [shards] once the whole file is
          * read (validate), since [shards] may come after [proxy]. */
-        char *copy = NULL;
-        if (value[0] && !(copy = strdup(value))) {
-            snprintf(why, whylen, "%s: out of memory", key->name);
-            return -1;
-        }
-        char **slot = field;
-        free(*slot);
-        *slot = copy;
-        return 0;
-    }
+        return set_string(key, value, field, why, whylen);
     }
     snprintf(why, whylen, "%s: unhandled key type", key->name);
     return -1;
@@ -1032,9 +1065,11 @@ int config_is_lock_shard(const config *cfg, const char *name)
     return each_listed_name(cfg->lock_shards, is_named, &lf) == 1;
 }
 
-static void validate(load_ctx *ctx)
+/* Each pair of key_orders whose low key is set above its high key fails,
+ * at the later of the two lines. Stops at the first failure. */
+static void check_key_orders(load_ctx *ctx)
 {
-    config *cfg = ctx->cfg;
+    const config *cfg = ctx->cfg;
     for (size_t i = 0; i < sizeof(key_orders) / sizeof(key_orders[0]) && !ctx->failed; i++) {
         const config_key *low = find_key(key_orders[i].low);
         const config_key *high = find_key(key_orders[i].high);
@@ -1056,6 +1091,12 @@ static void validate(load_ctx *ctx)
         fail(ctx, line_low > line_high ? line_low : line_high, "%s (%s) is above %s (%s)",
              low->name, lo_text, high->name, hi_text);
     }
+}
+
+static void validate(load_ctx *ctx)
+{
+    config *cfg = ctx->cfg;
+    check_key_orders(ctx);
     if (ctx->failed)
         return;
 
