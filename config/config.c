@@ -152,7 +152,7 @@ static const config_key config_keys[] = {
      .offset = FIELD(hash_tag_open, char),
      .offset2 = FIELD(hash_tag_close, char)},
     ENUM_KEY("compat", compat, ring_mode, compat_name, RING_TWEMPROXY + 1, "none", RESTART,
-             "twemproxy = place shards as nutcracker 0.5.0 does"),
+             "twemproxy = as nutcracker 0.5.0 (default fnv1a_64, no tag)"),
     INT_KEY("backend_connections", backend_connections, "1", "", 1, 256, RESTART,
             "connections the proxy keeps to each shard"),
     INT_KEY("connect_timeout", connect_timeout_ms, "1000", "ms", 1, 3600000, RELOAD,
@@ -244,6 +244,7 @@ typedef struct load_ctx {
     const char *end;
     int line;            /* number of the line last handed to inih */
     int key_line[NKEYS]; /* where each [proxy] key was set, 0 = default */
+    int shards_line;     /* where the (first) [shards] header is, 0 = none */
     size_t shard_cap;
     config *cfg;
     char *err;
@@ -915,8 +916,10 @@ static int check_line(load_ctx *ctx, const char *text)
             return -1;
         }
         size_t len = (size_t)(end - text - 1);
-        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) ||
-              (len == 6 && memcmp(text + 1, "shards", 6) == 0))) {
+        int shards = len == 6 && memcmp(text + 1, "shards", 6) == 0;
+        if (shards && !ctx->shards_line)
+            ctx->shards_line = ctx->line;
+        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) || shards)) {
             fail(ctx, ctx->line, "unknown section [%.*s] (expected [proxy] or [shards])", (int)len,
                  text + 1);
             return -1;
@@ -1100,6 +1103,15 @@ static void validate(load_ctx *ctx)
     if (ctx->failed)
         return;
 
+    /* compat = twemproxy alone means nutcracker's defaults: fnv1a_64 and no
+     * hash tag, as a nutcracker pool without hash: or hash_tag: lines. An
+     * explicit hash or hash_tag line still wins. */
+    const config_key *hash_key = find_key("hash"), *tag_key = find_key("hash_tag");
+    if (cfg->compat == RING_TWEMPROXY && !ctx->key_line[hash_key - config_keys])
+        cfg->hash = HASH_FNV1A_64;
+    if (cfg->compat == RING_TWEMPROXY && !ctx->key_line[tag_key - config_keys])
+        cfg->hash_tag_open = cfg->hash_tag_close = 0;
+
     /* nutcracker has no murmur3: with it, compat = twemproxy would place
      * shards as nutcracker does but send keys elsewhere. */
     if (cfg->compat == RING_TWEMPROXY && cfg->hash == HASH_MURMUR3) {
@@ -1113,6 +1125,11 @@ static void validate(load_ctx *ctx)
         return;
     }
 
+    if (cfg->nshards == 0 && ctx->shards_line) {
+        fail(ctx, ctx->shards_line,
+             "[shards] has no shards: add lines like 's1 = 127.0.0.1:7001' under it");
+        return;
+    }
     if (cfg->nshards == 0) {
         fail(ctx, 0, "no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]");
         return;

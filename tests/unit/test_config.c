@@ -191,9 +191,6 @@ static const error_case error_cases[] = {
      "proxy.ini:3: reconnect_min (60 ms) is above reconnect_max (50 ms)"},
     {"[proxy]\nmax_client_output = 1mb\n" SHARDS,
      "proxy.ini:2: client_output_pause (16mb) is above max_client_output (1mb)"},
-    {"[proxy]\ncompat = twemproxy\n" SHARDS,
-     "proxy.ini:2: compat = twemproxy needs one of nutcracker's hashes (fnv1a_64, crc32, md5, "
-     "murmur), not murmur3"},
     {"[proxy]\ncompat = twemproxy\nhash = murmur3\n" SHARDS,
      "proxy.ini:3: compat = twemproxy needs one of nutcracker's hashes (fnv1a_64, crc32, md5, "
      "murmur), not murmur3"},
@@ -203,7 +200,9 @@ static const error_case error_cases[] = {
     {"[proxy]\nlisten = 127.0.0.1:6380\n",
      "proxy.ini: no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]"},
     {"[proxy]\n[shards]\n; s1 = 127.0.0.1:7001\n",
-     "proxy.ini: no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]"},
+     "proxy.ini:2: [shards] has no shards: add lines like 's1 = 127.0.0.1:7001' under it"},
+    {"[proxy]\nlisten = 127.0.0.1:6380\n\n[shards]\n",
+     "proxy.ini:4: [shards] has no shards: add lines like 's1 = 127.0.0.1:7001' under it"},
 
     /* shard names */
     {"[shards]\ns1 = 127.0.0.1:7001\ns2 = 127.0.0.1:7002\ns1 = 127.0.0.1:7003\n",
@@ -468,6 +467,22 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->shards[0].port, 7001);
     assert_int_equal(cfg->shards[0].weight, 1);
     assert_int_equal(cfg->shards[0].line, 2);
+    config_free(cfg);
+}
+
+/* compat = twemproxy alone takes nutcracker's defaults; explicit lines win. */
+static void test_twemproxy_defaults(void **state)
+{
+    (void)state;
+    config *cfg = load_ok("[proxy]\ncompat = twemproxy\n" SHARDS);
+    assert_int_equal(cfg->hash, HASH_FNV1A_64);
+    assert_int_equal(cfg->hash_tag_open, 0);
+    assert_int_equal(cfg->hash_tag_close, 0);
+    config_free(cfg);
+    cfg = load_ok("[proxy]\nhash = md5\nhash_tag = {}\ncompat = twemproxy\n" SHARDS);
+    assert_int_equal(cfg->hash, HASH_MD5);
+    assert_int_equal(cfg->hash_tag_open, '{');
+    assert_int_equal(cfg->hash_tag_close, '}');
     config_free(cfg);
 }
 
@@ -773,6 +788,7 @@ int main(void)
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_error_buffer_is_bounded),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_twemproxy_defaults),
         cmocka_unit_test(test_every_key_set),
         cmocka_unit_test(test_value_forms),
         cmocka_unit_test(test_shard_forms),
