@@ -604,6 +604,95 @@ static void test_shard_busy_script_error_reaches_the_client_unchanged(void **sta
     fixture_close(f, c);
 }
 
+/* A script that never ends, sent through the proxy, runs on the shared
+ * connection that carries every client's requests to its shard. SCRIPT
+ * KILL through the proxy still reaches that shard at once (over a
+ * connection of its own, not behind the script) and ends it; the other
+ * shards serve throughout, and the script's shard serves everyone again. */
+static void test_runaway_script_is_killed_through_the_proxy(void **state)
+{
+    fixture *f = *state;
+    const int busy = 0; /* s1: script_default_shard is unset, the first shard */
+    redisContext *c = fixture_client(f);
+    tags t;
+    find_tags(c, &t, FIXTURE_SHARDS);
+    char key[FIXTURE_SHARDS][64];
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        snprintf(key[s], sizeof(key[s]), "{%s}:runaway", t.of[s]);
+        fixture_expect_status(fixture_cmd(c, "SET %s %s", key[s], key[s]), "OK");
+    }
+    /* Redis takes SCRIPT KILL only once a script has run this long. */
+    redisContext *shard = fixture_shard(f, busy);
+    fixture_expect_status(fixture_cmd(shard, "CONFIG SET busy-reply-threshold 100"), "OK");
+
+    redisContext *runner = fixture_client(f);
+    redisAppendCommand(runner, "EVAL %s 0", "while true do end");
+    flush_conn(runner);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
+    for (;;) {
+        redisReply *probe = fixture_cmd(shard, "GET %s", key[busy]);
+        int is_busy = probe->type == REDIS_REPLY_ERROR && strncmp(probe->str, "BUSY ", 5) == 0;
+        freeReplyObject(probe);
+        if (is_busy) {
+            break;
+        }
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(10);
+    }
+
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        if (s == busy) {
+            continue;
+        }
+        long long start = fixture_now_ms();
+        fixture_expect_str(fixture_cmd(c, "GET %s", key[s]), key[s]);
+        assert_true(fixture_now_ms() - start < fixture_bound_ms(LIVE_LATENCY_MS));
+    }
+
+    redisContext *killer = fixture_client(f);
+    long long start = fixture_now_ms();
+    fixture_expect_status(fixture_cmd(killer, "SCRIPT KILL"), "OK");
+    long long took = fixture_now_ms() - start;
+    if (took > fixture_bound_ms(1000)) {
+        fail_msg("SCRIPT KILL took %lld ms", took);
+    }
+    /* The caller learns its script was killed (or, on a machine slow enough
+     * to reach request_timeout first, that its shard timed out). */
+    redisReply *r = fixture_next_reply(runner);
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    if (strstr(r->str, "Script killed") == NULL && !is_shard_error(r, busy, f->shards[busy].port)) {
+        fail_msg("the script's caller got \"%s\"", r->str);
+    }
+    freeReplyObject(r);
+
+    /* Everyone is served again, the script's caller too. */
+    deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
+    for (;;) {
+        r = fixture_cmd(c, "GET %s", key[busy]);
+        int served = r->type == REDIS_REPLY_STRING && strcmp(r->str, key[busy]) == 0;
+        freeReplyObject(r);
+        if (served) {
+            break;
+        }
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        fixture_expect_str(fixture_cmd(runner, "GET %s", key[s]), key[s]);
+    }
+    /* No script runs: every shard says NOTBUSY, and so does the proxy. */
+    fixture_expect_error(fixture_cmd(killer, "SCRIPT KILL"), "NOTBUSY");
+    fixture_expect_error(fixture_cmd(killer, "FUNCTION KILL"), "NOTBUSY");
+    /* The kills' connections are closed once answered. */
+    fixture_wait_reserved(c, 0);
+
+    fixture_expect_status(fixture_cmd(shard, "CONFIG SET busy-reply-threshold 5000"), "OK");
+    expect_proxy_healthy(&f->proxy);
+    fixture_close(f, killer);
+    fixture_close(f, runner);
+    fixture_close(f, c);
+}
+
 static void test_half_an_mset_on_a_dead_shard_names_the_failure(void **state)
 {
     fixture *f = *state;
@@ -1206,6 +1295,8 @@ int main(void)
         cmocka_unit_test_teardown(test_shard_oom_error_reaches_the_client_unchanged,
                                   shards_back_to_normal),
         cmocka_unit_test_teardown(test_shard_busy_script_error_reaches_the_client_unchanged,
+                                  shards_back_to_normal),
+        cmocka_unit_test_teardown(test_runaway_script_is_killed_through_the_proxy,
                                   shards_back_to_normal),
         cmocka_unit_test_teardown(test_half_an_mset_on_a_dead_shard_names_the_failure,
                                   shards_back_to_normal),
