@@ -251,29 +251,41 @@ static void split(const routed *r)
     free(part_off);
 }
 
+/* Gives req one fragment per shard, each completed by done, and sets
+ * pending to their number (first: a fragment can complete inside its
+ * send). The request's bytes, or NULL after answering with an error. */
+static const char *frags_for_every_shard(const routed *r, fragment_done_fn done, size_t *len)
+{
+    request *req = r->req;
+    req->frags = calloc(srv.nshards, sizeof(fragment));
+    const char *bytes = req->frags ? request_bytes(r, len) : NULL;
+    if (!bytes) {
+        request_error(req, "ERR out of memory");
+        return NULL;
+    }
+    req->nfrags = srv.nshards;
+    for (size_t i = 0; i < srv.nshards; i++) {
+        req->frags[i].req = req;
+        req->frags[i].done = done;
+        req->frags[i].shard = (uint32_t)i;
+    }
+    req->pending = req->nfrags;
+    return bytes;
+}
+
 /* Sends the same request to every shard (DBSIZE, KEYS, SCRIPT LOAD ...),
  * merged by cmd->merge. */
 static void fanout(const routed *r)
 {
     request *req = r->req;
-    req->frags = calloc(srv.nshards, sizeof(fragment));
     size_t len;
-    const char *bytes = req->frags ? request_bytes(r, &len) : NULL;
-    if (!bytes) {
-        request_error(req, "ERR out of memory");
+    const char *bytes = frags_for_every_shard(r, part_done, &len);
+    if (!bytes)
         return;
-    }
-    req->nfrags = srv.nshards;
-    for (size_t i = 0; i < srv.nshards; i++) {
-        req->frags[i].req = req;
-        req->frags[i].done = part_done;
-        req->frags[i].shard = (uint32_t)i;
-    }
     /* The last send may complete and free the request: use locals. */
     size_t n = req->nfrags;
     fragment *frags = req->frags;
     uint64_t hint = req->hint;
-    req->pending = n;
     for (size_t i = 0; i < n; i++)
         txn_send_to_shard(req, (uint32_t)i, hint, &frags[i], bytes, len);
 }
@@ -298,24 +310,13 @@ static void kill_part_done(fragment *f, const char *reply, size_t len)
  * cmd->merge (the shard running it answers OK, the others NOTBUSY). */
 static void kill_everywhere(const routed *r)
 {
-    request *req = r->req;
-    req->frags = calloc(srv.nshards, sizeof(fragment));
     size_t len;
-    const char *bytes = req->frags ? request_bytes(r, &len) : NULL;
-    if (!bytes) {
-        request_error(req, "ERR out of memory");
+    const char *bytes = frags_for_every_shard(r, kill_part_done, &len);
+    if (!bytes)
         return;
-    }
-    req->nfrags = srv.nshards;
-    for (size_t i = 0; i < srv.nshards; i++) {
-        req->frags[i].req = req;
-        req->frags[i].done = kill_part_done;
-        req->frags[i].shard = (uint32_t)i;
-    }
     /* The last part may complete and free the request: use locals. */
-    size_t n = req->nfrags;
-    fragment *frags = req->frags;
-    req->pending = n;
+    size_t n = r->req->nfrags;
+    fragment *frags = r->req->frags;
     for (size_t i = 0; i < n; i++) {
         char err[300];
         frags[i].conn = backend_reserve(srv.shards[i], 0, NULL, NULL, err, sizeof(err));
