@@ -295,11 +295,14 @@ static void fanout(const routed *r)
 /* A kill's fragment is answered: its connection has done its one job. */
 static void kill_part_done(fragment *f, const char *reply, size_t len)
 {
-    /* Closing from inside the connection's own callbacks is safe: backend.c
-     * frees it once they return. A connection already gone is left alone. */
-    backend_reserved_close(f->conn);
+    /* The reply lies in the connection's read buffer, which closing it
+     * frees: it is taken first (and the request, f with it, may be freed
+     * then). Closing from inside the connection's own callbacks is safe:
+     * backend.c frees it once they return; one already gone is left as is. */
+    backend_conn *conn = f->conn;
     f->conn = NULL;
     part_done(f, reply, len);
+    backend_reserved_close(conn);
 }
 
 /* Sends a kill to every shard, each over a connection opened for it alone
