@@ -280,7 +280,12 @@ static client *client_of(session *s)
 static request *enqueue(client *c);
 
 /* Bytes that answer no request (a pub/sub message) take a slot at the tail
- * of the FIFO: they leave after the replies already due. */
+ * of the FIFO: they leave after the replies already due. A subscriber that
+ * stops reading is closed at max_pubsub_output, Redis's pub/sub output
+ * class: client_output_pause cannot help it (it sends nothing to stop
+ * reading), and max_client_output is sized for pipelined replies, so
+ * without this the messages published meanwhile would pile up in the
+ * proxy. Checked here, where messages come in, so requests pay nothing. */
 static void session_push(session *s, const char *bytes, size_t len)
 {
     client *c = client_of(s);
@@ -292,6 +297,8 @@ static void session_push(session *s, const char *bytes, size_t len)
         return;
     }
     request_finished(req, bytes, len);
+    if ((int64_t)queued_bytes(c) > srv.cfg->max_pubsub_output)
+        drop_later(c, "unread messages over max_pubsub_output (subscriber not reading)");
 }
 
 static void session_drop(session *s, const char *reason)
