@@ -1,7 +1,8 @@
 /* Hostile and runaway clients: more connections than max_clients, a bulk
- * length of 2 GB, a client that floods requests and never reads a reply,
- * slowloris clients trickling a request byte by byte, and the proxy's own
- * file descriptor limit. Each test checks that the proxy stays up with
+ * length of 2 GB, a client that floods requests and never reads a reply
+ * (and the other clients of its shard, whose replies must not wait behind
+ * its own), slowloris clients trickling a request byte by byte, and the
+ * proxy's own file descriptor limit. Each test checks that the proxy stays up with
  * bounded memory, that the offending client gets an error and/or a clean
  * close (with the reason in the log), that the other clients keep working,
  * and that writes acknowledged to them read back. Raw sockets where hiredis
