@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,6 +225,80 @@ static void cmd_info(request *req, size_t argc, const resp_arg *argv)
         (void)lock_info(&text);
     drop_blank_line(&text);
     reply_text(req, &text);
+}
+
+/* ---- CONFIG ---- */
+
+/* Whether a CONFIG GET pattern matches name: Redis's glob, without regard
+ * to case. */
+static int config_pattern_matches(const resp_arg *pattern, const char *name)
+{
+    char pat[256];
+    if (pattern->len >= sizeof(pat))
+        return 0;
+    memcpy(pat, pattern->ptr, pattern->len);
+    pat[pattern->len] = '\0';
+    return fnmatch(pat, name, FNM_CASEFOLD) == 0;
+}
+
+/* CONFIG GET: the proxy's own settings matching the patterns, each once, as
+ * an array reply kept in req->own_config for the merge. */
+static void config_get_own(request *req, size_t argc, const resp_arg *argv)
+{
+    buf pairs = {0};
+    size_t n = 0;
+    for (size_t i = 0; i < config_key_count(); i++) {
+        const char *name = config_key_name(i);
+        int matched = 0;
+        for (size_t p = 2; p < argc && !matched; p++)
+            matched = config_pattern_matches(&argv[p], name);
+        if (!matched)
+            continue;
+        char value[CONFIG_ADDR_MAX];
+        config_key_value(srv.cfg, i, value, sizeof(value));
+        append_str(&pairs, name);
+        append_str(&pairs, value);
+        n += 2;
+    }
+    buf_append_header(&req->own_config, '*', (int64_t)n);
+    if (n)
+        buf_append(&req->own_config, buf_head(&pairs), buf_len(&pairs));
+    if (buf_failed(&pairs))
+        req->own_config.err = 1; /* the merge answers out of memory */
+    buf_free(&pairs);
+}
+
+/* CONFIG SET: a proxy key is changed in proxy.ini, a Redis parameter on
+ * every shard only when the configuration allows it. */
+static int config_set_allowed(request *req, size_t argc, const resp_arg *argv)
+{
+    for (size_t i = 2; i < argc; i += 2)
+        for (size_t k = 0; k < config_key_count(); k++)
+            if (arg_is(&argv[i], config_key_name(k))) {
+                request_error(req,
+                              "ERR '%s' is a ringproxy setting: change it in proxy.ini, then "
+                              "run PROXY RELOAD",
+                              config_key_name(k));
+                return 0;
+            }
+    if (argc % 2 != 0) {
+        reply_str(req, "-ERR wrong number of arguments for 'config|set' command\r\n");
+        return 0;
+    }
+    if (!srv.cfg->allow_config_set) {
+        request_error(req, "ERR CONFIG SET of a Redis parameter is disabled in ringproxy "
+                           "(allow_config_set = no)");
+        return 0;
+    }
+    return 1;
+}
+
+int admin_config(request *req, const command *cmd, size_t argc, const resp_arg *argv)
+{
+    if (cmd->id == CMD_CONFIG_SET)
+        return config_set_allowed(req, argc, argv);
+    config_get_own(req, argc, argv);
+    return 1;
 }
 
 /* ---- PROXY ---- */

@@ -43,6 +43,8 @@ typedef enum command_merge {
                            error, else the first error */
     MERGE_PAIR_SUM,     /* PUBSUB NUMSUB: [name, count, ...] with the counts summed */
     MERGE_MAX,          /* PUBSUB NUMPAT: the largest integer */
+    MERGE_CONFIG_GET,   /* CONFIG GET: the proxy's own pairs, then the first shard's pairs
+                           (a shard that differs is named in ringproxy-shards-differ) */
 } command_merge;
 
 /* Where the keys of a command are. Most use first/last/step like Redis's
@@ -139,6 +141,8 @@ typedef enum command_id {
     CMD_LOCK_RELEASE,
     CMD_LOCK_EXTEND,
     CMD_LOCK_INFO,
+    CMD_CONFIG_GET, /* the proxy's own settings and the shards' parameters */
+    CMD_CONFIG_SET, /* proxy keys refused; Redis parameters when allow_config_set = yes */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -166,6 +170,7 @@ typedef enum command_route {
     ROUTE_UNSUPPORTED, /* -ERR unsupported command */
     ROUTE_LOCK,        /* LOCK.*: quorum locks on the lock shards (lock.c) */
     ROUTE_COPY,        /* COPY: as ROUTE_KEYS, refused with a DB option */
+    ROUTE_CONFIG,      /* CONFIG GET, SET: admin.c's checks, then every shard */
     ROUTE_COUNT
 } command_route;
 

@@ -77,6 +77,9 @@ FANOUT = {
     "pubsub|channels": ("CMD_OTHER", "MERGE_UNION"),
     "pubsub|numsub": ("CMD_OTHER", "MERGE_PAIR_SUM"),
     "pubsub|numpat": ("CMD_OTHER", "MERGE_MAX"),
+    # the proxy's own settings too; SET refused unless allow_config_set = yes
+    "config|get": ("CMD_CONFIG_GET", "MERGE_CONFIG_GET"),
+    "config|set": ("CMD_CONFIG_SET", "MERGE_ALL_OK"),
 }
 
 # Classes with a routing of their own: name -> (class, command_id).
@@ -128,6 +131,8 @@ ROUTE_BY_ID = {
     "CMD_SCAN": "ROUTE_SCAN",
     "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
     "CMD_COPY": "ROUTE_COPY",
+    "CMD_CONFIG_GET": "ROUTE_CONFIG",   # the proxy's settings, then every shard's
+    "CMD_CONFIG_SET": "ROUTE_CONFIG",   # refused with allow_config_set = no
 }
 ROUTE_BY_CLASS = {
     "COMMAND_FORWARD": "ROUTE_KEYS",
@@ -188,7 +193,7 @@ CONTAINERS = {
     "pubsub": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "acl": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "cluster": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "config": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "config": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "latency": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "module": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "slowlog": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
@@ -574,6 +579,7 @@ MERGE_NOTES = {
     "MERGE_FIRST_OK": "the shard that was running it answers",
     "MERGE_PAIR_SUM": "counts summed over the shards",
     "MERGE_MAX": "the largest count of a shard",
+    "MERGE_CONFIG_GET": "the proxy's settings, then the first shard's values",
 }
 
 ID_NOTES = {
@@ -582,6 +588,8 @@ ID_NOTES = {
     "CMD_EVAL": "without keys: `script_default_shard`",
     "CMD_PUBLISH": "to the shard owning the channel",
     "CMD_FLUSH": "refused with `allow_flush = no`",
+    "CMD_CONFIG_GET": "proxy.ini keys, then the shards' parameters",
+    "CMD_CONFIG_SET": "every shard; refused with `allow_config_set = no`",
     "CMD_BLOCK_LAST": "blocks on a reserved connection",
     "CMD_BLOCK_FIRST": "blocks on a reserved connection",
     "CMD_XREAD": "with BLOCK: on a reserved connection",

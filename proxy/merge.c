@@ -370,6 +370,128 @@ static void merge_max(request *req)
     req->on_done(req, out, (size_t)n);
 }
 
+static int same_element(const element *a, const element *b)
+{
+    return a->len == b->len && memcmp(a->ptr, b->ptr, a->len) == 0;
+}
+
+/* The bytes of a bulk string element ("" when it is not one). */
+static void element_text(const element *e, const char **ptr, size_t *len)
+{
+    size_t pos = 0;
+    if (resp_reply_bulk_at(e->ptr, e->len, &pos, ptr, len) < 0) {
+        *ptr = "";
+        *len = 0;
+    }
+}
+
+/* Whether the bulk string element e holds text. */
+static int element_is(const element *e, const char *text)
+{
+    const char *p;
+    size_t n;
+    element_text(e, &p, &n);
+    return n == strlen(text) && memcmp(p, text, n) == 0;
+}
+
+/* A shard parameter holding a password: shown as "(hidden)" when set. */
+static int secret_parameter(const element *name)
+{
+    return element_is(name, "masterauth") || element_is(name, "requirepass");
+}
+
+/* CONFIG GET: the proxy's own settings (req->own_config), then the first
+ * shard's parameters. A parameter set differently on another shard is
+ * named, with every shard's value, in one extra pair
+ * "ringproxy-shards-differ" (only when some differ), so that a tool shows
+ * the difference rather than one shard's value as the whole truth. A
+ * parameter named like a proxy setting (requirepass) is the proxy's. */
+static void merge_config_get(request *req)
+{
+    element *elems = NULL;
+    size_t n = 0, cap = 0;
+    size_t *start = calloc(req->nfrags + 1, sizeof(size_t));
+    if (!start) {
+        request_error(req, "ERR out of memory merging replies");
+        return;
+    }
+    for (size_t i = 0; i < req->nfrags; i++) {
+        start[i] = n;
+        if (collect(req, &req->frags[i], &elems, &n, &cap) < 0) {
+            free(elems);
+            free(start);
+            return;
+        }
+    }
+    start[req->nfrags] = n;
+    const char *own = buf_head(&req->own_config);
+    size_t own_len = buf_len(&req->own_config), pos = 0;
+    int64_t own_count;
+    if (buf_failed(&req->own_config) || resp_reply_array_at(own, own_len, &pos, &own_count) < 0) {
+        free(elems);
+        free(start);
+        request_error(req, "ERR out of memory merging replies");
+        return;
+    }
+    buf pairs = {0}, differ = {0};
+    int64_t count = own_count;
+    for (size_t k = 0; k + 1 < start[1]; k += 2) {
+        const element *name = &elems[k], *value = &elems[k + 1];
+        const char *np;
+        size_t nl;
+        element_text(name, &np, &nl);
+        if (nl == 11 && memcmp(np, "requirepass", 11) == 0)
+            continue; /* the proxy's own, listed above when asked for */
+        for (size_t i = 1; i < req->nfrags; i++) {
+            const element *other = NULL;
+            for (size_t j = start[i]; j + 1 < start[i + 1] && !other; j += 2)
+                if (same_element(&elems[j], name))
+                    other = &elems[j + 1];
+            if (other && same_element(other, value))
+                continue;
+            buf_printf(&differ, "%s%.*s:", buf_len(&differ) ? "; " : "", (int)nl, np);
+            for (size_t s = 0; s < req->nfrags; s++) {
+                const element *v = NULL;
+                for (size_t j = start[s]; j + 1 < start[s + 1] && !v; j += 2)
+                    if (same_element(&elems[j], name))
+                        v = &elems[j + 1];
+                const char *vp = "(none)";
+                size_t vl = 6;
+                if (v && !secret_parameter(name))
+                    element_text(v, &vp, &vl);
+                buf_printf(&differ, " %s=%.*s", srv.shards[req->frags[s].shard]->name, (int)vl, vp);
+            }
+            break;
+        }
+        buf_append(&pairs, name->ptr, name->len);
+        const char *vp;
+        size_t vl;
+        element_text(value, &vp, &vl);
+        if (secret_parameter(name) && vl)
+            buf_append_bulk(&pairs, "(hidden)", 8);
+        else
+            buf_append(&pairs, value->ptr, value->len);
+        count += 2;
+    }
+    if (buf_len(&differ)) {
+        buf_append_bulk(&pairs, "ringproxy-shards-differ", 23);
+        buf_append_bulk(&pairs, buf_head(&differ), buf_len(&differ));
+        count += 2;
+    }
+    buf out = {0};
+    buf_append_header(&out, '*', count);
+    buf_append(&out, own + pos, own_len - pos);
+    if (buf_len(&pairs))
+        buf_append(&out, buf_head(&pairs), buf_len(&pairs));
+    if (buf_failed(&pairs) || buf_failed(&differ))
+        out.err = 1; /* answered as out of memory */
+    buf_free(&pairs);
+    buf_free(&differ);
+    free(elems);
+    free(start);
+    reply_merged(req, &out);
+}
+
 void merge_replies(request *req)
 {
     switch (req->cmd->merge) {
@@ -402,6 +524,9 @@ void merge_replies(request *req)
         return;
     case MERGE_MAX:
         merge_max(req);
+        return;
+    case MERGE_CONFIG_GET:
+        merge_config_get(req);
         return;
     case MERGE_NONE:
         break;

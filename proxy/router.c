@@ -459,6 +459,13 @@ static void route_fanout(routed *r)
     fanout(r);
 }
 
+/* ROUTE_CONFIG: CONFIG GET and SET, checked by admin.c, then every shard. */
+static void route_config(routed *r)
+{
+    if (admin_config(r->req, r->cmd, r->argc, r->argv))
+        fanout(r);
+}
+
 /* ROUTE_FLUSH: FLUSHDB and FLUSHALL empty every shard, unless the
  * configuration forbids it. */
 static void route_flush(routed *r)
@@ -631,6 +638,7 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_UNSUPPORTED] = {route_unsupported, NULL, NULL},
     [ROUTE_LOCK] = {route_lock, NULL, "locks live on a majority of the lock shards"},
     [ROUTE_COPY] = {route_copy, queue_copy, NULL},
+    [ROUTE_CONFIG] = {route_config, NULL, NEEDS_EVERY_SHARD},
 };
 
 /* A command given between MULTI and EXEC: queued on the transaction's

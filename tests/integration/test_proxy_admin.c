@@ -1,0 +1,193 @@
+/* What monitoring tools, admin UIs and benchmarks ask of a Redis server,
+ * answered for the proxy's own clients across four shards: CONFIG GET shows
+ * the proxy's settings under their proxy.ini names (passwords hidden) and
+ * the shards' parameters (a difference between shards named), CONFIG SET is
+ * refused unless allow_config_set = yes (then every shard takes it), and a
+ * proxy key is never set that way. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+
+static int group_setup(void **state)
+{
+    fixture *f = fixture_start("requirepass = secret\n");
+    *state = f;
+    return f != NULL ? 0 : -1;
+}
+
+static int allowed_group_setup(void **state)
+{
+    fixture *f = fixture_start("allow_config_set = yes\n");
+    *state = f;
+    return f != NULL ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    return fixture_stop(*state);
+}
+
+static redisContext *authed_client(fixture *f)
+{
+    redisContext *c = fixture_client(f);
+    fixture_expect_status(fixture_cmd(c, "AUTH secret"), "OK");
+    return c;
+}
+
+/* The value CONFIG GET gave for name, or NULL when it gave none. */
+static const char *pair_value(const redisReply *r, const char *name)
+{
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (strcmp(r->element[i]->str, name) == 0)
+            return r->element[i + 1]->str;
+    return NULL;
+}
+
+static void expect_pair(const redisReply *r, const char *name, const char *value)
+{
+    const char *got = pair_value(r, name);
+    if (!got)
+        fail_msg("CONFIG GET gave no '%s'", name);
+    assert_string_equal(got, value);
+}
+
+static void test_config_get_shows_proxy_settings(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    redisReply *r = fixture_cmd(c, "CONFIG GET max_clients");
+    fixture_expect_array(r, 2);
+    expect_pair(r, "max_clients", "10000");
+    freeReplyObject(r);
+
+    /* Redis's glob, without regard to case; each key once however many
+     * patterns match it. */
+    r = fixture_cmd(c, "CONFIG GET MIGRATE_* migrate_batch");
+    fixture_expect_array(r, 6);
+    expect_pair(r, "migrate_batch", "1000");
+    expect_pair(r, "migrate_rate", "0");
+    expect_pair(r, "migrate_timeout", "5000");
+    freeReplyObject(r);
+
+    r = fixture_cmd(c, "CONFIG GET max_bulk_len hash allow_config_set watch_config");
+    expect_pair(r, "max_bulk_len", "512mb");
+    expect_pair(r, "hash", "murmur3");
+    expect_pair(r, "allow_config_set", "no");
+    expect_pair(r, "watch_config", "yes");
+    freeReplyObject(r);
+
+    fixture_expect_array(r = fixture_cmd(c, "CONFIG GET no-such-thing"), 0);
+    freeReplyObject(r);
+    fixture_close(f, c);
+}
+
+static void test_config_get_never_shows_passwords(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    redisReply *r = fixture_cmd(c, "CONFIG GET *pass*");
+    char text[4096];
+    fixture_reply_text(r, text, sizeof(text));
+    assert_null(strstr(text, "secret"));
+    expect_pair(r, "requirepass", "(hidden)");
+    expect_pair(r, "backend_password", "");
+    /* requirepass is the proxy's: listed once. */
+    size_t seen = 0;
+    for (size_t i = 0; i < r->elements; i += 2)
+        seen += strcmp(r->element[i]->str, "requirepass") == 0;
+    assert_int_equal(seen, 1);
+    freeReplyObject(r);
+    fixture_close(f, c);
+}
+
+static void test_config_get_asks_the_shards(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    /* What redis-benchmark and admin UIs read. */
+    redisReply *r = fixture_cmd(c, "CONFIG GET save appendonly databases maxmemory-policy");
+    fixture_expect_array(r, 8);
+    expect_pair(r, "appendonly", "no");
+    expect_pair(r, "maxmemory-policy", "noeviction");
+    assert_non_null(pair_value(r, "save"));
+    assert_non_null(pair_value(r, "databases"));
+    freeReplyObject(r);
+
+    /* A parameter set differently on one shard: the first shard's value,
+     * and the difference named with every shard's value. */
+    fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CONFIG SET maxmemory 123mb"), "OK");
+    r = fixture_cmd(c, "CONFIG GET maxmemory");
+    fixture_expect_array(r, 4);
+    expect_pair(r, "maxmemory", "0");
+    const char *differ = pair_value(r, "ringproxy-shards-differ");
+    assert_non_null(differ);
+    assert_non_null(strstr(differ, "maxmemory:"));
+    assert_non_null(strstr(differ, "s1=0"));
+    assert_non_null(strstr(differ, "s3=128974848"));
+    freeReplyObject(r);
+    fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CONFIG SET maxmemory 0"), "OK");
+    fixture_close(f, c);
+}
+
+static void test_config_set_is_refused(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    fixture_expect_error(fixture_cmd(c, "CONFIG SET maxmemory 1mb"),
+                         "ERR CONFIG SET of a Redis parameter is disabled in ringproxy "
+                         "(allow_config_set = no)");
+    fixture_expect_error(fixture_cmd(c, "CONFIG SET max_clients 5"),
+                         "ERR 'max_clients' is a ringproxy setting: change it in proxy.ini, "
+                         "then run PROXY RELOAD");
+    redisReply *r = fixture_cmd(fixture_shard(f, 0), "CONFIG GET maxmemory");
+    expect_pair(r, "maxmemory", "0");
+    freeReplyObject(r);
+    fixture_close(f, c);
+}
+
+static void test_config_set_reaches_every_shard_when_allowed(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = fixture_client(f);
+    fixture_expect_status(fixture_cmd(c, "CONFIG SET maxmemory-policy allkeys-lru"), "OK");
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        redisReply *r = fixture_cmd(fixture_shard(f, i), "CONFIG GET maxmemory-policy");
+        expect_pair(r, "maxmemory-policy", "allkeys-lru");
+        freeReplyObject(r);
+    }
+    redisReply *r = fixture_cmd(c, "CONFIG GET maxmemory-policy");
+    fixture_expect_array(r, 2); /* the same everywhere: nothing differs */
+    freeReplyObject(r);
+    fixture_expect_error(fixture_cmd(c, "CONFIG SET maxmemory-policy no-such-policy"), "ERR");
+    fixture_expect_error(fixture_cmd(c, "CONFIG SET maxmemory"), "ERR wrong number");
+    fixture_expect_error(fixture_cmd(c, "CONFIG SET maxmemory 1mb timeout"), "ERR wrong number");
+    fixture_expect_error(fixture_cmd(c, "CONFIG SET request_timeout 1"),
+                         "ERR 'request_timeout' is a ringproxy setting");
+    fixture_expect_status(fixture_cmd(c, "CONFIG SET maxmemory-policy noeviction"), "OK");
+    fixture_close(f, c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_get_shows_proxy_settings),
+        cmocka_unit_test(test_config_get_never_shows_passwords),
+        cmocka_unit_test(test_config_get_asks_the_shards),
+        cmocka_unit_test(test_config_set_is_refused),
+    };
+    const struct CMUnitTest allowed[] = {
+        cmocka_unit_test(test_config_set_reaches_every_shard_when_allowed),
+    };
+    int failed = cmocka_run_group_tests_name("admin", tests, group_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("config set allowed", allowed, allowed_group_setup,
+                                          group_teardown);
+    return failed;
+}
