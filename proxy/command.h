@@ -186,6 +186,8 @@ enum {
                                                refused, and the transaction aborted */
     COMMAND_FLAG_SINGLE_KEY = 1 << 4,       /* ROUTE_KEYS with argv[1] its only key: routed
                                                by one hash (the router's fast path) */
+    COMMAND_FLAG_NO_MULTI = 1 << 5,         /* Redis's no_multi (SAVE, SHUTDOWN, SYNC): between
+                                               MULTI and EXEC, Redis's own refusal */
 };
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis

@@ -427,6 +427,8 @@ def route_and_flags(row, redis_flags):
         flags.append("COMMAND_FLAG_RUNS_IN_MULTI")
     elif row.cls in NOT_QUEUED_CLASSES and row.name not in QUEUED_LOCAL:
         flags.append("COMMAND_FLAG_NOT_QUEUED")
+    if "no_multi" in redis_flags and row.name not in RUNS_IN_MULTI:
+        flags.append("COMMAND_FLAG_NO_MULTI")
     if (row.route == "ROUTE_KEYS" and row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_RANGE"
             and row.first == 1 and row.last == 1):
         flags.append("COMMAND_FLAG_SINGLE_KEY")

@@ -649,6 +649,11 @@ static void route_in_multi(routed *r)
     request *req = r->req;
     const route_handler *h = &route_handlers[r->cmd->route];
     shard *target = NULL;
+    if (r->cmd->flags & COMMAND_FLAG_NO_MULTI) {
+        txn_abort(req->session);
+        request_error(req, "ERR Command not allowed inside a transaction");
+        return;
+    }
     if (r->cmd->flags & COMMAND_FLAG_NOT_QUEUED || !h->queue_on) {
         txn_abort(req->session);
         if (h->not_queued)

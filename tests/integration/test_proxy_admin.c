@@ -3,7 +3,8 @@
  * the proxy's settings under their proxy.ini names (passwords hidden) and
  * the shards' parameters (a difference between shards named), CONFIG SET is
  * refused unless allow_config_set = yes (then every shard takes it), and a
- * proxy key is never set that way. */
+ * proxy key is never set that way; SAVE and SHUTDOWN inside MULTI get
+ * Redis's own refusal. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -175,6 +176,26 @@ static void test_config_set_reaches_every_shard_when_allowed(void **state)
     fixture_close(f, c);
 }
 
+/* SAVE, SHUTDOWN, SYNC and PSYNC between MULTI and EXEC: Redis's own
+ * refusal, which also aborts the transaction, rather than "unsupported". */
+static void test_server_commands_are_not_allowed_in_multi(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    const char *refused[] = {"SAVE", "SHUTDOWN NOSAVE", "SYNC"};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+        fixture_expect_status(fixture_cmd(c, "SET multi:k v"), "QUEUED");
+        fixture_expect_error(fixture_cmd(c, refused[i]),
+                             "ERR Command not allowed inside a transaction");
+        fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
+    }
+    fixture_expect_nil(fixture_cmd(c, "GET multi:k"));
+    /* Outside a transaction they stay unsupported. */
+    fixture_expect_error(fixture_cmd(c, "SAVE"), "ERR unsupported command 'save'");
+    fixture_close(f, c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_config_get_never_shows_passwords),
         cmocka_unit_test(test_config_get_asks_the_shards),
         cmocka_unit_test(test_config_set_is_refused),
+        cmocka_unit_test(test_server_commands_are_not_allowed_in_multi),
     };
     const struct CMUnitTest allowed[] = {
         cmocka_unit_test(test_config_set_reaches_every_shard_when_allowed),
