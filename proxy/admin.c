@@ -148,12 +148,18 @@ static int info_server(buf *b)
 
 static int info_clients(buf *b)
 {
+    int blocked = 0;
+    for (const session *s = srv.sessions; s; s = s->next)
+        blocked += s->blocked != 0;
+    /* No client tracking through the proxy: tracking_clients is 0. */
     return buf_printf(b,
                       "# Clients\r\n"
                       "connected_clients:%d\r\n"
                       "max_clients:%d\r\n"
+                      "blocked_clients:%d\r\n"
+                      "tracking_clients:0\r\n"
                       "\r\n",
-                      srv.nclients, srv.cfg->max_clients);
+                      srv.nclients, srv.cfg->max_clients, blocked);
 }
 
 static int info_stats(buf *b)
@@ -207,7 +213,7 @@ static int info_shards(buf *b)
     return buf_printf(b, "\r\n");
 }
 
-static void cmd_info(request *req, size_t argc, const resp_arg *argv)
+size_t admin_info(request *req, size_t argc, const resp_arg *argv, resp_arg sections[2])
 {
     buf text = {0};
     /* Each section returns -1 when out of memory, as text keeps it. */
@@ -223,8 +229,18 @@ static void cmd_info(request *req, size_t argc, const resp_arg *argv)
         (void)rebalance_info(&text);
     if (section_wanted("locks", argc, argv))
         (void)lock_info(&text);
-    drop_blank_line(&text);
-    reply_text(req, &text);
+    size_t n = 0;
+    if (section_wanted("keyspace", argc, argv))
+        sections[n++] = (resp_arg){"keyspace", 8};
+    if (section_wanted("stats", argc, argv))
+        sections[n++] = (resp_arg){"stats", 5};
+    if (n == 0 || buf_failed(&text)) {
+        drop_blank_line(&text);
+        reply_text(req, &text);
+        return 0;
+    }
+    req->local_part = text; /* the merge adds the shards' part */
+    return n;
 }
 
 /* ---- CONFIG ---- */
@@ -242,7 +258,7 @@ static int config_pattern_matches(const resp_arg *pattern, const char *name)
 }
 
 /* CONFIG GET: the proxy's own settings matching the patterns, each once, as
- * an array reply kept in req->own_config for the merge. */
+ * an array reply kept in req->local_part for the merge. */
 static void config_get_own(request *req, size_t argc, const resp_arg *argv)
 {
     buf pairs = {0};
@@ -260,11 +276,11 @@ static void config_get_own(request *req, size_t argc, const resp_arg *argv)
         append_str(&pairs, value);
         n += 2;
     }
-    buf_append_header(&req->own_config, '*', (int64_t)n);
+    buf_append_header(&req->local_part, '*', (int64_t)n);
     if (n)
-        buf_append(&req->own_config, buf_head(&pairs), buf_len(&pairs));
+        buf_append(&req->local_part, buf_head(&pairs), buf_len(&pairs));
     if (buf_failed(&pairs))
-        req->own_config.err = 1; /* the merge answers out of memory */
+        req->local_part.err = 1; /* the merge answers out of memory */
     buf_free(&pairs);
 }
 
@@ -640,9 +656,6 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
         return;
     case CMD_CLIENT_LIST:
         cmd_client_list(req, argc, argv);
-        return;
-    case CMD_INFO:
-        cmd_info(req, argc, argv);
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

@@ -43,6 +43,8 @@ typedef enum command_merge {
                            error, else the first error */
     MERGE_PAIR_SUM,     /* PUBSUB NUMSUB: [name, count, ...] with the counts summed */
     MERGE_MAX,          /* PUBSUB NUMPAT: the largest integer */
+    MERGE_INFO,         /* INFO: the proxy's own text (request's local_part) with the
+                           shards' keyspace_hits/misses and Keyspace lines summed */
     MERGE_CONFIG_GET,   /* CONFIG GET: the proxy's own pairs, then the first shard's pairs
                            (a shard that differs is named in ringproxy-shards-differ) */
 } command_merge;
@@ -171,6 +173,7 @@ typedef enum command_route {
     ROUTE_LOCK,        /* LOCK.*: quorum locks on the lock shards (lock.c) */
     ROUTE_COPY,        /* COPY: as ROUTE_KEYS, refused with a DB option */
     ROUTE_CONFIG,      /* CONFIG GET, SET: admin.c's checks, then every shard */
+    ROUTE_INFO,        /* INFO: admin.c's text, plus every shard's keyspace and hits */
     ROUTE_COUNT
 } command_route;
 

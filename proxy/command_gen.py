@@ -50,6 +50,11 @@ LOCAL = {
     "auth": "CMD_AUTH",
 }
 
+# Local commands that also ask every shard: name -> merge.
+LOCAL_MERGES = {
+    "info": "MERGE_INFO",  # the shards' Keyspace and keyspace_hits/misses
+}
+
 # Split per shard and merged: name -> (command_id, merge, arguments per key).
 SPLIT = {
     "mget": ("CMD_MGET", "MERGE_ARRAY_BY_KEY", 1),
@@ -131,6 +136,7 @@ ROUTE_BY_ID = {
     "CMD_SCAN": "ROUTE_SCAN",
     "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
     "CMD_COPY": "ROUTE_COPY",
+    "CMD_INFO": "ROUTE_INFO",           # the shards' keyspace and hit counts added
     "CMD_CONFIG_GET": "ROUTE_CONFIG",   # the proxy's settings, then every shard's
     "CMD_CONFIG_SET": "ROUTE_CONFIG",   # refused with allow_config_set = no
 }
@@ -380,6 +386,7 @@ def classify(cmd, container=None):
         row.cls, row.cmd_id, _ = CONTAINERS[name]
     elif name in LOCAL:
         row.cls, row.cmd_id = "COMMAND_LOCAL", LOCAL[name]
+        row.merge = LOCAL_MERGES.get(name, "MERGE_NONE")
     elif name in SPLIT:
         row.cls = "COMMAND_SPLIT"
         row.cmd_id, row.merge, row.split_step = SPLIT[name]
@@ -582,6 +589,7 @@ MERGE_NOTES = {
     "MERGE_PAIR_SUM": "counts summed over the shards",
     "MERGE_MAX": "the largest count of a shard",
     "MERGE_CONFIG_GET": "the proxy's settings, then the first shard's values",
+    "MERGE_INFO": "the proxy's own, with the shards' keyspace summed",
 }
 
 ID_NOTES = {

@@ -105,15 +105,15 @@ typedef struct request {
                           fragments' key lists (malloc'd) */
     size_t nkeys;
     uint64_t hint; /* backend connection choice (the client's id) */
-    /* A request is one of moved, an (un)subscribe or CONFIG GET; request_free
+    /* A request is one of moved, an (un)subscribe or CONFIG GET / INFO; request_free
      * frees the buffer as saved_request. */
     union {
         buf saved_request; /* rebalancing: a request whose keys must move first keeps
                               a copy of its bytes, routed again once they have moved */
         buf confirmations; /* (un)subscribe: the reply made for it, given once the
                               shards have taken their parts */
-        buf own_config;    /* CONFIG GET: the proxy's own matching settings, an array
-                              reply that merge_replies puts before the shards' pairs */
+        buf local_part;    /* CONFIG GET, INFO: what the proxy answers itself (an array
+                              reply, the INFO text), merged with the shards' replies */
     };
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */

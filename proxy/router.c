@@ -466,6 +466,21 @@ static void route_config(routed *r)
         fanout(r);
 }
 
+/* ROUTE_INFO: INFO, the proxy's own sections, and the shards' keyspace and
+ * hit counts when those sections are asked for (admin.c says which). */
+static void route_info(routed *r)
+{
+    resp_arg shard_info[3] = {{"INFO", 4}};
+    routed ask = *r;
+    ask.argc = 1 + admin_info(r->req, r->argc, r->argv, &shard_info[1]);
+    if (ask.argc == 1)
+        return; /* answered */
+    ask.argv = shard_info;
+    ask.raw = NULL;
+    ask.raw_len = 0;
+    fanout(&ask);
+}
+
 /* ROUTE_FLUSH: FLUSHDB and FLUSHALL empty every shard, unless the
  * configuration forbids it. */
 static void route_flush(routed *r)
@@ -639,6 +654,7 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_LOCK] = {route_lock, NULL, "locks live on a majority of the lock shards"},
     [ROUTE_COPY] = {route_copy, queue_copy, NULL},
     [ROUTE_CONFIG] = {route_config, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_INFO] = {route_info, NULL, ANSWERED_LOCALLY},
 };
 
 /* A command given between MULTI and EXEC: queued on the transaction's

@@ -3,9 +3,11 @@
  * the proxy's settings under their proxy.ini names (passwords hidden) and
  * the shards' parameters (a difference between shards named), CONFIG SET is
  * refused unless allow_config_set = yes (then every shard takes it), and a
- * proxy key is never set that way; SAVE and SHUTDOWN inside MULTI get
+ * proxy key is never set that way; INFO carries what monitoring reads (the
+ * shards' keyspace summed, hit counts, blocked clients); SAVE and SHUTDOWN inside MULTI get
  * Redis's own refusal. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -176,6 +178,144 @@ static void test_config_set_reaches_every_shard_when_allowed(void **state)
     fixture_close(f, c);
 }
 
+/* The INFO text of the proxy (a bulk string), owned by f; sections NULL:
+ * plain INFO. */
+static const char *info(fixture *f, redisContext *c, const char *sections)
+{
+    redisReply *r = sections ? fixture_cmd(c, "INFO %s", sections) : fixture_cmd(c, "INFO");
+    if (r->type != REDIS_REPLY_STRING)
+        fail_msg("INFO %s: not a bulk string", sections ? sections : "");
+    char *text = fixture_alloc(f, r->len + 1);
+    memcpy(text, r->str, r->len);
+    freeReplyObject(r);
+    return text;
+}
+
+/* The number after "<name>:" in an INFO text; fails the test without it. */
+static long long info_number(const char *text, const char *name)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "\n%s:", name);
+    const char *at = strstr(text, key);
+    if (!at)
+        fail_msg("INFO has no %s:\n%s", name, text);
+    return strtoll(at + strlen(key), NULL, 10);
+}
+
+static void test_info_keyspace_sums_the_shards(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    fixture_expect_status(fixture_cmd(c, "FLUSHDB"), "OK");
+    const char *text = info(f, c, "keyspace");
+    assert_string_equal(text, "# Keyspace\r\n"); /* no db0 line while empty, as Redis */
+    for (int i = 0; i < 100; i++)
+        fixture_expect_status(fixture_cmd(c, "SET ks:%d v", i), "OK");
+    for (int i = 0; i < 10; i++)
+        fixture_expect_int(fixture_cmd(c, "EXPIRE ks:%d 1000", i), 1);
+    text = info(f, c, "keyspace");
+    const char *line = strstr(text, "db0:keys=100,expires=10,avg_ttl=");
+    if (!line)
+        fail_msg("INFO keyspace: %s", text);
+    long long avg_ttl = strtoll(line + strlen("db0:keys=100,expires=10,avg_ttl="), NULL, 10);
+    /* Redis estimates avg_ttl as its expiry cycle samples keys: 0 until it
+     * has, never above the ttl given. */
+    assert_true(avg_ttl >= 0 && avg_ttl <= 1000000);
+    /* The default sections carry it too, last, as in Redis. */
+    text = info(f, c, NULL);
+    assert_non_null(strstr(text, "\r\n\r\n# Keyspace\r\ndb0:keys=100,"));
+    fixture_expect_status(fixture_cmd(c, "FLUSHDB"), "OK");
+    fixture_close(f, c);
+}
+
+static void test_info_fields_monitoring_reads(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    const char *before = info(f, c, "stats");
+    fixture_expect_status(fixture_cmd(c, "SET hit:1 v"), "OK");
+    fixture_expect_str(fixture_cmd(c, "GET hit:1"), "v");
+    fixture_expect_str(fixture_cmd(c, "GET hit:1"), "v");
+    fixture_expect_nil(fixture_cmd(c, "GET miss:1"));
+    const char *after = info(f, c, "stats");
+    assert_int_equal(info_number(after, "keyspace_hits") - info_number(before, "keyspace_hits"), 2);
+    assert_int_equal(info_number(after, "keyspace_misses") - info_number(before, "keyspace_misses"),
+                     1);
+    /* Existing fields keep their place and names. */
+    assert_true(info_number(after, "total_commands_processed") > 0);
+    assert_true(info_number(after, "total_net_input_bytes") > 0);
+    assert_true(info_number(after, "total_net_output_bytes") > 0);
+    (void)info_number(after, "instantaneous_ops_per_sec");
+    (void)info_number(after, "rejected_connections");
+    assert_null(strstr(after, "# Keyspace")); /* asked for stats only */
+
+    const char *clients = info(f, c, "clients");
+    assert_int_equal(info_number(clients, "blocked_clients"), 0);
+    assert_int_equal(info_number(clients, "tracking_clients"), 0);
+    assert_true(info_number(clients, "connected_clients") >= 1);
+
+    for (size_t i = 0; i < 2; i++) {
+        const char *every = info(f, c, i ? "everything" : "all");
+        assert_non_null(strstr(every, "# Server\r\n"));
+        assert_non_null(strstr(every, "# Stats\r\n"));
+        assert_non_null(strstr(every, "# Shards\r\n"));
+        assert_non_null(strstr(every, "# Keyspace\r\n"));
+        (void)info_number(every, "keyspace_hits");
+    }
+    fixture_close(f, c);
+}
+
+/* A blocked client is counted while its command waits. */
+static void test_info_counts_blocked_clients(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f), *blocker = authed_client(f);
+    if (redisAppendCommand(blocker, "BLPOP blocked:list 10") != REDIS_OK)
+        fail_msg("BLPOP not sent");
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(blocker, &done) != REDIS_OK)
+            fail_msg("BLPOP not sent");
+    long long blocked = 0;
+    for (long long t0 = fixture_now_ms(); blocked == 0 && fixture_now_ms() - t0 < 5000;) {
+        blocked = info_number(info(f, c, "clients"), "blocked_clients");
+        if (!blocked)
+            fixture_sleep_ms(20);
+    }
+    assert_int_equal(blocked, 1);
+    fixture_expect_int(fixture_cmd(c, "RPUSH blocked:list x"), 1);
+    redisReply *r = fixture_next_reply(blocker);
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+    assert_int_equal(info_number(info(f, c, "clients"), "blocked_clients"), 0);
+    fixture_close(f, blocker);
+    fixture_close(f, c);
+}
+
+/* With a shard down INFO still answers, the keyspace summed over the
+ * shards that do. Last of its group: the shard comes back empty. */
+static void test_info_with_a_shard_down(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    for (int i = 0; i < 100; i++)
+        fixture_expect_status(fixture_cmd(c, "SET down:%d v", i), "OK");
+    long long others = 0;
+    for (int i = 0; i < FIXTURE_SHARDS - 1; i++) {
+        redisReply *r = fixture_cmd(fixture_shard(f, i), "DBSIZE");
+        others += r->integer;
+        freeReplyObject(r);
+    }
+    assert_true(harness_proc_stop(&f->shards[FIXTURE_SHARDS - 1], SIGKILL) != -1);
+    const char *text = info(f, c, NULL);
+    char line[64];
+    snprintf(line, sizeof(line), "\r\ndb0:keys=%lld,", others);
+    if (!strstr(text, line))
+        fail_msg("INFO with s4 down lacks %s:\n%s", line + 2, text);
+    assert_int_equal(harness_redis_restart(&f->shards[FIXTURE_SHARDS - 1]), 0);
+    fixture_close(f, c);
+}
+
 /* SAVE, SHUTDOWN, SYNC and PSYNC between MULTI and EXEC: Redis's own
  * refusal, which also aborts the transaction, rather than "unsupported". */
 static void test_server_commands_are_not_allowed_in_multi(void **state)
@@ -204,6 +344,10 @@ int main(void)
         cmocka_unit_test(test_config_get_asks_the_shards),
         cmocka_unit_test(test_config_set_is_refused),
         cmocka_unit_test(test_server_commands_are_not_allowed_in_multi),
+        cmocka_unit_test(test_info_keyspace_sums_the_shards),
+        cmocka_unit_test(test_info_fields_monitoring_reads),
+        cmocka_unit_test(test_info_counts_blocked_clients),
+        cmocka_unit_test(test_info_with_a_shard_down),
     };
     const struct CMUnitTest allowed[] = {
         cmocka_unit_test(test_config_set_reaches_every_shard_when_allowed),
