@@ -489,6 +489,159 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
     reply_buf(req, &b);
 }
 
+/* Whether a client name (or library name, version) has only printable
+ * characters and no space, as Redis requires. */
+static int printable_word(const resp_arg *a)
+{
+    for (size_t i = 0; i < a->len; i++) {
+        unsigned char ch = (unsigned char)a->ptr[i];
+        if (ch <= ' ' || ch > '~')
+            return 0;
+    }
+    return 1;
+}
+
+/* CLIENT SETINFO LIB-NAME name | LIB-VER version (Redis 7.2). */
+static void cmd_client_setinfo(request *req, const resp_arg *attr, const resp_arg *value)
+{
+    session *sess = req->session;
+    char **field = NULL;
+    if (arg_is(attr, "lib-name"))
+        field = sess ? &sess->lib_name : NULL;
+    else if (arg_is(attr, "lib-ver"))
+        field = sess ? &sess->lib_ver : NULL;
+    else {
+        request_error(req, "ERR Unrecognized option '%.*s'", (int)(attr->len > 40 ? 40 : attr->len),
+                      attr->ptr);
+        return;
+    }
+    if (!printable_word(value)) {
+        request_error(req, "ERR %s cannot contain spaces, newlines or special characters.",
+                      arg_is(attr, "lib-name") ? "lib-name" : "lib-ver");
+        return;
+    }
+    if (field) {
+        free(*field);
+        *field = value->len ? strndup(value->ptr, value->len) : NULL;
+    }
+    reply_str(req, "+OK\r\n");
+}
+
+/* CLIENT NO-EVICT on|off. */
+static void cmd_client_no_evict(request *req, const resp_arg *mode)
+{
+    /* The proxy evicts no client for memory (max_client_output closes a
+     * client over its limit, whatever it asked): on and off are accepted. */
+    if (arg_is(mode, "on") || arg_is(mode, "off"))
+        reply_str(req, "+OK\r\n");
+    else
+        reply_str(req, "-ERR syntax error\r\n");
+}
+
+/* What CLIENT KILL looks for; a zero / NULL field matches any client. */
+typedef struct kill_filter {
+    uint64_t id;           /* ID */
+    const resp_arg *addr;  /* ADDR, or the old form's ip:port */
+    const resp_arg *laddr; /* LADDR: the proxy's listen address */
+    int no_user;           /* USER other than default: matches none */
+    int skip_me;           /* SKIPME yes (the new form's default) */
+} kill_filter;
+
+/* Reads CLIENT KILL's filters (argv[2..]). 0, or -1 after replying. */
+static int kill_filters(request *req, size_t argc, const resp_arg *argv, kill_filter *kf)
+{
+    memset(kf, 0, sizeof(*kf));
+    if (argc == 3) { /* CLIENT KILL ip:port: the old form, which may kill the caller */
+        kf->addr = &argv[2];
+        return 0;
+    }
+    kf->skip_me = 1;
+    if (argc % 2 != 0) {
+        reply_str(req, "-ERR syntax error\r\n");
+        return -1;
+    }
+    for (size_t i = 2; i + 1 < argc; i += 2) {
+        const resp_arg *opt = &argv[i], *val = &argv[i + 1];
+        long long id;
+        if (arg_is(opt, "id")) {
+            if (arg_int(val, &id) < 0 || id <= 0) {
+                reply_str(req, "-ERR client-id should be greater than 0\r\n");
+                return -1;
+            }
+            kf->id = (uint64_t)id;
+        } else if (arg_is(opt, "addr")) {
+            kf->addr = val;
+        } else if (arg_is(opt, "laddr")) {
+            kf->laddr = val;
+        } else if (arg_is(opt, "user")) {
+            kf->no_user = !arg_is(val, "default");
+        } else if (arg_is(opt, "skipme")) {
+            if (arg_is(val, "yes"))
+                kf->skip_me = 1;
+            else if (arg_is(val, "no"))
+                kf->skip_me = 0;
+            else {
+                reply_str(req, "-ERR syntax error\r\n");
+                return -1;
+            }
+        } else {
+            reply_str(req, "-ERR syntax error\r\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int kill_matches(const kill_filter *kf, const session *s, const session *me)
+{
+    if (kf->no_user || (kf->skip_me && s == me) || (kf->id && s->id != kf->id))
+        return 0;
+    if (kf->addr && !(s->addr && arg_is(kf->addr, s->addr)))
+        return 0;
+    if (kf->laddr) {
+        char laddr[CONFIG_ADDR_MAX];
+        config_format_addr(srv.cfg->listen_host, (uint16_t)srv.listen_port, laddr, sizeof(laddr));
+        if (!arg_is(kf->laddr, laddr))
+            return 0;
+    }
+    return 1;
+}
+
+/* CLIENT KILL: closes the proxy's own clients that match, after the
+ * replies already due to them; the caller, when it matches (SKIPME no, or
+ * the old form), once this reply is out. */
+static void cmd_client_kill(request *req, size_t argc, const resp_arg *argv)
+{
+    kill_filter kf;
+    if (kill_filters(req, argc, argv, &kf) < 0)
+        return;
+    session *me = req->session;
+    long long killed = 0;
+    int kill_me = 0;
+    for (session *s = srv.sessions; s; s = s->next) {
+        if (!kill_matches(&kf, s, me))
+            continue;
+        killed++;
+        if (s == me)
+            kill_me = 1;
+        else
+            s->close_after_replies(s, "killed by CLIENT KILL");
+    }
+    if (argc == 3 && killed == 0) {
+        reply_str(req, "-ERR No such client\r\n");
+        return;
+    }
+    if (argc == 3) {
+        reply_str(req, "+OK\r\n");
+    } else {
+        buf b = {0};
+        buf_append_header(&b, ':', killed);
+        reply_buf(req, &b);
+    }
+    if (kill_me)
+        me->close_after_replies(me, "killed itself by CLIENT KILL");
+}
+
 static void cmd_client(request *req, command_id id, size_t argc, const resp_arg *argv)
 {
     session *sess = req->session;
@@ -503,13 +656,10 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
             reply_str(req, "$-1\r\n");
     } else {
         (void)argc;
-        for (size_t i = 0; i < argv[2].len; i++) {
-            unsigned char ch = (unsigned char)argv[2].ptr[i];
-            if (ch <= ' ' || ch > '~') {
-                reply_str(req, "-ERR Client names cannot contain spaces, newlines or special "
-                               "characters.\r\n");
-                return;
-            }
+        if (!printable_word(&argv[2])) {
+            reply_str(req, "-ERR Client names cannot contain spaces, newlines or special "
+                           "characters.\r\n");
+            return;
         }
         if (sess) {
             free(sess->name);
@@ -540,12 +690,12 @@ static void client_line(buf *b, const session *s)
     uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
     buf_printf(b,
                "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
-               "multi=%d cmd=%s state=%s\n",
+               "multi=%d cmd=%s state=%s lib-name=%s lib-ver=%s\n",
                (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
                (unsigned long long)((now - s->created_us) / 1000000),
                (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
-               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
-               s->state ? s->state(s) : "?");
+               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL", s->state ? s->state(s) : "?",
+               s->lib_name ? s->lib_name : "", s->lib_ver ? s->lib_ver : "");
 }
 
 static void cmd_client_info(request *req)
@@ -656,6 +806,15 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
         return;
     case CMD_CLIENT_LIST:
         cmd_client_list(req, argc, argv);
+        return;
+    case CMD_CLIENT_SETINFO:
+        cmd_client_setinfo(req, &argv[2], &argv[3]);
+        return;
+    case CMD_CLIENT_NO_EVICT:
+        cmd_client_no_evict(req, &argv[2]);
+        return;
+    case CMD_CLIENT_KILL:
+        cmd_client_kill(req, argc, argv);
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

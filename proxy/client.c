@@ -200,6 +200,8 @@ static void client_free(client *c, const char *reason)
     buf_free(&c->out);
     resp_request_free(&c->scan);
     free(c->sess.name);
+    free(c->sess.lib_name);
+    free(c->sess.lib_ver);
     free(c);
     srv.nclients--;
 }

@@ -143,8 +143,11 @@ typedef enum command_id {
     CMD_LOCK_RELEASE,
     CMD_LOCK_EXTEND,
     CMD_LOCK_INFO,
-    CMD_CONFIG_GET, /* the proxy's own settings and the shards' parameters */
-    CMD_CONFIG_SET, /* proxy keys refused; Redis parameters when allow_config_set = yes */
+    CMD_CLIENT_KILL,     /* the proxy's own clients */
+    CMD_CLIENT_NO_EVICT, /* accepted: the proxy evicts no client for memory */
+    CMD_CLIENT_SETINFO,  /* Redis 7.2's, sent by clients on connect */
+    CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
+    CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the

@@ -47,6 +47,9 @@ LOCAL = {
     "client|id": "CMD_CLIENT_ID",
     "client|info": "CMD_CLIENT_INFO",
     "client|list": "CMD_CLIENT_LIST",
+    "client|kill": "CMD_CLIENT_KILL",
+    "client|no-evict": "CMD_CLIENT_NO_EVICT",
+    "client|setinfo": "CMD_CLIENT_SETINFO",
     "auth": "CMD_AUTH",
 }
 
@@ -211,6 +214,12 @@ SUB_CLASS = {
     "xinfo|help": "COMMAND_UNSUPPORTED",
     "xgroup|help": "COMMAND_UNSUPPORTED",
 }
+
+# Subcommands of a later Redis that clients send on connect (redis-py 5,
+# go-redis 9 send CLIENT SETINFO): container, name, arity (Redis 7.2's).
+LATER_SUBCOMMANDS = [
+    ("client", "client|setinfo", 4),
+]
 
 # The proxy's own container command (not a Redis command).
 PROXY_SUBCOMMANDS = [
@@ -509,6 +518,11 @@ def build_rows(commands):
         row = classify(cmd)
         if cmd["subcommands"]:
             subs = [classify(fields(s), cmd["name"]) for s in cmd["subcommands"]]
+            for container, name, arity in LATER_SUBCOMMANDS:
+                if container == cmd["name"]:
+                    later = {"name": name, "arity": arity, "flags": set(), "first": 0,
+                             "last": 0, "step": 0, "subcommands": []}
+                    subs.append(classify(later, container))
             row.subs = "%s_subcommands" % cmd["name"].replace("-", "_")
             sub_arrays.append((row.subs, sorted(subs, key=lambda r: r.name)))
         rows.append(row)
@@ -612,6 +626,9 @@ ID_NOTES = {
     "CMD_RESET": "also ends transactions and subscriptions",
     "CMD_CLIENT_INFO": "the proxy's own clients",
     "CMD_CLIENT_LIST": "the proxy's own clients",
+    "CMD_CLIENT_KILL": "the proxy's own clients",
+    "CMD_CLIENT_NO_EVICT": "accepted; nothing to evict",
+    "CMD_CLIENT_SETINFO": "shown in CLIENT LIST, as Redis 7.2",
     "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",

@@ -57,6 +57,8 @@ typedef struct fragment {
 typedef struct session {
     uint64_t id;           /* CLIENT ID */
     char *name;            /* CLIENT SETNAME, NULL when unset */
+    char *lib_name;        /* CLIENT SETINFO LIB-NAME, NULL when unset */
+    char *lib_ver;         /* CLIENT SETINFO LIB-VER, NULL when unset */
     int close_after_reply; /* QUIT: close once the replies before it are out */
     int authenticated;     /* AUTH succeeded (only checked when requirepass is set) */
     int hold_input;        /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight:

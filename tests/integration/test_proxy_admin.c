@@ -4,7 +4,8 @@
  * the shards' parameters (a difference between shards named), CONFIG SET is
  * refused unless allow_config_set = yes (then every shard takes it), and a
  * proxy key is never set that way; INFO carries what monitoring reads (the
- * shards' keyspace summed, hit counts, blocked clients); SAVE and SHUTDOWN inside MULTI get
+ * shards' keyspace summed, hit counts, blocked clients); CLIENT SETINFO,
+ * NO-EVICT and KILL act on the proxy's own clients; SAVE and SHUTDOWN inside MULTI get
  * Redis's own refusal. */
 #include <setjmp.h>
 #include <signal.h>
@@ -316,6 +317,107 @@ static void test_info_with_a_shard_down(void **state)
     fixture_close(f, c);
 }
 
+/* The CLIENT LIST line of the client whose id is id ("" when none). */
+static void client_line(fixture *f, redisContext *c, long long id, char *out, size_t cap)
+{
+    redisReply *r = fixture_cmd(c, "CLIENT LIST ID %lld", id);
+    if (r->type != REDIS_REPLY_STRING)
+        fail_msg("CLIENT LIST: not a bulk string");
+    snprintf(out, cap, "%s", r->str);
+    freeReplyObject(r);
+    (void)f;
+}
+
+static long long client_id(redisContext *c)
+{
+    redisReply *r = fixture_cmd(c, "CLIENT ID");
+    long long id = r->integer;
+    freeReplyObject(r);
+    return id;
+}
+
+static void test_client_setinfo_and_no_evict(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    fixture_expect_status(fixture_cmd(c, "CLIENT SETINFO lib-name redis-py"), "OK");
+    fixture_expect_status(fixture_cmd(c, "CLIENT SETINFO LIB-VER 5.0.1"), "OK");
+    fixture_expect_error(fixture_cmd(c, "CLIENT SETINFO lib-name %s", "a b"),
+                         "ERR lib-name cannot contain spaces");
+    fixture_expect_error(fixture_cmd(c, "CLIENT SETINFO lib-color red"),
+                         "ERR Unrecognized option 'lib-color'");
+    char line[1024];
+    client_line(f, c, client_id(c), line, sizeof(line));
+    /* Redis 7.2's fields, after the ones the line had. */
+    const char *state_at = strstr(line, " state=");
+    const char *lib_at = strstr(line, " lib-name=redis-py lib-ver=5.0.1\n");
+    if (!state_at || !lib_at || lib_at < state_at)
+        fail_msg("CLIENT LIST line: %s", line);
+    redisReply *r = fixture_cmd(c, "CLIENT INFO");
+    assert_non_null(strstr(r->str, "lib-name=redis-py lib-ver=5.0.1"));
+    freeReplyObject(r);
+
+    fixture_expect_status(fixture_cmd(c, "CLIENT NO-EVICT on"), "OK");
+    fixture_expect_status(fixture_cmd(c, "CLIENT NO-EVICT OFF"), "OK");
+    fixture_expect_error(fixture_cmd(c, "CLIENT NO-EVICT maybe"), "ERR syntax error");
+    fixture_close(f, c);
+}
+
+/* Whether the server closed c: a command gets no reply. */
+static int closed(redisContext *c)
+{
+    redisReply *r = redisCommand(c, "PING");
+    if (r)
+        freeReplyObject(r);
+    return r == NULL;
+}
+
+static void test_client_kill_filters(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    redisContext *victim = authed_client(f);
+    long long victim_id = client_id(victim);
+
+    fixture_expect_int(fixture_cmd(c, "CLIENT KILL ID 999999"), 0);
+    fixture_expect_int(fixture_cmd(c, "CLIENT KILL USER nobody"), 0);
+    fixture_expect_error(fixture_cmd(c, "CLIENT KILL ID x"), "ERR client-id should be");
+    fixture_expect_error(fixture_cmd(c, "CLIENT KILL ID 1 SKIPME"), "ERR syntax error");
+    fixture_expect_error(fixture_cmd(c, "CLIENT KILL ID"), "ERR No such client"); /* ip:port */
+    fixture_expect_error(fixture_cmd(c, "CLIENT KILL 1.2.3.4:5"), "ERR No such client");
+    /* SKIPME yes by default: the caller survives a filter it matches. */
+    fixture_expect_int(fixture_cmd(c, "CLIENT KILL ID %lld", client_id(c)), 0);
+    fixture_expect_int(fixture_cmd(c, "CLIENT KILL ID %lld USER default", victim_id), 1);
+    assert_true(closed(victim));
+    fixture_close(f, victim);
+
+    /* ADDR, LADDR and the old ip:port form. */
+    victim = authed_client(f);
+    char line[1024], addr[128];
+    client_line(f, c, client_id(victim), line, sizeof(line));
+    const char *at = strstr(line, "addr=");
+    assert_non_null(at);
+    snprintf(addr, sizeof(addr), "%.*s", (int)strcspn(at + 5, " "), at + 5);
+    fixture_expect_int(fixture_cmd(c, "CLIENT KILL ADDR %s LADDR 127.0.0.1:1", addr), 0);
+    fixture_expect_int(
+        fixture_cmd(c, "CLIENT KILL ADDR %s LADDR 127.0.0.1:%d", addr, f->proxy.port), 1);
+    assert_true(closed(victim));
+    fixture_close(f, victim);
+    victim = authed_client(f);
+    client_line(f, c, client_id(victim), line, sizeof(line));
+    at = strstr(line, "addr=");
+    snprintf(addr, sizeof(addr), "%.*s", (int)strcspn(at + 5, " "), at + 5);
+    fixture_expect_status(fixture_cmd(c, "CLIENT KILL %s", addr), "OK");
+    assert_true(closed(victim));
+    fixture_close(f, victim);
+
+    /* SKIPME no: the caller itself, once its reply is out. */
+    redisReply *r = fixture_cmd(c, "CLIENT KILL ID %lld SKIPME no", client_id(c));
+    fixture_expect_int(r, 1);
+    assert_true(closed(c));
+    fixture_close(f, c);
+}
+
 /* SAVE, SHUTDOWN, SYNC and PSYNC between MULTI and EXEC: Redis's own
  * refusal, which also aborts the transaction, rather than "unsupported". */
 static void test_server_commands_are_not_allowed_in_multi(void **state)
@@ -347,6 +449,8 @@ int main(void)
         cmocka_unit_test(test_info_keyspace_sums_the_shards),
         cmocka_unit_test(test_info_fields_monitoring_reads),
         cmocka_unit_test(test_info_counts_blocked_clients),
+        cmocka_unit_test(test_client_setinfo_and_no_evict),
+        cmocka_unit_test(test_client_kill_filters),
         cmocka_unit_test(test_info_with_a_shard_down),
     };
     const struct CMUnitTest allowed[] = {
