@@ -538,6 +538,33 @@ static void cmd_client_no_evict(request *req, const resp_arg *mode)
         reply_str(req, "-ERR syntax error\r\n");
 }
 
+/* CLIENT REPLY ON|OFF|SKIP. OFF and SKIP are not answered themselves.
+ * What OFF silences is the replies to commands: pub/sub messages pushed
+ * to a subscriber later are still written. */
+static void cmd_client_reply(request *req, const resp_arg *mode)
+{
+    session *sess = req->session;
+    if (arg_is(mode, "on")) {
+        req->silent = 0;
+        if (sess)
+            sess->reply_mode = SESSION_REPLY_ON;
+        reply_str(req, "+OK\r\n");
+        return;
+    }
+    if (arg_is(mode, "off")) {
+        if (sess)
+            sess->reply_mode = SESSION_REPLY_OFF;
+    } else if (arg_is(mode, "skip")) {
+        if (sess && sess->reply_mode != SESSION_REPLY_OFF)
+            sess->reply_mode = SESSION_REPLY_SKIP;
+    } else {
+        reply_str(req, "-ERR syntax error\r\n");
+        return;
+    }
+    req->silent = 1;
+    reply_str(req, "+OK\r\n");
+}
+
 /* What CLIENT KILL looks for; a zero / NULL field matches any client. */
 typedef struct kill_filter {
     uint64_t id;           /* ID */
@@ -815,6 +842,9 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
         return;
     case CMD_CLIENT_KILL:
         cmd_client_kill(req, argc, argv);
+        return;
+    case CMD_CLIENT_REPLY:
+        cmd_client_reply(req, &argv[2]);
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

@@ -232,6 +232,8 @@ static void request_finished(request *req, const char *reply, size_t len)
         return;
     }
     c->inflight--;
+    if (req->silent)
+        len = 0; /* CLIENT REPLY OFF or SKIP: keeps its place, writes nothing */
     if (req != c->head) {
         /* Most replies are a few bytes: keep them in the request itself. A
          * big one offered by its shard connection is taken, not copied. */

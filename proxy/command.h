@@ -146,6 +146,7 @@ typedef enum command_id {
     CMD_CLIENT_KILL,     /* the proxy's own clients */
     CMD_CLIENT_NO_EVICT, /* accepted: the proxy evicts no client for memory */
     CMD_CLIENT_SETINFO,  /* Redis 7.2's, sent by clients on connect */
+    CMD_CLIENT_REPLY,    /* ON, OFF, SKIP: whether the client's replies are written */
     CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
     CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
 } command_id;

@@ -50,6 +50,7 @@ LOCAL = {
     "client|kill": "CMD_CLIENT_KILL",
     "client|no-evict": "CMD_CLIENT_NO_EVICT",
     "client|setinfo": "CMD_CLIENT_SETINFO",
+    "client|reply": "CMD_CLIENT_REPLY",
     "auth": "CMD_AUTH",
 }
 
@@ -629,6 +630,7 @@ ID_NOTES = {
     "CMD_CLIENT_KILL": "the proxy's own clients",
     "CMD_CLIENT_NO_EVICT": "accepted; nothing to evict",
     "CMD_CLIENT_SETINFO": "shown in CLIENT LIST, as Redis 7.2",
+    "CMD_CLIENT_REPLY": "ON, OFF, SKIP",
     "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",

@@ -814,6 +814,12 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
 {
     srv.stats.commands++;
     req->hint = hint;
+    session *sess = req->session;
+    if (sess && sess->reply_mode != SESSION_REPLY_ON) {
+        req->silent = 1; /* CLIENT REPLY OFF, or the command after SKIP */
+        if (sess->reply_mode == SESSION_REPLY_SKIP)
+            sess->reply_mode = SESSION_REPLY_ON;
+    }
     routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
     route(&r);
 }

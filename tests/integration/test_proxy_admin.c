@@ -5,7 +5,7 @@
  * refused unless allow_config_set = yes (then every shard takes it), and a
  * proxy key is never set that way; INFO carries what monitoring reads (the
  * shards' keyspace summed, hit counts, blocked clients); CLIENT SETINFO,
- * NO-EVICT and KILL act on the proxy's own clients; SAVE and SHUTDOWN inside MULTI get
+ * NO-EVICT, REPLY and KILL act on the proxy's own clients; SAVE and SHUTDOWN inside MULTI get
  * Redis's own refusal. */
 #include <setjmp.h>
 #include <signal.h>
@@ -363,6 +363,35 @@ static void test_client_setinfo_and_no_evict(void **state)
     fixture_close(f, c);
 }
 
+/* Sends a command without waiting for its reply. */
+static void send_only(redisContext *c, const char *cmd)
+{
+    if (redisAppendCommand(c, cmd) != REDIS_OK)
+        fail_msg("%s not queued", cmd);
+}
+
+static void test_client_reply_off_skip_on(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    /* OFF: neither it nor what follows is answered, until ON. */
+    send_only(c, "CLIENT REPLY OFF");
+    send_only(c, "SET reply:1 a");
+    send_only(c, "GET no-such-key");
+    send_only(c, "CLIENT REPLY ON");
+    send_only(c, "GET reply:1");
+    fixture_expect_status(fixture_next_reply(c), "OK"); /* ON's */
+    fixture_expect_str(fixture_next_reply(c), "a");
+    /* SKIP: it and the next command are not answered. */
+    send_only(c, "CLIENT REPLY SKIP");
+    send_only(c, "SET reply:2 b");
+    send_only(c, "GET reply:2");
+    fixture_expect_str(fixture_next_reply(c), "b");
+    fixture_expect_error(fixture_cmd(c, "CLIENT REPLY maybe"), "ERR syntax error");
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+    fixture_close(f, c);
+}
+
 /* Whether the server closed c: a command gets no reply. */
 static int closed(redisContext *c)
 {
@@ -450,6 +479,7 @@ int main(void)
         cmocka_unit_test(test_info_fields_monitoring_reads),
         cmocka_unit_test(test_info_counts_blocked_clients),
         cmocka_unit_test(test_client_setinfo_and_no_evict),
+        cmocka_unit_test(test_client_reply_off_skip_on),
         cmocka_unit_test(test_client_kill_filters),
         cmocka_unit_test(test_info_with_a_shard_down),
     };
