@@ -697,7 +697,8 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
 }
 
 /* One CLIENT LIST line, with the fields of Redis's that mean something for
- * a proxy client, and the proxy's own state= of the connection last. */
+ * a proxy client (Redis 7.2's lib-name and lib-ver after the others), and
+ * the proxy's own state= of the connection last. */
 static void client_line(buf *b, const session *s)
 {
     int channels, patterns;
@@ -717,12 +718,13 @@ static void client_line(buf *b, const session *s)
     uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
     buf_printf(b,
                "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
-               "multi=%d cmd=%s state=%s lib-name=%s lib-ver=%s\n",
+               "multi=%d cmd=%s lib-name=%s lib-ver=%s state=%s\n",
                (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
                (unsigned long long)((now - s->created_us) / 1000000),
                (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
-               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL", s->state ? s->state(s) : "?",
-               s->lib_name ? s->lib_name : "", s->lib_ver ? s->lib_ver : "");
+               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
+               s->lib_name ? s->lib_name : "", s->lib_ver ? s->lib_ver : "",
+               s->state ? s->state(s) : "?");
 }
 
 static void cmd_client_info(request *req)

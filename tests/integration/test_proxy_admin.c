@@ -348,10 +348,11 @@ static void test_client_setinfo_and_no_evict(void **state)
                          "ERR Unrecognized option 'lib-color'");
     char line[1024];
     client_line(f, c, client_id(c), line, sizeof(line));
-    /* Redis 7.2's fields, after the ones the line had. */
-    const char *state_at = strstr(line, " state=");
-    const char *lib_at = strstr(line, " lib-name=redis-py lib-ver=5.0.1\n");
-    if (!state_at || !lib_at || lib_at < state_at)
+    /* Redis 7.2's fields, after Redis's others; the proxy's state= stays
+     * last. */
+    const char *cmd_at = strstr(line, " cmd=");
+    const char *lib_at = strstr(line, " lib-name=redis-py lib-ver=5.0.1 state=");
+    if (!cmd_at || !lib_at || lib_at < cmd_at)
         fail_msg("CLIENT LIST line: %s", line);
     redisReply *r = fixture_cmd(c, "CLIENT INFO");
     assert_non_null(strstr(r->str, "lib-name=redis-py lib-ver=5.0.1"));
