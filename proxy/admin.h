@@ -22,8 +22,9 @@ int admin_config(request *req, const command *cmd, size_t argc, const resp_arg *
 
 /* INFO: builds the proxy's own sections into req->local_part and writes to
  * sections[0..n) the sections to ask every shard for ("keyspace" for the
- * Keyspace lines, "stats" for keyspace_hits/misses); returns n. With 0
- * nothing is asked of the shards and req has been answered. */
+ * Keyspace lines, "stats" for keyspace_hits/misses: only when keyspace, all
+ * or everything is asked for); returns n. With 0 nothing is asked of the
+ * shards and req has been answered. */
 size_t admin_info(request *req, size_t argc, const resp_arg *argv, resp_arg sections[2]);
 
 #endif

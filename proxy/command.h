@@ -217,7 +217,18 @@ typedef struct command {
     command_numkeys numkeys; /* KEYS_*NUMKEYS: how numkeys is checked */
     command_route route;     /* the router's handler */
     unsigned flags;          /* COMMAND_FLAG_* */
+    unsigned stat;           /* its counters: command_stats[stat] */
 } command;
+
+/* INFO commandstats counters of one command, as Redis keeps them. The
+ * router counts; incrementing one is the whole cost on the request path. */
+typedef struct command_counters {
+    uint64_t calls;          /* routed to its handler */
+    uint64_t rejected_calls; /* refused before that: arity, NOAUTH, unsupported */
+} command_counters;
+
+/* Indexed by command.stat, one per row and subcommand row. */
+extern command_counters command_stats[];
 
 /* Builds the lookup index. Optional: command_lookup builds it on first use;
  * call it at startup, before any thread exists, when threads may look up. */

@@ -552,6 +552,8 @@ static void route_pubsub(routed *r)
 static void route_unsupported(routed *r)
 {
     srv.stats.errors_unsupported++;
+    command_stats[r->cmd->stat].calls--; /* counted on its way here: a rejection */
+    command_stats[r->cmd->stat].rejected_calls++;
     request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
 }
 
@@ -737,6 +739,7 @@ static int check_arity(const routed *r, const command *cmd)
     if (command_check_arity(cmd, r->argc) == 0)
         return 0;
     srv.stats.errors_arity++;
+    command_stats[cmd->stat].rejected_calls++;
     txn_abort(r->req->session);
     request_error(r->req, "ERR wrong number of arguments for '%s' command", cmd->name);
     return -1;
@@ -785,9 +788,11 @@ static void route(routed *r)
     if (srv.cfg->requirepass && sess && !sess->authenticated &&
         !(cmd->flags & COMMAND_FLAG_NO_AUTH)) {
         srv.stats.errors_noauth++;
+        command_stats[cmd->stat].rejected_calls++;
         request_error(r->req, "NOAUTH Authentication required.");
         return;
     }
+    command_stats[cmd->stat].calls++;
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
@@ -830,6 +835,7 @@ static void route_moved(request *req, size_t argc, const resp_arg *argv, const c
                         size_t raw_len)
 {
     routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    command_stats[req->cmd->stat].calls--; /* its first routing counted it */
     route(&r);
 }
 

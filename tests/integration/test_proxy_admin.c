@@ -183,7 +183,9 @@ static void test_config_set_reaches_every_shard_when_allowed(void **state)
  * plain INFO. */
 static const char *info(fixture *f, redisContext *c, const char *sections)
 {
-    redisReply *r = sections ? fixture_cmd(c, "INFO %s", sections) : fixture_cmd(c, "INFO");
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "INFO %s", sections ? sections : "");
+    redisReply *r = fixture_cmd(c, cmd); /* hiredis splits the sections at spaces */
     if (r->type != REDIS_REPLY_STRING)
         fail_msg("INFO %s: not a bulk string", sections ? sections : "");
     char *text = fixture_alloc(f, r->len + 1);
@@ -222,9 +224,11 @@ static void test_info_keyspace_sums_the_shards(void **state)
     /* Redis estimates avg_ttl as its expiry cycle samples keys: 0 until it
      * has, never above the ttl given. */
     assert_true(avg_ttl >= 0 && avg_ttl <= 1000000);
-    /* The default sections carry it too, last, as in Redis. */
-    text = info(f, c, NULL);
+    /* INFO all carries it too, last, as in Redis; plain INFO stays local
+     * (it must answer while a shard is stalled). */
+    text = info(f, c, "all");
     assert_non_null(strstr(text, "\r\n\r\n# Keyspace\r\ndb0:keys=100,"));
+    assert_null(strstr(info(f, c, NULL), "# Keyspace"));
     fixture_expect_status(fixture_cmd(c, "FLUSHDB"), "OK");
     fixture_close(f, c);
 }
@@ -233,12 +237,12 @@ static void test_info_fields_monitoring_reads(void **state)
 {
     fixture *f = *state;
     redisContext *c = authed_client(f);
-    const char *before = info(f, c, "stats");
+    const char *before = info(f, c, "stats keyspace");
     fixture_expect_status(fixture_cmd(c, "SET hit:1 v"), "OK");
     fixture_expect_str(fixture_cmd(c, "GET hit:1"), "v");
     fixture_expect_str(fixture_cmd(c, "GET hit:1"), "v");
     fixture_expect_nil(fixture_cmd(c, "GET miss:1"));
-    const char *after = info(f, c, "stats");
+    const char *after = info(f, c, "stats keyspace");
     assert_int_equal(info_number(after, "keyspace_hits") - info_number(before, "keyspace_hits"), 2);
     assert_int_equal(info_number(after, "keyspace_misses") - info_number(before, "keyspace_misses"),
                      1);
@@ -248,7 +252,9 @@ static void test_info_fields_monitoring_reads(void **state)
     assert_true(info_number(after, "total_net_output_bytes") > 0);
     (void)info_number(after, "instantaneous_ops_per_sec");
     (void)info_number(after, "rejected_connections");
-    assert_null(strstr(after, "# Keyspace")); /* asked for stats only */
+    const char *stats_only = info(f, c, "stats"); /* local: no shard asked */
+    assert_null(strstr(stats_only, "# Keyspace"));
+    assert_null(strstr(stats_only, "keyspace_hits"));
 
     const char *clients = info(f, c, "clients");
     assert_int_equal(info_number(clients, "blocked_clients"), 0);
@@ -263,6 +269,49 @@ static void test_info_fields_monitoring_reads(void **state)
         assert_non_null(strstr(every, "# Keyspace\r\n"));
         (void)info_number(every, "keyspace_hits");
     }
+    fixture_close(f, c);
+}
+
+/* The calls= and rejected_calls= of cmdstat_<name> in text (0 when absent). */
+static void cmdstat(const char *text, const char *name, long long *calls, long long *rejected)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "\ncmdstat_%s:calls=", name);
+    const char *at = strstr(text, key);
+    *calls = *rejected = 0;
+    if (!at)
+        return;
+    *calls = strtoll(at + strlen(key), NULL, 10);
+    const char *rej = strstr(at, "rejected_calls=");
+    assert_non_null(rej);
+    *rejected = strtoll(rej + strlen("rejected_calls="), NULL, 10);
+}
+
+static void test_info_commandstats(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    long long calls0, rejected0, calls1, rejected1;
+    cmdstat(info(f, c, "commandstats"), "get", &calls0, &rejected0);
+    for (int i = 0; i < 5; i++)
+        fixture_expect_nil(fixture_cmd(c, "GET cs:%d", i));
+    fixture_expect_error(fixture_cmd(c, "GET"), "ERR wrong number of arguments");
+    const char *text = info(f, c, "commandstats");
+    assert_true(strncmp(text, "# Commandstats\r\n", 16) == 0);
+    cmdstat(text, "get", &calls1, &rejected1);
+    assert_int_equal(calls1 - calls0, 5);
+    assert_int_equal(rejected1 - rejected0, 1);
+    assert_non_null(strstr(text, "cmdstat_get:calls="));
+    assert_non_null(strstr(text, ",usec=0,usec_per_call=0.00,rejected_calls="));
+    /* Subcommands by Redis's name; unsupported ones are rejections. */
+    fixture_expect_error(fixture_cmd(c, "CLIENT PAUSE 10"), "ERR unsupported command");
+    text = info(f, c, "commandstats");
+    assert_non_null(strstr(text, "\ncmdstat_client|pause:calls=0,"));
+    assert_non_null(strstr(text, "\ncmdstat_info:calls="));
+    /* Not in plain INFO, as in Redis; in INFO all and everything. */
+    assert_null(strstr(info(f, c, NULL), "# Commandstats"));
+    assert_non_null(strstr(info(f, c, "all"), "# Commandstats"));
+    assert_non_null(strstr(info(f, c, "everything"), "# Commandstats"));
     fixture_close(f, c);
 }
 
@@ -308,7 +357,7 @@ static void test_info_with_a_shard_down(void **state)
         freeReplyObject(r);
     }
     assert_true(harness_proc_stop(&f->shards[FIXTURE_SHARDS - 1], SIGKILL) != -1);
-    const char *text = info(f, c, NULL);
+    const char *text = info(f, c, "all");
     char line[64];
     snprintf(line, sizeof(line), "\r\ndb0:keys=%lld,", others);
     if (!strstr(text, line))
@@ -479,6 +528,7 @@ int main(void)
         cmocka_unit_test(test_info_keyspace_sums_the_shards),
         cmocka_unit_test(test_info_fields_monitoring_reads),
         cmocka_unit_test(test_info_counts_blocked_clients),
+        cmocka_unit_test(test_info_commandstats),
         cmocka_unit_test(test_client_setinfo_and_no_evict),
         cmocka_unit_test(test_client_reply_off_skip_on),
         cmocka_unit_test(test_client_kill_filters),
