@@ -426,10 +426,11 @@ static void merge_info(request *req)
             ttl_sum += v[2] * v[1];
         }
     }
-    const char *own = buf_head(&req->local_part);
+    /* INFO keyspace alone has no section of the proxy's own: empty. */
     size_t own_len = buf_len(&req->local_part);
+    const char *own = own_len ? buf_head(&req->local_part) : "";
     /* The Stats section ends at the first blank line after its title. */
-    const char *stats = memmem(own, own_len, "# Stats\r\n", 9);
+    const char *stats = own_len ? memmem(own, own_len, "# Stats\r\n", 9) : NULL;
     const char *stats_end =
         stats ? memmem(stats, own_len - (size_t)(stats - own), "\r\n\r\n", 4) : NULL;
     buf out = {0};
