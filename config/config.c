@@ -36,6 +36,13 @@
  * of a few of them still fit in int64_t. */
 #define BYTES_MAX ((int64_t)1 << 40)
 
+/* Sentinels in the sentinels list: a deployment runs 3 or 5; the line
+ * length limit allows about this many anyway. */
+#define SENTINELS_MAX 16
+
+/* The prefix of a [shards] value that names a Sentinel master. */
+#define SENTINEL_PREFIX "sentinel:"
+
 /* Longest hostname (RFC 1035). */
 #define HOST_NAME_MAX_LEN 253
 
@@ -49,6 +56,7 @@ typedef enum key_type {
     KEY_TAG,    /* char open at offset, char close at offset2; empty = tags off */
     KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
+    KEY_ADDRS,  /* config_addr_list field: comma-separated host:port, empty = none */
 } key_type;
 
 typedef struct config_key {
@@ -214,6 +222,22 @@ static const config_key config_keys[] = {
      .reloadable = RELOAD,
      .description = "shard of EVAL, EVALSHA and FCALL calls with no keys",
      .offset = FIELD(script_default_shard, char *)},
+    {.name = "sentinels",
+     .type = KEY_ADDRS,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "Sentinels asked for the master of each sentinel:NAME shard",
+     .offset = FIELD(sentinels, config_addr_list)},
+    {.name = "sentinel_password",
+     .type = KEY_SECRET,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "password of the Sentinels",
+     .offset = FIELD(sentinel_password, char *)},
+    INT_KEY("sentinel_poll", sentinel_poll_ms, "1000", "ms", 100, 3600000, RELOAD,
+            "ask the Sentinels for each master this often, besides pub/sub"),
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -323,6 +347,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_TAG:
     case KEY_SECRET:
     case KEY_SHARD:
+    case KEY_ADDRS:
         break;
     }
     abort(); /* not a number: a bug in the caller */
@@ -397,6 +422,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_SHARD:
         snprintf(buf, buflen, "a shard name, empty = the first");
+        return;
+    case KEY_ADDRS:
+        snprintf(buf, buflen, "host:port list, empty = none");
         return;
     }
 }
@@ -564,6 +592,64 @@ static void format_addr(const char *host, uint16_t port, char *buf, size_t bufle
         snprintf(buf, buflen, "%s:%u", host, (unsigned)port);
 }
 
+static void addr_list_free(config_addr_list *list)
+{
+    for (size_t i = 0; i < list->n; i++)
+        free(list->addrs[i].host);
+    free(list->addrs);
+    list->addrs = NULL;
+    list->n = 0;
+}
+
+/* Parses "host:port, host:port" (spaces around commas allowed) into list.
+ * Returns 0, or -1 with a reason and list empty. */
+static int parse_addr_list(const char *text, config_addr_list *list, char *why, size_t whylen)
+{
+    char copy[CONFIG_MAX_LINE];
+    snprintf(copy, sizeof(copy), "%s", text);
+    list->addrs = calloc(SENTINELS_MAX, sizeof(*list->addrs));
+    list->n = 0;
+    if (!list->addrs) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*item))
+            item++;
+        char *end = item + strlen(item);
+        while (end > item && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (!*item)
+            continue;
+        if (list->n == SENTINELS_MAX) {
+            snprintf(why, whylen, "more than %d addresses", SENTINELS_MAX);
+            addr_list_free(list);
+            return -1;
+        }
+        char reason[320];
+        config_addr *a = &list->addrs[list->n];
+        if (parse_addr(item, &a->host, &a->port, reason, sizeof(reason)) != 0) {
+            snprintf(why, whylen, "bad address '%s': %s", item, reason);
+            addr_list_free(list);
+            return -1;
+        }
+        list->n++;
+        for (size_t i = 0; i + 1 < list->n; i++) {
+            if (list->addrs[i].port == a->port && same_host(list->addrs[i].host, a->host)) {
+                snprintf(why, whylen, "'%s' is listed twice", item);
+                addr_list_free(list);
+                return -1;
+            }
+        }
+    }
+    if (list->n == 0) {
+        free(list->addrs);
+        list->addrs = NULL;
+    }
+    return 0;
+}
+
 /* Parses value into key's field(s) of cfg. Returns 0, or -1 with a reason
  * (without the file:line prefix) in why. */
 static int set_key(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
@@ -572,7 +658,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     char values[128];
 
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
-        key->type != KEY_SHARD) {
+        key->type != KEY_SHARD && key->type != KEY_ADDRS) {
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
         return -1;
@@ -686,6 +772,19 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
         *slot = copy;
         return 0;
     }
+    case KEY_ADDRS: {
+        config_addr_list list = {0};
+        if (parse_addr_list(value, &list, why, whylen) != 0) {
+            char reason[512];
+            snprintf(reason, sizeof(reason), "%s", why);
+            snprintf(why, whylen, "%s: %s", key->name, reason);
+            return -1;
+        }
+        config_addr_list *slot = field;
+        addr_list_free(slot);
+        *slot = list;
+        return 0;
+    }
     }
     snprintf(why, whylen, "%s: unhandled key type", key->name);
     return -1;
@@ -738,7 +837,20 @@ static int parse_shard_value(load_ctx *ctx, const char *name, const char *value,
         return -1;
     }
     char why[1024];
-    if (parse_addr(addr, &shard->host, &shard->port, why, sizeof(why)) != 0) {
+    if (strncmp(addr, SENTINEL_PREFIX, strlen(SENTINEL_PREFIX)) == 0) {
+        const char *master = addr + strlen(SENTINEL_PREFIX);
+        if (!valid_shard_name(master)) {
+            fail(ctx, ctx->line,
+                 "shard %s: bad master name '%s' after sentinel: (use 1 to %d of the characters "
+                 "A-Z a-z 0-9 _ . -)",
+                 name, master, SHARD_NAME_MAX);
+            return -1;
+        }
+        if (!(shard->sentinel_master = strdup(master))) {
+            fail(ctx, ctx->line, "out of memory");
+            return -1;
+        }
+    } else if (parse_addr(addr, &shard->host, &shard->port, why, sizeof(why)) != 0) {
         fail(ctx, ctx->line, "shard %s: bad address '%s': %s", name, addr, why);
         return -1;
     }
@@ -801,11 +913,22 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
     config_shard shard = {.weight = 1, .line = ctx->line};
     if (parse_shard_value(ctx, name, value, &shard) != 0) {
         free(shard.host);
+        free(shard.sentinel_master);
         return -1;
     }
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *other = &cfg->shards[i];
-        if (other->port == shard.port && same_host(other->host, shard.host)) {
+        if (shard.sentinel_master) {
+            if (other->sentinel_master &&
+                strcmp(other->sentinel_master, shard.sentinel_master) == 0) {
+                fail(ctx, ctx->line, "shards %s and %s (line %d) name the same sentinel master %s",
+                     name, other->name, other->line, shard.sentinel_master);
+                free(shard.sentinel_master);
+                return -1;
+            }
+            continue;
+        }
+        if (other->host && other->port == shard.port && same_host(other->host, shard.host)) {
             char addr[300];
             format_addr(shard.host, shard.port, addr, sizeof(addr));
             fail(ctx, ctx->line, "shards %s and %s (line %d) have the same address %s", name,
@@ -818,6 +941,7 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
     if (!shard.name) {
         fail(ctx, ctx->line, "out of memory");
         free(shard.host);
+        free(shard.sentinel_master);
         return -1;
     }
     cfg->shards[cfg->nshards++] = shard;
@@ -994,7 +1118,14 @@ static void validate(load_ctx *ctx)
      * to the proxy, forever. */
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *shard = &cfg->shards[i];
-        if (shard->port == cfg->listen_port && same_host(shard->host, cfg->listen_host)) {
+        if (shard->sentinel_master && cfg->sentinels.n == 0) {
+            fail(ctx, shard->line,
+                 "shard %s names sentinel master %s, but [proxy] sentinels lists no Sentinel",
+                 shard->name, shard->sentinel_master);
+            return;
+        }
+        if (shard->host && shard->port == cfg->listen_port &&
+            same_host(shard->host, cfg->listen_host)) {
             char addr[300];
             format_addr(shard->host, shard->port, addr, sizeof(addr));
             fail(ctx, shard->line, "shard %s is at the proxy's own listen address %s", shard->name,
@@ -1134,12 +1265,15 @@ void config_free(config *cfg)
     for (size_t i = 0; i < cfg->nshards; i++) {
         free(cfg->shards[i].name);
         free(cfg->shards[i].host);
+        free(cfg->shards[i].sentinel_master);
     }
     free(cfg->shards);
     free(cfg->listen_host);
     free(cfg->requirepass);
     free(cfg->backend_password);
     free(cfg->script_default_shard);
+    addr_list_free(&cfg->sentinels);
+    free(cfg->sentinel_password);
     free(cfg->path);
     free(cfg);
 }
@@ -1162,6 +1296,17 @@ static bool same_value(const config_key *key, const config *a, const config *b)
         char *const *sa = const_field_of(a, key->offset);
         char *const *sb = const_field_of(b, key->offset);
         return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);
+    }
+    case KEY_ADDRS: {
+        const config_addr_list *la = const_field_of(a, key->offset);
+        const config_addr_list *lb = const_field_of(b, key->offset);
+        if (la->n != lb->n)
+            return false;
+        for (size_t i = 0; i < la->n; i++)
+            if (la->addrs[i].port != lb->addrs[i].port ||
+                !same_host(la->addrs[i].host, lb->addrs[i].host))
+                return false;
+        return true;
     }
     default:
         return key_number(key, a) == key_number(key, b);

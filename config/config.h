@@ -24,14 +24,28 @@ typedef enum config_log_level {
     CONFIG_LOG_ERROR,
 } config_log_level;
 
-/* One line of [shards]: `name = host:port [weight=N]`. */
+/* One line of [shards]: `name = host:port [weight=N]`, or
+ * `name = sentinel:MASTER [weight=N]` for a master the Sentinels monitor. */
 typedef struct config_shard {
-    char *name;      /* places the shard on the ring */
-    char *host;      /* numeric IPv4/IPv6 address or hostname */
-    uint16_t port;   /* 1..65535 */
-    uint32_t weight; /* >= 1, default 1 */
-    int line;        /* line in the file, for messages */
+    char *name;            /* places the shard on the ring */
+    char *host;            /* numeric IPv4/IPv6 address or hostname; NULL for a sentinel line */
+    uint16_t port;         /* 1..65535; 0 for a sentinel line */
+    char *sentinel_master; /* the master's name at the Sentinels, or NULL */
+    uint32_t weight;       /* >= 1, default 1 */
+    int line;              /* line in the file, for messages */
 } config_shard;
+
+/* One host:port of a list key (sentinels). */
+typedef struct config_addr {
+    char *host;
+    uint16_t port;
+} config_addr;
+
+/* A comma-separated list of addresses; empty = n is 0. */
+typedef struct config_addr_list {
+    config_addr *addrs;
+    size_t n;
+} config_addr_list;
 
 /* A whole, validated configuration. Immutable once loaded: a reload builds a
  * new one and the daemon swaps one pointer. */
@@ -69,6 +83,9 @@ typedef struct config {
     int migrate_timeout_ms;     /* MIGRATE's own timeout */
     int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
     char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */
+    config_addr_list sentinels; /* Redis Sentinels asked for sentinel:NAME shards' masters */
+    char *sentinel_password;    /* the Sentinels' password, NULL = none */
+    int sentinel_poll_ms;       /* how often each master's address is asked again */
 
     /* [shards], in file order */
     config_shard *shards;
