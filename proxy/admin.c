@@ -18,6 +18,7 @@
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
 #include "proxy/router.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
 
@@ -173,13 +174,14 @@ static int info_shards(buf *b)
         fail = buf_printf(b,
                           "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,reserved=%d,"
                           "inflight=%zu,requests=%llu,errors=%llu,timeouts=%llu,"
-                          "avg_latency_us=%llu\r\n",
+                          "avg_latency_us=%llu",
                           s->name, s->host, (unsigned)s->port, (unsigned)srv.cfg->shards[i].weight,
                           backend_shard_state(s), s->nconns, s->reserved, backend_shard_inflight(s),
                           (unsigned long long)s->requests, (unsigned long long)s->errors,
-                          (unsigned long long)s->timeouts, avg) < 0;
+                          (unsigned long long)s->timeouts, avg) < 0 ||
+               sentinel_shard_info(s, b) < 0 || buf_printf(b, "\r\n") < 0;
     }
-    return fail || buf_printf(b, "\r\n") < 0 ? -1 : 0;
+    return fail || sentinel_info(b) < 0 || buf_printf(b, "\r\n") < 0 ? -1 : 0;
 }
 
 static void cmd_info(request *req, size_t argc, const resp_arg *argv)

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "proxy/log.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 
 /* Largest single read while a big reply is arriving: big enough to move a
@@ -28,6 +29,12 @@
 #define BACKEND_LINGER_MS 10000
 
 static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
+static const char ROLE_REQUEST[] = "*1\r\n$4\r\nROLE\r\n";
+/* How ROLE's reply starts on a master: ["master", offset, replicas]. */
+static const char ROLE_MASTER[] = "*3\r\n$6\r\nmaster\r\n";
+
+/* Why a sentinel shard's requests fail before its master's address is known. */
+#define SHARD_NO_MASTER "unavailable: master not known yet (asking the Sentinels)"
 
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
@@ -199,36 +206,86 @@ static void auth_done(fragment *f, const char *reply, size_t len)
     conn_fail(c, why, 0);
 }
 
-/* Puts AUTH in front of everything queued while connecting, and its
- * completion at the head of the in-flight FIFO. 0 or -1. */
+/* Puts the command in first (taken) in front of everything queued while
+ * connecting, and f, its completion, at the head of the in-flight FIFO.
+ * 0 or -1. */
+static int conn_queue_first(backend_conn *c, fragment *f, fragment_done_fn done, buf *first)
+{
+    if (buf_append(first, buf_head(&c->out), buf_len(&c->out)) < 0) {
+        buf_free(first);
+        return -1;
+    }
+    /* The command goes before bytes already counted: what was queued while
+     * connecting (none of it written yet) now ends len later. */
+    size_t len = buf_len(first) - buf_len(&c->out);
+    for (fragment *g = c->head; g; g = g->next)
+        g->end_offset += len;
+    c->queued_total += len;
+    buf_free(&c->out);
+    c->out = *first;
+    memset(f, 0, sizeof(*f));
+    f->done = done;
+    f->aux = c;
+    f->sent_us = srv.now_us;
+    f->end_offset = c->written_total + len;
+    f->next = c->head;
+    c->head = f;
+    if (!c->tail)
+        c->tail = f;
+    c->inflight++;
+    return 0;
+}
+
 static int conn_queue_auth(backend_conn *c, const char *password)
 {
     buf first = {0};
-    int fail = buf_append_header(&first, '*', 2) < 0 || buf_append_bulk(&first, "AUTH", 4) < 0 ||
-               buf_append_bulk(&first, password, strlen(password)) < 0 ||
-               buf_append(&first, buf_head(&c->out), buf_len(&c->out)) < 0;
-    if (fail) {
+    if (buf_append_header(&first, '*', 2) < 0 || buf_append_bulk(&first, "AUTH", 4) < 0 ||
+        buf_append_bulk(&first, password, strlen(password)) < 0) {
         buf_free(&first);
         return -1;
     }
-    /* AUTH goes before bytes already counted: what was queued while
-     * connecting (none of it written yet) now ends auth_len later. */
-    size_t auth_len = buf_len(&first) - buf_len(&c->out);
-    for (fragment *f = c->head; f; f = f->next)
-        f->end_offset += auth_len;
-    c->queued_total += auth_len;
-    buf_free(&c->out);
-    c->out = first;
-    memset(&c->auth, 0, sizeof(c->auth));
-    c->auth.done = auth_done;
-    c->auth.aux = c;
-    c->auth.sent_us = srv.now_us;
-    c->auth.end_offset = c->written_total + auth_len;
-    c->auth.next = c->head;
-    c->head = &c->auth;
-    if (!c->tail)
-        c->tail = &c->auth;
-    c->inflight++;
+    return conn_queue_first(c, &c->auth, auth_done, &first);
+}
+
+static void role_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->aux;
+    if (c->state != BACKEND_UP)
+        return; /* the connection is failing already */
+    if (len >= sizeof(ROLE_MASTER) - 1 &&
+        memcmp(reply, ROLE_MASTER, sizeof(ROLE_MASTER) - 1) == 0) {
+        c->role_pending = 0;
+        if (buf_len(&c->out))
+            conn_mark_dirty(c);
+        return;
+    }
+    /* A demoted master (a failover not yet heard of): nothing may be sent
+     * to it. The Sentinels are asked again at once. */
+    conn_fail(c, "unavailable: not a master (ROLE); waiting for the Sentinels to name it", 0);
+    sentinel_shard_suspect(c->shard);
+}
+
+/* A sentinel shard's address may be a demoted master by now: ROLE goes
+ * first (after AUTH) and is written at once, the rest waits for its answer
+ * (role_pending). The socket has just connected, so its buffer takes these
+ * few bytes whole. 0, or -1 with a reason in why. */
+static int conn_check_role(backend_conn *c, char *why, size_t whylen)
+{
+    buf first = {0};
+    if (buf_append(&first, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1) < 0 ||
+        conn_queue_first(c, &c->role, role_done, &first) < 0) {
+        snprintf(why, whylen, "unavailable: out of memory queueing ROLE");
+        return -1;
+    }
+    size_t len = (size_t)(c->role.end_offset - c->written_total);
+    ssize_t n = write(c->fd, buf_head(&c->out), len);
+    if (n != (ssize_t)len) {
+        snprintf(why, whylen, "unavailable: write: %s", n < 0 ? strerror(errno) : "short write");
+        return -1;
+    }
+    buf_consume(&c->out, len);
+    c->written_total += len;
+    c->role_pending = 1;
     return 0;
 }
 
@@ -242,8 +299,14 @@ static void conn_connected(backend_conn *c)
         log_debug("shard %s: reserved connection up", c->shard->label);
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
+    c->role_pending = 0;
     if (srv.cfg->backend_password && conn_queue_auth(c, srv.cfg->backend_password) < 0) {
         conn_fail(c, "unavailable: out of memory queueing AUTH", 0);
+        return;
+    }
+    char why[160];
+    if (c->shard->sentinel_master && conn_check_role(c, why, sizeof(why)) < 0) {
+        conn_fail(c, why, 0);
         return;
     }
     event_add(&c->ev_read, NULL);
@@ -255,6 +318,11 @@ static void conn_connect(backend_conn *c)
 {
     shard *s = c->shard;
     char why[160];
+    if (!s->addrlen) {
+        conn_set_state(c, BACKEND_CONNECTING);
+        conn_fail(c, SHARD_NO_MASTER, 0);
+        return;
+    }
     int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(why, sizeof(why), "unavailable: socket: %s", strerror(errno));
@@ -332,7 +400,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         conn_connected(c);
         return;
     }
-    if (c->state == BACKEND_UP && !c->barrier)
+    if (c->state == BACKEND_UP && !c->barrier && !c->role_pending)
         conn_write(c);
 }
 
@@ -502,7 +570,7 @@ int backend_flush_pending(void)
         n++;
         backend_conn *c = FLUSHQ_ENTRY(l, backend_conn, flush);
         /* A reserved connection's writes wait for its barrier. */
-        if (c->state == BACKEND_UP && !c->barrier && !c->write_waiting)
+        if (c->state == BACKEND_UP && !c->barrier && !c->role_pending && !c->write_waiting)
             conn_write(c);
     }
     return n;
@@ -629,24 +697,35 @@ size_t backend_shard_inflight(const shard *s)
     return n;
 }
 
-/* Resolves host:port once; numeric addresses need no lookup. */
-static int resolve(shard *s, char *err, size_t errlen)
+/* Resolves host:port into addr; numeric addresses need no lookup. */
+static int resolve(const shard *s, const char *host, uint16_t port_number,
+                   struct sockaddr_storage *addr, socklen_t *addrlen, char *err, size_t errlen)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     char port[8];
-    snprintf(port, sizeof(port), "%u", (unsigned)s->port);
-    int rc = getaddrinfo(s->host, port, &hints, &res);
+    snprintf(port, sizeof(port), "%u", (unsigned)port_number);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0 || !res) {
-        snprintf(err, errlen, "shard %s: cannot resolve '%s': %s", s->name, s->host,
-                 gai_strerror(rc));
+        snprintf(err, errlen, "shard %s: cannot resolve '%s': %s", s->name, host, gai_strerror(rc));
         return -1;
     }
-    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
-    s->addrlen = res->ai_addrlen;
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    *addrlen = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
+}
+
+/* "s2 (127.0.0.1:7002)", or "s2 (sentinel:name)" before its master is known. */
+static void shard_set_label(shard *s)
+{
+    if (!s->port)
+        snprintf(s->label, sizeof(s->label), "%s (sentinel:%s)", s->name, s->sentinel_master);
+    else if (strchr(s->host, ':'))
+        snprintf(s->label, sizeof(s->label), "%s ([%s]:%u)", s->name, s->host, (unsigned)s->port);
+    else
+        snprintf(s->label, sizeof(s->label), "%s (%s:%u)", s->name, s->host, (unsigned)s->port);
 }
 
 shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t errlen)
@@ -657,19 +736,17 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         return NULL;
     }
     s->name = strdup(cs->name);
-    s->host = strdup(cs->host);
+    s->host = strdup(cs->host ? cs->host : "");
     s->port = cs->port;
+    s->sentinel_master = cs->sentinel_master ? strdup(cs->sentinel_master) : NULL;
     s->nconns = nconns;
     s->conns = calloc((size_t)nconns, sizeof(*s->conns));
-    if (!s->name || !s->host || !s->conns) {
+    if (!s->name || !s->host || !s->conns || (cs->sentinel_master && !s->sentinel_master)) {
         snprintf(err, errlen, "out of memory");
         backend_shard_free(s);
         return NULL;
     }
-    if (strchr(s->host, ':'))
-        snprintf(s->label, sizeof(s->label), "%s ([%s]:%u)", s->name, s->host, (unsigned)s->port);
-    else
-        snprintf(s->label, sizeof(s->label), "%s (%s:%u)", s->name, s->host, (unsigned)s->port);
+    shard_set_label(s);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         c->shard = s;
@@ -678,8 +755,10 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         c->state = BACKEND_DOWN;
         resp_reply_init(&c->scan);
         event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
+        if (!s->port)
+            snprintf(c->last_error, sizeof(c->last_error), "%s", SHARD_NO_MASTER);
     }
-    if (resolve(s, err, errlen) < 0) {
+    if (s->port && resolve(s, s->host, s->port, &s->addr, &s->addrlen, err, errlen) < 0) {
         backend_shard_free(s);
         return NULL;
     }
@@ -688,9 +767,60 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
 
 void backend_shard_start(shard *s)
 {
+    if (!s->addrlen)
+        return;
     for (int j = 0; j < s->nconns; j++)
         if (s->conns[j].state == BACKEND_DOWN)
             conn_connect(&s->conns[j]);
+}
+
+int backend_shard_same_source(const shard *s, const config_shard *cs)
+{
+    if (s->sentinel_master || cs->sentinel_master)
+        return s->sentinel_master && cs->sentinel_master &&
+               strcmp(s->sentinel_master, cs->sentinel_master) == 0;
+    return strcmp(s->host, cs->host) == 0 && s->port == cs->port;
+}
+
+int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char *copy = strdup(host);
+    if (!copy || resolve(s, host, port, &addr, &addrlen, err, errlen) < 0) {
+        if (!copy)
+            snprintf(err, errlen, "out of memory");
+        free(copy);
+        return -1;
+    }
+    char why[400];
+    snprintf(why, sizeof(why), "unavailable: master moved to %s:%u", host, (unsigned)port);
+    for (backend_conn *c = reserved_head; c;) {
+        if (c->shard == s && !c->dead) {
+            reserved_fail(c, why, 0, 0);
+            c = reserved_head;
+        } else {
+            c = c->next_reserved;
+        }
+    }
+    for (int j = 0; j < s->nconns; j++) {
+        backend_conn *c = &s->conns[j];
+        conn_close_fd(c);
+        event_del(&c->ev_timer);
+        conn_set_state(c, BACKEND_DOWN);
+        conn_fail_inflight(c, why, 0);
+        conn_unmark_dirty(c);
+        c->backoff_ms = 0;
+        c->role_pending = 0;
+    }
+    free(s->host);
+    s->host = copy;
+    s->port = port;
+    s->addr = addr;
+    s->addrlen = addrlen;
+    shard_set_label(s);
+    backend_shard_start(s);
+    return 0;
 }
 
 /* Ends the reserved connections pinned to s; their owners are told. */
@@ -722,6 +852,7 @@ void backend_shard_free(shard *s)
     free(s->conns);
     free(s->name);
     free(s->host);
+    free(s->sentinel_master);
     free(s);
 }
 
