@@ -4,7 +4,7 @@
 # With the argument `bench`, also what `make bench` needs for its chart.
 set -euo pipefail
 pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
-      redis-server redis-tools nutcracker)
+      redis-server redis-sentinel redis-tools nutcracker)
 [ "${1:-}" != bench ] || pkgs+=(gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,634 @@
+/* Shards that fail over: real redis-sentinel processes watch two shards,
+ * each a master with one replica, and the proxy names the shards by their
+ * masters' Sentinel names (s1 = sentinel:m1). A master is killed or stopped
+ * under writes through the proxy; the Sentinels promote its replica and
+ * the proxy must follow within a second of the switch, failing the
+ * requests in the gap fast, moving no key, and never sending to the
+ * demoted master. Also: every Sentinel down (the last known addresses stay
+ * in use, and INFO says so), and a Sentinel that names a replica (refused
+ * after ROLE).
+ *
+ * Sentinel timings are short (down-after 1000 ms, failover-timeout 3000
+ * ms) so that a failover takes a few seconds. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+
+#define NSHARDS    2
+#define NSENTINELS 3
+
+#define DOWN_AFTER_MS       1000
+#define FAILOVER_TIMEOUT_MS 3000
+/* The proxy re-addresses a shard within this of the Sentinels' switch. */
+#define FOLLOW_MS 1000
+/* The proxy's request timeout here: a stopped master's requests fail after it. */
+#define REQUEST_TIMEOUT_MS 500
+#define SENTINEL_POLL_MS   500
+/* Sentinels find their replicas and each other within a few hello periods
+ * (2 s) and INFO periods (10 s, the first at start). */
+#define SENTINELS_READY_MS 30000
+
+typedef struct cluster {
+    harness_proc master[NSHARDS]; /* the masters at start; m1, m2 */
+    harness_proc replica[NSHARDS];
+    harness_proc sentinel[NSENTINELS];
+    harness_proc proxy;
+} cluster;
+
+static long long bound_ms(long long ms)
+{
+    return ms * harness_timeout_scale();
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The reply of a command on a fresh connection to port, or NULL. */
+static redisReply *command_on(int port, const char *fmt, ...)
+{
+    redisContext *c = harness_connect(port);
+    if (!c)
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    return r;
+}
+
+/* "master", "slave", or "" when port does not answer ROLE. */
+static void role_of(int port, char *out, size_t cap)
+{
+    out[0] = '\0';
+    redisReply *r = command_on(port, "ROLE");
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(out, cap, "%s", r->element[0]->str);
+    if (r)
+        freeReplyObject(r);
+}
+
+static int replica_synced(int port)
+{
+    redisReply *r = command_on(port, "INFO replication");
+    int up = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "master_link_status:up");
+    if (r)
+        freeReplyObject(r);
+    return up;
+}
+
+/* Whether the Sentinel on port knows master's replica (healthy) and the
+ * other Sentinels, so that it can vote and promote. */
+static int sentinel_ready(int port, const char *master, int others)
+{
+    redisReply *r = command_on(port, "SENTINEL REPLICAS %s", master);
+    int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1;
+    if (ok) {
+        const redisReply *fields = r->element[0];
+        ok = 0;
+        for (size_t i = 0; i + 1 < fields->elements; i += 2)
+            if (strcmp(fields->element[i]->str, "flags") == 0)
+                ok = strcmp(fields->element[i + 1]->str, "slave") == 0;
+    }
+    if (r)
+        freeReplyObject(r);
+    if (!ok)
+        return 0;
+    r = command_on(port, "SENTINEL SENTINELS %s", master);
+    ok = r && r->type == REDIS_REPLY_ARRAY && (int)r->elements == others;
+    if (r)
+        freeReplyObject(r);
+    return ok;
+}
+
+/* The Sentinels' answer for master's port, or 0. */
+static int sentinel_master_port(int port, const char *master)
+{
+    redisReply *r = command_on(port, "SENTINEL get-master-addr-by-name %s", master);
+    int p = 0;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2)
+        p = atoi(r->element[1]->str);
+    if (r)
+        freeReplyObject(r);
+    return p;
+}
+
+/* The value of field in the proxy's INFO shards line of shard ("s1"). */
+static void shard_field(int proxy_port, const char *shard, const char *field, char *out, size_t cap)
+{
+    out[0] = '\0';
+    redisReply *r = command_on(proxy_port, "INFO shards");
+    if (!r)
+        return;
+    char prefix[64], key[64];
+    snprintf(prefix, sizeof(prefix), "shard_%s:", shard);
+    snprintf(key, sizeof(key), ",%s=", field);
+    const char *line = r->type == REDIS_REPLY_STRING ? strstr(r->str, prefix) : NULL;
+    const char *end = line ? strstr(line, "\r\n") : NULL;
+    const char *at = line ? strstr(line, key) : NULL;
+    if (at && (!end || at < end)) {
+        at += strlen(key);
+        snprintf(out, cap, "%.*s", (int)strcspn(at, ",\r"), at);
+    }
+    freeReplyObject(r);
+}
+
+static int shard_master_port(int proxy_port, const char *shard)
+{
+    char master[128];
+    shard_field(proxy_port, shard, "master", master, sizeof(master));
+    const char *colon = strrchr(master, ':');
+    return colon ? atoi(colon + 1) : 0;
+}
+
+/* Waits until field of shard reads want; fails the test with what it read. */
+static void wait_shard_field(const cluster *c, const char *shard, const char *field,
+                             const char *want, long long timeout_ms)
+{
+    long long deadline = now_ms() + bound_ms(timeout_ms);
+    char got[256];
+    for (;;) {
+        shard_field(c->proxy.port, shard, field, got, sizeof(got));
+        if (strcmp(got, want) == 0)
+            return;
+        if (now_ms() > deadline) {
+            harness_dump_log(&c->proxy, 4096);
+            fail_msg("shard %s: %s is '%s', expected '%s'", shard, field, got, want);
+        }
+        sleep_ms(20);
+    }
+}
+
+static char *sentinel_conf(const cluster *c)
+{
+    static char text[2048];
+    size_t n = 0;
+    for (int i = 0; i < NSHARDS; i++)
+        n += (size_t)snprintf(text + n, sizeof(text) - n,
+                              "sentinel monitor m%d 127.0.0.1 %d 2\n"
+                              "sentinel down-after-milliseconds m%d %d\n"
+                              "sentinel failover-timeout m%d %d\n",
+                              i + 1, c->master[i].port, i + 1, DOWN_AFTER_MS, i + 1,
+                              FAILOVER_TIMEOUT_MS);
+    return text;
+}
+
+static char *proxy_ini(const harness_proc *sentinels, int nsentinels, const char *shard_lines)
+{
+    static char ini[2048];
+    size_t n = (size_t)snprintf(ini, sizeof(ini),
+                                "[proxy]\nlisten = 127.0.0.1:%%PORT%%\nwatch_config = no\n"
+                                "request_timeout = %d\nconnect_timeout = 500\n"
+                                "reconnect_min = 20\nreconnect_max = 200\n"
+                                "sentinel_poll = %d\nsentinels = ",
+                                REQUEST_TIMEOUT_MS, SENTINEL_POLL_MS);
+    for (int i = 0; i < nsentinels; i++)
+        n += (size_t)snprintf(ini + n, sizeof(ini) - n, "%s127.0.0.1:%d", i ? ", " : "",
+                              sentinels[i].port);
+    snprintf(ini + n, sizeof(ini) - n, "\n[shards]\n%s", shard_lines);
+    return ini;
+}
+
+static void stop_all(cluster *c)
+{
+    harness_proc *all[] = {&c->proxy,      &c->sentinel[0], &c->sentinel[1], &c->sentinel[2],
+                           &c->replica[0], &c->replica[1],  &c->master[0],   &c->master[1]};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (all[i]->pid > 0) {
+            kill(all[i]->pid, SIGCONT);
+            harness_proc_stop(all[i], SIGKILL);
+        }
+    }
+}
+
+static int stop(void **state)
+{
+    cluster *c = *state;
+    if (c) {
+        stop_all(c);
+        free(c);
+    }
+    *state = NULL;
+    return 0;
+}
+
+/* Two masters with a replica each, three Sentinels that know them all,
+ * and a proxy over s1 = sentinel:m1, s2 = sentinel:m2 that has found both. */
+static cluster *cluster_start(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    for (int i = 0; i < NSHARDS; i++) {
+        assert_int_equal(harness_redis_start(&c->master[i]), 0);
+        assert_int_equal(harness_replica_start(&c->replica[i], c->master[i].port), 0);
+    }
+    long long deadline = now_ms() + bound_ms(10000);
+    for (int i = 0; i < NSHARDS; i++)
+        while (!replica_synced(c->replica[i].port)) {
+            assert_true(now_ms() < deadline);
+            sleep_ms(20);
+        }
+    for (int i = 0; i < NSENTINELS; i++)
+        assert_int_equal(harness_sentinel_start(&c->sentinel[i], sentinel_conf(c)), 0);
+    deadline = now_ms() + bound_ms(SENTINELS_READY_MS);
+    for (int i = 0; i < NSENTINELS; i++)
+        for (int m = 0; m < NSHARDS; m++) {
+            char name[8];
+            snprintf(name, sizeof(name), "m%d", m + 1);
+            while (!sentinel_ready(c->sentinel[i].port, name, NSENTINELS - 1)) {
+                if (now_ms() > deadline) {
+                    harness_dump_log(&c->sentinel[i], 4096);
+                    fail_msg("Sentinel %d does not know %s's replica and the other Sentinels",
+                             i + 1, name);
+                }
+                sleep_ms(100);
+            }
+        }
+    assert_int_equal(
+        harness_ringproxy_start(
+            &c->proxy, proxy_ini(c->sentinel, NSENTINELS, "s1 = sentinel:m1\ns2 = sentinel:m2\n")),
+        0);
+    wait_shard_field(c, "s1", "sentinel", "ok", 5000);
+    wait_shard_field(c, "s2", "sentinel", "ok", 5000);
+    return c;
+}
+
+static void expect_ok(redisReply *r)
+{
+    fixture_expect_status(r, "OK");
+}
+
+/* ---- tests ---- */
+
+/* At start the proxy asks the Sentinels for each master, and uses it. */
+static void test_masters_are_found_at_start(void **state)
+{
+    cluster *c = cluster_start(state);
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->master[0].port);
+    assert_int_equal(shard_master_port(c->proxy.port, "s2"), c->master[1].port);
+    char source[64];
+    shard_field(c->proxy.port, "s1", "source", source, sizeof(source));
+    assert_string_equal(source, "sentinel:m1");
+    shard_field(c->proxy.port, "s2", "failovers", source, sizeof(source));
+    assert_string_equal(source, "0");
+
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    char key[64];
+    for (int shard = 0; shard < NSHARDS; shard++) {
+        fixture_key_on_shard(p, "found", shard, key, sizeof(key));
+        expect_ok(fixture_cmd(p, "SET %s v%d", key, shard));
+        /* on the master the Sentinels named, not elsewhere */
+        redisReply *r = command_on(c->master[shard].port, "GET %s", key);
+        char want[8];
+        snprintf(want, sizeof(want), "v%d", shard);
+        fixture_expect_str(r, want);
+    }
+    redisFree(p);
+}
+
+/* The writes of the failover tests: one connection, one SET at a time, a
+ * new key each, over both shards. */
+typedef struct writer {
+    redisContext *conn;
+    int next;      /* next key number */
+    int acked[2];  /* writes answered OK, per shard */
+    int failed[2]; /* error replies, per shard */
+    char **keys;   /* acknowledged keys */
+    int nkeys, cap;
+    char bad_error[256];         /* the first error that is not s1's fast one */
+    long long first_ok_after_ms; /* first OK on the victim shard after since_ms */
+} writer;
+
+/* Writes for duration_ms (or until stop(c) says so, when given): victim's
+ * errors must be "ERR shard sN ...". */
+static void write_for(writer *w, const cluster *c, int victim, long long since_ms,
+                      long long duration_ms)
+{
+    (void)c;
+    long long end = now_ms() + duration_ms;
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "ERR shard s%d ", victim + 1);
+    while (now_ms() < end) {
+        char key[48];
+        snprintf(key, sizeof(key), "w:%d", w->next++);
+        int shard = fixture_owner(w->conn, key, strlen(key));
+        redisReply *r = fixture_cmd(w->conn, "SET %s %s", key, key);
+        if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
+            w->acked[shard]++;
+            if (shard == victim && !w->first_ok_after_ms && since_ms && now_ms() > since_ms)
+                w->first_ok_after_ms = now_ms();
+            if (w->nkeys == w->cap) {
+                w->cap = w->cap ? w->cap * 2 : 1024;
+                w->keys = realloc(w->keys, (size_t)w->cap * sizeof(*w->keys));
+                assert_non_null(w->keys);
+            }
+            w->keys[w->nkeys++] = strdup(key);
+        } else {
+            w->failed[shard]++;
+            if (!w->bad_error[0] && (r->type != REDIS_REPLY_ERROR || shard != victim ||
+                                     strncmp(r->str, prefix, strlen(prefix)) != 0))
+                snprintf(w->bad_error, sizeof(w->bad_error), "shard s%d: %s", shard + 1,
+                         r->type == REDIS_REPLY_ERROR ? r->str : "(not an error)");
+        }
+        freeReplyObject(r);
+    }
+}
+
+/* Acknowledged keys that do not read back through the proxy. */
+static int count_lost(writer *w)
+{
+    int lost = 0;
+    for (int i = 0; i < w->nkeys; i++) {
+        redisReply *r = fixture_cmd(w->conn, "GET %s", w->keys[i]);
+        lost += !(r->type == REDIS_REPLY_STRING && strcmp(r->str, w->keys[i]) == 0);
+        freeReplyObject(r);
+    }
+    return lost;
+}
+
+static void writer_free(writer *w)
+{
+    for (int i = 0; i < w->nkeys; i++)
+        free(w->keys[i]);
+    free(w->keys);
+    redisFree(w->conn);
+}
+
+/* Waits until the Sentinels name a master other than old_port for name;
+ * returns when (ms clock). */
+static long long wait_switch(const cluster *c, const char *name, int old_port, writer *w,
+                             int victim, long long since_ms)
+{
+    long long deadline = now_ms() + bound_ms(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS * 3);
+    for (;;) {
+        int port = sentinel_master_port(c->sentinel[0].port, name);
+        if (port && port != old_port)
+            return now_ms();
+        if (now_ms() > deadline) {
+            harness_dump_log(&c->sentinel[0], 4096);
+            fail_msg("the Sentinels did not fail %s over", name);
+        }
+        write_for(w, c, victim, since_ms, 20);
+    }
+}
+
+/* Writes until the first OK on the victim shard, or for FOLLOW_MS. */
+static void write_until_followed(writer *w, const cluster *c, int victim, long long since_ms)
+{
+    long long end = now_ms() + bound_ms(FOLLOW_MS);
+    while (!w->first_ok_after_ms && now_ms() < end)
+        write_for(w, c, victim, since_ms, 10);
+}
+
+/* A master killed under writes: the replica is promoted, the proxy follows
+ * within FOLLOW_MS of the switch, the requests in the gap get the fast
+ * "ERR shard s1 ... unavailable", the other shard is untouched, and no key
+ * moves. How many acknowledged writes the failover lost is printed: Redis
+ * replicates asynchronously. */
+static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
+{
+    cluster *c = cluster_start(state);
+    writer w = {.conn = harness_connect(c->proxy.port)};
+    assert_non_null(w.conn);
+    write_for(&w, c, 0, 0, 300);
+    assert_true(w.acked[0] > 0 && w.acked[1] > 0);
+    assert_int_equal(w.failed[0] + w.failed[1], 0);
+
+    int old_port = c->master[0].port;
+    long long killed = now_ms();
+    assert_true(harness_proc_stop(&c->master[0], SIGKILL) != -1);
+    long long switched = wait_switch(c, "m1", old_port, &w, 0, killed);
+    write_until_followed(&w, c, 0, killed);
+    write_for(&w, c, 0, killed, 300);
+    if (!w.first_ok_after_ms) {
+        harness_dump_log(&c->proxy, 4096);
+        fail_msg("no write to s1 succeeded within %d ms of the switch", FOLLOW_MS);
+    }
+    printf("killed master: Sentinels switched after %lld ms, the proxy wrote to the new master "
+           "%lld ms after the switch (%lld ms after the kill)\n",
+           switched - killed, w.first_ok_after_ms - switched, w.first_ok_after_ms - killed);
+    assert_true(w.first_ok_after_ms - switched <= bound_ms(FOLLOW_MS));
+    if (w.bad_error[0])
+        fail_msg("an error other than s1's fast one: %s", w.bad_error);
+    assert_int_equal(w.failed[1], 0);
+    assert_true(w.failed[0] > 0);
+
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->replica[0].port);
+    assert_int_equal(shard_master_port(c->proxy.port, "s2"), c->master[1].port);
+    char text[64];
+    shard_field(c->proxy.port, "s1", "failovers", text, sizeof(text));
+    assert_string_equal(text, "1");
+    shard_field(c->proxy.port, "s1", "last_switch", text, sizeof(text));
+    assert_true(atoll(text) > 0);
+    shard_field(c->proxy.port, "s2", "failovers", text, sizeof(text));
+    assert_string_equal(text, "0");
+
+    int lost = count_lost(&w);
+    printf("killed master: %d writes acknowledged (%d on s1), %d not found after the failover "
+           "(asynchronous replication; min_replicas_to_ack is not implemented)\n",
+           w.nkeys, w.acked[0], lost);
+    /* Only writes acknowledged by the killed master can be lost. */
+    assert_true(lost <= w.acked[0]);
+    writer_free(&w);
+}
+
+/* A stopped master: its requests time out, the Sentinels promote the
+ * replica, the proxy follows; once the old master runs again the Sentinels
+ * make it a replica, and the proxy keeps writing to the new master only. */
+static void test_stopped_master_is_replaced_and_not_written_after_it_resumes(void **state)
+{
+    cluster *c = cluster_start(state);
+    writer w = {.conn = harness_connect(c->proxy.port)};
+    assert_non_null(w.conn);
+    write_for(&w, c, 1, 0, 300);
+    assert_int_equal(w.failed[0] + w.failed[1], 0);
+
+    int old_port = c->master[1].port;
+    long long stopped = now_ms();
+    assert_int_equal(kill(c->master[1].pid, SIGSTOP), 0);
+    long long switched = wait_switch(c, "m2", old_port, &w, 1, stopped);
+    write_until_followed(&w, c, 1, stopped);
+    if (!w.first_ok_after_ms) {
+        harness_dump_log(&c->proxy, 4096);
+        fail_msg("no write to s2 succeeded within %d ms of the switch", FOLLOW_MS);
+    }
+    printf("stopped master: Sentinels switched after %lld ms, the proxy followed %lld ms later\n",
+           switched - stopped, w.first_ok_after_ms - switched);
+    assert_true(w.first_ok_after_ms - switched <= bound_ms(FOLLOW_MS));
+    assert_int_equal(shard_master_port(c->proxy.port, "s2"), c->replica[1].port);
+
+    assert_int_equal(kill(c->master[1].pid, SIGCONT), 0);
+    long long deadline = now_ms() + bound_ms(15000);
+    char role[16];
+    for (role_of(old_port, role, sizeof(role)); strcmp(role, "slave") != 0;
+         role_of(old_port, role, sizeof(role))) {
+        if (now_ms() > deadline)
+            fail_msg("the Sentinels did not make the old master a replica (ROLE %s)", role);
+        write_for(&w, c, 1, stopped, 50);
+    }
+    int failed_before = w.failed[1];
+    write_for(&w, c, 1, stopped, 500);
+    assert_int_equal(w.failed[1], failed_before);
+    assert_int_equal(w.failed[0], 0);
+    if (w.bad_error[0])
+        fail_msg("an error other than s2's own: %s", w.bad_error);
+    assert_int_equal(shard_master_port(c->proxy.port, "s2"), c->replica[1].port);
+    writer_free(&w);
+}
+
+/* Every Sentinel down: the proxy keeps the addresses it has, keeps serving,
+ * and INFO says the Sentinels are unreachable. */
+static void test_all_sentinels_down_keeps_the_last_known_masters(void **state)
+{
+    cluster *c = cluster_start(state);
+    for (int i = 0; i < NSENTINELS; i++)
+        assert_true(harness_proc_stop(&c->sentinel[i], SIGKILL) != -1);
+    wait_shard_field(c, "s1", "sentinel", "unreachable", SENTINEL_POLL_MS * 4 + 2000);
+    wait_shard_field(c, "s2", "sentinel", "unreachable", SENTINEL_POLL_MS * 4 + 2000);
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->master[0].port);
+    assert_int_equal(shard_master_port(c->proxy.port, "s2"), c->master[1].port);
+    redisReply *r = command_on(c->proxy.port, "INFO shards");
+    assert_non_null(r);
+    assert_non_null(strstr(r->str, "sentinel_subscribed:0"));
+    freeReplyObject(r);
+
+    writer w = {.conn = harness_connect(c->proxy.port)};
+    assert_non_null(w.conn);
+    write_for(&w, c, 0, 0, 300);
+    assert_int_equal(w.failed[0] + w.failed[1], 0);
+    assert_true(w.acked[0] > 0 && w.acked[1] > 0);
+    assert_int_equal(count_lost(&w), 0);
+    writer_free(&w);
+}
+
+static int log_contains(const harness_proc *p, const char *text)
+{
+    FILE *f = fopen(p->log, "r");
+    if (!f)
+        return 0;
+    char line[1024];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f))
+        found = strstr(line, text) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* A Sentinel that names a replica as the master (here one that monitors a
+ * replica of the replica under the master's name) is asked first; the
+ * proxy refuses its answer after ROLE and takes the real master from the
+ * next Sentinel. */
+static void test_sentinel_naming_a_replica_is_refused(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    assert_int_equal(harness_redis_start(&c->master[0]), 0);
+    assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
+    /* chained: the honest Sentinel never learns of it */
+    assert_int_equal(harness_replica_start(&c->replica[1], c->replica[0].port), 0);
+    char conf[256];
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->replica[1].port);
+    assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->master[0].port);
+    assert_int_equal(harness_sentinel_start(&c->sentinel[1], conf), 0);
+    assert_int_equal(sentinel_master_port(c->sentinel[0].port, "m1"), c->replica[1].port);
+
+    assert_int_equal(
+        harness_ringproxy_start(&c->proxy, proxy_ini(c->sentinel, 2, "s1 = sentinel:m1\n")), 0);
+    wait_shard_field(c, "s1", "sentinel", "ok", 5000);
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->master[0].port);
+    if (!log_contains(&c->proxy, "its ROLE is slave: not used")) {
+        harness_dump_log(&c->proxy, 4096);
+        fail_msg("the proxy did not say it refused the replica");
+    }
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    expect_ok(fixture_cmd(p, "SET refused v"));
+    redisFree(p);
+    fixture_expect_str(command_on(c->master[0].port, "GET refused"), "v");
+}
+
+/* The master is demoted behind the Sentinels' back (they are stopped) and
+ * the proxy's connection to it is closed: the proxy reconnects, asks ROLE
+ * first, and fails the requests fast instead of sending them to a replica. */
+static void test_demoted_master_gets_no_request_after_reconnect(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    assert_int_equal(harness_redis_start(&c->master[0]), 0);
+    assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
+    char conf[256];
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->master[0].port);
+    assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
+    assert_int_equal(
+        harness_ringproxy_start(&c->proxy, proxy_ini(c->sentinel, 1, "s1 = sentinel:m1\n")), 0);
+    wait_shard_field(c, "s1", "sentinel", "ok", 5000);
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    expect_ok(fixture_cmd(p, "SET before v"));
+
+    assert_int_equal(kill(c->sentinel[0].pid, SIGSTOP), 0);
+    expect_ok(command_on(c->replica[0].port, "REPLICAOF NO ONE"));
+    expect_ok(command_on(c->master[0].port, "REPLICAOF 127.0.0.1 %d", c->replica[0].port));
+    redisReply *r = command_on(c->master[0].port, "CLIENT KILL TYPE normal");
+    assert_non_null(r);
+    freeReplyObject(r);
+
+    /* Until the Sentinels say otherwise, s1 is unavailable, quickly. */
+    long long deadline = now_ms() + bound_ms(2000);
+    int refused = 0;
+    while (!refused && now_ms() < deadline) {
+        long long sent = now_ms();
+        r = fixture_cmd(p, "SET after v");
+        assert_int_equal(r->type, REDIS_REPLY_ERROR);
+        assert_true(strncmp(r->str, "ERR shard s1 ", 13) == 0);
+        assert_true(now_ms() - sent < bound_ms(REQUEST_TIMEOUT_MS));
+        refused = strstr(r->str, "not a master (ROLE)") != NULL;
+        freeReplyObject(r);
+        sleep_ms(20);
+    }
+    assert_true(refused);
+    fixture_expect_nil(command_on(c->master[0].port, "GET after"));
+    fixture_expect_nil(command_on(c->replica[0].port, "GET after"));
+    redisFree(p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_masters_are_found_at_start, stop),
+        cmocka_unit_test_teardown(test_killed_master_is_followed_to_the_promoted_replica, stop),
+        cmocka_unit_test_teardown(test_stopped_master_is_replaced_and_not_written_after_it_resumes,
+                                  stop),
+        cmocka_unit_test_teardown(test_all_sentinels_down_keeps_the_last_known_masters, stop),
+        cmocka_unit_test_teardown(test_sentinel_naming_a_replica_is_refused, stop),
+        cmocka_unit_test_teardown(test_demoted_master_gets_no_request_after_reconnect, stop),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
