@@ -238,6 +238,10 @@ static const config_key config_keys[] = {
      .offset = FIELD(sentinel_password, char *)},
     INT_KEY("sentinel_poll", sentinel_poll_ms, "1000", "ms", 100, 3600000, RELOAD,
             "ask the Sentinels for each master this often, besides pub/sub"),
+    INT_KEY("min_replicas_to_ack", min_replicas_to_ack, "0", "", 0, 16, RELOAD,
+            "answer a write once this many replicas have it (WAIT); 0 = at once"),
+    INT_KEY("min_replicas_timeout", min_replicas_timeout_ms, "1000", "ms", 1, 60000, RELOAD,
+            "WAIT timeout of min_replicas_to_ack; later = -NOREPLICAS"),
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))

@@ -86,6 +86,8 @@ typedef struct config {
     config_addr_list sentinels; /* Redis Sentinels asked for sentinel:NAME shards' masters */
     char *sentinel_password;    /* the Sentinels' password, NULL = none */
     int sentinel_poll_ms;       /* how often each master's address is asked again */
+    int min_replicas_to_ack; /* a write is answered once this many replicas have it, 0 = at once */
+    int min_replicas_timeout_ms; /* WAIT's timeout for those replicas */
 
     /* [shards], in file order */
     config_shard *shards;

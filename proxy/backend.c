@@ -634,7 +634,11 @@ static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
         if (!c->head || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
             continue;
         uint64_t clock = conn_head_clock(c);
-        if (now > clock && now - clock > limit)
+        /* A WAIT (min_replicas_to_ack) may take its own timeout. */
+        uint64_t block = c->head->block_us;
+        if (block == UINT64_MAX)
+            continue;
+        if (now > clock && now - clock > limit + block)
             /* Later replies could not be matched to their requests: the
              * whole connection is reset. */
             conn_fail(c, "timeout", 1);

@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "proxy/ack.h"
 #include "proxy/admin.h"
 #include "proxy/backend.h"
 #include "proxy/command.h"
@@ -108,7 +109,7 @@ static void send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, 
     backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
     if (reserved)
         backend_reserved_send(reserved, f, bytes, len);
-    else
+    else if (!ack_send(srv.shards[i], hint, f, bytes, len))
         backend_send(srv.shards[i], hint, f, bytes, len);
 }
 

@@ -35,6 +35,10 @@
 /* The proxy's request timeout here: a stopped master's requests fail after it. */
 #define REQUEST_TIMEOUT_MS 500
 #define SENTINEL_POLL_MS   500
+/* WAIT's timeout for the proxy with min_replicas_to_ack = 1: short, since
+ * the promoted master has no replica left and every write to it waits this
+ * long for -NOREPLICAS. */
+#define MIN_REPLICAS_TIMEOUT_MS 200
 /* Sentinels find their replicas and each other within a few hello periods
  * (2 s) and INFO periods (10 s, the first at start). */
 #define SENTINELS_READY_MS 30000
@@ -44,6 +48,7 @@ typedef struct cluster {
     harness_proc replica[NSHARDS];
     harness_proc sentinel[NSENTINELS];
     harness_proc proxy;
+    harness_proc proxy_acked; /* a second proxy, with min_replicas_to_ack = 1 */
 } cluster;
 
 static long long bound_ms(long long ms)
@@ -213,8 +218,9 @@ static char *proxy_ini(const harness_proc *sentinels, int nsentinels, const char
 
 static void stop_all(cluster *c)
 {
-    harness_proc *all[] = {&c->proxy,      &c->sentinel[0], &c->sentinel[1], &c->sentinel[2],
-                           &c->replica[0], &c->replica[1],  &c->master[0],   &c->master[1]};
+    harness_proc *all[] = {&c->proxy,       &c->proxy_acked, &c->sentinel[0],
+                           &c->sentinel[1], &c->sentinel[2], &c->replica[0],
+                           &c->replica[1],  &c->master[0],   &c->master[1]};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         if (all[i]->pid > 0) {
             kill(all[i]->pid, SIGCONT);
@@ -313,11 +319,13 @@ static void test_masters_are_found_at_start(void **state)
 /* The writes of the failover tests: one connection, one SET at a time, a
  * new key each, over both shards. */
 typedef struct writer {
-    redisContext *conn;
-    int next;      /* next key number */
-    int acked[2];  /* writes answered OK, per shard */
-    int failed[2]; /* error replies, per shard */
-    char **keys;   /* acknowledged keys */
+    redisContext *conn;       /* to the proxy */
+    redisContext *acked_conn; /* to proxy_acked, or NULL: every other write goes there */
+    int noreplicas;           /* -NOREPLICAS answers from proxy_acked */
+    int next;                 /* next key number */
+    int acked[2];             /* writes answered OK, per shard */
+    int failed[2];            /* error replies, per shard */
+    char **keys;              /* acknowledged keys */
     int nkeys, cap;
     char bad_error[256];         /* the first error that is not s1's fast one */
     long long first_ok_after_ms; /* first OK on the victim shard after since_ms */
@@ -334,12 +342,18 @@ static void write_for(writer *w, const cluster *c, int victim, long long since_m
     snprintf(prefix, sizeof(prefix), "ERR shard s%d ", victim + 1);
     while (now_ms() < end) {
         char key[48];
-        snprintf(key, sizeof(key), "w:%d", w->next++);
+        int acked = w->acked_conn && (w->next & 1);
+        snprintf(key, sizeof(key), "%s:%d", acked ? "a" : "w", w->next++);
         int shard = fixture_owner(w->conn, key, strlen(key));
-        redisReply *r = fixture_cmd(w->conn, "SET %s %s", key, key);
-        if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
+        redisReply *r = fixture_cmd(acked ? w->acked_conn : w->conn, "SET %s %s", key, key);
+        if (acked && r->type == REDIS_REPLY_ERROR && shard == victim &&
+            strncmp(r->str, "NOREPLICAS ", 11) == 0) {
+            /* the write was not confirmed by a replica: not counted as acknowledged */
+            w->noreplicas++;
+        } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
             w->acked[shard]++;
-            if (shard == victim && !w->first_ok_after_ms && since_ms && now_ms() > since_ms)
+            if (!acked && shard == victim && !w->first_ok_after_ms && since_ms &&
+                now_ms() > since_ms)
                 w->first_ok_after_ms = now_ms();
             if (w->nkeys == w->cap) {
                 w->cap = w->cap ? w->cap * 2 : 1024;
@@ -358,13 +372,20 @@ static void write_for(writer *w, const cluster *c, int victim, long long since_m
     }
 }
 
-/* Acknowledged keys that do not read back through the proxy. */
-static int count_lost(writer *w)
+/* Acknowledged keys that do not read back through the proxy; those written
+ * through proxy_acked counted apart in *lost_acked (when not NULL). */
+static int count_lost(writer *w, int *lost_acked)
 {
     int lost = 0;
+    if (lost_acked)
+        *lost_acked = 0;
     for (int i = 0; i < w->nkeys; i++) {
         redisReply *r = fixture_cmd(w->conn, "GET %s", w->keys[i]);
-        lost += !(r->type == REDIS_REPLY_STRING && strcmp(r->str, w->keys[i]) == 0);
+        int missing = !(r->type == REDIS_REPLY_STRING && strcmp(r->str, w->keys[i]) == 0);
+        if (w->keys[i][0] == 'a' && lost_acked)
+            *lost_acked += missing;
+        else
+            lost += missing;
         freeReplyObject(r);
     }
     return lost;
@@ -376,6 +397,8 @@ static void writer_free(writer *w)
         free(w->keys[i]);
     free(w->keys);
     redisFree(w->conn);
+    if (w->acked_conn)
+        redisFree(w->acked_conn);
 }
 
 /* Waits until the Sentinels name a master other than old_port for name;
@@ -412,8 +435,19 @@ static void write_until_followed(writer *w, const cluster *c, int victim, long l
 static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
 {
     cluster *c = cluster_start(state);
-    writer w = {.conn = harness_connect(c->proxy.port)};
+    char lines[256];
+    snprintf(lines, sizeof(lines), "s1 = sentinel:m1\ns2 = sentinel:m2\n");
+    char *ini = proxy_ini(c->sentinel, NSENTINELS, lines);
+    char *at = strstr(ini, "[shards]");
+    char acked_ini[2300];
+    snprintf(acked_ini, sizeof(acked_ini),
+             "%.*smin_replicas_to_ack = 1\nmin_replicas_timeout = %d\n%s", (int)(at - ini), ini,
+             MIN_REPLICAS_TIMEOUT_MS, at);
+    assert_int_equal(harness_ringproxy_start(&c->proxy_acked, acked_ini), 0);
+    writer w = {.conn = harness_connect(c->proxy.port),
+                .acked_conn = harness_connect(c->proxy_acked.port)};
     assert_non_null(w.conn);
+    assert_non_null(w.acked_conn);
     write_for(&w, c, 0, 0, 300);
     assert_true(w.acked[0] > 0 && w.acked[1] > 0);
     assert_int_equal(w.failed[0] + w.failed[1], 0);
@@ -447,12 +481,16 @@ static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
     shard_field(c->proxy.port, "s2", "failovers", text, sizeof(text));
     assert_string_equal(text, "0");
 
-    int lost = count_lost(&w);
-    printf("killed master: %d writes acknowledged (%d on s1), %d not found after the failover "
-           "(asynchronous replication; min_replicas_to_ack is not implemented)\n",
-           w.nkeys, w.acked[0], lost);
-    /* Only writes acknowledged by the killed master can be lost. */
+    int lost_acked;
+    int lost = count_lost(&w, &lost_acked);
+    printf("killed master: %d writes acknowledged (%d on s1), half of them with "
+           "min_replicas_to_ack = 1; lost in the failover: %d without it, %d with it; %d writes "
+           "answered -NOREPLICAS\n",
+           w.nkeys, w.acked[0], lost, lost_acked, w.noreplicas);
+    /* Only writes acknowledged by the killed master can be lost, and none
+     * that a replica had confirmed. */
     assert_true(lost <= w.acked[0]);
+    assert_int_equal(lost_acked, 0);
     writer_free(&w);
 }
 
@@ -521,7 +559,7 @@ static void test_all_sentinels_down_keeps_the_last_known_masters(void **state)
     write_for(&w, c, 0, 0, 300);
     assert_int_equal(w.failed[0] + w.failed[1], 0);
     assert_true(w.acked[0] > 0 && w.acked[1] > 0);
-    assert_int_equal(count_lost(&w), 0);
+    assert_int_equal(count_lost(&w, NULL), 0);
     writer_free(&w);
 }
 
@@ -619,6 +657,57 @@ static void test_demoted_master_gets_no_request_after_reconnect(void **state)
     redisFree(p);
 }
 
+/* min_replicas_to_ack = 1 over a plain host:port shard: a write is
+ * answered once the replica has it (it reads back from the replica at
+ * once), a read needs no WAIT, and with the replica stopped a write gets
+ * -NOREPLICAS after min_replicas_timeout while reads still work. */
+static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    assert_int_equal(harness_redis_start(&c->master[0]), 0);
+    assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
+    long long deadline = now_ms() + bound_ms(10000);
+    while (!replica_synced(c->replica[0].port)) {
+        assert_true(now_ms() < deadline);
+        sleep_ms(20);
+    }
+    char ini[512];
+    snprintf(ini, sizeof(ini),
+             "[proxy]\nlisten = 127.0.0.1:%%PORT%%\nwatch_config = no\n"
+             "min_replicas_to_ack = 1\nmin_replicas_timeout = %d\n[shards]\ns1 = 127.0.0.1:%d\n",
+             MIN_REPLICAS_TIMEOUT_MS, c->master[0].port);
+    assert_int_equal(harness_ringproxy_start(&c->proxy, ini), 0);
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    redisContext *replica = harness_connect(c->replica[0].port);
+    assert_non_null(replica);
+    for (int i = 0; i < 200; i++) {
+        expect_ok(fixture_cmd(p, "SET acked:%d v%d", i, i));
+        char want[16];
+        snprintf(want, sizeof(want), "v%d", i);
+        fixture_expect_str(fixture_cmd(replica, "GET acked:%d", i), want);
+    }
+    fixture_expect_int(fixture_cmd(p, "INCR counter"), 1);
+    fixture_expect_str(fixture_cmd(replica, "GET counter"), "1");
+
+    assert_int_equal(kill(c->replica[0].pid, SIGSTOP), 0);
+    long long sent = now_ms();
+    redisReply *r = fixture_cmd(p, "SET unconfirmed v");
+    long long took = now_ms() - sent;
+    fixture_expect_error(r, "NOREPLICAS write done on shard s1");
+    assert_true(took >= MIN_REPLICAS_TIMEOUT_MS - 20);
+    sent = now_ms();
+    fixture_expect_str(fixture_cmd(p, "GET acked:7"), "v7");
+    assert_true(now_ms() - sent < bound_ms(MIN_REPLICAS_TIMEOUT_MS));
+    /* the write itself was done on the master */
+    fixture_expect_str(command_on(c->master[0].port, "GET unconfirmed"), "v");
+    assert_int_equal(kill(c->replica[0].pid, SIGCONT), 0);
+    redisFree(replica);
+    redisFree(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -629,6 +718,8 @@ int main(void)
         cmocka_unit_test_teardown(test_all_sentinels_down_keeps_the_last_known_masters, stop),
         cmocka_unit_test_teardown(test_sentinel_naming_a_replica_is_refused, stop),
         cmocka_unit_test_teardown(test_demoted_master_gets_no_request_after_reconnect, stop),
+        cmocka_unit_test_teardown(test_min_replicas_to_ack_answers_writes_once_a_replica_has_them,
+                                  stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -757,7 +757,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 31);
+    assert_int_equal(keys, 33);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
