@@ -708,6 +708,71 @@ static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void
     redisFree(p);
 }
 
+/* A reload turns s1's address line into "sentinel:m1": the proxy asks the
+ * Sentinel, lands on the same master, and no key moves (the ring is made
+ * of names and weights). */
+static void test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    assert_int_equal(harness_redis_start(&c->master[0]), 0);
+    assert_int_equal(harness_redis_start(&c->master[1]), 0);
+    assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
+    char conf[256];
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->master[0].port);
+    assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
+    char ini[1024];
+    snprintf(ini, sizeof(ini),
+             "[proxy]\nlisten = 127.0.0.1:%%PORT%%\nwatch_config = no\n"
+             "[shards]\ns1 = 127.0.0.1:%d\ns2 = 127.0.0.1:%d\n",
+             c->master[0].port, c->master[1].port);
+    assert_int_equal(harness_ringproxy_start(&c->proxy, ini), 0);
+    char source[64];
+    shard_field(c->proxy.port, "s1", "source", source, sizeof(source));
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d", c->master[0].port);
+    assert_string_equal(source, want);
+
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    enum { KEYS = 200 };
+    int owner[KEYS];
+    for (int i = 0; i < KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "r:%d", i);
+        expect_ok(fixture_cmd(p, "SET %s %s", key, key));
+        owner[i] = fixture_owner(p, key, strlen(key));
+    }
+
+    snprintf(ini, sizeof(ini),
+             "[proxy]\nlisten = 127.0.0.1:%d\nwatch_config = no\nsentinels = 127.0.0.1:%d\n"
+             "[shards]\ns1 = sentinel:m1\ns2 = 127.0.0.1:%d\n",
+             c->proxy.port, c->sentinel[0].port, c->master[1].port);
+    char path[300];
+    snprintf(path, sizeof(path), "%s/proxy.ini", c->proxy.dir);
+    FILE *out = fopen(path, "w");
+    assert_non_null(out);
+    assert_true(fputs(ini, out) >= 0);
+    assert_int_equal(fclose(out), 0);
+    expect_ok(fixture_cmd(p, "PROXY RELOAD"));
+    wait_shard_field(c, "s1", "sentinel", "ok", 5000);
+    shard_field(c->proxy.port, "s1", "source", source, sizeof(source));
+    assert_string_equal(source, "sentinel:m1");
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->master[0].port);
+    wait_shard_field(c, "s1", "state", "up", 2000);
+    for (int i = 0; i < KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "r:%d", i);
+        assert_int_equal(fixture_owner(p, key, strlen(key)), owner[i]);
+        fixture_expect_str(fixture_cmd(p, "GET %s", key), key);
+    }
+    redisReply *r = fixture_cmd(p, "INFO rebalance");
+    assert_non_null(strstr(r->str, "rebalance_completed:0"));
+    freeReplyObject(r);
+    redisFree(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -720,6 +785,8 @@ int main(void)
         cmocka_unit_test_teardown(test_demoted_master_gets_no_request_after_reconnect, stop),
         cmocka_unit_test_teardown(test_min_replicas_to_ack_answers_writes_once_a_replica_has_them,
                                   stop),
+        cmocka_unit_test_teardown(
+            test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys, stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
