@@ -262,7 +262,7 @@ static cluster *cluster_start(void **state)
     deadline = now_ms() + bound_ms(SENTINELS_READY_MS);
     for (int i = 0; i < NSENTINELS; i++)
         for (int m = 0; m < NSHARDS; m++) {
-            char name[8];
+            char name[16];
             snprintf(name, sizeof(name), "m%d", m + 1);
             while (!sentinel_ready(c->sentinel[i].port, name, NSENTINELS - 1)) {
                 if (now_ms() > deadline) {
@@ -309,7 +309,7 @@ static void test_masters_are_found_at_start(void **state)
         expect_ok(fixture_cmd(p, "SET %s v%d", key, shard));
         /* on the master the Sentinels named, not elsewhere */
         redisReply *r = command_on(c->master[shard].port, "GET %s", key);
-        char want[8];
+        char want[16];
         snprintf(want, sizeof(want), "v%d", shard);
         fixture_expect_str(r, want);
     }
