@@ -115,6 +115,7 @@ typedef struct config_key {
 _Static_assert(sizeof(hash_kind) == sizeof(int), "hash_kind is stored as an int");
 _Static_assert(sizeof(ring_mode) == sizeof(int), "ring_mode is stored as an int");
 _Static_assert(sizeof(config_log_level) == sizeof(int), "config_log_level is stored as an int");
+_Static_assert(sizeof(config_read_from) == sizeof(int), "config_read_from is stored as an int");
 
 static const char *hash_kind_name(int value)
 {
@@ -242,6 +243,9 @@ static const config_key config_keys[] = {
             "answer a write once this many replicas have it (WAIT); 0 = at once"),
     INT_KEY("min_replicas_timeout", min_replicas_timeout_ms, "1000", "ms", 1, 60000, RELOAD,
             "WAIT timeout of min_replicas_to_ack; later = -NOREPLICAS"),
+    ENUM_KEY("read_from", read_from, config_read_from, config_read_from_name,
+             CONFIG_READ_FROM_COUNT, "master", RELOAD,
+             "where sentinel shards' reads go (docs/failover.md)"),
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -860,10 +864,24 @@ static int parse_shard_value(load_ctx *ctx, const char *name, const char *value,
     }
     bool have_weight = false;
     for (char *word; (word = strtok_r(NULL, " \t", &save));) {
+        if (strncmp(word, "read_from=", 10) == 0) {
+            int i = 0;
+            while (i < CONFIG_READ_FROM_COUNT && strcmp(word + 10, config_read_from_name(i)) != 0)
+                i++;
+            if (i == CONFIG_READ_FROM_COUNT || shard->read_from >= 0) {
+                fail(ctx, ctx->line,
+                     "shard %s: read_from must be given once, as master, replica or "
+                     "prefer_replica, not '%s'",
+                     name, word + 10);
+                return -1;
+            }
+            shard->read_from = i;
+            continue;
+        }
         if (strncmp(word, "weight=", 7) != 0) {
             fail(ctx, ctx->line,
-                 "shard %s: unexpected '%s' after the address (expected weight=N%s)", name, word,
-                 word[0] == '#' ? "; comments start with ';'" : "");
+                 "shard %s: unexpected '%s' after the address (expected weight=N or read_from=X%s)",
+                 name, word, word[0] == '#' ? "; comments start with ';'" : "");
             return -1;
         }
         if (have_weight) {
@@ -914,7 +932,7 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
         cfg->shards = grown;
         ctx->shard_cap = cap;
     }
-    config_shard shard = {.weight = 1, .line = ctx->line};
+    config_shard shard = {.weight = 1, .line = ctx->line, .read_from = -1};
     if (parse_shard_value(ctx, name, value, &shard) != 0) {
         free(shard.host);
         free(shard.sentinel_master);
@@ -1360,6 +1378,19 @@ void config_write_markdown(FILE *out)
         fprintf(out, "| `%s` | `%s` | %s | %s | %s |\n", key->name, key->default_value, values,
                 key->reloadable ? "yes" : "restart", key->description);
     }
+}
+
+const char *config_read_from_name(int value)
+{
+    switch (value) {
+    case CONFIG_READ_MASTER:
+        return "master";
+    case CONFIG_READ_REPLICA:
+        return "replica";
+    case CONFIG_READ_PREFER_REPLICA:
+        return "prefer_replica";
+    }
+    return "?";
 }
 
 const char *config_log_level_name(config_log_level level)

@@ -671,8 +671,11 @@ void backend_tick(void)
     int timeout_ms = srv.cfg->request_timeout_ms;
     if (timeout_ms > 0) {
         uint64_t limit = (uint64_t)timeout_ms * 1000;
-        for (size_t i = 0; i < srv.nshards; i++)
+        for (size_t i = 0; i < srv.nshards; i++) {
             shard_check_timeouts(srv.shards[i], limit, now);
+            if (srv.shards[i]->replica)
+                shard_check_timeouts(srv.shards[i]->replica, limit, now);
+        }
         for (shard *s = retired_head; s; s = s->next_retired)
             shard_check_timeouts(s, limit, now);
     }
@@ -817,6 +820,11 @@ int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err
         c->backoff_ms = 0;
         c->role_pending = 0;
     }
+    /* The replica may be the new master: the next poll finds the replicas. */
+    if (s->replica) {
+        backend_shard_retire(s->replica);
+        s->replica = NULL;
+    }
     free(s->host);
     s->host = copy;
     s->port = port;
@@ -840,10 +848,30 @@ static void shard_fail_reserved(shard *s)
     }
 }
 
+int backend_shard_set_replica(shard *s, const char *host, uint16_t port, char *err, size_t errlen)
+{
+    if (s->replica && host && s->replica->port == port && strcmp(s->replica->host, host) == 0)
+        return 0;
+    shard *replica = NULL;
+    if (host) {
+        config_shard cs = {.name = s->name, .host = (char *)host, .port = port, .read_from = -1};
+        replica = backend_shard_new(&cs, s->nconns, err, errlen);
+        if (!replica)
+            return -1;
+    }
+    if (s->replica)
+        backend_shard_retire(s->replica);
+    s->replica = replica;
+    if (replica)
+        backend_shard_start(replica);
+    return 0;
+}
+
 void backend_shard_free(shard *s)
 {
     if (!s)
         return;
+    backend_shard_free(s->replica);
     shard_fail_reserved(s);
     for (int j = 0; s->conns && j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];

@@ -84,6 +84,7 @@ typedef struct shard {
     char *host;            /* current address; "" while a sentinel shard's is unknown */
     uint16_t port;         /* 0 while unknown */
     char *sentinel_master; /* the master's name at the Sentinels, NULL for a host:port line */
+    struct shard *replica; /* a replica that read_from may send reads to, NULL = none known */
     char label[400];       /* "s2 (127.0.0.1:7002)", for messages */
     struct sockaddr_storage addr; /* resolved once, at load or reload */
     socklen_t addrlen;
@@ -124,6 +125,12 @@ backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, si
 
 /* Closes a shard's connections (in-flight requests get an error) and frees it. */
 void backend_shard_free(shard *s);
+
+/* Points s's reads (read_from) at the replica at host:port, or at none
+ * when host is NULL. A replica dropped or replaced finishes what was sent
+ * to it. 0, or -1 with a reason in err. */
+__attribute__((warn_unused_result)) int
+backend_shard_set_replica(shard *s, const char *host, uint16_t port, char *err, size_t errlen);
 
 /* Takes a shard that a reload dropped or re-addressed out of service
  * without failing what was already sent to it: its reserved connections end

@@ -19,6 +19,7 @@
 #include "proxy/merge.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
 
@@ -109,8 +110,11 @@ static void send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, 
     backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
     if (reserved)
         backend_reserved_send(reserved, f, bytes, len);
-    else if (!ack_send(srv.shards[i], hint, f, bytes, len))
-        backend_send(srv.shards[i], hint, f, bytes, len);
+    else {
+        shard *target = sentinel_read_shard(i, bytes, len);
+        if (!ack_send(target, hint, f, bytes, len))
+            backend_send(target, hint, f, bytes, len);
+    }
 }
 
 static void single_done(fragment *f, const char *reply, size_t len)

@@ -26,6 +26,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "proxy/ack.h"
 #include "proxy/backend.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
@@ -74,6 +75,9 @@ struct query {
     int answered;          /* some Sentinel named an address */
     char host[256];        /* the address being verified */
     int port;
+    int replicas_asked;     /* SENTINEL REPLICAS was asked (read_from wants a replica) */
+    char replica_host[256]; /* the first healthy replica it named, "" = none */
+    int replica_port;
 };
 
 typedef struct sentinel_peer {
@@ -174,10 +178,41 @@ static const sentinel_peer *query_peer(const query *q)
     return &sn.peers[(q->first + q->tried) % sn.npeers];
 }
 
+/* The read_from in force for s: its shard line's, else [proxy]'s. */
+static int shard_read_from(const shard *s)
+{
+    for (size_t i = 0; i < srv.nshards; i++)
+        if (srv.shards[i] == s)
+            return srv.cfg->shards[i].read_from >= 0 ? srv.cfg->shards[i].read_from
+                                                     : (int)srv.cfg->read_from;
+    return CONFIG_READ_MASTER;
+}
+
+/* After a poll that asked for replicas: reads go to the one it found. */
+static void apply_replica(const query *q)
+{
+    shard *s = watch_shard(q->w);
+    if (!s || !q->replicas_asked)
+        return;
+    const char *host = q->replica_host[0] ? q->replica_host : NULL;
+    if (!host && !s->replica)
+        return;
+    char err[400];
+    if (backend_shard_set_replica(s, host, (uint16_t)q->replica_port, err, sizeof(err)) < 0) {
+        log_warn("shard %s: cannot read from replica %s:%d: %s", s->name, q->replica_host,
+                 q->replica_port, err);
+        return;
+    }
+    if (host)
+        log_info("shard %s: reads may go to replica %s:%d", s->name, host, q->replica_port);
+}
+
 static void query_finish(query *q, watch_state st)
 {
     watch *w = q->w;
     query_drop_conn(q);
+    if (st == WATCH_OK)
+        apply_replica(q);
     if (st != WATCH_OK && st != w->state)
         log_warn("shard %s: %s; keeping its last known address", w->shard,
                  st == WATCH_UNREACHABLE
@@ -304,6 +339,41 @@ static void query_verify(query *q)
     }
 }
 
+/* The value of name in a flat [name, value, ...] array, or "". */
+static const char *field_of(const redisReply *fields, const char *name)
+{
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (fields->element[i]->type == REDIS_REPLY_STRING &&
+            fields->element[i + 1]->type == REDIS_REPLY_STRING &&
+            strcmp(fields->element[i]->str, name) == 0)
+            return fields->element[i + 1]->str;
+    return "";
+}
+
+/* SENTINEL REPLICAS: keeps the first replica in good health (flags exactly
+ * "slave": not down, not disconnected; its link to the master up). The
+ * command after it on this connection carries the query on. */
+static void on_replicas_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    query *q = privdata;
+    redisReply *reply = r;
+    if (ac != q->ac || !reply || reply->type != REDIS_REPLY_ARRAY)
+        return;
+    q->replica_host[0] = '\0';
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *fields = reply->element[i];
+        if (fields->type != REDIS_REPLY_ARRAY || strcmp(field_of(fields, "flags"), "slave") != 0 ||
+            strcmp(field_of(fields, "master-link-status"), "ok") != 0)
+            continue;
+        int port = atoi(field_of(fields, "port"));
+        if (port <= 0 || port > 65535)
+            continue;
+        snprintf(q->replica_host, sizeof(q->replica_host), "%s", field_of(fields, "ip"));
+        q->replica_port = port;
+        return;
+    }
+}
+
 static void on_ask_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     query *q = privdata;
@@ -353,6 +423,13 @@ static void on_ask_connect(const redisAsyncContext *cac, int status)
         return;
     }
     send_auth(q->ac, srv.cfg->sentinel_password);
+    q->replica_host[0] = '\0';
+    /* Before the address: its callback may end the query, and nothing may
+     * be left to call back then. */
+    shard *s = watch_shard(q->w);
+    q->replicas_asked = s && shard_read_from(s) != CONFIG_READ_MASTER &&
+                        redisAsyncCommand(q->ac, on_replicas_reply, q, "SENTINEL REPLICAS %s",
+                                          q->w->master) == REDIS_OK;
     if (redisAsyncCommand(q->ac, on_ask_reply, q, "SENTINEL get-master-addr-by-name %s",
                           q->w->master) != REDIS_OK) {
         query_drop_conn(q);
@@ -673,6 +750,21 @@ static const char *watch_state_name(watch_state st)
     return "?";
 }
 
+shard *sentinel_read_shard(uint32_t i, const char *bytes, size_t len)
+{
+    shard *s = srv.shards[i];
+    shard *replica = s->replica;
+    if (!replica)
+        return s;
+    int read_from =
+        srv.cfg->shards[i].read_from >= 0 ? srv.cfg->shards[i].read_from : (int)srv.cfg->read_from;
+    if (read_from == CONFIG_READ_MASTER || ack_is_write(bytes, len))
+        return s;
+    if (read_from == CONFIG_READ_PREFER_REPLICA && strcmp(backend_shard_state(replica), "up") != 0)
+        return s;
+    return replica;
+}
+
 int sentinel_shard_info(const shard *s, buf *b)
 {
     char addr[300];
@@ -686,10 +778,17 @@ int sentinel_shard_info(const shard *s, buf *b)
     for (size_t i = 0; i < sn.nwatches && !w; i++)
         if (strcmp(sn.watches[i]->shard, s->name) == 0)
             w = sn.watches[i];
-    return buf_printf(
-        b, ",source=sentinel:%s,master=%s,failovers=%llu,last_switch=%lld,sentinel=%s",
-        s->sentinel_master, addr, w ? (unsigned long long)w->failovers : 0ULL,
-        w ? (long long)w->last_switch : 0LL, watch_state_name(w ? w->state : WATCH_PENDING));
+    char replica[300];
+    if (s->replica)
+        format_hostport(s->replica->host, s->replica->port, replica, sizeof(replica));
+    else
+        snprintf(replica, sizeof(replica), "none");
+    return buf_printf(b,
+                      ",source=sentinel:%s,master=%s,failovers=%llu,last_switch=%lld,sentinel=%s,"
+                      "read_replica=%s",
+                      s->sentinel_master, addr, w ? (unsigned long long)w->failovers : 0ULL,
+                      w ? (long long)w->last_switch : 0LL,
+                      watch_state_name(w ? w->state : WATCH_PENDING), replica);
 }
 
 int sentinel_info(buf *b)

@@ -8,6 +8,9 @@
 #ifndef PROXY_SENTINEL_H
 #define PROXY_SENTINEL_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "proxy/buf.h"
 
 struct shard;
@@ -23,6 +26,11 @@ void sentinel_tick(void);
 /* A connection of s found its address is no longer a master (ROLE): the
  * Sentinels are asked again now rather than at the next poll. */
 void sentinel_shard_suspect(const struct shard *s);
+
+/* Where a request for srv.shards[i] goes: a read-only command (bytes) to
+ * the shard's replica when its read_from says so, anything else to the
+ * shard itself. */
+struct shard *sentinel_read_shard(uint32_t i, const char *bytes, size_t len);
 
 /* Appends ",source=...,master=...,failovers=N,last_switch=T,sentinel=STATE"
  * for s to an INFO shards line. 0 or -1. */

@@ -787,6 +787,72 @@ static void test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys
     redisFree(p);
 }
 
+/* read_from=prefer_replica on s1's line (the proxy's default is master):
+ * a read-only command goes to the replica the Sentinel names (a key that
+ * only the replica holds is found), a write to the master; with the
+ * replica dead, reads go to the master again. */
+static void test_reads_go_to_the_replica_with_read_from(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    assert_int_equal(harness_redis_start(&c->master[0]), 0);
+    assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
+    long long deadline = now_ms() + bound_ms(10000);
+    while (!replica_synced(c->replica[0].port)) {
+        assert_true(now_ms() < deadline);
+        sleep_ms(20);
+    }
+    char conf[256];
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->master[0].port);
+    assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
+    deadline = now_ms() + bound_ms(SENTINELS_READY_MS);
+    while (!sentinel_ready(c->sentinel[0].port, "m1", 0)) {
+        assert_true(now_ms() < deadline);
+        sleep_ms(100);
+    }
+    expect_ok(command_on(c->replica[0].port, "CONFIG SET replica-read-only no"));
+    expect_ok(command_on(c->replica[0].port, "SET only-on-replica r"));
+
+    assert_int_equal(
+        harness_ringproxy_start(
+            &c->proxy, proxy_ini(c->sentinel, 1, "s1 = sentinel:m1 read_from=prefer_replica\n")),
+        0);
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d", c->replica[0].port);
+    wait_shard_field(c, "s1", "read_replica", want, SENTINEL_POLL_MS * 2 + 3000);
+    wait_shard_field(c, "s1", "state", "up", 2000);
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    /* reads reach the replica once its connection is up */
+    deadline = now_ms() + bound_ms(2000);
+    redisReply *r;
+    while ((r = fixture_cmd(p, "GET only-on-replica"))->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        assert_true(now_ms() < deadline);
+        sleep_ms(20);
+    }
+    fixture_expect_str(r, "r");
+    expect_ok(fixture_cmd(p, "SET written v"));
+    fixture_expect_str(command_on(c->master[0].port, "GET written"), "v");
+
+    assert_true(harness_proc_stop(&c->replica[0], SIGKILL) != -1);
+    deadline = now_ms() + bound_ms(3000);
+    for (;;) {
+        r = fixture_cmd(p, "GET only-on-replica");
+        if (r->type == REDIS_REPLY_NIL)
+            break;
+        /* until the proxy sees the replica gone: its error, never a wrong value */
+        assert_int_equal(r->type, REDIS_REPLY_ERROR);
+        freeReplyObject(r);
+        assert_true(now_ms() < deadline);
+        sleep_ms(20);
+    }
+    freeReplyObject(r);
+    fixture_expect_str(fixture_cmd(p, "GET written"), "v");
+    redisFree(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -801,6 +867,7 @@ int main(void)
                                   stop),
         cmocka_unit_test_teardown(
             test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys, stop),
+        cmocka_unit_test_teardown(test_reads_go_to_the_replica_with_read_from, stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -250,7 +250,10 @@ static const error_case error_cases[] = {
      "proxy.ini:4: shard s1: bad master name '' after sentinel: (use 1 to 64 of the characters "
      "A-Z a-z 0-9 _ . -)"},
     {"[proxy]\nsentinels = 127.0.0.1:26379\n[shards]\ns1 = sentinel:m x\n",
-     "proxy.ini:4: shard s1: unexpected 'x' after the address (expected weight=N)"},
+     "proxy.ini:4: shard s1: unexpected 'x' after the address (expected weight=N or read_from=X)"},
+    {"[shards]\ns1 = 127.0.0.1:7001 read_from=slave\n",
+     "proxy.ini:2: shard s1: read_from must be given once, as master, replica or prefer_replica, "
+     "not 'slave'"},
     {"[proxy]\nsentinels = 127.0.0.1:26379, 127.0.0.1\n" SHARDS,
      "proxy.ini:2: sentinels: bad address '127.0.0.1': missing port"},
     {"[proxy]\nsentinels = 127.0.0.1:26379,127.0.0.1:26379\n" SHARDS,
@@ -273,12 +276,14 @@ static const error_case error_cases[] = {
      "proxy.ini:2: shard s1: weight must be an integer 1..10000, not '10001'"},
     {"[shards]\ns1 = 127.0.0.1:7001 weight=2 weight=3\n",
      "proxy.ini:2: shard s1: weight given twice"},
-    {"[shards]\ns1 = 127.0.0.1:7001 primary\n",
-     "proxy.ini:2: shard s1: unexpected 'primary' after the address (expected weight=N)"},
+    {"[shards]\ns1 = 127.0.0.1:7001 primary\n", "proxy.ini:2: shard s1: unexpected 'primary' after "
+                                                "the address (expected weight=N or read_from=X)"},
     {"[shards]\ns1 = 127.0.0.1:7001 weight = 2\n",
-     "proxy.ini:2: shard s1: unexpected 'weight' after the address (expected weight=N)"},
+     "proxy.ini:2: shard s1: unexpected 'weight' after the address (expected weight=N or "
+     "read_from=X)"},
     {"[shards]\ns1 = 127.0.0.1:7001 # main box\n",
-     "proxy.ini:2: shard s1: unexpected '#' after the address (expected weight=N; comments start "
+     "proxy.ini:2: shard s1: unexpected '#' after the address (expected weight=N or read_from=X; "
+     "comments start "
      "with ';')"},
 
     /* a key naming a shard: checked once [shards] is read */
@@ -646,7 +651,12 @@ static void test_shard_forms(void **state)
     /* Sentinel lines mix with addresses; the list takes spaces and IPv6 */
     cfg = load_ok("[proxy]\nsentinels = 127.0.0.1:26379 ,[::1]:26380,  localhost:26381\n"
                   "sentinel_password = sp\n"
-                  "[shards]\ns1 = sentinel:mymaster weight=2\ns2 = 127.0.0.1:7002\n");
+                  "read_from = prefer_replica\n"
+                  "[shards]\ns1 = sentinel:mymaster weight=2 read_from=replica\n"
+                  "s2 = 127.0.0.1:7002\n");
+    assert_int_equal(cfg->read_from, CONFIG_READ_PREFER_REPLICA);
+    assert_int_equal(cfg->shards[0].read_from, CONFIG_READ_REPLICA);
+    assert_int_equal(cfg->shards[1].read_from, -1);
     assert_int_equal(cfg->sentinels.n, 3);
     assert_string_equal(cfg->sentinels.addrs[0].host, "127.0.0.1");
     assert_int_equal(cfg->sentinels.addrs[0].port, 26379);
@@ -757,7 +767,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 33);
+    assert_int_equal(keys, 34);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
