@@ -105,6 +105,7 @@ static const char *const readonly_commands[] = {
 
 /* A write in flight with the WAIT behind it. */
 typedef struct ack_wait {
+    shard *shard;   /* where it went: alive while its fragments are in flight */
     fragment write; /* the write, as sent */
     fragment wait;  /* WAIT, on the same connection right behind it */
     fragment *orig; /* the router's fragment, answered when WAIT is */
@@ -162,13 +163,11 @@ static void wait_done(fragment *f, const char *reply, size_t len)
             n = snprintf(text, sizeof(text),
                          "-NOREPLICAS write done on shard %s but acknowledged by %lld of %d "
                          "replicas in %d ms (min_replicas_to_ack): a failover may lose it\r\n",
-                         srv.shards[orig->shard]->label, got, want,
-                         srv.cfg->min_replicas_timeout_ms);
+                         a->shard->label, got, want, srv.cfg->min_replicas_timeout_ms);
         else
-            n = snprintf(text, sizeof(text),
-                         "-NOREPLICAS write done on shard %s but WAIT failed: %.*s\r\n",
-                         srv.shards[orig->shard]->label,
-                         (int)(len > 3 ? (len - 3 > 200 ? 200 : len - 3) : 0), reply + 1);
+            n = snprintf(
+                text, sizeof(text), "-NOREPLICAS write done on shard %s but WAIT failed: %.*s\r\n",
+                a->shard->label, (int)(len > 3 ? (len - 3 > 200 ? 200 : len - 3) : 0), reply + 1);
         if (n < 0 || (size_t)n >= sizeof(text))
             n = snprintf(text, sizeof(text), "-NOREPLICAS write not acknowledged by replicas\r\n");
         orig->done(orig, text, (size_t)n);
@@ -196,6 +195,7 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     int wait_len = snprintf(wait, sizeof(wait), "*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n",
                             want_len, want_text, timeout_len, timeout_text);
     a->orig = f;
+    a->shard = s;
     a->write.req = f->req;
     a->write.shard = f->shard;
     a->write.done = write_done;

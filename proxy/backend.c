@@ -266,17 +266,22 @@ static void role_done(fragment *f, const char *reply, size_t len)
 }
 
 /* A sentinel shard's address may be a demoted master by now: ROLE goes
- * first (after AUTH) and is written at once, the rest waits for its answer
- * (role_pending). The socket has just connected, so its buffer takes these
- * few bytes whole. 0, or -1 with a reason in why. */
-static int conn_check_role(backend_conn *c, char *why, size_t whylen)
+ * first (only AUTH, queued after this call, goes before it). 0 or -1. */
+static int conn_queue_role(backend_conn *c)
 {
     buf first = {0};
-    if (buf_append(&first, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1) < 0 ||
-        conn_queue_first(c, &c->role, role_done, &first) < 0) {
-        snprintf(why, whylen, "unavailable: out of memory queueing ROLE");
+    if (buf_append(&first, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1) < 0) {
+        buf_free(&first);
         return -1;
     }
+    return conn_queue_first(c, &c->role, role_done, &first);
+}
+
+/* Writes AUTH and ROLE at once; the rest waits for ROLE's answer
+ * (role_pending). The socket has just connected, so its buffer takes these
+ * few bytes whole. 0, or -1 with a reason in why. */
+static int conn_write_role(backend_conn *c, char *why, size_t whylen)
+{
     size_t len = (size_t)(c->role.end_offset - c->written_total);
     ssize_t n = write(c->fd, buf_head(&c->out), len);
     if (n != (ssize_t)len) {
@@ -300,12 +305,17 @@ static void conn_connected(backend_conn *c)
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
     c->role_pending = 0;
+    int check_role = c->shard->sentinel_master != NULL;
+    if (check_role && conn_queue_role(c) < 0) {
+        conn_fail(c, "unavailable: out of memory queueing ROLE", 0);
+        return;
+    }
     if (srv.cfg->backend_password && conn_queue_auth(c, srv.cfg->backend_password) < 0) {
         conn_fail(c, "unavailable: out of memory queueing AUTH", 0);
         return;
     }
     char why[160];
-    if (c->shard->sentinel_master && conn_check_role(c, why, sizeof(why)) < 0) {
+    if (check_role && conn_write_role(c, why, sizeof(why)) < 0) {
         conn_fail(c, why, 0);
         return;
     }

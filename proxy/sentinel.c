@@ -510,11 +510,15 @@ static void sub_drop(void)
     redisAsyncFree(ac);
 }
 
-/* The subscription is gone: the next Sentinel, a little later. */
+/* The subscription is gone: the next Sentinel, a little later. Logged at
+ * info when a working subscription ends, else at debug: with every
+ * Sentinel down this repeats every SENTINEL_RESUBSCRIBE_MS. */
 static void sub_lost(const char *why)
 {
     const sentinel_peer *p = &sn.peers[sn.sub_peer % sn.npeers];
-    log_info("Sentinel %s:%u: +switch-master subscription: %s", p->host, (unsigned)p->port, why);
+    log_at(sn.sub_confirmed ? LOG_INFO : LOG_DEBUG,
+           "Sentinel %s:%u: +switch-master subscription: %s", p->host, (unsigned)p->port, why);
+    sn.sub_confirmed = 0;
     sn.sub_peer = (sn.sub_peer + 1) % sn.npeers;
     sn.sub_retry_us = srv.now_us + SENTINEL_RESUBSCRIBE_MS * 1000u;
 }

@@ -853,6 +853,35 @@ static void test_reads_go_to_the_replica_with_read_from(void **state)
     redisFree(p);
 }
 
+/* Shards with a password (backend_password): AUTH goes before the ROLE
+ * check, both on the proxy's connections and on the connection that checks
+ * a Sentinel's answer. */
+static void test_master_with_a_password_is_found_and_used(void **state)
+{
+    cluster *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    *state = c;
+    assert_int_equal(harness_redis_start(&c->master[0]), 0);
+    expect_ok(command_on(c->master[0].port, "CONFIG SET requirepass pw"));
+    char conf[256];
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\nsentinel auth-pass m1 pw\n",
+             c->master[0].port);
+    assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
+    const char *ini = proxy_ini(c->sentinel, 1, "s1 = sentinel:m1\n");
+    const char *at = strstr(ini, "[shards]");
+    char with_password[2300];
+    snprintf(with_password, sizeof(with_password), "%.*sbackend_password = pw\n%s", (int)(at - ini),
+             ini, at);
+    assert_int_equal(harness_ringproxy_start(&c->proxy, with_password), 0);
+    wait_shard_field(c, "s1", "sentinel", "ok", 5000);
+    wait_shard_field(c, "s1", "state", "up", 2000);
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    expect_ok(fixture_cmd(p, "SET with-password v"));
+    fixture_expect_str(fixture_cmd(p, "GET with-password"), "v");
+    redisFree(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -868,6 +897,7 @@ int main(void)
         cmocka_unit_test_teardown(
             test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys, stop),
         cmocka_unit_test_teardown(test_reads_go_to_the_replica_with_read_from, stop),
+        cmocka_unit_test_teardown(test_master_with_a_password_is_found_and_used, stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
