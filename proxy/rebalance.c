@@ -725,6 +725,30 @@ void rebalance_tick(void)
     }
 }
 
+void rebalance_source_readdressed(const shard *s)
+{
+    if (!rb.running)
+        return;
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        mover *m = &rb.movers[i];
+        if (m->source != s)
+            continue;
+        log_notice("rebalance: shard %s has a new address: scanning it again from the start",
+                   s->label);
+        snprintf(m->cursor, sizeof(m->cursor), "0");
+        m->done = 0;
+        m->next_at_us = server_now_us();
+        redisAsyncContext *ac = m->ac;
+        if (ac) {
+            /* As for a stall: pending callbacks get NULL and the batch is
+             * retried, from cursor 0, on a connection to the new address. */
+            m->ac = NULL;
+            m->connected = 0;
+            redisAsyncFree(ac);
+        }
+    }
+}
+
 int rebalance_info(buf *b)
 {
     uint64_t estimate = 0;

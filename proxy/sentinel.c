@@ -29,6 +29,7 @@
 #include "proxy/ack.h"
 #include "proxy/backend.h"
 #include "proxy/log.h"
+#include "proxy/rebalance.h"
 #include "proxy/server.h"
 
 /* A lost or refused subscription is tried again, on the next Sentinel,
@@ -253,6 +254,7 @@ static void query_apply(query *q)
             query_finish(q, WATCH_UNVERIFIED);
             return;
         }
+        rebalance_source_readdressed(s);
         if (first) {
             log_notice("shard %s: master %s is at %s", w->shard, w->master, now);
         } else {

@@ -882,6 +882,99 @@ static void test_master_with_a_password_is_found_and_used(void **state)
     redisFree(p);
 }
 
+static void info_line(int proxy_port, const char *section, const char *name, char *out, size_t cap)
+{
+    out[0] = '\0';
+    redisReply *r = command_on(proxy_port, "INFO %s", section);
+    char key[64];
+    snprintf(key, sizeof(key), "%s:", name);
+    const char *at = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, key) : NULL;
+    if (at) {
+        at += strlen(key);
+        snprintf(out, cap, "%.*s", (int)strcspn(at, "\r\n"), at);
+    }
+    if (r)
+        freeReplyObject(r);
+}
+
+/* A migration (s2 re-weighted, keys moving from s1) whose source master is
+ * killed half way: the Sentinels promote s1's replica, the mover carries on
+ * against it, and every key (written, and replicated, before the
+ * migration) reads back once it is done. */
+static void test_migration_continues_when_its_source_fails_over(void **state)
+{
+    cluster *c = cluster_start(state);
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    enum { KEYS = 3000 };
+    for (int i = 0; i < KEYS; i++) {
+        redisAppendCommand(p, "SET m:%d m:%d", i, i);
+    }
+    for (int i = 0; i < KEYS; i++)
+        expect_ok(fixture_next_reply(p));
+    /* replicated before the migration starts: WAIT on each master */
+    for (int i = 0; i < NSHARDS; i++) {
+        redisReply *r = command_on(c->master[i].port, "WAIT 1 5000");
+        fixture_expect_int(r, 1);
+    }
+
+    char ini[2300];
+    const char *base =
+        proxy_ini(c->sentinel, NSENTINELS, "s1 = sentinel:m1\ns2 = sentinel:m2 weight=3\n");
+    const char *at = strstr(base, "[shards]");
+    snprintf(ini, sizeof(ini), "%.*smigrate_rate = 400\nmigrate_batch = 50\n%s", (int)(at - base),
+             base, at);
+    char *port_line = strstr(ini, "%PORT%");
+    assert_non_null(port_line);
+    char final[2400];
+    snprintf(final, sizeof(final), "%.*s%d%s", (int)(port_line - ini), ini, c->proxy.port,
+             port_line + strlen("%PORT%"));
+    char path[300];
+    snprintf(path, sizeof(path), "%s/proxy.ini", c->proxy.dir);
+    FILE *out = fopen(path, "w");
+    assert_non_null(out);
+    assert_true(fputs(final, out) >= 0);
+    assert_int_equal(fclose(out), 0);
+    expect_ok(fixture_cmd(p, "PROXY RELOAD"));
+    char state_text[64];
+    info_line(c->proxy.port, "rebalance", "rebalance_state", state_text, sizeof(state_text));
+    assert_string_not_equal(state_text, "idle");
+    sleep_ms(300);
+
+    int old_port = c->master[0].port;
+    assert_true(harness_proc_stop(&c->master[0], SIGKILL) != -1);
+    long long deadline = now_ms() + bound_ms(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS * 3);
+    while (sentinel_master_port(c->sentinel[0].port, "m1") == old_port) {
+        assert_true(now_ms() < deadline);
+        sleep_ms(50);
+    }
+    deadline = now_ms() + bound_ms(60000);
+    for (;;) {
+        info_line(c->proxy.port, "rebalance", "rebalance_state", state_text, sizeof(state_text));
+        if (strcmp(state_text, "idle") == 0)
+            break;
+        if (now_ms() > deadline) {
+            harness_dump_log(&c->proxy, 4096);
+            fail_msg("the migration did not end after the failover (state %s)", state_text);
+        }
+        sleep_ms(100);
+    }
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->replica[0].port);
+    int lost = 0;
+    for (int i = 0; i < KEYS; i++) {
+        redisAppendCommand(p, "GET m:%d", i);
+    }
+    for (int i = 0; i < KEYS; i++) {
+        redisReply *r = fixture_next_reply(p);
+        char want[32];
+        snprintf(want, sizeof(want), "m:%d", i);
+        lost += !(r->type == REDIS_REPLY_STRING && strcmp(r->str, want) == 0);
+        freeReplyObject(r);
+    }
+    assert_int_equal(lost, 0);
+    redisFree(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -898,6 +991,7 @@ int main(void)
             test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys, stop),
         cmocka_unit_test_teardown(test_reads_go_to_the_replica_with_read_from, stop),
         cmocka_unit_test_teardown(test_master_with_a_password_is_found_and_used, stop),
+        cmocka_unit_test_teardown(test_migration_continues_when_its_source_fails_over, stop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
