@@ -43,7 +43,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 PROXY_BIN := $(BUILD)/ringproxy
 
-.PHONY: all test unit integration asan clean run bench format check-format deps
+.PHONY: all test unit integration asan clean run bench bench-instr format check-format deps
 # Keep the integration helpers' objects between runs.
 .SECONDARY:
 .DEFAULT_GOAL := all
@@ -101,9 +101,17 @@ test: all $(UNIT_BINS) $(INTEG_BINS) $(BENCH_BINS)
 asan:
 	@$(MAKE) --no-print-directory SAN=1 test
 
+# make bench: ringproxy vs twemproxy vs direct Redis (bench/README.md), ~6 min;
+# QUICK=1 for a ~1 min smoke run; BENCH_ARGS passes options to bench/run.sh.
 bench: all $(BENCH_BINS)
 	@tests/install-deps.sh bench
-	bench/run.sh
+	bench/run.sh $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# make bench-instr: user-space instructions per request under callgrind, to
+# compare commits; INSTR_BASE=bench/results/<dir> prints the ratio to it.
+bench-instr: all
+	@tests/install-deps.sh bench
+	bench/instr.sh --out bench/results/$$(date +%F-%H%M)-instr $(if $(INSTR_BASE),--compare $(INSTR_BASE)) $(INSTR_ARGS)
 
 # deps first, in its own step: the flags above come from pkg-config, which
 # needs the packages installed before this Makefile is read again.

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Draws rps by test for every target of a compare.sh result directory (its
+# Draws rps by test for every target of a bench/run.sh result directory (its
 # summary.csv) into DIR/rps.png with gnuplot: one panel per pipeline depth,
-# each with its own scale, so P1's bars are readable next to P32's.
+# each with its own scale, so P1's bars are readable next to P32's. Older
+# result directories name the proxies nutcracker and candidate; both read.
 set -euo pipefail
 dir=$1
 command -v gnuplot >/dev/null || { echo "plot: gnuplot not installed (apt-get install gnuplot-nox)" >&2; exit 0; }
 # rps.dat: test, pipeline, then direct / twemproxy / ringproxy medians (0 when absent).
-awk -F, 'NR > 1 && $4 == "rps" { key = $1 "," $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+awk -F, 'NR > 1 && $4 == "rps" { if ($3 == "nutcracker") $3 = "twemproxy"; if ($3 == "candidate") $3 = "ringproxy"
+          key = $1 "," $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
           v[key, $3] = $5 }
      END { print "test P direct twemproxy ringproxy"
-           split("direct nutcracker candidate", tl, " ")
+           split("direct twemproxy ringproxy", tl, " ")
            for (i = 1; i <= n; i++) { split(order[i], kp, ","); printf "%s %s", kp[1], kp[2]
              for (j = 1; j <= 3; j++) printf " %s", ((order[i], tl[j]) in v) ? v[order[i], tl[j]] : 0; print "" } }' \
     "$dir/summary.csv" > "$dir/rps.dat"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where the CPU goes, kernel included, for bench/README.md ("Where the
-# cycles go"): callgrind (instr_per_req.sh) sees only the proxy's user-space
+# cycles go"): callgrind (bench/instr.sh) sees only the proxy's user-space
 # instructions, but a proxy's cost is mostly in the kernel. This samples the
 # whole machine with `perf record -a` (cpu-clock; the VM has no hardware
 # counters) during one redis-benchmark run through twemproxy and one through

@@ -211,7 +211,7 @@ static const config_key config_keys[] = {
     INT_KEY("migrate_batch", migrate_batch, "1000", "keys", 1, 100000, RELOAD,
             "keys per SCAN and MIGRATE batch while rebalancing"),
     INT_KEY("migrate_rate", migrate_rate, "0", "keys/s", 0, 100000000, RELOAD,
-            "keys scanned per second while rebalancing; 0 = no limit"),
+            "keys moved per second while rebalancing; 0 = no limit"),
     INT_KEY("migrate_timeout", migrate_timeout_ms, "5000", "ms", 1, 3600000, RELOAD,
             "MIGRATE timeout for one batch; raise it for big keys"),
     BOOL_KEY("allow_flush", allow_flush, "yes", RELOAD,

@@ -91,7 +91,7 @@ typedef struct config {
     char *requirepass;          /* client password, NULL = none (never logged or shown) */
     char *backend_password;     /* shards' password, NULL = none */
     int migrate_batch;          /* keys per SCAN/MIGRATE batch while rebalancing */
-    int migrate_rate;           /* keys scanned per second while rebalancing, 0 = no limit */
+    int migrate_rate;           /* keys moved per second while rebalancing, 0 = no limit */
     int migrate_timeout_ms;     /* MIGRATE's own timeout */
     int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
     char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */

@@ -412,7 +412,7 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
 }
 
 /* One CLIENT LIST line, with the fields of Redis's that mean something for
- * a proxy client. */
+ * a proxy client, and the proxy's own state= of the connection last. */
 static int client_line(buf *b, const session *s)
 {
     int channels, patterns;
@@ -432,11 +432,12 @@ static int client_line(buf *b, const session *s)
     uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
     return buf_printf(b,
                       "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
-                      "multi=%d cmd=%s\n",
+                      "multi=%d cmd=%s state=%s\n",
                       (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
                       (unsigned long long)((now - s->created_us) / 1000000),
                       (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
-                      txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL");
+                      txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
+                      s->state ? s->state(s) : "?");
 }
 
 static void cmd_client_info(request *req)

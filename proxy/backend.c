@@ -43,6 +43,7 @@ static backend_conn *reserved_head; /* every reserved connection */
 static void conn_connect(backend_conn *c);
 static void conn_fail(backend_conn *c, const char *why, int is_timeout);
 static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet);
+static void shard_fail_reserved(shard *s, const char *why);
 
 static const char *state_name(backend_state st)
 {
@@ -55,11 +56,14 @@ static const char *state_name(backend_state st)
         return "up";
     case BACKEND_CLOSED:
         return "closed";
+    case BACKEND_GONE:
+        return "gone";
     }
     return "?";
 }
 
-/* The one place a connection changes state. */
+/* The one place a connection changes state. GONE is for reserved
+ * connections and final: anything else is a bug. */
 static void conn_set_state(backend_conn *c, backend_state st)
 {
     if (c->state == st)
@@ -71,11 +75,27 @@ static void conn_set_state(backend_conn *c, backend_state st)
     case BACKEND_CONNECTING:
     case BACKEND_UP:
     case BACKEND_CLOSED:
+        if (c->state == BACKEND_GONE)
+            break;
         c->state = st;
         return;
+    case BACKEND_GONE:
+        if (!c->reserved)
+            break;
+        c->state = st;
+        return;
+    default:
+        break;
     }
-    log_error("BUG: shard %s conn %d: unknown state %d", c->shard->label, c->index, (int)st);
+    log_error("BUG: shard %s conn %d: state %s (%d) -> %s (%d)", c->shard->label, c->index,
+              state_name(c->state), (int)c->state, state_name(st), (int)st);
     abort();
+}
+
+/* Whether requests may be queued on c: they are written once it is up. */
+static int conn_takes_requests(const backend_conn *c)
+{
+    return c->state == BACKEND_UP || c->state == BACKEND_CONNECTING;
 }
 
 /* Answers one fragment with an error made up by the proxy. */
@@ -162,6 +182,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     case BACKEND_UP:
     case BACKEND_CLOSED:
+    case BACKEND_GONE:
         return;
     }
 }
@@ -433,11 +454,10 @@ static int deliver_big(backend_conn *c, fragment *f, size_t n)
     return 0;
 }
 
-static void on_readable(evutil_socket_t fd, short what, void *arg)
+/* Reads what the shard sent into c->in. 1 when bytes came, 0 when there
+ * were none after all, -1 after failing the connection. */
+static int conn_read(backend_conn *c, int fd)
 {
-    (void)what;
-    backend_conn *c = arg;
-    server_clock_update();
     size_t want = buf_len(&c->in);
     if (want < BUF_IO_CHUNK)
         want = BUF_IO_CHUNK;
@@ -445,28 +465,29 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         want = BACKEND_MAX_READ;
     if (buf_reserve(&c->in, want) < 0) {
         conn_fail(c, "unavailable: out of memory reading reply", 0);
-        return;
+        return -1;
     }
     ssize_t n = read(fd, c->in.data + c->in.end, c->in.cap - c->in.end);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-            return;
+            return 0;
         char why[160];
         snprintf(why, sizeof(why), "unavailable: %s",
                  n == 0 ? "connection closed by shard" : strerror(errno));
         conn_fail(c, why, 0);
-        return;
+        return -1;
     }
     c->in.end += (size_t)n;
-    /* Progress: bytes of the head's reply arrived, or the head is answered
-     * below and the next one, which could not be answered before it, starts
-     * waiting now. */
-    c->progress_us = srv.now_us;
+    return 1;
+}
+
+/* Hands every whole reply in c->in to the fragment it answers, in order (in
+ * push mode, one that answers none to the owner). Stops when the
+ * connection fails or is closed by a callback. */
+static void conn_deliver_replies(backend_conn *c)
+{
     shard *s = c->shard;
-    /* A reserved connection's owner may close it from a callback below:
-     * freeing waits until the loop is done with it. */
-    c->busy = 1;
-    while (buf_len(&c->in) > 0 && !c->dead) {
+    while (buf_len(&c->in) > 0 && c->state == BACKEND_UP) {
         size_t reply_len = 0;
         resp_status st = resp_reply_scan(&c->scan, buf_head(&c->in), buf_len(&c->in), &reply_len);
         if (st == RESP_INCOMPLETE)
@@ -506,8 +527,25 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         buf_consume(&c->in, reply_len);
         f->done(f, reply, reply_len);
     }
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    backend_conn *c = arg;
+    server_clock_update();
+    if (conn_read(c, fd) <= 0)
+        return;
+    /* Progress: bytes of the head's reply arrived, or the head is answered
+     * below and the next one, which could not be answered before it, starts
+     * waiting now. */
+    c->progress_us = srv.now_us;
+    /* A reserved connection's owner may close it from a callback below:
+     * freeing waits until the loop is done with it. */
+    c->busy = 1;
+    conn_deliver_replies(c);
     c->busy = 0;
-    if (c->dead) {
+    if (c->state == BACKEND_GONE) {
         reserved_free(c);
         return;
     }
@@ -563,6 +601,7 @@ void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_
         return;
     }
     case BACKEND_CLOSED:
+    case BACKEND_GONE: /* reserved only: not in a pool */
         fragment_fail(s, f, "unavailable: shard removed", 0);
         return;
     case BACKEND_CONNECTING:
@@ -606,7 +645,7 @@ static void reserved_tick(void)
     backend_conn *c = reserved_head;
     while (c) {
         backend_conn *next = c->next_reserved;
-        int live = !c->dead && (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING);
+        int live = conn_takes_requests(c);
         if (live && c->head && base) {
             uint64_t block = c->head->block_us;
             uint64_t limit = block > UINT64_MAX - base ? UINT64_MAX : base + block;
@@ -641,7 +680,7 @@ static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
 {
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
-        if (!c->head || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
+        if (!c->head || !conn_takes_requests(c))
             continue;
         uint64_t clock = conn_head_clock(c);
         /* A WAIT (min_replicas_to_ack) may take its own timeout. */
@@ -812,14 +851,7 @@ int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err
     }
     char why[400];
     snprintf(why, sizeof(why), "unavailable: master moved to %s:%u", host, (unsigned)port);
-    for (backend_conn *c = reserved_head; c;) {
-        if (c->shard == s && !c->dead) {
-            reserved_fail(c, why, 0, 0);
-            c = reserved_head;
-        } else {
-            c = c->next_reserved;
-        }
-    }
+    shard_fail_reserved(s, why);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
@@ -846,11 +878,11 @@ int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err
 }
 
 /* Ends the reserved connections pinned to s; their owners are told. */
-static void shard_fail_reserved(shard *s)
+static void shard_fail_reserved(shard *s, const char *why)
 {
     for (backend_conn *c = reserved_head; c;) {
-        if (c->shard == s && !c->dead) {
-            reserved_fail(c, "unavailable: shard removed or re-addressed", 0, 0);
+        if (c->shard == s && c->state != BACKEND_GONE) {
+            reserved_fail(c, why, 0, 0);
             c = reserved_head;
         } else {
             c = c->next_reserved;
@@ -882,7 +914,7 @@ void backend_shard_free(shard *s)
     if (!s)
         return;
     backend_shard_free(s->replica);
-    shard_fail_reserved(s);
+    shard_fail_reserved(s, "unavailable: shard removed or re-addressed");
     for (int j = 0; s->conns && j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
@@ -900,7 +932,7 @@ void backend_shard_free(shard *s)
 
 void backend_shard_retire(shard *s)
 {
-    shard_fail_reserved(s);
+    shard_fail_reserved(s, "unavailable: shard removed or re-addressed");
     s->retired_us = server_now_us();
     s->next_retired = retired_head;
     retired_head = s;
@@ -946,7 +978,7 @@ static void reserved_free(backend_conn *c)
  * its read callback, if it is in one, returns). */
 static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet)
 {
-    if (c->dead)
+    if (c->state == BACKEND_GONE)
         return;
     if (quiet)
         log_debug("shard %s: reserved connection %s", c->shard->label, why);
@@ -955,8 +987,7 @@ static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int 
     conn_close_fd(c);
     event_del(&c->ev_timer);
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
-    conn_set_state(c, BACKEND_DOWN);
-    c->dead = 1;
+    conn_set_state(c, BACKEND_GONE);
     /* The owner first, so that callbacks of the failed requests below find
      * the owner's state without this connection. */
     backend_event_fn tell = c->on_event;
@@ -996,7 +1027,7 @@ backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event
     c->busy = 1;
     conn_connect(c);
     c->busy = 0;
-    if (c->dead) {
+    if (c->state == BACKEND_GONE) {
         snprintf(err, errlen, "shard %s %s", s->label, c->last_error);
         reserved_free(c);
         return NULL;
@@ -1020,7 +1051,7 @@ static void barrier_done(fragment *f, const char *reply, size_t len)
 
 void backend_reserved_barrier(backend_conn *c, uint64_t hint)
 {
-    if (c->dead)
+    if (c->state == BACKEND_GONE)
         return;
     fragment *f = calloc(1, sizeof(*f));
     if (!f) {
@@ -1044,7 +1075,7 @@ void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size
     s->requests++;
     f->next = NULL;
     f->sent_us = srv.now_us;
-    if (c->dead || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING)) {
+    if (!conn_takes_requests(c)) {
         fragment_fail(s, f, c->last_error[0] ? c->last_error : "unavailable: connection closed", 0);
         return;
     }
@@ -1053,7 +1084,7 @@ void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size
 
 int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
 {
-    if (c->dead || (c->state != BACKEND_UP && c->state != BACKEND_CONNECTING))
+    if (!conn_takes_requests(c))
         return -1;
     if (buf_append(&c->out, bytes, len) < 0)
         return -1;
@@ -1074,7 +1105,7 @@ void backend_reserved_close_all(const char *why)
 {
     /* Owners may close others while told: start over after each. */
     for (backend_conn *c = reserved_head; c;) {
-        if (!c->dead) {
+        if (c->state != BACKEND_GONE) {
             reserved_fail(c, why, 0, 0);
             c = reserved_head;
         } else {
@@ -1085,7 +1116,7 @@ void backend_reserved_close_all(const char *why)
 
 void backend_reserved_close(backend_conn *c)
 {
-    if (!c || c->dead)
+    if (!c || c->state == BACKEND_GONE)
         return;
     c->on_event = NULL;
     reserved_fail(c, "closed", 0, 1);

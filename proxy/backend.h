@@ -19,12 +19,17 @@
 #include "proxy/request.h"
 #include "proxy/resp.h"
 
-/* Connection states. */
+/* Connection states. A pool connection cycles DOWN -> CONNECTING -> UP ->
+ * DOWN until its shard is removed (CLOSED); a reserved one goes DOWN ->
+ * CONNECTING -> UP and ends GONE, never reconnecting. */
 typedef enum backend_state {
-    BACKEND_DOWN = 0,   /* not connected: waits for the reconnect timer, requests fail fast */
+    BACKEND_DOWN = 0,   /* not connected: waits for the reconnect timer, requests fail fast
+                           (a reserved connection: only until it starts connecting) */
     BACKEND_CONNECTING, /* connect() in flight: requests queue behind it */
     BACKEND_UP,         /* connected: requests are written as they come */
     BACKEND_CLOSED,     /* the shard is being removed: nothing is sent */
+    BACKEND_GONE,       /* reserved only, final: failed or closed, its owner told; requests
+                           fail fast; freed once not inside its own read callback */
 } backend_state;
 
 struct shard;
@@ -71,7 +76,6 @@ typedef struct backend_conn {
     int lingering;             /* holds nothing of the owner's: may close when idle */
     uint64_t idle_since_us;    /* when it last had nothing in flight */
     int busy;                  /* inside its own read callback: freeing waits */
-    int dead;                  /* failed or closed: freed once not busy */
     struct backend_conn *prev_reserved; /* every reserved connection, for timeouts */
     struct backend_conn *next_reserved;
 } backend_conn;

@@ -34,24 +34,41 @@
  * own memory) before client_output_pause or max_client_output can act. */
 #define CLIENT_MAX_INFLIGHT 256
 
+/* What a client connection may do with its input. The output side, a
+ * socket too full to take the replies (write_waiting), is independent of
+ * it: any state may have to wait for that. */
+typedef enum client_state {
+    CLIENT_ACCEPTED = 0, /* just accepted, no event set up: becomes READING at once */
+    CLIENT_READING,      /* reads, scans and dispatches requests */
+    CLIENT_PAUSED,       /* reads nothing: reply bytes the client has not read are over
+                            client_output_pause, or CLIENT_MAX_INFLIGHT requests wait on
+                            shards; resumes once both are down to half */
+    CLIENT_HELD,         /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight
+                            (sess.hold_input): like Redis with a blocked client, later
+                            requests wait in `in` for its reply; reading goes on so that
+                            a client closing is seen */
+    CLIENT_CLOSING,      /* takes no more requests (QUIT, a protocol error, a failed
+                            subscription): closes once the replies due are written */
+    CLIENT_DROPPING,     /* broke a limit (drop_reason): closed at the next flush without
+                            waiting for its replies */
+} client_state;
+
 typedef struct client {
     int fd;
-    char addr[64];         /* peer, for log lines */
-    struct event ev_read;  /* read interest, removed while paused or closing */
+    char addr[64]; /* peer, for log lines */
+    client_state state;
+    struct event ev_read;  /* read interest: added exactly in READING and HELD */
     struct event ev_write; /* write interest while the socket is full */
     int write_waiting;     /* ev_write is added */
-    int reading;           /* ev_read is added */
     buf in;                /* request bytes not yet scanned */
     resp_request scan;     /* progress through the current request */
     request *head;         /* reply-order FIFO */
     request *tail;
     size_t waiting_bytes; /* reply bytes held in slots behind the head */
     size_t inflight;      /* requests whose reply is not known yet */
-    int held;             /* requests wait in `in` for a blocking reply (sess.hold_input) */
     buf out;              /* reply bytes ready to write */
     session sess;
-    int closing;             /* no more requests: close once replies are out */
-    const char *drop_reason; /* set: close at the next flush without waiting */
+    const char *drop_reason; /* DROPPING: why, for the log */
     uint64_t last_active_us;
     flushq_link flush;   /* on the pending-flush queue */
     struct client *prev; /* all clients */
@@ -70,15 +87,83 @@ static void mark_dirty(client *c)
     flushq_push(&pending, &c->flush);
 }
 
-static void set_reading(client *c, int on)
+static const char *state_name(client_state st)
 {
-    if (on == c->reading)
+    switch (st) {
+    case CLIENT_ACCEPTED:
+        return "accepted";
+    case CLIENT_READING:
+        return "reading";
+    case CLIENT_PAUSED:
+        return "paused";
+    case CLIENT_HELD:
+        return "held";
+    case CLIENT_CLOSING:
+        return "closing";
+    case CLIENT_DROPPING:
+        return "dropping";
+    }
+    return "?";
+}
+
+/* Whether the socket's read interest is on in this state. */
+static int state_reads(client_state st)
+{
+    return st == CLIENT_READING || st == CLIENT_HELD;
+}
+
+static void state_bug(const client *c, client_state st)
+{
+    log_error("BUG: client %s: state %s (%d) -> %s (%d)", c->addr, state_name(c->state),
+              (int)c->state, state_name(st), (int)st);
+    abort();
+}
+
+/* The one place a client changes state; read interest follows it. CLOSING
+ * only ever gives way to DROPPING, and DROPPING is final. */
+static void set_state(client *c, client_state st)
+{
+    client_state from = c->state;
+    if (from == st)
         return;
-    c->reading = on;
-    if (on)
+    log_debug("client %s: %s -> %s", c->addr, state_name(from), state_name(st));
+    switch (st) {
+    case CLIENT_READING:
+    case CLIENT_PAUSED:
+    case CLIENT_HELD:
+        if (from == CLIENT_CLOSING || from == CLIENT_DROPPING)
+            state_bug(c, st);
+        break;
+    case CLIENT_CLOSING:
+        if (from == CLIENT_DROPPING)
+            state_bug(c, st);
+        break;
+    case CLIENT_DROPPING:
+        break;
+    default: /* nothing goes back to ACCEPTED */
+        state_bug(c, st);
+    }
+    c->state = st;
+    if (state_reads(st) && !state_reads(from))
         event_add(&c->ev_read, NULL);
-    else
+    else if (!state_reads(st) && state_reads(from))
         event_del(&c->ev_read);
+}
+
+/* Stops reading for a while (replies pile up); the state it resumes in is
+ * worked out when it does. */
+static void pause_reading(client *c)
+{
+    if (state_reads(c->state))
+        set_state(c, CLIENT_PAUSED);
+}
+
+/* Takes no more requests and closes once the replies due are out, unless
+ * it is being dropped already. */
+static void close_after_replies(client *c)
+{
+    if (c->state != CLIENT_DROPPING)
+        set_state(c, CLIENT_CLOSING);
 }
 
 static void client_free(client *c, const char *reason)
@@ -132,11 +217,11 @@ static void client_free(client *c, const char *reason)
  * middle of a callback now). */
 static void drop_later(client *c, const char *reason)
 {
-    if (!c->drop_reason) {
+    if (c->state != CLIENT_DROPPING) {
         c->drop_reason = reason;
         srv.stats.clients_dropped++;
+        set_state(c, CLIENT_DROPPING);
     }
-    set_reading(c, 0);
     mark_dirty(c);
 }
 
@@ -193,7 +278,7 @@ static void request_finished(request *req, const char *reply, size_t len)
     if ((int64_t)queued_bytes(c) > srv.cfg->max_client_output)
         drop_later(c, "reply bytes over max_client_output (client not reading its replies)");
     else if ((int64_t)queued_bytes(c) > srv.cfg->client_output_pause)
-        set_reading(c, 0);
+        pause_reading(c);
 }
 
 static client *client_of(session *s)
@@ -208,7 +293,7 @@ static request *enqueue(client *c);
 static void session_push(session *s, const char *bytes, size_t len)
 {
     client *c = client_of(s);
-    if (c->drop_reason)
+    if (c->state == CLIENT_DROPPING)
         return;
     request *req = enqueue(c);
     if (!req) {
@@ -226,12 +311,17 @@ static void session_drop(session *s, const char *reason)
 static void session_close_after_replies(session *s, const char *reason)
 {
     client *c = client_of(s);
-    if (c->closing || c->drop_reason)
+    if (c->state == CLIENT_CLOSING || c->state == CLIENT_DROPPING)
         return;
     log_info("client %s: closing once its replies are out: %s", c->addr, reason);
-    c->closing = 1;
-    set_reading(c, 0);
+    set_state(c, CLIENT_CLOSING);
     mark_dirty(c);
+}
+
+static const char *session_state(const session *s)
+{
+    const client *c = (const client *)(const void *)((const char *)s - offsetof(client, sess));
+    return state_name(c->state);
 }
 
 static request *enqueue(client *c)
@@ -259,8 +349,7 @@ static void protocol_error(client *c, const char *input, size_t input_len)
     log_info("client %s: %s, closing (input %s)", c->addr, c->scan.err, dump);
     srv.stats.errors_protocol++;
     request *req = enqueue(c);
-    c->closing = 1;
-    set_reading(c, 0);
+    close_after_replies(c);
     if (!req) {
         drop_later(c, "out of memory");
         return;
@@ -272,17 +361,27 @@ static void protocol_error(client *c, const char *input, size_t input_len)
 }
 
 /* After a request is dispatched: what it asked of the connection (QUIT,
- * a blocking command) and the cap on requests in flight. */
+ * a blocking command) and the cap on requests in flight. A reply given at
+ * once may have paused or dropped the client already; a paused one finds
+ * out whether it is held when it resumes. */
 static inline void after_dispatch(client *c)
 {
-    if (c->sess.close_after_reply) {
-        c->closing = 1;
-        set_reading(c, 0);
-    } else if (c->inflight >= CLIENT_MAX_INFLIGHT) {
-        set_reading(c, 0);
-    }
-    if (c->sess.hold_input)
-        c->held = 1;
+    if (c->sess.close_after_reply)
+        close_after_replies(c);
+    else if (c->state != CLIENT_READING)
+        return;
+    else if (c->inflight >= CLIENT_MAX_INFLIGHT)
+        set_state(c, CLIENT_PAUSED);
+    else if (c->sess.hold_input)
+        set_state(c, CLIENT_HELD);
+}
+
+/* A held client whose blocking reply is in (the transaction module cleared
+ * sess.hold_input) takes requests again: seen at its next read or write. */
+static inline void end_hold_if_released(client *c)
+{
+    if (c->state == CLIENT_HELD && !c->sess.hold_input)
+        set_state(c, CLIENT_READING);
 }
 
 /* Dispatches a big request just scanned at offset done of c->in, used
@@ -322,10 +421,8 @@ static int dispatch_big(client *c, size_t done, size_t used)
 static size_t process_bytes(client *c, const char *data, size_t len)
 {
     size_t done = 0;
-    /* hold_input: a blocking command (or the end of a transaction) runs;
-     * like Redis with a blocked client, later requests wait in the input
-     * buffer, and reading goes on so that a client closing is seen. */
-    while (done < len && c->reading && !c->closing && !c->drop_reason && !c->sess.hold_input) {
+    end_hold_if_released(c);
+    while (done < len && c->state == CLIENT_READING) {
         resp_status st = resp_request_scan(&c->scan, data + done, len - done);
         if (st == RESP_INCOMPLETE)
             break;
@@ -446,24 +543,33 @@ static int write_out(client *c)
         return -1;
     }
     buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
-    if (c->closing && !c->head) {
+    switch (c->state) {
+    case CLIENT_CLOSING:
+        if (c->head)
+            return 0;
         client_free(c, NULL);
         return -1;
-    }
-    /* Reading was paused for unread replies or for requests in flight:
-     * resume once they drained. */
-    if (!c->reading && !c->closing && !c->drop_reason &&
-        (int64_t)queued_bytes(c) <= srv.cfg->client_output_pause / 2 &&
-        c->inflight <= CLIENT_MAX_INFLIGHT / 2) {
-        set_reading(c, 1);
-        if (buf_len(&c->in) > 0)
-            process_input(c);
-    } else if (c->held && !c->sess.hold_input && !c->closing && !c->drop_reason) {
+    case CLIENT_PAUSED:
+        /* Paused for unread replies or for requests in flight: resume once
+         * they drained. */
+        if ((int64_t)queued_bytes(c) > srv.cfg->client_output_pause / 2 ||
+            c->inflight > CLIENT_MAX_INFLIGHT / 2)
+            return 0;
+        set_state(c, c->sess.hold_input ? CLIENT_HELD : CLIENT_READING);
+        break;
+    case CLIENT_HELD:
         /* The blocking reply is in: requests that waited go now. */
-        c->held = 0;
-        if (buf_len(&c->in) > 0)
-            process_input(c);
+        if (c->sess.hold_input)
+            return 0;
+        set_state(c, CLIENT_READING);
+        break;
+    case CLIENT_ACCEPTED:
+    case CLIENT_READING:
+    case CLIENT_DROPPING:
+        return 0;
     }
+    if (c->state == CLIENT_READING && buf_len(&c->in) > 0)
+        process_input(c);
     return 0;
 }
 
@@ -483,7 +589,7 @@ int client_flush_pending(void)
     while ((l = flushq_pop(&pending))) {
         n++;
         client *c = FLUSHQ_ENTRY(l, client, flush);
-        if (c->drop_reason) {
+        if (c->state == CLIENT_DROPPING) {
             client_free(c, c->drop_reason);
             continue;
         }
@@ -511,6 +617,7 @@ void client_accept(int fd, const char *addr)
     c->sess.push = session_push;
     c->sess.drop = session_drop;
     c->sess.close_after_replies = session_close_after_replies;
+    c->sess.state = session_state;
     c->sess.next = srv.sessions;
     if (srv.sessions)
         srv.sessions->prev = &c->sess;
@@ -523,7 +630,7 @@ void client_accept(int fd, const char *addr)
         clients->prev = c;
     clients = c;
     srv.nclients++;
-    set_reading(c, 1);
+    set_state(c, CLIENT_READING);
     log_debug("client %s: connected (id %llu)", addr, (unsigned long long)c->sess.id);
 }
 
@@ -542,7 +649,7 @@ void client_tick(void)
     client *c = clients, *next;
     for (; c; c = next) {
         next = c->next;
-        if (c->head || c->drop_reason)
+        if (c->head || c->state == CLIENT_DROPPING)
             continue;
         uint64_t quiet = now - c->last_active_us;
         /* A subscriber waits for messages, not idle: Redis's timeout spares

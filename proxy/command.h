@@ -191,7 +191,7 @@ __attribute__((warn_unused_result)) int command_keys(const command *cmd, size_t 
  * the error at once. */
 int command_blocking(const command *cmd, size_t argc, const resp_arg *argv, uint64_t *block_us);
 
-/* Every top-level command, for tests and the README table. */
+/* Every top-level command, for tests and docs/commands.md. */
 const command *command_table(size_t *count);
 
 #endif

@@ -6,7 +6,7 @@ reply, so they match the Redis version the proxy speaks; how ringproxy
 routes each command (the policy) is the hand-written part below.
 
     python3 proxy/command_gen.py > proxy/command_table.inc
-    python3 proxy/command_gen.py --markdown   # README's command reference
+    python3 proxy/command_gen.py --markdown > docs/commands.md
 
 starts `redis-server` (or $REDIS_SERVER) on a private unix socket, without
 persistence, and stops it (by PID) when done. `--socket PATH` uses a running
@@ -446,10 +446,11 @@ def emit(version, commands, out):
     return ncommands, nsubs
 
 
-# --- the README's command reference ----------------------------------------
+# --- docs/commands.md, the command reference ------------------------------
 
-# How each class reads in the README; tests/integration/test_command_reference.c
-# holds the same words and checks the README against the compiled table.
+# How each class reads in docs/commands.md; tests/integration/
+# test_command_reference.c holds the same words and checks the file against
+# the compiled table.
 CLASS_WORDS = {
     "COMMAND_FORWARD": "forwarded",
     "COMMAND_SPLIT": "split",
@@ -506,11 +507,44 @@ UNSUPPORTED_NOTES = {
 }
 
 
+MARKDOWN_INTRO = """\
+# Command reference
+
+Every command of Redis %(version)s and how ringproxy treats it:
+
+| class | meaning |
+|---|---|
+| **forwarded** | sent to the shard owning its key (a keyless one to any shard) |
+| **split** | split per shard, the replies merged (multi-key commands) |
+| **same shard** | its keys must live on one shard, else `-CROSSSLOT` |
+| **fan-out** | sent to every shard, the replies merged |
+| **local** | answered by the proxy |
+| **shard by shard** | walks the shards one after the other (SCAN, RANDOMKEY) |
+| **transaction** | MULTI, EXEC, DISCARD, WATCH, UNWATCH |
+| **pub/sub** | subscriptions |
+| **unsupported** | `-ERR unsupported command ...`; the connection stays usable |
+
+What a client can rely on for each kind of command is in
+[semantics.md](semantics.md). This file is written by
+`python3 proxy/command_gen.py --markdown > docs/commands.md` from the same
+routing policy as the proxy's command table (`proxy/command_table.inc`), and
+`tests/integration/test_command_reference.c` checks it against the compiled
+table (one row per command and subcommand, with its class) and against a
+running proxy (every unsupported command, and only those, answers
+`-ERR unsupported command`). Do not edit the table by hand: change the
+policy in `proxy/command_gen.py`, then write `proxy/command_table.inc` and
+this file again.
+
+"""
+
+
 def markdown(version, commands, out):
-    """One row per command, a container's subcommands each on their own
-    (and the container itself when it runs without one, as COMMAND)."""
+    """The whole of docs/commands.md: the introduction, then one row per
+    command, a container's subcommands each on their own (and the container
+    itself when it runs without one, as COMMAND)."""
     rows, sub_arrays = build_rows(commands)
     subs_of = dict(sub_arrays)
+    out.write(MARKDOWN_INTRO % {"version": ".".join(version.split(".")[:2])})
     out.write("| Command | ringproxy | Notes |\n|---|---|---|\n")
     listed = 0
     for row in rows:
@@ -532,7 +566,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--socket", help="unix socket of a running redis-server")
     parser.add_argument("--markdown", action="store_true",
-                        help="write the README's command reference instead of the C table")
+                        help="write docs/commands.md instead of the C table")
     args = parser.parse_args()
     if args.socket:
         version, commands = fetch_commands(args.socket)

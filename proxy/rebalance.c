@@ -1,5 +1,6 @@
-/* Online rebalancing with stock MIGRATE. See rebalance.h for the model; the
- * guarantees it keeps (DESIGN.md section 4):
+/* Online rebalancing with stock MIGRATE. See rebalance.h for the model and
+ * docs/rebalancing.md for the protocol in full; the guarantees it keeps
+ * (docs/semantics.md, "Rebalancing"):
  *  - no acknowledged write is lost: a request that touches a key whose owner
  *    changed first MIGRATEs it (atomic on the source), then goes to the new
  *    owner; requests sent under the old ring are all answered (the barrier)
@@ -34,20 +35,34 @@
 /* Progress is logged this often while a migration runs. */
 #define REBALANCE_LOG_US 5000000u
 
+/* Where one source shard's SCAN pass is. A batch is one SCAN and the
+ * MIGRATEs (and DELs of stale copies) for the keys it returned. */
+typedef enum mover_state {
+    MOVER_DISCONNECTED = 0, /* no control connection: one is opened once next_at_us has
+                               passed */
+    MOVER_CONNECTING,       /* the control connection is being opened */
+    MOVER_READY,            /* connected, no batch: the next SCAN goes once the barrier is
+                               down and next_at_us (rate limit, retry) has passed */
+    MOVER_SCANNING,         /* a batch's SCAN is in flight */
+    MOVER_MIGRATING,        /* a batch's MIGRATE and DEL replies are awaited
+                               (migrates_pending of them) */
+    MOVER_DONE,             /* final: a complete pass over the source ended */
+} mover_state;
+
 /* One source shard's SCAN pass. */
 typedef struct mover {
     shard *source;
-    redisAsyncContext *ac; /* control connection, NULL when not connected */
-    int connected;
-    char cursor[32];      /* where the next SCAN starts */
-    char next_cursor[32]; /* where the batch in flight leads */
-    int scan_in_flight;
-    int migrates_pending; /* MIGRATE/DEL replies the batch waits for */
-    int batch_failed;
-    int done;            /* a complete pass ended */
-    uint64_t next_at_us; /* not before: rate limit or retry */
-    uint64_t busy_since_us;
-    uint64_t estimate; /* DBSIZE at start */
+    mover_state state;
+    redisAsyncContext *ac;  /* control connection, NULL when DISCONNECTED (or DONE and
+                               closed) */
+    char cursor[32];        /* where the next SCAN starts */
+    char next_cursor[32];   /* where the batch in flight leads */
+    int migrates_pending;   /* MIGRATE/DEL replies the batch waits for */
+    int batch_failed;       /* the batch in flight hit an error (rb.last_error): it is
+                               retried from its cursor once over */
+    uint64_t next_at_us;    /* not before: rate limit or retry */
+    uint64_t busy_since_us; /* when the batch in flight started, for stalls */
+    uint64_t estimate;      /* DBSIZE at start */
 } mover;
 
 /* One MIGRATE sent by the mover, with its keys kept for per-key retries. */
@@ -177,14 +192,65 @@ int rebalance_wait_barrier(request *req, void (*resume)(request *req))
 
 /* ---- the mover ---- */
 
-static int mover_busy(const mover *m)
+static const char *mover_state_name(mover_state st)
 {
-    return m->scan_in_flight || m->migrates_pending > 0;
+    switch (st) {
+    case MOVER_DISCONNECTED:
+        return "disconnected";
+    case MOVER_CONNECTING:
+        return "connecting";
+    case MOVER_READY:
+        return "ready";
+    case MOVER_SCANNING:
+        return "scanning";
+    case MOVER_MIGRATING:
+        return "migrating";
+    case MOVER_DONE:
+        return "done";
+    }
+    return "?";
 }
 
+/* The one place a mover changes state. DONE is final: leaving it is a
+ * bug. */
+static void mover_set_state(mover *m, mover_state st)
+{
+    if (m->state == st)
+        return;
+    log_debug("rebalance: shard %s: mover %s -> %s", m->source->label, mover_state_name(m->state),
+              mover_state_name(st));
+    switch (st) {
+    case MOVER_DISCONNECTED:
+    case MOVER_CONNECTING:
+    case MOVER_READY:
+    case MOVER_SCANNING:
+    case MOVER_MIGRATING:
+    case MOVER_DONE:
+        if (m->state == MOVER_DONE)
+            break;
+        m->state = st;
+        return;
+    default:
+        break;
+    }
+    log_error("BUG: rebalance: shard %s: mover %s (%d) -> %s (%d)", m->source->label,
+              mover_state_name(m->state), (int)m->state, mover_state_name(st), (int)st);
+    abort();
+}
+
+/* Whether a batch is in flight. */
+static int mover_busy(const mover *m)
+{
+    return m->state == MOVER_SCANNING || m->state == MOVER_MIGRATING;
+}
+
+/* The batch's last reply is in. Its connection may be gone already: a
+ * stalled one is freed with the batch in flight, which then fails. */
 static void batch_end(mover *m)
 {
     uint64_t now = server_now_us();
+    if (mover_busy(m))
+        mover_set_state(m, MOVER_READY);
     if (m->batch_failed) {
         rb.failures++;
         m->next_at_us = now + REBALANCE_RETRY_US;
@@ -195,10 +261,10 @@ static void batch_end(mover *m)
     }
     snprintf(m->cursor, sizeof(m->cursor), "%s", m->next_cursor);
     if (strcmp(m->cursor, "0") == 0) {
-        m->done = 1;
+        mover_set_state(m, MOVER_DONE);
         log_info("rebalance: shard %s: complete pass done", m->source->label);
         for (size_t i = 0; i < rb.n_movers; i++)
-            if (!rb.movers[i].done)
+            if (rb.movers[i].state != MOVER_DONE)
                 return;
         finish();
         return;
@@ -231,7 +297,7 @@ static void on_del_reply(redisAsyncContext *ac, void *reply, void *privdata)
     } else {
         rb.busykey_deleted += (uint64_t)r->integer;
     }
-    if (--m->migrates_pending == 0 && !m->scan_in_flight)
+    if (--m->migrates_pending == 0)
         batch_end(m);
 }
 
@@ -282,7 +348,7 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
         m->batch_failed = 1;
     }
     call_free(call);
-    if (--m->migrates_pending == 0 && !m->scan_in_flight)
+    if (--m->migrates_pending == 0)
         batch_end(m);
 }
 
@@ -350,27 +416,10 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
     free(argvlen);
 }
 
-static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
+/* Sends MIGRATEs for the keys of a SCAN reply whose owner changed,
+ * grouped by their new shard. Returns how many keys are moving. */
+static size_t migrate_scanned(mover *m, const redisReply *keys)
 {
-    mover *m = privdata;
-    redisReply *r = reply;
-    if (!ac->data)
-        return; /* the context is being freed (exit, or a new start) */
-    m->scan_in_flight = 0;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
-        snprintf(rb.last_error, sizeof(rb.last_error), "SCAN on %s: %s", m->source->name,
-                 !r                             ? "connection lost"
-                 : r->type == REDIS_REPLY_ERROR ? r->str
-                                                : "bad reply");
-        m->batch_failed = 1;
-        if (m->migrates_pending == 0)
-            batch_end(m);
-        return;
-    }
-    snprintf(m->next_cursor, sizeof(m->next_cursor), "%s", r->element[0]->str);
-    redisReply *keys = r->element[1];
-    rb.keys_scanned += keys->elements;
     /* Group the keys whose owner changed by their new shard. */
     size_t n = srv.nshards;
     char ***group = calloc(n, sizeof(char **));
@@ -419,22 +468,47 @@ static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
         snprintf(rb.last_error, sizeof(rb.last_error), "out of memory");
         m->batch_failed = 1;
     }
-    /* Rate limit: space batches so that keys moved stay under migrate_rate.
-     * Scanning is not limited: a source that keeps growing under client
-     * writes (new keys it still owns) must not make the pass endless. */
     size_t moving = 0;
     for (size_t t = 0; count && t < n; t++)
         moving += count[t];
-    if (cfg->migrate_rate > 0 && moving > 0)
-        m->next_at_us = server_now_us() + moving * 1000000u / (uint64_t)cfg->migrate_rate;
     free(count);
+    return moving;
+}
+
+static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    mover *m = privdata;
+    redisReply *r = reply;
+    if (!ac->data)
+        return; /* the context is being freed (exit, or a new start) */
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
+        snprintf(rb.last_error, sizeof(rb.last_error), "SCAN on %s: %s", m->source->name,
+                 !r                             ? "connection lost"
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "bad reply");
+        m->batch_failed = 1;
+        if (m->migrates_pending == 0)
+            batch_end(m);
+        return;
+    }
+    mover_set_state(m, MOVER_MIGRATING);
+    snprintf(m->next_cursor, sizeof(m->next_cursor), "%s", r->element[0]->str);
+    rb.keys_scanned += r->element[1]->elements;
+    size_t moving = migrate_scanned(m, r->element[1]);
+    /* Rate limit: space batches so that keys moved stay under migrate_rate.
+     * Scanning is not limited: a source that keeps growing under client
+     * writes (new keys it still owns) must not make the pass endless. */
+    int rate = srv.cfg->migrate_rate;
+    if (rate > 0 && moving > 0)
+        m->next_at_us = server_now_us() + moving * 1000000u / (uint64_t)rate;
     if (m->migrates_pending == 0)
         batch_end(m);
 }
 
 static void mover_step(mover *m)
 {
-    if (!rb.running || m->done || mover_busy(m) || !m->connected || rb.barrier > 0)
+    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0)
         return;
     uint64_t now = server_now_us();
     if (now < m->next_at_us)
@@ -445,7 +519,7 @@ static void mover_step(mover *m)
     size_t argvlen[4] = {4, strlen(m->cursor), 5, strlen(count)};
     if (redisAsyncCommandArgv(m->ac, on_scan_reply, m, 4, argv, argvlen) != REDIS_OK)
         return;
-    m->scan_in_flight = 1;
+    mover_set_state(m, MOVER_SCANNING);
     m->busy_since_us = now;
 }
 
@@ -465,11 +539,11 @@ static void on_mover_connect(const redisAsyncContext *ac, int status)
         log_warn("rebalance: shard %s: control connection failed: %s", m->source->label,
                  ac->errstr);
         m->ac = NULL; /* hiredis frees it */
-        m->connected = 0;
+        mover_set_state(m, MOVER_DISCONNECTED);
         m->next_at_us = server_now_us() + REBALANCE_RETRY_US;
         return;
     }
-    m->connected = 1;
+    mover_set_state(m, MOVER_READY);
     if (srv.cfg->backend_password) {
         /* Replies come in order: a failed AUTH shows as NOAUTH errors on the
          * commands after it, which fail the batch with that reason. */
@@ -489,8 +563,10 @@ static void on_mover_disconnect(const redisAsyncContext *ac, int status)
     if (!m)
         return; /* freed by free_movers, which forgets it itself */
     m->ac = NULL;
-    m->connected = 0;
-    m->scan_in_flight = 0;
+    /* A mover that is done keeps its connection until the whole
+     * migration ends (finish closes them). */
+    if (m->state != MOVER_DONE)
+        mover_set_state(m, MOVER_DISCONNECTED);
 }
 
 static void mover_connect(mover *m)
@@ -509,6 +585,7 @@ static void mover_connect(mover *m)
     redisAsyncSetConnectCallback(ac, on_mover_connect);
     redisAsyncSetDisconnectCallback(ac, on_mover_disconnect);
     m->ac = ac;
+    mover_set_state(m, MOVER_CONNECTING);
 }
 
 /* ---- state file ---- */
@@ -549,6 +626,31 @@ static void free_movers(void)
     rb.n_movers = 0;
 }
 
+/* For each old shard (old_ring order), whether it loses keys to the new
+ * ring: it owned a range that changed hands, or it is removed. NULL when
+ * out of memory. */
+static int *find_sources(ring *old_ring, shard **old_shards, size_t n_old)
+{
+    ring_range *ranges = NULL;
+    size_t nranges = 0;
+    if (ring_diff(old_ring, srv.ring, &ranges, &nranges) < 0)
+        return NULL;
+    int *is_source = calloc(n_old ? n_old : 1, sizeof(int));
+    if (!is_source) {
+        free(ranges);
+        return NULL;
+    }
+    /* Shards matched by name: a range moves only when its owner's object
+     * changed. ring_diff compares names, so use it as is. */
+    for (size_t i = 0; i < nranges; i++)
+        is_source[ranges[i].from] = 1;
+    free(ranges);
+    for (size_t i = 0; i < n_old; i++)
+        if (!shard_in_new_set(old_shards[i]))
+            is_source[i] = 1;
+    return is_source;
+}
+
 /* Sends the barrier's PING behind everything queued on each connection of s. */
 static void barrier_ping(shard *s)
 {
@@ -562,29 +664,27 @@ static void barrier_ping(shard *s)
     }
 }
 
+/* The barrier: one PING behind everything already queued on every
+ * connection of every old shard; released when the last is answered. A
+ * shard just re-addressed still answers what was sent to its old address:
+ * that too was routed by the old ring. */
+static void raise_barrier(shard **old_shards, size_t n_old)
+{
+    rb.barrier = 1;
+    for (size_t i = 0; i < n_old; i++)
+        barrier_ping(old_shards[i]);
+    for (shard *s = backend_retired_first(); s; s = s->next_retired)
+        barrier_ping(s);
+}
+
 int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char *state_text,
                     char *err, size_t errlen)
 {
-    ring_range *ranges = NULL;
-    size_t nranges = 0;
-    if (ring_diff(old_ring, srv.ring, &ranges, &nranges) < 0) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    int *is_source = calloc(n_old, sizeof(int));
+    int *is_source = find_sources(old_ring, old_shards, n_old);
     if (!is_source) {
-        free(ranges);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    /* Shards matched by name: a range moves only when its owner's object
-     * changed. ring_diff compares names, so use it as is. */
-    for (size_t i = 0; i < nranges; i++)
-        is_source[ranges[i].from] = 1;
-    free(ranges);
-    for (size_t i = 0; i < n_old; i++)
-        if (!shard_in_new_set(old_shards[i]))
-            is_source[i] = 1;
     free_movers();
     size_t n_sources = 0;
     for (size_t i = 0; i < n_old; i++)
@@ -618,15 +718,7 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
         mover_connect(m);
     }
     free(is_source);
-    /* The barrier: one PING behind everything already queued on every
-     * connection of every old shard. */
-    rb.barrier = 1;
-    for (size_t i = 0; i < n_old; i++)
-        barrier_ping(old_shards[i]);
-    /* A shard just re-addressed still answers what was sent to its old
-     * address: that too was routed by the old ring. */
-    for (shard *s = backend_retired_first(); s; s = s->next_retired)
-        barrier_ping(s);
+    raise_barrier(old_shards, n_old);
     log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
                rb.n_movers == 1 ? "" : "s", rb.state_path);
     if (--rb.barrier == 0)
@@ -695,13 +787,13 @@ void rebalance_tick(void)
     uint64_t stall = (uint64_t)srv.cfg->migrate_timeout_ms * 2000u + REBALANCE_STALL_GRACE_US;
     for (size_t i = 0; i < rb.n_movers; i++) {
         mover *m = &rb.movers[i];
-        if (m->done)
+        if (m->state == MOVER_DONE)
             continue;
-        if (!m->ac && now >= m->next_at_us) {
+        if (m->state == MOVER_DISCONNECTED && now >= m->next_at_us) {
             mover_connect(m);
             continue;
         }
-        if (mover_busy(m) && now - m->busy_since_us > stall && m->ac) {
+        if (mover_busy(m) && now - m->busy_since_us > stall) {
             snprintf(rb.last_error, sizeof(rb.last_error), "shard %s: no reply for %llus",
                      m->source->name, (unsigned long long)((now - m->busy_since_us) / 1000000u));
             log_warn("rebalance: %s, resetting the control connection", rb.last_error);
@@ -710,7 +802,7 @@ void rebalance_tick(void)
              * fails and is retried from its cursor on a new connection). */
             redisAsyncContext *ac = m->ac;
             m->ac = NULL;
-            m->connected = 0;
+            mover_set_state(m, MOVER_DISCONNECTED);
             m->next_at_us = now + REBALANCE_RETRY_US;
             redisAsyncFree(ac);
             continue;
@@ -731,22 +823,40 @@ void rebalance_source_readdressed(const shard *s)
         return;
     for (size_t i = 0; i < rb.n_movers; i++) {
         mover *m = &rb.movers[i];
-        if (m->source != s)
+        /* A pass that ended on the old master is kept (DONE is final):
+         * MIGRATE wrote each key to its target before deleting it, so a
+         * delete the new master did not get leaves a stale copy, not a
+         * lost key. */
+        if (m->source != s || m->state == MOVER_DONE)
             continue;
         log_notice("rebalance: shard %s has a new address: scanning it again from the start",
                    s->label);
         snprintf(m->cursor, sizeof(m->cursor), "0");
-        m->done = 0;
         m->next_at_us = server_now_us();
+        /* As for a stall: pending callbacks get NULL and the batch is
+         * retried, from cursor 0, on a connection to the new address. */
         redisAsyncContext *ac = m->ac;
-        if (ac) {
-            /* As for a stall: pending callbacks get NULL and the batch is
-             * retried, from cursor 0, on a connection to the new address. */
-            m->ac = NULL;
-            m->connected = 0;
+        m->ac = NULL;
+        mover_set_state(m, MOVER_DISCONNECTED);
+        if (ac)
             redisAsyncFree(ac);
-        }
     }
+}
+
+/* rebalance_source_states: each source's mover while a migration runs
+ * ("s2=migrating,s4=done"), "none" when idle: afterwards a removed source
+ * may be freed already. */
+static int movers_info(buf *b)
+{
+    if (buf_printf(b, "rebalance_source_states:") < 0)
+        return -1;
+    if (!rb.running || rb.n_movers == 0)
+        return buf_printf(b, "none\r\n");
+    for (size_t i = 0; i < rb.n_movers; i++)
+        if (buf_printf(b, "%s%s=%s", i ? "," : "", rb.movers[i].source->name,
+                       mover_state_name(rb.movers[i].state)) < 0)
+            return -1;
+    return buf_printf(b, "\r\n");
 }
 
 int rebalance_info(buf *b)
@@ -755,7 +865,7 @@ int rebalance_info(buf *b)
     size_t done = 0;
     for (size_t i = 0; i < rb.n_movers; i++) {
         estimate += rb.movers[i].estimate;
-        done += (size_t)rb.movers[i].done;
+        done += rb.movers[i].state == MOVER_DONE;
     }
     uint64_t elapsed = rb.running ? server_now_us() - rb.started_us : 0;
     uint64_t rate = elapsed > 0 ? rb.keys_scanned * 1000000u / elapsed : 0;
@@ -769,7 +879,7 @@ int rebalance_info(buf *b)
     if (rb.running && percent > 99)
         percent = 99;
     long long eta = rb.running && rate ? (long long)(remaining / rate) : 0;
-    return buf_printf(
+    int fail = buf_printf(
         b,
         "# Rebalance\r\n"
         "rebalance_state:%s\r\n"
@@ -787,14 +897,16 @@ int rebalance_info(buf *b)
         "rebalance_last_error:%s\r\n"
         "rebalance_completed:%llu\r\n"
         "rebalance_drained_shards:%s\r\n"
-        "rebalance_queued_reload:%d\r\n"
-        "\r\n",
+        "rebalance_queued_reload:%d\r\n",
         rb.running ? "running" : "idle", rb.n_movers, done, (unsigned long long)rb.keys_scanned,
         (unsigned long long)rb.keys_moved, (unsigned long long)rb.keys_moved_on_demand,
         (unsigned long long)remaining, (unsigned long long)rb.busykey_deleted,
         (unsigned long long)rb.failures, (unsigned long long)rate, percent, eta,
         rb.last_error[0] ? rb.last_error : "none", (unsigned long long)rb.migrations_done,
         rb.drained[0] ? rb.drained : "none", rb.reload_queued);
+    if (fail < 0 || movers_info(b) < 0)
+        return -1;
+    return buf_printf(b, "\r\n");
 }
 
 void rebalance_shutdown(void)

@@ -8,7 +8,8 @@
 #include <string.h>
 
 /* Requests kept for reuse: enough for a busy pipeline burst, small enough
- * (about 200 bytes each) not to matter when idle. */
+ * not to matter when idle (sizeof(request) is 360 bytes on x86-64, so a
+ * full cache holds about 1.4 MiB). */
 #define REQUEST_CACHE_MAX 4096
 
 static request *free_list;

@@ -59,6 +59,9 @@ typedef struct session {
     /* Reads no more requests and closes the client once the replies due,
      * the last just given included, are written; the reason is logged. */
     void (*close_after_replies)(struct session *s, const char *reason);
+    /* The client connection's state (reading, paused, held, closing, ...),
+     * for CLIENT LIST. */
+    const char *(*state)(const struct session *s);
     struct session *prev; /* every client's session (srv.sessions), for CLIENT LIST */
     struct session *next;
 } session;
@@ -105,8 +108,9 @@ void request_free(request *req);
 void request_trim_cache(void);
 
 /* Answers req through req->on_done with the error line "-<text>\r\n",
- * text formatted from fmt and cut at 600 bytes; CR and LF in it (from a
- * client-supplied name) become spaces, so the reply stays one line. */
+ * text formatted from fmt and cut at 596 bytes (the whole line stays under
+ * 600); CR and LF in it (from a client-supplied name) become spaces, so the
+ * reply stays one line. */
 void request_error(request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ringproxy builds, tests and benchmarks with,
 # only those missing (so `make run` is quick on a machine that has them).
-# With the argument `bench`, also what `make bench` needs for its chart.
+# With the argument `bench`, also what `make bench` needs for its chart and
+# `make bench-instr` for its counts.
 set -euo pipefail
 pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
       redis-server redis-sentinel redis-tools nutcracker)
-[ "${1:-}" != bench ] || pkgs+=(gnuplot-nox)
+[ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,9 +1,9 @@
-/* The README's command reference against the proxy: every command and
+/* docs/commands.md, the command reference, against the proxy: every command and
  * subcommand of the compiled table has exactly one row, naming its class;
  * and a request built for each one, sent through a proxy over four shards,
  * gets what the class promises: "-ERR unsupported command" exactly for the
  * unsupported ones, and for the others an answer that is neither that nor
- * an unknown command. Run from the repository root (README.md). */
+ * an unknown command. Run from the repository root (docs/commands.md). */
 #include <ctype.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -28,7 +28,7 @@
 /* Rows in the reference: the 7.0 table has under 400. */
 #define REFERENCE_MAX_ROWS 1024
 
-/* The README's word for each class, as proxy/command_gen.py writes it. */
+/* The reference's word for each class, as proxy/command_gen.py writes it. */
 static const char *class_word(command_class cls)
 {
     switch (cls) {
@@ -111,18 +111,20 @@ static const command *resolve_name(const char *name)
     return NULL;
 }
 
-/* Reads the rows of README.md's "Command reference" table. */
+/* Where the reference is, from the repository root, and how to write it. */
+#define REFERENCE_PATH  "docs/commands.md"
+#define REFERENCE_REGEN "run python3 proxy/command_gen.py --markdown > docs/commands.md"
+
+/* Reads the rows of the command table of docs/commands.md. */
 static void load_reference(void)
 {
-    char *readme = read_file("README.md");
-    if (readme == NULL) {
-        fail_msg("README.md not found: run from the repository root");
+    char *text = read_file(REFERENCE_PATH);
+    if (text == NULL) {
+        fail_msg(REFERENCE_PATH " not found: run from the repository root");
     }
-    char *section = strstr(readme, "\n## Command reference\n");
-    assert_non_null(section);
-    char *end = strstr(section + 1, "\n## ");
-    if (end) {
-        *end = '\0';
+    char *section = strstr(text, "\n| Command | ringproxy | Notes |\n");
+    if (section == NULL) {
+        fail_msg(REFERENCE_PATH " has no command table (" REFERENCE_REGEN ")");
     }
     nrows = 0;
     char *save = NULL;
@@ -144,7 +146,7 @@ static void load_reference(void)
         r->cmd = resolve_name(r->name);
         r->seen = 0;
     }
-    free(readme);
+    free(text);
 }
 
 static ref_row *find_row(const command *cmd)
@@ -165,11 +167,11 @@ static void test_reference_rows_match_the_table(void **state)
     assert_true(nrows > 300);
     for (size_t i = 0; i < nrows; i++) {
         if (rows[i].cmd == NULL) {
-            fail_msg("README row `%s` is no command of the table", rows[i].name);
+            fail_msg(REFERENCE_PATH " row `%s` is no command of the table (" REFERENCE_REGEN ")",
+                     rows[i].name);
         }
         if (strcmp(rows[i].word, class_word(rows[i].cmd->cls)) != 0) {
-            fail_msg("README says `%s` is %s, the table says %s (run python3 "
-                     "proxy/command_gen.py --markdown)",
+            fail_msg(REFERENCE_PATH " says `%s` is %s, the table says %s (" REFERENCE_REGEN ")",
                      rows[i].name, rows[i].word, class_word(rows[i].cmd->cls));
         }
     }
@@ -189,7 +191,7 @@ static void test_every_command_has_a_row(void **state)
         if (top->nsubcommands && top->arity == -1) {
             ref_row *r = find_row(top);
             if (r == NULL) {
-                fail_msg("README has no row for %s", top->name);
+                fail_msg(REFERENCE_PATH " has no row for %s (" REFERENCE_REGEN ")", top->name);
             }
             r->seen++;
         }
@@ -197,16 +199,14 @@ static void test_every_command_has_a_row(void **state)
             const command *cmd = top->nsubcommands ? &top->subcommands[j] : top;
             ref_row *r = find_row(cmd);
             if (r == NULL) {
-                fail_msg("README has no row for %s (run python3 proxy/command_gen.py "
-                         "--markdown)",
-                         cmd->name);
+                fail_msg(REFERENCE_PATH " has no row for %s (" REFERENCE_REGEN ")", cmd->name);
             }
             r->seen++;
         }
     }
     for (size_t i = 0; i < nrows; i++) {
         if (rows[i].seen != 1) {
-            fail_msg("README row `%s` appears %d times", rows[i].name, rows[i].seen);
+            fail_msg(REFERENCE_PATH " row `%s` appears %d times", rows[i].name, rows[i].seen);
         }
     }
 }
@@ -308,11 +308,12 @@ static void test_each_command_does_what_its_class_says(void **state)
         int unknown = is_error && (strncmp(text, "ERR unknown command", 19) == 0 ||
                                    strncmp(text, "ERR unknown subcommand", 22) == 0);
         if (r->cmd->cls == COMMAND_UNSUPPORTED && !unsupported) {
-            fail_msg("`%s` is unsupported in the README, but the proxy answered %s", r->name,
-                     is_error ? text : "without an error");
+            fail_msg("`%s` is unsupported in " REFERENCE_PATH ", but the proxy answered %s",
+                     r->name, is_error ? text : "without an error");
         }
         if (r->cmd->cls != COMMAND_UNSUPPORTED && (unsupported || unknown)) {
-            fail_msg("`%s` is %s in the README, but the proxy answered %s", r->name, r->word, text);
+            fail_msg("`%s` is %s in " REFERENCE_PATH ", but the proxy answered %s", r->name,
+                     r->word, text);
         }
         checked++;
     }

@@ -47,6 +47,12 @@
  * 40 MB measured). */
 #define FLOOD_PEAK_KIB (96 * 1024)
 
+/* A client that reads its replies late: PAUSE_GETS GETs of a PAUSE_VALUE_LEN
+ * value (12.5 MB of replies) against client_output_pause = 1mb, more than
+ * the kernel's socket buffers (4 MB send, 64 KB receive) can hide. */
+#define PAUSE_VALUE_LEN (64 * 1024)
+#define PAUSE_GETS      200
+
 /* Slowloris: a byte every SLOW_BYTE_MS from each of SLOW_CLIENTS, with
  * idle_timeout = 1 s; each must be closed within SLOW_CLOSE_MS. */
 #define SLOW_CLIENTS  20
@@ -102,6 +108,11 @@ static int setup_flood(void **state)
     snprintf(lines, sizeof(lines), "max_client_output = %s\nrequest_timeout = %lld\n",
              FLOOD_OUTPUT_MAX, bound_ms(2000));
     return start_with(state, lines);
+}
+
+static int setup_pause(void **state)
+{
+    return start_with(state, "client_output_pause = 1mb\nmax_client_output = 64mb\n");
 }
 
 static int setup_slowloris(void **state)
@@ -373,6 +384,90 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
     expect_proxy_serves(f, "flood:after", "ok");
 }
 
+/* ---- a client that reads late ---- */
+
+/* The state= field of the CLIENT LIST line of the client named name, into
+ * out ("" when it is not connected). */
+static void client_state_of(redisContext *c, const char *name, char *out, size_t cap)
+{
+    redisReply *r = fixture_cmd(c, "CLIENT LIST");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char want[64];
+    snprintf(want, sizeof(want), " name=%s ", name);
+    out[0] = '\0';
+    const char *line = strstr(r->str, want);
+    const char *st = line ? strstr(line, " state=") : NULL;
+    if (st) {
+        st += 7;
+        size_t n = strcspn(st, "\n");
+        snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), st);
+    }
+    freeReplyObject(r);
+}
+
+/* Unread replies over client_output_pause stop the proxy reading the
+ * client (state=paused); once it has read them it is read again. */
+static void test_client_reading_late_is_paused_then_resumed(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = fixture_client(f);
+    char *value = malloc(PAUSE_VALUE_LEN);
+    assert_non_null(value);
+    memset(value, 'p', PAUSE_VALUE_LEN);
+    fixture_expect_status(fixture_cmd(c, "SET pause:big %b", value, (size_t)PAUSE_VALUE_LEN), "OK");
+
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    int small = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    static const char setname[] = "*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$4\r\nlate\r\n";
+    char ok[8];
+    int closed;
+    assert_int_equal(fixture_raw_send(fd, setname, sizeof(setname) - 1), 0);
+    assert_int_equal(fixture_raw_read(fd, ok, sizeof(ok), 5, REPLY_TIMEOUT_MS, &closed), 5);
+    static const char get[] = "*2\r\n$3\r\nGET\r\n$9\r\npause:big\r\n";
+    char batch[PAUSE_GETS * (sizeof(get) - 1)];
+    for (size_t i = 0; i < PAUSE_GETS; i++) {
+        memcpy(batch + i * (sizeof(get) - 1), get, sizeof(get) - 1);
+    }
+    assert_int_equal(fixture_raw_send(fd, batch, sizeof(batch)), 0);
+
+    char st[32];
+    long long deadline = fixture_now_ms() + bound_ms(REPLY_TIMEOUT_MS);
+    client_state_of(c, "late", st, sizeof(st));
+    while (strcmp(st, "paused") != 0 && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(10);
+        client_state_of(c, "late", st, sizeof(st));
+    }
+    assert_string_equal(st, "paused");
+
+    /* Every reply arrives, whole and in order, once the client reads. */
+    char head[32];
+    int head_len = snprintf(head, sizeof(head), "$%d\r\n", PAUSE_VALUE_LEN);
+    size_t one = (size_t)head_len + PAUSE_VALUE_LEN + 2, total = one * PAUSE_GETS;
+    char *got = malloc(total + 1);
+    assert_non_null(got);
+    assert_int_equal(
+        fixture_raw_read(fd, got, total + 1, total, (int)bound_ms(REPLY_TIMEOUT_MS), &closed),
+        total);
+    for (size_t i = 0; i < PAUSE_GETS; i++) {
+        const char *r = got + i * one;
+        assert_memory_equal(r, head, (size_t)head_len);
+        assert_memory_equal(r + head_len, value, PAUSE_VALUE_LEN);
+        assert_memory_equal(r + head_len + PAUSE_VALUE_LEN, "\r\n", 2);
+    }
+    assert_int_equal(fixture_raw_send(fd, "PING\r\n", 6), 0);
+    char pong[16];
+    fixture_raw_read(fd, pong, sizeof(pong), 7, REPLY_TIMEOUT_MS, &closed);
+    assert_string_equal(pong, "+PONG\r\n");
+    client_state_of(c, "late", st, sizeof(st));
+    assert_string_equal(st, "reading");
+    close(fd);
+    free(got);
+    free(value);
+    redisFree(c);
+}
+
 /* ---- slowloris ---- */
 
 static void test_slowloris_clients_closed_by_idle_timeout(void **state)
@@ -586,6 +681,8 @@ int main(void)
                                         setup_plain, stop_fixture),
         cmocka_unit_test_setup_teardown(test_client_never_reading_is_dropped_and_memory_bounded,
                                         setup_flood, stop_fixture),
+        cmocka_unit_test_setup_teardown(test_client_reading_late_is_paused_then_resumed,
+                                        setup_pause, stop_fixture),
         cmocka_unit_test_setup_teardown(test_slowloris_clients_closed_by_idle_timeout,
                                         setup_slowloris, stop_fixture),
         cmocka_unit_test_setup_teardown(test_fd_limit_refuses_new_clients_and_recovers,

@@ -206,6 +206,50 @@ static void test_client_leaving_while_blocked_unblocks_the_shard(void **state)
     redisFree(b);
 }
 
+/* CLIENT LIST shows a client waiting for a blocking reply as held; a QUIT
+ * pipelined behind it waits too, is answered after it, and then the proxy
+ * closes the connection (held -> reading -> closing). */
+static void test_quit_behind_a_blocking_command_closes_after_its_reply(void **state)
+{
+    fixture *f = *state;
+    redisContext *a = patient_client(f);
+    redisContext *b = fixture_client(f);
+    int shard = fixture_owner(b, "quitq", 5);
+    redisReply *r = fixture_cmd(a, "CLIENT ID");
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    long long id = r->integer;
+    freeReplyObject(r);
+    char want[64];
+    snprintf(want, sizeof(want), "id=%lld ", id);
+    r = fixture_cmd(b, "CLIENT LIST ID %lld", id);
+    assert_non_null(strstr(r->str, " state=reading\n"));
+    freeReplyObject(r);
+
+    redisAppendCommand(a, "BLPOP quitq 0");
+    redisAppendCommand(a, "QUIT");
+    flush_out(a);
+    wait_blocked(f, shard, 1);
+    r = fixture_cmd(b, "CLIENT LIST ID %lld", id);
+    assert_int_equal(strncmp(r->str, want, strlen(want)), 0);
+    assert_non_null(strstr(r->str, " flags=b "));
+    assert_non_null(strstr(r->str, " state=held\n"));
+    freeReplyObject(r);
+
+    fixture_expect_int(fixture_cmd(b, "RPUSH quitq v"), 1);
+    r = fixture_next_reply(a);
+    fixture_expect_array(r, 2);
+    assert_string_equal(r->element[1]->str, "v");
+    freeReplyObject(r);
+    fixture_expect_status(fixture_next_reply(a), "OK");
+    void *eof = NULL;
+    assert_int_equal(redisGetReply(a, &eof), REDIS_ERR);
+    assert_null(eof);
+    assert_int_equal(a->err, REDIS_ERR_EOF);
+    fixture_expect_str(fixture_cmd(b, "CLIENT LIST ID %lld", id), "");
+    redisFree(a);
+    redisFree(b);
+}
+
 static void test_other_blocking_commands(void **state)
 {
     fixture *f = *state;
@@ -323,6 +367,7 @@ int main(void)
         cmocka_unit_test(test_own_timeout_honoured_past_request_timeout),
         cmocka_unit_test(test_pipelined_requests_wait_for_the_blocking_reply),
         cmocka_unit_test(test_client_leaving_while_blocked_unblocks_the_shard),
+        cmocka_unit_test(test_quit_behind_a_blocking_command_closes_after_its_reply),
         cmocka_unit_test(test_other_blocking_commands),
         cmocka_unit_test(test_blocking_inside_multi_and_watch),
         cmocka_unit_test(test_many_blocked_clients_across_shards),
