@@ -196,6 +196,9 @@ static void apply_replica(const query *q)
     if (!s || !q->replicas_asked)
         return;
     const char *host = q->replica_host[0] ? q->replica_host : NULL;
+    /* mid-failover a Sentinel may still list the new master as a replica */
+    if (host && s->port == q->replica_port && strcmp(s->host, host) == 0)
+        host = NULL;
     if (!host && !s->replica)
         return;
     char err[400];
