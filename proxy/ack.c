@@ -2,6 +2,7 @@
 #include "proxy/ack.h"
 
 #include <ctype.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,7 +135,7 @@ int ack_is_write(const char *bytes, size_t len)
 
 static void write_done(fragment *f, const char *reply, size_t len)
 {
-    ack_wait *a = f->aux;
+    ack_wait *a = (ack_wait *)((char *)f - offsetof(ack_wait, write));
     if (buf_append(&a->reply, reply, len) < 0) {
         buf_free(&a->reply);
         static const char oom[] = "-ERR out of memory keeping a shard reply\r\n";
@@ -145,7 +146,7 @@ static void write_done(fragment *f, const char *reply, size_t len)
 /* WAIT answered (or failed): the write's reply, or -NOREPLICAS. */
 static void wait_done(fragment *f, const char *reply, size_t len)
 {
-    ack_wait *a = f->aux;
+    ack_wait *a = (ack_wait *)((char *)f - offsetof(ack_wait, wait));
     fragment *orig = a->orig;
     const char *written = buf_head(&a->reply);
     size_t written_len = buf_len(&a->reply);
@@ -199,11 +200,9 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     a->write.req = f->req;
     a->write.shard = f->shard;
     a->write.done = write_done;
-    a->write.aux = a;
     a->wait.req = f->req;
     a->wait.shard = f->shard;
     a->wait.done = wait_done;
-    a->wait.aux = a;
     a->wait.block_us = (uint64_t)timeout_ms * 1000u;
     /* The same hint picks the same connection: WAIT runs right after the
      * write, and its reply comes after the write's, even when both fail. */

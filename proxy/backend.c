@@ -15,7 +15,6 @@
 #include <event2/event.h>
 
 #include "proxy/log.h"
-#include "proxy/sentinel.h"
 #include "proxy/server.h"
 
 /* Largest single read while a big reply is arriving: big enough to move a
@@ -270,7 +269,7 @@ static int conn_queue_auth(backend_conn *c, const char *password)
 
 static void role_done(fragment *f, const char *reply, size_t len)
 {
-    backend_conn *c = f->aux;
+    backend_conn *c = (backend_conn *)((char *)f - offsetof(backend_conn, role));
     if (c->state != BACKEND_UP)
         return; /* the connection is failing already */
     if (len >= sizeof(ROLE_MASTER) - 1 &&
@@ -283,7 +282,7 @@ static void role_done(fragment *f, const char *reply, size_t len)
     /* A demoted master (a failover not yet heard of): nothing may be sent
      * to it. The Sentinels are asked again at once. */
     conn_fail(c, "unavailable: not a master (ROLE); waiting for the Sentinels to name it", 0);
-    sentinel_shard_suspect(c->shard);
+    c->shard->role_refused = 1; /* the Sentinels are asked again at the next tick */
 }
 
 /* A sentinel shard's address may be a demoted master by now: ROLE goes

@@ -89,6 +89,8 @@ typedef struct shard {
     uint16_t port;         /* 0 while unknown */
     char *sentinel_master; /* the master's name at the Sentinels, NULL for a host:port line */
     struct shard *replica; /* a replica that read_from may send reads to, NULL = none known */
+    int role_refused;      /* a connection found it no master (ROLE): the Sentinels module
+                              asks again at its next tick and clears it */
     char label[400];       /* "s2 (127.0.0.1:7002)", for messages */
     struct sockaddr_storage addr; /* resolved once, at load or reload */
     socklen_t addrlen;

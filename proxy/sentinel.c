@@ -713,6 +713,12 @@ void sentinel_tick(void)
     uint64_t now = srv.now_us;
     for (size_t i = 0; i < sn.nwatches; i++) {
         watch *w = sn.watches[i];
+        shard *s = watch_shard(w);
+        if (s && s->role_refused) {
+            /* a connection found the master demoted: ask now */
+            s->role_refused = 0;
+            watch_poll(w, NULL, 0);
+        }
         query *q = w->query;
         if (q && now >= q->deadline_us) {
             if (q->step == QUERY_ASK)
@@ -735,13 +741,6 @@ void sentinel_tick(void)
     }
     if (!sn.sub && now >= sn.sub_retry_us)
         sub_start();
-}
-
-void sentinel_shard_suspect(const shard *s)
-{
-    for (size_t i = 0; i < sn.nwatches; i++)
-        if (strcmp(sn.watches[i]->shard, s->name) == 0)
-            watch_poll(sn.watches[i], NULL, 0);
 }
 
 static const char *watch_state_name(watch_state st)

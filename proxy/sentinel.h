@@ -23,10 +23,6 @@ void sentinel_sync(void);
 /* Periodic (maintenance timer): due polls, timeouts, the subscription. */
 void sentinel_tick(void);
 
-/* A connection of s found its address is no longer a master (ROLE): the
- * Sentinels are asked again now rather than at the next poll. */
-void sentinel_shard_suspect(const struct shard *s);
-
 /* Where a request for srv.shards[i] goes: a read-only command (bytes) to
  * the shard's replica when its read_from says so, anything else to the
  * shard itself. */
