@@ -43,7 +43,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 PROXY_BIN := $(BUILD)/ringproxy
 
-.PHONY: all test unit integration asan clean run bench bench-instr format check-format deps
+.PHONY: all test test-run unit integration asan clean run bench bench-instr format check-format deps check-layers
 # Keep the integration helpers' objects between runs.
 .SECONDARY:
 .DEFAULT_GOAL := all
@@ -94,12 +94,18 @@ unit: $(UNIT_BINS)
 integration: $(INTEG_BINS) ringproxy
 	@set -e; for t in $(INTEG_BINS); do echo "== $$t"; RINGPROXY_BIN=$(abspath $(PROXY_BIN)) $$t; done
 
-test: all $(UNIT_BINS) $(INTEG_BINS) $(BENCH_BINS)
+# make test installs what it needs first, as make run does (either may come
+# first on a fresh machine), then builds with the flags pkg-config now finds.
+test: deps
+	@$(MAKE) --no-print-directory test-run
+
+test-run: all $(UNIT_BINS) $(INTEG_BINS) $(BENCH_BINS)
+	@tests/check-layers.sh
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 
-asan:
-	@$(MAKE) --no-print-directory SAN=1 test
+asan: deps
+	@$(MAKE) --no-print-directory SAN=1 test-run
 
 # make bench: ringproxy vs twemproxy vs direct Redis (bench/README.md), ~6 min;
 # QUICK=1 for a ~1 min smoke run; BENCH_ARGS passes options to bench/run.sh.
@@ -124,6 +130,10 @@ deps:
 
 format:
 	clang-format -i $(wildcard */*.c */*.h tests/*/*.c tests/*/*.h)
+
+# No two modules of proxy/ may include each other, directly or not.
+check-layers:
+	@tests/check-layers.sh
 
 check-format:
 	clang-format --dry-run --Werror $(wildcard */*.c */*.h tests/*/*.c tests/*/*.h)

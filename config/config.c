@@ -57,6 +57,7 @@ typedef enum key_type {
     KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
     KEY_ADDRS,  /* config_addr_list field: comma-separated host:port, empty = none */
+    KEY_SHARDS, /* char * field: "all" or a comma-separated list of shards of [shards] */
 } key_type;
 
 typedef struct config_key {
@@ -160,7 +161,7 @@ static const config_key config_keys[] = {
      .offset = FIELD(hash_tag_open, char),
      .offset2 = FIELD(hash_tag_close, char)},
     ENUM_KEY("compat", compat, ring_mode, compat_name, RING_TWEMPROXY + 1, "none", RESTART,
-             "twemproxy = place shards as nutcracker 0.5.0 does"),
+             "twemproxy = as nutcracker 0.5.0 (default fnv1a_64, no tag)"),
     INT_KEY("backend_connections", backend_connections, "1", "", 1, 256, RESTART,
             "connections the proxy keeps to each shard"),
     INT_KEY("connect_timeout", connect_timeout_ms, "1000", "ms", 1, 3600000, RELOAD,
@@ -215,7 +216,7 @@ static const config_key config_keys[] = {
     INT_KEY("migrate_timeout", migrate_timeout_ms, "5000", "ms", 1, 3600000, RELOAD,
             "MIGRATE timeout for one batch; raise it for big keys"),
     BOOL_KEY("allow_flush", allow_flush, "yes", RELOAD,
-             "FLUSHDB and FLUSHALL empty every shard; no = refuse them"),
+             "FLUSHDB and FLUSHALL empty db 0 of every shard; no = refuse them"),
     {.name = "script_default_shard",
      .type = KEY_SHARD,
      .default_value = "",
@@ -246,6 +247,15 @@ static const config_key config_keys[] = {
     ENUM_KEY("read_from", read_from, config_read_from, config_read_from_name,
              CONFIG_READ_FROM_COUNT, "master", RELOAD,
              "where sentinel shards' reads go (docs/failover.md)"),
+    INT_KEY("store_db", store_db, "15", "", 1, 1000000, RESTART,
+            "database on each shard for the proxy's hidden records (locks)"),
+    {.name = "lock_shards",
+     .type = KEY_SHARDS,
+     .default_value = "all",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "shards holding LOCK.* state; odd count >= 3",
+     .offset = FIELD(lock_shards, char *)},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -266,6 +276,7 @@ typedef struct load_ctx {
     const char *end;
     int line;            /* number of the line last handed to inih */
     int key_line[NKEYS]; /* where each [proxy] key was set, 0 = default */
+    int shards_line;     /* where the (first) [shards] header is, 0 = none */
     size_t shard_cap;
     config *cfg;
     char *err;
@@ -356,6 +367,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_SECRET:
     case KEY_SHARD:
     case KEY_ADDRS:
+    case KEY_SHARDS:
         break;
     }
     abort(); /* not a number: a bug in the caller */
@@ -433,6 +445,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_ADDRS:
         snprintf(buf, buflen, "host:port list, empty = none");
+        return;
+    case KEY_SHARDS:
+        snprintf(buf, buflen, "all or a comma list");
         return;
     }
 }
@@ -591,8 +606,7 @@ static bool same_host(const char *a, const char *b)
     return strcasecmp(a, b) == 0;
 }
 
-/* "127.0.0.1:7001" or "[::1]:7001". */
-static void format_addr(const char *host, uint16_t port, char *buf, size_t buflen)
+void config_format_addr(const char *host, uint16_t port, char *buf, size_t buflen)
 {
     if (strchr(host, ':'))
         snprintf(buf, buflen, "[%s]:%u", host, (unsigned)port);
@@ -658,15 +672,154 @@ static int parse_addr_list(const char *text, config_addr_list *list, char *why, 
     return 0;
 }
 
+/* The typed setters below store a non-empty value into field (and, for the
+ * two-field types, the one at key->offset2 of cfg). Each returns 0, or -1
+ * with a reason in why, as set_key does. */
+
+static int set_number(const config_key *key, const char *value, void *field, char *why,
+                      size_t whylen)
+{
+    int64_t v;
+    int rc = parse_number(value, key->type == KEY_BYTES, &v);
+    if (rc == -1) {
+        if (key->type == KEY_BYTES)
+            snprintf(why, whylen, "%s: '%s' is not a size (bytes, or a number with kb, mb or gb)",
+                     key->name, value);
+        else if (key->unit[0])
+            snprintf(why, whylen, "%s: '%s' is not an integer (%s)", key->name, value, key->unit);
+        else
+            snprintf(why, whylen, "%s: '%s' is not an integer", key->name, value);
+        return -1;
+    }
+    if (rc == -2 || v < key->min || v > key->max) {
+        char range[80];
+        format_range(key, range, sizeof(range));
+        if (key->unit[0])
+            snprintf(why, whylen, "%s: %s is out of range %s (%s)", key->name, value, range,
+                     key->unit);
+        else
+            snprintf(why, whylen, "%s: %s is out of range %s", key->name, value, range);
+        return -1;
+    }
+    if (key->type == KEY_INT) {
+        int i = (int)v;
+        memcpy(field, &i, sizeof(i));
+    } else {
+        memcpy(field, &v, sizeof(v));
+    }
+    return 0;
+}
+
+static int set_bool(const config_key *key, const char *value, void *field, char *why, size_t whylen)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        int b = -1;
+        if (strcasecmp(value, yes[i]) == 0)
+            b = 1;
+        else if (strcasecmp(value, no[i]) == 0)
+            b = 0;
+        if (b >= 0) {
+            memcpy(field, &b, sizeof(b));
+            return 0;
+        }
+    }
+    snprintf(why, whylen, "%s: '%s' is not yes or no", key->name, value);
+    return -1;
+}
+
+static int set_enum(const config_key *key, const char *value, void *field, char *why, size_t whylen)
+{
+    char values[128];
+    for (int i = 0; i < key->enum_count; i++) {
+        if (strcasecmp(value, key->enum_name(i)) == 0) {
+            memcpy(field, &i, sizeof(i));
+            return 0;
+        }
+    }
+    describe_values(key, values, sizeof(values));
+    snprintf(why, whylen, "%s: '%s' is not one of %s", key->name, value, values);
+    return -1;
+}
+
+/* The host goes to the string at key->offset, the port to key->offset2. */
+static int set_addr(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
+{
+    char reason[320];
+    char *host;
+    uint16_t port;
+    if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
+        snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
+        return -1;
+    }
+    char **slot = field_of(cfg, key->offset);
+    free(*slot);
+    *slot = host;
+    memcpy(field_of(cfg, key->offset2), &port, sizeof(port));
+    return 0;
+}
+
+/* The opening character goes to key->offset, the closing one to
+ * key->offset2; an empty value stores two NULs (tags disabled). */
+static int set_tag(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
+{
+    size_t len = strlen(value);
+    bool ok = len == 0 || (len == 2 && value[0] != value[1] && isgraph((unsigned char)value[0]) &&
+                           isgraph((unsigned char)value[1]));
+    if (!ok) {
+        snprintf(why, whylen,
+                 "%s: '%s' is not two different characters (like {}), or empty to disable tags",
+                 key->name, value);
+        return -1;
+    }
+    char open = len ? value[0] : '\0';
+    char close = len ? value[1] : '\0';
+    memcpy(field_of(cfg, key->offset), &open, 1);
+    memcpy(field_of(cfg, key->offset2), &close, 1);
+    return 0;
+}
+
+/* A copy of value, or NULL for an empty one, replaces the string in field. */
+static int set_string(const config_key *key, const char *value, void *field, char *why,
+                      size_t whylen)
+{
+    char *copy = NULL;
+    if (value[0] && !(copy = strdup(value))) {
+        snprintf(why, whylen, "%s: out of memory", key->name);
+        return -1;
+    }
+    char **slot = field;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+/* The list replaces the one in field. */
+static int set_addrs(const config_key *key, const char *value, void *field, char *why,
+                     size_t whylen)
+{
+    config_addr_list list = {0};
+    char reason[512];
+    if (parse_addr_list(value, &list, reason, sizeof(reason)) != 0) {
+        snprintf(why, whylen, "%s: %s", key->name, reason);
+        return -1;
+    }
+    config_addr_list *slot = field;
+    addr_list_free(slot);
+    *slot = list;
+    return 0;
+}
+
 /* Parses value into key's field(s) of cfg. Returns 0, or -1 with a reason
  * (without the file:line prefix) in why. */
 static int set_key(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
 {
     void *field = field_of(cfg, key->offset);
-    char values[128];
 
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
         key->type != KEY_SHARD && key->type != KEY_ADDRS) {
+        char values[128];
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
         return -1;
@@ -675,124 +828,24 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     switch (key->type) {
     case KEY_INT:
     case KEY_INT64:
-    case KEY_BYTES: {
-        int64_t v;
-        int rc = parse_number(value, key->type == KEY_BYTES, &v);
-        if (rc == -1) {
-            if (key->type == KEY_BYTES)
-                snprintf(why, whylen,
-                         "%s: '%s' is not a size (bytes, or a number with kb, mb or gb)", key->name,
-                         value);
-            else if (key->unit[0])
-                snprintf(why, whylen, "%s: '%s' is not an integer (%s)", key->name, value,
-                         key->unit);
-            else
-                snprintf(why, whylen, "%s: '%s' is not an integer", key->name, value);
-            return -1;
-        }
-        if (rc == -2 || v < key->min || v > key->max) {
-            char range[80];
-            format_range(key, range, sizeof(range));
-            if (key->unit[0])
-                snprintf(why, whylen, "%s: %s is out of range %s (%s)", key->name, value, range,
-                         key->unit);
-            else
-                snprintf(why, whylen, "%s: %s is out of range %s", key->name, value, range);
-            return -1;
-        }
-        if (key->type == KEY_INT) {
-            int i = (int)v;
-            memcpy(field, &i, sizeof(i));
-        } else {
-            memcpy(field, &v, sizeof(v));
-        }
-        return 0;
-    }
-    case KEY_BOOL: {
-        static const char *const yes[] = {"yes", "true", "on", "1"};
-        static const char *const no[] = {"no", "false", "off", "0"};
-        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
-            int b = -1;
-            if (strcasecmp(value, yes[i]) == 0)
-                b = 1;
-            else if (strcasecmp(value, no[i]) == 0)
-                b = 0;
-            if (b >= 0) {
-                memcpy(field, &b, sizeof(b));
-                return 0;
-            }
-        }
-        snprintf(why, whylen, "%s: '%s' is not yes or no", key->name, value);
-        return -1;
-    }
+    case KEY_BYTES:
+        return set_number(key, value, field, why, whylen);
+    case KEY_BOOL:
+        return set_bool(key, value, field, why, whylen);
     case KEY_ENUM:
-        for (int i = 0; i < key->enum_count; i++) {
-            if (strcasecmp(value, key->enum_name(i)) == 0) {
-                memcpy(field, &i, sizeof(i));
-                return 0;
-            }
-        }
-        describe_values(key, values, sizeof(values));
-        snprintf(why, whylen, "%s: '%s' is not one of %s", key->name, value, values);
-        return -1;
-    case KEY_ADDR: {
-        char reason[320];
-        char *host;
-        uint16_t port;
-        if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
-            snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
-            return -1;
-        }
-        char **slot = field;
-        free(*slot);
-        *slot = host;
-        memcpy(field_of(cfg, key->offset2), &port, sizeof(port));
-        return 0;
-    }
-    case KEY_TAG: {
-        size_t len = strlen(value);
-        bool ok =
-            len == 0 || (len == 2 && value[0] != value[1] && isgraph((unsigned char)value[0]) &&
-                         isgraph((unsigned char)value[1]));
-        if (!ok) {
-            snprintf(why, whylen,
-                     "%s: '%s' is not two different characters (like {}), or empty to disable tags",
-                     key->name, value);
-            return -1;
-        }
-        char open = len ? value[0] : '\0';
-        char close = len ? value[1] : '\0';
-        memcpy(field, &open, 1);
-        memcpy(field_of(cfg, key->offset2), &close, 1);
-        return 0;
-    }
+        return set_enum(key, value, field, why, whylen);
+    case KEY_ADDR:
+        return set_addr(key, value, cfg, why, whylen);
+    case KEY_TAG:
+        return set_tag(key, value, cfg, why, whylen);
     case KEY_SECRET:
-    case KEY_SHARD: {
+    case KEY_SHARD:
+    case KEY_SHARDS:
         /* A shard name is checked against [shards] once the whole file is
          * read (validate), since [shards] may come after [proxy]. */
-        char *copy = NULL;
-        if (value[0] && !(copy = strdup(value))) {
-            snprintf(why, whylen, "%s: out of memory", key->name);
-            return -1;
-        }
-        char **slot = field;
-        free(*slot);
-        *slot = copy;
-        return 0;
-    }
-    case KEY_ADDRS: {
-        config_addr_list list = {0};
-        if (parse_addr_list(value, &list, why, whylen) != 0) {
-            char reason[512];
-            snprintf(reason, sizeof(reason), "%s", why);
-            snprintf(why, whylen, "%s: %s", key->name, reason);
-            return -1;
-        }
-        config_addr_list *slot = field;
-        addr_list_free(slot);
-        *slot = list;
-        return 0;
-    }
+        return set_string(key, value, field, why, whylen);
+    case KEY_ADDRS:
+        return set_addrs(key, value, field, why, whylen);
     }
     snprintf(why, whylen, "%s: unhandled key type", key->name);
     return -1;
@@ -951,8 +1004,8 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
             continue;
         }
         if (other->host && other->port == shard.port && same_host(other->host, shard.host)) {
-            char addr[300];
-            format_addr(shard.host, shard.port, addr, sizeof(addr));
+            char addr[CONFIG_ADDR_MAX];
+            config_format_addr(shard.host, shard.port, addr, sizeof(addr));
             fail(ctx, ctx->line, "shards %s and %s (line %d) have the same address %s", name,
                  other->name, other->line, addr);
             free(shard.host);
@@ -1014,8 +1067,10 @@ static int check_line(load_ctx *ctx, const char *text)
             return -1;
         }
         size_t len = (size_t)(end - text - 1);
-        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) ||
-              (len == 6 && memcmp(text + 1, "shards", 6) == 0))) {
+        int shards = len == 6 && memcmp(text + 1, "shards", 6) == 0;
+        if (shards && !ctx->shards_line)
+            ctx->shards_line = ctx->line;
+        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) || shards)) {
             fail(ctx, ctx->line, "unknown section [%.*s] (expected [proxy] or [shards])", (int)len,
                  text + 1);
             return -1;
@@ -1077,9 +1132,98 @@ static char *read_line(char *buf, int size, void *stream)
 }
 
 /* Checks that involve several keys; reported at the later of their lines. */
-static void validate(load_ctx *ctx)
+/* Calls fn for each name of a comma-separated list (spaces around names
+ * ignored); stops at the first fn that returns non-zero and returns it. */
+static int each_listed_name(const char *list, int (*fn)(const char *name, size_t len, void *arg),
+                            void *arg)
 {
-    config *cfg = ctx->cfg;
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > p && (last[-1] == ' ' || last[-1] == '\t'))
+            last--;
+        int rc = fn(p, (size_t)(last - p), arg);
+        if (rc)
+            return rc;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+static int shard_named(const config *cfg, const char *name, size_t len)
+{
+    for (size_t j = 0; j < cfg->nshards; j++)
+        if (strlen(cfg->shards[j].name) == len && memcmp(cfg->shards[j].name, name, len) == 0)
+            return (int)j;
+    return -1;
+}
+
+struct list_check {
+    const config *cfg;
+    unsigned char *seen;
+    char *bad;
+    size_t badlen;
+};
+
+static int check_listed_name(const char *name, size_t len, void *arg)
+{
+    struct list_check *lc = arg;
+    int j = len ? shard_named(lc->cfg, name, len) : -1;
+    if (j < 0) {
+        snprintf(lc->bad, lc->badlen, "'%.*s' is not a shard of [shards]", (int)len, name);
+        return -1;
+    }
+    if (lc->seen[j]++) {
+        snprintf(lc->bad, lc->badlen, "'%.*s' is listed twice", (int)len, name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A shard list key: "all", or names of [shards], each once. */
+static int check_shard_list(const config *cfg, const char *list, char *bad, size_t badlen)
+{
+    if (!list || strcmp(list, "all") == 0)
+        return 0;
+    unsigned char *seen = calloc(cfg->nshards ? cfg->nshards : 1, 1);
+    if (!seen) {
+        snprintf(bad, badlen, "out of memory");
+        return -1;
+    }
+    struct list_check lc = {cfg, seen, bad, badlen};
+    int rc = each_listed_name(list, check_listed_name, &lc);
+    free(seen);
+    return rc ? -1 : 0;
+}
+
+struct list_find {
+    const char *name;
+};
+
+static int is_named(const char *name, size_t len, void *arg)
+{
+    const struct list_find *lf = arg;
+    return strlen(lf->name) == len && memcmp(lf->name, name, len) == 0;
+}
+
+int config_is_lock_shard(const config *cfg, const char *name)
+{
+    if (!cfg->lock_shards || strcmp(cfg->lock_shards, "all") == 0)
+        return shard_named(cfg, name, strlen(name)) >= 0;
+    struct list_find lf = {name};
+    return each_listed_name(cfg->lock_shards, is_named, &lf) == 1;
+}
+
+/* Each pair of key_orders whose low key is set above its high key fails,
+ * at the later of the two lines. Stops at the first failure. */
+static void check_key_orders(load_ctx *ctx)
+{
+    const config *cfg = ctx->cfg;
     for (size_t i = 0; i < sizeof(key_orders) / sizeof(key_orders[0]) && !ctx->failed; i++) {
         const config_key *low = find_key(key_orders[i].low);
         const config_key *high = find_key(key_orders[i].high);
@@ -1101,8 +1245,23 @@ static void validate(load_ctx *ctx)
         fail(ctx, line_low > line_high ? line_low : line_high, "%s (%s) is above %s (%s)",
              low->name, lo_text, high->name, hi_text);
     }
+}
+
+static void validate(load_ctx *ctx)
+{
+    config *cfg = ctx->cfg;
+    check_key_orders(ctx);
     if (ctx->failed)
         return;
+
+    /* compat = twemproxy alone means nutcracker's defaults: fnv1a_64 and no
+     * hash tag, as a nutcracker pool without hash: or hash_tag: lines. An
+     * explicit hash or hash_tag line still wins. */
+    const config_key *hash_key = find_key("hash"), *tag_key = find_key("hash_tag");
+    if (cfg->compat == RING_TWEMPROXY && !ctx->key_line[hash_key - config_keys])
+        cfg->hash = HASH_FNV1A_64;
+    if (cfg->compat == RING_TWEMPROXY && !ctx->key_line[tag_key - config_keys])
+        cfg->hash_tag_open = cfg->hash_tag_close = 0;
 
     /* nutcracker has no murmur3: with it, compat = twemproxy would place
      * shards as nutcracker does but send keys elsewhere. */
@@ -1117,6 +1276,11 @@ static void validate(load_ctx *ctx)
         return;
     }
 
+    if (cfg->nshards == 0 && ctx->shards_line) {
+        fail(ctx, ctx->shards_line,
+             "[shards] has no shards: add lines like 's1 = 127.0.0.1:7001' under it");
+        return;
+    }
     if (cfg->nshards == 0) {
         fail(ctx, 0, "no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]");
         return;
@@ -1136,6 +1300,18 @@ static void validate(load_ctx *ctx)
         }
     }
 
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        if (key->type != KEY_SHARDS)
+            continue;
+        char *const *list = const_field_of(cfg, key->offset);
+        char bad[200];
+        if (check_shard_list(cfg, *list, bad, sizeof(bad)) < 0) {
+            fail(ctx, ctx->key_line[i], "%s: %s", key->name, bad);
+            return;
+        }
+    }
+
     /* A shard at the proxy's own address would forward every request back
      * to the proxy, forever. */
     for (size_t i = 0; i < cfg->nshards; i++) {
@@ -1148,8 +1324,8 @@ static void validate(load_ctx *ctx)
         }
         if (shard->host && shard->port == cfg->listen_port &&
             same_host(shard->host, cfg->listen_host)) {
-            char addr[300];
-            format_addr(shard->host, shard->port, addr, sizeof(addr));
+            char addr[CONFIG_ADDR_MAX];
+            config_format_addr(shard->host, shard->port, addr, sizeof(addr));
             fail(ctx, shard->line, "shard %s is at the proxy's own listen address %s", shard->name,
                  addr);
             return;
@@ -1296,6 +1472,7 @@ void config_free(config *cfg)
     free(cfg->script_default_shard);
     addr_list_free(&cfg->sentinels);
     free(cfg->sentinel_password);
+    free(cfg->lock_shards);
     free(cfg->path);
     free(cfg);
 }
@@ -1314,7 +1491,8 @@ static bool same_value(const config_key *key, const config *a, const config *b)
         return memcmp(const_field_of(a, key->offset), const_field_of(b, key->offset), 1) == 0 &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
     case KEY_SECRET:
-    case KEY_SHARD: {
+    case KEY_SHARD:
+    case KEY_SHARDS: {
         char *const *sa = const_field_of(a, key->offset);
         char *const *sb = const_field_of(b, key->offset);
         return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);

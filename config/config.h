@@ -101,6 +101,8 @@ typedef struct config {
     int min_replicas_to_ack; /* a write is answered once this many replicas have it, 0 = at once */
     int min_replicas_timeout_ms; /* WAIT's timeout for those replicas */
     config_read_from read_from;  /* where read-only commands go, unless a shard says */
+    int store_db;                /* database index of the proxy's hidden records on each shard */
+    char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
 
     /* [shards], in file order */
     config_shard *shards;
@@ -139,6 +141,17 @@ void config_write_reference(FILE *out);
 /* Writes the [proxy] keys as a Markdown table (key, default, values,
  * reloadable, meaning), as in config/README.md. */
 void config_write_markdown(FILE *out);
+
+/* Room for any address config_format_addr writes: a host of up to 255
+ * bytes (a DNS name's limit; longer ones are cut), brackets, ':' and port. */
+#define CONFIG_ADDR_MAX 300
+
+/* Writes host:port as proxy.ini spells it: "127.0.0.1:7001", or
+ * "[::1]:7001" for an IPv6 host. */
+void config_format_addr(const char *host, uint16_t port, char *buf, size_t buflen);
+
+/* Whether shard name is one of the lock shards (lock_shards). */
+int config_is_lock_shard(const config *cfg, const char *name);
 
 /* Name of a log level ("debug", "info", ...). */
 const char *config_log_level_name(config_log_level level);

@@ -13,11 +13,11 @@
 
 #include "proxy/backend.h"
 #include "proxy/buf.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
-#include "proxy/router.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
@@ -32,26 +32,50 @@ static void reply_str(request *req, const char *s)
     reply(req, s, strlen(s));
 }
 
-static void reply_buf(request *req, buf *b, int fail)
+/* Answers with the reply built in b, or with an error when building it ran
+ * out of memory; frees b. */
+static void reply_buf(request *req, buf *b)
 {
-    if (fail)
-        reply_str(req, "-ERR out of memory\r\n");
-    else
-        reply(req, buf_head(b), buf_len(b));
+    request_reply_buf(req, b);
     buf_free(b);
 }
 
 static void reply_bulk(request *req, const char *s, size_t len)
 {
     buf b = {0};
-    reply_buf(req, &b, buf_append_bulk(&b, s, len));
+    buf_append_bulk(&b, s, len);
+    reply_buf(req, &b);
+}
+
+/* Answers with the text built in text as one bulk string (or with an error
+ * when building it ran out of memory); frees text. */
+static void reply_text(request *req, buf *text)
+{
+    if (buf_failed(text))
+        request_reply_buf(req, text);
+    else
+        reply_bulk(req, text->data ? buf_head(text) : "", buf_len(text));
+    buf_free(text);
+}
+
+/* Redis ends INFO without the blank line of the last section. */
+static void drop_blank_line(buf *text)
+{
+    if (buf_len(text) >= 2)
+        text->end -= 2;
 }
 
 static void reply_error_line(request *req, const char *msg)
 {
     buf b = {0};
-    int fail = buf_printf(&b, "-%s\r\n", msg);
-    reply_buf(req, &b, fail);
+    buf_printf(&b, "-%s\r\n", msg);
+    reply_buf(req, &b);
+}
+
+/* Appends a C string as a bulk string. */
+static void append_str(buf *b, const char *s)
+{
+    buf_append_bulk(b, s, strlen(s));
 }
 
 static int arg_is(const resp_arg *a, const char *s)
@@ -167,47 +191,43 @@ static int info_stats(buf *b)
 
 static int info_shards(buf *b)
 {
-    int fail = buf_printf(b, "# Shards\r\nshards:%zu\r\n", srv.nshards) < 0;
-    for (size_t i = 0; i < srv.nshards && !fail; i++) {
+    buf_printf(b, "# Shards\r\nshards:%zu\r\n", srv.nshards);
+    for (size_t i = 0; i < srv.nshards; i++) {
         const shard *s = srv.shards[i];
         unsigned long long avg = s->replies ? s->latency_us_sum / s->replies : 0;
-        fail = buf_printf(b,
-                          "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,reserved=%d,"
-                          "inflight=%zu,requests=%llu,errors=%llu,timeouts=%llu,"
-                          "avg_latency_us=%llu",
-                          s->name, s->host, (unsigned)s->port, (unsigned)srv.cfg->shards[i].weight,
-                          backend_shard_state(s), s->nconns, s->reserved, backend_shard_inflight(s),
-                          (unsigned long long)s->requests, (unsigned long long)s->errors,
-                          (unsigned long long)s->timeouts, avg) < 0 ||
-               sentinel_shard_info(s, b) < 0 || buf_printf(b, "\r\n") < 0;
+        buf_printf(b,
+                   "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,reserved=%d,"
+                   "inflight=%zu,requests=%llu,errors=%llu,timeouts=%llu,"
+                   "avg_latency_us=%llu",
+                   s->name, s->host, (unsigned)s->port, (unsigned)srv.cfg->shards[i].weight,
+                   backend_shard_state(s), s->nconns, s->reserved, backend_shard_inflight(s),
+                   (unsigned long long)s->requests, (unsigned long long)s->errors,
+                   (unsigned long long)s->timeouts, avg);
+        (void)sentinel_shard_info(s, b);
+        buf_printf(b, "\r\n");
     }
-    return fail || sentinel_info(b) < 0 || buf_printf(b, "\r\n") < 0 ? -1 : 0;
+    (void)sentinel_info(b);
+    return buf_printf(b, "\r\n");
 }
 
 static void cmd_info(request *req, size_t argc, const resp_arg *argv)
 {
     buf text = {0};
-    int fail = 0;
+    /* Each section returns -1 when out of memory, as text keeps it. */
     if (section_wanted("server", argc, argv))
-        fail |= info_server(&text) < 0;
+        (void)info_server(&text);
     if (section_wanted("clients", argc, argv))
-        fail |= info_clients(&text) < 0;
+        (void)info_clients(&text);
     if (section_wanted("stats", argc, argv))
-        fail |= info_stats(&text) < 0;
+        (void)info_stats(&text);
     if (section_wanted("shards", argc, argv))
-        fail |= info_shards(&text) < 0;
+        (void)info_shards(&text);
     if (section_wanted("rebalance", argc, argv))
-        fail |= rebalance_info(&text) < 0;
-    /* Redis ends INFO without the blank line of the last section. */
-    if (buf_len(&text) >= 2)
-        text.end -= 2;
-    if (fail) {
-        buf_free(&text);
-        reply_str(req, "-ERR out of memory\r\n");
-        return;
-    }
-    reply_bulk(req, buf_head(&text), buf_len(&text));
-    buf_free(&text);
+        (void)rebalance_info(&text);
+    if (section_wanted("locks", argc, argv))
+        (void)lock_info(&text);
+    drop_blank_line(&text);
+    reply_text(req, &text);
 }
 
 /* ---- PROXY ---- */
@@ -215,37 +235,36 @@ static void cmd_info(request *req, size_t argc, const resp_arg *argv)
 static void cmd_proxy_shards(request *req)
 {
     buf b = {0};
-    int fail = buf_append_header(&b, '*', (int64_t)srv.nshards) < 0;
-    for (size_t i = 0; i < srv.nshards && !fail; i++) {
+    buf_append_header(&b, '*', (int64_t)srv.nshards);
+    for (size_t i = 0; i < srv.nshards; i++) {
         const shard *s = srv.shards[i];
-        char addr[300];
-        snprintf(addr, sizeof(addr), strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host,
-                 (unsigned)s->port);
+        char addr[CONFIG_ADDR_MAX];
+        config_format_addr(s->host, s->port, addr, sizeof(addr));
         const char *state = backend_shard_state(s);
-        fail |= buf_append_header(&b, '*', 8) < 0;
-        fail |=
-            buf_append_bulk(&b, "name", 4) < 0 || buf_append_bulk(&b, s->name, strlen(s->name)) < 0;
-        fail |= buf_append_bulk(&b, "addr", 4) < 0 || buf_append_bulk(&b, addr, strlen(addr)) < 0;
-        fail |= buf_append_bulk(&b, "weight", 6) < 0 ||
-                buf_append_header(&b, ':', srv.cfg->shards[i].weight) < 0;
-        fail |=
-            buf_append_bulk(&b, "state", 5) < 0 || buf_append_bulk(&b, state, strlen(state)) < 0;
+        buf_append_header(&b, '*', 8);
+        append_str(&b, "name");
+        append_str(&b, s->name);
+        append_str(&b, "addr");
+        append_str(&b, addr);
+        append_str(&b, "weight");
+        buf_append_header(&b, ':', srv.cfg->shards[i].weight);
+        append_str(&b, "state");
+        append_str(&b, state);
     }
-    reply_buf(req, &b, fail);
+    reply_buf(req, &b);
 }
 
 static void cmd_proxy_ring(request *req, const resp_arg *key)
 {
-    uint32_t i = router_shard_of(key->ptr, key->len);
+    uint32_t i = server_shard_of_key(key->ptr, key->len);
     const shard *s = srv.shards[i];
-    char addr[300];
-    snprintf(addr, sizeof(addr), strchr(s->host, ':') ? "[%s]:%u" : "%s:%u", s->host,
-             (unsigned)s->port);
+    char addr[CONFIG_ADDR_MAX];
+    config_format_addr(s->host, s->port, addr, sizeof(addr));
     buf b = {0};
-    int fail = buf_append_header(&b, '*', 2) < 0;
-    fail |= buf_append_bulk(&b, s->name, strlen(s->name)) < 0;
-    fail |= buf_append_bulk(&b, addr, strlen(addr)) < 0;
-    reply_buf(req, &b, fail);
+    buf_append_header(&b, '*', 2);
+    append_str(&b, s->name);
+    append_str(&b, addr);
+    reply_buf(req, &b);
 }
 
 static void cmd_proxy_reload(request *req)
@@ -265,13 +284,9 @@ static void cmd_proxy_reload(request *req)
 static void cmd_proxy_rebalance(request *req)
 {
     buf text = {0};
-    if (rebalance_info(&text) < 0) {
-        buf_free(&text);
-        reply_str(req, "-ERR out of memory\r\n");
-        return;
-    }
-    reply_bulk(req, buf_head(&text), buf_len(&text) - 2);
-    buf_free(&text);
+    (void)rebalance_info(&text);
+    drop_blank_line(&text);
+    reply_text(req, &text);
 }
 
 /* ---- connection commands ---- */
@@ -369,17 +384,22 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
         }
     }
     buf b = {0};
-    int fail = buf_append_header(&b, '*', 14) < 0;
-    fail |= buf_append_bulk(&b, "server", 6) < 0 || buf_append_bulk(&b, "ringproxy", 9) < 0;
-    fail |= buf_append_bulk(&b, "version", 7) < 0 ||
-            buf_append_bulk(&b, RINGPROXY_REDIS_COMPAT, strlen(RINGPROXY_REDIS_COMPAT)) < 0;
-    fail |= buf_append_bulk(&b, "proto", 5) < 0 || buf_append_header(&b, ':', 2) < 0;
-    fail |= buf_append_bulk(&b, "id", 2) < 0 ||
-            buf_append_header(&b, ':', req->session ? (int64_t)req->session->id : 0) < 0;
-    fail |= buf_append_bulk(&b, "mode", 4) < 0 || buf_append_bulk(&b, "standalone", 10) < 0;
-    fail |= buf_append_bulk(&b, "role", 4) < 0 || buf_append_bulk(&b, "master", 6) < 0;
-    fail |= buf_append_bulk(&b, "modules", 7) < 0 || buf_append_header(&b, '*', 0) < 0;
-    reply_buf(req, &b, fail);
+    buf_append_header(&b, '*', 14);
+    append_str(&b, "server");
+    append_str(&b, "ringproxy");
+    append_str(&b, "version");
+    append_str(&b, RINGPROXY_REDIS_COMPAT);
+    append_str(&b, "proto");
+    buf_append_header(&b, ':', 2);
+    append_str(&b, "id");
+    buf_append_header(&b, ':', req->session ? (int64_t)req->session->id : 0);
+    append_str(&b, "mode");
+    append_str(&b, "standalone");
+    append_str(&b, "role");
+    append_str(&b, "master");
+    append_str(&b, "modules");
+    buf_append_header(&b, '*', 0);
+    reply_buf(req, &b);
 }
 
 static void cmd_client(request *req, command_id id, size_t argc, const resp_arg *argv)
@@ -387,7 +407,8 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
     session *sess = req->session;
     if (id == CMD_CLIENT_ID) {
         buf b = {0};
-        reply_buf(req, &b, buf_append_header(&b, ':', sess ? (int64_t)sess->id : 0));
+        buf_append_header(&b, ':', sess ? (int64_t)sess->id : 0);
+        reply_buf(req, &b);
     } else if (id == CMD_CLIENT_GETNAME) {
         if (sess && sess->name)
             reply_bulk(req, sess->name, strlen(sess->name));
@@ -413,7 +434,7 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
 
 /* One CLIENT LIST line, with the fields of Redis's that mean something for
  * a proxy client, and the proxy's own state= of the connection last. */
-static int client_line(buf *b, const session *s)
+static void client_line(buf *b, const session *s)
 {
     int channels, patterns;
     pubsub_counts(s, &channels, &patterns);
@@ -430,27 +451,24 @@ static int client_line(buf *b, const session *s)
     flags[nf] = '\0';
     uint64_t now = srv.now_us;
     uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
-    return buf_printf(b,
-                      "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
-                      "multi=%d cmd=%s state=%s\n",
-                      (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
-                      (unsigned long long)((now - s->created_us) / 1000000),
-                      (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
-                      txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
-                      s->state ? s->state(s) : "?");
+    buf_printf(b,
+               "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
+               "multi=%d cmd=%s state=%s\n",
+               (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
+               (unsigned long long)((now - s->created_us) / 1000000),
+               (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
+               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
+               s->state ? s->state(s) : "?");
 }
 
 static void cmd_client_info(request *req)
 {
     buf b = {0};
-    int fail = req->session ? client_line(&b, req->session) < 0 : buf_printf(&b, "\n") < 0;
-    if (fail) {
-        buf_free(&b);
-        reply_str(req, "-ERR out of memory\r\n");
-        return;
-    }
-    reply_bulk(req, buf_head(&b), buf_len(&b));
-    buf_free(&b);
+    if (req->session)
+        client_line(&b, req->session);
+    else
+        buf_printf(&b, "\n");
+    reply_text(req, &b);
 }
 
 /* CLIENT LIST [TYPE normal|pubsub|master|replica] [ID id ...]: the
@@ -491,8 +509,7 @@ static void cmd_client_list(request *req, size_t argc, const resp_arg *argv)
         }
     }
     buf b = {0};
-    int fail = 0;
-    for (const session *s = srv.sessions; s && !fail; s = s->next) {
+    for (const session *s = srv.sessions; s; s = s->next) {
         int subscribed = pubsub_active(s);
         if (type == 3 || (type == 1 && subscribed) || (type == 2 && !subscribed))
             continue;
@@ -502,15 +519,9 @@ static void cmd_client_list(request *req, size_t argc, const resp_arg *argv)
             listed = arg_int(&argv[j], &id) == 0 && (uint64_t)id == s->id;
         }
         if (listed)
-            fail = client_line(&b, s) < 0;
+            client_line(&b, s);
     }
-    if (fail) {
-        buf_free(&b);
-        reply_str(req, "-ERR out of memory\r\n");
-        return;
-    }
-    reply_bulk(req, b.data ? buf_head(&b) : "", buf_len(&b));
-    buf_free(&b);
+    reply_text(req, &b);
 }
 
 void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg *argv)

@@ -14,6 +14,7 @@
 
 #include <event2/event.h>
 
+#include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -27,20 +28,19 @@
  * connection, and a client that did it once does not pin one for ever. */
 #define BACKEND_LINGER_MS 10000
 
-static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
 static const char ROLE_REQUEST[] = "*1\r\n$4\r\nROLE\r\n";
 /* How ROLE's reply starts on a master: ["master", offset, replicas]. */
 static const char ROLE_MASTER[] = "*3\r\n$6\r\nmaster\r\n";
 
 /* Why a sentinel shard's requests fail before its master's address is known. */
 #define SHARD_NO_MASTER "unavailable: master not known yet (asking the Sentinels)"
-
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
 static backend_conn *reserved_head; /* every reserved connection */
 
 static void conn_connect(backend_conn *c);
 static void conn_fail(backend_conn *c, const char *why, int is_timeout);
+static void conn_note_unconfirmed(backend_conn *c);
 static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet);
 static void shard_fail_reserved(shard *s, const char *why);
 
@@ -196,6 +196,9 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
     }
     if (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING)
         log_warn("shard %s: %s", c->shard->label, why);
+    if (c->state == BACKEND_UP)
+        conn_note_unconfirmed(c);
+    c->laddr[0] = '\0';
     conn_close_fd(c);
     event_del(&c->ev_timer);
     snprintf(c->last_error, sizeof(c->last_error), "%s", why);
@@ -214,7 +217,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg);
 
 static void auth_done(fragment *f, const char *reply, size_t len)
 {
-    backend_conn *c = f->aux;
+    backend_conn *c = f->conn;
     if (c->state != BACKEND_UP)
         return; /* the connection is failing already */
     if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
@@ -245,7 +248,7 @@ static int conn_queue_first(backend_conn *c, fragment *f, fragment_done_fn done,
     c->out = *first;
     memset(f, 0, sizeof(*f));
     f->done = done;
-    f->aux = c;
+    f->conn = c;
     f->sent_us = srv.now_us;
     f->end_offset = c->written_total + len;
     f->next = c->head;
@@ -269,7 +272,7 @@ static int conn_queue_auth(backend_conn *c, const char *password)
 
 static void role_done(fragment *f, const char *reply, size_t len)
 {
-    backend_conn *c = (backend_conn *)((char *)f - offsetof(backend_conn, role));
+    backend_conn *c = f->conn;
     if (c->state != BACKEND_UP)
         return; /* the connection is failing already */
     if (len >= sizeof(ROLE_MASTER) - 1 &&
@@ -314,9 +317,66 @@ static int conn_write_role(backend_conn *c, char *why, size_t whylen)
     return 0;
 }
 
+/* Our end of c as the shard prints it (ip:port, [ip]:port for IPv6). */
+static void conn_note_laddr(backend_conn *c)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "";
+    uint16_t port = 0;
+    c->laddr[0] = '\0';
+    if (getsockname(c->fd, (struct sockaddr *)&ss, &len) < 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        port = ntohs(in->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(in6->sin6_port);
+    }
+    if (ip[0])
+        config_format_addr(ip, port, c->laddr, sizeof(c->laddr));
+}
+
+/* A connection reset while requests that change data were in flight: the
+ * shard may still run them (they wait in its socket while it is paused),
+ * so it is remembered until the shard confirms it gone. */
+static void conn_note_unconfirmed(backend_conn *c)
+{
+    int risky = 0;
+    for (const fragment *f = c->head; f && !risky; f = f->next)
+        risky = !f->harmless;
+    shard *s = c->shard;
+    if (!risky || !c->laddr[0])
+        return;
+    if (s->n_unconfirmed == BACKEND_UNCONFIRMED_MAX) {
+        s->unconfirmed_dropped++;
+        log_warn("shard %s: more than %d old connections may still run requests; forgetting %s",
+                 s->label, BACKEND_UNCONFIRMED_MAX, s->unconfirmed[0]);
+        memmove(s->unconfirmed[0], s->unconfirmed[1],
+                (size_t)(BACKEND_UNCONFIRMED_MAX - 1) * sizeof(s->unconfirmed[0]));
+        s->n_unconfirmed--;
+    }
+    snprintf(s->unconfirmed[s->n_unconfirmed++], sizeof(s->unconfirmed[0]), "%s", c->laddr);
+}
+
+void backend_shard_confirm_gone(shard *s, const char *laddr)
+{
+    for (int i = 0; i < s->n_unconfirmed; i++)
+        if (strcmp(s->unconfirmed[i], laddr) == 0) {
+            memmove(s->unconfirmed[i], s->unconfirmed[i + 1],
+                    (size_t)(s->n_unconfirmed - i - 1) * sizeof(s->unconfirmed[0]));
+            s->n_unconfirmed--;
+            return;
+        }
+}
+
 static void conn_connected(backend_conn *c)
 {
     event_del(&c->ev_timer);
+    conn_note_laddr(c);
     conn_set_state(c, BACKEND_UP);
     c->backoff_ms = 0;
     c->last_error[0] = '\0';
@@ -348,6 +408,9 @@ static void conn_connect(backend_conn *c)
 {
     shard *s = c->shard;
     char why[160];
+    /* A reload starts a shard whose connection waits out its reconnect
+     * delay: that timer must be off before ev_timer is assigned again. */
+    event_del(&c->ev_timer);
     if (!s->addrlen) {
         conn_set_state(c, BACKEND_CONNECTING);
         conn_fail(c, SHARD_NO_MASTER, 0);
@@ -567,6 +630,7 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
     /* A big request offered by the client (buf_offer) is taken, not
      * copied, when nothing else is queued. */
     if (buf_append_msg(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
         return -1;
     }
@@ -677,6 +741,8 @@ static shard *retired_head;
  * limit microseconds. */
 static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
 {
+    if (limit == 0)
+        return;
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         if (!c->head || !conn_takes_requests(c))
@@ -710,6 +776,12 @@ static void retired_tick(uint64_t now)
                    s->label, backend_shard_inflight(s));
         backend_shard_free(s);
     }
+}
+
+void backend_shard_check_timeouts(shard *s)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    shard_check_timeouts(s, timeout_ms > 0 ? (uint64_t)timeout_ms * 1000 : 0, server_now_us());
 }
 
 void backend_tick(void)
@@ -775,12 +847,13 @@ static int resolve(const shard *s, const char *host, uint16_t port_number,
 /* "s2 (127.0.0.1:7002)", or "s2 (sentinel:name)" before its master is known. */
 static void shard_set_label(shard *s)
 {
-    if (!s->port)
+    if (!s->port) {
         snprintf(s->label, sizeof(s->label), "%s (sentinel:%s)", s->name, s->sentinel_master);
-    else if (strchr(s->host, ':'))
-        snprintf(s->label, sizeof(s->label), "%s ([%s]:%u)", s->name, s->host, (unsigned)s->port);
-    else
-        snprintf(s->label, sizeof(s->label), "%s (%s:%u)", s->name, s->host, (unsigned)s->port);
+        return;
+    }
+    char addr[CONFIG_ADDR_MAX];
+    config_format_addr(s->host, s->port, addr, sizeof(addr));
+    snprintf(s->label, sizeof(s->label), "%s (%s)", s->name, addr);
 }
 
 shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t errlen)
@@ -860,7 +933,11 @@ int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err
         conn_unmark_dirty(c);
         c->backoff_ms = 0;
         c->role_pending = 0;
+        c->laddr[0] = '\0';
     }
+    /* Connections reset on the old master cannot be confirmed gone on the
+     * new one: they never reached it. */
+    s->n_unconfirmed = 0;
     /* The replica may be the new master: the next poll finds the replicas. */
     if (s->replica) {
         backend_shard_retire(s->replica);
@@ -956,15 +1033,10 @@ void backend_retired_free_all(void)
 static void reserved_free(backend_conn *c)
 {
     conn_unmark_dirty(c);
-    if (c->prev_reserved)
-        c->prev_reserved->next_reserved = c->next_reserved;
-    else
-        reserved_head = c->next_reserved;
-    if (c->next_reserved)
-        c->next_reserved->prev_reserved = c->prev_reserved;
+    DLIST_UNLINK(reserved_head, c, prev_reserved, next_reserved);
     /* A barrier still queued on the pool connection completes alone. */
     if (c->barrier)
-        c->barrier->aux = NULL;
+        c->barrier->conn = NULL;
     event_del(&c->ev_timer);
     buf_free(&c->out);
     buf_free(&c->in);
@@ -1016,10 +1088,7 @@ backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event
     c->idle_since_us = srv.now_us;
     resp_reply_init(&c->scan);
     event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
-    c->next_reserved = reserved_head;
-    if (reserved_head)
-        reserved_head->prev_reserved = c;
-    reserved_head = c;
+    DLIST_PUSH_FRONT(reserved_head, c, prev_reserved, next_reserved);
     s->reserved++;
     /* A connect that fails at once must not call the owner back before it
      * has the handle. */
@@ -1039,7 +1108,7 @@ static void barrier_done(fragment *f, const char *reply, size_t len)
 {
     (void)reply;
     (void)len;
-    backend_conn *c = f->aux;
+    backend_conn *c = f->conn;
     free(f);
     if (!c || c->barrier != f)
         return;
@@ -1060,12 +1129,12 @@ void backend_reserved_barrier(backend_conn *c, uint64_t hint)
         return;
     }
     f->done = barrier_done;
-    f->aux = c;
+    f->conn = c;
     /* A newer barrier covers everything the older one did. */
     if (c->barrier)
-        c->barrier->aux = NULL;
+        c->barrier->conn = NULL;
     c->barrier = f;
-    backend_send(c->shard, hint, f, PING_REQUEST, sizeof(PING_REQUEST) - 1);
+    backend_send(c->shard, hint, f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
 }
 
 void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size_t len)
@@ -1085,8 +1154,10 @@ int backend_reserved_write(backend_conn *c, const char *bytes, size_t len)
 {
     if (!conn_takes_requests(c))
         return -1;
-    if (buf_append(&c->out, bytes, len) < 0)
+    if (buf_append(&c->out, bytes, len) < 0) {
+        buf_forget_failure(&c->out);
         return -1;
+    }
     c->queued_total += len;
     if (c->state == BACKEND_UP)
         conn_mark_dirty(c);

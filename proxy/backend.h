@@ -64,6 +64,7 @@ typedef struct backend_conn {
     flushq_link flush;      /* on the pending-flush queue */
     int write_waiting;      /* ev_write is added: the socket was full */
     char last_error[128];   /* why it is down */
+    char laddr[64];         /* our end, as the shard names it in CLIENT LIST (addr=) */
     fragment auth;          /* the AUTH sent first when the shards need a password */
     fragment role;          /* the ROLE sent next on a sentinel shard's connections */
     int role_pending;       /* ROLE not yet answered "master": nothing else is written */
@@ -79,6 +80,11 @@ typedef struct backend_conn {
     struct backend_conn *prev_reserved; /* every reserved connection, for timeouts */
     struct backend_conn *next_reserved;
 } backend_conn;
+
+/* Old connections a shard remembers until it confirms they are gone: one
+ * per reset with requests in flight; a shard that stays paused for minutes
+ * takes one per request_timeout plus reconnect delay. */
+#define BACKEND_UNCONFIRMED_MAX 64
 
 /* A shard at run time: its connections and counters. Only what names the
  * connection (name, address) is copied from the config; placement (weight)
@@ -103,6 +109,16 @@ typedef struct shard {
     uint64_t latency_us_sum;
     uint64_t replies;
     int reserved; /* reserved connections open to it (transactions, blocking, pub/sub) */
+    /* Our old connections to it that were reset with requests in flight:
+     * a paused or slow shard may still run those requests. Kept by address
+     * until the shard says they are gone (backend_shard_confirm_gone). */
+    char unconfirmed[BACKEND_UNCONFIRMED_MAX][64];
+    int n_unconfirmed;
+    uint64_t unconfirmed_dropped; /* forgotten for want of room (logged) */
+    /* MIGRATEs in flight with it as source and as target (rebalance.c's
+     * admission: never both at once) */
+    int migrating_out;
+    int migrating_in;
     /* set by backend_shard_retire */
     uint64_t retired_us;        /* when it was retired */
     struct shard *next_retired; /* the retired list */
@@ -144,6 +160,14 @@ backend_shard_set_replica(shard *s, const char *host, uint16_t port, char *err, 
  * flight on its shared connections is answered or times out. Nothing new
  * may be sent to it. */
 void backend_shard_retire(shard *s);
+
+/* The shard confirmed that our old connection laddr is gone (CLIENT KILL
+ * ADDR answered): nothing sent on it can run any more. */
+void backend_shard_confirm_gone(shard *s, const char *laddr);
+
+/* Applies request_timeout to s's connections: for shards that are not in
+ * srv.shards but still answer (a removed shard whose keys are moving off). */
+void backend_shard_check_timeouts(shard *s);
 
 /* The retired shards still answering, linked by next_retired. */
 shard *backend_retired_first(void);

@@ -46,9 +46,22 @@ int buf_reserve(buf *b, size_t n)
     return 0;
 }
 
-int buf_append(buf *b, const void *bytes, size_t n)
+/* Reserves n bytes for an append: -1, marking the buffer failed, when out
+ * of memory or when it failed before. */
+static int reserve_for_append(buf *b, size_t n)
 {
-    if (buf_reserve(b, n) < 0)
+    if (b->err)
+        return -1;
+    if (buf_reserve(b, n) < 0) {
+        b->err = 1;
+        return -1;
+    }
+    return 0;
+}
+
+int buf_append_slow(buf *b, const void *bytes, size_t n)
+{
+    if (reserve_for_append(b, n) < 0)
         return -1;
     if (n)
         memcpy(b->data + b->end, bytes, n);
@@ -63,11 +76,13 @@ int buf_printf(buf *b, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(small, sizeof(small), fmt, ap);
     va_end(ap);
-    if (n < 0)
+    if (n < 0) {
+        b->err = 1;
         return -1;
+    }
     if ((size_t)n < sizeof(small))
         return buf_append(b, small, (size_t)n);
-    if (buf_reserve(b, (size_t)n + 1) < 0)
+    if (reserve_for_append(b, (size_t)n + 1) < 0)
         return -1;
     va_start(ap, fmt);
     vsnprintf(b->data + b->end, (size_t)n + 1, fmt, ap);
@@ -80,7 +95,7 @@ void buf_consume(buf *b, size_t n)
 {
     b->start += n;
     if (b->start >= b->end)
-        b->start = b->end = 0;
+        buf_reset(b);
 }
 
 void buf_shrink_if_empty(buf *b, size_t keep)
@@ -97,6 +112,7 @@ void buf_free(buf *b)
     free(b->data);
     b->data = NULL;
     b->cap = b->start = b->end = 0;
+    b->err = 0;
 }
 
 void buf_take(buf *dst, buf *src)
@@ -104,7 +120,7 @@ void buf_take(buf *dst, buf *src)
     buf old = *dst;
     *dst = *src;
     *src = old;
-    src->start = src->end = 0;
+    buf_reset(src);
 }
 
 int buf_split(buf *src, size_t n, buf *msg)
@@ -133,7 +149,8 @@ buf *buf_offer(buf *msg)
 
 int buf_append_big(buf *b, const void *bytes, size_t n)
 {
-    if (!offered || bytes != buf_head(offered) || n != buf_len(offered) || buf_len(b) != 0)
+    if (!offered || bytes != buf_head(offered) || n != buf_len(offered) || buf_len(b) != 0 ||
+        b->err)
         return buf_append(b, bytes, n);
     buf_take(b, offered);
     offered = NULL;
@@ -167,7 +184,7 @@ int buf_append_header(buf *b, char prefix, int64_t n)
 
 int buf_append_bulk(buf *b, const char *s, size_t len)
 {
-    if (buf_reserve(b, len + 24) < 0)
+    if (reserve_for_append(b, len + 24) < 0)
         return -1;
     if (buf_append_header(b, '$', (int64_t)len) < 0)
         return -1;

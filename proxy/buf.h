@@ -1,5 +1,8 @@
 /* A growable byte buffer with a read cursor: bytes are appended at the end
  * and consumed from the start; consumed space is reclaimed by compacting.
+ * Out of memory is sticky, as in hiredis's reader: the append that fails
+ * marks the buffer, every later append does nothing, and whoever finishes
+ * the message checks buf_failed() once instead of after every append.
  * A big message moves from one connection's buffer to another's by handing
  * the storage over instead of copying it (buf_split, buf_offer,
  * buf_append_msg). */
@@ -9,6 +12,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <unistd.h>
 
 /* Bytes read from or written to a socket per call when nothing larger is
@@ -30,6 +34,7 @@ typedef struct buf {
     size_t start; /* first unconsumed byte */
     size_t end;   /* one past the last byte */
     size_t cap;
+    int err; /* an append failed since the buffer was last emptied */
 } buf;
 
 static inline size_t buf_len(const buf *b)
@@ -42,18 +47,53 @@ static inline char *buf_head(const buf *b)
     return b->data + b->start;
 }
 
+/* Whether an append failed since the buffer was last emptied (buf_reset,
+ * buf_free, or buf_consume of its last byte): its bytes are then a message
+ * cut short, to be thrown away. */
+__attribute__((warn_unused_result)) static inline int buf_failed(const buf *b)
+{
+    return b->err;
+}
+
+/* Empties the buffer, keeping its storage, and clears a failure. */
+static inline void buf_reset(buf *b)
+{
+    b->start = b->end = 0;
+    b->err = 0;
+}
+
+/* For a queue of whole messages (a connection's output): an append that
+ * failed added nothing, so what was queued before it is still good. Once
+ * the failure is handled, this lets the queue take the next message. */
+static inline void buf_forget_failure(buf *b)
+{
+    b->err = 0;
+}
+
 /* Makes room for at least n more bytes at the end (compacting first).
- * Returns 0, or -1 when out of memory. */
+ * Returns 0, or -1 when out of memory; a reservation that fails is not an
+ * append and does not mark the buffer failed. */
 __attribute__((warn_unused_result)) int buf_reserve(buf *b, size_t n);
 
-/* Appends n bytes. 0 or -1 (out of memory). */
-__attribute__((warn_unused_result)) int buf_append(buf *b, const void *bytes, size_t n);
+/* buf_append's slow half: a failed buffer, or one that must grow. */
+int buf_append_slow(buf *b, const void *bytes, size_t n);
 
-/* Appends printf-formatted text. 0 or -1. */
-__attribute__((warn_unused_result, format(printf, 2, 3))) int buf_printf(buf *b, const char *fmt,
-                                                                         ...);
+/* Appends n bytes. 0, or -1 when the buffer has failed (now or before).
+ * Inline: replies and requests pass through it on every request. */
+static inline int buf_append(buf *b, const void *bytes, size_t n)
+{
+    if (b->err || b->cap - b->end < n)
+        return buf_append_slow(b, bytes, n);
+    if (n)
+        memcpy(b->data + b->end, bytes, n);
+    b->end += n;
+    return 0;
+}
 
-/* Drops n bytes from the start. */
+/* Appends printf-formatted text. 0 or -1, as buf_append. */
+__attribute__((format(printf, 2, 3))) int buf_printf(buf *b, const char *fmt, ...);
+
+/* Drops n bytes from the start; a buffer emptied so forgets a failure. */
 void buf_consume(buf *b, size_t n);
 
 /* Frees the storage when the buffer is empty and larger than keep bytes. */
@@ -92,14 +132,16 @@ static inline buf_write_result buf_write_fd(buf *b, int fd, size_t *written)
 
 void buf_free(buf *b);
 
-/* Appends the RESP bulk string $len\r\n...\r\n. 0 or -1. */
-__attribute__((warn_unused_result)) int buf_append_bulk(buf *b, const char *s, size_t len);
+/* Appends the RESP bulk string $len\r\n...\r\n. 0 or -1, as buf_append. */
+int buf_append_bulk(buf *b, const char *s, size_t len);
 
-/* Appends a RESP header line: prefix char, decimal n, CRLF (e.g. "*3\r\n"). */
-__attribute__((warn_unused_result)) int buf_append_header(buf *b, char prefix, int64_t n);
+/* Appends a RESP header line: prefix char, decimal n, CRLF (e.g. "*3\r\n").
+ * 0 or -1, as buf_append. */
+int buf_append_header(buf *b, char prefix, int64_t n);
 
-/* dst, which must be empty, takes src's bytes by swapping their storage:
- * no byte is copied. src is left empty (with dst's old storage). */
+/* dst, which must be empty, takes src's bytes (and failure) by swapping
+ * their storage: no byte is copied. src is left empty (with dst's old
+ * storage) and not failed. */
 void buf_take(buf *dst, buf *src);
 
 /* Moves the first n bytes of src (n <= buf_len(src)) into msg, which must
@@ -133,16 +175,16 @@ __attribute__((warn_unused_result)) int buf_split(buf *src, size_t n, buf *msg);
 buf *buf_offer(buf *msg);
 
 /* buf_append_msg's slow half, for n >= BUF_HANDOFF_MIN: takes the offered
- * message into b when bytes and n are exactly it and b is empty (the offer
- * is then used up), else appends a copy. 0 or -1 (out of memory). */
-__attribute__((warn_unused_result)) int buf_append_big(buf *b, const void *bytes, size_t n);
+ * message into b when bytes and n are exactly it and b is empty and not
+ * failed (the offer is then used up), else appends a copy. 0 or -1, as
+ * buf_append. */
+int buf_append_big(buf *b, const void *bytes, size_t n);
 
 /* Appends n bytes as buf_append does, or takes them without a copy when
- * they are a big offered message and b is empty. 0 or -1 (out of memory).
+ * they are a big offered message and b is empty. 0 or -1, as buf_append.
  * Inline so that a small message costs one comparison: both calls take
  * the same arguments. */
-__attribute__((warn_unused_result)) static inline int buf_append_msg(buf *b, const void *bytes,
-                                                                     size_t n)
+static inline int buf_append_msg(buf *b, const void *bytes, size_t n)
 {
     if (n < BUF_HANDOFF_MIN)
         return buf_append(b, bytes, n);

@@ -16,6 +16,7 @@
 #include <event2/event_struct.h>
 
 #include "proxy/buf.h"
+#include "proxy/dlist.h"
 #include "proxy/flushq.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
@@ -192,19 +193,9 @@ static void client_free(client *c, const char *reason)
     /* Its transaction, subscriptions and reserved connections go; what was
      * in flight on them answers the orphans above. */
     router_session_end(&c->sess);
-    if (c->sess.prev)
-        c->sess.prev->next = c->sess.next;
-    else
-        srv.sessions = c->sess.next;
-    if (c->sess.next)
-        c->sess.next->prev = c->sess.prev;
+    DLIST_UNLINK(srv.sessions, &c->sess, prev, next);
     flushq_remove(&pending, &c->flush);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        clients = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    DLIST_UNLINK(clients, c, prev, next);
     buf_free(&c->in);
     buf_free(&c->out);
     resp_request_free(&c->scan);
@@ -618,17 +609,11 @@ void client_accept(int fd, const char *addr)
     c->sess.drop = session_drop;
     c->sess.close_after_replies = session_close_after_replies;
     c->sess.state = session_state;
-    c->sess.next = srv.sessions;
-    if (srv.sessions)
-        srv.sessions->prev = &c->sess;
-    srv.sessions = &c->sess;
+    DLIST_PUSH_FRONT(srv.sessions, &c->sess, prev, next);
     c->last_active_us = server_now_us();
     event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_write, c);
-    c->next = clients;
-    if (clients)
-        clients->prev = c;
-    clients = c;
+    DLIST_PUSH_FRONT(clients, c, prev, next);
     srv.nclients++;
     set_state(c, CLIENT_READING);
     log_debug("client %s: connected (id %llu)", addr, (unsigned long long)c->sess.id);

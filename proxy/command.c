@@ -14,37 +14,42 @@
  * that needs no more; ID_ROW: the same with a command id or merge rule the
  * router acts on; NUMKEYS_ROW: a numkeys rule and its check; SPLIT_ROW and
  * LOCAL_ROW: commands the proxy splits or answers; CONTAINER_ROW: a command
- * with subcommands. */
-#define ROW(name_, arity_, cls_, rule_, first_, last_, step_)                                      \
+ * with subcommands. Every shape ends with the router's handler and the
+ * command's flags (command_route, COMMAND_FLAG_*). */
+#define ROW(name_, arity_, cls_, rule_, first_, last_, step_, route_, flags_)                      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
-        .last_key = last_, .key_step = step_                                                       \
+        .last_key = last_, .key_step = step_, .route = route_, .flags = flags_                     \
     }
-#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_)                      \
+#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, route_, flags_)      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .merge = merge_, .keys = rule_,    \
-        .first_key = first_, .last_key = last_, .key_step = step_                                  \
+        .first_key = first_, .last_key = last_, .key_step = step_, .route = route_,                \
+        .flags = flags_                                                                            \
     }
-#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_)                             \
+#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, route_, flags_)             \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .keys = rule_,                     \
-        .first_key = first_, .numkeys = numkeys_                                                   \
+        .first_key = first_, .numkeys = numkeys_, .route = route_, .flags = flags_                 \
     }
-#define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_)            \
+#define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_, route_,    \
+                  flags_)                                                                          \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_SPLIT, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_,                  \
-        .split_step = split_step_                                                                  \
+        .split_step = split_step_, .route = route_, .flags = flags_                                \
     }
-#define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_)                         \
+#define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, route_, flags_)         \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_LOCAL, .merge = merge_, .id = id_,          \
-        .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_                   \
+        .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_, .route = route_, \
+        .flags = flags_                                                                            \
     }
-#define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_)                                      \
+#define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_, route_, flags_)                      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .subcommands = subcommands_,       \
-        .nsubcommands = sizeof(subcommands_) / sizeof(subcommands_[0])                             \
+        .nsubcommands = sizeof(subcommands_) / sizeof(subcommands_[0]), .route = route_,           \
+        .flags = flags_                                                                            \
     }
 
 #include "proxy/command_table.inc"
@@ -110,6 +115,19 @@ void command_init(void)
     command_index.built = true;
 }
 
+/* Equality of len bytes. Names are a few bytes long: a loop costs less
+ * than a call to memcmp, whose cost also varies with where the table's
+ * strings happen to lie (page-crossing checks). */
+static inline bool same_name(const char *a, const char *b, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (a[i] != b[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
 const command *command_lookup(const char *name, size_t len)
 {
     if (!command_index.built) {
@@ -129,7 +147,7 @@ const command *command_lookup(const char *name, size_t len)
             return NULL;
         }
         row--;
-        if (command_index.name_len[row] == len && memcmp(command_rows[row].name, lower, len) == 0) {
+        if (command_index.name_len[row] == len && same_name(command_rows[row].name, lower, len)) {
             return &command_rows[row];
         }
         s = (s + 1) & (COMMAND_SLOTS - 1);

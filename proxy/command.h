@@ -25,6 +25,8 @@ typedef enum command_class {
                             connection reserved for the client */
     COMMAND_PUBSUB,      /* SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE: over the
                             client's own subscriber connections */
+    COMMAND_LOCK,        /* LOCK.ACQUIRE, LOCK.RELEASE, LOCK.EXTEND, LOCK.INFO: quorum locks
+                            over the lock shards' hidden store (proxy/lock.c) */
 } command_class;
 
 /* How split or fan-out replies are merged into one. */
@@ -123,6 +125,7 @@ typedef enum command_id {
                         BZPOPMIN, BZPOPMAX, BRPOPLPUSH, BLMOVE) */
     CMD_BLOCK_FIRST, /* blocks; timeout in seconds is argv[1] (BLMPOP, BZMPOP) */
     CMD_XREAD,       /* XREAD, XREADGROUP: block when given BLOCK <milliseconds> */
+    CMD_COPY,        /* COPY: refused with a DB option (other databases are the proxy's) */
     CMD_MULTI,
     CMD_EXEC,
     CMD_DISCARD,
@@ -132,7 +135,53 @@ typedef enum command_id {
     CMD_PSUBSCRIBE,
     CMD_UNSUBSCRIBE,
     CMD_PUNSUBSCRIBE,
+    CMD_LOCK_ACQUIRE,
+    CMD_LOCK_RELEASE,
+    CMD_LOCK_EXTEND,
+    CMD_LOCK_INFO,
 } command_id;
+
+/* The router's handler for a command: route() checks the request, runs the
+ * gates its flags ask for, then calls the handler its row names (an index
+ * into the router's handler table, so this module needs no router code).
+ * A new kind of command is a new value here, its handler, and table rows. */
+typedef enum command_route {
+    ROUTE_KEYS = 0,    /* forwarded to the shard of its keys (-CROSSSLOT when they span
+                          shards); a keyless one goes to any shard */
+    ROUTE_SPLIT,       /* split per shard, the replies merged (COMMAND_SPLIT) */
+    ROUTE_SCRIPT,      /* as ROUTE_KEYS, but without keys to script_default_shard */
+    ROUTE_BLOCKING,    /* as ROUTE_KEYS; when it may block, over a connection reserved
+                          for the client (command_blocking) */
+    ROUTE_CHANNEL,     /* PUBLISH: to the shard owning its channel, argv[1] */
+    ROUTE_ANY_SHARD,   /* TIME, COMMAND: any shard knows the answer */
+    ROUTE_LOCAL,       /* answered by the proxy (admin.c) */
+    ROUTE_PING,        /* local, or a subscriber's PING reply while subscribed */
+    ROUTE_RESET,       /* the connection back to a fresh one's */
+    ROUTE_FANOUT,      /* every shard, the replies merged (COMMAND_FANOUT) */
+    ROUTE_FLUSH,       /* FLUSHDB, FLUSHALL: fan-out unless allow_flush = no */
+    ROUTE_SCAN,        /* SCAN: the cursor names the shard */
+    ROUTE_RANDOMKEY,   /* a random shard, then the others while they answer nil */
+    ROUTE_TRANSACTION, /* MULTI, EXEC, DISCARD, WATCH, UNWATCH (txn.c) */
+    ROUTE_PUBSUB,      /* SUBSCRIBE and friends (pubsub.c) */
+    ROUTE_UNSUPPORTED, /* -ERR unsupported command */
+    ROUTE_LOCK,        /* LOCK.*: quorum locks on the lock shards (lock.c) */
+    ROUTE_COPY,        /* COPY: as ROUTE_KEYS, refused with a DB option */
+    ROUTE_COUNT
+} command_route;
+
+/* What the router's gates need to know of a command, as Redis's command
+ * flags: one bit test per gate instead of a list of command ids. */
+enum {
+    COMMAND_FLAG_NO_AUTH = 1 << 0,          /* allowed before AUTH when requirepass is set
+                                               (Redis's no_auth: AUTH, HELLO, QUIT, RESET) */
+    COMMAND_FLAG_WHILE_SUBSCRIBED = 1 << 1, /* allowed to a subscribed client, as in Redis */
+    COMMAND_FLAG_RUNS_IN_MULTI = 1 << 2,    /* between MULTI and EXEC it runs at once rather
+                                               than being queued (EXEC, WATCH, RESET ...) */
+    COMMAND_FLAG_NOT_QUEUED = 1 << 3,       /* cannot be queued on one shard's transaction:
+                                               refused, and the transaction aborted */
+    COMMAND_FLAG_SINGLE_KEY = 1 << 4,       /* ROUTE_KEYS with argv[1] its only key: routed
+                                               by one hash (the router's fast path) */
+};
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis
  * names it ("client|setname": its arity errors say that name), its arity
@@ -152,6 +201,8 @@ typedef struct command {
     const struct command *subcommands; /* container commands (CLIENT, OBJECT, ...) */
     size_t nsubcommands;
     command_numkeys numkeys; /* KEYS_*NUMKEYS: how numkeys is checked */
+    command_route route;     /* the router's handler */
+    unsigned flags;          /* COMMAND_FLAG_* */
 } command;
 
 /* Builds the lookup index. Optional: command_lookup builds it on first use;

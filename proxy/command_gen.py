@@ -3,7 +3,8 @@
 
 Names, arities and key positions come from a real redis-server's COMMAND
 reply, so they match the Redis version the proxy speaks; how ringproxy
-routes each command (the policy) is the hand-written part below.
+routes each command (the policy: class, route handler, gate flags) is the
+hand-written part below.
 
     python3 proxy/command_gen.py > proxy/command_table.inc
     python3 proxy/command_gen.py --markdown > docs/commands.md
@@ -13,6 +14,11 @@ persistence, and stops it (by PID) when done. `--socket PATH` uses a running
 server instead. The script refuses to write a table when a command is left
 unclassified or its keys cannot be described, so a new Redis version is
 reviewed command by command.
+
+A new kind of command (a lock, a cross-shard transaction) is a value in
+command_route (proxy/command.h), its handler in route_handlers
+(proxy/router.c), and its commands mapped to it below (ROUTE_BY_ID); the
+gates read the flags, so none of them changes.
 """
 
 import argparse
@@ -101,7 +107,52 @@ KEYED_IDS = {
     "brpoplpush": "CMD_BLOCK_LAST", "blmove": "CMD_BLOCK_LAST",
     "blmpop": "CMD_BLOCK_FIRST", "bzmpop": "CMD_BLOCK_FIRST",
     "xread": "CMD_XREAD", "xreadgroup": "CMD_XREAD",
+    # the other databases hold the proxy's hidden records (store_db)
+    "copy": "CMD_COPY",
 }
+
+# How the router runs each command: its route handler (command_route in
+# command.h). By command id where the id asks for a routing of its own,
+# else by class.
+ROUTE_BY_ID = {
+    "CMD_TIME": "ROUTE_ANY_SHARD",      # any shard knows the time
+    "CMD_COMMAND": "ROUTE_ANY_SHARD",   # and the command set
+    "CMD_PING": "ROUTE_PING",           # answered as a subscriber when subscribed
+    "CMD_RESET": "ROUTE_RESET",
+    "CMD_FLUSH": "ROUTE_FLUSH",         # refused with allow_flush = no
+    "CMD_EVAL": "ROUTE_SCRIPT",         # without keys: script_default_shard
+    "CMD_BLOCK_LAST": "ROUTE_BLOCKING",
+    "CMD_BLOCK_FIRST": "ROUTE_BLOCKING",
+    "CMD_XREAD": "ROUTE_BLOCKING",
+    "CMD_PUBLISH": "ROUTE_CHANNEL",
+    "CMD_SCAN": "ROUTE_SCAN",
+    "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
+    "CMD_COPY": "ROUTE_COPY",
+}
+ROUTE_BY_CLASS = {
+    "COMMAND_FORWARD": "ROUTE_KEYS",
+    "COMMAND_SAME_SHARD": "ROUTE_KEYS",
+    "COMMAND_SPLIT": "ROUTE_SPLIT",
+    "COMMAND_LOCAL": "ROUTE_LOCAL",
+    "COMMAND_FANOUT": "ROUTE_FANOUT",
+    "COMMAND_UNSUPPORTED": "ROUTE_UNSUPPORTED",
+    "COMMAND_TRANSACTION": "ROUTE_TRANSACTION",
+    "COMMAND_PUBSUB": "ROUTE_PUBSUB",
+    "COMMAND_LOCK": "ROUTE_LOCK",
+}
+
+# Flags the router's gates read (COMMAND_FLAG_* in command.h). Allowed
+# before AUTH is Redis's own no_auth flag; the rest are ringproxy's.
+WHILE_SUBSCRIBED = {"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit",
+                    "reset"}
+# Not queued between MULTI and EXEC: they run at once, as in Redis.
+RUNS_IN_MULTI = {"multi", "exec", "discard", "watch", "quit", "reset"}
+# Local commands a transaction may queue (the shard answers them in EXEC);
+# every other local, fan-out, shard-by-shard, pub/sub or unsupported
+# command is refused between MULTI and EXEC.
+QUEUED_LOCAL = {"ping", "echo", "time"}
+NOT_QUEUED_CLASSES = {"COMMAND_LOCAL", "COMMAND_FANOUT", "COMMAND_ITERATE", "COMMAND_PUBSUB",
+                      "COMMAND_UNSUPPORTED", "COMMAND_LOCK"}
 
 # Not supported: -ERR unsupported command. Their key positions are kept
 # right all the same.
@@ -157,6 +208,17 @@ PROXY_SUBCOMMANDS = [
     ("proxy|reload", 2, "CMD_PROXY_RELOAD", 0),
     ("proxy|ring", 3, "CMD_PROXY_RING", 2),
     ("proxy|shards", 2, "CMD_PROXY_SHARDS", 0),
+]
+
+# The proxy's lock commands (not Redis commands): quorum locks over the
+# lock shards' hidden store, answered by proxy/lock.c. The lock name is not
+# a ring key: a lock lives on a majority of the lock shards.
+LOCK_COMMANDS = [
+    # name, arity, id
+    ("lock.acquire", -3, "CMD_LOCK_ACQUIRE"),
+    ("lock.extend", 4, "CMD_LOCK_EXTEND"),
+    ("lock.info", 2, "CMD_LOCK_INFO"),
+    ("lock.release", 3, "CMD_LOCK_RELEASE"),
 ]
 
 # Keys that first/last/step cannot describe: name -> (rule, first_key,
@@ -272,6 +334,8 @@ class Row:
         self.split_step = 0
         self.numkeys = None
         self.subs = None  # name of the subcommand array
+        self.route = None
+        self.flags = []
 
 
 def fields(entry):
@@ -340,11 +404,38 @@ def classify(cmd, container=None):
         if row.cls not in ("COMMAND_FORWARD", "COMMAND_SAME_SHARD"):
             sys.exit("command_gen: %s is in KEYED_IDS but not keyed" % name)
         row.cmd_id = KEYED_IDS[name]
+    route_and_flags(row, cmd["flags"])
     return row
+
+
+def route_and_flags(row, redis_flags):
+    """The route handler and gate flags of a classified row."""
+    row.route = ROUTE_BY_ID.get(row.cmd_id) or ROUTE_BY_CLASS.get(row.cls)
+    if row.route is None:
+        sys.exit("command_gen: %s (%s) has no route handler" % (row.name, row.cls))
+    flags = []
+    if "no_auth" in redis_flags:
+        flags.append("COMMAND_FLAG_NO_AUTH")
+    if row.name in WHILE_SUBSCRIBED:
+        flags.append("COMMAND_FLAG_WHILE_SUBSCRIBED")
+    if row.name in RUNS_IN_MULTI:
+        flags.append("COMMAND_FLAG_RUNS_IN_MULTI")
+    elif row.cls in NOT_QUEUED_CLASSES and row.name not in QUEUED_LOCAL:
+        flags.append("COMMAND_FLAG_NOT_QUEUED")
+    if (row.route == "ROUTE_KEYS" and row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_RANGE"
+            and row.first == 1 and row.last == 1):
+        flags.append("COMMAND_FLAG_SINGLE_KEY")
+    row.flags = flags
 
 
 def row_cells(row):
     """(macro, cells) of one table row; see the macros in command.c."""
+    macro, cells = row_shape(row)
+    return macro, cells + [row.route, " | ".join(row.flags) or "0"]
+
+
+def row_shape(row):
+    """(macro, cells) of a row without its route and flags."""
     name = '"%s"' % row.name
     arity = str(row.arity)
     if row.subs:
@@ -386,7 +477,7 @@ def format_rows(rows):
             text = value if last else value + ","
             numeric = value.lstrip("-").isdigit()
             if last:
-                parts.append(text.rjust(w[i]) if numeric else text)
+                parts.append(text)  # the flags
             elif numeric:
                 parts.append(text.rjust(w[i] + 1))
             else:
@@ -409,15 +500,22 @@ def build_rows(commands):
         rows.append(row)
     proxy = Row("proxy", -2)
     proxy.cls, proxy.cmd_id, proxy.subs = "COMMAND_LOCAL", "CMD_PROXY", "proxy_subcommands"
+    route_and_flags(proxy, set())
     proxy_subs = []
     for name, arity, cmd_id, key in PROXY_SUBCOMMANDS:
         sub = Row(name, arity)
         sub.cls, sub.cmd_id = "COMMAND_LOCAL", cmd_id
         if key:
             sub.rule, sub.first, sub.last, sub.step = "KEYS_RANGE", key, key, 1
+        route_and_flags(sub, set())
         proxy_subs.append(sub)
     sub_arrays.append((proxy.subs, proxy_subs))
     rows.append(proxy)
+    for name, arity, cmd_id in LOCK_COMMANDS:
+        lock = Row(name, arity)
+        lock.cls, lock.cmd_id = "COMMAND_LOCK", cmd_id
+        route_and_flags(lock, set())
+        rows.append(lock)
     rows.sort(key=lambda r: r.name)
     return rows, sub_arrays
 
@@ -426,10 +524,11 @@ def emit(version, commands, out):
     rows, sub_arrays = build_rows(commands)
     w = out.write
     w("/* The command table of proxy/command.c: every command of redis-server %s\n"
-      " * plus ringproxy's own PROXY, sorted by name. Written by proxy/command_gen.py\n"
+      " * plus ringproxy's own PROXY and LOCK.*, sorted by name. Written by proxy/command_gen.py\n"
       " * from the server's COMMAND reply and the routing policy in that script:\n"
       " * change the script and run it again rather than editing this file.\n"
-      " * Row shapes are the macros defined in command.c. */\n\n" % version)
+      " * Row shapes are the macros defined in command.c; each row ends with the\n"
+      " * router's handler and the command's flags. */\n\n" % version)
     w("/* clang-format off */\n")
     for array, subs in sorted(sub_arrays):
         w("static const command %s[] = {\n" % array)
@@ -461,6 +560,7 @@ CLASS_WORDS = {
     "COMMAND_ITERATE": "shard by shard",
     "COMMAND_TRANSACTION": "transaction",
     "COMMAND_PUBSUB": "pub/sub",
+    "COMMAND_LOCK": "lock",
 }
 
 MERGE_NOTES = {
@@ -494,6 +594,10 @@ ID_NOTES = {
     "CMD_RESET": "also ends transactions and subscriptions",
     "CMD_CLIENT_INFO": "the proxy's own clients",
     "CMD_CLIENT_LIST": "the proxy's own clients",
+    "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
+    "CMD_LOCK_RELEASE": "1 when the token held the lock",
+    "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
+    "CMD_LOCK_INFO": "holder token and remaining ttl, or nil",
 }
 
 

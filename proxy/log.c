@@ -7,16 +7,16 @@
 #include <time.h>
 #include <unistd.h>
 
-log_level log_threshold = LOG_INFO;
+config_log_level log_threshold = CONFIG_LOG_INFO;
 
 static const char level_mark[] = {'.', '-', '*', '#', '!'};
 
-void log_set_level(log_level level)
+void log_set_level(config_log_level level)
 {
     log_threshold = level;
 }
 
-void log_write(log_level level, const char *fmt, ...)
+void log_write(config_log_level level, const char *fmt, ...)
 {
     char line[1024];
     struct timeval tv;

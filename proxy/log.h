@@ -4,32 +4,29 @@
 
 #include <stddef.h>
 
-typedef enum log_level {
-    LOG_DEBUG = 0,
-    LOG_INFO,
-    LOG_NOTICE,
-    LOG_WARN,
-    LOG_ERROR,
-} log_level;
+#include "config/config.h"
+
+/* The levels are proxy.ini's log_level values (config_log_level), so the
+ * config sets the threshold as it is. */
 
 /* Messages below this level are dropped; the check is inlined so that a
  * dropped debug line costs one compare on the hot path. */
-extern log_level log_threshold;
+extern config_log_level log_threshold;
 
-void log_set_level(log_level level);
+void log_set_level(config_log_level level);
 
-__attribute__((format(printf, 2, 3))) void log_write(log_level level, const char *fmt, ...);
+__attribute__((format(printf, 2, 3))) void log_write(config_log_level level, const char *fmt, ...);
 
 #define log_at(level, ...)                                                                         \
     do {                                                                                           \
         if ((level) >= log_threshold)                                                              \
             log_write((level), __VA_ARGS__);                                                       \
     } while (0)
-#define log_debug(...)  log_at(LOG_DEBUG, __VA_ARGS__)
-#define log_info(...)   log_at(LOG_INFO, __VA_ARGS__)
-#define log_notice(...) log_at(LOG_NOTICE, __VA_ARGS__)
-#define log_warn(...)   log_at(LOG_WARN, __VA_ARGS__)
-#define log_error(...)  log_at(LOG_ERROR, __VA_ARGS__)
+#define log_debug(...)  log_at(CONFIG_LOG_DEBUG, __VA_ARGS__)
+#define log_info(...)   log_at(CONFIG_LOG_INFO, __VA_ARGS__)
+#define log_notice(...) log_at(CONFIG_LOG_NOTICE, __VA_ARGS__)
+#define log_warn(...)   log_at(CONFIG_LOG_WARN, __VA_ARGS__)
+#define log_error(...)  log_at(CONFIG_LOG_ERROR, __VA_ARGS__)
 
 /* Writes a printable, quoted, length-capped rendering of bytes into out
  * (unprintable bytes as \xHH), for protocol dumps in log lines. */

@@ -16,6 +16,7 @@
 #include "proxy/backend.h"
 #include "proxy/client.h"
 #include "proxy/listener.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
@@ -23,6 +24,7 @@
 #include "proxy/request.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
+#include "proxy/store.h"
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
@@ -143,37 +145,39 @@ static int check_config(const char *path)
     return 0;
 }
 
-static int run(const char *path)
+/* Starts what serves clients, taking cfg: shards, ring and any unfinished
+ * rebalance, the lock store, the listener. 0, or -1 after logging why with
+ * everything started stopped again. */
+static int start_services(config *cfg)
 {
-    config *cfg = NULL;
     char err[600];
-    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
-    }
-    log_set_level((log_level)cfg->log_level);
-    signal(SIGPIPE, SIG_IGN);
-    srv.base = event_base_new();
-    if (!srv.base) {
-        log_error("cannot create the event loop");
-        config_free(cfg);
-        return 1;
-    }
-    srv.start_time = time(NULL);
-    srv.now_us = server_now_us();
     if (reload_start(cfg, err, sizeof(err)) < 0) {
         log_error("%s", err);
         reload_shutdown();
-        event_base_free(srv.base);
-        return 1;
+        return -1;
+    }
+    /* The lock module registers its scripts before the store connects. */
+    if (lock_start(cfg, err, sizeof(err)) < 0 || store_start(cfg, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        lock_free();
+        reload_shutdown();
+        return -1;
     }
     if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
         0) {
         log_error("%s", err);
+        lock_shutdown();
+        store_shutdown();
+        lock_free();
         reload_shutdown();
-        event_base_free(srv.base);
-        return 1;
+        return -1;
     }
+    return 0;
+}
+
+/* Signals and the maintenance timer. */
+static void add_events(void)
+{
     evsignal_assign(&ev_sigterm, srv.base, SIGTERM, on_signal, NULL);
     evsignal_assign(&ev_sigint, srv.base, SIGINT, on_signal, NULL);
     evsignal_assign(&ev_sighup, srv.base, SIGHUP, on_signal, NULL);
@@ -183,12 +187,13 @@ static int run(const char *path)
     event_assign(&ev_maintenance, srv.base, -1, EV_PERSIST, on_maintenance, NULL);
     struct timeval tick = {0, MAINTENANCE_MS * 1000};
     event_add(&ev_maintenance, &tick);
-    log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
-               cfg->listen_host, cfg->listen_port, srv.nshards, cfg->path);
+}
 
-    /* One loop iteration runs every ready callback, then writes what they
-     * queued: requests from many clients leave in one write per backend
-     * connection, replies to many requests in one write per client. */
+/* One loop iteration runs every ready callback, then writes what they
+ * queued: requests from many clients leave in one write per backend
+ * connection, replies to many requests in one write per client. */
+static void run_loop(void)
+{
     while (!loop_done) {
         srv.loop_iteration++;
         if (event_base_loop(srv.base, EVLOOP_ONCE) < 0) {
@@ -198,15 +203,50 @@ static int run(const char *path)
         while (backend_flush_pending() + client_flush_pending() > 0)
             ;
     }
+}
 
+static void stop_services(void)
+{
     client_close_all();
     listener_stop();
     event_del(&ev_maintenance);
     event_del(&ev_sigterm);
     event_del(&ev_sigint);
     event_del(&ev_sighup);
+    lock_shutdown();
+    store_shutdown();
+    lock_free();
     reload_shutdown();
     request_trim_cache();
+}
+
+static int run(const char *path)
+{
+    config *cfg = NULL;
+    char err[600];
+    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    log_set_level(cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    srv.base = event_base_new();
+    if (!srv.base) {
+        log_error("cannot create the event loop");
+        config_free(cfg);
+        return 1;
+    }
+    srv.start_time = time(NULL);
+    srv.now_us = server_now_us();
+    if (start_services(cfg) < 0) {
+        event_base_free(srv.base);
+        return 1;
+    }
+    add_events();
+    log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
+               srv.cfg->listen_host, srv.cfg->listen_port, srv.nshards, srv.cfg->path);
+    run_loop();
+    stop_services();
     event_base_free(srv.base);
     log_notice("ringproxy stopped");
     return 0;

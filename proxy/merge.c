@@ -69,6 +69,27 @@ static void merge_all_ok(request *req)
                   failed, req->nfrags, srv.shards[f->shard]->name, (int)len, err);
 }
 
+/* Length of the whole reply element at r (len bytes available), 0 when it
+ * does not end there. */
+static size_t element_len(const char *r, size_t len)
+{
+    resp_reply scan;
+    resp_reply_init(&scan);
+    size_t n = 0;
+    return resp_reply_scan(&scan, r, len, &n) == RESP_OK ? n : 0;
+}
+
+/* Answers req with the merged reply built in out, or with an error when
+ * building it ran out of memory; frees out. */
+static void reply_merged(request *req, buf *out)
+{
+    if (buf_failed(out))
+        request_error(req, "ERR out of memory merging replies");
+    else
+        req->on_done(req, buf_head(out), buf_len(out));
+    buf_free(out);
+}
+
 static void merge_array_by_key(request *req)
 {
     /* Element boundaries of each fragment's array reply. */
@@ -85,19 +106,11 @@ static void merge_array_by_key(request *req)
         fragment *f = &req->frags[i];
         const char *r = buf_head(&f->reply);
         size_t len = buf_len(&f->reply), pos = 0;
-        int ok = len > 0 && r[0] == '*';
-        if (ok) {
-            const char *crlf = memchr(r, '\r', len);
-            char *end;
-            long long n = crlf ? strtoll(r + 1, &end, 10) : -1;
-            ok = crlf && n == (long long)f->nkeys;
-            pos = crlf ? (size_t)(crlf - r) + 2 : len;
-        }
+        int64_t count;
+        int ok = resp_reply_array_at(r, len, &pos, &count) == 0 && count == (int64_t)f->nkeys;
         for (size_t k = 0; ok && k < f->nkeys; k++) {
-            resp_reply scan;
-            resp_reply_init(&scan);
-            size_t elen = 0;
-            if (resp_reply_scan(&scan, r + pos, len - pos, &elen) != RESP_OK) {
+            size_t elen = element_len(r + pos, len - pos);
+            if (elen == 0) {
                 ok = 0;
                 break;
             }
@@ -116,50 +129,17 @@ static void merge_array_by_key(request *req)
         }
     }
     buf out = {0};
-    int fail = buf_append_header(&out, '*', (int64_t)req->nkeys) < 0;
-    for (size_t i = 0; !fail && i < req->nkeys; i++) {
+    buf_append_header(&out, '*', (int64_t)req->nkeys);
+    for (size_t i = 0; i < req->nkeys; i++) {
         size_t fi = req->key_order[2 * i],
                slot = req->frags[fi].first_key + req->key_order[2 * i + 1];
-        fail =
-            buf_append(&out, buf_head(&req->frags[fi].reply) + elem_off[slot], elem_len[slot]) < 0;
+        buf_append(&out, buf_head(&req->frags[fi].reply) + elem_off[slot], elem_len[slot]);
     }
     free(elem_off);
-    if (fail)
-        request_error(req, "ERR out of memory merging replies");
-    else
-        req->on_done(req, buf_head(&out), buf_len(&out));
-    buf_free(&out);
+    reply_merged(req, &out);
 }
 
 /* ---- arrays ---- */
-
-/* Reads an array reply's header: its element count in *count and where the
- * first element starts in *body. 0, or -1 when the reply is not an array. */
-static int array_header(const char *r, size_t len, int64_t *count, size_t *body)
-{
-    if (len < 4 || r[0] != '*')
-        return -1;
-    const char *crlf = memchr(r, '\r', len);
-    if (!crlf)
-        return -1;
-    char *end;
-    long long n = strtoll(r + 1, &end, 10);
-    if (end != crlf || n < 0)
-        return -1;
-    *count = n;
-    *body = (size_t)(crlf - r) + 2;
-    return 0;
-}
-
-/* Length of the whole reply element at r (len bytes available), 0 when it
- * does not end there. */
-static size_t element_len(const char *r, size_t len)
-{
-    resp_reply scan;
-    resp_reply_init(&scan);
-    size_t n = 0;
-    return resp_reply_scan(&scan, r, len, &n) == RESP_OK ? n : 0;
-}
 
 /* An element of some fragment's array reply. */
 typedef struct element {
@@ -173,9 +153,9 @@ typedef struct element {
 static int64_t collect(request *req, const fragment *f, element **out, size_t *n, size_t *cap)
 {
     const char *r = buf_head(&f->reply);
-    size_t len = buf_len(&f->reply), pos;
+    size_t len = buf_len(&f->reply), pos = 0;
     int64_t count;
-    if (array_header(r, len, &count, &pos) < 0) {
+    if (resp_reply_array_at(r, len, &pos, &count) < 0) {
         if (len > 0 && r[0] == '-')
             req->on_done(req, r, len);
         else
@@ -210,14 +190,10 @@ static int64_t collect(request *req, const fragment *f, element **out, size_t *n
 static void reply_array(request *req, const element *elems, size_t n)
 {
     buf out = {0};
-    int fail = buf_append_header(&out, '*', (int64_t)n) < 0;
-    for (size_t i = 0; i < n && !fail; i++)
-        fail = buf_append(&out, elems[i].ptr, elems[i].len) < 0;
-    if (fail)
-        request_error(req, "ERR out of memory merging replies");
-    else
-        req->on_done(req, buf_head(&out), buf_len(&out));
-    buf_free(&out);
+    buf_append_header(&out, '*', (int64_t)n);
+    for (size_t i = 0; i < n; i++)
+        buf_append(&out, elems[i].ptr, elems[i].len);
+    reply_merged(req, &out);
 }
 
 /* KEYS: every shard's array, one after the other. */
@@ -321,22 +297,18 @@ static void merge_and_array(request *req)
     if (per_shard < 0)
         return;
     buf out = {0};
-    int fail = buf_append_header(&out, '*', per_shard) < 0;
-    for (int64_t k = 0; k < per_shard && !fail; k++) {
+    buf_append_header(&out, '*', per_shard);
+    for (int64_t k = 0; k < per_shard; k++) {
         int all = 1;
         for (size_t i = 0; i < req->nfrags; i++) {
             const element *e = &elems[i * (size_t)per_shard + (size_t)k];
             int64_t v;
             all &= resp_reply_integer(e->ptr, e->len, &v) == 0 && v == 1;
         }
-        fail = buf_append_header(&out, ':', all) < 0;
+        buf_append_header(&out, ':', all);
     }
     free(elems);
-    if (fail)
-        request_error(req, "ERR out of memory merging replies");
-    else
-        req->on_done(req, buf_head(&out), buf_len(&out));
-    buf_free(&out);
+    reply_merged(req, &out);
 }
 
 /* SCRIPT KILL: the script runs on one shard; the others answer NOTBUSY. */
@@ -362,8 +334,8 @@ static void merge_pair_sum(request *req)
     if (per_shard < 0)
         return;
     buf out = {0};
-    int fail = buf_append_header(&out, '*', per_shard) < 0;
-    for (int64_t k = 0; k + 1 < per_shard && !fail; k += 2) {
+    buf_append_header(&out, '*', per_shard);
+    for (int64_t k = 0; k + 1 < per_shard; k += 2) {
         int64_t total = 0;
         for (size_t i = 0; i < req->nfrags; i++) {
             const element *e = &elems[i * (size_t)per_shard + (size_t)k + 1];
@@ -371,15 +343,11 @@ static void merge_pair_sum(request *req)
             if (resp_reply_integer(e->ptr, e->len, &v) == 0)
                 total += v;
         }
-        fail = buf_append(&out, elems[k].ptr, elems[k].len) < 0 ||
-               buf_append_header(&out, ':', total) < 0;
+        buf_append(&out, elems[k].ptr, elems[k].len);
+        buf_append_header(&out, ':', total);
     }
     free(elems);
-    if (fail)
-        request_error(req, "ERR out of memory merging replies");
-    else
-        req->on_done(req, buf_head(&out), buf_len(&out));
-    buf_free(&out);
+    reply_merged(req, &out);
 }
 
 /* PUBSUB NUMPAT: a client's pattern is subscribed on every shard, so each

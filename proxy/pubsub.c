@@ -59,8 +59,6 @@ typedef struct pubsub {
     entries patterns;
 } pubsub;
 
-static const char PING_REQUEST[] = "*1\r\n$4\r\nPING\r\n";
-
 static void conn_event(void *owner, const char *push, size_t len);
 
 static size_t total(const pubsub *ps)
@@ -159,21 +157,15 @@ static sub_conn *conn_to(pubsub *ps, shard *s, char *err, size_t errlen)
 static void part_taken(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
-    buf *d = &req->deferred;
+    buf *d = &req->confirmations;
     /* Confirmations start with '*', so an error already kept is seen. */
     if (reply && len > 0 && reply[0] == '-' && (buf_len(d) == 0 || buf_head(d)[0] != '-')) {
-        buf_consume(d, buf_len(d));
-        /* Out of memory: d stays empty, answered below. */
-        (void)!buf_append(d, reply, len);
+        buf_reset(d);
+        buf_append(d, reply, len); /* out of memory: answered below */
     }
     if (--req->pending > 0)
         return;
-    /* Every request has at least one confirmation: empty means an error
-     * that could not be kept. */
-    if (buf_len(d) == 0)
-        request_error(req, "ERR out of memory");
-    else
-        req->on_done(req, buf_head(d), buf_len(d));
+    request_reply_buf(req, d);
 }
 
 /* Takes the oldest request waiting on sc off its list; NULL when none. */
@@ -217,25 +209,6 @@ static void close_unused(pubsub *ps)
     ps->nconns = kept;
 }
 
-/* Reads the bulk string at r[*pos] into ptr and n and moves past it. 0, or
- * -1 when it is not one. */
-static int bulk_at(const char *r, size_t len, size_t *pos, const char **ptr, size_t *n)
-{
-    if (*pos >= len || r[*pos] != '$')
-        return -1;
-    const char *crlf = memchr(r + *pos, '\r', len - *pos);
-    if (!crlf)
-        return -1;
-    long long blen = strtoll(r + *pos + 1, NULL, 10);
-    size_t body = (size_t)(crlf - r) + 2;
-    if (blen < 0 || body + (size_t)blen + 2 > len)
-        return -1;
-    *ptr = r + body;
-    *n = (size_t)blen;
-    *pos = body + (size_t)blen + 2;
-    return 0;
-}
-
 /* A message, confirmation, pong or error on a subscriber connection. */
 static void on_push(sub_conn *sc, const char *r, size_t len)
 {
@@ -253,17 +226,19 @@ static void on_push(sub_conn *sc, const char *r, size_t len)
                      (int)(len > 200 ? 200 : len - 2), r);
         return;
     }
-    size_t pos = (size_t)((const char *)memchr(r, '\n', len) - r) + 1;
+    size_t pos = 0;
+    int64_t count;
     const char *kind, *name;
     size_t kind_len, name_len;
-    if (bulk_at(r, len, &pos, &kind, &kind_len) < 0)
+    if (resp_reply_array_at(r, len, &pos, &count) < 0 ||
+        resp_reply_bulk_at(r, len, &pos, &kind, &kind_len) < 0)
         return;
     if (kind_len == 4 && memcmp(kind, "pong", 4) == 0) {
         pop_waiting(sc);
         close_unused(ps);
         return;
     }
-    if (bulk_at(r, len, &pos, &name, &name_len) < 0)
+    if (resp_reply_bulk_at(r, len, &pos, &name, &name_len) < 0)
         return;
     int wanted = 0;
     if (kind_len == 7 && memcmp(kind, "message", 7) == 0)
@@ -305,21 +280,19 @@ static pubsub *get_pubsub(session *sess)
 
 static shard *channel_shard(const resp_arg *channel)
 {
-    const config *cfg = srv.cfg;
-    uint32_t h =
-        hash_key(cfg->hash, channel->ptr, channel->len, cfg->hash_tag_open, cfg->hash_tag_close);
-    return srv.shards[ring_lookup(srv.ring, h)];
+    return srv.shards[server_shard_of_key(channel->ptr, channel->len)];
 }
 
 /* Appends one confirmation: [kind, name (NULL: nil), count]. */
-static int confirm(buf *b, const char *kind, const char *name, size_t len, size_t count)
+static void confirm(buf *b, const char *kind, const char *name, size_t len, size_t count)
 {
-    int fail = buf_append_header(b, '*', 3) < 0 || buf_append_bulk(b, kind, strlen(kind)) < 0;
+    buf_append_header(b, '*', 3);
+    buf_append_bulk(b, kind, strlen(kind));
     if (name)
-        fail |= buf_append_bulk(b, name, len) < 0;
+        buf_append_bulk(b, name, len);
     else
-        fail |= buf_append(b, "$-1\r\n", 5) < 0;
-    return fail || buf_append_header(b, ':', (int64_t)count) < 0 ? -1 : 0;
+        buf_append(b, "$-1\r\n", 5);
+    buf_append_header(b, ':', (int64_t)count);
 }
 
 /* Sends `<verb> <names>` and a PING on sc, and makes f wait for the
@@ -336,15 +309,16 @@ static int send_part(sub_conn *sc, fragment *f, const char *verb, const entries 
     } else {
         n = argc;
     }
-    int fail = buf_append_header(&out, '*', (int64_t)(1 + n)) < 0 ||
-               buf_append_bulk(&out, verb, strlen(verb)) < 0;
-    for (size_t i = 0; e && i < e->n && !fail; i++)
+    buf_append_header(&out, '*', (int64_t)(1 + n));
+    buf_append_bulk(&out, verb, strlen(verb));
+    for (size_t i = 0; e && i < e->n; i++)
         if (e->items[i].fresh && (!channels_only || e->items[i].sc == sc))
-            fail = buf_append_bulk(&out, e->items[i].name, e->items[i].len) < 0;
-    for (size_t i = 0; !e && i < argc && !fail; i++)
-        fail = buf_append_bulk(&out, argv[i].ptr, argv[i].len) < 0;
-    fail = fail || buf_append(&out, PING_REQUEST, sizeof(PING_REQUEST) - 1) < 0 ||
-           backend_reserved_write(sc->conn, buf_head(&out), buf_len(&out)) < 0;
+            buf_append_bulk(&out, e->items[i].name, e->items[i].len);
+    for (size_t i = 0; !e && i < argc; i++)
+        buf_append_bulk(&out, argv[i].ptr, argv[i].len);
+    buf_append(&out, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
+    int fail =
+        buf_failed(&out) || backend_reserved_write(sc->conn, buf_head(&out), buf_len(&out)) < 0;
     buf_free(&out);
     if (fail)
         return -1;
@@ -360,7 +334,7 @@ static int send_part(sub_conn *sc, fragment *f, const char *verb, const entries 
 }
 
 /* Waits for the parts marked in send_to[0..nconns) and answers req with
- * the reply in req->deferred once all are taken. */
+ * the reply in req->confirmations once all are taken. */
 static void send_parts(request *req, pubsub *ps, const unsigned char *send_to, const char *verb,
                        const entries *e, int channels_only, size_t argc, const resp_arg *argv)
 {
@@ -368,7 +342,7 @@ static void send_parts(request *req, pubsub *ps, const unsigned char *send_to, c
     for (size_t i = 0; i < ps->nconns; i++)
         nparts += send_to[i];
     if (nparts == 0) {
-        req->on_done(req, buf_head(&req->deferred), buf_len(&req->deferred));
+        req->on_done(req, buf_head(&req->confirmations), buf_len(&req->confirmations));
         return;
     }
     req->frags = calloc(nparts, sizeof(fragment));
@@ -415,11 +389,10 @@ static void cmd_subscribe(request *req, pubsub *ps, size_t argc, const resp_arg 
         if (!find(&ps->channels, argv[i].ptr, argv[i].len))
             fail = !add(&ps->channels, argv[i].ptr, argv[i].len,
                         conn_to(ps, channel_shard(&argv[i]), err, sizeof(err)));
-        fail =
-            fail || confirm(&req->deferred, "subscribe", argv[i].ptr, argv[i].len, total(ps)) < 0;
+        confirm(&req->confirmations, "subscribe", argv[i].ptr, argv[i].len, total(ps));
     }
     unsigned char *send_to = calloc(ps->nconns + 1, 1);
-    if (fail || !send_to) {
+    if (fail || buf_failed(&req->confirmations) || !send_to) {
         free(send_to);
         request_error(req, "ERR out of memory");
         return;
@@ -450,11 +423,10 @@ static void cmd_psubscribe(request *req, pubsub *ps, size_t argc, const resp_arg
     for (size_t i = 1; i < argc && !fail; i++) {
         if (!find(&ps->patterns, argv[i].ptr, argv[i].len))
             fail = !add(&ps->patterns, argv[i].ptr, argv[i].len, NULL);
-        fail =
-            fail || confirm(&req->deferred, "psubscribe", argv[i].ptr, argv[i].len, total(ps)) < 0;
+        confirm(&req->confirmations, "psubscribe", argv[i].ptr, argv[i].len, total(ps));
     }
     unsigned char *send_to = calloc(ps->nconns + 1, 1);
-    if (fail || !send_to) {
+    if (fail || buf_failed(&req->confirmations) || !send_to) {
         free(send_to);
         request_error(req, "ERR out of memory");
         return;
@@ -478,30 +450,29 @@ static void cmd_unsubscribe(request *req, pubsub *ps, int patterns, size_t argc,
         request_error(req, "ERR out of memory");
         return;
     }
-    int fail = 0;
     if (argc == 1) {
         if (e->n == 0)
-            fail = confirm(&req->deferred, kind, NULL, 0, total(ps)) < 0;
+            confirm(&req->confirmations, kind, NULL, 0, total(ps));
         for (size_t j = 0; j < ps->nconns; j++)
             for (size_t i = 0; i < e->n; i++)
                 send_to[j] |= patterns || e->items[i].sc == ps->conns[j];
-        while (e->n > 0 && !fail) {
+        while (e->n > 0) {
             entry *last = &e->items[e->n - 1];
-            fail = confirm(&req->deferred, kind, last->name, last->len, total(ps) - 1) < 0;
+            confirm(&req->confirmations, kind, last->name, last->len, total(ps) - 1);
             remove_at(e, e->n - 1);
         }
     } else {
-        for (size_t i = 1; i < argc && !fail; i++) {
+        for (size_t i = 1; i < argc; i++) {
             entry *it = find(e, argv[i].ptr, argv[i].len);
             if (it) {
                 for (size_t j = 0; j < ps->nconns; j++)
                     send_to[j] |= patterns || it->sc == ps->conns[j];
                 remove_at(e, (size_t)(it - e->items));
             }
-            fail = confirm(&req->deferred, kind, argv[i].ptr, argv[i].len, total(ps)) < 0;
+            confirm(&req->confirmations, kind, argv[i].ptr, argv[i].len, total(ps));
         }
     }
-    if (fail) {
+    if (buf_failed(&req->confirmations)) {
         free(send_to);
         request_error(req, "ERR out of memory");
         return;
@@ -543,12 +514,10 @@ void pubsub_command(request *req, command_id id, size_t argc, const resp_arg *ar
 void pubsub_ping(request *req, size_t argc, const resp_arg *argv)
 {
     buf b = {0};
-    int fail = buf_append_header(&b, '*', 2) < 0 || buf_append_bulk(&b, "pong", 4) < 0 ||
-               buf_append_bulk(&b, argc > 1 ? argv[1].ptr : "", argc > 1 ? argv[1].len : 0) < 0;
-    if (fail)
-        request_error(req, "ERR out of memory");
-    else
-        req->on_done(req, buf_head(&b), buf_len(&b));
+    buf_append_header(&b, '*', 2);
+    buf_append_bulk(&b, "pong", 4);
+    buf_append_bulk(&b, argc > 1 ? argv[1].ptr : "", argc > 1 ? argv[1].len : 0);
+    request_reply_buf(req, &b);
     buf_free(&b);
 }
 

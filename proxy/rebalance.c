@@ -9,7 +9,7 @@
  *    answer (the target already has a newer copy) deletes the stale one;
  *  - no false misses: a key is read from the new owner only after its move.
  * The background mover uses hiredis (control plane) over its own connection
- * to each source; on-demand moves use the data path (router.c). */
+ * to each source; on-demand moves use the data path (migrate.c). */
 #include "proxy/rebalance.h"
 
 #include <errno.h>
@@ -73,7 +73,11 @@ typedef struct migrate_call {
     char **keys;
     size_t *lens;
     int retry; /* one key of a batch that failed with BUSYKEY */
+    buf cmd;   /* the MIGRATE, while it waits for admission */
 } migrate_call;
+
+/* Shards a barrier can wait on to confirm old connections gone. */
+#define REBALANCE_CONFIRM_MAX 256
 
 static struct {
     int running;
@@ -84,7 +88,15 @@ static struct {
     size_t n_movers;
     shard **closing; /* removed shards, freed once nothing is in flight */
     size_t n_closing;
-    int barrier;        /* PINGs still out on the old ring's connections */
+    int barrier;               /* PINGs still out on the old ring's connections, plus one
+                                  per shard in confirming[] */
+    uint64_t barrier_since_us; /* when the barrier went up */
+    uint64_t barrier_gen;      /* counts barriers: a late reply to an earlier one is ignored */
+    /* Old shards that must confirm our reset connections are gone before
+     * keys move (their PING failed, or they had such connections). */
+    shard *confirming[REBALANCE_CONFIRM_MAX];
+    int kills_in_flight[REBALANCE_CONFIRM_MAX];
+    size_t n_confirming;
     request *wait_head; /* requests waiting for the barrier */
     request *wait_tail;
     void (*resume)(request *req);
@@ -149,7 +161,25 @@ static int shard_in_new_set(const shard *s)
     return 0;
 }
 
-/* ---- the barrier ---- */
+/* ---- the barrier ----
+ * Before keys move, every request sent under the old ring must have run,
+ * or be sure never to run: a PING behind everything queued on each
+ * connection of each old shard proves the first. A connection that was
+ * reset with requests in flight (a request or the PING timed out) proves
+ * nothing: a paused shard still holds those requests in its socket and runs
+ * them when it resumes, possibly after their key moved away; a later move
+ * back would then take that stale copy for the newer one. So such a
+ * shard's old connections must be gone, which CLIENT KILL ADDR on the
+ * shard confirms (it answers how many it closed, 0 or 1), before the
+ * barrier falls. */
+
+/* A barrier fragment and the shard it was sent to. */
+typedef struct barrier_frag {
+    fragment f; /* first: the done callback gets it */
+    shard *s;
+    uint64_t gen;   /* the barrier it belongs to */
+    char laddr[64]; /* CLIENT KILL: the connection to confirm gone */
+} barrier_frag;
 
 static void barrier_release(void)
 {
@@ -165,14 +195,125 @@ static void barrier_release(void)
         mover_step(&rb.movers[i]);
 }
 
-static void barrier_ping_done(fragment *f, const char *reply, size_t len)
+static void barrier_lower(void)
 {
-    (void)reply;
-    (void)len;
-    free(f);
     if (--rb.barrier == 0 && rb.running) {
         log_info("rebalance: every request sent under the old ring is answered, moving keys");
         barrier_release();
+    }
+}
+
+/* Puts s among the shards whose old connections must be confirmed gone
+ * (once). */
+static void confirm_needed(shard *s)
+{
+    for (size_t i = 0; i < rb.n_confirming; i++)
+        if (rb.confirming[i] == s)
+            return;
+    if (rb.n_confirming == REBALANCE_CONFIRM_MAX) {
+        log_error("rebalance: more than %d shards to confirm; %s is not waited for",
+                  REBALANCE_CONFIRM_MAX, s->label);
+        return;
+    }
+    log_warn("rebalance: shard %s may still run requests sent under the old ring; keys move "
+             "once it confirms its old connections gone",
+             s->label);
+    rb.kills_in_flight[rb.n_confirming] = 0;
+    rb.confirming[rb.n_confirming++] = s;
+    rb.barrier++;
+}
+
+static void barrier_ping_done(fragment *f, const char *reply, size_t len)
+{
+    barrier_frag *bf = (barrier_frag *)f;
+    int current = rb.running && bf->gen == rb.barrier_gen;
+    if (current && !(len >= 5 && memcmp(reply, "+PONG", 5) == 0))
+        confirm_needed(bf->s);
+    free(bf);
+    if (current)
+        barrier_lower();
+}
+
+static void barrier_kill_done(fragment *f, const char *reply, size_t len)
+{
+    barrier_frag *bf = (barrier_frag *)f;
+    /* CLIENT KILL ADDR answers how many it closed: either way, none is
+     * left with that address. */
+    if (len >= 1 && reply[0] == ':')
+        backend_shard_confirm_gone(bf->s, bf->laddr);
+    for (size_t i = 0; bf->gen == rb.barrier_gen && i < rb.n_confirming; i++) {
+        if (rb.confirming[i] != bf->s)
+            continue;
+        if (--rb.kills_in_flight[i] == 0 && bf->s->n_unconfirmed == 0) {
+            log_notice("rebalance: shard %s confirmed its old connections gone", bf->s->label);
+            rb.confirming[i] = rb.confirming[--rb.n_confirming];
+            rb.kills_in_flight[i] = rb.kills_in_flight[rb.n_confirming];
+            free(bf);
+            barrier_lower();
+            return;
+        }
+        break;
+    }
+    free(bf);
+}
+
+/* Asks each confirming shard with nothing in flight to drop the old
+ * connections it may still run requests from (again after a failure). */
+static void confirm_tick(void)
+{
+    for (size_t i = 0; i < rb.n_confirming; i++) {
+        shard *s = rb.confirming[i];
+        if (rb.kills_in_flight[i] > 0)
+            continue;
+        if (s->n_unconfirmed == 0) {
+            rb.confirming[i] = rb.confirming[--rb.n_confirming];
+            rb.kills_in_flight[i] = rb.kills_in_flight[rb.n_confirming];
+            barrier_lower();
+            return; /* the arrays changed: the next tick goes on */
+        }
+        for (int k = 0; k < s->n_unconfirmed; k++) {
+            barrier_frag *bf = calloc(1, sizeof(*bf));
+            buf cmd = {0};
+            buf_append_header(&cmd, '*', 4);
+            buf_append_bulk(&cmd, "CLIENT", 6);
+            buf_append_bulk(&cmd, "KILL", 4);
+            buf_append_bulk(&cmd, "ADDR", 4);
+            buf_append_bulk(&cmd, s->unconfirmed[k], strlen(s->unconfirmed[k]));
+            if (!bf || buf_failed(&cmd)) {
+                free(bf);
+                buf_free(&cmd);
+                continue;
+            }
+            bf->s = s;
+            bf->gen = rb.barrier_gen;
+            snprintf(bf->laddr, sizeof(bf->laddr), "%s", s->unconfirmed[k]);
+            bf->f.done = barrier_kill_done;
+            bf->f.harmless = 1;
+            rb.kills_in_flight[i]++;
+            backend_send(s, (uint64_t)k, &bf->f, buf_head(&cmd), buf_len(&cmd));
+            buf_free(&cmd);
+        }
+    }
+}
+
+/* Requests that waited for the barrier longer than request_timeout get a
+ * retryable error: a source that stays paused must not hold them for ever. */
+static void barrier_wait_tick(uint64_t now)
+{
+    int timeout_ms = srv.cfg->request_timeout_ms;
+    if (rb.barrier == 0 || !rb.wait_head || timeout_ms <= 0 ||
+        now - rb.barrier_since_us < (uint64_t)timeout_ms * 1000)
+        return;
+    request *req = rb.wait_head;
+    rb.wait_head = rb.wait_tail = NULL;
+    while (req) {
+        request *next = req->next_wait;
+        req->next_wait = NULL;
+        static const char tryagain[] =
+            "-TRYAGAIN ring changed: a shard has not yet answered every request sent under "
+            "the old ring; retry\r\n";
+        req->on_done(req, tryagain, sizeof(tryagain) - 1);
+        req = next;
     }
 }
 
@@ -278,7 +419,91 @@ static void call_free(migrate_call *call)
         free(call->keys[i]);
     free(call->keys);
     free(call->lens);
+    buf_free(&call->cmd);
     free(call);
+}
+
+/* ---- MIGRATE admission (see rebalance.h) ---- */
+
+typedef struct migrate_waiter {
+    struct migrate_waiter *next;
+    int (*retry)(void *arg);
+    void *arg;
+} migrate_waiter;
+
+static migrate_waiter *waiters;
+static int waking, wake_again;
+
+int rebalance_migrate_admit(shard *from, shard *to)
+{
+    if (from->migrating_in > 0 || to->migrating_out > 0)
+        return 0;
+    from->migrating_out++;
+    to->migrating_in++;
+    return 1;
+}
+
+void rebalance_migrate_wait(int (*retry)(void *arg), void *arg)
+{
+    migrate_waiter *w = calloc(1, sizeof(*w));
+    if (!w) {
+        /* Cannot wait: let it try now; it fails or is sent. */
+        while (!retry(arg))
+            ;
+        return;
+    }
+    w->retry = retry;
+    w->arg = arg;
+    migrate_waiter **tail = &waiters;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = w;
+}
+
+/* Gives every waiter, first come first served, a chance to send. A retry
+ * may release a MIGRATE itself (a send that fails at once): the walk is
+ * then made again rather than nested. */
+static void wake_waiters(void)
+{
+    if (waking) {
+        wake_again = 1;
+        return;
+    }
+    waking = 1;
+    do {
+        wake_again = 0;
+        for (migrate_waiter **link = &waiters; *link;) {
+            migrate_waiter *w = *link;
+            if (w->retry(w->arg)) {
+                *link = w->next;
+                free(w);
+            } else {
+                link = &w->next;
+            }
+        }
+    } while (wake_again);
+    waking = 0;
+}
+
+void rebalance_migrate_release(shard *from, shard *to)
+{
+    from->migrating_out--;
+    to->migrating_in--;
+    wake_waiters();
+}
+
+/* Forgets the waiters whose argument is gone (movers being freed). */
+static void drop_waiters(int (*retry)(void *arg))
+{
+    for (migrate_waiter **link = &waiters; *link;) {
+        migrate_waiter *w = *link;
+        if (w->retry == retry) {
+            *link = w->next;
+            free(w);
+        } else {
+            link = &w->next;
+        }
+    }
 }
 
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
@@ -306,6 +531,7 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
     migrate_call *call = privdata;
     mover *m = call->m;
     redisReply *r = reply;
+    rebalance_migrate_release(m->source, call->target);
     if (!ac->data) {
         call_free(call); /* the context is being freed (exit, or a new start) */
         return;
@@ -352,20 +578,66 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
         batch_end(m);
 }
 
+void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
+{
+    char port[8], timeout[16];
+    int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
+    int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
+    const char *pass = srv.cfg->backend_password;
+    buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys));
+    buf_append_bulk(out, "MIGRATE", 7);
+    buf_append_bulk(out, target->host, strlen(target->host));
+    buf_append_bulk(out, port, (size_t)pl);
+    buf_append_bulk(out, "", 0);
+    buf_append_bulk(out, "0", 1);
+    buf_append_bulk(out, timeout, (size_t)tl);
+    if (pass) {
+        /* The source authenticates to the target with the shards' password. */
+        buf_append_bulk(out, "AUTH", 4);
+        buf_append_bulk(out, pass, strlen(pass));
+    }
+    buf_append_bulk(out, "KEYS", 4);
+}
+
 /* Sends MIGRATE for keys (ownership of the key copies passes to the call). */
+/* Sends a mover's MIGRATE once admitted (counted in migrates_pending
+ * already). Returns 0 while it must wait, 1 once sent or failed. */
+static int mover_call_send(void *arg)
+{
+    migrate_call *call = arg;
+    mover *m = call->m;
+    if (m->ac && !rebalance_migrate_admit(m->source, call->target))
+        return 0;
+    int sent =
+        m->ac && redisAsyncFormattedCommand(m->ac, on_migrate_reply, call, buf_head(&call->cmd),
+                                            buf_len(&call->cmd)) == REDIS_OK;
+    buf_free(&call->cmd);
+    if (sent)
+        return 1;
+    if (m->ac)
+        rebalance_migrate_release(m->source, call->target);
+    snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: %s", m->source->name,
+             m->ac ? "cannot send" : "connection lost");
+    m->batch_failed = 1;
+    call_free(call);
+    if (--m->migrates_pending == 0)
+        batch_end(m);
+    return 1;
+}
+
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
                          int retry)
 {
     migrate_call *call = calloc(1, sizeof(*call));
-    const char *pass = srv.cfg->backend_password;
-    size_t nhead = pass ? 9 : 7;
-    const char **argv = malloc((nhead + nkeys) * sizeof(char *));
-    size_t *argvlen = malloc((nhead + nkeys) * sizeof(size_t));
     if (call) {
         call->keys = malloc(nkeys * sizeof(char *));
         call->lens = malloc(nkeys * sizeof(size_t));
     }
-    if (!call || !argv || !argvlen || !call->keys || !call->lens || !m->ac) {
+    buf cmd = {0};
+    rebalance_migrate_head(&cmd, target, nkeys);
+    for (size_t i = 0; i < nkeys; i++)
+        buf_append_bulk(&cmd, keys[i], lens[i]);
+    if (!call || !call->keys || !call->lens || !m->ac || buf_failed(&cmd)) {
         for (size_t i = 0; i < nkeys; i++)
             free(keys[i]);
         if (call) {
@@ -373,8 +645,7 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
             free(call->lens);
             free(call);
         }
-        free(argv);
-        free(argvlen);
+        buf_free(&cmd);
         snprintf(rb.last_error, sizeof(rb.last_error), "%s",
                  m->ac ? "out of memory" : "connection lost");
         m->batch_failed = 1;
@@ -384,36 +655,14 @@ static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, siz
     call->target = target;
     call->nkeys = nkeys;
     call->retry = retry;
-    char port[8], timeout[16];
-    snprintf(port, sizeof(port), "%u", (unsigned)target->port);
-    snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    const char *head[9] = {"MIGRATE", target->host, port, "", "0", timeout, "KEYS", NULL, NULL};
-    if (pass) {
-        head[6] = "AUTH";
-        head[7] = pass;
-        head[8] = "KEYS";
-    }
-    for (size_t i = 0; i < nhead; i++) {
-        argv[i] = head[i];
-        argvlen[i] = strlen(head[i]);
-    }
     for (size_t i = 0; i < nkeys; i++) {
         call->keys[i] = keys[i];
         call->lens[i] = lens[i];
-        argv[nhead + i] = keys[i];
-        argvlen[nhead + i] = lens[i];
     }
-    if (redisAsyncCommandArgv(m->ac, on_migrate_reply, call, (int)(nhead + nkeys), argv, argvlen) ==
-        REDIS_OK) {
-        m->migrates_pending++;
-    } else {
-        snprintf(rb.last_error, sizeof(rb.last_error), "MIGRATE from %s: cannot send",
-                 m->source->name);
-        m->batch_failed = 1;
-        call_free(call);
-    }
-    free(argv);
-    free(argvlen);
+    call->cmd = cmd;
+    m->migrates_pending++;
+    if (!mover_call_send(call))
+        rebalance_migrate_wait(mover_call_send, call);
 }
 
 /* Sends MIGRATEs for the keys of a SCAN reply whose owner changed,
@@ -426,13 +675,11 @@ static size_t migrate_scanned(mover *m, const redisReply *keys)
     size_t **group_len = calloc(n, sizeof(size_t *));
     size_t *count = calloc(n, sizeof(size_t));
     int oom = !group || !group_len || !count;
-    const config *cfg = srv.cfg;
     for (size_t i = 0; !oom && i < keys->elements; i++) {
         redisReply *k = keys->element[i];
         if (k->type != REDIS_REPLY_STRING)
             continue;
-        uint32_t h = hash_key(cfg->hash, k->str, k->len, cfg->hash_tag_open, cfg->hash_tag_close);
-        uint32_t t = ring_lookup(srv.ring, h);
+        uint32_t t = server_shard_of_key(k->str, k->len);
         if (srv.shards[t] == m->source)
             continue;
         if (!group[t]) {
@@ -616,6 +863,11 @@ static int write_state(const char *text, char *err, size_t errlen)
 
 static void free_movers(void)
 {
+    /* MIGRATEs still waiting for admission belong to these movers. */
+    for (migrate_waiter *w = waiters; w; w = w->next)
+        if (w->retry == mover_call_send)
+            call_free(w->arg);
+    drop_waiters(mover_call_send);
     for (size_t i = 0; i < rb.n_movers; i++)
         if (rb.movers[i].ac) {
             rb.movers[i].ac->data = NULL;
@@ -655,12 +907,15 @@ static int *find_sources(ring *old_ring, shard **old_shards, size_t n_old)
 static void barrier_ping(shard *s)
 {
     for (int j = 0; j < s->nconns; j++) {
-        fragment *f = calloc(1, sizeof(*f));
-        if (!f)
+        barrier_frag *bf = calloc(1, sizeof(*bf));
+        if (!bf)
             continue;
-        f->done = barrier_ping_done;
+        bf->s = s;
+        bf->gen = rb.barrier_gen;
+        bf->f.done = barrier_ping_done;
+        bf->f.harmless = 1;
         rb.barrier++;
-        backend_send(s, (uint64_t)j, f, "*1\r\n$4\r\nPING\r\n", 14);
+        backend_send(s, (uint64_t)j, &bf->f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
     }
 }
 
@@ -671,8 +926,14 @@ static void barrier_ping(shard *s)
 static void raise_barrier(shard **old_shards, size_t n_old)
 {
     rb.barrier = 1;
-    for (size_t i = 0; i < n_old; i++)
+    rb.barrier_gen++;
+    rb.barrier_since_us = server_now_us();
+    rb.n_confirming = 0;
+    for (size_t i = 0; i < n_old; i++) {
         barrier_ping(old_shards[i]);
+        if (old_shards[i]->n_unconfirmed > 0)
+            confirm_needed(old_shards[i]);
+    }
     for (shard *s = backend_retired_first(); s; s = s->next_retired)
         barrier_ping(s);
 }
@@ -772,6 +1033,13 @@ static void finish(void)
 void rebalance_tick(void)
 {
     uint64_t now = server_now_us();
+    /* Shards removed from the ring are in no list backend_tick walks: a
+     * request on one that stops answering must still time out. */
+    for (size_t i = 0; rb.running && i < rb.n_old; i++)
+        if (!shard_in_new_set(rb.old_shards[i]))
+            backend_shard_check_timeouts(rb.old_shards[i]);
+    for (size_t i = 0; i < rb.n_closing; i++)
+        backend_shard_check_timeouts(rb.closing[i]);
     for (size_t i = 0; i < rb.n_closing;) {
         shard *s = rb.closing[i];
         if (backend_shard_inflight(s) == 0) {
@@ -784,6 +1052,8 @@ void rebalance_tick(void)
     }
     if (!rb.running)
         return;
+    confirm_tick();
+    barrier_wait_tick(now);
     uint64_t stall = (uint64_t)srv.cfg->migrate_timeout_ms * 2000u + REBALANCE_STALL_GRACE_US;
     for (size_t i = 0; i < rb.n_movers; i++) {
         mover *m = &rb.movers[i];

@@ -36,11 +36,37 @@ shard *rebalance_old_owner(uint32_t hash);
  * barrier is still up, 0 when the caller can go on now. */
 int rebalance_wait_barrier(request *req, void (*resume)(request *req));
 
+/* Appends the start of a MIGRATE of nkeys keys to target: the multibulk
+ * header and every argument up to KEYS (with AUTH when the shards have a
+ * password); the caller appends the nkeys keys as bulks and checks
+ * buf_failed(out) once done. The one encoding of MIGRATE, for the mover and
+ * for on-demand moves. */
+void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys);
+
+/* MIGRATE admission. Redis runs MIGRATE synchronously: the source waits,
+ * serving nobody, until the target has answered. Two shards migrating to
+ * each other at once (a ring edit that moves keys both ways, as undoing one
+ * does) wait on each other until migrate_timeout, fail, and are retried
+ * into the same embrace. So a MIGRATE from one shard to another is sent
+ * only while the source is the target of none in flight and the target the
+ * source of none: no shard is ever both, so none waits on one that waits.
+ *
+ * rebalance_migrate_admit counts the MIGRATE in flight and returns 1, or
+ * returns 0 when it must wait; every admitted one is released once, when
+ * its reply (or its failure) arrives. */
+int rebalance_migrate_admit(shard *from, shard *to);
+void rebalance_migrate_release(shard *from, shard *to);
+
+/* Calls retry(arg) after MIGRATEs are released, in the order of the calls
+ * to this, until it returns 1 (it sent what waited, or gave up). */
+void rebalance_migrate_wait(int (*retry)(void *arg), void *arg);
+
 /* Counts keys moved on demand (for INFO). */
 void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);
 
-/* Appends the INFO rebalance section (Redis INFO format). 0 or -1. */
-__attribute__((warn_unused_result)) int rebalance_info(buf *b);
+/* Appends the INFO rebalance section (Redis INFO format). 0 or -1; a
+ * failure is also kept in b (buf_failed). */
+int rebalance_info(buf *b);
 
 /* A source shard now has another address (a failover): its SCAN cursor
  * means nothing on the new master, so the mover scans it again from the

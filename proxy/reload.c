@@ -55,10 +55,11 @@ static char *state_text(const config *cfg)
     FILE *out = open_memstream(&text, &len);
     if (!out)
         return NULL;
-    const char *fmt = strchr(cfg->listen_host, ':') ? "listen = [%s]:%u\n" : "listen = %s:%u\n";
+    char addr[CONFIG_ADDR_MAX];
     fprintf(out, "; ringproxy rebalance state: the shard list keys are being moved away from.\n"
                  "; Written when a migration starts, removed when it ends.\n[proxy]\n");
-    fprintf(out, fmt, cfg->listen_host, (unsigned)cfg->listen_port);
+    config_format_addr(cfg->listen_host, cfg->listen_port, addr, sizeof(addr));
+    fprintf(out, "listen = %s\n", addr);
     fprintf(out, "hash = %s\ncompat = %s\n", hash_name(cfg->hash),
             cfg->compat == RING_TWEMPROXY ? "twemproxy" : "none");
     if (cfg->hash_tag_open)
@@ -68,13 +69,13 @@ static char *state_text(const config *cfg)
     fprintf(out, "[shards]\n");
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *cs = &cfg->shards[i];
-        if (cs->sentinel_master)
+        if (cs->sentinel_master) {
             fprintf(out, "%s = sentinel:%s weight=%u\n", cs->name, cs->sentinel_master,
                     (unsigned)cs->weight);
-        else
-            fprintf(out,
-                    strchr(cs->host, ':') ? "%s = [%s]:%u weight=%u\n" : "%s = %s:%u weight=%u\n",
-                    cs->name, cs->host, (unsigned)cs->port, (unsigned)cs->weight);
+            continue;
+        }
+        config_format_addr(cs->host, cs->port, addr, sizeof(addr));
+        fprintf(out, "%s = %s weight=%u\n", cs->name, addr, (unsigned)cs->weight);
     }
     if (fclose(out) != 0) {
         free(text);
@@ -404,7 +405,7 @@ int reload_config(const char *why, char *err, size_t errlen)
     ring *old_ring = srv.ring;
     size_t n_old = srv.nshards, fresh = p.fresh;
     plan_commit(&p);
-    log_set_level((log_level)srv.cfg->log_level);
+    log_set_level(srv.cfg->log_level);
     srv.config_epoch++;
     srv.last_reload_time = time(NULL);
     srv.last_reload_error[0] = '\0';

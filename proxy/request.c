@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/server.h"
+
 /* Requests kept for reuse: enough for a busy pipeline burst, small enough
  * not to matter when idle (sizeof(request) is 360 bytes on x86-64, so a
  * full cache holds about 1.4 MiB). */
@@ -34,10 +36,10 @@ void request_free(request *req)
     buf_free(&req->reply);
     buf_free(&req->single.reply);
     for (size_t i = 0; i < req->nfrags; i++)
-        buf_free(&req->frags[i].reply);
+        buf_free(&req->frags[i].reply); /* or stale_del: a union */
     free(req->frags);
     free(req->key_order);
-    buf_free(&req->deferred);
+    buf_free(&req->saved_request); /* or confirmations: a union */
     free(req->migrate_error);
     if (free_count >= REQUEST_CACHE_MAX) {
         free(req);
@@ -73,4 +75,18 @@ void request_error(request *req, const char *fmt, ...)
     msg[len++] = '\r';
     msg[len++] = '\n';
     req->on_done(req, msg, len);
+}
+
+void request_reply_buf(request *req, const buf *b)
+{
+    if (buf_failed(b))
+        request_error(req, "ERR out of memory");
+    else
+        req->on_done(req, buf_head(b), buf_len(b));
+}
+
+void request_crossslot(request *req, const char *what)
+{
+    srv.stats.errors_crossslot++;
+    request_error(req, "CROSSSLOT %s (use {hash tags})", what);
 }

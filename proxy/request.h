@@ -12,6 +12,8 @@
 struct request;
 struct fragment;
 struct command;
+struct shard;
+struct backend_conn;
 
 /* Called exactly once per fragment with its whole reply (or an error reply
  * the proxy made up, e.g. for a shard that is down). */
@@ -28,10 +30,25 @@ typedef struct fragment {
     uint64_t end_offset;   /* the backend connection's queued byte count just after its
                               request: the request is all written once that many are */
     uint32_t shard;        /* index of the target shard */
+    uint8_t harmless;      /* changes no data (a barrier's PING, CLIENT KILL): if its
+                              connection is reset, running it later cannot matter */
     size_t first_key;      /* split: index of its first key in the request's key list */
-    size_t nkeys;          /* split: number of keys it carries */
-    buf reply;             /* split: a copy of its reply, kept until all parts are in */
-    void *aux;             /* router-private: the source shard of a key move */
+    size_t nkeys;          /* split, key move: number of keys it carries */
+    /* What one kind of fragment keeps (a fragment is of one kind only; the
+     * unions keep the request, which embeds one fragment, small: it is
+     * zeroed for every request). request_free frees the buffer as reply. */
+    union {
+        buf reply;     /* split, fan-out: a copy of its reply, kept until all parts are in */
+        buf stale_del; /* key move: DEL of the source's copies, sent when the target
+                          answers BUSYKEY (its copy is newer) */
+    };
+    union {
+        size_t shards_asked;       /* RANDOMKEY: shards asked so far (the next is asked
+                                      while they answer nil) */
+        struct shard *move_source; /* key move: the shard its keys leave */
+        struct backend_conn *conn; /* a backend's own fragment (AUTH, barrier): its
+                                      connection */
+    };
 } fragment;
 
 /* State of a client connection that the router and local commands read or
@@ -88,12 +105,17 @@ typedef struct request {
                           fragments' key lists (malloc'd) */
     size_t nkeys;
     uint64_t hint; /* backend connection choice (the client's id) */
-    /* rebalancing: a request whose keys must move first keeps a copy of its
-     * bytes and is routed again once the keys are on their new shard; a
-     * pub/sub request keeps the reply made for it until the shards confirm */
-    buf deferred;
+    /* A request is either moved or an (un)subscribe, never both; request_free
+     * frees the buffer as saved_request. */
+    union {
+        buf saved_request; /* rebalancing: a request whose keys must move first keeps
+                              a copy of its bytes, routed again once they have moved */
+        buf confirmations; /* (un)subscribe: the reply made for it, given once the
+                              shards have taken their parts */
+    };
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
+    struct move_job *moves;    /* its key moves, while they are sent (migrate.c) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
 } request;
 
@@ -112,5 +134,18 @@ void request_trim_cache(void);
  * 600); CR and LF in it (from a client-supplied name) become spaces, so the
  * reply stays one line. */
 void request_error(request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Answers req with the reply built in b, or with "-ERR out of memory" when
+ * an append to b failed (buf_failed). b is not freed. */
+void request_reply_buf(request *req, const buf *b);
+
+/* What request_crossslot says of keys on several shards. */
+#define REQUEST_KEYS_APART "Keys in request don't hash to the same shard"
+
+/* Answers req with Redis Cluster's CROSSSLOT error for keys on different
+ * shards where one shard is needed, and counts it (INFO errors_crossslot).
+ * what: REQUEST_KEYS_APART, with a suffix saying which shard it must be;
+ * " (use {hash tags})" follows. */
+void request_crossslot(request *req, const char *what);
 
 #endif

@@ -556,108 +556,162 @@ void resp_reply_init(resp_reply *s)
     s->err[0] = '\0';
 }
 
+/* What one step of resp_reply_scan's loop found at the current position. */
+typedef enum reply_step {
+    REPLY_ELEMENT,    /* an element ended: close the aggregates it completes */
+    REPLY_OPENED,     /* a bulk body or an aggregate's elements come next */
+    REPLY_INCOMPLETE, /* more bytes are needed to go on */
+    REPLY_FAILED,     /* malformed: s->err is set and s->depth is -1 */
+} reply_step;
+
+static reply_step reply_step_fail(resp_reply *s, const char *msg)
+{
+    reply_fail(s, msg);
+    return REPLY_FAILED;
+}
+
+/* The body and CRLF of the bulk whose header set s->bulk_left, at buf[*pos]. */
+static inline reply_step reply_bulk_body(resp_reply *s, const char *buf, size_t len, size_t *pos)
+{
+    uint64_t need = (uint64_t)s->bulk_left;
+    if ((uint64_t)(len - *pos) < need)
+        return REPLY_INCOMPLETE;
+    if (buf[*pos + need - 2] != '\r' || buf[*pos + need - 1] != '\n')
+        return reply_step_fail(s, "bulk string not terminated by CRLF");
+    *pos += need;
+    s->bulk_left = -1;
+    return REPLY_ELEMENT;
+}
+
+/* A bulk header ('$', '=', '!'): its body is due next, unless it is RESP2's
+ * null bulk "$-1\r\n" (RESP3 has '_' for that). The streamed form "$?" is
+ * never sent by Redis. */
+static inline reply_step reply_bulk_header(resp_reply *s, const char *buf, size_t len, size_t *pos,
+                                           char type)
+{
+    size_t next = 0;
+    int64_t value = 0;
+    int found = reply_number(buf, len, *pos, &value, &next);
+
+    if (found == 0)
+        return REPLY_INCOMPLETE;
+    if (found < 0 || value < -1 || (value == -1 && type != '$') || value > INT64_MAX - 2)
+        return reply_step_fail(s, "invalid bulk length");
+    *pos = next;
+    if (value == -1)
+        return REPLY_ELEMENT;
+    s->bulk_left = value + 2;
+    return REPLY_OPENED;
+}
+
+/* An aggregate header ('*', '~', '>', '%', '|'): opens a level expecting its
+ * elements, unless it is empty or RESP2's null array "*-1\r\n". */
+static inline reply_step reply_aggregate_header(resp_reply *s, const char *buf, size_t len,
+                                                size_t *pos, int *depth, char type)
+{
+    size_t next = 0;
+    int64_t value = 0;
+    int found = reply_number(buf, len, *pos, &value, &next);
+
+    if (found == 0)
+        return REPLY_INCOMPLETE;
+    if (found < 0 || value < -1 || (value == -1 && type != '*') || value > INT64_MAX / 2 - 1)
+        return reply_step_fail(s, "invalid aggregate length");
+    *pos = next;
+    if (value == -1)
+        return REPLY_ELEMENT;
+    if (type == '%' || type == '|')
+        value *= 2;
+    /* The annotated reply counts as part of the attribute, so both together
+     * are one element of whatever holds them. */
+    if (type == '|')
+        value += 1;
+    if (value == 0)
+        return REPLY_ELEMENT;
+    if (*depth == RESP_MAX_DEPTH)
+        return reply_step_fail(s, "reply nesting too deep");
+    s->remaining[(*depth)++] = value;
+    return REPLY_OPENED;
+}
+
+/* The element or header that starts with the type byte at buf[*pos]
+ * (*pos < len). Moves *pos past what it consumed. */
+static inline reply_step reply_header(resp_reply *s, const char *buf, size_t len, size_t *pos,
+                                      int *depth)
+{
+    size_t next = 0;
+    int found;
+    char type = buf[*pos];
+
+    switch (type) {
+    case '+': /* simple string */
+    case '-': /* error */
+    case ':': /* integer */
+    case ',': /* double */
+    case '(': /* big number */
+        found = reply_line(s, buf, len, *pos, &next);
+        if (found < 0)
+            return reply_step_fail(s, "line not terminated by CRLF");
+        if (found == 0)
+            return REPLY_INCOMPLETE;
+        *pos = next;
+        return REPLY_ELEMENT;
+    case '_': /* null */
+        if (len - *pos < 3)
+            return REPLY_INCOMPLETE;
+        if (buf[*pos + 1] != '\r' || buf[*pos + 2] != '\n')
+            return reply_step_fail(s, "malformed null");
+        *pos += 3;
+        return REPLY_ELEMENT;
+    case '#': /* boolean */
+        if (len - *pos < 4)
+            return REPLY_INCOMPLETE;
+        if ((buf[*pos + 1] != 't' && buf[*pos + 1] != 'f') || buf[*pos + 2] != '\r' ||
+            buf[*pos + 3] != '\n')
+            return reply_step_fail(s, "malformed boolean");
+        *pos += 4;
+        return REPLY_ELEMENT;
+    case '$': /* bulk string */
+    case '=': /* verbatim string */
+    case '!': /* bulk error */
+        return reply_bulk_header(s, buf, len, pos, type);
+    case '*': /* array */
+    case '~': /* set */
+    case '>': /* push */
+    case '%': /* map: key and value per entry */
+    case '|': /* attribute: a map, then the reply it annotates */
+        return reply_aggregate_header(s, buf, len, pos, depth, type);
+    default:
+        snprintf(s->err, sizeof(s->err), "protocol error: unknown reply type byte 0x%02x",
+                 (unsigned char)type);
+        s->depth = -1;
+        return REPLY_FAILED;
+    }
+}
+
 resp_status resp_reply_scan(resp_reply *s, const char *buf, size_t len, size_t *reply_len)
 {
     size_t pos = s->pos;
     int depth = s->depth;
-    size_t next = 0;
-    int64_t value = 0;
-    int found;
 
     if (depth < 0)
         return RESP_ERROR;
     if (len < pos || len < s->scan)
         return reply_fail(s, "reply buffer shrank between calls");
     for (;;) {
-        if (s->bulk_left >= 0) {
-            uint64_t need = (uint64_t)s->bulk_left;
-            if ((uint64_t)(len - pos) < need)
-                goto incomplete;
-            if (buf[pos + need - 2] != '\r' || buf[pos + need - 1] != '\n')
-                return reply_fail(s, "bulk string not terminated by CRLF");
-            pos += need;
-            s->bulk_left = -1;
-        } else {
-            if (pos >= len)
-                goto incomplete;
-            char type = buf[pos];
-            switch (type) {
-            case '+': /* simple string */
-            case '-': /* error */
-            case ':': /* integer */
-            case ',': /* double */
-            case '(': /* big number */
-                found = reply_line(s, buf, len, pos, &next);
-                if (found < 0)
-                    return reply_fail(s, "line not terminated by CRLF");
-                if (found == 0)
-                    goto incomplete;
-                pos = next;
-                break;
-            case '_': /* null */
-                if (len - pos < 3)
-                    goto incomplete;
-                if (buf[pos + 1] != '\r' || buf[pos + 2] != '\n')
-                    return reply_fail(s, "malformed null");
-                pos += 3;
-                break;
-            case '#': /* boolean */
-                if (len - pos < 4)
-                    goto incomplete;
-                if ((buf[pos + 1] != 't' && buf[pos + 1] != 'f') || buf[pos + 2] != '\r' ||
-                    buf[pos + 3] != '\n')
-                    return reply_fail(s, "malformed boolean");
-                pos += 4;
-                break;
-            case '$': /* bulk string */
-            case '=': /* verbatim string */
-            case '!': /* bulk error */
-                found = reply_number(buf, len, pos, &value, &next);
-                if (found == 0)
-                    goto incomplete;
-                /* -1 is RESP2's null bulk; RESP3 has '_' for that. The
-                 * streamed form "$?" is never sent by Redis. */
-                if (found < 0 || value < -1 || (value == -1 && type != '$') ||
-                    value > INT64_MAX - 2)
-                    return reply_fail(s, "invalid bulk length");
-                pos = next;
-                if (value == -1)
-                    break;
-                s->bulk_left = value + 2;
-                continue;
-            case '*': /* array */
-            case '~': /* set */
-            case '>': /* push */
-            case '%': /* map: key and value per entry */
-            case '|': /* attribute: a map, then the reply it annotates */
-                found = reply_number(buf, len, pos, &value, &next);
-                if (found == 0)
-                    goto incomplete;
-                if (found < 0 || value < -1 || (value == -1 && type != '*') ||
-                    value > INT64_MAX / 2 - 1)
-                    return reply_fail(s, "invalid aggregate length");
-                pos = next;
-                if (value == -1)
-                    break;
-                if (type == '%' || type == '|')
-                    value *= 2;
-                /* The annotated reply counts as part of the attribute, so
-                 * both together are one element of whatever holds them. */
-                if (type == '|')
-                    value += 1;
-                if (value == 0)
-                    break;
-                if (depth == RESP_MAX_DEPTH)
-                    return reply_fail(s, "reply nesting too deep");
-                s->remaining[depth++] = value;
-                continue;
-            default:
-                snprintf(s->err, sizeof(s->err), "protocol error: unknown reply type byte 0x%02x",
-                         (unsigned char)type);
-                s->depth = -1;
-                return RESP_ERROR;
-            }
-        }
+        reply_step step;
+        if (s->bulk_left >= 0)
+            step = reply_bulk_body(s, buf, len, &pos);
+        else if (pos >= len)
+            step = REPLY_INCOMPLETE;
+        else
+            step = reply_header(s, buf, len, &pos, &depth);
+        if (step == REPLY_OPENED)
+            continue;
+        if (step == REPLY_INCOMPLETE)
+            break;
+        if (step == REPLY_FAILED)
+            return RESP_ERROR;
         /* One element is complete: close every aggregate it completes. */
         while (depth > 0 && --s->remaining[depth - 1] == 0)
             depth--;
@@ -669,8 +723,6 @@ resp_status resp_reply_scan(resp_reply *s, const char *buf, size_t len, size_t *
             return RESP_OK;
         }
     }
-
-incomplete:
     s->pos = pos;
     s->depth = depth;
     return RESP_INCOMPLETE;
@@ -681,4 +733,45 @@ int resp_reply_integer(const char *reply, size_t len, int64_t *out)
     if (len < 4 || reply[0] != ':' || reply[len - 2] != '\r' || reply[len - 1] != '\n')
         return -1;
     return parse_int64(reply + 1, len - 3, out) ? 0 : -1;
+}
+
+/* Reads the header line "<prefix><integer>\r\n" at r[*pos] into *value and
+ * moves *pos past it. 0 or -1. */
+static int header_at(const char *r, size_t len, size_t *pos, char prefix, int64_t *value)
+{
+    if (*pos >= len || r[*pos] != prefix)
+        return -1;
+    const char *cr = memchr(r + *pos, '\r', len - *pos);
+    if (!cr || (size_t)(cr - r) + 2 > len || cr[1] != '\n')
+        return -1;
+    size_t digits = (size_t)(cr - r) - *pos - 1;
+    if (!parse_int64(r + *pos + 1, digits, value))
+        return -1;
+    *pos = (size_t)(cr - r) + 2;
+    return 0;
+}
+
+int resp_reply_array_at(const char *r, size_t len, size_t *pos, int64_t *count)
+{
+    size_t at = *pos;
+    int64_t n;
+    if (header_at(r, len, &at, '*', &n) < 0 || n < 0)
+        return -1;
+    *count = n;
+    *pos = at;
+    return 0;
+}
+
+int resp_reply_bulk_at(const char *r, size_t len, size_t *pos, const char **ptr, size_t *n)
+{
+    size_t at = *pos;
+    int64_t blen;
+    if (header_at(r, len, &at, '$', &blen) < 0 || blen < 0 || (uint64_t)blen > len - at ||
+        len - at - (size_t)blen < 2 || r[at + (size_t)blen] != '\r' ||
+        r[at + (size_t)blen + 1] != '\n')
+        return -1;
+    *ptr = r + at;
+    *n = (size_t)blen;
+    *pos = at + (size_t)blen + 2;
+    return 0;
 }

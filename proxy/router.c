@@ -1,25 +1,27 @@
-/* Request routing: single-shard forwarding, multi-key split (merged in
- * merge.c), fan-out, SCAN and RANDOMKEY shard by shard, cross-shard checks,
- * local answers, and the hand-off of transactions and blocking commands
- * (txn.c) and subscriptions (pubsub.c). */
+/* Request routing: route() checks a request against the command table,
+ * runs the gates its command's flags ask for (AUTH, subscribed, MULTI) and
+ * calls the handler its row names (route_handlers). Handlers here forward
+ * to one shard, split per shard (merged in merge.c), fan out, or hand off
+ * SCAN and RANDOMKEY (keyspace.c), transactions and blocking commands
+ * (txn.c), subscriptions (pubsub.c), local answers (admin.c) and keys that
+ * must move first (migrate.c). */
 #include "proxy/router.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
-#include "proxy/ack.h"
 #include "proxy/admin.h"
 #include "proxy/backend.h"
 #include "proxy/command.h"
+#include "proxy/keyspace.h"
+#include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/merge.h"
+#include "proxy/migrate.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
-#include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
 
@@ -29,6 +31,22 @@ static size_t *key_pos;
 static uint32_t *key_shard;
 static size_t key_cap;
 static buf scratch;
+
+/* One request on its way through the router: what the client sent, the
+ * command it names, and (once located) where its keys are. Built once per
+ * request; every step of the routing takes it. */
+typedef struct routed {
+    request *req;
+    const command *cmd;   /* resolved to its subcommand; NULL until looked up */
+    size_t argc;          /* the arguments, pointing into the client's buffer */
+    const resp_arg *argv; /* (or into req->saved_request when routed again) */
+    const char *raw;      /* the request's multibulk bytes as received, NULL when it came
+                             inline (then encoded from argv when needed) */
+    size_t raw_len;
+    size_t nkeys;   /* locate_keys: keys found, at key_pos[] on key_shard[] */
+    int same_shard; /* locate_keys: all keys on key_shard[0] */
+    int must_move;  /* locate_keys: a key's owner changes in the running rebalance */
+} routed;
 
 /* Copies a client-supplied word into out for an error message, cut short. */
 static const char *word(const resp_arg *a, char *out, size_t outlen)
@@ -40,19 +58,6 @@ static const char *word(const resp_arg *a, char *out, size_t outlen)
     }
     out[n] = '\0';
     return out;
-}
-
-static uint32_t key_hash(const resp_arg *key)
-{
-    const config *cfg = srv.cfg;
-    return hash_key(cfg->hash, key->ptr, key->len, cfg->hash_tag_open, cfg->hash_tag_close);
-}
-
-uint32_t router_shard_of(const char *key, size_t len)
-{
-    const config *cfg = srv.cfg;
-    uint32_t h = hash_key(cfg->hash, key, len, cfg->hash_tag_open, cfg->hash_tag_close);
-    return ring_lookup(srv.ring, h);
 }
 
 static int ensure_key_cap(size_t n)
@@ -77,44 +82,32 @@ static int ensure_key_cap(size_t n)
 /* Multibulk encoding of argv, for requests that came inline. */
 static int encode(buf *out, size_t argc, const resp_arg *argv)
 {
-    if (buf_append_header(out, '*', (int64_t)argc) < 0)
-        return -1;
+    buf_append_header(out, '*', (int64_t)argc);
     for (size_t i = 0; i < argc; i++)
-        if (buf_append_bulk(out, argv[i].ptr, argv[i].len) < 0)
-            return -1;
-    return 0;
+        buf_append_bulk(out, argv[i].ptr, argv[i].len);
+    return buf_failed(out) ? -1 : 0;
 }
 
-/* The request as multibulk bytes: raw as received, or argv encoded into
- * scratch (valid until scratch is used again). NULL when out of memory. */
-static const char *request_bytes(size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
-                                 size_t *len)
+/* request_bytes for a request that came inline: argv encoded into
+ * scratch. Kept out of line so the common case inlines. */
+static __attribute__((noinline)) const char *encode_to_scratch(const routed *r, size_t *len)
 {
-    if (raw) {
-        *len = raw_len;
-        return raw;
-    }
-    scratch.start = scratch.end = 0;
-    if (encode(&scratch, argc, argv) < 0)
+    buf_reset(&scratch);
+    if (encode(&scratch, r->argc, r->argv) < 0)
         return NULL;
     *len = buf_len(&scratch);
     return buf_head(&scratch);
 }
 
-/* Sends a fragment to shard i: over the client's reserved connection while
- * its transaction or WATCH is on that shard (so it runs in the client's
- * order), else over the shared pool. */
-static void send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, const char *bytes,
-                          size_t len)
+/* The request as multibulk bytes: raw as received, or argv encoded into
+ * scratch (valid until scratch is used again). NULL when out of memory. */
+static inline const char *request_bytes(const routed *r, size_t *len)
 {
-    backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
-    if (reserved)
-        backend_reserved_send(reserved, f, bytes, len);
-    else {
-        shard *target = sentinel_read_shard(i, bytes, len);
-        if (!ack_send(target, hint, f, bytes, len))
-            backend_send(target, hint, f, bytes, len);
+    if (r->raw) {
+        *len = r->raw_len;
+        return r->raw;
     }
+    return encode_to_scratch(r, len);
 }
 
 static void single_done(fragment *f, const char *reply, size_t len)
@@ -125,21 +118,21 @@ static void single_done(fragment *f, const char *reply, size_t len)
 }
 
 /* Sends the whole request to one shard. */
-static void forward(request *req, uint32_t shard_index, size_t argc, const resp_arg *argv,
-                    const char *raw, size_t raw_len, uint64_t hint)
+static void forward(const routed *r, uint32_t shard_index)
 {
+    request *req = r->req;
     fragment *f = &req->single;
     f->req = req;
     f->done = single_done;
     f->shard = shard_index;
     size_t len;
-    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
+    const char *bytes = request_bytes(r, &len);
     if (!bytes) {
         request_error(req, "ERR out of memory");
         return;
     }
     req->pending = 1;
-    send_to_shard(req, shard_index, hint, f, bytes, len);
+    txn_send_to_shard(req, shard_index, req->hint, f, bytes, len);
 }
 
 /* ---- split and fan-out ---- */
@@ -171,22 +164,21 @@ static void send_fragments(request *req, uint64_t hint, const buf *parts, const 
     fragment *frags = req->frags;
     req->pending = n;
     for (size_t i = 0; i < n; i++)
-        send_to_shard(req, frags[i].shard, hint, &frags[i], parts->data + part_off[i],
-                      part_off[i + 1] - part_off[i]);
+        txn_send_to_shard(req, frags[i].shard, hint, &frags[i], parts->data + part_off[i],
+                          part_off[i + 1] - part_off[i]);
 }
 
-/* Splits a multi-key command per shard. key_shard[0..nkeys) are known. */
-static void split(request *req, const command *cmd, size_t argc, const resp_arg *argv, size_t nkeys,
-                  uint64_t hint)
+/* Groups the keys of a split request by shard: one fragment per shard
+ * (in the order the shards first appear), each key's slot in its
+ * fragment's key list in req->key_order. key_shard[0..nkeys) are known.
+ * 0, or -1 when out of memory. */
+static int split_plan(request *req, size_t nkeys)
 {
-    (void)argc;
-    size_t step = (size_t)cmd->split_step;
     int *frag_of_shard = malloc(srv.nshards * sizeof(int));
     req->key_order = malloc(2 * nkeys * sizeof(size_t));
     if (!frag_of_shard || !req->key_order) {
         free(frag_of_shard);
-        request_error(req, "ERR out of memory splitting command");
-        return;
+        return -1;
     }
     for (size_t s = 0; s < srv.nshards; s++)
         frag_of_shard[s] = -1;
@@ -195,12 +187,9 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
         if (frag_of_shard[key_shard[i]] < 0)
             frag_of_shard[key_shard[i]] = (int)nfrags++;
     req->frags = calloc(nfrags, sizeof(fragment));
-    size_t *part_off = malloc((nfrags + 1) * sizeof(size_t));
-    if (!req->frags || !part_off) {
+    if (!req->frags) {
         free(frag_of_shard);
-        free(part_off);
-        request_error(req, "ERR out of memory splitting command");
-        return;
+        return -1;
     }
     req->nfrags = nfrags;
     req->nkeys = nkeys;
@@ -210,6 +199,7 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
         req->key_order[2 * i + 1] = req->frags[fi].nkeys++;
         req->frags[fi].shard = key_shard[i];
     }
+    free(frag_of_shard);
     size_t first = 0;
     for (size_t fi = 0; fi < nfrags; fi++) {
         req->frags[fi].first_key = first;
@@ -217,51 +207,60 @@ static void split(request *req, const command *cmd, size_t argc, const resp_arg 
         req->frags[fi].req = req;
         req->frags[fi].done = part_done;
     }
-    /* Encode each fragment: the command name as the client sent it, then its
-     * keys (with their values for MSET) in the client's order. */
-    scratch.start = scratch.end = 0;
-    int fail = 0;
-    for (size_t fi = 0; fi < nfrags && !fail; fi++) {
+    return 0;
+}
+
+/* Encodes each fragment of a split request into scratch, fragment fi at
+ * part_off[fi]: the command name as the client sent it, then its keys
+ * (with their values for MSET) in the client's order. 0, or -1 when out
+ * of memory. */
+static int split_encode(const routed *r, size_t *part_off)
+{
+    const request *req = r->req;
+    const resp_arg *argv = r->argv;
+    size_t step = (size_t)r->cmd->split_step;
+    buf_reset(&scratch);
+    for (size_t fi = 0; fi < req->nfrags; fi++) {
         part_off[fi] = buf_len(&scratch);
-        fail |= buf_append_header(&scratch, '*', (int64_t)(1 + req->frags[fi].nkeys * step)) < 0;
-        fail |= buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0;
-        for (size_t i = 0; i < nkeys && !fail; i++) {
+        buf_append_header(&scratch, '*', (int64_t)(1 + req->frags[fi].nkeys * step));
+        buf_append_bulk(&scratch, argv[0].ptr, argv[0].len);
+        for (size_t i = 0; i < r->nkeys; i++) {
             if (req->key_order[2 * i] != fi)
                 continue;
             for (size_t a = 0; a < step; a++)
-                fail |= buf_append_bulk(&scratch, argv[key_pos[i] + a].ptr,
-                                        argv[key_pos[i] + a].len) < 0;
+                buf_append_bulk(&scratch, argv[key_pos[i] + a].ptr, argv[key_pos[i] + a].len);
         }
     }
-    part_off[nfrags] = buf_len(&scratch);
-    free(frag_of_shard);
-    if (fail) {
+    part_off[req->nfrags] = buf_len(&scratch);
+    return buf_failed(&scratch) ? -1 : 0;
+}
+
+/* Splits a multi-key command per shard; merge.c joins the replies. */
+static void split(const routed *r)
+{
+    request *req = r->req;
+    size_t *part_off = NULL;
+    if (split_plan(req, r->nkeys) < 0 || !(part_off = malloc((req->nfrags + 1) * sizeof(size_t))) ||
+        split_encode(r, part_off) < 0) {
         free(part_off);
         request_error(req, "ERR out of memory splitting command");
         return;
     }
-    send_fragments(req, hint, &scratch, part_off);
+    send_fragments(req, req->hint, &scratch, part_off);
     free(part_off);
 }
 
 /* Sends the same request to every shard (DBSIZE, KEYS, SCRIPT LOAD ...),
  * merged by cmd->merge. */
-static void fanout(request *req, size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
-                   uint64_t hint)
+static void fanout(const routed *r)
 {
+    request *req = r->req;
     req->frags = calloc(srv.nshards, sizeof(fragment));
-    if (!req->frags) {
+    size_t len;
+    const char *bytes = req->frags ? request_bytes(r, &len) : NULL;
+    if (!bytes) {
         request_error(req, "ERR out of memory");
         return;
-    }
-    if (!raw) {
-        scratch.start = scratch.end = 0;
-        if (encode(&scratch, argc, argv) < 0) {
-            request_error(req, "ERR out of memory");
-            return;
-        }
-        raw = buf_head(&scratch);
-        raw_len = buf_len(&scratch);
     }
     req->nfrags = srv.nshards;
     for (size_t i = 0; i < srv.nshards; i++) {
@@ -272,154 +271,13 @@ static void fanout(request *req, size_t argc, const resp_arg *argv, const char *
     /* The last send may complete and free the request: use locals. */
     size_t n = req->nfrags;
     fragment *frags = req->frags;
+    uint64_t hint = req->hint;
     req->pending = n;
     for (size_t i = 0; i < n; i++)
-        send_to_shard(req, (uint32_t)i, hint, &frags[i], raw, raw_len);
+        txn_send_to_shard(req, (uint32_t)i, hint, &frags[i], bytes, len);
 }
 
-/* ---- SCAN and RANDOMKEY: the keyspace, one shard after the other ---- */
-
-/* SCAN's cursor through the proxy is the shard's own cursor shifted left
- * by SCAN_SHARD_BITS, plus the index of the shard it is in (its position
- * in [shards]): cursor 0 is shard 0's start, and when a shard's cursor
- * comes back 0 the next cursor is the next shard's start. The bits bound
- * the shards SCAN can walk; Redis's own cursors stay far below the 54 bits
- * left (they count hash table buckets). */
-#define SCAN_SHARD_BITS 10
-#define SCAN_MAX_SHARDS (1u << SCAN_SHARD_BITS)
-
-static void scan_done(fragment *f, const char *reply, size_t len)
-{
-    request *req = f->req;
-    req->pending = 0;
-    /* [cursor, keys]: the cursor is rewritten, the keys pass as they are. */
-    const char *cursor = NULL;
-    size_t pos = 0, cursor_len = 0;
-    if (len > 8 && memcmp(reply, "*2\r\n$", 5) == 0) {
-        const char *crlf = memchr(reply + 5, '\r', len - 5);
-        long long n = crlf ? strtoll(reply + 5, NULL, 10) : -1;
-        size_t body = crlf ? (size_t)(crlf - reply) + 2 : len;
-        if (n > 0 && n < 21 && body + (size_t)n + 2 <= len) {
-            cursor = reply + body;
-            cursor_len = (size_t)n;
-            pos = body + (size_t)n + 2;
-        }
-    }
-    if (!cursor || !req->owner) {
-        req->on_done(req, reply, len); /* an error, or nobody to answer */
-        return;
-    }
-    char digits[24];
-    memcpy(digits, cursor, cursor_len);
-    digits[cursor_len] = '\0';
-    unsigned long long next = strtoull(digits, NULL, 10), out;
-    if (next == 0)
-        out = f->shard + 1 < srv.nshards ? f->shard + 1 : 0;
-    else if (next > (UINT64_MAX >> SCAN_SHARD_BITS)) {
-        request_error(req, "ERR shard %s returned a SCAN cursor too large for the proxy's cursor",
-                      srv.shards[f->shard]->name);
-        return;
-    } else
-        out = (next << SCAN_SHARD_BITS) | f->shard;
-    char head[48];
-    int hl = snprintf(head, sizeof(head), "%llu", out);
-    buf b = {0};
-    int fail = buf_append(&b, "*2\r\n", 4) < 0 || buf_append_bulk(&b, head, (size_t)hl) < 0 ||
-               buf_append(&b, reply + pos, len - pos) < 0;
-    if (fail)
-        request_error(req, "ERR out of memory");
-    else
-        req->on_done(req, buf_head(&b), buf_len(&b));
-    buf_free(&b);
-}
-
-static void scan(request *req, size_t argc, const resp_arg *argv, uint64_t hint)
-{
-    char digits[24];
-    unsigned long long cursor = 0;
-    int ok = argv[1].len > 0 && argv[1].len < sizeof(digits);
-    for (size_t i = 0; ok && i < argv[1].len; i++)
-        ok = argv[1].ptr[i] >= '0' && argv[1].ptr[i] <= '9';
-    if (ok) {
-        memcpy(digits, argv[1].ptr, argv[1].len);
-        digits[argv[1].len] = '\0';
-        errno = 0;
-        cursor = strtoull(digits, NULL, 10);
-        ok = errno == 0;
-    }
-    uint32_t shard_index = (uint32_t)(cursor & (SCAN_MAX_SHARDS - 1));
-    if (!ok || shard_index >= srv.nshards) {
-        request_error(req, "ERR invalid cursor");
-        return;
-    }
-    if (srv.nshards > SCAN_MAX_SHARDS) {
-        request_error(req, "ERR SCAN walks at most %u shards", SCAN_MAX_SHARDS);
-        return;
-    }
-    /* The same request with the shard's own cursor. */
-    int n = snprintf(digits, sizeof(digits), "%llu", cursor >> SCAN_SHARD_BITS);
-    scratch.start = scratch.end = 0;
-    int fail = buf_append_header(&scratch, '*', (int64_t)argc) < 0 ||
-               buf_append_bulk(&scratch, argv[0].ptr, argv[0].len) < 0 ||
-               buf_append_bulk(&scratch, digits, (size_t)n) < 0;
-    for (size_t i = 2; i < argc && !fail; i++)
-        fail = buf_append_bulk(&scratch, argv[i].ptr, argv[i].len) < 0;
-    if (fail) {
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    fragment *f = &req->single;
-    f->req = req;
-    f->done = scan_done;
-    f->shard = shard_index;
-    req->pending = 1;
-    send_to_shard(req, shard_index, hint, f, buf_head(&scratch), buf_len(&scratch));
-}
-
-static const char RANDOMKEY_REQUEST[] = "*1\r\n$9\r\nRANDOMKEY\r\n";
-
-/* A shard answered RANDOMKEY: nil means that shard is empty, so the next
- * one is asked, until one has a key or all were asked. f->nkeys counts the
- * shards asked so far. */
-static void randomkey_done(fragment *f, const char *reply, size_t len)
-{
-    request *req = f->req;
-    if (req->owner && len == 5 && memcmp(reply, "$-1\r\n", 5) == 0 && f->nkeys + 1 < srv.nshards) {
-        f->nkeys++;
-        f->shard = (uint32_t)((f->shard + 1) % srv.nshards);
-        send_to_shard(req, f->shard, req->hint, f, RANDOMKEY_REQUEST,
-                      sizeof(RANDOMKEY_REQUEST) - 1);
-        return;
-    }
-    req->pending = 0;
-    req->on_done(req, reply, len);
-}
-
-/* xorshift64*: RANDOMKEY's first shard only needs to be spread out. */
-static uint32_t random_shard(void)
-{
-    static uint64_t state;
-    if (!state)
-        state = (srv.now_us ^ ((uint64_t)getpid() << 32)) | 1;
-    state ^= state >> 12;
-    state ^= state << 25;
-    state ^= state >> 27;
-    return (uint32_t)(((state * 2685821657736338717ull) >> 32) % srv.nshards);
-}
-
-static void randomkey(request *req, uint64_t hint)
-{
-    fragment *f = &req->single;
-    f->req = req;
-    f->done = randomkey_done;
-    f->shard = random_shard();
-    f->nkeys = 0;
-    req->hint = hint;
-    req->pending = 1;
-    send_to_shard(req, f->shard, hint, f, RANDOMKEY_REQUEST, sizeof(RANDOMKEY_REQUEST) - 1);
-}
-
-/* ---- commands whose class alone does not say where they go ---- */
+/* ---- where keyed requests go ---- */
 
 /* The shard of EVAL, EVALSHA and FCALL calls that name no key. */
 static uint32_t script_shard(void)
@@ -431,159 +289,158 @@ static uint32_t script_shard(void)
     return 0; /* unset: the first shard of the file */
 }
 
-/* Where a request's keys are. Fills key_pos and key_shard, *nkeys, *same
- * (all on key_shard[0]) and *must_move (a key's owner changes in the
- * running rebalance). 0, or -1 after answering req with an error. */
-static int locate_keys(request *req, const command *cmd, size_t argc, const resp_arg *argv,
-                       size_t *nkeys, int *same, int *must_move)
+/* A shard for a request any shard can answer: the client's hint keeps its
+ * requests on one connection. */
+static uint32_t any_shard(const routed *r)
 {
-    if (ensure_key_cap(argc) < 0) {
-        request_error(req, "ERR out of memory");
+    return (uint32_t)(r->req->hint % srv.nshards);
+}
+
+/* Where a request's keys are. Fills key_pos and key_shard, r->nkeys,
+ * r->same_shard (all on key_shard[0]) and r->must_move (a key's owner
+ * changes in the running rebalance). 0, or -1 after answering with an
+ * error. */
+static int locate_keys(routed *r)
+{
+    if (ensure_key_cap(r->argc) < 0) {
+        request_error(r->req, "ERR out of memory");
         return -1;
     }
     char err[200];
-    *nkeys = 0;
-    if (command_keys(cmd, argc, argv, key_pos, nkeys, err, sizeof(err)) < 0) {
-        request_error(req, "%s", err);
+    size_t nkeys = 0;
+    if (command_keys(r->cmd, r->argc, r->argv, key_pos, &nkeys, err, sizeof(err)) < 0) {
+        request_error(r->req, "%s", err);
         return -1;
     }
-    *same = 1;
-    *must_move = 0;
-    int moving = rebalance_running() && !req->migrated;
-    for (size_t i = 0; i < *nkeys; i++) {
-        uint32_t h = key_hash(&argv[key_pos[i]]);
+    int same = 1, must_move = 0;
+    int moving = rebalance_running() && !r->req->migrated;
+    for (size_t i = 0; i < nkeys; i++) {
+        uint32_t h = server_key_hash(r->argv[key_pos[i]].ptr, r->argv[key_pos[i]].len);
         key_shard[i] = ring_lookup(srv.ring, h);
-        *same &= key_shard[i] == key_shard[0];
+        same &= key_shard[i] == key_shard[0];
         if (moving) {
             shard *old = rebalance_old_owner(h);
-            *must_move |= old && old != srv.shards[key_shard[i]];
+            must_move |= old && old != srv.shards[key_shard[i]];
         }
+    }
+    r->nkeys = nkeys;
+    r->same_shard = same;
+    r->must_move = must_move;
+    return 0;
+}
+
+/* locate_keys, then -CROSSSLOT when the keys are on several shards. 0, or
+ * -1 after answering with an error. */
+static int locate_on_one_shard(routed *r)
+{
+    if (locate_keys(r) < 0)
+        return -1;
+    if (!r->same_shard) {
+        request_crossslot(r->req, REQUEST_KEYS_APART);
+        return -1;
     }
     return 0;
 }
 
-/* A command whose only key is argv[1] and that the router needs to know
- * nothing more about: not blocking, not a script, not PUBLISH. */
-static inline int is_single_key(const command *cmd)
-{
-    return cmd->cls == COMMAND_FORWARD && cmd->id == CMD_OTHER && cmd->keys == KEYS_RANGE &&
-           cmd->first_key == 1 && cmd->last_key == 1;
-}
+static void migrate_first(const routed *r);
 
-/* Commands a subscribed client may send, as in Redis. */
-static int allowed_subscribed(const command *cmd)
+/* During a rebalance, a request with a key whose owner changes moves its
+ * keys first and is routed again afterwards (migrate.c). 1 when that
+ * happened, 0 when the request can go now. */
+static int moved_first(const routed *r)
 {
-    switch (cmd->id) {
-    case CMD_SUBSCRIBE:
-    case CMD_PSUBSCRIBE:
-    case CMD_UNSUBSCRIBE:
-    case CMD_PUNSUBSCRIBE:
-    case CMD_PING:
-    case CMD_QUIT:
-    case CMD_RESET:
-        return 1;
-    default:
+    if (!r->must_move)
         return 0;
-    }
-}
-
-/* Commands that run at once inside MULTI rather than being queued. */
-static int runs_in_multi(const command *cmd)
-{
-    switch (cmd->id) {
-    case CMD_EXEC:
-    case CMD_DISCARD:
-    case CMD_MULTI:
-    case CMD_WATCH:
-    case CMD_QUIT:
-    case CMD_RESET:
-        return 1;
-    default:
-        return 0;
-    }
+    migrate_first(r);
+    return 1;
 }
 
 static const char TRYAGAIN_MOVING[] =
     "TRYAGAIN a key of the request is moving to its new shard (rebalancing); retry the "
     "transaction later";
 
-/* A command given between MULTI and EXEC: queued on the transaction's
- * shard, or refused (and the transaction aborted, as Redis aborts one on a
- * command it cannot queue) when one shard cannot run it. */
-static void route_in_multi(request *req, const command *cmd, size_t argc, const resp_arg *argv,
-                           const char *raw, size_t raw_len)
+/* ---- route handlers: one per command_route, chosen by the table ---- */
+
+/* ROUTE_KEYS: the shard of its keys; a keyless command, any shard. */
+static void route_keys(routed *r)
 {
-    session *sess = req->session;
-    const char *why = NULL;
-    switch (cmd->cls) {
-    case COMMAND_UNSUPPORTED:
-        srv.stats.errors_unsupported++;
-        txn_abort(sess);
-        request_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
+    if (locate_on_one_shard(r) < 0 || moved_first(r))
         return;
-    case COMMAND_LOCAL:
-        if (cmd->id != CMD_PING && cmd->id != CMD_ECHO && cmd->id != CMD_TIME)
-            why = "the proxy answers it itself";
-        break;
-    case COMMAND_FANOUT:
-    case COMMAND_ITERATE:
-        why = "it needs every shard";
-        break;
-    case COMMAND_PUBSUB:
-        why = "subscriptions are not transactional";
-        break;
-    case COMMAND_TRANSACTION: /* UNWATCH: queued, as Redis does */
-    case COMMAND_FORWARD:
-    case COMMAND_SPLIT:
-    case COMMAND_SAME_SHARD:
-        break;
-    }
-    if (why) {
-        txn_abort(sess);
-        request_error(req, "ERR '%s' cannot be part of a transaction through ringproxy: %s",
-                      cmd->name, why);
-        return;
-    }
-    shard *target = NULL;
-    if (cmd->id == CMD_PUBLISH) {
-        target = srv.shards[router_shard_of(argv[1].ptr, argv[1].len)];
-    } else if (cmd->cls != COMMAND_LOCAL && cmd->cls != COMMAND_TRANSACTION) {
-        size_t nkeys;
-        int same, must_move;
-        if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0) {
-            txn_abort(sess);
-            return;
-        }
-        if (!same) {
-            txn_abort(sess);
-            srv.stats.errors_crossslot++;
-            request_error(
-                req, "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
-            return;
-        }
-        if (must_move) {
-            txn_abort(sess);
-            request_error(req, "%s", TRYAGAIN_MOVING);
-            return;
-        }
-        if (nkeys)
-            target = srv.shards[key_shard[0]];
-    }
-    size_t len;
-    const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
-    if (!bytes) {
-        txn_abort(sess);
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    txn_queue(req, target, bytes, len);
+    forward(r, r->nkeys ? key_shard[0] : any_shard(r));
 }
 
-/* RESET: the connection's state back to a fresh one's, as Redis does:
- * transaction, WATCH and subscriptions end, the name goes, and with
- * requirepass set the client must AUTH again. */
-static void reset(request *req)
+/* ROUTE_SPLIT: keys on one shard go as they are, else one fragment per
+ * shard. */
+static void route_split(routed *r)
 {
+    if (locate_keys(r) < 0 || moved_first(r))
+        return;
+    if (r->same_shard)
+        forward(r, r->nkeys ? key_shard[0] : any_shard(r));
+    else
+        split(r);
+}
+
+/* ROUTE_SCRIPT: EVAL and FCALL without keys run on script_default_shard. */
+static void route_script(routed *r)
+{
+    if (locate_on_one_shard(r) < 0 || moved_first(r))
+        return;
+    forward(r, r->nkeys ? key_shard[0] : script_shard());
+}
+
+/* ROUTE_BLOCKING: a request that may block takes a connection reserved
+ * for the client, so it blocks no one else's requests (txn.c). */
+static void route_blocking(routed *r)
+{
+    if (locate_on_one_shard(r) < 0 || moved_first(r))
+        return;
+    uint64_t block_us;
+    if (!r->nkeys || !r->req->session || !command_blocking(r->cmd, r->argc, r->argv, &block_us)) {
+        forward(r, r->nkeys ? key_shard[0] : any_shard(r));
+        return;
+    }
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(r->req, "ERR out of memory");
+        return;
+    }
+    txn_blocking(r->req, srv.shards[key_shard[0]], block_us, bytes, len);
+}
+
+/* ROUTE_CHANNEL: PUBLISH goes to the shard owning its channel, where the
+ * channel's subscribers are (pubsub.c). */
+static void route_channel(routed *r)
+{
+    forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
+}
+
+static void route_any_shard(routed *r)
+{
+    forward(r, any_shard(r));
+}
+
+static void route_local(routed *r)
+{
+    admin_execute(r->req, r->cmd, r->argc, r->argv);
+}
+
+/* ROUTE_PING: a subscribed client gets the subscriber's form of the reply. */
+static void route_ping(routed *r)
+{
+    if (pubsub_active(r->req->session))
+        pubsub_ping(r->req, r->argc, r->argv);
+    else
+        admin_execute(r->req, r->cmd, r->argc, r->argv);
+}
+
+/* ROUTE_RESET: the connection's state back to a fresh one's, as Redis
+ * does: transaction, WATCH and subscriptions end, the name goes, and with
+ * requirepass set the client must AUTH again. */
+static void route_reset(routed *r)
+{
+    request *req = r->req;
     session *sess = req->session;
     if (!sess) {
         req->on_done(req, "+RESET\r\n", 8);
@@ -597,438 +454,359 @@ static void reset(request *req)
     txn_reset(req);
 }
 
+static void route_fanout(routed *r)
+{
+    fanout(r);
+}
+
+/* ROUTE_FLUSH: FLUSHDB and FLUSHALL empty every shard, unless the
+ * configuration forbids it. */
+static void route_flush(routed *r)
+{
+    if (!srv.cfg->allow_flush) {
+        request_error(r->req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", r->cmd->name);
+        return;
+    }
+    if (r->argv[0].len != 8) {
+        fanout(r);
+        return;
+    }
+    /* FLUSHALL empties database 0 only, as FLUSHDB: the shards' other
+     * databases hold the proxy's own records (store_db), and clients see
+     * database 0 alone anyway. */
+    resp_arg flushdb[3] = {{"FLUSHDB", 7}};
+    routed as_flushdb = *r;
+    as_flushdb.argc = r->argc < 3 ? r->argc : 3;
+    for (size_t i = 1; i < as_flushdb.argc; i++)
+        flushdb[i] = r->argv[i];
+    as_flushdb.argv = flushdb;
+    as_flushdb.raw = NULL;
+    as_flushdb.raw_len = 0;
+    fanout(&as_flushdb);
+}
+static void route_scan(routed *r)
+{
+    keyspace_scan(r->req, r->argc, r->argv, r->req->hint);
+}
+
+static void route_randomkey(routed *r)
+{
+    keyspace_randomkey(r->req, r->req->hint);
+}
+
+/* ROUTE_TRANSACTION: MULTI, EXEC, DISCARD, WATCH, UNWATCH, run by txn.c
+ * on the shard of their keys (WATCH's) over the client's reserved
+ * connection. */
+static void route_transaction(routed *r)
+{
+    request *req = r->req;
+    if (locate_on_one_shard(r) < 0)
+        return;
+    if (!req->session) {
+        request_error(req, "ERR no client");
+        return;
+    }
+    if (r->must_move) {
+        request_error(req, "%s", TRYAGAIN_MOVING);
+        return;
+    }
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(req, "ERR out of memory");
+        return;
+    }
+    txn_command(req, r->cmd->id, r->nkeys ? srv.shards[key_shard[0]] : NULL, bytes, len);
+}
+
+static void route_pubsub(routed *r)
+{
+    if (r->req->session)
+        pubsub_command(r->req, r->cmd->id, r->argc, r->argv);
+    else
+        request_error(r->req, "ERR no client");
+}
+
+static void route_unsupported(routed *r)
+{
+    srv.stats.errors_unsupported++;
+    request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
+}
+
+/* COPY with a DB option would reach another database of the shard,
+ * where the proxy keeps its hidden records (store_db): clients see
+ * database 0 only. */
+static int copy_to_other_db(const routed *r)
+{
+    for (size_t i = 3; i < r->argc; i++)
+        if (r->argv[i].len == 2 && strncasecmp(r->argv[i].ptr, "db", 2) == 0) {
+            request_error(r->req,
+                          "ERR COPY ... DB is not supported: ringproxy serves database 0 only");
+            return 1;
+        }
+    return 0;
+}
+
+/* ROUTE_LOCK: proxy/lock.c answers, from the lock shards. */
+static void route_lock(routed *r)
+{
+    lock_command(r->req, r->cmd, r->argc, r->argv);
+}
+
+/* ROUTE_COPY: as ROUTE_KEYS, but never into another database. */
+static void route_copy(routed *r)
+{
+    if (!copy_to_other_db(r))
+        route_keys(r);
+}
+
+/* ---- between MULTI and EXEC: the shard a queued command needs ---- */
+
+/* The keys' shard (NULL when keyless). 0, or -1 after answering with an
+ * error. */
+static int queue_by_keys(routed *r, shard **target)
+{
+    if (locate_on_one_shard(r) < 0)
+        return -1;
+    if (r->must_move) {
+        request_error(r->req, "%s", TRYAGAIN_MOVING);
+        return -1;
+    }
+    *target = r->nkeys ? srv.shards[key_shard[0]] : NULL;
+    return 0;
+}
+
+static int queue_by_channel(routed *r, shard **target)
+{
+    *target = srv.shards[server_shard_of_key(r->argv[1].ptr, r->argv[1].len)];
+    return 0;
+}
+
+/* Any shard answers it (PING, ECHO, TIME, UNWATCH): the transaction's. */
+static int queue_anywhere(routed *r, shard **target)
+{
+    (void)r;
+    *target = NULL;
+    return 0;
+}
+
+/* What the router does with each command_route. */
+/* COPY between MULTI and EXEC: as any keyed command, never into another
+ * database. */
+static int queue_copy(routed *r, shard **target)
+{
+    return copy_to_other_db(r) ? -1 : queue_by_keys(r, target);
+}
+
+typedef struct route_handler {
+    void (*run)(routed *r); /* routes the request */
+    /* Between MULTI and EXEC, for rows not flagged COMMAND_FLAG_NOT_QUEUED:
+     * sets the shard to queue it on (NULL: the transaction's, whichever
+     * that is). 0, or -1 after answering with an error. */
+    int (*queue_on)(routed *r, shard **target);
+    /* Why rows flagged COMMAND_FLAG_NOT_QUEUED cannot be part of a
+     * transaction; NULL: run's own error answers it (unsupported). */
+    const char *not_queued;
+} route_handler;
+
+#define ANSWERED_LOCALLY  "the proxy answers it itself"
+#define NEEDS_EVERY_SHARD "it needs every shard"
+
+static const route_handler route_handlers[ROUTE_COUNT] = {
+    [ROUTE_KEYS] = {route_keys, queue_by_keys, NULL},
+    [ROUTE_SPLIT] = {route_split, queue_by_keys, NULL},
+    [ROUTE_SCRIPT] = {route_script, queue_by_keys, NULL},
+    [ROUTE_BLOCKING] = {route_blocking, queue_by_keys, NULL},
+    [ROUTE_CHANNEL] = {route_channel, queue_by_channel, NULL},
+    [ROUTE_ANY_SHARD] = {route_any_shard, queue_anywhere, ANSWERED_LOCALLY},
+    [ROUTE_LOCAL] = {route_local, queue_anywhere, ANSWERED_LOCALLY},
+    [ROUTE_PING] = {route_ping, queue_anywhere, ANSWERED_LOCALLY},
+    [ROUTE_RESET] = {route_reset, NULL, ANSWERED_LOCALLY},
+    [ROUTE_FANOUT] = {route_fanout, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_FLUSH] = {route_flush, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_SCAN] = {route_scan, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_RANDOMKEY] = {route_randomkey, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_TRANSACTION] = {route_transaction, queue_anywhere, NULL},
+    [ROUTE_PUBSUB] = {route_pubsub, NULL, "subscriptions are not transactional"},
+    [ROUTE_UNSUPPORTED] = {route_unsupported, NULL, NULL},
+    [ROUTE_LOCK] = {route_lock, NULL, "locks live on a majority of the lock shards"},
+    [ROUTE_COPY] = {route_copy, queue_copy, NULL},
+};
+
+/* A command given between MULTI and EXEC: queued on the transaction's
+ * shard, or refused (and the transaction aborted, as Redis aborts one on a
+ * command it cannot queue) when one shard cannot run it. */
+static void route_in_multi(routed *r)
+{
+    request *req = r->req;
+    const route_handler *h = &route_handlers[r->cmd->route];
+    shard *target = NULL;
+    if (r->cmd->flags & COMMAND_FLAG_NOT_QUEUED || !h->queue_on) {
+        txn_abort(req->session);
+        if (h->not_queued)
+            request_error(req, "ERR '%s' cannot be part of a transaction through ringproxy: %s",
+                          r->cmd->name, h->not_queued);
+        else
+            h->run(r);
+        return;
+    }
+    if (h->queue_on(r, &target) < 0) {
+        txn_abort(req->session);
+        return;
+    }
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        txn_abort(req->session);
+        request_error(req, "ERR out of memory");
+        return;
+    }
+    txn_queue(req, target, bytes, len);
+}
+
 void router_session_end(session *sess)
 {
     pubsub_end(sess);
     txn_end(sess);
 }
 
-static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
-                          size_t raw_len);
+/* ---- checks before routing ---- */
 
-static void route(request *req, size_t argc, const resp_arg *argv, const char *raw, size_t raw_len,
-                  uint64_t hint)
+static void unknown_command(const routed *r)
 {
-    char w[64];
-    session *sess = req->session;
-    const command *cmd = command_lookup(argv[0].ptr, argv[0].len);
+    char w[64], args[200];
+    size_t o = 0;
+    args[0] = '\0';
+    for (size_t i = 1; i < r->argc && o < sizeof(args) - 80; i++) {
+        char a[64];
+        o += (size_t)snprintf(args + o, sizeof(args) - o, "'%s' ", word(&r->argv[i], a, sizeof(a)));
+    }
+    srv.stats.errors_unknown++;
+    txn_abort(r->req->session);
+    request_error(r->req, "ERR unknown command '%s', with args beginning with: %s",
+                  word(&r->argv[0], w, sizeof(w)), args);
+}
+
+static void unknown_subcommand(const routed *r, const command *container)
+{
+    char w[64], upper[64];
+    size_t n = strlen(container->name);
+    for (size_t i = 0; i <= n && i < sizeof(upper) - 1; i++) {
+        char c = container->name[i];
+        upper[i] = (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
+    }
+    upper[sizeof(upper) - 1] = '\0';
+    srv.stats.errors_unknown++;
+    txn_abort(r->req->session);
+    request_error(r->req, "ERR unknown subcommand '%s'. Try %s HELP.",
+                  r->argc > 1 ? word(&r->argv[1], w, sizeof(w)) : "", upper);
+}
+
+/* Checks arity: 0, or -1 after answering with Redis's error. */
+static int check_arity(const routed *r, const command *cmd)
+{
+    if (command_check_arity(cmd, r->argc) == 0)
+        return 0;
+    srv.stats.errors_arity++;
+    txn_abort(r->req->session);
+    request_error(r->req, "ERR wrong number of arguments for '%s' command", cmd->name);
+    return -1;
+}
+
+/* Looks the command up, resolves its subcommand and checks arity, as
+ * Redis does; sets r->cmd. 0, or -1 after answering with an error (an
+ * error inside MULTI aborts the transaction, as in Redis). */
+static int resolve(routed *r)
+{
+    const command *cmd = command_lookup(r->argv[0].ptr, r->argv[0].len);
     if (!cmd) {
-        srv.stats.errors_unknown++;
-        char args[200];
-        size_t o = 0;
-        args[0] = '\0';
-        for (size_t i = 1; i < argc && o < sizeof(args) - 80; i++) {
-            char a[64];
-            o +=
-                (size_t)snprintf(args + o, sizeof(args) - o, "'%s' ", word(&argv[i], a, sizeof(a)));
-        }
-        txn_abort(sess);
-        request_error(req, "ERR unknown command '%s', with args beginning with: %s",
-                      word(&argv[0], w, sizeof(w)), args);
-        return;
+        unknown_command(r);
+        return -1;
     }
-    if (command_check_arity(cmd, argc) < 0) {
-        srv.stats.errors_arity++;
-        txn_abort(sess);
-        request_error(req, "ERR wrong number of arguments for '%s' command", cmd->name);
-        return;
-    }
-    const command *top = cmd;
+    if (check_arity(r, cmd) < 0)
+        return -1;
     if (cmd->nsubcommands) {
-        const command *sub = command_subcommand(cmd, argc, argv);
+        const command *sub = command_subcommand(cmd, r->argc, r->argv);
         if (!sub) {
-            srv.stats.errors_unknown++;
-            char upper[64];
-            size_t n = strlen(cmd->name);
-            for (size_t i = 0; i <= n && i < sizeof(upper) - 1; i++)
-                upper[i] = (char)(cmd->name[i] >= 'a' && cmd->name[i] <= 'z' ? cmd->name[i] - 32
-                                                                             : cmd->name[i]);
-            upper[sizeof(upper) - 1] = '\0';
-            txn_abort(sess);
-            request_error(req, "ERR unknown subcommand '%s'. Try %s HELP.",
-                          argc > 1 ? word(&argv[1], w, sizeof(w)) : "", upper);
-            return;
+            unknown_subcommand(r, cmd);
+            return -1;
         }
-        if (command_check_arity(sub, argc) < 0) {
-            srv.stats.errors_arity++;
-            txn_abort(sess);
-            request_error(req, "ERR wrong number of arguments for '%s' command", sub->name);
-            return;
-        }
+        if (check_arity(r, sub) < 0)
+            return -1;
         cmd = sub;
     }
-    req->cmd = cmd;
+    r->cmd = cmd;
+    r->req->cmd = cmd;
+    session *sess = r->req->session;
     if (sess) {
         sess->last_cmd = cmd->name;
         sess->last_cmd_us = srv.now_us;
     }
-    if (srv.cfg->requirepass && sess && !sess->authenticated && cmd->id != CMD_AUTH &&
-        cmd->id != CMD_HELLO && cmd->id != CMD_QUIT && cmd->id != CMD_RESET) {
+    return 0;
+}
+
+/* Checks the request, runs the gates its command's flags ask for, then
+ * hands it to its command's handler. */
+static void route(routed *r)
+{
+    if (resolve(r) < 0)
+        return;
+    const command *cmd = r->cmd;
+    session *sess = r->req->session;
+    if (srv.cfg->requirepass && sess && !sess->authenticated &&
+        !(cmd->flags & COMMAND_FLAG_NO_AUTH)) {
         srv.stats.errors_noauth++;
-        request_error(req, "NOAUTH Authentication required.");
+        request_error(r->req, "NOAUTH Authentication required.");
         return;
     }
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
-    if (plain && is_single_key(cmd) && !rebalance_running()) {
-        forward(req, ring_lookup(srv.ring, key_hash(&argv[1])), argc, argv, raw, raw_len, hint);
+    if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !rebalance_running()) {
+        forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
         return;
     }
-    if (!plain && pubsub_active(sess) && !allowed_subscribed(cmd)) {
-        request_error(req,
+    if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED)) {
+        request_error(r->req,
                       "ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
                       "QUIT / RESET are allowed in this context",
                       cmd->name);
         return;
     }
-    if (!plain && txn_in_multi(sess) && !runs_in_multi(cmd)) {
-        route_in_multi(req, cmd, argc, argv, raw, raw_len);
+    if (!plain && txn_in_multi(sess) && !(cmd->flags & COMMAND_FLAG_RUNS_IN_MULTI)) {
+        route_in_multi(r);
         return;
     }
-    switch (cmd->cls) {
-    case COMMAND_UNSUPPORTED:
-        srv.stats.errors_unsupported++;
-        request_error(req, "ERR unsupported command '%s' in ringproxy", cmd->name);
-        return;
-    case COMMAND_LOCAL:
-        if (cmd->id == CMD_TIME || top->id == CMD_COMMAND) {
-            /* Any shard knows the time and the command set. */
-            forward(req, (uint32_t)(hint % srv.nshards), argc, argv, raw, raw_len, hint);
-            return;
-        }
-        if (cmd->id == CMD_RESET) {
-            reset(req);
-            return;
-        }
-        if (cmd->id == CMD_PING && pubsub_active(sess)) {
-            pubsub_ping(req, argc, argv);
-            return;
-        }
-        admin_execute(req, cmd, argc, argv);
-        return;
-    case COMMAND_FANOUT:
-        if (cmd->id == CMD_FLUSH && !srv.cfg->allow_flush) {
-            request_error(req, "ERR '%s' is disabled in ringproxy (allow_flush = no)", cmd->name);
-            return;
-        }
-        fanout(req, argc, argv, raw, raw_len, hint);
-        return;
-    case COMMAND_ITERATE:
-        if (cmd->id == CMD_SCAN)
-            scan(req, argc, argv, hint);
-        else
-            randomkey(req, hint);
-        return;
-    case COMMAND_PUBSUB:
-        if (sess)
-            pubsub_command(req, cmd->id, argc, argv);
-        else
-            request_error(req, "ERR no client");
-        return;
-    case COMMAND_TRANSACTION:
-    case COMMAND_FORWARD:
-    case COMMAND_SPLIT:
-    case COMMAND_SAME_SHARD:
-        break;
-    }
-    if (cmd->id == CMD_PUBLISH) {
-        forward(req, router_shard_of(argv[1].ptr, argv[1].len), argc, argv, raw, raw_len, hint);
-        return;
-    }
-    size_t nkeys;
-    int same, must_move;
-    if (locate_keys(req, cmd, argc, argv, &nkeys, &same, &must_move) < 0)
-        return;
-    if (!same && cmd->cls != COMMAND_SPLIT) {
-        srv.stats.errors_crossslot++;
-        request_error(req,
-                      "CROSSSLOT Keys in request don't hash to the same shard (use {hash tags})");
-        return;
-    }
-    if (cmd->cls == COMMAND_TRANSACTION) {
-        if (!sess) {
-            request_error(req, "ERR no client");
-            return;
-        }
-        if (must_move) {
-            request_error(req, "%s", TRYAGAIN_MOVING);
-            return;
-        }
-        size_t len;
-        const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
-        if (!bytes) {
-            request_error(req, "ERR out of memory");
-            return;
-        }
-        txn_command(req, cmd->id, nkeys ? srv.shards[key_shard[0]] : NULL, bytes, len);
-        return;
-    }
-    if (must_move) {
-        req->hint = hint;
-        migrate_first(req, argc, argv, raw, raw_len);
-        return;
-    }
-    if (nkeys == 0) {
-        uint32_t target = cmd->id == CMD_EVAL ? script_shard() : (uint32_t)(hint % srv.nshards);
-        forward(req, target, argc, argv, raw, raw_len, hint);
-        return;
-    }
-    uint64_t block_us;
-    if (sess && command_blocking(cmd, argc, argv, &block_us)) {
-        size_t len;
-        const char *bytes = request_bytes(argc, argv, raw, raw_len, &len);
-        if (!bytes) {
-            request_error(req, "ERR out of memory");
-            return;
-        }
-        txn_blocking(req, srv.shards[key_shard[0]], block_us, bytes, len);
-        return;
-    }
-    if (same)
-        forward(req, key_shard[0], argc, argv, raw, raw_len, hint);
-    else
-        split(req, cmd, argc, argv, nkeys, hint);
+    route_handlers[cmd->route].run(r);
 }
 
 void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char *raw,
                      size_t raw_len, uint64_t hint)
 {
     srv.stats.commands++;
-    route(req, argc, argv, raw, raw_len, hint);
+    req->hint = hint;
+    routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    route(&r);
 }
 
-/* ---- moving keys before serving them (rebalancing) ---- */
-
-/* Scanner for requests routed again from their saved bytes. */
-static resp_request rescan;
-static int rescan_ready;
-
-/* Parses req->deferred. 0, or -1 after answering the request with an error. */
-static int parse_deferred(request *req)
+/* migrate.c calls this back once the request's keys are on their new
+ * shards: route the saved request by the new ring. */
+static void route_moved(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                        size_t raw_len)
 {
-    if (!rescan_ready) {
-        resp_request_init(&rescan, NULL);
-        rescan_ready = 1;
-    }
-    if (resp_request_scan(&rescan, buf_head(&req->deferred), buf_len(&req->deferred)) != RESP_OK) {
-        request_error(req, "ERR internal error: saved request does not parse");
-        return -1;
-    }
-    return 0;
+    routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    route(&r);
 }
 
-static void drop_fragments(request *req)
+/* Moves the request's keys to their new shards first (migrate.c), then
+ * routes it again. */
+static void migrate_first(const routed *r)
 {
-    for (size_t i = 0; i < req->nfrags; i++)
-        buf_free(&req->frags[i].reply);
-    free(req->frags);
-    req->frags = NULL;
-    req->nfrags = 0;
-}
-
-/* The keys are on their new shards: route the saved request by the new ring. */
-static void route_again(request *req)
-{
-    drop_fragments(req);
-    req->migrated = 1;
-    if (parse_deferred(req) < 0)
-        return;
-    route(req, rescan.argc, rescan.argv, buf_head(&req->deferred), buf_len(&req->deferred),
-          req->hint);
-}
-
-/* The DEL of stale source copies after a BUSYKEY: counts what it deleted,
- * so a copy the mover deleted first is not counted twice. */
-static void stale_del_done(fragment *f, const char *reply, size_t len)
-{
-    if (len > 1 && reply[0] == ':')
-        rebalance_count_on_demand(0, (size_t)strtoull(reply + 1, NULL, 10));
-    buf_free(&f->reply);
-    free(f);
-}
-
-static void migrate_part_done(fragment *f, const char *reply, size_t len)
-{
-    request *req = f->req;
-    if (len >= 1 && reply[0] == '+') {
-        if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
-            rebalance_count_on_demand(f->nkeys, 0);
-    } else if (len >= 1 && reply[0] == '-' && memmem(reply, len, "BUSYKEY", 7)) {
-        /* MIGRATE passes the target's RESTORE error on inside its own:
-         * "-ERR Target instance replied with error: BUSYKEY ...". */
-        /* The target already holds a copy written after the switch; the
-         * source's is stale. Keys that did move are gone from the source, so
-         * deleting them all there is safe. */
-        fragment *del = calloc(1, sizeof(*del));
-        if (del) {
-            del->done = stale_del_done;
-            backend_send(f->aux, req->hint, del, buf_head(&f->reply), buf_len(&f->reply));
-        }
-    } else if (!req->migrate_error) {
-        size_t n = len > 2 && reply[0] == '-' ? len - 3 : len;
-        req->migrate_error = strndup(reply[0] == '-' ? reply + 1 : reply, n > 300 ? 300 : n);
-    }
-    if (--req->pending > 0)
-        return;
-    if (!req->owner) {
-        req->on_done(req, NULL, 0);
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(r->req, "ERR out of memory");
         return;
     }
-    if (req->migrate_error) {
-        request_error(req, "ERR cannot move the key to its new shard (rebalancing): %s",
-                      req->migrate_error);
-        return;
-    }
-    route_again(req);
-}
-
-/* Appends one MIGRATE ... KEYS command for the keys of group g. */
-static int encode_migrate(buf *out, const shard *target, const resp_arg *argv,
-                          const size_t *group_of_key, size_t g, size_t nkeys_in_group)
-{
-    char port[8], timeout[16];
-    int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
-    int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    const char *pass = srv.cfg->backend_password;
-    int fail = buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys_in_group)) < 0;
-    fail |= buf_append_bulk(out, "MIGRATE", 7) < 0;
-    fail |= buf_append_bulk(out, target->host, strlen(target->host)) < 0;
-    fail |= buf_append_bulk(out, port, (size_t)pl) < 0;
-    fail |= buf_append_bulk(out, "", 0) < 0;
-    fail |= buf_append_bulk(out, "0", 1) < 0;
-    fail |= buf_append_bulk(out, timeout, (size_t)tl) < 0;
-    if (pass) {
-        /* The source authenticates to the target with the shards' password. */
-        fail |= buf_append_bulk(out, "AUTH", 4) < 0;
-        fail |= buf_append_bulk(out, pass, strlen(pass)) < 0;
-    }
-    fail |= buf_append_bulk(out, "KEYS", 4) < 0;
-    for (size_t k = 0; !fail && group_of_key[2 * k] != (size_t)-2; k++)
-        if (group_of_key[2 * k] == g)
-            fail |= buf_append_bulk(out, argv[group_of_key[2 * k + 1]].ptr,
-                                    argv[group_of_key[2 * k + 1]].len) < 0;
-    return fail ? -1 : 0;
-}
-
-/* Sends MIGRATE for every key of the saved request whose owner changed,
- * grouped by (old owner, new owner); the request is routed again once all
- * have answered. */
-static void start_migration(request *req)
-{
-    if (!req->owner) {
-        req->on_done(req, NULL, 0);
-        return;
-    }
-    if (parse_deferred(req) < 0)
-        return;
-    size_t argc = rescan.argc;
-    const resp_arg *argv = rescan.argv;
-    size_t nkeys = 0;
-    char err[200];
-    if (ensure_key_cap(argc) < 0 ||
-        command_keys(req->cmd, argc, argv, key_pos, &nkeys, err, sizeof(err)) < 0) {
-        request_error(req, "ERR internal error: keys of a saved request");
-        return;
-    }
-    /* group_of_key: pairs (group, argv index) for keys that move, ended by -2 */
-    size_t *group_of_key = malloc((2 * nkeys + 2) * sizeof(size_t));
-    shard **src = malloc((nkeys + 1) * sizeof(shard *)),
-          **dst = malloc((nkeys + 1) * sizeof(shard *));
-    size_t *count = calloc(nkeys + 1, sizeof(size_t));
-    if (!group_of_key || !src || !dst || !count) {
-        free(group_of_key);
-        free(src);
-        free(dst);
-        free(count);
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    size_t ngroups = 0, nmove = 0;
-    for (size_t i = 0; i < nkeys; i++) {
-        uint32_t h = key_hash(&argv[key_pos[i]]);
-        shard *to = srv.shards[ring_lookup(srv.ring, h)];
-        shard *from = rebalance_old_owner(h);
-        if (!from || from == to)
-            continue;
-        size_t g = 0;
-        while (g < ngroups && !(src[g] == from && dst[g] == to))
-            g++;
-        if (g == ngroups) {
-            src[g] = from;
-            dst[g] = to;
-            ngroups++;
-        }
-        count[g]++;
-        group_of_key[2 * nmove] = g;
-        group_of_key[2 * nmove + 1] = key_pos[i];
-        nmove++;
-    }
-    group_of_key[2 * nmove] = (size_t)-2;
-    if (ngroups == 0) {
-        /* The migration ended meanwhile. */
-        free(group_of_key);
-        free(src);
-        free(dst);
-        free(count);
-        route_again(req);
-        return;
-    }
-    req->frags = calloc(ngroups, sizeof(fragment));
-    size_t *part_off = malloc((ngroups + 1) * sizeof(size_t));
-    int fail = !req->frags || !part_off;
-    scratch.start = scratch.end = 0;
-    for (size_t g = 0; g < ngroups && !fail; g++) {
-        fragment *f = &req->frags[g];
-        f->req = req;
-        f->done = migrate_part_done;
-        f->nkeys = count[g];
-        f->aux = src[g];
-        part_off[g] = buf_len(&scratch);
-        fail |= encode_migrate(&scratch, dst[g], argv, group_of_key, g, count[g]) < 0;
-        /* The DEL to send if the target answers BUSYKEY. */
-        fail |= buf_append_header(&f->reply, '*', (int64_t)(1 + count[g])) < 0;
-        fail |= buf_append_bulk(&f->reply, "DEL", 3) < 0;
-        for (size_t k = 0; k < nmove && !fail; k++)
-            if (group_of_key[2 * k] == g)
-                fail |= buf_append_bulk(&f->reply, argv[group_of_key[2 * k + 1]].ptr,
-                                        argv[group_of_key[2 * k + 1]].len) < 0;
-    }
-    if (!fail)
-        part_off[ngroups] = buf_len(&scratch);
-    free(group_of_key);
-    free(dst);
-    free(count);
-    if (fail) {
-        free(src);
-        free(part_off);
-        drop_fragments(req);
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    req->nfrags = ngroups;
-    fragment *frags = req->frags;
-    uint64_t hint = req->hint;
-    req->pending = ngroups;
-    for (size_t g = 0; g < ngroups; g++)
-        backend_send(src[g], hint, &frags[g], scratch.data + part_off[g],
-                     part_off[g + 1] - part_off[g]);
-    free(src);
-    free(part_off);
-}
-
-/* Saves the request's bytes (its argv points into the client's buffer,
- * which moves on) and moves its keys first. */
-static void migrate_first(request *req, size_t argc, const resp_arg *argv, const char *raw,
-                          size_t raw_len)
-{
-    int fail =
-        raw ? buf_append(&req->deferred, raw, raw_len) < 0 : encode(&req->deferred, argc, argv) < 0;
-    if (fail) {
-        request_error(req, "ERR out of memory");
-        return;
-    }
-    if (rebalance_wait_barrier(req, start_migration))
-        return;
-    start_migration(req);
+    migrate_keys_first(r->req, bytes, len, route_moved);
 }

@@ -21,7 +21,4 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
  * connections end. Called with its requests already orphaned. */
 void router_session_end(session *sess);
 
-/* The shard index owning a key under the current ring. */
-uint32_t router_shard_of(const char *key, size_t len);
-
 #endif

@@ -31,6 +31,7 @@
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
+#include "proxy/store.h"
 
 /* A lost or refused subscription is tried again, on the next Sentinel,
  * after this: soon, since +switch-master is how a failover is seen within
@@ -125,11 +126,6 @@ static watch *find_watch_by_master(const char *master)
         if (strcmp(sn.watches[i]->master, master) == 0)
             return sn.watches[i];
     return NULL;
-}
-
-static void format_hostport(const char *host, unsigned port, char *out, size_t outlen)
-{
-    snprintf(out, outlen, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
 }
 
 /* A hiredis async connection on the event loop, or NULL with a reason. */
@@ -248,9 +244,9 @@ static void query_apply(query *q)
     watch *w = q->w;
     shard *s = watch_shard(w);
     if (s && (s->port != q->port || strcmp(s->host, q->host) != 0)) {
-        char old[300], now[300], err[400];
-        format_hostport(s->host, s->port, old, sizeof(old));
-        format_hostport(q->host, (unsigned)q->port, now, sizeof(now));
+        char old[CONFIG_ADDR_MAX], now[CONFIG_ADDR_MAX], err[2 * CONFIG_ADDR_MAX + 32];
+        config_format_addr(s->host, s->port, old, sizeof(old));
+        config_format_addr(q->host, (uint16_t)q->port, now, sizeof(now));
         int first = s->port == 0;
         if (backend_shard_readdress(s, q->host, (uint16_t)q->port, err, sizeof(err)) < 0) {
             log_warn("shard %s: cannot use master %s: %s", w->shard, now, err);
@@ -258,6 +254,7 @@ static void query_apply(query *q)
             return;
         }
         rebalance_source_readdressed(s);
+        store_shard_moved(s->name, s->host, s->port);
         if (first) {
             log_notice("shard %s: master %s is at %s", w->shard, w->master, now);
         } else {
@@ -521,7 +518,7 @@ static void sub_drop(void)
 static void sub_lost(const char *why)
 {
     const sentinel_peer *p = &sn.peers[sn.sub_peer % sn.npeers];
-    log_at(sn.sub_confirmed ? LOG_INFO : LOG_DEBUG,
+    log_at(sn.sub_confirmed ? CONFIG_LOG_INFO : CONFIG_LOG_DEBUG,
            "Sentinel %s:%u: +switch-master subscription: %s", p->host, (unsigned)p->port, why);
     sn.sub_confirmed = 0;
     sn.sub_peer = (sn.sub_peer + 1) % sn.npeers;
@@ -775,9 +772,9 @@ shard *sentinel_read_shard(uint32_t i, const char *bytes, size_t len)
 
 int sentinel_shard_info(const shard *s, buf *b)
 {
-    char addr[300];
+    char addr[CONFIG_ADDR_MAX];
     if (s->port)
-        format_hostport(s->host, s->port, addr, sizeof(addr));
+        config_format_addr(s->host, s->port, addr, sizeof(addr));
     else
         snprintf(addr, sizeof(addr), "none");
     if (!s->sentinel_master)
@@ -786,9 +783,9 @@ int sentinel_shard_info(const shard *s, buf *b)
     for (size_t i = 0; i < sn.nwatches && !w; i++)
         if (strcmp(sn.watches[i]->shard, s->name) == 0)
             w = sn.watches[i];
-    char replica[300];
+    char replica[CONFIG_ADDR_MAX];
     if (s->replica)
-        format_hostport(s->replica->host, s->replica->port, replica, sizeof(replica));
+        config_format_addr(s->replica->host, s->replica->port, replica, sizeof(replica));
     else
         snprintf(replica, sizeof(replica), "none");
     return buf_printf(b,

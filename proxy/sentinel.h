@@ -30,10 +30,10 @@ struct shard *sentinel_read_shard(uint32_t i, const char *bytes, size_t len);
 
 /* Appends ",source=...,master=...,failovers=N,last_switch=T,sentinel=STATE"
  * for s to an INFO shards line. 0 or -1. */
-__attribute__((warn_unused_result)) int sentinel_shard_info(const struct shard *s, buf *b);
+int sentinel_shard_info(const struct shard *s, buf *b);
 
 /* Appends the "sentinels:N" and "sentinels_reachable:N" lines. 0 or -1. */
-__attribute__((warn_unused_result)) int sentinel_info(buf *b);
+int sentinel_info(buf *b);
 
 /* Closes every Sentinel connection and frees everything (exit). */
 void sentinel_shutdown(void);

@@ -10,6 +10,7 @@
 #include <event2/event.h>
 
 #include "config/config.h"
+#include "ring/hash.h"
 #include "ring/ring.h"
 
 struct event_base;
@@ -86,6 +87,21 @@ static inline void server_clock_update(void)
         srv.clock_iteration = srv.loop_iteration;
         srv.now_us = server_now_us();
     }
+}
+
+/* A key's hash under the current config (hash function and hash tags):
+ * what the ring places and what the rebalance looks up old owners by. */
+static inline uint32_t server_key_hash(const char *key, size_t len)
+{
+    const config *cfg = srv.cfg;
+    return hash_key(cfg->hash, key, len, cfg->hash_tag_open, cfg->hash_tag_close);
+}
+
+/* The index in srv.shards of the shard owning a key under the current ring.
+ * Inline: every keyed request asks. */
+static inline uint32_t server_shard_of_key(const char *key, size_t len)
+{
+    return ring_lookup(srv.ring, server_key_hash(key, len));
 }
 
 #endif

@@ -14,8 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/ack.h"
 #include "proxy/buf.h"
 #include "proxy/log.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 
 /* The transaction state of one client. */
@@ -285,6 +287,19 @@ backend_conn *txn_conn_for(const session *sess, const shard *s)
     return t->conn;
 }
 
+void txn_send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, const char *bytes,
+                       size_t len)
+{
+    backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
+    if (reserved) {
+        backend_reserved_send(reserved, f, bytes, len);
+        return;
+    }
+    shard *target = sentinel_read_shard(i, bytes, len);
+    if (!ack_send(target, hint, f, bytes, len))
+        backend_send(target, hint, f, bytes, len);
+}
+
 int txn_in_multi(const session *sess)
 {
     return sess && sess->txn &&
@@ -330,9 +345,7 @@ void txn_queue(request *req, shard *s, const char *bytes, size_t len)
         return;
     } else if (s && t->conn && t->conn->shard != s) {
         t->aborted = 1;
-        srv.stats.errors_crossslot++;
-        request_error(req, "CROSSSLOT Keys in request don't hash to the same shard as the "
-                           "transaction's earlier keys (use {hash tags})");
+        request_crossslot(req, REQUEST_KEYS_APART " as the transaction's earlier keys");
         return;
     }
     t->queued_count++;
@@ -410,9 +423,7 @@ static void cmd_watch(txn *t, request *req, shard *s, const char *bytes, size_t 
 {
     if (t->state == TXN_WATCHING) {
         if (t->conn->shard != s) {
-            srv.stats.errors_crossslot++;
-            request_error(req, "CROSSSLOT Keys in request don't hash to the same shard as the "
-                               "WATCHed keys (use {hash tags})");
+            request_crossslot(req, REQUEST_KEYS_APART " as the WATCHed keys");
             return;
         }
     } else {
@@ -481,9 +492,7 @@ void txn_blocking(request *req, shard *s, uint64_t block_us, const char *bytes, 
     }
     if (t->state == TXN_WATCHING) {
         if (t->conn->shard != s) {
-            srv.stats.errors_crossslot++;
-            request_error(req, "CROSSSLOT a blocking command on another shard than the "
-                               "WATCHed keys (use {hash tags})");
+            request_crossslot(req, "a blocking command on another shard than the WATCHed keys");
             return;
         }
         req->session->hold_input = 1;

@@ -19,6 +19,13 @@
  * pool. */
 backend_conn *txn_conn_for(const session *sess, const shard *s);
 
+/* Sends fragment f of req to shard i: over the client's reserved
+ * connection while its transaction or WATCH is on that shard (so it runs in
+ * the client's order), else over the shared pool (hint picks the
+ * connection). */
+void txn_send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, const char *bytes,
+                       size_t len);
+
 /* Whether the client is between MULTI and EXEC/DISCARD: every command is
  * then queued on the transaction's shard (txn_queue). */
 int txn_in_multi(const session *sess);

@@ -5,6 +5,8 @@
  * and the same way as a separate recursive reading of the RESP2/RESP3
  * grammar below, written from the protocol description rather than from the
  * scanner's loop. Integer replies must parse with resp_reply_integer.
+ * resp_reply_array_at and resp_reply_bulk_at, started at every offset of
+ * the stream, must stay inside it and agree with the scanner on a bulk.
  *
  * Built and run by `make fuzz` / `make fuzz-smoke` (see tests/README.md).
  *
@@ -266,6 +268,37 @@ static void compare(const char *what, const outcome *a, const outcome *b)
     }
 }
 
+/* The readers inside a reply, from every offset of an exact-size copy: on
+ * success they move forward and stay inside; a bulk they read is one whole
+ * reply to the scanner too. */
+static void read_inside(const uint8_t *data, size_t size)
+{
+    char *copy = malloc(size ? size : 1);
+    if (!copy)
+        abort();
+    memcpy(copy, data, size);
+    for (size_t from = 0; from < size; from++) {
+        size_t pos = from, n = 0;
+        int64_t count = 0;
+        const char *ptr = NULL;
+        if (resp_reply_array_at(copy, size, &pos, &count) == 0 &&
+            (pos <= from || pos > size || count < 0))
+            abort();
+        pos = from;
+        if (resp_reply_bulk_at(copy, size, &pos, &ptr, &n) == 0) {
+            if (pos <= from || pos > size || ptr < copy || ptr + n + 2 != copy + pos)
+                abort();
+            resp_reply scan;
+            resp_reply_init(&scan);
+            size_t len = 0;
+            if (resp_reply_scan(&scan, copy + from, pos - from, &len) != RESP_OK ||
+                len != pos - from)
+                abort();
+        }
+    }
+    free(copy);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -278,5 +311,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * lengths (the integer checks above add nothing to the hash). */
     outcome ref = ref_run(data + 1, size - 1);
     compare("scanner and reference reading", &whole, &ref);
+    read_inside(data + 1, size - 1);
     return 0;
 }

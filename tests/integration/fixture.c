@@ -22,6 +22,10 @@
 
 /* How much of an unexpected reply a failure message shows. */
 #define SHOW_MAX 200
+/* fixture_wait_*: how long a condition may take to come true (times the
+ * harness timeout scale), and how often it is checked meanwhile. */
+#define FIXTURE_WAIT_MS 5000
+#define FIXTURE_POLL_MS 20
 
 fixture *fixture_start(const char *extra_proxy_lines)
 {
@@ -107,17 +111,86 @@ int fixture_stop(fixture *f)
             harness_proc_stop(&f->shards[i], SIGTERM);
         }
     }
+    for (int i = 0; i < FIXTURE_OWNED_MAX; i++) {
+        free(f->owned[i]);
+        if (f->clients[i] != NULL) {
+            redisFree(f->clients[i]);
+        }
+    }
     free(f);
     return ok ? 0 : -1;
 }
 
-redisContext *fixture_client(const fixture *f)
+/* The index of slot value in table (NULL: a free one), or -1. */
+static int find_slot(void *const *table, const void *value)
 {
+    for (int i = 0; i < FIXTURE_OWNED_MAX; i++) {
+        if (table[i] == value) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+redisContext *fixture_client(fixture *f)
+{
+    int slot = find_slot((void *const *)f->clients, NULL);
+    if (slot == -1) {
+        fail_msg("more than %d clients open at once", FIXTURE_OWNED_MAX);
+    }
     redisContext *c = harness_connect(f->proxy.port);
     if (c == NULL) {
         fail_msg("cannot connect to ringproxy on port %d", f->proxy.port);
     }
+    f->clients[slot] = c;
     return c;
+}
+
+void fixture_close(fixture *f, redisContext *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    int slot = find_slot((void *const *)f->clients, c);
+    assert_true(slot != -1);
+    f->clients[slot] = NULL;
+    redisFree(c);
+}
+
+void *fixture_alloc(fixture *f, size_t len)
+{
+    int slot = find_slot(f->owned, NULL);
+    if (slot == -1) {
+        fail_msg("more than %d buffers held at once", FIXTURE_OWNED_MAX);
+    }
+    void *p = calloc(1, len > 0 ? len : 1);
+    if (p == NULL) {
+        fail_msg("out of memory for %zu bytes", len);
+    }
+    f->owned[slot] = p;
+    return p;
+}
+
+void fixture_free(fixture *f, void *p)
+{
+    if (p == NULL) {
+        return;
+    }
+    int slot = find_slot(f->owned, p);
+    assert_true(slot != -1);
+    f->owned[slot] = NULL;
+    free(p);
+}
+
+long long fixture_bound_ms(long long ms)
+{
+    return ms * harness_timeout_scale();
+}
+
+struct timeval fixture_bound_tv(long long ms)
+{
+    long long bound = fixture_bound_ms(ms);
+    return (struct timeval){(time_t)(bound / 1000), (suseconds_t)(bound % 1000 * 1000)};
 }
 
 redisContext *fixture_shard(fixture *f, int i)
@@ -563,6 +636,7 @@ int fixture_log_contains(const harness_proc *p, const char *needle)
 {
     FILE *f = fopen(p->log, "r");
     if (f == NULL) {
+        print_error("fixture: cannot read %s: %s\n", p->log, strerror(errno));
         return 0;
     }
     /* Lines are short; a needle split across two reads is found by
@@ -603,9 +677,39 @@ int fixture_reserved_connections(redisContext *c)
     return total;
 }
 
+long long fixture_wait_info_at_least(redisContext *c, const char *field, long long want)
+{
+    /* What hiredis sends for INFO: *1\r\n$4\r\nINFO\r\n. */
+    static const long long info_request_bytes = 14;
+    int own = strcmp(field, "total_net_input_bytes") == 0;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(FIXTURE_WAIT_MS);
+    long long polls = 0, value;
+    while ((value = fixture_info_int(c, field) - (own ? ++polls * info_request_bytes : 0)) < want &&
+           fixture_now_ms() < deadline) {
+        fixture_sleep_ms(FIXTURE_POLL_MS);
+    }
+    if (value < want) {
+        fail_msg("INFO %s stayed at %lld, below %lld, for %lld ms", field, value, want,
+                 fixture_bound_ms(FIXTURE_WAIT_MS));
+    }
+    return value;
+}
+
+void fixture_wait_log(const harness_proc *p, const char *needle)
+{
+    long long deadline = fixture_now_ms() + fixture_bound_ms(FIXTURE_WAIT_MS);
+    while (!fixture_log_contains(p, needle) && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(FIXTURE_POLL_MS);
+    }
+    if (!fixture_log_contains(p, needle)) {
+        fail_msg("\"%s\" not in %s after %lld ms", needle, p->log,
+                 fixture_bound_ms(FIXTURE_WAIT_MS));
+    }
+}
+
 void fixture_wait_reserved(redisContext *c, int want)
 {
-    long long deadline = fixture_now_ms() + 3000 * harness_timeout_scale();
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     int now;
     while ((now = fixture_reserved_connections(c)) != want && fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);

@@ -5,6 +5,7 @@
 #define TESTS_FIXTURE_H
 
 #include <stddef.h>
+#include <sys/time.h>
 #include <sys/types.h>
 
 #include <hiredis/hiredis.h>
@@ -15,11 +16,18 @@
  * touches each of them. */
 #define FIXTURE_SHARDS 4
 
+/* Buffers and clients a fixture holds for its tests at once, so that an
+ * assertion failing half way (cmocka longjmps out of the test) leaks none of
+ * them: the teardown's fixture_stop frees what the test did not. */
+#define FIXTURE_OWNED_MAX 256
+
 typedef struct fixture {
     harness_proc shards[FIXTURE_SHARDS]; /* s1..s4, in that order */
     harness_proc proxy;
-    redisContext *direct[FIXTURE_SHARDS]; /* to each shard, bypassing the proxy */
-    pid_t direct_pid[FIXTURE_SHARDS];     /* the shard process direct[i] talks to */
+    redisContext *direct[FIXTURE_SHARDS];     /* to each shard, bypassing the proxy */
+    pid_t direct_pid[FIXTURE_SHARDS];         /* the shard process direct[i] talks to */
+    void *owned[FIXTURE_OWNED_MAX];           /* fixture_alloc'd, freed by fixture_stop */
+    redisContext *clients[FIXTURE_OWNED_MAX]; /* fixture_client's, freed by fixture_stop */
 } fixture;
 
 /* Starts the shards and a ringproxy over them, with extra [proxy] lines (may
@@ -35,12 +43,30 @@ fixture *fixture_start_some(const char *extra_proxy_lines, size_t nshards_in_ini
  * (harness_ringproxy_start_nofile). */
 fixture *fixture_start_nofile(const char *extra_proxy_lines, int nofile);
 
-/* Stops the proxy (SIGTERM) and the shards, frees f. Returns 0 when the proxy
- * exited 0 (or a test had stopped it already), -1 otherwise. */
+/* Stops the proxy (SIGTERM) and the shards, frees f with the buffers and
+ * clients it still owns. Returns 0 when the proxy exited 0 (or a test had
+ * stopped it already), -1 otherwise. */
 int fixture_stop(fixture *f);
 
-/* A new connection to the proxy, with a 2 s timeout; fails the test if none. */
-redisContext *fixture_client(const fixture *f);
+/* A new connection to the proxy, with harness_connect's timeout (2 s times
+ * the harness timeout scale); fails the test if none. f owns it until
+ * fixture_close. */
+redisContext *fixture_client(fixture *f);
+
+/* Closes a client of fixture_client (NULL: nothing). */
+void fixture_close(fixture *f, redisContext *c);
+
+/* len zeroed bytes owned by f until fixture_free (or fixture_stop, after a failed
+ * assertion); fails the test when out of memory or slots. */
+void *fixture_alloc(fixture *f, size_t len);
+void fixture_free(fixture *f, void *p);
+
+/* ms stretched by harness_timeout_scale: a bound on how long something may
+ * take, or how long to wait for it. */
+long long fixture_bound_ms(long long ms);
+
+/* A hiredis timeout of fixture_bound_ms(ms), for redisSetTimeout. */
+struct timeval fixture_bound_tv(long long ms);
 
 /* The connection to shard i (0-based), reconnected if it broke (a shard that
  * was restarted). Fails the test if the shard does not answer. */
@@ -129,6 +155,16 @@ long long fixture_info_int(redisContext *c, const char *field);
 
 /* 1 when the process's log contains needle. */
 int fixture_log_contains(const harness_proc *p, const char *needle);
+
+/* Polls INFO on c until field is at least want (bounded: 5 s, times the
+ * harness timeout scale); fails the test otherwise. Returns the value seen.
+ * The bytes of its own INFO requests are not counted in
+ * total_net_input_bytes. */
+long long fixture_wait_info_at_least(redisContext *c, const char *field, long long want);
+
+/* Waits until the process's log contains needle (bounded as above); fails
+ * the test otherwise. */
+void fixture_wait_log(const harness_proc *p, const char *needle);
 
 /* Reserved connections (transactions, blocking commands, subscribers) open
  * to all shards, summed from INFO shards. */

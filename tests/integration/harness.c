@@ -30,9 +30,21 @@
 /* How long a child gets to answer after start, and to exit after a signal. */
 #define HARNESS_START_TIMEOUT_MS 5000
 #define HARNESS_STOP_TIMEOUT_MS  5000
-/* $HARNESS_TIMEOUT_SCALE multiplies both (and whatever a test scales with
- * harness_timeout_scale), for runs under a slow tool such as valgrind. */
+/* harness_timeout_scale multiplies both (and whatever a test scales with
+ * it): $HARNESS_TIMEOUT_SCALE for a slow tool such as valgrind, times
+ * HARNESS_ASAN_SCALE under ASan, times how slow the machine measures. */
 #define HARNESS_TIMEOUT_SCALE_MAX 100
+/* ASan + UBSan at -O1 against the -O2 build: ASan alone costs about 2x
+ * (its documented typical slowdown), UBSan and -O1 add to it. */
+#define HARNESS_ASAN_SCALE 3
+/* The speed probe: this many rounds take 20 ms on a quiet core of the
+ * project's 2-vCPU development machine (35-100 ms there with other builds
+ * and tests running beside). */
+#define HARNESS_SPEED_PROBE_ROUNDS 10000000u
+#define HARNESS_SPEED_PROBE_REF_MS 20
+/* A machine measured slower than this is stalled, not slow: past it the
+ * bounds stop stretching, so a hang still fails in minutes. */
+#define HARNESS_MACHINE_SCALE_MAX 8
 /* Attempts to start a server, each on a new port: another process may take a
  * port between our bind check and the server's own bind. */
 #define HARNESS_START_ATTEMPTS 3
@@ -62,14 +74,106 @@ static struct {
     int ports_left;
 } harness;
 
-int harness_timeout_scale(void)
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The test process itself runs under AddressSanitizer (`make asan`, which
+ * builds the proxy the same way): ASan's shadow checks and quarantine make
+ * both several times slower than the build the bounds were tuned on. */
+#if defined(__SANITIZE_ADDRESS__)
+#define HARNESS_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HARNESS_UNDER_ASAN 1
+#endif
+#endif
+#ifndef HARNESS_UNDER_ASAN
+#define HARNESS_UNDER_ASAN 0
+#endif
+
+/* $HARNESS_TIMEOUT_SCALE, 1 to HARNESS_TIMEOUT_SCALE_MAX. */
+static int env_scale(void)
 {
     const char *text = getenv("HARNESS_TIMEOUT_SCALE");
     int scale = text != NULL ? atoi(text) : 1;
     if (scale < 1) {
+        scale = 1;
+    }
+    if (scale > HARNESS_TIMEOUT_SCALE_MAX) {
+        scale = HARNESS_TIMEOUT_SCALE_MAX;
+    }
+    return scale;
+}
+
+/* A dependent chain of multiplies: it cannot be vectorised or overlapped, so
+ * its wall time is the speed of one core as this process gets it (a slower
+ * CPU, or a fair share of one on a busy machine). */
+static uint64_t speed_probe_work(uint64_t rounds)
+{
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    for (uint64_t i = 0; i < rounds; i++) {
+        x ^= x >> 29;
+        x *= 0xbf58476d1ce4e5b9u;
+        x ^= i;
+    }
+    return x;
+}
+
+/* How many times slower than the reference machine this one is now: the
+ * probe's wall time against its reference time, and the 1-minute load
+ * average per CPU (a busy machine shares each CPU among that many tasks).
+ * The larger of the two, rounded up, between 1 and HARNESS_MACHINE_SCALE_MAX. */
+static int machine_scale(void)
+{
+    long long start = now_ms();
+    volatile uint64_t sink = speed_probe_work(HARNESS_SPEED_PROBE_ROUNDS);
+    (void)sink;
+    long long took = now_ms() - start;
+    int scale = (int)((took + HARNESS_SPEED_PROBE_REF_MS - 1) / HARNESS_SPEED_PROBE_REF_MS);
+
+    double load = 0;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lf", &load) != 1) {
+            load = 0;
+        }
+        fclose(f);
+    }
+    if (cpus > 0) {
+        int by_load = (int)(load / (double)cpus + 0.999);
+        scale = by_load > scale ? by_load : scale;
+    }
+    if (scale < 1) {
         return 1;
     }
-    return scale > HARNESS_TIMEOUT_SCALE_MAX ? HARNESS_TIMEOUT_SCALE_MAX : scale;
+    return scale > HARNESS_MACHINE_SCALE_MAX ? HARNESS_MACHINE_SCALE_MAX : scale;
+}
+
+int harness_timeout_scale(void)
+{
+    /* Measured once per test process: the bounds of one run must agree with
+     * each other, and the probe costs tens of milliseconds. */
+    static int scale;
+    if (scale == 0) {
+        const char *automatic = getenv("HARNESS_TIMEOUT_AUTO");
+        int machine = automatic != NULL && strcmp(automatic, "0") == 0 ? 1 : machine_scale();
+        int asan = HARNESS_UNDER_ASAN ? HARNESS_ASAN_SCALE : 1;
+        scale = env_scale() * asan * machine;
+        if (scale > HARNESS_TIMEOUT_SCALE_MAX) {
+            scale = HARNESS_TIMEOUT_SCALE_MAX;
+        }
+        if (scale > 1) {
+            fprintf(stderr,
+                    "harness: time bounds x%d (HARNESS_TIMEOUT_SCALE %d, ASan %d, machine %d)\n",
+                    scale, env_scale(), asan, machine);
+        }
+    }
+    return scale;
 }
 
 static int start_timeout_ms(void)
@@ -80,13 +184,6 @@ static int start_timeout_ms(void)
 static int stop_timeout_ms(void)
 {
     return HARNESS_STOP_TIMEOUT_MS * harness_timeout_scale();
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void sleep_ms(int ms)

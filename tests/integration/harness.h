@@ -23,9 +23,14 @@ typedef struct harness_proc {
     int nofile;    /* RLIMIT_NOFILE it runs with, 0 = the test's own */
 } harness_proc;
 
-/* $HARNESS_TIMEOUT_SCALE (1 when unset, at most 100): the factor by which
- * the harness stretches its start, stop and connection timeouts, and tests
- * their time bounds, when the processes run under a slow tool (valgrind). */
+/* The factor (1 to 100) by which the harness stretches its start, stop and
+ * connection timeouts, and tests their time bounds: $HARNESS_TIMEOUT_SCALE
+ * (1 when unset; for a slow tool such as valgrind), times 3 when the tests
+ * are built with ASan, times how many times slower than the reference the
+ * machine measures once per process (CPU probe and load average, 1 to 8;
+ * skipped when $HARNESS_TIMEOUT_AUTO is 0). Printed to stderr when above 1.
+ * Waits end as soon as what they wait for happens, so a large factor costs
+ * time only when a test is failing. */
 int harness_timeout_scale(void);
 
 /* A free loopback TCP port from a range unlikely to collide with other

@@ -50,6 +50,8 @@ static const char *class_word(command_class cls)
         return "transaction";
     case COMMAND_PUBSUB:
         return "pub/sub";
+    case COMMAND_LOCK:
+        return "lock";
     }
     return "?";
 }
@@ -265,7 +267,7 @@ static void first_reply_line(fixture *f, int argc, const char **argv, const size
     assert_true(len > 0);
     int fd = fixture_raw_connect(f->proxy.port);
     assert_true(fd >= 0);
-    struct timeval tv = {2, 0};
+    struct timeval tv = fixture_bound_tv(2000);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     assert_int_equal(fixture_raw_send(fd, request, (size_t)len), 0);
     free(request);

@@ -1,6 +1,6 @@
 /* The command table against a real redis-server: every command and
- * subcommand of COMMAND is in the table with Redis's arity and key
- * positions; for requests built from each command's COMMAND DOCS argument
+ * subcommand of COMMAND is in the table with Redis's arity, key
+ * positions and no_auth flag; for requests built from each command's COMMAND DOCS argument
  * list, plus a table of tricky ones, command_keys finds the keys that
  * COMMAND GETKEYS finds; and a bad numkeys gets the error text the command
  * itself replies. */
@@ -248,6 +248,16 @@ static void check_entry(const rnode *entry, const char *container, size_t *check
         fail_msg("%s: keys %d %d %d, Redis says %lld %lld %lld", name, cmd->first_key,
                  cmd->last_key, cmd->key_step, first, last, step);
     }
+    /* Allowed before AUTH exactly when Redis allows it. */
+    const rnode *flags = entry->element[2];
+    bool no_auth = false;
+    for (size_t i = 0; i < flags->elements; i++) {
+        no_auth |= strcmp(flags->element[i]->str, "no_auth") == 0;
+    }
+    if (no_auth != ((cmd->flags & COMMAND_FLAG_NO_AUTH) != 0)) {
+        fail_msg("%s: COMMAND_FLAG_NO_AUTH %s, Redis's no_auth %s", name,
+                 cmd->flags & COMMAND_FLAG_NO_AUTH ? "set" : "unset", no_auth ? "set" : "unset");
+    }
     if (cmd->keys == KEYS_NONE && first != 0) {
         /* only shard channels, which COMMAND GETKEYS does not count as keys */
         assert_true(strcmp(name, "spublish") == 0 || strcmp(name, "ssubscribe") == 0 ||
@@ -272,11 +282,15 @@ static void test_every_command_has_redis_arity_and_keys(void **state)
     for (size_t i = 0; i < s->commands->elements; i++) {
         check_entry(s->commands->element[i], NULL, &checked);
     }
-    /* and nothing else but PROXY, ringproxy's own */
+    /* and nothing else but PROXY and the four LOCK.* commands, ringproxy's own */
     size_t count;
     command_table(&count);
-    assert_int_equal(count, s->commands->elements + 1);
+    assert_int_equal(count, s->commands->elements + 5);
     assert_non_null(command_lookup("proxy", 5));
+    assert_non_null(command_lookup("LOCK.ACQUIRE", 12));
+    assert_non_null(command_lookup("lock.release", 12));
+    assert_non_null(command_lookup("lock.extend", 11));
+    assert_non_null(command_lookup("lock.info", 9));
     print_message("%zu commands and subcommands checked against Redis\n", checked);
 }
 

@@ -68,11 +68,6 @@
 static int many_clients = MANY_CLIENTS;
 static int many_max_clients = MANY_CLIENTS / 2;
 
-static long long bound_ms(long long ms)
-{
-    return ms * harness_timeout_scale();
-}
-
 /* Per-test fixtures: each test runs against its own proxy, so its memory
  * figures (peak RSS included) are its own. */
 static int start_with(void **state, const char *lines)
@@ -106,7 +101,7 @@ static int setup_flood(void **state)
      * longer than the default request timeout. */
     char lines[128];
     snprintf(lines, sizeof(lines), "max_client_output = %s\nrequest_timeout = %lld\n",
-             FLOOD_OUTPUT_MAX, bound_ms(2000));
+             FLOOD_OUTPUT_MAX, fixture_bound_ms(2000));
     return start_with(state, lines);
 }
 
@@ -128,7 +123,7 @@ static int setup_fd_limit(void **state)
 }
 
 /* No crash; a new client is served; writes of before read back. */
-static void expect_proxy_serves(const fixture *f, const char *key, const char *value)
+static void expect_proxy_serves(fixture *f, const char *key, const char *value)
 {
     assert_true(fixture_alive(f->proxy.pid));
     redisContext *c = fixture_client(f);
@@ -136,7 +131,7 @@ static void expect_proxy_serves(const fixture *f, const char *key, const char *v
     if (key != NULL) {
         fixture_expect_str(fixture_cmd(c, "GET %s", key), value);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* Reads what is waiting on a non-blocking socket without waiting: the
@@ -174,8 +169,7 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
     redisContext *admin = fixture_client(f);
     fixture_expect_status(fixture_cmd(admin, "SET many:key before"), "OK");
     long long rejected_before = fixture_info_int(admin, "rejected_connections");
-    int *fds = malloc((size_t)many_clients * sizeof(int));
-    assert_non_null(fds);
+    int *fds = fixture_alloc(f, (size_t)many_clients * sizeof(int));
     for (int i = 0; i < many_clients; i++) {
         fds[i] = fixture_raw_connect(f->proxy.port);
         if (fds[i] < 0) {
@@ -185,7 +179,7 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
     /* The admin connection holds one of the max_clients places. */
     const int accepted_want = many_max_clients - 1;
     const int refused_want = many_clients - accepted_want;
-    long long deadline = fixture_now_ms() + bound_ms(10000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
     long long refused_seen;
     while ((refused_seen = fixture_info_int(admin, "rejected_connections") - rejected_before) <
                refused_want &&
@@ -230,7 +224,8 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
         if (fds[i] >= 0) {
             char buf[16];
             int closed;
-            fixture_raw_read(fds[i], buf, sizeof(buf), 7, REPLY_TIMEOUT_MS, &closed);
+            fixture_raw_read(fds[i], buf, sizeof(buf), 7, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                             &closed);
             if (strcmp(buf, "+PONG\r\n") != 0) {
                 fail_msg("accepted connection %d: PING got \"%s\"", i, buf);
             }
@@ -249,8 +244,8 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
             close(fds[i]);
         }
     }
-    free(fds);
-    deadline = fixture_now_ms() + bound_ms(5000);
+    fixture_free(f, fds);
+    deadline = fixture_now_ms() + fixture_bound_ms(5000);
     while (fixture_info_int(admin, "connected_clients") > 1 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
     }
@@ -261,10 +256,10 @@ static void test_many_clients_over_max_clients_are_refused_cleanly(void **state)
         fixture_expect_status(fixture_cmd(again[i], "PING"), "PONG");
     }
     for (int i = 0; i < 100; i++) {
-        redisFree(again[i]);
+        fixture_close(f, again[i]);
     }
-    assert_true(fixture_log_contains(&f->proxy, "refused: "));
-    redisFree(admin);
+    fixture_wait_log(&f->proxy, "refused: ");
+    fixture_close(f, admin);
     expect_proxy_serves(f, "many:key", "during");
 }
 
@@ -283,7 +278,8 @@ static void test_huge_bulk_length_closed_with_protocol_error(void **state)
     (void)fixture_raw_send(fd, req, sizeof(req) - 1);
     char buf[256];
     int closed;
-    fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, REPLY_TIMEOUT_MS, &closed);
+    fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                     &closed);
     close(fd);
     assert_string_equal(buf, "-ERR Protocol error: invalid bulk length\r\n");
     assert_true(closed);
@@ -293,11 +289,14 @@ static void test_huge_bulk_length_closed_with_protocol_error(void **state)
     fd = fixture_raw_connect(f->proxy.port);
     assert_true(fd >= 0);
     static const char big[] = "*2\r\n$3\r\nGET\r\n$500000000\r\n";
+    long long input_before = fixture_info_int(other, "total_net_input_bytes");
     assert_int_equal(fixture_raw_send(fd, big, sizeof(big) - 1), 0);
     static char body[1024 * 1024];
     memset(body, 'b', sizeof(body));
     assert_int_equal(fixture_raw_send(fd, body, sizeof(body)), 0);
-    fixture_sleep_ms(100);
+    /* The proxy has read all of it. */
+    fixture_wait_info_at_least(other, "total_net_input_bytes",
+                               input_before + (long long)(sizeof(big) - 1 + sizeof(body)));
     long peak_during = fixture_peak_rss_kib(f->proxy.pid);
     fixture_expect_str(fixture_cmd(other, "GET huge:key"), "kept");
     close(fd);
@@ -306,9 +305,9 @@ static void test_huge_bulk_length_closed_with_protocol_error(void **state)
         fail_msg("peak RSS went from %ld to %ld KiB for 1 MB of a bulk announced as 500 MB",
                  peak_before, peak_during);
     }
-    assert_true(fixture_log_contains(&f->proxy, "invalid bulk length"));
+    fixture_wait_log(&f->proxy, "invalid bulk length");
     fixture_expect_str(fixture_cmd(other, "GET huge:key"), "kept");
-    redisFree(other);
+    fixture_close(f, other);
     expect_proxy_serves(f, "huge:key", "kept");
 }
 
@@ -318,8 +317,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
 {
     fixture *f = *state;
     redisContext *c = fixture_client(f);
-    char *value = malloc(FLOOD_VALUE_LEN);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, FLOOD_VALUE_LEN);
     for (size_t i = 0; i < FLOOD_VALUE_LEN; i++) {
         value[i] = (char)('a' + i % 26);
     }
@@ -337,7 +335,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
         memcpy(batch + i * (sizeof(get) - 1), get, sizeof(get) - 1);
     }
     /* GETs as fast as the proxy takes them, until it drops the client. */
-    long long deadline = fixture_now_ms() + bound_ms(FLOOD_DEADLINE_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(FLOOD_DEADLINE_MS);
     size_t off = 0, sent_gets = 0;
     int dropped = 0;
     long peak = 0;
@@ -364,11 +362,7 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
                  sent_gets);
     }
     /* The reason is logged and counted. */
-    deadline = fixture_now_ms() + bound_ms(2000);
-    while (!fixture_log_contains(&f->proxy, "max_client_output") && fixture_now_ms() < deadline) {
-        fixture_sleep_ms(20);
-    }
-    assert_true(fixture_log_contains(&f->proxy, "max_client_output"));
+    fixture_wait_log(&f->proxy, "max_client_output");
     assert_true(fixture_info_int(c, "clients_dropped") > dropped_before);
 
     /* Meanwhile and after, the others are served, the big value intact. */
@@ -379,8 +373,8 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
         fail_msg("proxy peak RSS %ld KiB (sampled %ld) with %s max_client_output, bound %d KiB",
                  hwm, peak, FLOOD_OUTPUT_MAX, FLOOD_PEAK_KIB);
     }
-    free(value);
-    redisFree(c);
+    fixture_free(f, value);
+    fixture_close(f, c);
     expect_proxy_serves(f, "flood:after", "ok");
 }
 
@@ -433,7 +427,7 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     assert_int_equal(fixture_raw_send(fd, batch, sizeof(batch)), 0);
 
     char st[32];
-    long long deadline = fixture_now_ms() + bound_ms(REPLY_TIMEOUT_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(REPLY_TIMEOUT_MS);
     client_state_of(c, "late", st, sizeof(st));
     while (strcmp(st, "paused") != 0 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(10);
@@ -447,9 +441,9 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     size_t one = (size_t)head_len + PAUSE_VALUE_LEN + 2, total = one * PAUSE_GETS;
     char *got = malloc(total + 1);
     assert_non_null(got);
-    assert_int_equal(
-        fixture_raw_read(fd, got, total + 1, total, (int)bound_ms(REPLY_TIMEOUT_MS), &closed),
-        total);
+    assert_int_equal(fixture_raw_read(fd, got, total + 1, total,
+                                      (int)fixture_bound_ms(REPLY_TIMEOUT_MS), &closed),
+                     total);
     for (size_t i = 0; i < PAUSE_GETS; i++) {
         const char *r = got + i * one;
         assert_memory_equal(r, head, (size_t)head_len);
@@ -465,7 +459,7 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     close(fd);
     free(got);
     free(value);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* ---- slowloris ---- */
@@ -493,7 +487,7 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     long long start = fixture_now_ms();
     int open_count = SLOW_CLIENTS;
     for (int tick = 0; (open_count > 0 || silent_closed_at == 0) &&
-                       fixture_now_ms() - start < bound_ms(2 * SLOW_CLOSE_MS);
+                       fixture_now_ms() - start < fixture_bound_ms(2 * SLOW_CLOSE_MS);
          tick++) {
         for (int i = 0; i < SLOW_CLIENTS; i++) {
             if (closed_at[i] != 0) {
@@ -523,17 +517,18 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     }
     for (int i = 0; i < SLOW_CLIENTS; i++) {
         close(slow[i]);
-        if (closed_at[i] == 0 || closed_at[i] - start > bound_ms(SLOW_CLOSE_MS)) {
+        if (closed_at[i] == 0 || closed_at[i] - start > fixture_bound_ms(SLOW_CLOSE_MS)) {
             fail_msg("slowloris client %d %s", i,
                      closed_at[i] == 0 ? "was never closed" : "was closed late");
         }
     }
     close(silent);
-    assert_true(silent_closed_at != 0 && silent_closed_at - start <= bound_ms(SLOW_CLOSE_MS));
+    assert_true(silent_closed_at != 0 &&
+                silent_closed_at - start <= fixture_bound_ms(SLOW_CLOSE_MS));
     fixture_expect_str(fixture_cmd(active, "GET slow:key"), "kept");
-    assert_true(fixture_log_contains(&f->proxy, "idle timeout"));
+    fixture_wait_log(&f->proxy, "idle timeout");
     assert_true(fixture_info_int(active, "clients_dropped") >= dropped_before + SLOW_CLIENTS + 1);
-    redisFree(active);
+    fixture_close(f, active);
     expect_proxy_serves(f, "slow:key", "kept");
 }
 
@@ -552,7 +547,7 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
     }
     /* Every connection is taken: served, or refused at once; none is left
      * waiting in the listen backlog. */
-    long long deadline = fixture_now_ms() + bound_ms(5000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(5000);
     long long taken = 0;
     while (fixture_now_ms() < deadline) {
         taken = fixture_info_int(admin, "rejected_connections") - rejected_before +
@@ -591,13 +586,14 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
             char buf[16];
             int closed;
             assert_int_equal(fixture_raw_send(fds[i], "PING\r\n", 6), 0);
-            fixture_raw_read(fds[i], buf, sizeof(buf), 7, REPLY_TIMEOUT_MS, &closed);
+            fixture_raw_read(fds[i], buf, sizeof(buf), 7, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                             &closed);
             if (strcmp(buf, "+PONG\r\n") != 0) {
                 fail_msg("served connection %d: PING got \"%s\"", i, buf);
             }
         }
     }
-    assert_true(fixture_log_contains(&f->proxy, "RLIMIT_NOFILE"));
+    fixture_wait_log(&f->proxy, "RLIMIT_NOFILE");
 
     /* The existing clients are fine, on every shard. */
     fixture_expect_str(fixture_cmd(admin, "GET fd:key"), "before");
@@ -607,7 +603,7 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
     /* At the limit, a shard connection that drops can still come back. */
     assert_true(harness_proc_stop(&f->shards[0], SIGKILL) != -1);
     assert_int_equal(harness_redis_restart(&f->shards[0]), 0);
-    deadline = fixture_now_ms() + bound_ms(5000);
+    deadline = fixture_now_ms() + fixture_bound_ms(5000);
     int back = 0;
     while (!back && fixture_now_ms() < deadline) {
         back = 1;
@@ -630,7 +626,7 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
             close(fds[i]);
         }
     }
-    deadline = fixture_now_ms() + bound_ms(5000);
+    deadline = fixture_now_ms() + fixture_bound_ms(5000);
     while (fixture_info_int(admin, "connected_clients") > 1 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
     }
@@ -640,14 +636,14 @@ static void test_fd_limit_refuses_new_clients_and_recovers(void **state)
         fixture_expect_status(fixture_cmd(again[i], "PING"), "PONG");
     }
     for (int i = 0; i < 20; i++) {
-        redisFree(again[i]);
+        fixture_close(f, again[i]);
     }
     for (int i = 0; i < 100; i++) {
         char want[16];
         snprintf(want, sizeof(want), "v%d", i);
         fixture_expect_str(fixture_cmd(admin, "GET fd:%d", i), want);
     }
-    redisFree(admin);
+    fixture_close(f, admin);
     expect_proxy_serves(f, "fd:0", "v0");
 }
 

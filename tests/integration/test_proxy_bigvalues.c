@@ -35,7 +35,7 @@ static int group_teardown(void **state)
     return fixture_stop(*state);
 }
 
-static redisContext *big_client(const fixture *f)
+static redisContext *big_client(fixture *f)
 {
     redisContext *c = fixture_client(f);
     struct timeval tv = {BIG_TIMEOUT_S * harness_timeout_scale(), 0};
@@ -63,10 +63,10 @@ static const value_spec values[] = {
 };
 enum { V_SMALL, V_BIG, V_EDGE, V_UNDER, V_64K, NVALUES };
 
-static char *make_value(size_t len, unsigned seed)
+/* Owned by f (fixture_free). */
+static char *make_value(fixture *f, size_t len, unsigned seed)
 {
-    char *v = malloc(len);
-    assert_non_null(v);
+    char *v = fixture_alloc(f, len);
     for (size_t i = 0; i < len; i++) {
         v[i] = (char)('a' + (i * 7 + i / 4093 + seed * 11) % 26);
     }
@@ -123,7 +123,7 @@ static void run_pipeline(fixture *f, char keys[4][64])
     model m = {0};
     for (int v = 0; v < NVALUES; v++) {
         for (int s = 0; s < 2; s++) {
-            m.pool[v][s] = make_value(values[v].len, (unsigned)(v * 2 + s));
+            m.pool[v][s] = make_value(f, values[v].len, (unsigned)(v * 2 + s));
         }
     }
     for (int k = 0; k < 4; k++) {
@@ -183,10 +183,10 @@ static void run_pipeline(fixture *f, char keys[4][64])
         fixture_expect_int(fixture_cmd(c, "DEL %s", keys[k]), 1);
     }
     for (int v = 0; v < NVALUES; v++) {
-        free(m.pool[v][0]);
-        free(m.pool[v][1]);
+        fixture_free(f, m.pool[v][0]);
+        fixture_free(f, m.pool[v][1]);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_big_and_small_pipelined_on_one_shard(void **state)
@@ -198,7 +198,7 @@ static void test_big_and_small_pipelined_on_one_shard(void **state)
     for (int k = 0; k < 4; k++) {
         fixture_key_on_shard(c, prefixes[k], 2, keys[k], sizeof(keys[k]));
     }
-    redisFree(c);
+    fixture_close(f, c);
     run_pipeline(f, keys);
 }
 
@@ -211,7 +211,7 @@ static void test_big_and_small_pipelined_across_shards(void **state)
     for (int k = 0; k < 4; k++) {
         fixture_key_on_shard(c, prefixes[k], k, keys[k], sizeof(keys[k]));
     }
-    redisFree(c);
+    fixture_close(f, c);
     run_pipeline(f, keys);
 }
 
@@ -222,7 +222,7 @@ static void test_big_request_after_held_input(void **state)
 {
     fixture *f = *state;
     redisContext *c = big_client(f);
-    char *big = make_value(values[V_BIG].len, 40);
+    char *big = make_value(f, values[V_BIG].len, 40);
     fixture_expect_status(fixture_cmd(c, "SET held:small before"), "OK");
     redisAppendCommand(c, "BLPOP held:nolist 0.2");
     redisAppendCommand(c, "GET held:small");
@@ -237,8 +237,8 @@ static void test_big_request_after_held_input(void **state)
     fixture_expect_status(fixture_next_reply(c), "OK");
     fixture_expect_str(fixture_next_reply(c), "after");
     fixture_expect_int(fixture_cmd(c, "DEL held:big held:small"), 2);
-    free(big);
-    redisFree(c);
+    fixture_free(f, big);
+    fixture_close(f, c);
 }
 
 /* Busies a shard for about 300 ms (a script that loops on TIME). */
@@ -258,7 +258,7 @@ static void test_big_reply_behind_a_slower_shard(void **state)
     fixture_key_on_shard(c, "behind:slow", 0, slow, sizeof(slow));
     fixture_key_on_shard(c, "behind:fast", 1, fast, sizeof(fast));
     fixture_key_on_shard(c, "behind:fast-small", 1, fast_small, sizeof(fast_small));
-    char *big = make_value(values[V_BIG].len, 41);
+    char *big = make_value(f, values[V_BIG].len, 41);
     fixture_expect_status(fixture_cmd(c, "SET %s slow-value", slow), "OK");
     fixture_expect_status(fixture_cmd(c, "SET %s %b", fast, big, values[V_BIG].len), "OK");
     fixture_expect_status(fixture_cmd(c, "SET %s small", fast_small), "OK");
@@ -287,8 +287,8 @@ static void test_big_reply_behind_a_slower_shard(void **state)
         fixture_expect_int(fixture_next_reply(busy), 1);
     }
     fixture_expect_int(fixture_cmd(c, "DEL %s %s %s", slow, fast, fast_small), 3);
-    free(big);
-    redisFree(c);
+    fixture_free(f, big);
+    fixture_close(f, c);
 }
 
 /* ---- memory: a value in flight is held once ---- */
@@ -324,7 +324,7 @@ static void test_64mib_value_held_once(void **state)
     pid_t pid = f->proxy.pid;
     size_t len = 64 * MIB;
     redisContext *c = big_client(f);
-    char *value = make_value(len, 42);
+    char *value = make_value(f, len, 42);
     int check = !fixture_memory_instrumented(pid);
 
     fixture_sleep_ms(100);
@@ -355,8 +355,8 @@ static void test_64mib_value_held_once(void **state)
     if (check && get_rise > 1.5) {
         fail_msg("a 64 MiB GET raised the proxy's peak RSS by %.2f values (bound 1.5)", get_rise);
     }
-    free(value);
-    redisFree(c);
+    fixture_free(f, value);
+    fixture_close(f, c);
 }
 
 int main(void)

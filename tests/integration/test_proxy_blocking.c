@@ -97,8 +97,8 @@ static void test_blpop_wakes_when_another_client_pushes(void **state)
     freeReplyObject(r);
     /* The client goes on normally, on the shared connections. */
     fixture_expect_int(fixture_cmd(a, "LLEN bq"), 0);
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 /* The issue's case: while a BLPOP waits, other clients' requests to the
@@ -132,8 +132,8 @@ static void test_blocked_client_does_not_stall_the_shard(void **state)
     fixture_expect_array(r, 2);
     assert_string_equal(r->element[1]->str, "done");
     freeReplyObject(r);
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_own_timeout_honoured_past_request_timeout(void **state)
@@ -155,7 +155,7 @@ static void test_own_timeout_honoured_past_request_timeout(void **state)
     assert_true(took >= 500 && took < 2500 * scale);
     /* A timeout Redis refuses is its error, at once. */
     fixture_expect_error(fixture_cmd(a, "BLPOP nothing:{t} -1"), "ERR");
-    redisFree(a);
+    fixture_close(f, a);
 }
 
 /* Redis reads nothing more from a blocked client: its pipelined commands
@@ -184,8 +184,8 @@ static void test_pipelined_requests_wait_for_the_blocking_reply(void **state)
     fixture_expect_array(r, 1);
     assert_string_equal(r->element[0]->str, "mine");
     freeReplyObject(r);
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_client_leaving_while_blocked_unblocks_the_shard(void **state)
@@ -197,13 +197,13 @@ static void test_client_leaving_while_blocked_unblocks_the_shard(void **state)
     redisAppendCommand(a, "BLPOP gone 0");
     flush_out(a);
     wait_blocked(f, shard, 1);
-    redisFree(a);
+    fixture_close(f, a);
     wait_blocked(f, shard, 0);
     /* Nobody takes the element any more. */
     fixture_expect_int(fixture_cmd(b, "RPUSH gone x"), 1);
     fixture_sleep_ms(50);
     fixture_expect_int(fixture_cmd(b, "LLEN gone"), 1);
-    redisFree(b);
+    fixture_close(f, b);
 }
 
 /* CLIENT LIST shows a client waiting for a blocking reply as held; a QUIT
@@ -246,8 +246,8 @@ static void test_quit_behind_a_blocking_command_closes_after_its_reply(void **st
     assert_null(eof);
     assert_int_equal(a->err, REDIS_ERR_EOF);
     fixture_expect_str(fixture_cmd(b, "CLIENT LIST ID %lld", id), "");
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_other_blocking_commands(void **state)
@@ -290,8 +290,8 @@ static void test_other_blocking_commands(void **state)
     fixture_key_on_shard(b, "bx", 0, a_key, sizeof(a_key));
     fixture_key_on_shard(b, "bx", 1, b_key, sizeof(b_key));
     fixture_expect_error(fixture_cmd(a, "BLPOP %s %s 0", a_key, b_key), "CROSSSLOT");
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_blocking_inside_multi_and_watch(void **state)
@@ -319,7 +319,7 @@ static void test_blocking_inside_multi_and_watch(void **state)
     fixture_expect_status(fixture_cmd(a, "WATCH w:{m}"), "OK");
     fixture_expect_error(fixture_cmd(a, "BLPOP %s 0", other), "CROSSSLOT");
     fixture_expect_status(fixture_cmd(a, "UNWATCH"), "OK");
-    redisFree(a);
+    fixture_close(f, a);
 }
 
 static void test_many_blocked_clients_across_shards(void **state)
@@ -354,9 +354,9 @@ static void test_many_blocked_clients_across_shards(void **state)
         snprintf(want, sizeof(want), "v%d", i);
         assert_string_equal(r->element[1]->str, want);
         freeReplyObject(r);
-        redisFree(clients[i]);
+        fixture_close(f, clients[i]);
     }
-    redisFree(b);
+    fixture_close(f, b);
 }
 
 int main(void)

@@ -114,7 +114,7 @@ static void test_1000_concurrent_clients(void **state)
     /* connect() returns once the kernel queued the connection; the proxy
      * accepts it a moment later. */
     long long connected = info_field(admin, "connected_clients");
-    long long deadline = fixture_now_ms() + 3000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     while (connected != -1 && connected < before + CONCURRENT_CLIENTS &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
@@ -163,7 +163,7 @@ static void test_1000_concurrent_clients(void **state)
     close_clients(NULL);
 
     /* The proxy notices all of them gone. */
-    deadline = fixture_now_ms() + 3000;
+    deadline = fixture_now_ms() + fixture_bound_ms(3000);
     while ((connected = info_field(admin, "connected_clients")) > before &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
@@ -171,7 +171,7 @@ static void test_1000_concurrent_clients(void **state)
     if (connected > before) {
         fail_msg("INFO connected_clients still %lld after the clients closed", connected);
     }
-    redisFree(admin);
+    fixture_close(f, admin);
 }
 
 /* 1 while pid has not exited (without reaping it). */
@@ -190,17 +190,15 @@ static void test_client_vanishing_mid_pipeline(void **state)
     fixture *f = *state;
     redisContext *c = fixture_client(f);
     long long before = info_field(c, "connected_clients");
-    char *value = malloc(VANISH_VALUE_LEN);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, VANISH_VALUE_LEN);
     memset(value, 'v', VANISH_VALUE_LEN);
     fixture_expect_status(fixture_cmd(c, "SET vanish:big %b", value, (size_t)VANISH_VALUE_LEN),
                           "OK");
-    free(value);
+    fixture_free(f, value);
 
     static const char get[] = "*2\r\n$3\r\nGET\r\n$10\r\nvanish:big\r\n";
     size_t len = (sizeof(get) - 1) * VANISH_GETS;
-    char *pipeline = malloc(len);
-    assert_non_null(pipeline);
+    char *pipeline = fixture_alloc(f, len);
     for (int i = 0; i < VANISH_GETS; i++) {
         memcpy(pipeline + i * (sizeof(get) - 1), get, sizeof(get) - 1);
     }
@@ -222,14 +220,14 @@ static void test_client_vanishing_mid_pipeline(void **state)
         /* Others are served meanwhile. */
         fixture_expect_int(fixture_cmd(c, "STRLEN vanish:big"), VANISH_VALUE_LEN);
     }
-    free(pipeline);
+    fixture_free(f, pipeline);
     assert_true(proxy_alive(f->proxy.pid));
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
     fixture_expect_status(fixture_cmd(c, "SET vanish:after ok"), "OK");
     fixture_expect_str(fixture_cmd(c, "GET vanish:after"), "ok");
 
     /* Their connections are released, not leaked. */
-    long long deadline = fixture_now_ms() + 3000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     long long connected;
     while ((connected = info_field(c, "connected_clients")) > before &&
            fixture_now_ms() < deadline) {
@@ -238,7 +236,7 @@ static void test_client_vanishing_mid_pipeline(void **state)
     if (connected > before) {
         fail_msg("INFO connected_clients still %lld after the clients vanished", connected);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* A client that pipelines many big GETs and reads slowly gets every reply
@@ -249,8 +247,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     redisContext *c = fixture_client(f);
     long before = fixture_rss_kib(f->proxy.pid);
     assert_true(before > 0);
-    char *value = malloc(SLOW_VALUE_LEN);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, SLOW_VALUE_LEN);
     for (size_t i = 0; i < SLOW_VALUE_LEN; i++) {
         value[i] = (char)('A' + i % 53);
     }
@@ -265,8 +262,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     char header[32];
     size_t header_len = (size_t)snprintf(header, sizeof(header), "$%d\r\n", SLOW_VALUE_LEN);
     size_t reply_len = header_len + SLOW_VALUE_LEN + 2;
-    char *reply = malloc(reply_len);
-    assert_non_null(reply);
+    char *reply = fixture_alloc(f, reply_len);
     memcpy(reply, header, header_len);
     memcpy(reply + header_len, value, SLOW_VALUE_LEN);
     memcpy(reply + header_len + SLOW_VALUE_LEN, "\r\n", 2);
@@ -275,11 +271,12 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
      * with the expected stream of identical replies. */
     size_t total = reply_len * SLOW_GETS, got = 0;
     static char chunk[65536];
-    long long deadline = fixture_now_ms() + 30000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(30000);
     while (got < total && fixture_now_ms() < deadline) {
         int closed;
         size_t want = total - got < sizeof(chunk) - 1 ? total - got : sizeof(chunk) - 1;
-        size_t n = fixture_raw_read(fd, chunk, sizeof(chunk), want, 2000, &closed);
+        size_t n =
+            fixture_raw_read(fd, chunk, sizeof(chunk), want, fixture_bound_ms(2000), &closed);
         for (size_t j = 0; j < n; j++) {
             if (chunk[j] != reply[(got + j) % reply_len]) {
                 fail_msg("reply byte %zu differs (reply %zu, offset %zu)", got + j,
@@ -298,7 +295,7 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
     /* The buffers of those 64 MiB of replies do not stay resident (not
      * checked under ASan, whose quarantine holds freed memory). */
     long after = fixture_rss_kib(f->proxy.pid);
-    deadline = fixture_now_ms() + 3000;
+    deadline = fixture_now_ms() + fixture_bound_ms(3000);
     while (!fixture_memory_instrumented(f->proxy.pid) && after > before + RSS_SLACK_KIB &&
            fixture_now_ms() < deadline) {
         fixture_sleep_ms(50);
@@ -309,9 +306,9 @@ static void test_slow_reader_gets_every_reply_then_memory_returns(void **state)
                  (int)(total >> 20));
     }
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
-    free(reply);
-    free(value);
-    redisFree(c);
+    fixture_free(f, reply);
+    fixture_free(f, value);
+    fixture_close(f, c);
 }
 
 /* Runs argv with stdout and stderr captured into out (NUL-terminated, cut at
@@ -386,7 +383,7 @@ static void test_redis_benchmark_smoke(void **state)
         "redis-benchmark",         "-h", "127.0.0.1", "-p", port, "-n", "2000", "-c", "10", "-t",
         "set,get,incr,lpush,mset", "-q", NULL};
     static char out[65536];
-    int status = run_captured(argv, out, sizeof(out), BENCHMARK_TIMEOUT_MS);
+    int status = run_captured(argv, out, sizeof(out), fixture_bound_ms(BENCHMARK_TIMEOUT_MS));
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fail_msg("redis-benchmark failed (status %#x):\n%s", (unsigned)status, out);
     }
@@ -419,7 +416,7 @@ static void test_redis_benchmark_smoke(void **state)
     fixture_expect_int(fixture_cmd(c, "EXISTS key:__rand_int__"), 1);
     int owner = fixture_owner(c, "mylist", 6);
     fixture_expect_int(fixture_cmd(fixture_shard(f, owner), "LLEN mylist"), 2000);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 int main(void)

@@ -75,7 +75,7 @@ static void test_strings(void **state)
     expect_on_owner_only(f, c, "str:n");
     int owner = fixture_owner(c, "str:n", 5);
     fixture_expect_str(fixture_cmd(fixture_shard(f, owner), "GET str:n"), "1.5");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_hashes(void **state)
@@ -104,7 +104,7 @@ static void test_hashes(void **state)
     expect_on_owner_only(f, c, "hash:h");
     int owner = fixture_owner(c, "hash:h", 6);
     fixture_expect_int(fixture_cmd(fixture_shard(f, owner), "HLEN hash:h"), 3);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_lists(void **state)
@@ -134,7 +134,7 @@ static void test_lists(void **state)
     expect_on_owner_only(f, c, "list:l");
     int owner = fixture_owner(c, "list:l", 6);
     fixture_expect_str(fixture_cmd(fixture_shard(f, owner), "LINDEX list:l 0"), "c");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_sets(void **state)
@@ -164,7 +164,7 @@ static void test_sets(void **state)
     fixture_expect_status(fixture_cmd(c, "TYPE set:s"), "set");
 
     expect_on_owner_only(f, c, "set:s");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_sorted_sets(void **state)
@@ -194,7 +194,7 @@ static void test_sorted_sets(void **state)
     fixture_expect_status(fixture_cmd(c, "TYPE zset:z"), "zset");
 
     expect_on_owner_only(f, c, "zset:z");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_expiry(void **state)
@@ -231,7 +231,7 @@ static void test_expiry(void **state)
     /* A key given 50 ms to live is gone shortly after. */
     fixture_expect_status(fixture_cmd(c, "SET ttl:short v PX 50"), "OK");
     fixture_expect_int(fixture_cmd(c, "PEXPIRE ttl:b 50"), 1);
-    long long deadline = fixture_now_ms() + 2000;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(2000);
     long long left = 2;
     while (left > 0 && fixture_now_ms() < deadline) {
         fixture_sleep_ms(20);
@@ -243,7 +243,7 @@ static void test_expiry(void **state)
         freeReplyObject(r);
     }
     assert_int_equal(left, 0);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_binary_safe_keys_and_values(void **state)
@@ -272,7 +272,7 @@ static void test_binary_safe_keys_and_values(void **state)
     fixture_expect_int(fixture_cmd(c, "HSET bin:h %b %b", "f\0\r\n", (size_t)4, "\0", (size_t)1),
                        1);
     fixture_expect_bin(fixture_cmd(c, "HGET bin:h %b", "f\0\r\n", (size_t)4), "\0", 1);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_empty_value_and_empty_key(void **state)
@@ -290,7 +290,7 @@ static void test_empty_value_and_empty_key(void **state)
     int owner = fixture_owner(c, "", 0);
     assert_int_equal(fixture_holders(f, "", 0), 1u << owner);
     fixture_expect_int(fixture_cmd(c, "DEL %b", "", (size_t)0), 1);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* SET then GET a value of len bytes and check it, through the proxy and on
@@ -298,10 +298,9 @@ static void test_empty_value_and_empty_key(void **state)
 static void big_value_round_trip(fixture *f, const char *key, size_t len)
 {
     redisContext *c = fixture_client(f);
-    struct timeval tv = {30, 0};
+    struct timeval tv = fixture_bound_tv(30000);
     assert_int_equal(redisSetTimeout(c, tv), REDIS_OK);
-    char *value = malloc(len);
-    assert_non_null(value);
+    char *value = fixture_alloc(f, len);
     for (size_t i = 0; i < len; i++) {
         value[i] = (char)('a' + (i * 7 + i / 4096) % 26);
     }
@@ -319,8 +318,8 @@ static void big_value_round_trip(fixture *f, const char *key, size_t len)
     assert_int_equal(redisSetTimeout(shard, tv), REDIS_OK);
     fixture_expect_int(fixture_cmd(shard, "STRLEN %s", key), (long long)len);
     fixture_expect_int(fixture_cmd(c, "DEL %s", key), 1);
-    free(value);
-    redisFree(c);
+    fixture_free(f, value);
+    fixture_close(f, c);
 }
 
 static void test_1mib_value(void **state)
@@ -344,7 +343,7 @@ static void test_ping_echo_select(void **state)
     /* Still on db 0 and still usable. */
     fixture_expect_status(fixture_cmd(c, "SET select:k v"), "OK");
     fixture_expect_str(fixture_cmd(c, "GET select:k"), "v");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_quit_replies_ok_then_closes(void **state)
@@ -413,7 +412,7 @@ static void test_info_has_sections(void **state)
     assert_true(fixture_contains(r->str, r->len, pid));
     free(lower);
     freeReplyObject(r);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_proxy_shards_lists_every_shard(void **state)
@@ -434,7 +433,7 @@ static void test_proxy_shards_lists_every_shard(void **state)
             fail_msg("PROXY SHARDS lacks %s port %s: %s", name, port, text);
         }
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_proxy_ring_names_the_owner(void **state)
@@ -454,7 +453,7 @@ static void test_proxy_ring_names_the_owner(void **state)
     }
     /* 64 keys over 4 shards: each shard owns some. */
     assert_int_equal(seen, (1u << FIXTURE_SHARDS) - 1);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_dbsize_is_the_sum_over_shards(void **state)
@@ -467,7 +466,7 @@ static void test_dbsize_is_the_sum_over_shards(void **state)
     long long sum = fixture_shards_dbsize(f);
     assert_true(sum >= 40);
     fixture_expect_int(fixture_cmd(c, "DBSIZE"), sum);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_connection_commands_answered(void **state)
@@ -491,7 +490,7 @@ static void test_connection_commands_answered(void **state)
     assert_true(r->integer > 100);
     freeReplyObject(r);
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 /* Commands the proxy does not support: an error naming the command, and the
@@ -517,7 +516,7 @@ static void test_unsupported_commands_keep_connection(void **state)
     }
     fixture_expect_status(fixture_cmd(c, "SET unsupported:k v"), "OK");
     fixture_expect_str(fixture_cmd(c, "GET unsupported:k"), "v");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_unknown_command_keeps_connection(void **state)
@@ -531,7 +530,7 @@ static void test_unknown_command_keeps_connection(void **state)
     fixture_expect_error(fixture_cmd(c, "GET"), "ERR");
     fixture_expect_error(fixture_cmd(c, "SET onlykey"), "ERR");
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 /* Errors in the middle of a pipeline do not shift the replies around them. */
@@ -560,7 +559,7 @@ static void test_errors_inside_pipeline_keep_order(void **state)
         fixture_expect_error(fixture_next_reply(c), "ERR unsupported command");
         fixture_expect_int(fixture_next_reply(c), round + 1);
     }
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 /* Two keys (distinct prefixes) owned by different shards. */
@@ -598,7 +597,7 @@ static void test_crossslot_for_keys_on_two_shards(void **state)
     fixture_expect_error(fixture_cmd(c, "SUNIONSTORE %s %s %s", a, a, b), "CROSSSLOT");
     fixture_expect_int(fixture_cmd(c, "SCARD %s", a), 2);
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_same_shard_commands_with_hash_tags(void **state)
@@ -623,7 +622,7 @@ static void test_same_shard_commands_with_hash_tags(void **state)
     /* A command whose keys are all one key is on one shard, tag or not. */
     fixture_expect_status(fixture_cmd(c, "SET same:k v"), "OK");
     fixture_expect_status(fixture_cmd(c, "RENAME same:k same:k"), "OK");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 int main(void)

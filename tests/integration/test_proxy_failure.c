@@ -92,7 +92,7 @@ static void expect_shard_serves(redisContext *c, const shard_keys *k, int s)
     for (int i = 0; i < KEYS_PER_SHARD; i++) {
         long long start = fixture_now_ms();
         fixture_expect_str(fixture_cmd(c, "GET %s", k->key[s][i]), k->key[s][i]);
-        assert_true(fixture_now_ms() - start < ERROR_DEADLINE_MS);
+        assert_true(fixture_now_ms() - start < fixture_bound_ms(ERROR_DEADLINE_MS));
     }
 }
 
@@ -101,8 +101,7 @@ static void test_killed_shard_errors_then_recovers(void **state)
     fixture *f = *state;
     const int victim = 1; /* s2 */
     redisContext *c = fixture_client(f);
-    shard_keys *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
+    shard_keys *k = fixture_alloc(f, sizeof(*k));
     make_keys(c, "down", k);
 
     /* Requests for every shard in flight when the shard dies. */
@@ -132,7 +131,7 @@ static void test_killed_shard_errors_then_recovers(void **state)
             }
         }
     }
-    assert_true(fixture_now_ms() - killed_at < ERROR_DEADLINE_MS);
+    assert_true(fixture_now_ms() - killed_at < fixture_bound_ms(ERROR_DEADLINE_MS));
 
     /* While it is down: its keys fail fast, reads and writes alike. */
     for (int i = 0; i < KEYS_PER_SHARD; i++) {
@@ -140,7 +139,7 @@ static void test_killed_shard_errors_then_recovers(void **state)
         expect_shard_error(f, fixture_cmd(c, "GET %s", k->key[victim][i]), victim);
         expect_shard_error(f, fixture_cmd(c, "SET %s new", k->key[victim][i]), victim);
         long long took = fixture_now_ms() - start;
-        if (took >= ERROR_DEADLINE_MS) {
+        if (took >= fixture_bound_ms(ERROR_DEADLINE_MS)) {
             fail_msg("two requests to a dead shard took %lld ms", took);
         }
     }
@@ -179,7 +178,7 @@ static void test_killed_shard_errors_then_recovers(void **state)
     /* Back on the same address (empty: no persistence); the proxy uses it
      * again and its keys are stored there. */
     assert_int_equal(harness_redis_restart(&f->shards[victim]), 0);
-    long long deadline = fixture_now_ms() + RECOVERY_DEADLINE_MS;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
     int recovered = 0;
     while (!recovered && fixture_now_ms() < deadline) {
         r = fixture_cmd(c, "SET %s %s", k->key[victim][0], k->key[victim][0]);
@@ -192,7 +191,8 @@ static void test_killed_shard_errors_then_recovers(void **state)
         }
     }
     if (!recovered) {
-        fail_msg("s%d still failing %d ms after its restart", victim + 1, RECOVERY_DEADLINE_MS);
+        fail_msg("s%d still failing %lld ms after its restart", victim + 1,
+                 fixture_bound_ms(RECOVERY_DEADLINE_MS));
     }
     for (int i = 0; i < KEYS_PER_SHARD; i++) {
         fixture_expect_status(fixture_cmd(c, "SET %s %s", k->key[victim][i], k->key[victim][i]),
@@ -204,9 +204,9 @@ static void test_killed_shard_errors_then_recovers(void **state)
         const char *key = k->key[victim][i];
         assert_int_equal(fixture_holders(f, key, strlen(key)), 1u << victim);
     }
-    free(k);
-    redisFree(other);
-    redisFree(c);
+    fixture_free(f, k);
+    fixture_close(f, other);
+    fixture_close(f, c);
 }
 
 static void test_stalled_shard_times_out(void **state)
@@ -215,8 +215,7 @@ static void test_stalled_shard_times_out(void **state)
     const int victim = 2; /* s3 */
     redisContext *c = fixture_client(f);
     redisContext *other = fixture_client(f);
-    shard_keys *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
+    shard_keys *k = fixture_alloc(f, sizeof(*k));
     make_keys(c, "stall", k);
 
     /* A stopped process keeps its sockets open but never answers. Nothing
@@ -235,19 +234,19 @@ static void test_stalled_shard_times_out(void **state)
 
     assert_non_null(stalled);
     expect_shard_error(f, stalled, victim);
-    if (stalled_ms >= ERROR_DEADLINE_MS) {
+    if (stalled_ms >= fixture_bound_ms(ERROR_DEADLINE_MS)) {
         fail_msg("a stalled shard's request took %lld ms (timeout %d)", stalled_ms,
                  REQUEST_TIMEOUT_MS);
     }
     assert_non_null(live);
     fixture_expect_str(live, k->key[(victim + 1) % FIXTURE_SHARDS][0]);
-    assert_true(live_ms < REQUEST_TIMEOUT_MS);
+    assert_true(live_ms < fixture_bound_ms(REQUEST_TIMEOUT_MS));
     assert_non_null(again);
     expect_shard_error(f, again, victim);
-    assert_true(again_ms < ERROR_DEADLINE_MS);
+    assert_true(again_ms < fixture_bound_ms(ERROR_DEADLINE_MS));
 
     /* Resumed, the shard serves again (its data was never lost). */
-    long long deadline = fixture_now_ms() + RECOVERY_DEADLINE_MS;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
     int recovered = 0;
     while (!recovered && fixture_now_ms() < deadline) {
         redisReply *r = fixture_cmd(c, "GET %s", k->key[victim][0]);
@@ -260,12 +259,13 @@ static void test_stalled_shard_times_out(void **state)
         }
     }
     if (!recovered) {
-        fail_msg("s%d still failing %d ms after SIGCONT", victim + 1, RECOVERY_DEADLINE_MS);
+        fail_msg("s%d still failing %lld ms after SIGCONT", victim + 1,
+                 fixture_bound_ms(RECOVERY_DEADLINE_MS));
     }
     expect_shard_serves(c, k, victim);
-    free(k);
-    redisFree(other);
-    redisFree(c);
+    fixture_free(f, k);
+    fixture_close(f, other);
+    fixture_close(f, c);
 }
 
 /* SIGTERM: the proxy stops accepting, answers the requests it holds (here
@@ -276,26 +276,33 @@ static void test_sigterm_finishes_inflight_then_exits_0(void **state)
     fixture *f = *state;
     const int slow = 0; /* s1 */
     redisContext *c = fixture_client(f);
-    shard_keys *k = calloc(1, sizeof(*k));
-    assert_non_null(k);
+    shard_keys *k = fixture_alloc(f, sizeof(*k));
     make_keys(c, "term", k);
 
+    redisContext *admin = fixture_client(f);
     assert_int_equal(kill(f->shards[slow].pid, SIGSTOP), 0);
-    redisAppendCommand(c, "GET %s", k->key[slow][0]);
+    long long input_before = fixture_info_int(admin, "total_net_input_bytes");
+    char *request = NULL;
+    int request_len = redisFormatCommand(&request, "GET %s", k->key[slow][0]);
+    assert_true(request_len > 0);
+    assert_int_equal(redisAppendFormattedCommand(c, request, (size_t)request_len), REDIS_OK);
+    redisFreeCommand(request);
     int done = 0;
     while (!done) {
         assert_int_equal(redisBufferWrite(c, &done), REDIS_OK);
     }
-    fixture_sleep_ms(50); /* the proxy has forwarded it by now */
+    /* The proxy has read the GET (and forwards what it reads at once). */
+    fixture_wait_info_at_least(admin, "total_net_input_bytes", input_before + request_len);
+    fixture_close(f, admin);
     int term = kill(f->proxy.pid, SIGTERM);
-    fixture_sleep_ms(50);
+    fixture_wait_log(&f->proxy, "SIGTERM: no new clients");
     /* New clients are no longer served: refused, or closed unanswered. */
     int late = fixture_raw_connect(f->proxy.port);
     char buf[64] = "";
     int late_closed = 1;
     if (late >= 0) {
         fixture_raw_send(late, "PING\r\n", 6);
-        fixture_raw_read(late, buf, sizeof(buf), 7, 300, &late_closed);
+        fixture_raw_read(late, buf, sizeof(buf), 7, fixture_bound_ms(300), &late_closed);
         close(late);
     }
     assert_int_equal(kill(f->shards[slow].pid, SIGCONT), 0);
@@ -309,11 +316,11 @@ static void test_sigterm_finishes_inflight_then_exits_0(void **state)
     /* Signal 0: wait for the exit the first SIGTERM started. */
     long long start = fixture_now_ms();
     int status = harness_proc_stop(&f->proxy, 0);
-    assert_true(fixture_now_ms() - start < 2000);
+    assert_true(fixture_now_ms() - start < fixture_bound_ms(2000));
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
-    free(k);
-    redisFree(c);
+    fixture_free(f, k);
+    fixture_close(f, c);
 }
 
 int main(void)

@@ -86,7 +86,7 @@ static void test_scan_returns_every_key_exactly_once(void **state)
             fail_msg("scan:%d seen %d times", i, seen[i]);
         }
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_scan_match_count_and_type(void **state)
@@ -129,7 +129,7 @@ static void test_scan_match_count_and_type(void **state)
     fixture_expect_error(fixture_cmd(c, "SCAN 1023"), "ERR invalid cursor");
     /* a shard's own errors pass through */
     fixture_expect_error(fixture_cmd(c, "SCAN 0 COUNT 0"), "ERR");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* What redis-cli users run: --scan walks every shard's keys once, and a
@@ -173,7 +173,7 @@ static void test_keys_merges_every_shard(void **state)
     fixture_expect_array(r, 0);
     freeReplyObject(r);
     fixture_expect_int(fixture_cmd(c, "DBSIZE"), SCAN_KEYS + 2); /* scan:hash, cli:{t} */
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_randomkey_tries_every_shard(void **state)
@@ -190,7 +190,7 @@ static void test_randomkey_tries_every_shard(void **state)
     for (int i = 0; i < 40; i++) {
         fixture_expect_str(fixture_cmd(c, "RANDOMKEY"), key);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_flushdb_and_flushall_fan_out(void **state)
@@ -209,7 +209,7 @@ static void test_flushdb_and_flushall_fan_out(void **state)
     fixture_expect_status(fixture_cmd(c, "FLUSHALL ASYNC"), "OK");
     fixture_expect_int(fixture_cmd(c, "DBSIZE"), 0);
     fixture_expect_error(fixture_cmd(c, "FLUSHDB NOW"), "ERR");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_scripts_load_exists_flush_everywhere(void **state)
@@ -254,7 +254,7 @@ static void test_scripts_load_exists_flush_everywhere(void **state)
     assert_int_equal(r->element[0]->integer, 0);
     freeReplyObject(r);
     fixture_expect_error(fixture_cmd(c, "EVALSHA %s 1 k", sha), "NOSCRIPT");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_eval_routes_by_keys(void **state)
@@ -281,7 +281,7 @@ static void test_eval_routes_by_keys(void **state)
         fixture_cmd(c, "EVAL %s 0 %s", "return redis.call('set', ARGV[1], 'x')", other), "OK");
     assert_int_equal(fixture_holders(f, other, strlen(other)), 1u << 0);
     fixture_expect_int(fixture_cmd(fixture_shard(f, 0), "DEL %s", other), 1);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_functions_load_everywhere(void **state)
@@ -302,7 +302,7 @@ static void test_functions_load_everywhere(void **state)
     fixture_expect_status(fixture_cmd(c, "FUNCTION DELETE ringlib"), "OK");
     fixture_expect_error(fixture_cmd(c, "FCALL echokey 1 k"), "ERR");
     fixture_expect_error(fixture_cmd(c, "FUNCTION DELETE ringlib"), "ERR");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_publish_goes_to_the_channels_owner(void **state)
@@ -329,7 +329,7 @@ static void test_publish_goes_to_the_channels_owner(void **state)
         redisFree(owner);
         redisFree(elsewhere);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_xread_without_block_is_forwarded(void **state)
@@ -349,7 +349,7 @@ static void test_xread_without_block_is_forwarded(void **state)
     fixture_key_on_shard(c, "xr", 0, a, sizeof(a));
     fixture_key_on_shard(c, "xr", 1, b, sizeof(b));
     fixture_expect_error(fixture_cmd(c, "XREAD STREAMS %s %s 0 0", a, b), "CROSSSLOT");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_client_info_list_and_reset(void **state)
@@ -403,8 +403,8 @@ static void test_client_info_list_and_reset(void **state)
     fixture_expect_nil(fixture_cmd(c, "CLIENT GETNAME"));
     fixture_expect_error(fixture_cmd(c, "EXEC"), "ERR EXEC without MULTI");
     fixture_expect_int(fixture_cmd(c, "CLIENT ID"), id);
-    redisFree(other);
-    redisFree(c);
+    fixture_close(f, other);
+    fixture_close(f, c);
 }
 
 /* ---- a proxy configured otherwise ---- */
@@ -433,7 +433,7 @@ static void test_flush_refused_when_not_allowed(void **state)
     fixture_expect_error(fixture_cmd(c, "FLUSHDB"), "ERR 'flushdb' is disabled");
     fixture_expect_error(fixture_cmd(c, "FLUSHALL"), "ERR 'flushall' is disabled");
     fixture_expect_str(fixture_cmd(c, "GET keep"), "v");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_keyless_scripts_go_to_script_default_shard(void **state)
@@ -443,7 +443,7 @@ static void test_keyless_scripts_go_to_script_default_shard(void **state)
     fixture_expect_status(fixture_cmd(c, "EVAL %s 0", "return redis.call('set', 'zero-keys', 'x')"),
                           "OK");
     assert_int_equal(fixture_holders(f, "zero-keys", 9), 1u << 2);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_reset_asks_for_auth_again(void **state)
@@ -454,7 +454,7 @@ static void test_reset_asks_for_auth_again(void **state)
     fixture_expect_error(fixture_cmd(c, "GET keep"), "NOAUTH");
     fixture_expect_status(fixture_cmd(c, "AUTH secret"), "OK");
     fixture_expect_str(fixture_cmd(c, "GET keep"), "v");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 int main(void)

@@ -140,7 +140,7 @@ static void test_mset_mget_exists_del_100_keys_in_order(void **state)
         free(keys[i]);
         free(values[i]);
     }
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_multi_key_edge_cases(void **state)
@@ -173,7 +173,7 @@ static void test_multi_key_edge_cases(void **state)
     fixture_expect_error(fixture_cmd(c, "MSET edge:odd1 a edge:odd2"), "ERR");
     fixture_expect_int(fixture_cmd(c, "EXISTS edge:odd1 edge:odd2"), 0);
     fixture_expect_int(fixture_cmd(c, "DEL edge:one edge:dup edge:other edge:list"), 4);
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_hash_tagged_keys_share_a_shard(void **state)
@@ -208,7 +208,7 @@ static void test_hash_tagged_keys_share_a_shard(void **state)
         used |= 1u << fixture_owner(c, key, strlen(key));
     }
     assert_int_equal(used, (1u << FIXTURE_SHARDS) - 1);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_every_key_on_exactly_one_shard(void **state)
@@ -262,7 +262,7 @@ static void test_every_key_on_exactly_one_shard(void **state)
     }
     free(owner);
     free(copies);
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 /* 10,000 commands written before any reply is read: to many shards, answered
@@ -270,7 +270,7 @@ static void test_every_key_on_exactly_one_shard(void **state)
 static void test_10000_command_pipeline_in_order(void **state)
 {
     redisContext *c = fixture_client(*state);
-    struct timeval tv = {10, 0};
+    struct timeval tv = fixture_bound_tv(10000);
     assert_int_equal(redisSetTimeout(c, tv), REDIS_OK);
     fixture_expect_int(fixture_cmd(c, "DEL pipe:counter"), 0);
     for (int i = 0; i < PIPELINE_COMMANDS; i++) {
@@ -332,7 +332,7 @@ static void test_10000_command_pipeline_in_order(void **state)
             break;
         }
     }
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 int main(void)

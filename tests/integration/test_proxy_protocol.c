@@ -43,7 +43,8 @@ static void expect_exchange(const fixture *f, const char *req, size_t req_len, c
     assert_int_equal(fixture_raw_send(fd, req, req_len), 0);
     char buf[4096];
     int closed;
-    size_t n = fixture_raw_read(fd, buf, sizeof(buf), strlen(want), REPLY_TIMEOUT_MS, &closed);
+    size_t n = fixture_raw_read(fd, buf, sizeof(buf), strlen(want),
+                                fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
     close(fd);
     if (n != strlen(want) || memcmp(buf, want, n) != 0) {
         fail_msg("sent %zu bytes, expected \"%s\", got %zu bytes \"%s\"%s", req_len, want, n, buf,
@@ -84,7 +85,8 @@ static void test_requests_split_at_every_byte(void **state)
     }
     char buf[256];
     int closed;
-    fixture_raw_read(fd, buf, sizeof(buf), sizeof(want) - 1, REPLY_TIMEOUT_MS, &closed);
+    fixture_raw_read(fd, buf, sizeof(buf), sizeof(want) - 1, fixture_bound_ms(REPLY_TIMEOUT_MS),
+                     &closed);
     close(fd);
     assert_string_equal(buf, want);
 }
@@ -155,8 +157,8 @@ static void check_malformed_answer(const malformed_case *mc, const char *got, si
                  n, got);
     }
     if (!closed) {
-        fail_msg("%s: connection still open %d ms after a protocol error (got \"%s\")", mc->what,
-                 REPLY_TIMEOUT_MS, got);
+        fail_msg("%s: connection still open %lld ms after a protocol error (got \"%s\")", mc->what,
+                 fixture_bound_ms(REPLY_TIMEOUT_MS), got);
     }
 }
 
@@ -186,16 +188,16 @@ static void test_malformed_input_closes_only_that_client(void **state)
         free(bytes);
         char buf[1024];
         int closed;
-        size_t n =
-            fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1, REPLY_TIMEOUT_MS, &closed);
+        size_t n = fixture_raw_read(fd, buf, sizeof(buf), sizeof(buf) - 1,
+                                    fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
         close(fd);
         check_malformed_answer(mc, buf, n, closed);
 
         /* The bystander's request completes; the hiredis client is fine. */
         assert_int_equal(fixture_raw_send(bystander, half2, sizeof(half2) - 1), 0);
         static const char want[] = "$11\r\n" PROTO_VALUE "\r\n";
-        n = fixture_raw_read(bystander, buf, sizeof(buf), sizeof(want) - 1, REPLY_TIMEOUT_MS,
-                             &closed);
+        n = fixture_raw_read(bystander, buf, sizeof(buf), sizeof(want) - 1,
+                             fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
         close(bystander);
         if (strcmp(buf, want) != 0) {
             fail_msg("after \"%s\" a bystander got \"%s\"", mc->what, buf);
@@ -203,7 +205,7 @@ static void test_malformed_input_closes_only_that_client(void **state)
         fixture_expect_str(fixture_cmd(other, "GET %s", PROTO_KEY), PROTO_VALUE);
         fixture_expect_int(fixture_cmd(other, "INCR proto:counter"), (long long)i + 1);
     }
-    redisFree(other);
+    fixture_close(f, other);
 }
 
 /* Limits close to the edge but inside it are accepted. */
@@ -213,8 +215,7 @@ static void test_long_inline_line_under_the_limit_is_accepted(void **state)
     /* "ECHO " + a 60 KiB argument + CRLF: under Redis's 64 KiB inline limit. */
     size_t arg_len = 60 * 1024;
     size_t len = 5 + arg_len + 2;
-    char *req = malloc(len);
-    assert_non_null(req);
+    char *req = fixture_alloc(f, len);
     memcpy(req, "ECHO ", 5);
     memset(req + 5, 'x', arg_len);
     memcpy(req + 5 + arg_len, "\r\n", 2);
@@ -224,16 +225,16 @@ static void test_long_inline_line_under_the_limit_is_accepted(void **state)
     char header[16];
     int header_len = snprintf(header, sizeof(header), "$%zu\r\n", arg_len);
     size_t want = (size_t)header_len + arg_len + 2;
-    char *buf = malloc(want + 1);
-    assert_non_null(buf);
+    char *buf = fixture_alloc(f, want + 1);
     int closed;
-    size_t n = fixture_raw_read(fd, buf, want + 1, want, REPLY_TIMEOUT_MS, &closed);
+    size_t n =
+        fixture_raw_read(fd, buf, want + 1, want, fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
     close(fd);
     assert_int_equal(n, want);
     assert_memory_equal(buf, header, (size_t)header_len);
     assert_memory_equal(buf + header_len, req + 5, arg_len);
-    free(buf);
-    free(req);
+    fixture_free(f, buf);
+    fixture_free(f, req);
 }
 
 int main(void)

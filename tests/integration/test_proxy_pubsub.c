@@ -105,8 +105,8 @@ static void test_subscribers_on_every_shard(void **state)
         snprintf(payload, sizeof(payload), "hello%d", i);
         expect_message(fixture_next_reply(s), NULL, channel[i], payload);
     }
-    redisFree(s);
-    redisFree(p);
+    fixture_close(f, s);
+    fixture_close(f, p);
 }
 
 static void test_patterns_hear_every_shard(void **state)
@@ -124,8 +124,8 @@ static void test_patterns_hear_every_shard(void **state)
         expect_message(fixture_next_reply(s), "pat:*", channel, payload);
     }
     fixture_expect_int(fixture_cmd(p, "PUBLISH other m"), 0);
-    redisFree(s);
-    redisFree(p);
+    fixture_close(f, s);
+    fixture_close(f, p);
 }
 
 static void test_counts_are_the_clients_totals(void **state)
@@ -157,7 +157,7 @@ static void test_counts_are_the_clients_totals(void **state)
     /* Out of subscribed mode: plain commands again. */
     fixture_expect_status(fixture_cmd(s, "SET cnt v"), "OK");
     fixture_expect_status(fixture_cmd(s, "PING"), "PONG");
-    redisFree(s);
+    fixture_close(f, s);
 }
 
 static void test_subscribed_mode_allows_only_pubsub_commands(void **state)
@@ -183,11 +183,11 @@ static void test_subscribed_mode_allows_only_pubsub_commands(void **state)
     fixture_expect_nil(fixture_cmd(s, "GET mode"));
     redisContext *p = fixture_client(f);
     fixture_expect_int(fixture_cmd(p, "PUBLISH mode x"), 0);
-    redisFree(p);
+    fixture_close(f, p);
     /* QUIT answers and closes, subscribed or not. */
     expect_confirm(fixture_cmd(s, "SUBSCRIBE mode"), "subscribe", "mode", 1);
     fixture_expect_status(fixture_cmd(s, "QUIT"), "OK");
-    redisFree(s);
+    fixture_close(f, s);
 }
 
 static void test_messages_arrive_in_order(void **state)
@@ -214,8 +214,8 @@ static void test_messages_arrive_in_order(void **state)
     fixture_expect_int(fixture_cmd(p, "PUBLISH ordered:{1} late"), 0);
     fixture_expect_int(fixture_cmd(p, "PUBLISH ordered:{2} last"), 1);
     expect_message(fixture_next_reply(s), NULL, "ordered:{2}", "last");
-    redisFree(s);
-    redisFree(p);
+    fixture_close(f, s);
+    fixture_close(f, p);
 }
 
 static void test_pubsub_introspection_merges_shards(void **state)
@@ -253,9 +253,9 @@ static void test_pubsub_introspection_merges_shards(void **state)
     assert_int_equal(r->element[5]->integer, 0);
     freeReplyObject(r);
     fixture_expect_int(fixture_cmd(c, "PUBSUB NUMPAT"), 2);
-    redisFree(s1);
-    redisFree(s2);
-    redisFree(c);
+    fixture_close(f, s1);
+    fixture_close(f, s2);
+    fixture_close(f, c);
 }
 
 /* Last: no subscriber left from earlier tests once they have closed. */
@@ -272,7 +272,7 @@ static void test_subscriber_connections_go_with_the_client(void **state)
     assert_int_equal(r->type, REDIS_REPLY_STRING);
     assert_non_null(strstr(r->str, " psub=1 "));
     freeReplyObject(r);
-    redisFree(s);
+    fixture_close(f, s);
     fixture_wait_reserved(admin, 0);
     fixture_expect_int(fixture_cmd(admin, "PUBSUB NUMPAT"), 0);
     /* Unsubscribing from everything closes them too. */
@@ -283,16 +283,11 @@ static void test_subscriber_connections_go_with_the_client(void **state)
     assert_int_equal(fixture_reserved_connections(admin), 1);
     expect_confirm(fixture_cmd(s, "UNSUBSCRIBE"), "unsubscribe", a, 0);
     fixture_wait_reserved(admin, 0);
-    redisFree(s);
-    redisFree(admin);
+    fixture_close(f, s);
+    fixture_close(f, admin);
 }
 
 /* ---- a shard that stops answering (its own proxy: request_timeout) ---- */
-
-static long long bound_ms(long long ms)
-{
-    return ms * harness_timeout_scale();
-}
 
 /* Every shard running again, whatever a test left (it may have failed half
  * way with one stopped). */
@@ -378,7 +373,7 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
              f->shards[victim].port);
     assert_non_null(live_reply);
     fixture_expect_str(live_reply, "v");
-    if (live_ms > bound_ms(LIVE_LATENCY_MS)) {
+    if (live_ms > fixture_bound_ms(LIVE_LATENCY_MS)) {
         fail_msg("a healthy shard's GET took %lld ms while s%d was stopped", live_ms, victim + 1);
     }
     assert_int_equal(sub_rc, REDIS_OK);
@@ -389,8 +384,8 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     assert_int_equal(psub_reply->type, REDIS_REPLY_ERROR);
     assert_string_equal(psub_reply->str, error);
     freeReplyObject(psub_reply);
-    if (sub_ms < TIMEOUT_EARLIEST_MS || sub_ms > bound_ms(TIMEOUT_LATEST_MS) ||
-        psub_ms < TIMEOUT_EARLIEST_MS || psub_ms > bound_ms(TIMEOUT_LATEST_MS)) {
+    if (sub_ms < TIMEOUT_EARLIEST_MS || sub_ms > fixture_bound_ms(TIMEOUT_LATEST_MS) ||
+        psub_ms < TIMEOUT_EARLIEST_MS || psub_ms > fixture_bound_ms(TIMEOUT_LATEST_MS)) {
         fail_msg("timeout errors after %lld and %lld ms (request_timeout %d ms)", sub_ms, psub_ms,
                  REQUEST_TIMEOUT_MS);
     }
@@ -400,20 +395,20 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     assert_int_equal(psub_after_rc, REDIS_ERR);
     assert_null(psub_after);
     assert_int_equal(psub_err, REDIS_ERR_EOF);
-    if (closed_ms - sub_ms > bound_ms(CLOSE_LATEST_MS)) {
+    if (closed_ms - sub_ms > fixture_bound_ms(CLOSE_LATEST_MS)) {
         fail_msg("closed %lld ms after its error", closed_ms - sub_ms);
     }
-    assert_true(fixture_log_contains(&f->proxy, "no confirmation of client"));
-    assert_true(fixture_log_contains(
-        &f->proxy, "a shard did not confirm a subscription change within request_timeout"));
+    fixture_wait_log(&f->proxy, "no confirmation of client");
+    fixture_wait_log(&f->proxy,
+                     "a shard did not confirm a subscription change within request_timeout");
     assert_int_equal(fixture_info_int(admin, "errors_shard_timeout"), timeouts_before + 2);
-    redisFree(sub);
-    redisFree(psub);
+    fixture_close(f, sub);
+    fixture_close(f, psub);
 
     /* Every subscriber connection of the two clients closed, so the shard,
      * once awake, drops whatever it took of the changes. */
     fixture_wait_reserved(admin, 0);
-    long long deadline = fixture_now_ms() + bound_ms(3000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
     long long numsub = -1;
     while (numsub != 0 && fixture_now_ms() < deadline) {
         redisReply *r = fixture_cmd(fixture_shard(f, victim), "PUBSUB NUMSUB %s", channel);
@@ -430,9 +425,9 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     expect_confirm(fixture_cmd(sub, "SUBSCRIBE %s", channel), "subscribe", channel, 1);
     fixture_expect_int(fixture_cmd(admin, "PUBLISH %s back", channel), 1);
     expect_message(fixture_next_reply(sub), NULL, channel, "back");
-    redisFree(sub);
-    redisFree(bystander);
-    redisFree(admin);
+    fixture_close(f, sub);
+    fixture_close(f, bystander);
+    fixture_close(f, admin);
 }
 
 int main(void)

@@ -45,10 +45,10 @@ static void test_client_leaving_closes_its_reserved_connection(void **state)
     fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
     fixture_expect_status(fixture_cmd(c, "SET leave:{a} 1"), "QUEUED");
     assert_int_equal(fixture_reserved_connections(admin), 1);
-    redisFree(c); /* mid-transaction */
+    fixture_close(f, c); /* mid-transaction */
     fixture_wait_reserved(admin, 0);
     fixture_expect_nil(fixture_cmd(admin, "GET leave:{a}"));
-    redisFree(admin);
+    fixture_close(f, admin);
 }
 
 static void test_transaction_runs_on_the_keys_shard(void **state)
@@ -70,7 +70,7 @@ static void test_transaction_runs_on_the_keys_shard(void **state)
     assert_int_equal(fixture_holders(f, "tx:{u1}:b", 9), 1u << owner);
     /* After EXEC the client's requests flow as before. */
     fixture_expect_str(fixture_cmd(c, "GET tx:{u1}:a"), "1");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_keyless_commands_join_the_transactions_shard(void **state)
@@ -100,7 +100,7 @@ static void test_keyless_commands_join_the_transactions_shard(void **state)
     r = fixture_cmd(c, "EXEC");
     fixture_expect_array(r, 0);
     freeReplyObject(r);
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_keys_on_another_shard_abort_the_transaction(void **state)
@@ -125,7 +125,7 @@ static void test_keys_on_another_shard_abort_the_transaction(void **state)
     fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
     /* The connection goes on normally. */
     fixture_expect_status(fixture_cmd(c, "SET %s ok", b), "OK");
-    redisFree(c);
+    fixture_close(f, c);
 }
 
 static void test_errors_while_queuing_abort_as_redis_does(void **state)
@@ -150,7 +150,7 @@ static void test_errors_while_queuing_abort_as_redis_does(void **state)
     fixture_expect_array(r, 1);
     freeReplyObject(r);
     fixture_expect_str(fixture_cmd(c, "GET tx:{u3}"), "v");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_discard_and_misplaced_exec(void **state)
@@ -166,7 +166,7 @@ static void test_discard_and_misplaced_exec(void **state)
     fixture_expect_status(fixture_cmd(c, "PING"), "QUEUED");
     fixture_expect_status(fixture_cmd(c, "DISCARD"), "OK");
     fixture_expect_error(fixture_cmd(c, "EXEC"), "ERR EXEC without MULTI");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 static void test_watch_conflict_gives_nil_exec(void **state)
@@ -204,8 +204,8 @@ static void test_watch_conflict_gives_nil_exec(void **state)
     assert_int_equal(r->type, REDIS_REPLY_NIL);
     freeReplyObject(r);
     fixture_expect_str(fixture_cmd(a, "GET watch:{w1}"), "self");
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_unwatch_discard_and_reset_forget_the_watch(void **state)
@@ -230,8 +230,8 @@ static void test_unwatch_discard_and_reset_forget_the_watch(void **state)
         freeReplyObject(r);
     }
     fixture_expect_status(fixture_cmd(a, "UNWATCH"), "OK"); /* nothing watched */
-    redisFree(a);
-    redisFree(b);
+    fixture_close(f, a);
+    fixture_close(f, b);
 }
 
 static void test_watch_keys_must_share_a_shard(void **state)
@@ -248,7 +248,7 @@ static void test_watch_keys_must_share_a_shard(void **state)
     fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
     fixture_expect_error(fixture_cmd(c, "SET %s v", b), "CROSSSLOT");
     fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 /* Transactions pipelined among plain commands: every reply in order, and
@@ -278,7 +278,7 @@ static void test_pipelined_transactions_keep_order(void **state)
         freeReplyObject(r);
         fixture_expect_int(fixture_next_reply(c), i * 10 + 2);
     }
-    redisFree(c);
+    fixture_close(*state, c);
 }
 
 /* ---- a ring change ---- */
@@ -355,10 +355,10 @@ static void test_ring_change_ends_what_is_pinned_to_a_shard(void **state)
     fixture_expect_array(r, 1);
     freeReplyObject(r);
     fixture_expect_nil(fixture_cmd(b, "BLPOP ring:{q} 0.1"));
-    redisFree(admin);
-    redisFree(w);
-    redisFree(b);
-    redisFree(s);
+    fixture_close(f, admin);
+    fixture_close(f, w);
+    fixture_close(f, b);
+    fixture_close(f, s);
 }
 
 int main(void)

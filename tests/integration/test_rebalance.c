@@ -64,6 +64,9 @@ static fixture *start(void **state, const char *extra_proxy_lines, size_t nshard
     return f;
 }
 
+/* Ends and frees the writers of a test, if it started any. */
+static void writers_free(void);
+
 static int stop(void **state)
 {
     fixture *f = *state;
@@ -74,6 +77,7 @@ static int stop(void **state)
     if (!test_passed && f->proxy.pid != 0) {
         harness_dump_log(&f->proxy, 6000);
     }
+    writers_free();
     return fixture_stop(f);
 }
 
@@ -690,7 +694,7 @@ static void test_added_shard_gets_a_quarter_of_the_keys_and_nothing_is_lost(void
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -764,7 +768,7 @@ static void test_copy_already_on_the_new_shard_wins_over_the_stale_source(void *
     free(owner);
     free_keys(stale, STALE_KEYS);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -811,7 +815,7 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
     free(owner);
     free_keys(stale, STALE_KEYS);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -826,7 +830,13 @@ static void test_busykey_batch_still_counts_every_moved_key(void **state)
 #define WRITER_DEPTH 16
 /* Pause of a pipelining writer between batches, so that all of them add
  * keys more slowly than the mover scans. */
-#define WRITER_PAUSE_US    2000
+#define WRITER_PAUSE_US 2000
+/* Writes each writer has acknowledged before the switch: one round of
+ * every kind over every slot (WRITER_COUNTERS is the most slots of a kind),
+ * so that each of its counters, lists and queues exists on its old shard;
+ * and again after it, on the new ring alone. */
+#define WRITER_WARMUP_ACKS ((long long)OP_COUNT * WRITER_COUNTERS)
+#define WRITER_AFTER_ACKS  10
 #define WRITER_PROBLEM_LEN 256
 
 /* What a writer does, in turn. */
@@ -1090,6 +1100,77 @@ static long long writers_acked(writer *w)
     return sum;
 }
 
+/* The writers of the test running now, so that the teardown can end them
+ * when an assertion fails while they run. */
+static struct {
+    writer *w;       /* WRITERS of them, NULL when none */
+    int started;     /* threads created and not yet joined */
+    atomic_int halt; /* tells them to finish */
+} writers;
+
+/* Starts WRITERS writers on port; fails the test if one cannot start. */
+static writer *writers_start(int port, int first_id)
+{
+    writers.w = calloc(WRITERS, sizeof(writer));
+    assert_non_null(writers.w);
+    atomic_store(&writers.halt, 0);
+    for (int i = 0; i < WRITERS; i++) {
+        writer *w = &writers.w[i];
+        w->port = port;
+        w->id = first_id + i;
+        w->depth = i < 2 ? 1 : WRITER_DEPTH;
+        w->stop = &writers.halt;
+        assert_int_equal(pthread_create(&w->thread, NULL, writer_run, w), 0);
+        writers.started++;
+    }
+    return writers.w;
+}
+
+/* Ends the writers' threads; what they recorded stays for the test. */
+static void writers_stop(void)
+{
+    atomic_store(&writers.halt, 1);
+    for (; writers.started > 0; writers.started--) {
+        pthread_join(writers.w[writers.started - 1].thread, NULL);
+    }
+}
+
+static void writers_free(void)
+{
+    writers_stop();
+    if (writers.w != NULL) {
+        for (int i = 0; i < WRITERS; i++) {
+            free(writers.w[i].sets.seq);
+            free(writers.w[i].msets.seq);
+        }
+        free(writers.w);
+        writers.w = NULL;
+    }
+}
+
+/* Waits until every writer has had `more` writes acknowledged from now on
+ * (bounded by the rebalance timeout). 0, or -1 with a message. */
+static int wait_writers_progress(writer *w, long long more)
+{
+    long long want[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        want[i] = atomic_load(&w[i].acked) + more;
+    }
+    long long deadline = fixture_now_ms() + timeout_ms();
+    for (int i = 0; i < WRITERS; i++) {
+        while (atomic_load(&w[i].acked) < want[i] && fixture_now_ms() < deadline) {
+            fixture_sleep_ms(POLL_MS);
+        }
+        if (atomic_load(&w[i].acked) < want[i]) {
+            print_error("writer %d: %lld writes acknowledged, waited for %lld (%s)\n", i,
+                        (long long)atomic_load(&w[i].acked), want[i],
+                        w[i].first_problem[0] != '\0' ? w[i].first_problem : "no error");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* A growing list of key names. */
 typedef struct key_list {
     char **keys;
@@ -1223,40 +1304,6 @@ static void expect_writer_keys(fixture *f, redisContext *c, const writer *w)
     free_keys(keys.keys, keys.n);
 }
 
-/* WRITERS writers with ids first_id.. through the proxy, running until
- * writers_stop. */
-static writer *writers_start(const fixture *f, int first_id, atomic_int *stop_flag)
-{
-    atomic_store(stop_flag, 0);
-    writer *w = calloc(WRITERS, sizeof(writer));
-    assert_non_null(w);
-    for (int i = 0; i < WRITERS; i++) {
-        w[i].port = f->proxy.port;
-        w[i].id = first_id + i;
-        w[i].depth = i < 2 ? 1 : WRITER_DEPTH;
-        w[i].stop = stop_flag;
-        assert_int_equal(pthread_create(&w[i].thread, NULL, writer_run, &w[i]), 0);
-    }
-    return w;
-}
-
-static void writers_stop(writer *w, atomic_int *stop_flag)
-{
-    atomic_store(stop_flag, 1);
-    for (int i = 0; i < WRITERS; i++) {
-        assert_int_equal(pthread_join(w[i].thread, NULL), 0);
-    }
-}
-
-static void writers_free(writer *w)
-{
-    for (int i = 0; i < WRITERS; i++) {
-        free(w[i].sets.seq);
-        free(w[i].msets.seq);
-    }
-    free(w);
-}
-
 static void test_writes_during_the_move_are_all_kept(void **state)
 {
     /* migrate_rate is per source shard, and counts keys moved: the writers
@@ -1267,11 +1314,10 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     redisContext *c = fixture_client(f);
     dataset d = dataset_write(c, "k", DATASET_KEYS);
 
-    atomic_int stop_flag = 0;
-    writer *w = writers_start(f, 0, &stop_flag);
+    writer *w = writers_start(f->proxy.port, 0);
     /* Counters, lists and queues exist on their old shards before the
      * switch. */
-    fixture_sleep_ms(300);
+    int warmed_up = wait_writers_progress(w, WRITER_WARMUP_ACKS);
 
     add_shard_to_ini(f, S4);
     long long acked_at_reload = writers_acked(w);
@@ -1286,9 +1332,11 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     }
     long long acked_at_idle = writers_acked(w);
     /* Some writes after the switch, on the new ring alone. */
-    fixture_sleep_ms(200);
-    writers_stop(w, &stop_flag);
+    int wrote_after = wait_writers_progress(w, WRITER_AFTER_ACKS);
+    writers_stop();
 
+    assert_int_equal(warmed_up, 0);
+    assert_int_equal(wrote_after, 0);
     assert_true(reloaded);
     assert_true(was_running);
     wait_idle(f, c, 1);
@@ -1303,9 +1351,9 @@ static void test_writes_during_the_move_are_all_kept(void **state)
     expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
     dataset_verify(c, &d);
 
-    writers_free(w);
+    writers_free();
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1355,7 +1403,7 @@ static void test_removed_shard_is_drained_to_zero_keys(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1396,7 +1444,7 @@ static void test_reweighted_shard_gains_keys_and_only_those_move(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1486,7 +1534,7 @@ static void test_readdressed_shard_moves_no_key(void **state)
     free(holders);
     free(before);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1529,7 +1577,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
      * state, and the next start resumes. */
     wait_keys_on(f, S4, 300);
     assert_true(rebalance_is_running(c));
-    redisFree(c);
+    fixture_close(f, c);
     assert_int_equal(harness_ringproxy_restart(&f->proxy, SIGTERM), 0);
     char *log = read_file(f->proxy.log);
     assert_non_null(strstr(log, "ringproxy stopped"));
@@ -1542,10 +1590,14 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
     /* Killed once some more have moved. */
     wait_keys_on(f, S4, shard_dbsize(f, S4) + 300);
     assert_true(rebalance_is_running(c));
-    redisFree(c);
+    fixture_close(f, c);
     pid_t old_pid = f->proxy.pid;
     assert_int_equal(kill(old_pid, SIGKILL), 0);
-    fixture_sleep_ms(100);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (fixture_alive(old_pid)) {
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(POLL_MS);
+    }
     long long moved_before_kill = shard_dbsize(f, S4);
     assert_true(moved_before_kill >= 300);
     assert_true(file_exists(path));
@@ -1579,7 +1631,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
 
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1646,7 +1698,7 @@ static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
     assert_false(rebalance_is_running(c));
     /* SIGHUP reads the same broken file: rejected the same way. */
     assert_int_equal(kill(f->proxy.pid, SIGHUP), 0);
-    fixture_sleep_ms(100);
+    fixture_wait_log(&f->proxy, "(SIGHUP)");
     fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
     assert_int_equal(info_int(c, "server", "config_epoch"), epoch);
     char *log = read_file(f->proxy.log);
@@ -1672,8 +1724,8 @@ static void test_broken_edit_is_rejected_and_traffic_is_unaffected(void **state)
 
     free(good);
     dataset_free(&d);
-    redisFree(busy);
-    redisFree(c);
+    fixture_close(f, busy);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1738,8 +1790,8 @@ static void test_lock_taken_before_a_move_stays_held_through_it(void **state)
     free(after);
     free_keys(locks, LOCKS);
     dataset_free(&d);
-    redisFree(other);
-    redisFree(c);
+    fixture_close(f, other);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1802,7 +1854,7 @@ static void test_reload_during_a_migration_is_queued_then_applied(void **state)
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1854,7 +1906,7 @@ static void test_mover_reconnects_when_its_connection_is_killed(void **state)
     assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
     dataset_verify(c, &d);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1908,9 +1960,11 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
     } else {
         fixture_expect_bin(r, big, BIG_VALUE_LEN);
     }
-    for (int tries = 0; tries < 100 && info_int(c, "rebalance", "rebalance_failed_batches") < 2;
-         tries++)
-        fixture_sleep_ms(50);
+    deadline = fixture_now_ms() + timeout_ms();
+    while (info_int(c, "rebalance", "rebalance_failed_batches") < 2 &&
+           fixture_now_ms() < deadline) {
+        fixture_sleep_ms(POLL_MS);
+    }
     assert_true(rebalance_is_running(c));
     assert_true(info_int(c, "rebalance", "rebalance_failed_batches") >= 2);
     /* A reload that leaves the ring alone applies during a migration: raising
@@ -1932,7 +1986,7 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
 
     free(big);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -1940,8 +1994,6 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
 
 /* Keys written before the edits of the tests below and checked after each. */
 #define EDIT_DATASET_KEYS 3000
-/* Writing through the proxy before a reload and after the move ends. */
-#define EDIT_WRITE_MS 150
 
 /* The field of INFO shards for shard s (0-based), e.g. "addr=...,weight=2,...". */
 static void shard_info(redisContext *c, int s, char *out, size_t cap)
@@ -1952,28 +2004,28 @@ static void shard_info(redisContext *c, int s, char *out, size_t cap)
 }
 
 /* One edit of proxy.ini applied with writers running: they write on the
- * old ring, through the reload and the move, and on the new ring after it;
+ * old ring (some writes each, acknowledged before the reload), through the
+ * reload and the move, and on the new ring after it;
  * then every write they saw acknowledged is checked. Waits for
  * rebalance_completed to reach *completed (raised by the caller when the
  * edit moves keys). */
 static void edit_with_writers(fixture *f, redisContext *c, const char *ini_text, int *next_writer,
                               long long completed)
 {
-    atomic_int stop_flag = 0;
-    writer *w = writers_start(f, *next_writer, &stop_flag);
+    writer *w = writers_start(f->proxy.port, *next_writer);
     *next_writer += WRITERS;
-    fixture_sleep_ms(EDIT_WRITE_MS);
+    assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
     ini_write(f, ini_text);
     reload_ok(c);
     wait_idle(f, c, completed);
-    fixture_sleep_ms(EDIT_WRITE_MS);
-    writers_stop(w, &stop_flag);
+    assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
+    writers_stop();
     assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), completed);
     expect_clean_finish(c);
     for (int i = 0; i < WRITERS; i++) {
         expect_writer_keys(f, c, &w[i]);
     }
-    writers_free(w);
+    writers_free();
 }
 
 static void test_undone_reweight_moves_the_keys_back(void **state)
@@ -2025,14 +2077,14 @@ static void test_undone_reweight_moves_the_keys_back(void **state)
     redisReply *exec = fixture_cmd(t, "EXEC");
     fixture_expect_array(exec, 1);
     freeReplyObject(exec);
-    redisFree(t);
+    fixture_close(f, t);
 
     free(original);
     free(heavier);
     free(before);
     free(after);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -2241,7 +2293,7 @@ static void random_edit_sequence(void **state, unsigned seed, int steps)
     free(history);
     free(initial);
     dataset_free(&d);
-    redisFree(c);
+    fixture_close(f, c);
     test_passed = 1;
 }
 
@@ -2267,6 +2319,150 @@ static void test_random_edits_with_writers_lose_nothing(void **state)
     test_passed = 1;
 }
 
+/* ---- 6. requests stuck in a paused source ---- */
+
+/* Keys of the paused-source test, and the value each stale write carries:
+ * enough bytes that the shard, once resumed, reads them over many turns of
+ * its event loop, between which other connections' commands run. */
+#define STUCK_KEYS       200
+#define STUCK_VALUE_LEN  (16 * 1024)
+#define STUCK_TIMEOUT_MS 400
+
+/* timeouts= of INFO shards for shard s. */
+static long long shard_timeouts(redisContext *c, int s)
+{
+    char info[512];
+    shard_info(c, s, info, sizeof(info));
+    const char *at = strstr(info, "timeouts=");
+    return at != NULL ? atoll(at + 9) : -1;
+}
+
+/* n keys "<prefix>:<i>" that PROXY RING places on shard s. */
+static char **keys_on_shard(redisContext *c, const char *prefix, int s, size_t n)
+{
+    char **keys = calloc(n, sizeof(*keys));
+    assert_non_null(keys);
+    size_t found = 0;
+    for (size_t i = 0; found < n && i < FIXTURE_KEY_SEARCH; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "%s:%zu", prefix, i);
+        char *one[1] = {name};
+        int owner = -1;
+        owners_of(c, one, 1, &owner);
+        if (owner == s) {
+            keys[found] = strdup(name);
+            assert_non_null(keys[found]);
+            found++;
+        }
+    }
+    assert_int_equal(found, n);
+    return keys;
+}
+
+static void set_all(redisContext *c, char **keys, size_t n, const char *value)
+{
+    for (size_t i = 0; i < n; i++) {
+        redisAppendCommand(c, "SET %s %s", keys[i], value);
+    }
+    for (size_t i = 0; i < n; i++) {
+        fixture_expect_status(fixture_next_reply(c), "OK");
+    }
+}
+
+static void test_writes_stuck_in_a_paused_source_never_land_after_the_move(void **state)
+{
+    char extra[128];
+    snprintf(extra, sizeof(extra), "watch_config = no\nrequest_timeout = %lld",
+             fixture_bound_ms(STUCK_TIMEOUT_MS));
+    fixture *f = start(state, extra, 3);
+    redisContext *c = fixture_client(f);
+    char **keys = keys_on_shard(c, "stuck", S1, STUCK_KEYS);
+    set_all(c, keys, STUCK_KEYS, "v1");
+
+    /* s1 stops; writes pile up in its socket and time out in the proxy,
+     * which resets the connection: s1 still holds them. */
+    assert_int_equal(kill(f->shards[S1].pid, SIGSTOP), 0);
+    long long timeouts = shard_timeouts(c, S1);
+    char *stale = malloc(STUCK_VALUE_LEN + 1);
+    assert_non_null(stale);
+    memset(stale, 's', STUCK_VALUE_LEN);
+    stale[STUCK_VALUE_LEN] = '\0';
+    redisContext *w = fixture_client(f);
+    for (size_t i = 0; i < STUCK_KEYS; i++) {
+        redisAppendCommand(w, "SET %s %s", keys[i], stale);
+    }
+    for (size_t i = 0; i < STUCK_KEYS; i++) {
+        fixture_expect_error(fixture_next_reply(w), "ERR");
+    }
+    free(stale);
+    fixture_close(f, w);
+    assert_true(shard_timeouts(c, S1) > timeouts);
+
+    /* s4 joins: about a quarter of the keys move from s1. The barrier's PING
+     * to s1 times out as well; then s1 resumes. */
+    timeouts = shard_timeouts(c, S1);
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (shard_timeouts(c, S1) == timeouts && fixture_now_ms() < deadline) {
+        fixture_sleep_ms(POLL_MS);
+    }
+    assert_true(shard_timeouts(c, S1) > timeouts);
+    assert_int_equal(kill(f->shards[S1].pid, SIGCONT), 0);
+    wait_idle(f, c, 1);
+
+    /* No stuck write landed on s1 after its key moved: every key is on its
+     * owner only. Then newer values, and the keys move back to s1. */
+    expect_each_key_on_its_owner_only(f, c, keys, STUCK_KEYS, NULL);
+    set_all(c, keys, STUCK_KEYS, "v2");
+    ini_replace_line(f, "s4 = ", NULL);
+    reload_ok(c);
+    wait_idle(f, c, 2);
+    expect_each_key_on_its_owner_only(f, c, keys, STUCK_KEYS, NULL);
+    for (size_t i = 0; i < STUCK_KEYS; i++) {
+        expect_key_value(f, c, keys[i], fixture_cmd(c, "GET %s", keys[i]), "v2");
+    }
+    free_keys(keys, STUCK_KEYS);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
+static void test_removed_shard_that_stops_answering_gives_errors_not_a_hang(void **state)
+{
+    char extra[128];
+    snprintf(extra, sizeof(extra), "watch_config = no\nrequest_timeout = %lld",
+             fixture_bound_ms(STUCK_TIMEOUT_MS));
+    fixture *f = start(state, extra, 3);
+    redisContext *c = fixture_client(f);
+    char **keys = keys_on_shard(c, "gone", S3, 20);
+    set_all(c, keys, 20, "v1");
+
+    /* s3 stops answering, then leaves the ring: its keys cannot move while
+     * it is stopped, and a request for one gets an error in bounded time. */
+    assert_int_equal(kill(f->shards[S3].pid, SIGSTOP), 0);
+    ini_replace_line(f, "s3 = ", NULL);
+    reload_ok(c);
+    long long asked = fixture_now_ms();
+    redisReply *r = fixture_cmd(c, "GET %s", keys[0]);
+    /* TRYAGAIN while the barrier waits for s3, or the failed move itself. */
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    assert_true(strncmp(r->str, "TRYAGAIN", 8) == 0 || strncmp(r->str, "ERR cannot move", 15) == 0);
+    freeReplyObject(r);
+    assert_true(fixture_now_ms() - asked < fixture_bound_ms(10 * STUCK_TIMEOUT_MS));
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+
+    /* Once it answers again, its keys move off and read as written. */
+    assert_int_equal(kill(f->shards[S3].pid, SIGCONT), 0);
+    wait_idle(f, c, 1);
+    for (size_t i = 0; i < 20; i++) {
+        expect_key_value(f, c, keys[i], fixture_cmd(c, "GET %s", keys[i]), "v1");
+    }
+    assert_int_equal(shard_dbsize(f, S3), 0);
+    free_keys(keys, 20);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2289,6 +2485,10 @@ int main(void)
             test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropped, stop),
         cmocka_unit_test_teardown(test_undone_reweight_moves_the_keys_back, stop),
         cmocka_unit_test_teardown(test_random_edits_with_writers_lose_nothing, stop),
+        cmocka_unit_test_teardown(test_writes_stuck_in_a_paused_source_never_land_after_the_move,
+                                  stop),
+        cmocka_unit_test_teardown(test_removed_shard_that_stops_answering_gives_errors_not_a_hang,
+                                  stop),
     };
     /* REBALANCE_TEST=<glob> runs only the matching tests. */
     const char *only = getenv("REBALANCE_TEST");

@@ -51,24 +51,6 @@ typedef struct cluster {
     harness_proc proxy_acked; /* a second proxy, with min_replicas_to_ack = 1 */
 } cluster;
 
-static long long bound_ms(long long ms)
-{
-    return ms * harness_timeout_scale();
-}
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* The reply of a command on a fresh connection to port, or NULL. */
 static redisReply *command_on(int port, const char *fmt, ...)
 {
@@ -172,17 +154,17 @@ static int shard_master_port(int proxy_port, const char *shard)
 static void wait_shard_field(const cluster *c, const char *shard, const char *field,
                              const char *want, long long timeout_ms)
 {
-    long long deadline = now_ms() + bound_ms(timeout_ms);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(timeout_ms);
     char got[256];
     for (;;) {
         shard_field(c->proxy.port, shard, field, got, sizeof(got));
         if (strcmp(got, want) == 0)
             return;
-        if (now_ms() > deadline) {
+        if (fixture_now_ms() > deadline) {
             harness_dump_log(&c->proxy, 4096);
             fail_msg("shard %s: %s is '%s', expected '%s'", shard, field, got, want);
         }
-        sleep_ms(20);
+        fixture_sleep_ms(20);
     }
 }
 
@@ -265,26 +247,26 @@ static cluster *cluster_start(void **state)
         assert_int_equal(harness_redis_start(&c->master[i]), 0);
         assert_int_equal(harness_replica_start(&c->replica[i], c->master[i].port), 0);
     }
-    long long deadline = now_ms() + bound_ms(10000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
     for (int i = 0; i < NSHARDS; i++)
         while (!replica_synced(c->replica[i].port)) {
-            assert_true(now_ms() < deadline);
-            sleep_ms(20);
+            assert_true(fixture_now_ms() < deadline);
+            fixture_sleep_ms(20);
         }
     for (int i = 0; i < NSENTINELS; i++)
         assert_int_equal(harness_sentinel_start(&c->sentinel[i], sentinel_conf(c)), 0);
-    deadline = now_ms() + bound_ms(SENTINELS_READY_MS);
+    deadline = fixture_now_ms() + fixture_bound_ms(SENTINELS_READY_MS);
     for (int i = 0; i < NSENTINELS; i++)
         for (int m = 0; m < NSHARDS; m++) {
             char name[16];
             snprintf(name, sizeof(name), "m%d", m + 1);
             while (!sentinel_ready(c->sentinel[i].port, name, NSENTINELS - 1)) {
-                if (now_ms() > deadline) {
+                if (fixture_now_ms() > deadline) {
                     harness_dump_log(&c->sentinel[i], 4096);
                     fail_msg("Sentinel %d does not know %s's replica and the other Sentinels",
                              i + 1, name);
                 }
-                sleep_ms(100);
+                fixture_sleep_ms(100);
             }
         }
     assert_int_equal(
@@ -351,10 +333,10 @@ static void write_for(writer *w, const cluster *c, int victim, long long since_m
                       long long duration_ms)
 {
     (void)c;
-    long long end = now_ms() + duration_ms;
+    long long end = fixture_now_ms() + duration_ms;
     char prefix[32];
     snprintf(prefix, sizeof(prefix), "ERR shard s%d ", victim + 1);
-    while (now_ms() < end) {
+    while (fixture_now_ms() < end) {
         char key[48];
         int acked = w->acked_conn && (w->next & 1);
         snprintf(key, sizeof(key), "%s:%d", acked ? "a" : "w", w->next++);
@@ -367,8 +349,8 @@ static void write_for(writer *w, const cluster *c, int victim, long long since_m
         } else if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
             w->acked[shard]++;
             if (!acked && shard == victim && !w->first_ok_after_ms && since_ms &&
-                now_ms() > since_ms)
-                w->first_ok_after_ms = now_ms();
+                fixture_now_ms() > since_ms)
+                w->first_ok_after_ms = fixture_now_ms();
             if (w->nkeys == w->cap) {
                 w->cap = w->cap ? w->cap * 2 : 1024;
                 w->keys = realloc(w->keys, (size_t)w->cap * sizeof(*w->keys));
@@ -420,12 +402,13 @@ static void writer_free(writer *w)
 static long long wait_switch(const cluster *c, const char *name, int old_port, writer *w,
                              int victim, long long since_ms)
 {
-    long long deadline = now_ms() + bound_ms(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS * 3);
+    long long deadline =
+        fixture_now_ms() + fixture_bound_ms(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS * 3);
     for (;;) {
         int port = sentinel_master_port(c->sentinel[0].port, name);
         if (port && port != old_port)
-            return now_ms();
-        if (now_ms() > deadline) {
+            return fixture_now_ms();
+        if (fixture_now_ms() > deadline) {
             harness_dump_log(&c->sentinel[0], 4096);
             fail_msg("the Sentinels did not fail %s over", name);
         }
@@ -436,8 +419,8 @@ static long long wait_switch(const cluster *c, const char *name, int old_port, w
 /* Writes until the first OK on the victim shard, or for FOLLOW_MS. */
 static void write_until_followed(writer *w, const cluster *c, int victim, long long since_ms)
 {
-    long long end = now_ms() + bound_ms(FOLLOW_MS);
-    while (!w->first_ok_after_ms && now_ms() < end)
+    long long end = fixture_now_ms() + fixture_bound_ms(FOLLOW_MS);
+    while (!w->first_ok_after_ms && fixture_now_ms() < end)
         write_for(w, c, victim, since_ms, 10);
 }
 
@@ -467,7 +450,7 @@ static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
     assert_int_equal(w.failed[0] + w.failed[1], 0);
 
     int old_port = c->master[0].port;
-    long long killed = now_ms();
+    long long killed = fixture_now_ms();
     assert_true(harness_proc_stop(&c->master[0], SIGKILL) != -1);
     long long switched = wait_switch(c, "m1", old_port, &w, 0, killed);
     write_until_followed(&w, c, 0, killed);
@@ -479,7 +462,7 @@ static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
     printf("killed master: Sentinels switched after %lld ms, the proxy wrote to the new master "
            "%lld ms after the switch (%lld ms after the kill)\n",
            switched - killed, w.first_ok_after_ms - switched, w.first_ok_after_ms - killed);
-    assert_true(w.first_ok_after_ms - switched <= bound_ms(FOLLOW_MS));
+    assert_true(w.first_ok_after_ms - switched <= fixture_bound_ms(FOLLOW_MS));
     if (w.bad_error[0])
         fail_msg("an error other than s1's fast one: %s", w.bad_error);
     assert_int_equal(w.failed[1], 0);
@@ -508,6 +491,71 @@ static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
     writer_free(&w);
 }
 
+/* INFO locks' lock_shards_ready through the proxy, or -1. */
+static int lock_shards_ready(int proxy_port)
+{
+    static const char field[] = "lock_shards_ready:";
+    redisReply *r = command_on(proxy_port, "INFO locks");
+    const char *at = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, field) : NULL;
+    int n = at ? atoi(at + sizeof(field) - 1) : -1;
+    if (r)
+        freeReplyObject(r);
+    return n;
+}
+
+/* LOCK.ACQUIRE name through p: the fencing token; fails the test otherwise. */
+static long long lock_acquire(redisContext *p, const char *name)
+{
+    redisReply *r = fixture_cmd(p, "LOCK.ACQUIRE %s 10000", name);
+    if (r->type != REDIS_REPLY_INTEGER)
+        fail_msg("LOCK.ACQUIRE %s: %s", name,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "not a token");
+    long long token = r->integer;
+    freeReplyObject(r);
+    return token;
+}
+
+/* The proxy's hidden records (the LOCK.* store, one connection per shard)
+ * follow a sentinel shard's master: after a failover the store checks the
+ * promoted replica and counts again, so LOCK.ACQUIRE, which here needs both
+ * lock shards, grants the name again with a larger token. */
+static void test_lock_store_follows_the_failover(void **state)
+{
+    cluster *c = cluster_start(state);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(5000);
+    while (lock_shards_ready(c->proxy.port) != NSHARDS) {
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    long long before = lock_acquire(p, "orders");
+    assert_true(before > 0);
+    redisReply *r = fixture_cmd(p, "LOCK.RELEASE orders %lld", before);
+    fixture_expect_int(r, 1);
+
+    writer w = {.conn = harness_connect(c->proxy.port)};
+    assert_non_null(w.conn);
+    int old_port = c->master[0].port;
+    long long killed = fixture_now_ms();
+    assert_true(harness_proc_stop(&c->master[0], SIGKILL) != -1);
+    wait_switch(c, "m1", old_port, &w, 0, killed);
+    write_until_followed(&w, c, 0, killed);
+    assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->replica[0].port);
+    deadline = fixture_now_ms() + fixture_bound_ms(FOLLOW_MS + 2000);
+    while (lock_shards_ready(c->proxy.port) != NSHARDS) {
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(&c->proxy, 4096);
+            fail_msg("the store of s1 did not follow its master (%d lock shards ready)",
+                     lock_shards_ready(c->proxy.port));
+        }
+        fixture_sleep_ms(20);
+    }
+    assert_true(lock_acquire(p, "orders") > before);
+    redisFree(p);
+    writer_free(&w);
+}
+
 /* A stopped master: its requests time out, the Sentinels promote the
  * replica, the proxy follows; once the old master runs again the Sentinels
  * make it a replica, and the proxy keeps writing to the new master only. */
@@ -520,7 +568,7 @@ static void test_stopped_master_is_replaced_and_not_written_after_it_resumes(voi
     assert_int_equal(w.failed[0] + w.failed[1], 0);
 
     int old_port = c->master[1].port;
-    long long stopped = now_ms();
+    long long stopped = fixture_now_ms();
     assert_int_equal(kill(c->master[1].pid, SIGSTOP), 0);
     long long switched = wait_switch(c, "m2", old_port, &w, 1, stopped);
     write_until_followed(&w, c, 1, stopped);
@@ -530,15 +578,15 @@ static void test_stopped_master_is_replaced_and_not_written_after_it_resumes(voi
     }
     printf("stopped master: Sentinels switched after %lld ms, the proxy followed %lld ms later\n",
            switched - stopped, w.first_ok_after_ms - switched);
-    assert_true(w.first_ok_after_ms - switched <= bound_ms(FOLLOW_MS));
+    assert_true(w.first_ok_after_ms - switched <= fixture_bound_ms(FOLLOW_MS));
     assert_int_equal(shard_master_port(c->proxy.port, "s2"), c->replica[1].port);
 
     assert_int_equal(kill(c->master[1].pid, SIGCONT), 0);
-    long long deadline = now_ms() + bound_ms(15000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(15000);
     char role[16];
     for (role_of(old_port, role, sizeof(role)); strcmp(role, "slave") != 0;
          role_of(old_port, role, sizeof(role))) {
-        if (now_ms() > deadline)
+        if (fixture_now_ms() > deadline)
             fail_msg("the Sentinels did not make the old master a replica (ROLE %s)", role);
         write_for(&w, c, 1, stopped, 50);
     }
@@ -653,17 +701,17 @@ static void test_demoted_master_gets_no_request_after_reconnect(void **state)
     freeReplyObject(r);
 
     /* Until the Sentinels say otherwise, s1 is unavailable, quickly. */
-    long long deadline = now_ms() + bound_ms(2000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(2000);
     int refused = 0;
-    while (!refused && now_ms() < deadline) {
-        long long sent = now_ms();
+    while (!refused && fixture_now_ms() < deadline) {
+        long long sent = fixture_now_ms();
         r = fixture_cmd(p, "SET after v");
         assert_int_equal(r->type, REDIS_REPLY_ERROR);
         assert_true(strncmp(r->str, "ERR shard s1 ", 13) == 0);
-        assert_true(now_ms() - sent < bound_ms(REQUEST_TIMEOUT_MS));
+        assert_true(fixture_now_ms() - sent < fixture_bound_ms(REQUEST_TIMEOUT_MS));
         refused = strstr(r->str, "not a master (ROLE)") != NULL;
         freeReplyObject(r);
-        sleep_ms(20);
+        fixture_sleep_ms(20);
     }
     assert_true(refused);
     fixture_expect_nil(command_on(c->master[0].port, "GET after"));
@@ -682,10 +730,10 @@ static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void
     *state = c;
     assert_int_equal(harness_redis_start(&c->master[0]), 0);
     assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
-    long long deadline = now_ms() + bound_ms(10000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
     while (!replica_synced(c->replica[0].port)) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(20);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
     }
     char ini[512];
     snprintf(ini, sizeof(ini),
@@ -707,14 +755,14 @@ static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void
     fixture_expect_str(fixture_cmd(replica, "GET counter"), "1");
 
     assert_int_equal(kill(c->replica[0].pid, SIGSTOP), 0);
-    long long sent = now_ms();
+    long long sent = fixture_now_ms();
     redisReply *r = fixture_cmd(p, "SET unconfirmed v");
-    long long took = now_ms() - sent;
+    long long took = fixture_now_ms() - sent;
     fixture_expect_error(r, "NOREPLICAS write done on shard s1");
     assert_true(took >= MIN_REPLICAS_TIMEOUT_MS - 20);
-    sent = now_ms();
+    sent = fixture_now_ms();
     fixture_expect_str(fixture_cmd(p, "GET acked:7"), "v7");
-    assert_true(now_ms() - sent < bound_ms(MIN_REPLICAS_TIMEOUT_MS));
+    assert_true(fixture_now_ms() - sent < fixture_bound_ms(MIN_REPLICAS_TIMEOUT_MS));
     /* the write itself was done on the master */
     fixture_expect_str(command_on(c->master[0].port, "GET unconfirmed"), "v");
     assert_int_equal(kill(c->replica[0].pid, SIGCONT), 0);
@@ -798,18 +846,18 @@ static void test_reads_go_to_the_replica_with_read_from(void **state)
     *state = c;
     assert_int_equal(harness_redis_start(&c->master[0]), 0);
     assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
-    long long deadline = now_ms() + bound_ms(10000);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
     while (!replica_synced(c->replica[0].port)) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(20);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
     }
     char conf[256];
     snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->master[0].port);
     assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
-    deadline = now_ms() + bound_ms(SENTINELS_READY_MS);
+    deadline = fixture_now_ms() + fixture_bound_ms(SENTINELS_READY_MS);
     while (!sentinel_ready(c->sentinel[0].port, "m1", 0)) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(100);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(100);
     }
     expect_ok(command_on(c->replica[0].port, "CONFIG SET replica-read-only no"));
     expect_ok(command_on(c->replica[0].port, "SET only-on-replica r"));
@@ -825,19 +873,19 @@ static void test_reads_go_to_the_replica_with_read_from(void **state)
     redisContext *p = harness_connect(c->proxy.port);
     assert_non_null(p);
     /* reads reach the replica once its connection is up */
-    deadline = now_ms() + bound_ms(2000);
+    deadline = fixture_now_ms() + fixture_bound_ms(2000);
     redisReply *r;
     while ((r = fixture_cmd(p, "GET only-on-replica"))->type != REDIS_REPLY_STRING) {
         freeReplyObject(r);
-        assert_true(now_ms() < deadline);
-        sleep_ms(20);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
     }
     fixture_expect_str(r, "r");
     expect_ok(fixture_cmd(p, "SET written v"));
     fixture_expect_str(command_on(c->master[0].port, "GET written"), "v");
 
     assert_true(harness_proc_stop(&c->replica[0], SIGKILL) != -1);
-    deadline = now_ms() + bound_ms(3000);
+    deadline = fixture_now_ms() + fixture_bound_ms(3000);
     for (;;) {
         r = fixture_cmd(p, "GET only-on-replica");
         if (r->type == REDIS_REPLY_NIL)
@@ -845,8 +893,8 @@ static void test_reads_go_to_the_replica_with_read_from(void **state)
         /* until the proxy sees the replica gone: its error, never a wrong value */
         assert_int_equal(r->type, REDIS_REPLY_ERROR);
         freeReplyObject(r);
-        assert_true(now_ms() < deadline);
-        sleep_ms(20);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
     }
     freeReplyObject(r);
     fixture_expect_str(fixture_cmd(p, "GET written"), "v");
@@ -939,25 +987,26 @@ static void test_migration_continues_when_its_source_fails_over(void **state)
     char state_text[64];
     info_line(c->proxy.port, "rebalance", "rebalance_state", state_text, sizeof(state_text));
     assert_string_not_equal(state_text, "idle");
-    sleep_ms(300);
+    fixture_sleep_ms(300);
 
     int old_port = c->master[0].port;
     assert_true(harness_proc_stop(&c->master[0], SIGKILL) != -1);
-    long long deadline = now_ms() + bound_ms(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS * 3);
+    long long deadline =
+        fixture_now_ms() + fixture_bound_ms(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS * 3);
     while (sentinel_master_port(c->sentinel[0].port, "m1") == old_port) {
-        assert_true(now_ms() < deadline);
-        sleep_ms(50);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(50);
     }
-    deadline = now_ms() + bound_ms(60000);
+    deadline = fixture_now_ms() + fixture_bound_ms(60000);
     for (;;) {
         info_line(c->proxy.port, "rebalance", "rebalance_state", state_text, sizeof(state_text));
         if (strcmp(state_text, "idle") == 0)
             break;
-        if (now_ms() > deadline) {
+        if (fixture_now_ms() > deadline) {
             harness_dump_log(&c->proxy, 4096);
             fail_msg("the migration did not end after the failover (state %s)", state_text);
         }
-        sleep_ms(100);
+        fixture_sleep_ms(100);
     }
     assert_int_equal(shard_master_port(c->proxy.port, "s1"), c->replica[0].port);
     int lost = 0;
@@ -982,6 +1031,7 @@ int main(void)
         cmocka_unit_test_teardown(test_killed_master_is_followed_to_the_promoted_replica, stop),
         cmocka_unit_test_teardown(test_stopped_master_is_replaced_and_not_written_after_it_resumes,
                                   stop),
+        cmocka_unit_test_teardown(test_lock_store_follows_the_failover, stop),
         cmocka_unit_test_teardown(test_all_sentinels_down_keeps_the_last_known_masters, stop),
         cmocka_unit_test_teardown(test_sentinel_naming_a_replica_is_refused, stop),
         cmocka_unit_test_teardown(test_demoted_master_gets_no_request_after_reconnect, stop),
@@ -993,5 +1043,9 @@ int main(void)
         cmocka_unit_test_teardown(test_master_with_a_password_is_found_and_used, stop),
         cmocka_unit_test_teardown(test_migration_continues_when_its_source_fails_over, stop),
     };
+    /* SENTINEL_TEST=<glob> runs only the matching tests. */
+    const char *only = getenv("SENTINEL_TEST");
+    if (only != NULL && only[0] != '\0')
+        cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

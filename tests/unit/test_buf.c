@@ -2,7 +2,9 @@
  * from one buffer to another without its bytes being copied (buf_split,
  * buf_take, buf_offer, buf_append_msg), and everything that does not fit
  * the hand-off is copied exactly as buf_append copies it. "Not copied" is
- * checked by address: the bytes the taker holds are those the source held. */
+ * checked by address: the bytes the taker holds are those the source held.
+ * Out of memory is sticky: after one append fails, every append fails and
+ * adds nothing until the buffer is emptied. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -252,12 +254,104 @@ static void test_write_fd(void **state)
     buf_free(&b);
 }
 
+/* More than a buffer can ever hold: the append fails before any allocation
+ * or read of the bytes, as it would when malloc fails. (volatile: the
+ * compiler must not see the inline memcpy's length.) */
+static volatile size_t impossible_len = SIZE_MAX / 2 + 2;
+#define IMPOSSIBLE_LEN impossible_len
+
+/* One way to append after the failure; each must fail and add nothing. */
+typedef struct append_case {
+    const char *name;
+    int (*append)(buf *b);
+} append_case;
+
+static int append_bytes(buf *b)
+{
+    return buf_append(b, "abc", 3);
+}
+static int append_bulk(buf *b)
+{
+    return buf_append_bulk(b, "abc", 3);
+}
+static int append_header(buf *b)
+{
+    return buf_append_header(b, '*', 3);
+}
+static int append_printf(buf *b)
+{
+    return buf_printf(b, "%d", 3);
+}
+static int append_msg(buf *b)
+{
+    return buf_append_msg(b, "abc", 3);
+}
+
+static const append_case append_cases[] = {
+    {"buf_append", append_bytes},         {"buf_append_bulk", append_bulk},
+    {"buf_append_header", append_header}, {"buf_printf", append_printf},
+    {"buf_append_msg", append_msg},
+};
+
+static void test_failure_is_sticky(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < ARRAY_LEN(append_cases); i++) {
+        buf b = {0};
+        assert_int_equal(buf_append(&b, "head", 4), 0);
+        assert_false(buf_failed(&b));
+        assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
+        assert_true(buf_failed(&b));
+        if (append_cases[i].append(&b) != -1 || buf_len(&b) != 4 || !buf_failed(&b))
+            fail_msg("%s after a failed append: not a failing no-op", append_cases[i].name);
+        buf_free(&b);
+    }
+}
+
+static void test_failure_ends_when_emptied(void **state)
+{
+    (void)state;
+    buf b = {0};
+    /* buf_reset */
+    assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
+    buf_reset(&b);
+    assert_false(buf_failed(&b));
+    assert_int_equal(buf_append(&b, "ab", 2), 0);
+    /* buf_consume of the last byte (a connection's buffer drained) */
+    assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
+    buf_consume(&b, 1);
+    assert_true(buf_failed(&b));
+    buf_consume(&b, 1);
+    assert_false(buf_failed(&b));
+    /* buf_free */
+    assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
+    buf_free(&b);
+    assert_false(buf_failed(&b));
+    /* a queue of whole messages goes on after a failed append */
+    assert_int_equal(buf_append(&b, "ab", 2), 0);
+    assert_int_equal(buf_append(&b, "x", IMPOSSIBLE_LEN), -1);
+    buf_forget_failure(&b);
+    assert_int_equal(buf_append(&b, "c", 1), 0);
+    assert_memory_equal(buf_head(&b), "abc", 3);
+    buf_free(&b);
+    /* a reservation that fails is not an append */
+    assert_int_equal(buf_reserve(&b, IMPOSSIBLE_LEN), -1);
+    assert_false(buf_failed(&b));
+    assert_int_equal(buf_append(&b, "ab", 2), 0);
+    assert_memory_equal(buf_head(&b), "ab", 2);
+    buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_split),      cmocka_unit_test(test_take),
-        cmocka_unit_test(test_append_msg), cmocka_unit_test(test_offer_used_once_and_nested),
+        cmocka_unit_test(test_split),
+        cmocka_unit_test(test_take),
+        cmocka_unit_test(test_append_msg),
+        cmocka_unit_test(test_offer_used_once_and_nested),
         cmocka_unit_test(test_write_fd),
+        cmocka_unit_test(test_failure_is_sticky),
+        cmocka_unit_test(test_failure_ends_when_emptied),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

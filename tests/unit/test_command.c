@@ -549,7 +549,7 @@ static const struct {
     {"ZUNIONSTORE d 1 a", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"ZRANGESTORE d a 0 1", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"MSETNX a 1", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
-    {"COPY a b", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
+    {"COPY a b", COMMAND_SAME_SHARD, CMD_COPY, MERGE_NONE, 0},
     {"SORT k STORE d", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"GEORADIUS k 1 2 3 km", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
     {"BITOP AND d a", COMMAND_SAME_SHARD, CMD_OTHER, MERGE_NONE, 0},
@@ -584,6 +584,10 @@ static const struct {
     {"PSUBSCRIBE ch*", COMMAND_PUBSUB, CMD_PSUBSCRIBE, MERGE_NONE, 0},
     {"UNSUBSCRIBE", COMMAND_PUBSUB, CMD_UNSUBSCRIBE, MERGE_NONE, 0},
     {"PUNSUBSCRIBE", COMMAND_PUBSUB, CMD_PUNSUBSCRIBE, MERGE_NONE, 0},
+    {"LOCK.ACQUIRE l 1000", COMMAND_LOCK, CMD_LOCK_ACQUIRE, MERGE_NONE, 0},
+    {"lock.release l 1", COMMAND_LOCK, CMD_LOCK_RELEASE, MERGE_NONE, 0},
+    {"Lock.Extend l 1 1000", COMMAND_LOCK, CMD_LOCK_EXTEND, MERGE_NONE, 0},
+    {"LOCK.INFO l", COMMAND_LOCK, CMD_LOCK_INFO, MERGE_NONE, 0},
     {"PUBLISH ch m", COMMAND_FORWARD, CMD_PUBLISH, MERGE_NONE, 0},
     {"BLPOP a 0", COMMAND_SAME_SHARD, CMD_BLOCK_LAST, MERGE_NONE, 0},
     {"BRPOPLPUSH a b 0", COMMAND_SAME_SHARD, CMD_BLOCK_LAST, MERGE_NONE, 0},
@@ -637,6 +641,100 @@ static void test_class(void **state)
                      class_cases[i].request, cmd->name, cmd->cls, cmd->id, cmd->merge,
                      cmd->split_step, class_cases[i].cls, class_cases[i].id, class_cases[i].merge,
                      class_cases[i].split_step);
+        }
+    }
+}
+
+/* The router's handler and gate flags of each kind of command. */
+#define F_NO_AUTH    COMMAND_FLAG_NO_AUTH
+#define F_SUBSCRIBED COMMAND_FLAG_WHILE_SUBSCRIBED
+#define F_RUNS       COMMAND_FLAG_RUNS_IN_MULTI
+#define F_NOT_QUEUED COMMAND_FLAG_NOT_QUEUED
+#define F_SINGLE     COMMAND_FLAG_SINGLE_KEY
+
+static const struct {
+    const char *request;
+    command_route route;
+    unsigned flags;
+} route_cases[] = {
+    {"GET k", ROUTE_KEYS, F_SINGLE},
+    {"SET k v", ROUTE_KEYS, F_SINGLE},
+    {"SORT_RO k", ROUTE_KEYS, F_SINGLE},
+    {"OBJECT ENCODING k", ROUTE_KEYS, 0},
+    {"RENAME a b", ROUTE_KEYS, 0},
+    {"MGET a b", ROUTE_SPLIT, 0},
+    {"MSET a 1", ROUTE_SPLIT, 0},
+    {"EVAL s 0", ROUTE_SCRIPT, 0},
+    {"FCALL f 0", ROUTE_SCRIPT, 0},
+    {"BLPOP a 0", ROUTE_BLOCKING, 0},
+    {"BZMPOP 0 1 a MIN", ROUTE_BLOCKING, 0},
+    {"XREAD STREAMS a 0", ROUTE_BLOCKING, 0},
+    {"PUBLISH ch m", ROUTE_CHANNEL, 0},
+    {"TIME", ROUTE_ANY_SHARD, 0},
+    {"COMMAND", ROUTE_ANY_SHARD, F_NOT_QUEUED},
+    {"COMMAND COUNT", ROUTE_ANY_SHARD, F_NOT_QUEUED},
+    {"PING", ROUTE_PING, F_SUBSCRIBED},
+    {"ECHO x", ROUTE_LOCAL, 0},
+    {"INFO", ROUTE_LOCAL, F_NOT_QUEUED},
+    {"CLIENT ID", ROUTE_LOCAL, F_NOT_QUEUED},
+    {"PROXY SHARDS", ROUTE_LOCAL, F_NOT_QUEUED},
+    {"AUTH pw", ROUTE_LOCAL, F_NO_AUTH | F_NOT_QUEUED},
+    {"HELLO 2", ROUTE_LOCAL, F_NO_AUTH | F_NOT_QUEUED},
+    {"QUIT", ROUTE_LOCAL, F_NO_AUTH | F_SUBSCRIBED | F_RUNS},
+    {"RESET", ROUTE_RESET, F_NO_AUTH | F_SUBSCRIBED | F_RUNS},
+    {"DBSIZE", ROUTE_FANOUT, F_NOT_QUEUED},
+    {"SCRIPT LOAD s", ROUTE_FANOUT, F_NOT_QUEUED},
+    {"FLUSHDB", ROUTE_FLUSH, F_NOT_QUEUED},
+    {"FLUSHALL ASYNC", ROUTE_FLUSH, F_NOT_QUEUED},
+    {"SCAN 0", ROUTE_SCAN, F_NOT_QUEUED},
+    {"RANDOMKEY", ROUTE_RANDOMKEY, F_NOT_QUEUED},
+    {"MULTI", ROUTE_TRANSACTION, F_RUNS},
+    {"EXEC", ROUTE_TRANSACTION, F_RUNS},
+    {"DISCARD", ROUTE_TRANSACTION, F_RUNS},
+    {"WATCH a", ROUTE_TRANSACTION, F_RUNS},
+    {"UNWATCH", ROUTE_TRANSACTION, 0},
+    {"SUBSCRIBE ch", ROUTE_PUBSUB, F_SUBSCRIBED | F_NOT_QUEUED},
+    {"PUNSUBSCRIBE", ROUTE_PUBSUB, F_SUBSCRIBED | F_NOT_QUEUED},
+    {"WAIT 1 0", ROUTE_UNSUPPORTED, F_NOT_QUEUED},
+    {"CLIENT KILL ID 1", ROUTE_UNSUPPORTED, F_NOT_QUEUED},
+};
+
+static void test_route_and_flags(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(route_cases) / sizeof(route_cases[0]); i++) {
+        request r;
+        request_parse(&r, route_cases[i].request);
+        const command *cmd = resolve(&r);
+        if (cmd == NULL) {
+            fail_msg("'%s' did not resolve", route_cases[i].request);
+        }
+        if (cmd->route != route_cases[i].route || cmd->flags != route_cases[i].flags) {
+            fail_msg("'%s' (%s): route %d flags %#x, expected %d %#x", route_cases[i].request,
+                     cmd->name, cmd->route, cmd->flags, route_cases[i].route, route_cases[i].flags);
+        }
+    }
+}
+
+/* Every row names a handler the router has, and the fast path's flag
+ * agrees with the key positions it relies on. */
+static void test_route_of_every_row(void **state)
+{
+    (void)state;
+    size_t count;
+    const command *table = command_table(&count);
+    for (size_t i = 0; i < count; i++) {
+        for (size_t j = 0; j <= table[i].nsubcommands; j++) {
+            const command *row = j == 0 ? &table[i] : &table[i].subcommands[j - 1];
+            assert_true(row->route < ROUTE_COUNT);
+            if (row->flags & COMMAND_FLAG_SINGLE_KEY) {
+                assert_int_equal(row->route, ROUTE_KEYS);
+                assert_int_equal(row->keys, KEYS_RANGE);
+                assert_int_equal(row->first_key, 1);
+                assert_int_equal(row->last_key, 1);
+            }
+            assert_false((row->flags & COMMAND_FLAG_RUNS_IN_MULTI) &&
+                         (row->flags & COMMAND_FLAG_NOT_QUEUED));
         }
     }
 }
@@ -722,6 +820,8 @@ int main(void)
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_keys_error_truncated),
         cmocka_unit_test(test_class),
+        cmocka_unit_test(test_route_and_flags),
+        cmocka_unit_test(test_route_of_every_row),
         cmocka_unit_test(test_blocking),
         cmocka_unit_test(test_container_class),
     };

@@ -191,9 +191,6 @@ static const error_case error_cases[] = {
      "proxy.ini:3: reconnect_min (60 ms) is above reconnect_max (50 ms)"},
     {"[proxy]\nmax_client_output = 1mb\n" SHARDS,
      "proxy.ini:2: client_output_pause (16mb) is above max_client_output (1mb)"},
-    {"[proxy]\ncompat = twemproxy\n" SHARDS,
-     "proxy.ini:2: compat = twemproxy needs one of nutcracker's hashes (fnv1a_64, crc32, md5, "
-     "murmur), not murmur3"},
     {"[proxy]\ncompat = twemproxy\nhash = murmur3\n" SHARDS,
      "proxy.ini:3: compat = twemproxy needs one of nutcracker's hashes (fnv1a_64, crc32, md5, "
      "murmur), not murmur3"},
@@ -203,7 +200,9 @@ static const error_case error_cases[] = {
     {"[proxy]\nlisten = 127.0.0.1:6380\n",
      "proxy.ini: no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]"},
     {"[proxy]\n[shards]\n; s1 = 127.0.0.1:7001\n",
-     "proxy.ini: no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]"},
+     "proxy.ini:2: [shards] has no shards: add lines like 's1 = 127.0.0.1:7001' under it"},
+    {"[proxy]\nlisten = 127.0.0.1:6380\n\n[shards]\n",
+     "proxy.ini:4: [shards] has no shards: add lines like 's1 = 127.0.0.1:7001' under it"},
 
     /* shard names */
     {"[shards]\ns1 = 127.0.0.1:7001\ns2 = 127.0.0.1:7002\ns1 = 127.0.0.1:7003\n",
@@ -289,6 +288,12 @@ static const error_case error_cases[] = {
     /* a key naming a shard: checked once [shards] is read */
     {"[proxy]\nscript_default_shard = s9\n" SHARDS,
      "proxy.ini:2: script_default_shard: 's9' is not a shard of [shards]"},
+    {"[proxy]\nlock_shards = s1,s9\n" SHARDS,
+     "proxy.ini:2: lock_shards: 's9' is not a shard of [shards]"},
+    {"[proxy]\nlock_shards = s1, s1\n" SHARDS, "proxy.ini:2: lock_shards: 's1' is listed twice"},
+    {"[proxy]\nlock_shards = s1,,\n" SHARDS,
+     "proxy.ini:2: lock_shards: '' is not a shard of [shards]"},
+    {"[proxy]\nstore_db = 0\n" SHARDS, "proxy.ini:2: store_db: 0 is out of range 1..1000000"},
 
     /* control bytes are escaped in messages */
     {"[proxy]\nhash = md\x01\n" SHARDS,
@@ -468,6 +473,9 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->migrate_timeout_ms, 5000);
     assert_int_equal(cfg->allow_flush, 1);
     assert_null(cfg->script_default_shard);
+    assert_int_equal(cfg->store_db, 15);
+    assert_string_equal(cfg->lock_shards, "all");
+    assert_true(config_is_lock_shard(cfg, "s1"));
 }
 
 static void test_defaults(void **state)
@@ -482,6 +490,22 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->shards[0].port, 7001);
     assert_int_equal(cfg->shards[0].weight, 1);
     assert_int_equal(cfg->shards[0].line, 2);
+    config_free(cfg);
+}
+
+/* compat = twemproxy alone takes nutcracker's defaults; explicit lines win. */
+static void test_twemproxy_defaults(void **state)
+{
+    (void)state;
+    config *cfg = load_ok("[proxy]\ncompat = twemproxy\n" SHARDS);
+    assert_int_equal(cfg->hash, HASH_FNV1A_64);
+    assert_int_equal(cfg->hash_tag_open, 0);
+    assert_int_equal(cfg->hash_tag_close, 0);
+    config_free(cfg);
+    cfg = load_ok("[proxy]\nhash = md5\nhash_tag = {}\ncompat = twemproxy\n" SHARDS);
+    assert_int_equal(cfg->hash, HASH_MD5);
+    assert_int_equal(cfg->hash_tag_open, '{');
+    assert_int_equal(cfg->hash_tag_close, '}');
     config_free(cfg);
 }
 
@@ -511,7 +535,9 @@ static void test_every_key_set(void **state)
                           "log_level = warn\n"
                           "watch_config = no\n"
                           "allow_flush = no\n"
-                          "script_default_shard = s1\n" SHARDS);
+                          "script_default_shard = s1\n"
+                          "store_db = 9\n"
+                          "lock_shards =  s1 \n" SHARDS);
     assert_string_equal(cfg->listen_host, "::1");
     assert_int_equal(cfg->listen_port, 6390);
     assert_int_equal(cfg->hash, HASH_FNV1A_64);
@@ -537,6 +563,10 @@ static void test_every_key_set(void **state)
     assert_int_equal(cfg->watch_config, 0);
     assert_int_equal(cfg->allow_flush, 0);
     assert_string_equal(cfg->script_default_shard, "s1");
+    assert_int_equal(cfg->store_db, 9);
+    assert_true(config_is_lock_shard(cfg, "s1"));
+    assert_false(config_is_lock_shard(cfg, "s2"));
+    assert_false(config_is_lock_shard(cfg, "s"));
     config_free(cfg);
 }
 
@@ -767,7 +797,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 34);
+    assert_int_equal(keys, 36);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
@@ -804,6 +834,7 @@ int main(void)
         cmocka_unit_test(test_file_errors),
         cmocka_unit_test(test_error_buffer_is_bounded),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_twemproxy_defaults),
         cmocka_unit_test(test_every_key_set),
         cmocka_unit_test(test_value_forms),
         cmocka_unit_test(test_shard_forms),

@@ -896,6 +896,66 @@ static void test_reply_integer(void **state)
     assert_int_equal(resp_reply_integer("$1\r\n1\r\n", 7, &v), -1);
 }
 
+/* Reading inside a whole reply: a SCAN reply, a pub/sub message. Each case
+ * reads from offset `from` and expects the fields (or -1) and the offset
+ * after them. */
+typedef struct inside_case {
+    const char *name;
+    const char *reply;
+    size_t from;
+    int is_array;    /* 1: resp_reply_array_at, 0: resp_reply_bulk_at */
+    int ok;          /* 0 or -1 */
+    int64_t count;   /* array: element count */
+    const char *str; /* bulk: its bytes */
+    size_t next;     /* offset after what was read */
+} inside_case;
+
+static const inside_case inside_cases[] = {
+    {"array header", "*2\r\n$1\r\n0\r\n*0\r\n", 0, 1, 0, 2, NULL, 4},
+    {"empty array", "*0\r\n", 0, 1, 0, 0, NULL, 4},
+    {"nested array further in", "*2\r\n$1\r\n0\r\n*3\r\n", 11, 1, 0, 3, NULL, 15},
+    {"null array", "*-1\r\n", 0, 1, -1, 0, NULL, 0},
+    {"not an array", "$1\r\nx\r\n", 0, 1, -1, 0, NULL, 0},
+    {"array header cut short", "*2\r", 0, 1, -1, 0, NULL, 0},
+    {"array count not a number", "*x\r\n", 0, 1, -1, 0, NULL, 0},
+    {"bulk", "*2\r\n$7\r\nmessage\r\n$2\r\nch\r\n", 4, 0, 0, 0, "message", 17},
+    {"empty bulk", "$0\r\n\r\n", 0, 0, 0, 0, "", 6},
+    {"bulk with CR LF inside", "$4\r\na\r\nb\r\n", 0, 0, 0, 0, "a\r\nb", 10},
+    {"null bulk", "$-1\r\n", 0, 0, -1, 0, NULL, 0},
+    {"bulk body cut short", "$5\r\nab", 0, 0, -1, 0, NULL, 0},
+    {"bulk without its CR LF", "$2\r\nab", 0, 0, -1, 0, NULL, 0},
+    {"bulk body longer than said", "$2\r\nabc\r\n", 0, 0, -1, 0, NULL, 0},
+    {"bulk length past the end", "$99999999999\r\nab\r\n", 0, 0, -1, 0, NULL, 0},
+    {"offset at the end", "$1\r\nx\r\n", 7, 0, -1, 0, NULL, 0},
+};
+
+static void test_reply_inside(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(inside_cases) / sizeof(inside_cases[0]); i++) {
+        const inside_case *c = &inside_cases[i];
+        size_t len = strlen(c->reply), pos = c->from, n = 0;
+        int64_t count = -7;
+        const char *ptr = NULL;
+        int rc = c->is_array ? resp_reply_array_at(c->reply, len, &pos, &count)
+                             : resp_reply_bulk_at(c->reply, len, &pos, &ptr, &n);
+        if (rc != c->ok)
+            fail_msg("%s: returned %d, expected %d", c->name, rc, c->ok);
+        if (rc < 0) {
+            if (pos != c->from)
+                fail_msg("%s: moved the offset on failure", c->name);
+            continue;
+        }
+        if (pos != c->next)
+            fail_msg("%s: offset %zu, expected %zu", c->name, pos, c->next);
+        if (c->is_array && count != c->count)
+            fail_msg("%s: count %lld, expected %lld", c->name, (long long)count,
+                     (long long)c->count);
+        if (!c->is_array && (n != strlen(c->str) || memcmp(ptr, c->str, n) != 0))
+            fail_msg("%s: wrong bulk bytes", c->name);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -910,6 +970,7 @@ int main(void)
         cmocka_unit_test(test_reply_nesting),
         cmocka_unit_test(test_reply_big_moving_buffer),
         cmocka_unit_test(test_reply_integer),
+        cmocka_unit_test(test_reply_inside),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
