@@ -108,7 +108,7 @@ typedef struct shard {
     uint64_t timeouts;
     uint64_t latency_us_sum;
     uint64_t replies;
-    int reserved; /* reserved connections open to it (transactions, blocking, pub/sub) */
+    int reserved; /* reserved connections open to it (transactions, blocking, pub/sub, kills) */
     /* Our old connections to it that were reset with requests in flight:
      * a paused or slow shard may still run those requests. Kept by address
      * until the shard says they are gone (backend_shard_confirm_gone). */

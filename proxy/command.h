@@ -139,6 +139,7 @@ typedef enum command_id {
     CMD_LOCK_RELEASE,
     CMD_LOCK_EXTEND,
     CMD_LOCK_INFO,
+    CMD_KILL, /* SCRIPT KILL, FUNCTION KILL: to every shard, each on a connection of its own */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -166,6 +167,8 @@ typedef enum command_route {
     ROUTE_UNSUPPORTED, /* -ERR unsupported command */
     ROUTE_LOCK,        /* LOCK.*: quorum locks on the lock shards (lock.c) */
     ROUTE_COPY,        /* COPY: as ROUTE_KEYS, refused with a DB option */
+    ROUTE_KILL,        /* SCRIPT KILL, FUNCTION KILL: every shard, each over a short-lived
+                          connection of its own, never behind the script it is to stop */
     ROUTE_COUNT
 } command_route;
 

@@ -69,11 +69,11 @@ FANOUT = {
     "script|load": ("CMD_OTHER", "MERGE_SAME"),
     "script|exists": ("CMD_OTHER", "MERGE_AND_ARRAY"),
     "script|flush": ("CMD_OTHER", "MERGE_ALL_OK"),
-    "script|kill": ("CMD_OTHER", "MERGE_FIRST_OK"),
+    "script|kill": ("CMD_KILL", "MERGE_FIRST_OK"),
     "function|load": ("CMD_OTHER", "MERGE_SAME"),
     "function|delete": ("CMD_OTHER", "MERGE_ALL_OK"),
     "function|flush": ("CMD_OTHER", "MERGE_ALL_OK"),
-    "function|kill": ("CMD_OTHER", "MERGE_FIRST_OK"),
+    "function|kill": ("CMD_KILL", "MERGE_FIRST_OK"),
     "pubsub|channels": ("CMD_OTHER", "MERGE_UNION"),
     "pubsub|numsub": ("CMD_OTHER", "MERGE_PAIR_SUM"),
     "pubsub|numpat": ("CMD_OTHER", "MERGE_MAX"),
@@ -128,6 +128,8 @@ ROUTE_BY_ID = {
     "CMD_SCAN": "ROUTE_SCAN",
     "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
     "CMD_COPY": "ROUTE_COPY",
+    # not behind the script it stops, on the shared connection it runs on
+    "CMD_KILL": "ROUTE_KILL",
 }
 ROUTE_BY_CLASS = {
     "COMMAND_FORWARD": "ROUTE_KEYS",
@@ -598,6 +600,7 @@ ID_NOTES = {
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
     "CMD_LOCK_INFO": "holder token and remaining ttl, or nil",
+    "CMD_KILL": "over a connection of its own to each shard; the shard running it answers",
 }
 
 

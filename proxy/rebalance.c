@@ -447,10 +447,10 @@ void rebalance_migrate_wait(int (*retry)(void *arg), void *arg)
 {
     migrate_waiter *w = calloc(1, sizeof(*w));
     if (!w) {
-        /* Cannot wait: let it try now; it fails or is sent. */
-        while (!retry(arg))
-            ;
-        return;
+        /* A few bytes short: nothing sensible is left to do (as Redis does
+         * for small allocations). */
+        log_error("out of memory queueing a MIGRATE for admission");
+        abort();
     }
     w->retry = retry;
     w->arg = arg;

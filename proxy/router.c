@@ -1,7 +1,8 @@
 /* Request routing: route() checks a request against the command table,
  * runs the gates its command's flags ask for (AUTH, subscribed, MULTI) and
  * calls the handler its row names (route_handlers). Handlers here forward
- * to one shard, split per shard (merged in merge.c), fan out, or hand off
+ * to one shard, split per shard (merged in merge.c), fan out (SCRIPT KILL
+ * and FUNCTION KILL over connections of their own), or hand off
  * SCAN and RANDOMKEY (keyspace.c), transactions and blocking commands
  * (txn.c), subscriptions (pubsub.c), local answers (admin.c) and keys that
  * must move first (migrate.c). */
@@ -250,31 +251,88 @@ static void split(const routed *r)
     free(part_off);
 }
 
+/* Gives req one fragment per shard, each completed by done, and sets
+ * pending to their number (first: a fragment can complete inside its
+ * send). The request's bytes, or NULL after answering with an error. */
+static const char *frags_for_every_shard(const routed *r, fragment_done_fn done, size_t *len)
+{
+    request *req = r->req;
+    req->frags = calloc(srv.nshards, sizeof(fragment));
+    const char *bytes = req->frags ? request_bytes(r, len) : NULL;
+    if (!bytes) {
+        request_error(req, "ERR out of memory");
+        return NULL;
+    }
+    req->nfrags = srv.nshards;
+    for (size_t i = 0; i < srv.nshards; i++) {
+        req->frags[i].req = req;
+        req->frags[i].done = done;
+        req->frags[i].shard = (uint32_t)i;
+    }
+    req->pending = req->nfrags;
+    return bytes;
+}
+
 /* Sends the same request to every shard (DBSIZE, KEYS, SCRIPT LOAD ...),
  * merged by cmd->merge. */
 static void fanout(const routed *r)
 {
     request *req = r->req;
-    req->frags = calloc(srv.nshards, sizeof(fragment));
     size_t len;
-    const char *bytes = req->frags ? request_bytes(r, &len) : NULL;
-    if (!bytes) {
-        request_error(req, "ERR out of memory");
+    const char *bytes = frags_for_every_shard(r, part_done, &len);
+    if (!bytes)
         return;
-    }
-    req->nfrags = srv.nshards;
-    for (size_t i = 0; i < srv.nshards; i++) {
-        req->frags[i].req = req;
-        req->frags[i].done = part_done;
-        req->frags[i].shard = (uint32_t)i;
-    }
     /* The last send may complete and free the request: use locals. */
     size_t n = req->nfrags;
     fragment *frags = req->frags;
     uint64_t hint = req->hint;
-    req->pending = n;
     for (size_t i = 0; i < n; i++)
         txn_send_to_shard(req, (uint32_t)i, hint, &frags[i], bytes, len);
+}
+
+/* ---- SCRIPT KILL, FUNCTION KILL ---- */
+
+/* A kill's fragment is answered: its connection has done its one job. */
+static void kill_part_done(fragment *f, const char *reply, size_t len)
+{
+    /* The reply lies in the connection's read buffer, which closing it
+     * frees: it is taken first (and the request, f with it, may be freed
+     * then). Closing from inside the connection's own callbacks is safe:
+     * backend.c frees it once they return; one already gone is left as is. */
+    backend_conn *conn = f->conn;
+    f->conn = NULL;
+    part_done(f, reply, len);
+    backend_reserved_close(conn);
+}
+
+/* Sends a kill to every shard, each over a connection opened for it alone
+ * and closed on its reply: the script to stop runs on the shared
+ * connection of its caller, which answers nothing behind it until the
+ * script ends, so a kill sent there would wait for what it is to end.
+ * request_timeout bounds each connection as any reserved one; merged by
+ * cmd->merge (the shard running it answers OK, the others NOTBUSY). */
+static void kill_everywhere(const routed *r)
+{
+    size_t len;
+    const char *bytes = frags_for_every_shard(r, kill_part_done, &len);
+    if (!bytes)
+        return;
+    /* The last part may complete and free the request: use locals. */
+    size_t n = r->req->nfrags;
+    fragment *frags = r->req->frags;
+    for (size_t i = 0; i < n; i++) {
+        char err[300];
+        frags[i].conn = backend_reserve(srv.shards[i], 0, NULL, NULL, err, sizeof(err));
+        if (!frags[i].conn) {
+            char reply[320];
+            int rlen = snprintf(reply, sizeof(reply), "-ERR %.*s\r\n", 300, err);
+            srv.shards[i]->errors++;
+            srv.stats.errors_shard++;
+            part_done(&frags[i], reply, (size_t)rlen);
+            continue;
+        }
+        backend_reserved_send(frags[i].conn, &frags[i], bytes, len);
+    }
 }
 
 /* ---- where keyed requests go ---- */
@@ -553,6 +611,12 @@ static void route_lock(routed *r)
     lock_command(r->req, r->cmd, r->argc, r->argv);
 }
 
+/* ROUTE_KILL: every shard, never queued behind other requests. */
+static void route_kill(routed *r)
+{
+    kill_everywhere(r);
+}
+
 /* ROUTE_COPY: as ROUTE_KEYS, but never into another database. */
 static void route_copy(routed *r)
 {
@@ -631,6 +695,7 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_UNSUPPORTED] = {route_unsupported, NULL, NULL},
     [ROUTE_LOCK] = {route_lock, NULL, "locks live on a majority of the lock shards"},
     [ROUTE_COPY] = {route_copy, queue_copy, NULL},
+    [ROUTE_KILL] = {route_kill, NULL, NEEDS_EVERY_SHARD},
 };
 
 /* A command given between MULTI and EXEC: queued on the transaction's

@@ -604,6 +604,188 @@ static void test_shard_busy_script_error_reaches_the_client_unchanged(void **sta
     fixture_close(f, c);
 }
 
+/* ---- a runaway script sent through the proxy ---- */
+
+/* The shard a keyless script runs on: script_default_shard is unset, so
+ * the first one (s1). */
+#define SCRIPT_SHARD 0
+
+/* A runaway script's test: a client c, the script's caller (runner), a
+ * direct connection to the script's shard, and one key on each shard. */
+typedef struct runaway {
+    redisContext *c;
+    redisContext *runner;
+    redisContext *shard;
+    char key[FIXTURE_SHARDS][64]; /* "{tag of s}:runaway", value = name */
+} runaway;
+
+/* Writes the keys, then sends a script that never ends through the proxy
+ * on runner (not read), and returns once the script's shard, asked
+ * directly, answers -BUSY: it has run past busy-reply-threshold, set low
+ * here because Redis takes SCRIPT KILL only from then on. */
+static void runaway_start(fixture *f, runaway *ra)
+{
+    ra->c = fixture_client(f);
+    tags t;
+    find_tags(ra->c, &t, FIXTURE_SHARDS);
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        snprintf(ra->key[s], sizeof(ra->key[s]), "{%s}:runaway", t.of[s]);
+        fixture_expect_status(fixture_cmd(ra->c, "SET %s %s", ra->key[s], ra->key[s]), "OK");
+    }
+    ra->shard = fixture_shard(f, SCRIPT_SHARD);
+    fixture_expect_status(fixture_cmd(ra->shard, "CONFIG SET busy-reply-threshold 100"), "OK");
+    ra->runner = fixture_client(f);
+    redisAppendCommand(ra->runner, "EVAL %s 0", "while true do end");
+    flush_conn(ra->runner);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
+    for (;;) {
+        redisReply *probe = fixture_cmd(ra->shard, "GET %s", ra->key[SCRIPT_SHARD]);
+        int is_busy = probe->type == REDIS_REPLY_ERROR && strncmp(probe->str, "BUSY ", 5) == 0;
+        freeReplyObject(probe);
+        if (is_busy) {
+            return;
+        }
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(10);
+    }
+}
+
+/* The keys of the shards other than the script's read back through c,
+ * each within the latency bound of a healthy shard. */
+static void runaway_others_served(redisContext *c, char key[FIXTURE_SHARDS][64])
+{
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        if (s == SCRIPT_SHARD) {
+            continue;
+        }
+        long long start = fixture_now_ms();
+        fixture_expect_str(fixture_cmd(c, "GET %s", key[s]), key[s]);
+        assert_true(fixture_now_ms() - start < fixture_bound_ms(LIVE_LATENCY_MS));
+    }
+}
+
+/* SCRIPT KILL through killer answers OK within a second (scaled). */
+static void runaway_kill(redisContext *killer)
+{
+    long long start = fixture_now_ms();
+    fixture_expect_status(fixture_cmd(killer, "SCRIPT KILL"), "OK");
+    long long took = fixture_now_ms() - start;
+    if (took > fixture_bound_ms(1000)) {
+        fail_msg("SCRIPT KILL took %lld ms", took);
+    }
+}
+
+/* After the kill: c reads the script shard's key again (once its shared
+ * connection is back, if a timeout replaced it), no kill connection stays
+ * open, and no script runs any more (SCRIPT KILL and FUNCTION KILL answer
+ * NOTBUSY, every shard's answer). */
+static void runaway_over(fixture *f, const runaway *ra)
+{
+    redisContext *c = ra->c;
+    const char *key = ra->key[SCRIPT_SHARD];
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
+    for (;;) {
+        redisReply *r = fixture_cmd(c, "GET %s", key);
+        int served = r->type == REDIS_REPLY_STRING && strcmp(r->str, key) == 0;
+        freeReplyObject(r);
+        if (served) {
+            break;
+        }
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    for (int s = 0; s < FIXTURE_SHARDS; s++) {
+        fixture_expect_str(fixture_cmd(ra->runner, "GET %s", ra->key[s]), ra->key[s]);
+    }
+    fixture_expect_error(fixture_cmd(c, "SCRIPT KILL"), "NOTBUSY");
+    fixture_expect_error(fixture_cmd(c, "FUNCTION KILL"), "NOTBUSY");
+    fixture_wait_reserved(c, 0);
+    fixture_expect_status(fixture_cmd(ra->shard, "CONFIG SET busy-reply-threshold 5000"), "OK");
+    expect_proxy_healthy(&f->proxy);
+    fixture_close(f, ra->runner);
+    fixture_close(f, c);
+}
+
+/* A script that never ends, sent through the proxy, runs on the shared
+ * connection that carries every client's requests to its shard. SCRIPT
+ * KILL through the proxy still reaches that shard at once (over a
+ * connection of its own, not behind the script) and ends it; the other
+ * shards serve throughout, and the script's shard serves everyone again. */
+static void test_runaway_script_is_killed_through_the_proxy(void **state)
+{
+    fixture *f = *state;
+    runaway ra;
+    runaway_start(f, &ra);
+    runaway_others_served(ra.c, ra.key);
+
+    redisContext *killer = fixture_client(f);
+    runaway_kill(killer);
+    /* The caller learns its script was killed (or, on a machine slow enough
+     * to reach request_timeout first, that its shard timed out). */
+    redisReply *r = fixture_next_reply(ra.runner);
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    if (strstr(r->str, "Script killed") == NULL &&
+        !is_shard_error(r, SCRIPT_SHARD, f->shards[SCRIPT_SHARD].port)) {
+        fail_msg("the script's caller got \"%s\"", r->str);
+    }
+    freeReplyObject(r);
+
+    runaway_over(f, &ra);
+    fixture_close(f, killer);
+}
+
+/* While a script runs on a shard, what shares its shared connection waits
+ * behind it; request_timeout fails all of it, the script's caller
+ * included, and replaces the connection. The script runs on regardless:
+ * requests over the new connection get the shard's -BUSY at once, until
+ * SCRIPT KILL ends it. Other shards serve throughout. */
+static void test_runaway_script_times_out_its_connection_then_busy_until_killed(void **state)
+{
+    fixture *f = *state;
+    const int port = f->shards[SCRIPT_SHARD].port;
+    runaway ra;
+    runaway_start(f, &ra);
+    redisContext *c = ra.c;
+    const char *key = ra.key[SCRIPT_SHARD];
+
+    /* backend_connections = 1: the GET is queued behind the script. */
+    long long start = fixture_now_ms();
+    redisReply *r = fixture_cmd(c, "GET %s", key);
+    if (!is_shard_error(r, SCRIPT_SHARD, port) || strstr(r->str, " timeout") == NULL) {
+        fail_msg("GET behind the script got \"%s\"", r->type == REDIS_REPLY_ERROR ? r->str : "?");
+    }
+    freeReplyObject(r);
+    assert_true(fixture_now_ms() - start < fixture_bound_ms(ERROR_DEADLINE_MS));
+    r = fixture_next_reply(ra.runner);
+    assert_true(is_shard_error(r, SCRIPT_SHARD, port));
+    freeReplyObject(r);
+    runaway_others_served(c, ra.key);
+
+    /* The replacement connection: "unavailable" while it reconnects, then
+     * the shard's own -BUSY, at once. */
+    long long deadline = fixture_now_ms() + fixture_bound_ms(RECOVERY_DEADLINE_MS);
+    for (;;) {
+        start = fixture_now_ms();
+        r = fixture_cmd(c, "GET %s", key);
+        int is_busy = r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSY ", 5) == 0;
+        if (!is_busy && !is_shard_error(r, SCRIPT_SHARD, port)) {
+            fail_msg("GET while the script runs got \"%s\"",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "a reply");
+        }
+        freeReplyObject(r);
+        if (is_busy) {
+            break;
+        }
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    assert_true(fixture_now_ms() - start < fixture_bound_ms(LIVE_LATENCY_MS));
+    runaway_others_served(c, ra.key);
+
+    runaway_kill(ra.runner);
+    runaway_over(f, &ra);
+}
+
 static void test_half_an_mset_on_a_dead_shard_names_the_failure(void **state)
 {
     fixture *f = *state;
@@ -1218,6 +1400,11 @@ int main(void)
                                   shards_back_to_normal),
         cmocka_unit_test_teardown(test_shard_busy_script_error_reaches_the_client_unchanged,
                                   shards_back_to_normal),
+        cmocka_unit_test_teardown(test_runaway_script_is_killed_through_the_proxy,
+                                  shards_back_to_normal),
+        cmocka_unit_test_teardown(
+            test_runaway_script_times_out_its_connection_then_busy_until_killed,
+            shards_back_to_normal),
         cmocka_unit_test_teardown(test_half_an_mset_on_a_dead_shard_names_the_failure,
                                   shards_back_to_normal),
         cmocka_unit_test_teardown(test_reload_storm_under_load, shards_back_to_normal),
