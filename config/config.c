@@ -186,6 +186,8 @@ static const config_key config_keys[] = {
               "stop reading a client while this much reply data waits for it"),
     BYTES_KEY("max_client_output", max_client_output, "1gb", RELOAD,
               "close a client once this much reply data waits for it"),
+    BYTES_KEY("max_pubsub_output", max_pubsub_output, "32mb", RELOAD,
+              "close a subscribed client once this much unread data waits for it"),
     INT_KEY("backend_max_inflight", backend_max_inflight, "100000", "", 1, INT_MAX, RELOAD,
             "requests waiting on one shard connection; more get an error"),
     INT_KEY("idle_timeout", idle_timeout_s, "0", "s", 0, 604800, RELOAD,

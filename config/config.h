@@ -83,6 +83,7 @@ typedef struct config {
     int64_t max_query_buffer;    /* unparsed request bytes per client */
     int64_t client_output_pause; /* stop reading a client above this many queued reply bytes */
     int64_t max_client_output;   /* close a client above this many queued reply bytes */
+    int64_t max_pubsub_output;   /* the same for a subscribed client (Redis's pubsub class) */
     int backend_max_inflight;    /* requests waiting on one backend connection */
     int idle_timeout_s;          /* close idle clients after this, 0 = never */
     int tcp_backlog;             /* listen(2) backlog */

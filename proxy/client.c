@@ -34,6 +34,17 @@
  * of each read forwarded, and a shard builds gigabytes of replies (in its
  * own memory) before client_output_pause or max_client_output can act. */
 #define CLIENT_MAX_INFLIGHT 256
+/* The cap a new client starts with (inflight_cap). A client's requests
+ * share its shard's connection with every other client there, and a
+ * shard answers them in order: a reply nobody reads (the client stopped
+ * reading, or was dropped and its replies are orphans) still crosses that
+ * connection ahead of the replies queued behind it. So a client may have
+ * in flight only what client_output_pause can hold of replies as big as
+ * its last big one; a new client, whose reply sizes are not known yet,
+ * starts with this many and gains one per small reply, as TCP's slow
+ * start, so a client pipelining small requests is soon at
+ * CLIENT_MAX_INFLIGHT. */
+#define CLIENT_START_INFLIGHT 16
 
 /* What a client connection may do with its input. The output side, a
  * socket too full to take the replies (write_waiting), is independent of
@@ -42,8 +53,8 @@ typedef enum client_state {
     CLIENT_ACCEPTED = 0, /* just accepted, no event set up: becomes READING at once */
     CLIENT_READING,      /* reads, scans and dispatches requests */
     CLIENT_PAUSED,       /* reads nothing: reply bytes the client has not read are over
-                            client_output_pause, or CLIENT_MAX_INFLIGHT requests wait on
-                            shards; resumes once both are down to half */
+                            client_output_pause, or inflight_cap requests wait on shards;
+                            resumes once both are down to half */
     CLIENT_HELD,         /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight
                             (sess.hold_input): like Redis with a blocked client, later
                             requests wait in `in` for its reply; reading goes on so that
@@ -67,6 +78,7 @@ typedef struct client {
     request *tail;
     size_t waiting_bytes; /* reply bytes held in slots behind the head */
     size_t inflight;      /* requests whose reply is not known yet */
+    size_t inflight_cap;  /* inflight that pauses reading (CLIENT_START_INFLIGHT) */
     buf out;              /* reply bytes ready to write */
     session sess;
     const char *drop_reason; /* DROPPING: why, for the log */
@@ -230,6 +242,14 @@ static void request_finished(request *req, const char *reply, size_t len)
         return;
     }
     c->inflight--;
+    /* What the next requests may have in flight: see CLIENT_START_INFLIGHT.
+     * The division is for big replies only. */
+    if ((int64_t)len * CLIENT_MAX_INFLIGHT > srv.cfg->client_output_pause) {
+        int64_t fit = srv.cfg->client_output_pause / (int64_t)len;
+        c->inflight_cap = fit > 1 ? (size_t)fit : 1;
+    } else if (c->inflight_cap < CLIENT_MAX_INFLIGHT) {
+        c->inflight_cap++;
+    }
     if (req != c->head) {
         /* Most replies are a few bytes: keep them in the request itself. A
          * big one offered by its shard connection is taken, not copied. */
@@ -280,7 +300,12 @@ static client *client_of(session *s)
 static request *enqueue(client *c);
 
 /* Bytes that answer no request (a pub/sub message) take a slot at the tail
- * of the FIFO: they leave after the replies already due. */
+ * of the FIFO: they leave after the replies already due. A subscriber that
+ * stops reading is closed at max_pubsub_output, Redis's pub/sub output
+ * class: client_output_pause cannot help it (it sends nothing to stop
+ * reading), and max_client_output is sized for pipelined replies, so
+ * without this the messages published meanwhile would pile up in the
+ * proxy. Checked here, where messages come in, so requests pay nothing. */
 static void session_push(session *s, const char *bytes, size_t len)
 {
     client *c = client_of(s);
@@ -292,6 +317,8 @@ static void session_push(session *s, const char *bytes, size_t len)
         return;
     }
     request_finished(req, bytes, len);
+    if ((int64_t)queued_bytes(c) > srv.cfg->max_pubsub_output)
+        drop_later(c, "unread messages over max_pubsub_output (subscriber not reading)");
 }
 
 static void session_drop(session *s, const char *reason)
@@ -361,7 +388,7 @@ static inline void after_dispatch(client *c)
         close_after_replies(c);
     else if (c->state != CLIENT_READING)
         return;
-    else if (c->inflight >= CLIENT_MAX_INFLIGHT)
+    else if (c->inflight >= c->inflight_cap)
         set_state(c, CLIENT_PAUSED);
     else if (c->sess.hold_input)
         set_state(c, CLIENT_HELD);
@@ -544,7 +571,7 @@ static int write_out(client *c)
         /* Paused for unread replies or for requests in flight: resume once
          * they drained. */
         if ((int64_t)queued_bytes(c) > srv.cfg->client_output_pause / 2 ||
-            c->inflight > CLIENT_MAX_INFLIGHT / 2)
+            c->inflight > c->inflight_cap / 2)
             return 0;
         set_state(c, c->sess.hold_input ? CLIENT_HELD : CLIENT_READING);
         break;
@@ -599,6 +626,7 @@ void client_accept(int fd, const char *addr)
         return;
     }
     c->fd = fd;
+    c->inflight_cap = CLIENT_START_INFLIGHT;
     snprintf(c->addr, sizeof(c->addr), "%s", addr);
     resp_limits limits = {srv.cfg->max_bulk_len, srv.cfg->max_args, srv.cfg->max_inline_len};
     resp_request_init(&c->scan, &limits);

@@ -1,7 +1,8 @@
 /* Hostile and runaway clients: more connections than max_clients, a bulk
- * length of 2 GB, a client that floods requests and never reads a reply,
- * slowloris clients trickling a request byte by byte, and the proxy's own
- * file descriptor limit. Each test checks that the proxy stays up with
+ * length of 2 GB, a client that floods requests and never reads a reply
+ * (and the other clients of its shard, whose replies must not wait behind
+ * its own), slowloris clients trickling a request byte by byte, and the
+ * proxy's own file descriptor limit. Each test checks that the proxy stays up with
  * bounded memory, that the offending client gets an error and/or a clean
  * close (with the reason in the log), that the other clients keep working,
  * and that writes acknowledged to them read back. Raw sockets where hiredis
@@ -37,14 +38,17 @@
 #define PER_CLIENT_KIB 8
 #define BASE_RSS_KIB   (32 * 1024)
 
-/* The flooder: GETs of a 1 MB value, never reading a reply, against a
- * proxy that drops a client with more than 32 MB of replies waiting. */
-#define FLOOD_VALUE_LEN   (1024 * 1024)
-#define FLOOD_OUTPUT_MAX  "32mb"
-#define FLOOD_DEADLINE_MS 15000
-/* Peak RSS the flood may cost: the 32 MB of replies held for the client,
- * the replies in flight from the shard, buffers, allocator slack (about
- * 40 MB measured). */
+/* The flooder: GETs of a 1 MB value, never reading a reply. Its reading
+ * pauses at FLOOD_OUTPUT_PAUSE of replies waiting, with up to that much
+ * more in flight (8 replies of 1 MB); between pauses for its requests in
+ * flight it has at least 4 of them out, so the replies still coming when
+ * it pauses take it over FLOOD_OUTPUT_MAX, and it is dropped. */
+#define FLOOD_VALUE_LEN    (1024 * 1024)
+#define FLOOD_OUTPUT_PAUSE "8mb"
+#define FLOOD_OUTPUT_MAX   "10mb"
+#define FLOOD_DEADLINE_MS  15000
+/* Peak RSS the flood may cost: the 10 MB of replies held for the client,
+ * the replies in flight from the shard, buffers, allocator slack. */
 #define FLOOD_PEAK_KIB (96 * 1024)
 
 /* A client that reads its replies late: PAUSE_GETS GETs of a PAUSE_VALUE_LEN
@@ -96,12 +100,13 @@ static int setup_many(void **state)
 
 static int setup_flood(void **state)
 {
-    /* The flooder's orphaned replies (up to 256 MB) drain through the
+    /* The flooder's orphaned replies (up to 8 MB) drain through the
      * shard connection the other clients share: under valgrind that takes
      * longer than the default request timeout. */
-    char lines[128];
-    snprintf(lines, sizeof(lines), "max_client_output = %s\nrequest_timeout = %lld\n",
-             FLOOD_OUTPUT_MAX, fixture_bound_ms(2000));
+    char lines[160];
+    snprintf(lines, sizeof(lines),
+             "client_output_pause = %s\nmax_client_output = %s\nrequest_timeout = %lld\n",
+             FLOOD_OUTPUT_PAUSE, FLOOD_OUTPUT_MAX, fixture_bound_ms(2000));
     return start_with(state, lines);
 }
 
@@ -376,6 +381,83 @@ static void test_client_never_reading_is_dropped_and_memory_bounded(void **state
     fixture_free(f, value);
     fixture_close(f, c);
     expect_proxy_serves(f, "flood:after", "ok");
+}
+
+/* A client that pipelines FLOOD_GETS GETs of the 1 MB value in one write
+ * and reads nothing shares its shard connection with everyone else on
+ * that shard: another client's GETs there must not wait behind hundreds
+ * of megabytes of replies nobody reads. The shard runs at most
+ * FLOOD_GETS_RUN_MAX of them (16 before the first reply says how big they
+ * are, a margin for replies that come in between); a GET of another key
+ * there waits behind those at most (about 60 ms measured, 270 ms when all
+ * 256 ran). */
+#define FLOOD_GETS         256
+#define FLOOD_GETS_RUN_MAX 32
+#define FLOOD_PROBES       200
+#define FLOOD_PROBE_MAX_MS 250
+
+/* calls= of cmdstat_get in a shard's INFO commandstats. */
+static long long shard_get_calls(fixture *f, int shard)
+{
+    redisReply *r = fixture_cmd(fixture_shard(f, shard), "INFO commandstats");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    const char *line = strstr(r->str, "cmdstat_get:calls=");
+    long long calls = line ? atoll(line + strlen("cmdstat_get:calls=")) : 0;
+    freeReplyObject(r);
+    return calls;
+}
+
+static void test_flooder_does_not_stall_its_shard(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = fixture_client(f);
+    char *value = fixture_alloc(f, FLOOD_VALUE_LEN);
+    memset(value, 'f', FLOOD_VALUE_LEN);
+    fixture_expect_status(fixture_cmd(c, "SET flood:big %b", value, (size_t)FLOOD_VALUE_LEN), "OK");
+    char near[64];
+    int owner = fixture_owner(c, "flood:big", 9);
+    fixture_key_on_shard(c, "near", owner, near, sizeof(near));
+    fixture_expect_status(fixture_cmd(c, "SET %s small", near), "OK");
+    long long gets_before = shard_get_calls(f, owner);
+
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    int small = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    static const char get[] = "*2\r\n$3\r\nGET\r\n$9\r\nflood:big\r\n";
+    char *batch = fixture_alloc(f, FLOOD_GETS * (sizeof(get) - 1));
+    for (size_t i = 0; i < FLOOD_GETS; i++) {
+        memcpy(batch + i * (sizeof(get) - 1), get, sizeof(get) - 1);
+    }
+    assert_int_equal(fixture_raw_send(fd, batch, FLOOD_GETS * (sizeof(get) - 1)), 0);
+
+    /* Meanwhile, GETs of a small key on the same shard, one at a time. */
+    long long worst = 0, total = 0;
+    for (int i = 0; i < FLOOD_PROBES; i++) {
+        long long t0 = fixture_now_ms();
+        fixture_expect_str(fixture_cmd(c, "GET %s", near), "small");
+        long long took = fixture_now_ms() - t0;
+        worst = took > worst ? took : worst;
+        total += took;
+    }
+    print_message("GET on the flooded shard: worst %lld ms, mean %.2f ms over %d\n", worst,
+                  (double)total / FLOOD_PROBES, FLOOD_PROBES);
+    long long flood_run = shard_get_calls(f, owner) - gets_before - FLOOD_PROBES;
+    print_message("the shard ran %lld of the flooder's %d GETs\n", flood_run, FLOOD_GETS);
+    close(fd);
+    assert_true(flood_run >= 1);
+    if (flood_run > FLOOD_GETS_RUN_MAX) {
+        fail_msg("the shard ran %lld of the %d GETs of a client reading nothing, bound %d",
+                 flood_run, FLOOD_GETS, FLOOD_GETS_RUN_MAX);
+    }
+    if (worst > fixture_bound_ms(FLOOD_PROBE_MAX_MS)) {
+        fail_msg("a GET on the flooder's shard took %lld ms, bound %lld ms", worst,
+                 fixture_bound_ms(FLOOD_PROBE_MAX_MS));
+    }
+    fixture_free(f, batch);
+    fixture_free(f, value);
+    fixture_close(f, c);
+    expect_proxy_serves(f, near, "small");
 }
 
 /* ---- a client that reads late ---- */
@@ -677,6 +759,8 @@ int main(void)
                                         setup_plain, stop_fixture),
         cmocka_unit_test_setup_teardown(test_client_never_reading_is_dropped_and_memory_bounded,
                                         setup_flood, stop_fixture),
+        cmocka_unit_test_setup_teardown(test_flooder_does_not_stall_its_shard, setup_flood,
+                                        stop_fixture),
         cmocka_unit_test_setup_teardown(test_client_reading_late_is_paused_then_resumed,
                                         setup_pause, stop_fixture),
         cmocka_unit_test_setup_teardown(test_slowloris_clients_closed_by_idle_timeout,

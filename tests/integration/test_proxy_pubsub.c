@@ -6,7 +6,9 @@
  * CHANNELS/NUMSUB/NUMPAT merge the shards, and the subscriber connections
  * go with the client. A shard that stops answering fails a change with its
  * timeout error after request_timeout, and the client is closed (its own
- * proxy, with a short timeout). */
+ * proxy, with a short timeout). Subscribers that stop reading are closed at
+ * max_pubsub_output, the proxy's memory stays bounded, and the others are
+ * served (their own proxy, with a small max_pubsub_output). */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -34,6 +38,18 @@
  * request to a healthy shard may take meanwhile. */
 #define CLOSE_LATEST_MS 1000
 #define LIVE_LATENCY_MS 250
+
+/* The stalled-subscribers group: ten subscribers that never read while
+ * STALL_MESSAGES of STALL_MESSAGE_LEN bytes (20 MB) are published to their
+ * channel, 200 MB in all if the proxy kept them. Each is closed once 1 MB
+ * waits for it, so the proxy's peak RSS stays far below that. */
+#define STALLED_SUBSCRIBERS 10
+#define STALL_MESSAGES      20000
+#define STALL_MESSAGE_LEN   1024
+#define STALL_BATCH         500
+#define STALL_OUTPUT_MAX    "1mb"
+#define STALL_PEAK_KIB      (64 * 1024)
+#define STALL_DEADLINE_MS   20000
 
 static int group_setup(void **state)
 {
@@ -430,6 +446,123 @@ static void test_stopped_shard_times_out_a_subscription_then_closes(void **state
     fixture_close(f, admin);
 }
 
+/* ---- subscribers that stop reading (their own proxy) ---- */
+
+static int slow_group_setup(void **state)
+{
+    fixture *f = fixture_start("max_pubsub_output = " STALL_OUTPUT_MAX "\n");
+    *state = f;
+    return f != NULL ? 0 : -1;
+}
+
+/* Reads and discards what fd receives until the proxy closes it; 1 when it
+ * did within the deadline. */
+static int drained_until_closed(int fd, long long deadline_ms)
+{
+    static char sink[64 * 1024];
+    int closed = 0;
+    while (!closed && fixture_now_ms() < deadline_ms) {
+        fixture_raw_read(fd, sink, sizeof(sink), sizeof(sink) - 1, 200, &closed);
+    }
+    return closed;
+}
+
+static void test_stalled_subscribers_are_closed_and_memory_bounded(void **state)
+{
+    fixture *f = *state;
+    redisContext *admin = fixture_client(f);
+    redisContext *healthy = fixture_client(f);
+    char stall[64], calm[64];
+    fixture_key_on_shard(admin, "stall", 0, stall, sizeof(stall));
+    fixture_key_on_shard(admin, "calm", 1, calm, sizeof(calm));
+    long long dropped_before = fixture_info_int(admin, "clients_dropped");
+    expect_confirm(fixture_cmd(healthy, "SUBSCRIBE %s", calm), "subscribe", calm, 1);
+
+    /* Ten subscribers that read their confirmation, then nothing more. */
+    char subscribe[160], confirmation[160];
+    int sub_len = snprintf(subscribe, sizeof(subscribe), "*2\r\n$9\r\nSUBSCRIBE\r\n$%zu\r\n%s\r\n",
+                           strlen(stall), stall);
+    int conf_len = snprintf(confirmation, sizeof(confirmation),
+                            "*3\r\n$9\r\nsubscribe\r\n$%zu\r\n%s\r\n:1\r\n", strlen(stall), stall);
+    int fds[STALLED_SUBSCRIBERS];
+    for (int i = 0; i < STALLED_SUBSCRIBERS; i++) {
+        fds[i] = fixture_raw_connect(f->proxy.port);
+        assert_true(fds[i] >= 0);
+        int small = 64 * 1024;
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+        assert_int_equal(fixture_raw_send(fds[i], subscribe, (size_t)sub_len), 0);
+        char got[160];
+        int closed = 0;
+        size_t n = fixture_raw_read(fds[i], got, sizeof(got), (size_t)conf_len,
+                                    (int)fixture_bound_ms(2000), &closed);
+        assert_int_equal(n, conf_len);
+        assert_memory_equal(got, confirmation, (size_t)conf_len);
+    }
+
+    /* The flood, pipelined in batches; one message to the healthy
+     * subscriber's channel in the middle of it. */
+    char *payload = fixture_alloc(f, STALL_MESSAGE_LEN);
+    memset(payload, 'm', STALL_MESSAGE_LEN);
+    long peak = 0;
+    for (int sent = 0; sent < STALL_MESSAGES; sent += STALL_BATCH) {
+        for (int i = 0; i < STALL_BATCH; i++) {
+            redisAppendCommand(admin, "PUBLISH %s %b", stall, payload, (size_t)STALL_MESSAGE_LEN);
+        }
+        for (int i = 0; i < STALL_BATCH; i++) {
+            redisReply *r = fixture_next_reply(admin);
+            assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+            freeReplyObject(r);
+        }
+        if (sent == STALL_MESSAGES / 2) {
+            fixture_expect_int(fixture_cmd(admin, "PUBLISH %s during", calm), 1);
+        }
+        long rss = fixture_rss_kib(f->proxy.pid);
+        peak = rss > peak ? rss : peak;
+    }
+
+    /* Every stalled subscriber is closed, the reason logged and counted,
+     * and its subscriber connection goes from the shard. */
+    long long deadline = fixture_now_ms() + fixture_bound_ms(STALL_DEADLINE_MS);
+    for (int i = 0; i < STALLED_SUBSCRIBERS; i++) {
+        if (!drained_until_closed(fds[i], deadline)) {
+            fail_msg("stalled subscriber %d is still connected after %d messages of %d bytes", i,
+                     STALL_MESSAGES, STALL_MESSAGE_LEN);
+        }
+        close(fds[i]);
+    }
+    fixture_wait_log(&f->proxy, "max_pubsub_output");
+    fixture_wait_info_at_least(admin, "clients_dropped", dropped_before + STALLED_SUBSCRIBERS);
+    long long numsub = -1;
+    while (numsub != 0 && fixture_now_ms() < deadline) {
+        redisReply *r = fixture_cmd(fixture_shard(f, 0), "PUBSUB NUMSUB %s", stall);
+        numsub = r->element[1]->integer;
+        freeReplyObject(r);
+        if (numsub != 0) {
+            fixture_sleep_ms(20);
+        }
+    }
+    assert_int_equal(numsub, 0);
+
+    /* The healthy subscriber heard everything sent to it and is still
+     * subscribed; ordinary clients are served. */
+    expect_message(fixture_next_reply(healthy), NULL, calm, "during");
+    fixture_expect_int(fixture_cmd(admin, "PUBLISH %s after", calm), 1);
+    expect_message(fixture_next_reply(healthy), NULL, calm, "after");
+    fixture_expect_status(fixture_cmd(admin, "SET stall:after ok"), "OK");
+    fixture_expect_str(fixture_cmd(admin, "GET stall:after"), "ok");
+
+    long hwm = fixture_peak_rss_kib(f->proxy.pid);
+    if (!fixture_memory_instrumented(f->proxy.pid) && hwm > STALL_PEAK_KIB) {
+        fail_msg("proxy peak RSS %ld KiB (sampled %ld) with %d stalled subscribers and "
+                 "max_pubsub_output = %s, bound %d KiB",
+                 hwm, peak, STALLED_SUBSCRIBERS, STALL_OUTPUT_MAX, STALL_PEAK_KIB);
+    }
+    print_message("proxy peak RSS %ld KiB with %d stalled subscribers\n", hwm, STALLED_SUBSCRIBERS);
+    fixture_free(f, payload);
+    fixture_close(f, healthy);
+    fixture_close(f, admin);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -445,8 +578,13 @@ int main(void)
         cmocka_unit_test_teardown(test_stopped_shard_times_out_a_subscription_then_closes,
                                   resume_shards),
     };
+    const struct CMUnitTest slow_tests[] = {
+        cmocka_unit_test(test_stalled_subscribers_are_closed_and_memory_bounded),
+    };
     int failed = cmocka_run_group_tests_name("pubsub", tests, group_setup, group_teardown);
     failed += cmocka_run_group_tests_name("pubsub with a stalled shard", stalled_tests,
                                           stalled_group_setup, stalled_group_teardown);
+    failed += cmocka_run_group_tests_name("pubsub with stalled subscribers", slow_tests,
+                                          slow_group_setup, group_teardown);
     return failed;
 }

@@ -463,6 +463,7 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->max_query_buffer, 1073741824);
     assert_int_equal(cfg->client_output_pause, 16777216);
     assert_int_equal(cfg->max_client_output, 1073741824);
+    assert_int_equal(cfg->max_pubsub_output, 33554432);
     assert_int_equal(cfg->backend_max_inflight, 100000);
     assert_int_equal(cfg->idle_timeout_s, 0);
     assert_int_equal(cfg->tcp_backlog, 511);
@@ -797,7 +798,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 36);
+    assert_int_equal(keys, 37);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
