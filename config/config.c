@@ -219,6 +219,8 @@ static const config_key config_keys[] = {
             "MIGRATE timeout for one batch; raise it for big keys"),
     BOOL_KEY("allow_flush", allow_flush, "yes", RELOAD,
              "FLUSHDB and FLUSHALL empty db 0 of every shard; no = refuse them"),
+    BOOL_KEY("allow_config_set", allow_config_set, "no", RELOAD,
+             "CONFIG SET of a Redis parameter is applied to every shard; no = refuse it"),
     {.name = "script_default_shard",
      .type = KEY_SHARD,
      .default_value = "",
@@ -1533,6 +1535,79 @@ int config_fixed_changes(const config *old_cfg, const config *new_cfg, char *buf
         count++;
     }
     return count;
+}
+
+size_t config_key_count(void)
+{
+    return NKEYS;
+}
+
+const char *config_key_name(size_t i)
+{
+    return config_keys[i].name;
+}
+
+void config_key_value(const config *cfg, size_t i, char *out, size_t outlen)
+{
+    const config_key *key = &config_keys[i];
+    switch (key->type) {
+    case KEY_ADDR: {
+        char *const *host = const_field_of(cfg, key->offset);
+        uint16_t port;
+        memcpy(&port, const_field_of(cfg, key->offset2), sizeof(port));
+        config_format_addr(*host, port, out, outlen);
+        return;
+    }
+    case KEY_TAG: {
+        const char *open = const_field_of(cfg, key->offset);
+        const char *close = const_field_of(cfg, key->offset2);
+        if (*open)
+            snprintf(out, outlen, "%c%c", *open, *close);
+        else
+            snprintf(out, outlen, "%s", ""); /* tags off */
+        return;
+    }
+    case KEY_SECRET: {
+        char *const *s = const_field_of(cfg, key->offset);
+        snprintf(out, outlen, "%s", *s ? "(hidden)" : "");
+        return;
+    }
+    case KEY_SHARD:
+    case KEY_SHARDS: {
+        char *const *s = const_field_of(cfg, key->offset);
+        snprintf(out, outlen, "%s", *s ? *s : "");
+        return;
+    }
+    case KEY_ADDRS: {
+        const config_addr_list *list = const_field_of(cfg, key->offset);
+        size_t used = 0;
+        if (outlen)
+            out[0] = '\0';
+        for (size_t j = 0; j < list->n && used < outlen; j++) {
+            char addr[CONFIG_ADDR_MAX];
+            config_format_addr(list->addrs[j].host, list->addrs[j].port, addr, sizeof(addr));
+            int n = snprintf(out + used, outlen - used, "%s%s", j ? ", " : "", addr);
+            if (n < 0)
+                break;
+            used += (size_t)n;
+        }
+        return;
+    }
+    case KEY_BOOL:
+        snprintf(out, outlen, "%s", key_number(key, cfg) ? "yes" : "no");
+        return;
+    case KEY_ENUM:
+        snprintf(out, outlen, "%s", key->enum_name((int)key_number(key, cfg)));
+        return;
+    case KEY_BYTES:
+        format_bytes(key_number(key, cfg), out, outlen);
+        return;
+    case KEY_INT:
+    case KEY_INT64:
+        snprintf(out, outlen, "%lld", (long long)key_number(key, cfg));
+        return;
+    }
+    abort(); /* a key type without a format: a bug here */
 }
 
 void config_write_reference(FILE *out)

@@ -95,6 +95,7 @@ typedef struct config {
     int migrate_rate;           /* keys moved per second while rebalancing, 0 = no limit */
     int migrate_timeout_ms;     /* MIGRATE's own timeout */
     int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
+    int allow_config_set;       /* CONFIG SET of a Redis parameter fans out (bool); else refused */
     char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */
     config_addr_list sentinels; /* Redis Sentinels asked for sentinel:NAME shards' masters */
     char *sentinel_password;    /* the Sentinels' password, NULL = none */
@@ -134,6 +135,13 @@ __attribute__((warn_unused_result)) ring *config_ring(const config *cfg, char *e
  * and new but cannot change at run time (e.g. "listen, hash"). Returns how
  * many there are (0: the new config can be applied whole). */
 int config_fixed_changes(const config *old_cfg, const config *new_cfg, char *buf, size_t buflen);
+
+/* The [proxy] keys, for CONFIG GET: how many there are, the name of key i
+ * (0 <= i < config_key_count()), and its value in cfg as proxy.ini would
+ * spell it. A password is never shown: "(hidden)" when set, "" when not. */
+size_t config_key_count(void);
+const char *config_key_name(size_t i);
+void config_key_value(const config *cfg, size_t i, char *out, size_t outlen);
 
 /* Writes the [proxy] section documentation: every key commented out with its
  * default and a one-line explanation, as in the shipped proxy.ini. */

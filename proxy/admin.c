@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,12 +149,18 @@ static int info_server(buf *b)
 
 static int info_clients(buf *b)
 {
+    int blocked = 0;
+    for (const session *s = srv.sessions; s; s = s->next)
+        blocked += s->blocked != 0;
+    /* No client tracking through the proxy: tracking_clients is 0. */
     return buf_printf(b,
                       "# Clients\r\n"
                       "connected_clients:%d\r\n"
                       "max_clients:%d\r\n"
+                      "blocked_clients:%d\r\n"
+                      "tracking_clients:0\r\n"
                       "\r\n",
-                      srv.nclients, srv.cfg->max_clients);
+                      srv.nclients, srv.cfg->max_clients, blocked);
 }
 
 static int info_stats(buf *b)
@@ -210,7 +217,43 @@ static int info_shards(buf *b)
     return buf_printf(b, "\r\n");
 }
 
-static void cmd_info(request *req, size_t argc, const resp_arg *argv)
+/* INFO commandstats, in Redis's form. The proxy does not time commands
+ * (that would cost clock reads on every request): usec is 0, and the
+ * shards' own INFO commandstats have the execution times. failed_calls
+ * (errors from the shards) is not counted either: 0. */
+static void info_commandstats(buf *b)
+{
+    buf_printf(b, "# Commandstats\r\n");
+    size_t n;
+    const command *rows = command_table(&n);
+    for (size_t i = 0; i < n; i++) {
+        const command *cmd = &rows[i];
+        size_t nsubs = cmd->nsubcommands ? cmd->nsubcommands : 1;
+        for (size_t j = 0; j < nsubs; j++) {
+            const command *c = cmd->nsubcommands ? &cmd->subcommands[j] : cmd;
+            const command_counters *k = &command_stats[c->stat];
+            if (k->calls || k->rejected_calls)
+                buf_printf(b,
+                           "cmdstat_%s:calls=%llu,usec=0,usec_per_call=0.00,rejected_calls=%llu,"
+                           "failed_calls=0\r\n",
+                           c->name, (unsigned long long)k->calls,
+                           (unsigned long long)k->rejected_calls);
+        }
+    }
+    buf_printf(b, "\r\n");
+}
+
+/* Whether INFO's arguments ask for a section that plain INFO (and INFO
+ * default) leaves out, as Redis leaves out commandstats. */
+static int extra_section_wanted(const char *name, size_t argc, const resp_arg *argv)
+{
+    for (size_t i = 1; i < argc; i++)
+        if (arg_is(&argv[i], name) || arg_is(&argv[i], "all") || arg_is(&argv[i], "everything"))
+            return 1;
+    return 0;
+}
+
+size_t admin_info(request *req, size_t argc, const resp_arg *argv, resp_arg sections[2])
 {
     buf text = {0};
     /* Each section returns -1 when out of memory, as text keeps it. */
@@ -226,8 +269,98 @@ static void cmd_info(request *req, size_t argc, const resp_arg *argv)
         (void)rebalance_info(&text);
     if (section_wanted("locks", argc, argv))
         (void)lock_info(&text);
-    drop_blank_line(&text);
-    reply_text(req, &text);
+    if (extra_section_wanted("commandstats", argc, argv))
+        info_commandstats(&text);
+    /* Plain INFO (and INFO default) stays local, unlike Redis's, which
+     * has the Keyspace: it must answer at once while a shard is stalled.
+     * The shards are asked only when keyspace, all or everything is. */
+    size_t n = 0;
+    if (extra_section_wanted("keyspace", argc, argv)) {
+        sections[n++] = (resp_arg){"keyspace", 8};
+        if (section_wanted("stats", argc, argv))
+            sections[n++] = (resp_arg){"stats", 5};
+    }
+    if (n == 0 || buf_failed(&text)) {
+        drop_blank_line(&text);
+        reply_text(req, &text);
+        return 0;
+    }
+    req->local_part = text; /* the merge adds the shards' part */
+    return n;
+}
+
+/* ---- CONFIG ---- */
+
+/* Whether a CONFIG GET pattern matches name: Redis's glob, without regard
+ * to case. */
+static int config_pattern_matches(const resp_arg *pattern, const char *name)
+{
+    char pat[256];
+    if (pattern->len >= sizeof(pat))
+        return 0;
+    memcpy(pat, pattern->ptr, pattern->len);
+    pat[pattern->len] = '\0';
+    return fnmatch(pat, name, FNM_CASEFOLD) == 0;
+}
+
+/* CONFIG GET: the proxy's own settings matching the patterns, each once, as
+ * an array reply kept in req->local_part for the merge. */
+static void config_get_own(request *req, size_t argc, const resp_arg *argv)
+{
+    buf pairs = {0};
+    size_t n = 0;
+    for (size_t i = 0; i < config_key_count(); i++) {
+        const char *name = config_key_name(i);
+        int matched = 0;
+        for (size_t p = 2; p < argc && !matched; p++)
+            matched = config_pattern_matches(&argv[p], name);
+        if (!matched)
+            continue;
+        char value[CONFIG_ADDR_MAX];
+        config_key_value(srv.cfg, i, value, sizeof(value));
+        append_str(&pairs, name);
+        append_str(&pairs, value);
+        n += 2;
+    }
+    buf_append_header(&req->local_part, '*', (int64_t)n);
+    if (n)
+        buf_append(&req->local_part, buf_head(&pairs), buf_len(&pairs));
+    if (buf_failed(&pairs))
+        req->local_part.err = 1; /* the merge answers out of memory */
+    buf_free(&pairs);
+}
+
+/* CONFIG SET: a proxy key is changed in proxy.ini, a Redis parameter on
+ * every shard only when the configuration allows it. */
+static int config_set_allowed(request *req, size_t argc, const resp_arg *argv)
+{
+    for (size_t i = 2; i < argc; i += 2)
+        for (size_t k = 0; k < config_key_count(); k++)
+            if (arg_is(&argv[i], config_key_name(k))) {
+                request_error(req,
+                              "ERR '%s' is a ringproxy setting: change it in proxy.ini, then "
+                              "run PROXY RELOAD",
+                              config_key_name(k));
+                return 0;
+            }
+    if (argc % 2 != 0) {
+        reply_str(req, "-ERR wrong number of arguments for 'config|set' command\r\n");
+        return 0;
+    }
+    if (!srv.cfg->allow_config_set) {
+        request_error(req, "ERR CONFIG SET of a Redis parameter is disabled in ringproxy "
+                           "(allow_config_set = no)");
+        return 0;
+    }
+    return 1;
+}
+
+int admin_config(request *req, const command *cmd, size_t argc, const resp_arg *argv)
+{
+    if (cmd->id == CMD_CONFIG_SET)
+        return config_set_allowed(req, argc, argv);
+    config_get_own(req, argc, argv);
+    return 1;
 }
 
 /* ---- PROXY ---- */
@@ -402,6 +535,186 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
     reply_buf(req, &b);
 }
 
+/* Whether a client name (or library name, version) has only printable
+ * characters and no space, as Redis requires. */
+static int printable_word(const resp_arg *a)
+{
+    for (size_t i = 0; i < a->len; i++) {
+        unsigned char ch = (unsigned char)a->ptr[i];
+        if (ch <= ' ' || ch > '~')
+            return 0;
+    }
+    return 1;
+}
+
+/* CLIENT SETINFO LIB-NAME name | LIB-VER version (Redis 7.2). */
+static void cmd_client_setinfo(request *req, const resp_arg *attr, const resp_arg *value)
+{
+    session *sess = req->session;
+    char **field = NULL;
+    if (arg_is(attr, "lib-name"))
+        field = sess ? &sess->lib_name : NULL;
+    else if (arg_is(attr, "lib-ver"))
+        field = sess ? &sess->lib_ver : NULL;
+    else {
+        request_error(req, "ERR Unrecognized option '%.*s'", (int)(attr->len > 40 ? 40 : attr->len),
+                      attr->ptr);
+        return;
+    }
+    if (!printable_word(value)) {
+        request_error(req, "ERR %s cannot contain spaces, newlines or special characters.",
+                      arg_is(attr, "lib-name") ? "lib-name" : "lib-ver");
+        return;
+    }
+    if (field) {
+        free(*field);
+        *field = value->len ? strndup(value->ptr, value->len) : NULL;
+    }
+    reply_str(req, "+OK\r\n");
+}
+
+/* CLIENT NO-EVICT on|off. */
+static void cmd_client_no_evict(request *req, const resp_arg *mode)
+{
+    /* The proxy evicts no client for memory (max_client_output closes a
+     * client over its limit, whatever it asked): on and off are accepted. */
+    if (arg_is(mode, "on") || arg_is(mode, "off"))
+        reply_str(req, "+OK\r\n");
+    else
+        reply_str(req, "-ERR syntax error\r\n");
+}
+
+/* CLIENT REPLY ON|OFF|SKIP. OFF and SKIP are not answered themselves.
+ * What OFF silences is the replies to commands: pub/sub messages pushed
+ * to a subscriber later are still written. */
+static void cmd_client_reply(request *req, const resp_arg *mode)
+{
+    session *sess = req->session;
+    if (arg_is(mode, "on")) {
+        req->silent = 0;
+        if (sess)
+            sess->reply_mode = SESSION_REPLY_ON;
+        reply_str(req, "+OK\r\n");
+        return;
+    }
+    if (arg_is(mode, "off")) {
+        if (sess)
+            sess->reply_mode = SESSION_REPLY_OFF;
+    } else if (arg_is(mode, "skip")) {
+        if (sess && sess->reply_mode != SESSION_REPLY_OFF)
+            sess->reply_mode = SESSION_REPLY_SKIP;
+    } else {
+        reply_str(req, "-ERR syntax error\r\n");
+        return;
+    }
+    req->silent = 1;
+    reply_str(req, "+OK\r\n");
+}
+
+/* What CLIENT KILL looks for; a zero / NULL field matches any client. */
+typedef struct kill_filter {
+    uint64_t id;           /* ID */
+    const resp_arg *addr;  /* ADDR, or the old form's ip:port */
+    const resp_arg *laddr; /* LADDR: the proxy's listen address */
+    int no_user;           /* USER other than default: matches none */
+    int skip_me;           /* SKIPME yes (the new form's default) */
+} kill_filter;
+
+/* Reads CLIENT KILL's filters (argv[2..]). 0, or -1 after replying. */
+static int kill_filters(request *req, size_t argc, const resp_arg *argv, kill_filter *kf)
+{
+    memset(kf, 0, sizeof(*kf));
+    if (argc == 3) { /* CLIENT KILL ip:port: the old form, which may kill the caller */
+        kf->addr = &argv[2];
+        return 0;
+    }
+    kf->skip_me = 1;
+    if (argc % 2 != 0) {
+        reply_str(req, "-ERR syntax error\r\n");
+        return -1;
+    }
+    for (size_t i = 2; i + 1 < argc; i += 2) {
+        const resp_arg *opt = &argv[i], *val = &argv[i + 1];
+        long long id;
+        if (arg_is(opt, "id")) {
+            if (arg_int(val, &id) < 0 || id <= 0) {
+                reply_str(req, "-ERR client-id should be greater than 0\r\n");
+                return -1;
+            }
+            kf->id = (uint64_t)id;
+        } else if (arg_is(opt, "addr")) {
+            kf->addr = val;
+        } else if (arg_is(opt, "laddr")) {
+            kf->laddr = val;
+        } else if (arg_is(opt, "user")) {
+            kf->no_user = !arg_is(val, "default");
+        } else if (arg_is(opt, "skipme")) {
+            if (arg_is(val, "yes"))
+                kf->skip_me = 1;
+            else if (arg_is(val, "no"))
+                kf->skip_me = 0;
+            else {
+                reply_str(req, "-ERR syntax error\r\n");
+                return -1;
+            }
+        } else {
+            reply_str(req, "-ERR syntax error\r\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int kill_matches(const kill_filter *kf, const session *s, const session *me)
+{
+    if (kf->no_user || (kf->skip_me && s == me) || (kf->id && s->id != kf->id))
+        return 0;
+    if (kf->addr && !(s->addr && arg_is(kf->addr, s->addr)))
+        return 0;
+    if (kf->laddr) {
+        char laddr[CONFIG_ADDR_MAX];
+        config_format_addr(srv.cfg->listen_host, (uint16_t)srv.listen_port, laddr, sizeof(laddr));
+        if (!arg_is(kf->laddr, laddr))
+            return 0;
+    }
+    return 1;
+}
+
+/* CLIENT KILL: closes the proxy's own clients that match, after the
+ * replies already due to them; the caller, when it matches (SKIPME no, or
+ * the old form), once this reply is out. */
+static void cmd_client_kill(request *req, size_t argc, const resp_arg *argv)
+{
+    kill_filter kf;
+    if (kill_filters(req, argc, argv, &kf) < 0)
+        return;
+    session *me = req->session;
+    long long killed = 0;
+    int kill_me = 0;
+    for (session *s = srv.sessions; s; s = s->next) {
+        if (!kill_matches(&kf, s, me))
+            continue;
+        killed++;
+        if (s == me)
+            kill_me = 1;
+        else
+            s->close_after_replies(s, "killed by CLIENT KILL");
+    }
+    if (argc == 3 && killed == 0) {
+        reply_str(req, "-ERR No such client\r\n");
+        return;
+    }
+    if (argc == 3) {
+        reply_str(req, "+OK\r\n");
+    } else {
+        buf b = {0};
+        buf_append_header(&b, ':', killed);
+        reply_buf(req, &b);
+    }
+    if (kill_me)
+        me->close_after_replies(me, "killed itself by CLIENT KILL");
+}
+
 static void cmd_client(request *req, command_id id, size_t argc, const resp_arg *argv)
 {
     session *sess = req->session;
@@ -416,13 +729,10 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
             reply_str(req, "$-1\r\n");
     } else {
         (void)argc;
-        for (size_t i = 0; i < argv[2].len; i++) {
-            unsigned char ch = (unsigned char)argv[2].ptr[i];
-            if (ch <= ' ' || ch > '~') {
-                reply_str(req, "-ERR Client names cannot contain spaces, newlines or special "
-                               "characters.\r\n");
-                return;
-            }
+        if (!printable_word(&argv[2])) {
+            reply_str(req, "-ERR Client names cannot contain spaces, newlines or special "
+                           "characters.\r\n");
+            return;
         }
         if (sess) {
             free(sess->name);
@@ -433,7 +743,8 @@ static void cmd_client(request *req, command_id id, size_t argc, const resp_arg 
 }
 
 /* One CLIENT LIST line, with the fields of Redis's that mean something for
- * a proxy client, and the proxy's own state= of the connection last. */
+ * a proxy client (Redis 7.2's lib-name and lib-ver after the others), and
+ * the proxy's own state= of the connection last. */
 static void client_line(buf *b, const session *s)
 {
     int channels, patterns;
@@ -453,11 +764,12 @@ static void client_line(buf *b, const session *s)
     uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
     buf_printf(b,
                "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
-               "multi=%d cmd=%s state=%s\n",
+               "multi=%d cmd=%s lib-name=%s lib-ver=%s state=%s\n",
                (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
                (unsigned long long)((now - s->created_us) / 1000000),
                (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
                txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
+               s->lib_name ? s->lib_name : "", s->lib_ver ? s->lib_ver : "",
                s->state ? s->state(s) : "?");
 }
 
@@ -570,8 +882,17 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
     case CMD_CLIENT_LIST:
         cmd_client_list(req, argc, argv);
         return;
-    case CMD_INFO:
-        cmd_info(req, argc, argv);
+    case CMD_CLIENT_SETINFO:
+        cmd_client_setinfo(req, &argv[2], &argv[3]);
+        return;
+    case CMD_CLIENT_NO_EVICT:
+        cmd_client_no_evict(req, &argv[2]);
+        return;
+    case CMD_CLIENT_KILL:
+        cmd_client_kill(req, argc, argv);
+        return;
+    case CMD_CLIENT_REPLY:
+        cmd_client_reply(req, &argv[2]);
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

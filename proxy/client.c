@@ -212,6 +212,8 @@ static void client_free(client *c, const char *reason)
     buf_free(&c->out);
     resp_request_free(&c->scan);
     free(c->sess.name);
+    free(c->sess.lib_name);
+    free(c->sess.lib_ver);
     free(c);
     srv.nclients--;
 }
@@ -250,6 +252,8 @@ static void request_finished(request *req, const char *reply, size_t len)
     } else if (c->inflight_cap < CLIENT_MAX_INFLIGHT) {
         c->inflight_cap++;
     }
+    if (req->silent)
+        len = 0; /* CLIENT REPLY OFF or SKIP: keeps its place, writes nothing */
     if (req != c->head) {
         /* Most replies are a few bytes: keep them in the request itself. A
          * big one offered by its shard connection is taken, not copied. */

@@ -19,42 +19,49 @@
 #define ROW(name_, arity_, cls_, rule_, first_, last_, step_, route_, flags_)                      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
-        .last_key = last_, .key_step = step_, .route = route_, .flags = flags_                     \
+        .last_key = last_, .key_step = step_, .route = route_, .flags = flags_,                    \
+        .stat = __COUNTER__                                                                        \
     }
 #define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, route_, flags_)      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .merge = merge_, .keys = rule_,    \
         .first_key = first_, .last_key = last_, .key_step = step_, .route = route_,                \
-        .flags = flags_                                                                            \
+        .flags = flags_, .stat = __COUNTER__                                                       \
     }
 #define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, route_, flags_)             \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .keys = rule_,                     \
-        .first_key = first_, .numkeys = numkeys_, .route = route_, .flags = flags_                 \
+        .first_key = first_, .numkeys = numkeys_, .route = route_, .flags = flags_,                \
+        .stat = __COUNTER__                                                                        \
     }
 #define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_, route_,    \
                   flags_)                                                                          \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_SPLIT, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_,                  \
-        .split_step = split_step_, .route = route_, .flags = flags_                                \
+        .split_step = split_step_, .route = route_, .flags = flags_, .stat = __COUNTER__           \
     }
 #define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, route_, flags_)         \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_LOCAL, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_, .route = route_, \
-        .flags = flags_                                                                            \
+        .flags = flags_, .stat = __COUNTER__                                                       \
     }
 #define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_, route_, flags_)                      \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .subcommands = subcommands_,       \
         .nsubcommands = sizeof(subcommands_) / sizeof(subcommands_[0]), .route = route_,           \
-        .flags = flags_                                                                            \
+        .flags = flags_, .stat = __COUNTER__                                                       \
     }
 
 #include "proxy/command_table.inc"
 
 #define COMMAND_COUNT (sizeof(command_rows) / sizeof(command_rows[0]))
+
+/* Every row above took the next __COUNTER__ value as its .stat: the rows
+ * and subcommand rows number 0 .. COMMAND_STAT_SLOTS - 1. */
+enum { COMMAND_STAT_SLOTS = __COUNTER__ };
+command_counters command_stats[COMMAND_STAT_SLOTS];
 
 /* Lookup index: slots of an open-addressing hash (linear probing) holding
  * 1 + the row index, 0 when empty. A power of two at least four times the

@@ -43,6 +43,10 @@ typedef enum command_merge {
                            error, else the first error */
     MERGE_PAIR_SUM,     /* PUBSUB NUMSUB: [name, count, ...] with the counts summed */
     MERGE_MAX,          /* PUBSUB NUMPAT: the largest integer */
+    MERGE_INFO,         /* INFO: the proxy's own text (request's local_part) with the
+                           shards' keyspace_hits/misses and Keyspace lines summed */
+    MERGE_CONFIG_GET,   /* CONFIG GET: the proxy's own pairs, then the first shard's pairs
+                           (a shard that differs is named in ringproxy-shards-differ) */
 } command_merge;
 
 /* Where the keys of a command are. Most use first/last/step like Redis's
@@ -140,6 +144,12 @@ typedef enum command_id {
     CMD_LOCK_EXTEND,
     CMD_LOCK_INFO,
     CMD_KILL, /* SCRIPT KILL, FUNCTION KILL: to every shard, each on a connection of its own */
+    CMD_CLIENT_KILL,     /* the proxy's own clients */
+    CMD_CLIENT_NO_EVICT, /* accepted: the proxy evicts no client for memory */
+    CMD_CLIENT_SETINFO,  /* Redis 7.2's, sent by clients on connect */
+    CMD_CLIENT_REPLY,    /* ON, OFF, SKIP: whether the client's replies are written */
+    CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
+    CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -169,6 +179,8 @@ typedef enum command_route {
     ROUTE_COPY,        /* COPY: as ROUTE_KEYS, refused with a DB option */
     ROUTE_KILL,        /* SCRIPT KILL, FUNCTION KILL: every shard, each over a short-lived
                           connection of its own, never behind the script it is to stop */
+    ROUTE_CONFIG,      /* CONFIG GET, SET: admin.c's checks, then every shard */
+    ROUTE_INFO,        /* INFO: admin.c's text, plus every shard's keyspace and hits */
     ROUTE_COUNT
 } command_route;
 
@@ -184,6 +196,8 @@ enum {
                                                refused, and the transaction aborted */
     COMMAND_FLAG_SINGLE_KEY = 1 << 4,       /* ROUTE_KEYS with argv[1] its only key: routed
                                                by one hash (the router's fast path) */
+    COMMAND_FLAG_NO_MULTI = 1 << 5,         /* Redis's no_multi (SAVE, SHUTDOWN, SYNC): between
+                                               MULTI and EXEC, Redis's own refusal */
 };
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis
@@ -206,7 +220,18 @@ typedef struct command {
     command_numkeys numkeys; /* KEYS_*NUMKEYS: how numkeys is checked */
     command_route route;     /* the router's handler */
     unsigned flags;          /* COMMAND_FLAG_* */
+    unsigned stat;           /* its counters: command_stats[stat] */
 } command;
+
+/* INFO commandstats counters of one command, as Redis keeps them. The
+ * router counts; incrementing one is the whole cost on the request path. */
+typedef struct command_counters {
+    uint64_t calls;          /* routed to its handler */
+    uint64_t rejected_calls; /* refused before that: arity, NOAUTH, unsupported */
+} command_counters;
+
+/* Indexed by command.stat, one per row and subcommand row. */
+extern command_counters command_stats[];
 
 /* Builds the lookup index. Optional: command_lookup builds it on first use;
  * call it at startup, before any thread exists, when threads may look up. */

@@ -47,7 +47,16 @@ LOCAL = {
     "client|id": "CMD_CLIENT_ID",
     "client|info": "CMD_CLIENT_INFO",
     "client|list": "CMD_CLIENT_LIST",
+    "client|kill": "CMD_CLIENT_KILL",
+    "client|no-evict": "CMD_CLIENT_NO_EVICT",
+    "client|setinfo": "CMD_CLIENT_SETINFO",
+    "client|reply": "CMD_CLIENT_REPLY",
     "auth": "CMD_AUTH",
+}
+
+# Local commands that also ask every shard: name -> merge.
+LOCAL_MERGES = {
+    "info": "MERGE_INFO",  # the shards' Keyspace and keyspace_hits/misses
 }
 
 # Split per shard and merged: name -> (command_id, merge, arguments per key).
@@ -77,6 +86,9 @@ FANOUT = {
     "pubsub|channels": ("CMD_OTHER", "MERGE_UNION"),
     "pubsub|numsub": ("CMD_OTHER", "MERGE_PAIR_SUM"),
     "pubsub|numpat": ("CMD_OTHER", "MERGE_MAX"),
+    # the proxy's own settings too; SET refused unless allow_config_set = yes
+    "config|get": ("CMD_CONFIG_GET", "MERGE_CONFIG_GET"),
+    "config|set": ("CMD_CONFIG_SET", "MERGE_ALL_OK"),
 }
 
 # Classes with a routing of their own: name -> (class, command_id).
@@ -130,6 +142,9 @@ ROUTE_BY_ID = {
     "CMD_COPY": "ROUTE_COPY",
     # not behind the script it stops, on the shared connection it runs on
     "CMD_KILL": "ROUTE_KILL",
+    "CMD_INFO": "ROUTE_INFO",           # the shards' keyspace and hit counts added
+    "CMD_CONFIG_GET": "ROUTE_CONFIG",   # the proxy's settings, then every shard's
+    "CMD_CONFIG_SET": "ROUTE_CONFIG",   # refused with allow_config_set = no
 }
 ROUTE_BY_CLASS = {
     "COMMAND_FORWARD": "ROUTE_KEYS",
@@ -190,7 +205,7 @@ CONTAINERS = {
     "pubsub": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "acl": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "cluster": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "config": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    "config": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "latency": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "module": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "slowlog": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
@@ -202,6 +217,12 @@ SUB_CLASS = {
     "xinfo|help": "COMMAND_UNSUPPORTED",
     "xgroup|help": "COMMAND_UNSUPPORTED",
 }
+
+# Subcommands of a later Redis that clients send on connect (redis-py 5,
+# go-redis 9 send CLIENT SETINFO): container, name, arity (Redis 7.2's).
+LATER_SUBCOMMANDS = [
+    ("client", "client|setinfo", 4),
+]
 
 # The proxy's own container command (not a Redis command).
 PROXY_SUBCOMMANDS = [
@@ -377,6 +398,7 @@ def classify(cmd, container=None):
         row.cls, row.cmd_id, _ = CONTAINERS[name]
     elif name in LOCAL:
         row.cls, row.cmd_id = "COMMAND_LOCAL", LOCAL[name]
+        row.merge = LOCAL_MERGES.get(name, "MERGE_NONE")
     elif name in SPLIT:
         row.cls = "COMMAND_SPLIT"
         row.cmd_id, row.merge, row.split_step = SPLIT[name]
@@ -424,6 +446,8 @@ def route_and_flags(row, redis_flags):
         flags.append("COMMAND_FLAG_RUNS_IN_MULTI")
     elif row.cls in NOT_QUEUED_CLASSES and row.name not in QUEUED_LOCAL:
         flags.append("COMMAND_FLAG_NOT_QUEUED")
+    if "no_multi" in redis_flags and row.name not in RUNS_IN_MULTI:
+        flags.append("COMMAND_FLAG_NO_MULTI")
     if (row.route == "ROUTE_KEYS" and row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_RANGE"
             and row.first == 1 and row.last == 1):
         flags.append("COMMAND_FLAG_SINGLE_KEY")
@@ -497,6 +521,11 @@ def build_rows(commands):
         row = classify(cmd)
         if cmd["subcommands"]:
             subs = [classify(fields(s), cmd["name"]) for s in cmd["subcommands"]]
+            for container, name, arity in LATER_SUBCOMMANDS:
+                if container == cmd["name"]:
+                    later = {"name": name, "arity": arity, "flags": set(), "first": 0,
+                             "last": 0, "step": 0, "subcommands": []}
+                    subs.append(classify(later, container))
             row.subs = "%s_subcommands" % cmd["name"].replace("-", "_")
             sub_arrays.append((row.subs, sorted(subs, key=lambda r: r.name)))
         rows.append(row)
@@ -576,6 +605,8 @@ MERGE_NOTES = {
     "MERGE_FIRST_OK": "the shard that was running it answers",
     "MERGE_PAIR_SUM": "counts summed over the shards",
     "MERGE_MAX": "the largest count of a shard",
+    "MERGE_CONFIG_GET": "the proxy's settings, then the first shard's values",
+    "MERGE_INFO": "the proxy's own, with the shards' keyspace summed",
 }
 
 ID_NOTES = {
@@ -584,6 +615,8 @@ ID_NOTES = {
     "CMD_EVAL": "without keys: `script_default_shard`",
     "CMD_PUBLISH": "to the shard owning the channel",
     "CMD_FLUSH": "refused with `allow_flush = no`",
+    "CMD_CONFIG_GET": "proxy.ini keys, then the shards' parameters",
+    "CMD_CONFIG_SET": "every shard; refused with `allow_config_set = no`",
     "CMD_BLOCK_LAST": "blocks on a reserved connection",
     "CMD_BLOCK_FIRST": "blocks on a reserved connection",
     "CMD_XREAD": "with BLOCK: on a reserved connection",
@@ -596,6 +629,10 @@ ID_NOTES = {
     "CMD_RESET": "also ends transactions and subscriptions",
     "CMD_CLIENT_INFO": "the proxy's own clients",
     "CMD_CLIENT_LIST": "the proxy's own clients",
+    "CMD_CLIENT_KILL": "the proxy's own clients",
+    "CMD_CLIENT_NO_EVICT": "accepted; nothing to evict",
+    "CMD_CLIENT_SETINFO": "shown in CLIENT LIST, as Redis 7.2",
+    "CMD_CLIENT_REPLY": "ON, OFF, SKIP",
     "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",

@@ -370,6 +370,218 @@ static void merge_max(request *req)
     req->on_done(req, out, (size_t)n);
 }
 
+/* The number after "\n<name>:" in an INFO text (len bytes, not
+ * NUL-terminated but followed by CR LF), or 0 when it has none. */
+static long long info_field(const char *text, size_t len, const char *name, const char **after)
+{
+    char key[64];
+    int n = snprintf(key, sizeof(key), "\n%s:", name);
+    const char *at = memmem(text, len, key, (size_t)n);
+    *after = at ? at + n : NULL;
+    return at ? strtoll(at + n, NULL, 10) : 0;
+}
+
+/* Reads "keys=K,expires=E,avg_ttl=T" at p (before end) into v. 0, or -1
+ * when the line has another form. */
+static int db_line(const char *p, const char *end, long long v[3])
+{
+    static const char *const names[] = {"keys=", "expires=", "avg_ttl="};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(names[i]);
+        if ((size_t)(end - p) < n + 1 || memcmp(p, names[i], n) != 0)
+            return -1;
+        char *next;
+        v[i] = strtoll(p + n, &next, 10);
+        if (next == p + n || next >= end || (i < 2 && *next != ','))
+            return -1;
+        p = next + 1;
+    }
+    return 0;
+}
+
+/* INFO: the proxy's own sections (req->local_part), the shards'
+ * keyspace_hits and keyspace_misses summed into its Stats section, and a
+ * Keyspace section with db0's keys and expires summed over the shards and
+ * avg_ttl averaged over the keys with a ttl. A shard that answers with an
+ * error counts for nothing: INFO works while a shard is down (the Shards
+ * section says which). */
+static void merge_info(request *req)
+{
+    long long hits = 0, misses = 0, keys = 0, expires = 0, ttl_sum = 0;
+    int keyspace = 0;
+    for (size_t i = 0; i < req->nfrags; i++) {
+        const fragment *f = &req->frags[i];
+        const char *text, *after;
+        size_t len, pos = 0;
+        if (resp_reply_bulk_at(buf_head(&f->reply), buf_len(&f->reply), &pos, &text, &len) < 0)
+            continue;
+        hits += info_field(text, len, "keyspace_hits", &after);
+        misses += info_field(text, len, "keyspace_misses", &after);
+        keyspace |= memmem(text, len, "# Keyspace", 10) != NULL;
+        (void)info_field(text, len, "db0", &after);
+        long long v[3];
+        if (after && db_line(after, text + len, v) == 0) {
+            keys += v[0];
+            expires += v[1];
+            ttl_sum += v[2] * v[1];
+        }
+    }
+    /* INFO keyspace alone has no section of the proxy's own: empty. */
+    size_t own_len = buf_len(&req->local_part);
+    const char *own = own_len ? buf_head(&req->local_part) : "";
+    /* The Stats section ends at the first blank line after its title. */
+    const char *stats = own_len ? memmem(own, own_len, "# Stats\r\n", 9) : NULL;
+    const char *stats_end =
+        stats ? memmem(stats, own_len - (size_t)(stats - own), "\r\n\r\n", 4) : NULL;
+    buf out = {0};
+    if (stats_end) {
+        size_t head = (size_t)(stats_end - own) + 2;
+        buf_append(&out, own, head);
+        buf_printf(&out, "keyspace_hits:%lld\r\nkeyspace_misses:%lld\r\n", hits, misses);
+        buf_append(&out, own + head, own_len - head);
+    } else if (own_len) {
+        buf_append(&out, own, own_len);
+    }
+    if (keyspace) {
+        buf_printf(&out, "# Keyspace\r\n");
+        if (keys)
+            buf_printf(&out, "db0:keys=%lld,expires=%lld,avg_ttl=%lld\r\n", keys, expires,
+                       expires ? ttl_sum / expires : 0);
+        buf_printf(&out, "\r\n");
+    }
+    if (buf_len(&out) >= 2)
+        out.end -= 2; /* Redis ends INFO without the last blank line */
+    buf bulk = {0};
+    if (!buf_failed(&out))
+        buf_append_bulk(&bulk, buf_len(&out) ? buf_head(&out) : "", buf_len(&out));
+    else
+        bulk.err = 1;
+    buf_free(&out);
+    reply_merged(req, &bulk);
+}
+
+static int same_element(const element *a, const element *b)
+{
+    return a->len == b->len && memcmp(a->ptr, b->ptr, a->len) == 0;
+}
+
+/* The bytes of a bulk string element ("" when it is not one). */
+static void element_text(const element *e, const char **ptr, size_t *len)
+{
+    size_t pos = 0;
+    if (resp_reply_bulk_at(e->ptr, e->len, &pos, ptr, len) < 0) {
+        *ptr = "";
+        *len = 0;
+    }
+}
+
+/* Whether the bulk string element e holds text. */
+static int element_is(const element *e, const char *text)
+{
+    const char *p;
+    size_t n;
+    element_text(e, &p, &n);
+    return n == strlen(text) && memcmp(p, text, n) == 0;
+}
+
+/* A shard parameter holding a password: shown as "(hidden)" when set. */
+static int secret_parameter(const element *name)
+{
+    return element_is(name, "masterauth") || element_is(name, "requirepass");
+}
+
+/* CONFIG GET: the proxy's own settings (req->local_part), then the first
+ * shard's parameters. A parameter set differently on another shard is
+ * named, with every shard's value, in one extra pair
+ * "ringproxy-shards-differ" (only when some differ), so that a tool shows
+ * the difference rather than one shard's value as the whole truth. A
+ * parameter named like a proxy setting (requirepass) is the proxy's. */
+static void merge_config_get(request *req)
+{
+    element *elems = NULL;
+    size_t n = 0, cap = 0;
+    size_t *start = calloc(req->nfrags + 1, sizeof(size_t));
+    if (!start) {
+        request_error(req, "ERR out of memory merging replies");
+        return;
+    }
+    for (size_t i = 0; i < req->nfrags; i++) {
+        start[i] = n;
+        if (collect(req, &req->frags[i], &elems, &n, &cap) < 0) {
+            free(elems);
+            free(start);
+            return;
+        }
+    }
+    start[req->nfrags] = n;
+    const char *own = buf_head(&req->local_part);
+    size_t own_len = buf_len(&req->local_part), pos = 0;
+    int64_t own_count;
+    if (buf_failed(&req->local_part) || resp_reply_array_at(own, own_len, &pos, &own_count) < 0) {
+        free(elems);
+        free(start);
+        request_error(req, "ERR out of memory merging replies");
+        return;
+    }
+    buf pairs = {0}, differ = {0};
+    int64_t count = own_count;
+    for (size_t k = 0; k + 1 < start[1]; k += 2) {
+        const element *name = &elems[k], *value = &elems[k + 1];
+        const char *np;
+        size_t nl;
+        element_text(name, &np, &nl);
+        if (nl == 11 && memcmp(np, "requirepass", 11) == 0)
+            continue; /* the proxy's own, listed above when asked for */
+        for (size_t i = 1; i < req->nfrags; i++) {
+            const element *other = NULL;
+            for (size_t j = start[i]; j + 1 < start[i + 1] && !other; j += 2)
+                if (same_element(&elems[j], name))
+                    other = &elems[j + 1];
+            if (other && same_element(other, value))
+                continue;
+            buf_printf(&differ, "%s%.*s:", buf_len(&differ) ? "; " : "", (int)nl, np);
+            for (size_t s = 0; s < req->nfrags; s++) {
+                const element *v = NULL;
+                for (size_t j = start[s]; j + 1 < start[s + 1] && !v; j += 2)
+                    if (same_element(&elems[j], name))
+                        v = &elems[j + 1];
+                const char *vp = "(none)";
+                size_t vl = 6;
+                if (v && !secret_parameter(name))
+                    element_text(v, &vp, &vl);
+                buf_printf(&differ, " %s=%.*s", srv.shards[req->frags[s].shard]->name, (int)vl, vp);
+            }
+            break;
+        }
+        buf_append(&pairs, name->ptr, name->len);
+        const char *vp;
+        size_t vl;
+        element_text(value, &vp, &vl);
+        if (secret_parameter(name) && vl)
+            buf_append_bulk(&pairs, "(hidden)", 8);
+        else
+            buf_append(&pairs, value->ptr, value->len);
+        count += 2;
+    }
+    if (buf_len(&differ)) {
+        buf_append_bulk(&pairs, "ringproxy-shards-differ", 23);
+        buf_append_bulk(&pairs, buf_head(&differ), buf_len(&differ));
+        count += 2;
+    }
+    buf out = {0};
+    buf_append_header(&out, '*', count);
+    buf_append(&out, own + pos, own_len - pos);
+    if (buf_len(&pairs))
+        buf_append(&out, buf_head(&pairs), buf_len(&pairs));
+    if (buf_failed(&pairs) || buf_failed(&differ))
+        out.err = 1; /* answered as out of memory */
+    buf_free(&pairs);
+    buf_free(&differ);
+    free(elems);
+    free(start);
+    reply_merged(req, &out);
+}
+
 void merge_replies(request *req)
 {
     switch (req->cmd->merge) {
@@ -402,6 +614,12 @@ void merge_replies(request *req)
         return;
     case MERGE_MAX:
         merge_max(req);
+        return;
+    case MERGE_INFO:
+        merge_info(req);
+        return;
+    case MERGE_CONFIG_GET:
+        merge_config_get(req);
         return;
     case MERGE_NONE:
         break;

@@ -51,23 +51,33 @@ typedef struct fragment {
     };
 } fragment;
 
+/* CLIENT REPLY: whether the client's replies are written. */
+typedef enum session_reply {
+    SESSION_REPLY_ON = 0, /* every reply */
+    SESSION_REPLY_OFF,    /* none, until CLIENT REPLY ON */
+    SESSION_REPLY_SKIP,   /* not the next command's, then every reply */
+} session_reply;
+
 /* State of a client connection that the router and local commands read or
  * change (CLIENT SETNAME, QUIT, transactions, subscriptions). Owned by the
  * client, reached through requests. */
 typedef struct session {
-    uint64_t id;           /* CLIENT ID */
-    char *name;            /* CLIENT SETNAME, NULL when unset */
-    int close_after_reply; /* QUIT: close once the replies before it are out */
-    int authenticated;     /* AUTH succeeded (only checked when requirepass is set) */
-    int hold_input;        /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight:
-                              the client's next requests wait for its reply, as in Redis */
-    int blocked;           /* a blocking command waits on its shard (shutdown does not) */
-    const char *addr;      /* the client's address, for CLIENT LIST */
-    uint64_t created_us;   /* when it connected */
-    uint64_t last_cmd_us;  /* when its last command arrived */
-    const char *last_cmd;  /* name of its last command (a command table string) */
-    struct txn *txn;       /* reserved connection and transaction state, NULL when none */
-    struct pubsub *pubsub; /* subscriptions, NULL when none */
+    uint64_t id;              /* CLIENT ID */
+    char *name;               /* CLIENT SETNAME, NULL when unset */
+    char *lib_name;           /* CLIENT SETINFO LIB-NAME, NULL when unset */
+    char *lib_ver;            /* CLIENT SETINFO LIB-VER, NULL when unset */
+    int close_after_reply;    /* QUIT: close once the replies before it are out */
+    int authenticated;        /* AUTH succeeded (only checked when requirepass is set) */
+    int hold_input;           /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight:
+                                 the client's next requests wait for its reply, as in Redis */
+    int blocked;              /* a blocking command waits on its shard (shutdown does not) */
+    session_reply reply_mode; /* CLIENT REPLY */
+    const char *addr;         /* the client's address, for CLIENT LIST */
+    uint64_t created_us;      /* when it connected */
+    uint64_t last_cmd_us;     /* when its last command arrived */
+    const char *last_cmd;     /* name of its last command (a command table string) */
+    struct txn *txn;          /* reserved connection and transaction state, NULL when none */
+    struct pubsub *pubsub;    /* subscriptions, NULL when none */
     /* Delivers bytes that answer no request (a pub/sub message) after the
      * replies already due. */
     void (*push)(struct session *s, const char *bytes, size_t len);
@@ -94,6 +104,7 @@ typedef struct request {
     request_done_fn on_done;   /* the client's completion */
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
+    uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging */
@@ -105,13 +116,15 @@ typedef struct request {
                           fragments' key lists (malloc'd) */
     size_t nkeys;
     uint64_t hint; /* backend connection choice (the client's id) */
-    /* A request is either moved or an (un)subscribe, never both; request_free
+    /* A request is one of moved, an (un)subscribe or CONFIG GET / INFO; request_free
      * frees the buffer as saved_request. */
     union {
         buf saved_request; /* rebalancing: a request whose keys must move first keeps
                               a copy of its bytes, routed again once they have moved */
         buf confirmations; /* (un)subscribe: the reply made for it, given once the
                               shards have taken their parts */
+        buf local_part;    /* CONFIG GET, INFO: what the proxy answers itself (an array
+                              reply, the INFO text), merged with the shards' replies */
     };
     int migrated;              /* its keys were moved: route by the new ring only */
     char *migrate_error;       /* first failure moving its keys (malloc'd) */

@@ -517,6 +517,28 @@ static void route_fanout(routed *r)
     fanout(r);
 }
 
+/* ROUTE_CONFIG: CONFIG GET and SET, checked by admin.c, then every shard. */
+static void route_config(routed *r)
+{
+    if (admin_config(r->req, r->cmd, r->argc, r->argv))
+        fanout(r);
+}
+
+/* ROUTE_INFO: INFO, the proxy's own sections, and the shards' keyspace and
+ * hit counts when those sections are asked for (admin.c says which). */
+static void route_info(routed *r)
+{
+    resp_arg shard_info[3] = {{"INFO", 4}};
+    routed ask = *r;
+    ask.argc = 1 + admin_info(r->req, r->argc, r->argv, &shard_info[1]);
+    if (ask.argc == 1)
+        return; /* answered */
+    ask.argv = shard_info;
+    ask.raw = NULL;
+    ask.raw_len = 0;
+    fanout(&ask);
+}
+
 /* ROUTE_FLUSH: FLUSHDB and FLUSHALL empty every shard, unless the
  * configuration forbids it. */
 static void route_flush(routed *r)
@@ -588,6 +610,8 @@ static void route_pubsub(routed *r)
 static void route_unsupported(routed *r)
 {
     srv.stats.errors_unsupported++;
+    command_stats[r->cmd->stat].calls--; /* counted on its way here: a rejection */
+    command_stats[r->cmd->stat].rejected_calls++;
     request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
 }
 
@@ -696,6 +720,8 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_LOCK] = {route_lock, NULL, "locks live on a majority of the lock shards"},
     [ROUTE_COPY] = {route_copy, queue_copy, NULL},
     [ROUTE_KILL] = {route_kill, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_CONFIG] = {route_config, NULL, NEEDS_EVERY_SHARD},
+    [ROUTE_INFO] = {route_info, NULL, ANSWERED_LOCALLY},
 };
 
 /* A command given between MULTI and EXEC: queued on the transaction's
@@ -706,6 +732,11 @@ static void route_in_multi(routed *r)
     request *req = r->req;
     const route_handler *h = &route_handlers[r->cmd->route];
     shard *target = NULL;
+    if (r->cmd->flags & COMMAND_FLAG_NO_MULTI) {
+        txn_abort(req->session);
+        request_error(req, "ERR Command not allowed inside a transaction");
+        return;
+    }
     if (r->cmd->flags & COMMAND_FLAG_NOT_QUEUED || !h->queue_on) {
         txn_abort(req->session);
         if (h->not_queued)
@@ -773,6 +804,7 @@ static int check_arity(const routed *r, const command *cmd)
     if (command_check_arity(cmd, r->argc) == 0)
         return 0;
     srv.stats.errors_arity++;
+    command_stats[cmd->stat].rejected_calls++;
     txn_abort(r->req->session);
     request_error(r->req, "ERR wrong number of arguments for '%s' command", cmd->name);
     return -1;
@@ -821,9 +853,11 @@ static void route(routed *r)
     if (srv.cfg->requirepass && sess && !sess->authenticated &&
         !(cmd->flags & COMMAND_FLAG_NO_AUTH)) {
         srv.stats.errors_noauth++;
+        command_stats[cmd->stat].rejected_calls++;
         request_error(r->req, "NOAUTH Authentication required.");
         return;
     }
+    command_stats[cmd->stat].calls++;
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
@@ -850,6 +884,12 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
 {
     srv.stats.commands++;
     req->hint = hint;
+    session *sess = req->session;
+    if (sess && sess->reply_mode != SESSION_REPLY_ON) {
+        req->silent = 1; /* CLIENT REPLY OFF, or the command after SKIP */
+        if (sess->reply_mode == SESSION_REPLY_SKIP)
+            sess->reply_mode = SESSION_REPLY_ON;
+    }
     routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
     route(&r);
 }
@@ -860,6 +900,7 @@ static void route_moved(request *req, size_t argc, const resp_arg *argv, const c
                         size_t raw_len)
 {
     routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    command_stats[req->cmd->stat].calls--; /* its first routing counted it */
     route(&r);
 }
 

@@ -473,6 +473,7 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->migrate_rate, 0);
     assert_int_equal(cfg->migrate_timeout_ms, 5000);
     assert_int_equal(cfg->allow_flush, 1);
+    assert_int_equal(cfg->allow_config_set, 0);
     assert_null(cfg->script_default_shard);
     assert_int_equal(cfg->store_db, 15);
     assert_string_equal(cfg->lock_shards, "all");
@@ -536,6 +537,7 @@ static void test_every_key_set(void **state)
                           "log_level = warn\n"
                           "watch_config = no\n"
                           "allow_flush = no\n"
+                          "allow_config_set = yes\n"
                           "script_default_shard = s1\n"
                           "store_db = 9\n"
                           "lock_shards =  s1 \n" SHARDS);
@@ -563,6 +565,7 @@ static void test_every_key_set(void **state)
     assert_int_equal(cfg->log_level, CONFIG_LOG_WARN);
     assert_int_equal(cfg->watch_config, 0);
     assert_int_equal(cfg->allow_flush, 0);
+    assert_int_equal(cfg->allow_config_set, 1);
     assert_string_equal(cfg->script_default_shard, "s1");
     assert_int_equal(cfg->store_db, 9);
     assert_true(config_is_lock_shard(cfg, "s1"));
@@ -798,7 +801,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 37);
+    assert_int_equal(keys, 38);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
