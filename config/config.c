@@ -36,6 +36,13 @@
  * of a few of them still fit in int64_t. */
 #define BYTES_MAX ((int64_t)1 << 40)
 
+/* Sentinels in the sentinels list: a deployment runs 3 or 5; the line
+ * length limit allows about this many anyway. */
+#define SENTINELS_MAX 16
+
+/* The prefix of a [shards] value that names a Sentinel master. */
+#define SENTINEL_PREFIX "sentinel:"
+
 /* Longest hostname (RFC 1035). */
 #define HOST_NAME_MAX_LEN 253
 
@@ -49,6 +56,7 @@ typedef enum key_type {
     KEY_TAG,    /* char open at offset, char close at offset2; empty = tags off */
     KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
+    KEY_ADDRS,  /* config_addr_list field: comma-separated host:port, empty = none */
     KEY_SHARDS, /* char * field: "all" or a comma-separated list of shards of [shards] */
 } key_type;
 
@@ -108,6 +116,7 @@ typedef struct config_key {
 _Static_assert(sizeof(hash_kind) == sizeof(int), "hash_kind is stored as an int");
 _Static_assert(sizeof(ring_mode) == sizeof(int), "ring_mode is stored as an int");
 _Static_assert(sizeof(config_log_level) == sizeof(int), "config_log_level is stored as an int");
+_Static_assert(sizeof(config_read_from) == sizeof(int), "config_read_from is stored as an int");
 
 static const char *hash_kind_name(int value)
 {
@@ -219,6 +228,29 @@ static const config_key config_keys[] = {
      .reloadable = RELOAD,
      .description = "shard of EVAL, EVALSHA and FCALL calls with no keys",
      .offset = FIELD(script_default_shard, char *)},
+    {.name = "sentinels",
+     .type = KEY_ADDRS,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "Sentinels asked for the master of each sentinel:NAME shard",
+     .offset = FIELD(sentinels, config_addr_list)},
+    {.name = "sentinel_password",
+     .type = KEY_SECRET,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "password of the Sentinels",
+     .offset = FIELD(sentinel_password, char *)},
+    INT_KEY("sentinel_poll", sentinel_poll_ms, "1000", "ms", 100, 3600000, RELOAD,
+            "ask the Sentinels for each master this often, besides pub/sub"),
+    INT_KEY("min_replicas_to_ack", min_replicas_to_ack, "0", "", 0, 16, RELOAD,
+            "answer a write once this many replicas have it (WAIT); 0 = at once"),
+    INT_KEY("min_replicas_timeout", min_replicas_timeout_ms, "1000", "ms", 1, 60000, RELOAD,
+            "WAIT timeout of min_replicas_to_ack; later = -NOREPLICAS"),
+    ENUM_KEY("read_from", read_from, config_read_from, config_read_from_name,
+             CONFIG_READ_FROM_COUNT, "master", RELOAD,
+             "where sentinel shards' reads go (docs/failover.md)"),
     INT_KEY("store_db", store_db, "15", "", 1, 1000000, RESTART,
             "database on each shard for the proxy's hidden records (locks)"),
     {.name = "lock_shards",
@@ -338,6 +370,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_TAG:
     case KEY_SECRET:
     case KEY_SHARD:
+    case KEY_ADDRS:
     case KEY_SHARDS:
         break;
     }
@@ -413,6 +446,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_SHARD:
         snprintf(buf, buflen, "a shard name, empty = the first");
+        return;
+    case KEY_ADDRS:
+        snprintf(buf, buflen, "host:port list, empty = none");
         return;
     case KEY_SHARDS:
         snprintf(buf, buflen, "all or a comma list");
@@ -582,6 +618,64 @@ void config_format_addr(const char *host, uint16_t port, char *buf, size_t bufle
         snprintf(buf, buflen, "%s:%u", host, (unsigned)port);
 }
 
+static void addr_list_free(config_addr_list *list)
+{
+    for (size_t i = 0; i < list->n; i++)
+        free(list->addrs[i].host);
+    free(list->addrs);
+    list->addrs = NULL;
+    list->n = 0;
+}
+
+/* Parses "host:port, host:port" (spaces around commas allowed) into list.
+ * Returns 0, or -1 with a reason and list empty. */
+static int parse_addr_list(const char *text, config_addr_list *list, char *why, size_t whylen)
+{
+    char copy[CONFIG_MAX_LINE];
+    snprintf(copy, sizeof(copy), "%s", text);
+    list->addrs = calloc(SENTINELS_MAX, sizeof(*list->addrs));
+    list->n = 0;
+    if (!list->addrs) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*item))
+            item++;
+        char *end = item + strlen(item);
+        while (end > item && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (!*item)
+            continue;
+        if (list->n == SENTINELS_MAX) {
+            snprintf(why, whylen, "more than %d addresses", SENTINELS_MAX);
+            addr_list_free(list);
+            return -1;
+        }
+        char reason[320];
+        config_addr *a = &list->addrs[list->n];
+        if (parse_addr(item, &a->host, &a->port, reason, sizeof(reason)) != 0) {
+            snprintf(why, whylen, "bad address '%s': %s", item, reason);
+            addr_list_free(list);
+            return -1;
+        }
+        list->n++;
+        for (size_t i = 0; i + 1 < list->n; i++) {
+            if (list->addrs[i].port == a->port && same_host(list->addrs[i].host, a->host)) {
+                snprintf(why, whylen, "'%s' is listed twice", item);
+                addr_list_free(list);
+                return -1;
+            }
+        }
+    }
+    if (list->n == 0) {
+        free(list->addrs);
+        list->addrs = NULL;
+    }
+    return 0;
+}
+
 /* The typed setters below store a non-empty value into field (and, for the
  * two-field types, the one at key->offset2 of cfg). Each returns 0, or -1
  * with a reason in why, as set_key does. */
@@ -705,6 +799,22 @@ static int set_string(const config_key *key, const char *value, void *field, cha
     return 0;
 }
 
+/* The list replaces the one in field. */
+static int set_addrs(const config_key *key, const char *value, void *field, char *why,
+                     size_t whylen)
+{
+    config_addr_list list = {0};
+    char reason[512];
+    if (parse_addr_list(value, &list, reason, sizeof(reason)) != 0) {
+        snprintf(why, whylen, "%s: %s", key->name, reason);
+        return -1;
+    }
+    config_addr_list *slot = field;
+    addr_list_free(slot);
+    *slot = list;
+    return 0;
+}
+
 /* Parses value into key's field(s) of cfg. Returns 0, or -1 with a reason
  * (without the file:line prefix) in why. */
 static int set_key(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
@@ -712,7 +822,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     void *field = field_of(cfg, key->offset);
 
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
-        key->type != KEY_SHARD) {
+        key->type != KEY_SHARD && key->type != KEY_ADDRS) {
         char values[128];
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
@@ -738,6 +848,8 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
         /* A shard name is checked against [shards] once the whole file is
          * read (validate), since [shards] may come after [proxy]. */
         return set_string(key, value, field, why, whylen);
+    case KEY_ADDRS:
+        return set_addrs(key, value, field, why, whylen);
     }
     snprintf(why, whylen, "%s: unhandled key type", key->name);
     return -1;
@@ -790,16 +902,43 @@ static int parse_shard_value(load_ctx *ctx, const char *name, const char *value,
         return -1;
     }
     char why[1024];
-    if (parse_addr(addr, &shard->host, &shard->port, why, sizeof(why)) != 0) {
+    if (strncmp(addr, SENTINEL_PREFIX, strlen(SENTINEL_PREFIX)) == 0) {
+        const char *master = addr + strlen(SENTINEL_PREFIX);
+        if (!valid_shard_name(master)) {
+            fail(ctx, ctx->line,
+                 "shard %s: bad master name '%s' after sentinel: (use 1 to %d of the characters "
+                 "A-Z a-z 0-9 _ . -)",
+                 name, master, SHARD_NAME_MAX);
+            return -1;
+        }
+        if (!(shard->sentinel_master = strdup(master))) {
+            fail(ctx, ctx->line, "out of memory");
+            return -1;
+        }
+    } else if (parse_addr(addr, &shard->host, &shard->port, why, sizeof(why)) != 0) {
         fail(ctx, ctx->line, "shard %s: bad address '%s': %s", name, addr, why);
         return -1;
     }
     bool have_weight = false;
     for (char *word; (word = strtok_r(NULL, " \t", &save));) {
+        if (strncmp(word, "read_from=", 10) == 0) {
+            int i = 0;
+            while (i < CONFIG_READ_FROM_COUNT && strcmp(word + 10, config_read_from_name(i)) != 0)
+                i++;
+            if (i == CONFIG_READ_FROM_COUNT || shard->read_from >= 0) {
+                fail(ctx, ctx->line,
+                     "shard %s: read_from must be given once, as master, replica or "
+                     "prefer_replica, not '%s'",
+                     name, word + 10);
+                return -1;
+            }
+            shard->read_from = i;
+            continue;
+        }
         if (strncmp(word, "weight=", 7) != 0) {
             fail(ctx, ctx->line,
-                 "shard %s: unexpected '%s' after the address (expected weight=N%s)", name, word,
-                 word[0] == '#' ? "; comments start with ';'" : "");
+                 "shard %s: unexpected '%s' after the address (expected weight=N or read_from=X%s)",
+                 name, word, word[0] == '#' ? "; comments start with ';'" : "");
             return -1;
         }
         if (have_weight) {
@@ -850,14 +989,25 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
         cfg->shards = grown;
         ctx->shard_cap = cap;
     }
-    config_shard shard = {.weight = 1, .line = ctx->line};
+    config_shard shard = {.weight = 1, .line = ctx->line, .read_from = -1};
     if (parse_shard_value(ctx, name, value, &shard) != 0) {
         free(shard.host);
+        free(shard.sentinel_master);
         return -1;
     }
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *other = &cfg->shards[i];
-        if (other->port == shard.port && same_host(other->host, shard.host)) {
+        if (shard.sentinel_master) {
+            if (other->sentinel_master &&
+                strcmp(other->sentinel_master, shard.sentinel_master) == 0) {
+                fail(ctx, ctx->line, "shards %s and %s (line %d) name the same sentinel master %s",
+                     name, other->name, other->line, shard.sentinel_master);
+                free(shard.sentinel_master);
+                return -1;
+            }
+            continue;
+        }
+        if (other->host && other->port == shard.port && same_host(other->host, shard.host)) {
             char addr[CONFIG_ADDR_MAX];
             config_format_addr(shard.host, shard.port, addr, sizeof(addr));
             fail(ctx, ctx->line, "shards %s and %s (line %d) have the same address %s", name,
@@ -870,6 +1020,7 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
     if (!shard.name) {
         fail(ctx, ctx->line, "out of memory");
         free(shard.host);
+        free(shard.sentinel_master);
         return -1;
     }
     cfg->shards[cfg->nshards++] = shard;
@@ -1169,7 +1320,14 @@ static void validate(load_ctx *ctx)
      * to the proxy, forever. */
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *shard = &cfg->shards[i];
-        if (shard->port == cfg->listen_port && same_host(shard->host, cfg->listen_host)) {
+        if (shard->sentinel_master && cfg->sentinels.n == 0) {
+            fail(ctx, shard->line,
+                 "shard %s names sentinel master %s, but [proxy] sentinels lists no Sentinel",
+                 shard->name, shard->sentinel_master);
+            return;
+        }
+        if (shard->host && shard->port == cfg->listen_port &&
+            same_host(shard->host, cfg->listen_host)) {
             char addr[CONFIG_ADDR_MAX];
             config_format_addr(shard->host, shard->port, addr, sizeof(addr));
             fail(ctx, shard->line, "shard %s is at the proxy's own listen address %s", shard->name,
@@ -1309,12 +1467,15 @@ void config_free(config *cfg)
     for (size_t i = 0; i < cfg->nshards; i++) {
         free(cfg->shards[i].name);
         free(cfg->shards[i].host);
+        free(cfg->shards[i].sentinel_master);
     }
     free(cfg->shards);
     free(cfg->listen_host);
     free(cfg->requirepass);
     free(cfg->backend_password);
     free(cfg->script_default_shard);
+    addr_list_free(&cfg->sentinels);
+    free(cfg->sentinel_password);
     free(cfg->lock_shards);
     free(cfg->path);
     free(cfg);
@@ -1339,6 +1500,17 @@ static bool same_value(const config_key *key, const config *a, const config *b)
         char *const *sa = const_field_of(a, key->offset);
         char *const *sb = const_field_of(b, key->offset);
         return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);
+    }
+    case KEY_ADDRS: {
+        const config_addr_list *la = const_field_of(a, key->offset);
+        const config_addr_list *lb = const_field_of(b, key->offset);
+        if (la->n != lb->n)
+            return false;
+        for (size_t i = 0; i < la->n; i++)
+            if (la->addrs[i].port != lb->addrs[i].port ||
+                !same_host(la->addrs[i].host, lb->addrs[i].host))
+                return false;
+        return true;
     }
     default:
         return key_number(key, a) == key_number(key, b);
@@ -1406,6 +1578,21 @@ void config_key_value(const config *cfg, size_t i, char *out, size_t outlen)
         snprintf(out, outlen, "%s", *s ? *s : "");
         return;
     }
+    case KEY_ADDRS: {
+        const config_addr_list *list = const_field_of(cfg, key->offset);
+        size_t used = 0;
+        if (outlen)
+            out[0] = '\0';
+        for (size_t j = 0; j < list->n && used < outlen; j++) {
+            char addr[CONFIG_ADDR_MAX];
+            config_format_addr(list->addrs[j].host, list->addrs[j].port, addr, sizeof(addr));
+            int n = snprintf(out + used, outlen - used, "%s%s", j ? ", " : "", addr);
+            if (n < 0)
+                break;
+            used += (size_t)n;
+        }
+        return;
+    }
     case KEY_BOOL:
         snprintf(out, outlen, "%s", key_number(key, cfg) ? "yes" : "no");
         return;
@@ -1446,6 +1633,19 @@ void config_write_markdown(FILE *out)
         fprintf(out, "| `%s` | `%s` | %s | %s | %s |\n", key->name, key->default_value, values,
                 key->reloadable ? "yes" : "restart", key->description);
     }
+}
+
+const char *config_read_from_name(int value)
+{
+    switch (value) {
+    case CONFIG_READ_MASTER:
+        return "master";
+    case CONFIG_READ_REPLICA:
+        return "replica";
+    case CONFIG_READ_PREFER_REPLICA:
+        return "prefer_replica";
+    }
+    return "?";
 }
 
 const char *config_log_level_name(config_log_level level)

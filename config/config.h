@@ -24,14 +24,40 @@ typedef enum config_log_level {
     CONFIG_LOG_ERROR,
 } config_log_level;
 
-/* One line of [shards]: `name = host:port [weight=N]`. */
+/* Where read-only commands go (read_from). */
+typedef enum config_read_from {
+    CONFIG_READ_MASTER = 0,     /* the master, always */
+    CONFIG_READ_REPLICA,        /* a replica when one is known, else the master */
+    CONFIG_READ_PREFER_REPLICA, /* a replica while it is up, else the master */
+    CONFIG_READ_FROM_COUNT,
+} config_read_from;
+
+/* The name of a read_from value ("master", "replica", "prefer_replica"). */
+const char *config_read_from_name(int value);
+
+/* One line of [shards]: `name = host:port [weight=N]`, or
+ * `name = sentinel:MASTER [weight=N]` for a master the Sentinels monitor. */
 typedef struct config_shard {
-    char *name;      /* places the shard on the ring */
-    char *host;      /* numeric IPv4/IPv6 address or hostname */
-    uint16_t port;   /* 1..65535 */
-    uint32_t weight; /* >= 1, default 1 */
-    int line;        /* line in the file, for messages */
+    char *name;            /* places the shard on the ring */
+    char *host;            /* numeric IPv4/IPv6 address or hostname; NULL for a sentinel line */
+    uint16_t port;         /* 1..65535; 0 for a sentinel line */
+    char *sentinel_master; /* the master's name at the Sentinels, or NULL */
+    int read_from;         /* read_from=X on the line, -1 = the [proxy] read_from */
+    uint32_t weight;       /* >= 1, default 1 */
+    int line;              /* line in the file, for messages */
 } config_shard;
+
+/* One host:port of a list key (sentinels). */
+typedef struct config_addr {
+    char *host;
+    uint16_t port;
+} config_addr;
+
+/* A comma-separated list of addresses; empty = n is 0. */
+typedef struct config_addr_list {
+    config_addr *addrs;
+    size_t n;
+} config_addr_list;
 
 /* A whole, validated configuration. Immutable once loaded: a reload builds a
  * new one and the daemon swaps one pointer. */
@@ -71,8 +97,14 @@ typedef struct config {
     int allow_flush;            /* FLUSHDB/FLUSHALL fan out (bool); else refused */
     int allow_config_set;       /* CONFIG SET of a Redis parameter fans out (bool); else refused */
     char *script_default_shard; /* shard name for keyless EVAL/FCALL, NULL = the first */
-    int store_db;               /* database index of the proxy's hidden records on each shard */
-    char *lock_shards;          /* "all" or a comma-separated list of shard names (LOCK.*) */
+    config_addr_list sentinels; /* Redis Sentinels asked for sentinel:NAME shards' masters */
+    char *sentinel_password;    /* the Sentinels' password, NULL = none */
+    int sentinel_poll_ms;       /* how often each master's address is asked again */
+    int min_replicas_to_ack; /* a write is answered once this many replicas have it, 0 = at once */
+    int min_replicas_timeout_ms; /* WAIT's timeout for those replicas */
+    config_read_from read_from;  /* where read-only commands go, unless a shard says */
+    int store_db;                /* database index of the proxy's hidden records on each shard */
+    char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
 
     /* [shards], in file order */
     config_shard *shards;

@@ -19,6 +19,7 @@
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
 
@@ -204,12 +205,15 @@ static int info_shards(buf *b)
         buf_printf(b,
                    "shard_%s:addr=%s:%u,weight=%u,state=%s,connections=%d,reserved=%d,"
                    "inflight=%zu,requests=%llu,errors=%llu,timeouts=%llu,"
-                   "avg_latency_us=%llu\r\n",
+                   "avg_latency_us=%llu",
                    s->name, s->host, (unsigned)s->port, (unsigned)srv.cfg->shards[i].weight,
                    backend_shard_state(s), s->nconns, s->reserved, backend_shard_inflight(s),
                    (unsigned long long)s->requests, (unsigned long long)s->errors,
                    (unsigned long long)s->timeouts, avg);
+        (void)sentinel_shard_info(s, b);
+        buf_printf(b, "\r\n");
     }
+    (void)sentinel_info(b);
     return buf_printf(b, "\r\n");
 }
 

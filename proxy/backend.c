@@ -28,6 +28,12 @@
  * connection, and a client that did it once does not pin one for ever. */
 #define BACKEND_LINGER_MS 10000
 
+static const char ROLE_REQUEST[] = "*1\r\n$4\r\nROLE\r\n";
+/* How ROLE's reply starts on a master: ["master", offset, replicas]. */
+static const char ROLE_MASTER[] = "*3\r\n$6\r\nmaster\r\n";
+
+/* Why a sentinel shard's requests fail before its master's address is known. */
+#define SHARD_NO_MASTER "unavailable: master not known yet (asking the Sentinels)"
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
 static backend_conn *reserved_head; /* every reserved connection */
@@ -36,6 +42,7 @@ static void conn_connect(backend_conn *c);
 static void conn_fail(backend_conn *c, const char *why, int is_timeout);
 static void conn_note_unconfirmed(backend_conn *c);
 static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int quiet);
+static void shard_fail_reserved(shard *s, const char *why);
 
 static const char *state_name(backend_state st)
 {
@@ -222,36 +229,91 @@ static void auth_done(fragment *f, const char *reply, size_t len)
     conn_fail(c, why, 0);
 }
 
-/* Puts AUTH in front of everything queued while connecting, and its
- * completion at the head of the in-flight FIFO. 0 or -1. */
+/* Puts the command in first (taken) in front of everything queued while
+ * connecting, and f, its completion, at the head of the in-flight FIFO.
+ * 0 or -1. */
+static int conn_queue_first(backend_conn *c, fragment *f, fragment_done_fn done, buf *first)
+{
+    if (buf_append(first, buf_head(&c->out), buf_len(&c->out)) < 0) {
+        buf_free(first);
+        return -1;
+    }
+    /* The command goes before bytes already counted: what was queued while
+     * connecting (none of it written yet) now ends len later. */
+    size_t len = buf_len(first) - buf_len(&c->out);
+    for (fragment *g = c->head; g; g = g->next)
+        g->end_offset += len;
+    c->queued_total += len;
+    buf_free(&c->out);
+    c->out = *first;
+    memset(f, 0, sizeof(*f));
+    f->done = done;
+    f->conn = c;
+    f->sent_us = srv.now_us;
+    f->end_offset = c->written_total + len;
+    f->next = c->head;
+    c->head = f;
+    if (!c->tail)
+        c->tail = f;
+    c->inflight++;
+    return 0;
+}
+
 static int conn_queue_auth(backend_conn *c, const char *password)
 {
     buf first = {0};
-    int fail = buf_append_header(&first, '*', 2) < 0 || buf_append_bulk(&first, "AUTH", 4) < 0 ||
-               buf_append_bulk(&first, password, strlen(password)) < 0 ||
-               buf_append(&first, buf_head(&c->out), buf_len(&c->out)) < 0;
-    if (fail) {
+    if (buf_append_header(&first, '*', 2) < 0 || buf_append_bulk(&first, "AUTH", 4) < 0 ||
+        buf_append_bulk(&first, password, strlen(password)) < 0) {
         buf_free(&first);
         return -1;
     }
-    /* AUTH goes before bytes already counted: what was queued while
-     * connecting (none of it written yet) now ends auth_len later. */
-    size_t auth_len = buf_len(&first) - buf_len(&c->out);
-    for (fragment *f = c->head; f; f = f->next)
-        f->end_offset += auth_len;
-    c->queued_total += auth_len;
-    buf_free(&c->out);
-    c->out = first;
-    memset(&c->auth, 0, sizeof(c->auth));
-    c->auth.done = auth_done;
-    c->auth.conn = c;
-    c->auth.sent_us = srv.now_us;
-    c->auth.end_offset = c->written_total + auth_len;
-    c->auth.next = c->head;
-    c->head = &c->auth;
-    if (!c->tail)
-        c->tail = &c->auth;
-    c->inflight++;
+    return conn_queue_first(c, &c->auth, auth_done, &first);
+}
+
+static void role_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->conn;
+    if (c->state != BACKEND_UP)
+        return; /* the connection is failing already */
+    if (len >= sizeof(ROLE_MASTER) - 1 &&
+        memcmp(reply, ROLE_MASTER, sizeof(ROLE_MASTER) - 1) == 0) {
+        c->role_pending = 0;
+        if (buf_len(&c->out))
+            conn_mark_dirty(c);
+        return;
+    }
+    /* A demoted master (a failover not yet heard of): nothing may be sent
+     * to it. The Sentinels are asked again at once. */
+    conn_fail(c, "unavailable: not a master (ROLE); waiting for the Sentinels to name it", 0);
+    c->shard->role_refused = 1; /* the Sentinels are asked again at the next tick */
+}
+
+/* A sentinel shard's address may be a demoted master by now: ROLE goes
+ * first (only AUTH, queued after this call, goes before it). 0 or -1. */
+static int conn_queue_role(backend_conn *c)
+{
+    buf first = {0};
+    if (buf_append(&first, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1) < 0) {
+        buf_free(&first);
+        return -1;
+    }
+    return conn_queue_first(c, &c->role, role_done, &first);
+}
+
+/* Writes AUTH and ROLE at once; the rest waits for ROLE's answer
+ * (role_pending). The socket has just connected, so its buffer takes these
+ * few bytes whole. 0, or -1 with a reason in why. */
+static int conn_write_role(backend_conn *c, char *why, size_t whylen)
+{
+    size_t len = (size_t)(c->role.end_offset - c->written_total);
+    ssize_t n = write(c->fd, buf_head(&c->out), len);
+    if (n != (ssize_t)len) {
+        snprintf(why, whylen, "unavailable: write: %s", n < 0 ? strerror(errno) : "short write");
+        return -1;
+    }
+    buf_consume(&c->out, len);
+    c->written_total += len;
+    c->role_pending = 1;
     return 0;
 }
 
@@ -322,8 +384,19 @@ static void conn_connected(backend_conn *c)
         log_debug("shard %s: reserved connection up", c->shard->label);
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
+    c->role_pending = 0;
+    int check_role = c->shard->sentinel_master != NULL;
+    if (check_role && conn_queue_role(c) < 0) {
+        conn_fail(c, "unavailable: out of memory queueing ROLE", 0);
+        return;
+    }
     if (srv.cfg->backend_password && conn_queue_auth(c, srv.cfg->backend_password) < 0) {
         conn_fail(c, "unavailable: out of memory queueing AUTH", 0);
+        return;
+    }
+    char why[160];
+    if (check_role && conn_write_role(c, why, sizeof(why)) < 0) {
+        conn_fail(c, why, 0);
         return;
     }
     event_add(&c->ev_read, NULL);
@@ -338,6 +411,11 @@ static void conn_connect(backend_conn *c)
     /* A reload starts a shard whose connection waits out its reconnect
      * delay: that timer must be off before ev_timer is assigned again. */
     event_del(&c->ev_timer);
+    if (!s->addrlen) {
+        conn_set_state(c, BACKEND_CONNECTING);
+        conn_fail(c, SHARD_NO_MASTER, 0);
+        return;
+    }
     int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(why, sizeof(why), "unavailable: socket: %s", strerror(errno));
@@ -415,7 +493,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         conn_connected(c);
         return;
     }
-    if (c->state == BACKEND_UP && !c->barrier)
+    if (c->state == BACKEND_UP && !c->barrier && !c->role_pending)
         conn_write(c);
 }
 
@@ -604,7 +682,7 @@ int backend_flush_pending(void)
         n++;
         backend_conn *c = FLUSHQ_ENTRY(l, backend_conn, flush);
         /* A reserved connection's writes wait for its barrier. */
-        if (c->state == BACKEND_UP && !c->barrier && !c->write_waiting)
+        if (c->state == BACKEND_UP && !c->barrier && !c->role_pending && !c->write_waiting)
             conn_write(c);
     }
     return n;
@@ -670,7 +748,11 @@ static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
         if (!c->head || !conn_takes_requests(c))
             continue;
         uint64_t clock = conn_head_clock(c);
-        if (now > clock && now - clock > limit)
+        /* A WAIT (min_replicas_to_ack) may take its own timeout. */
+        uint64_t block = c->head->block_us;
+        if (block == UINT64_MAX)
+            continue;
+        if (now > clock && now - clock > limit + block)
             /* Later replies could not be matched to their requests: the
              * whole connection is reset. */
             conn_fail(c, "timeout", 1);
@@ -709,8 +791,11 @@ void backend_tick(void)
     int timeout_ms = srv.cfg->request_timeout_ms;
     if (timeout_ms > 0) {
         uint64_t limit = (uint64_t)timeout_ms * 1000;
-        for (size_t i = 0; i < srv.nshards; i++)
+        for (size_t i = 0; i < srv.nshards; i++) {
             shard_check_timeouts(srv.shards[i], limit, now);
+            if (srv.shards[i]->replica)
+                shard_check_timeouts(srv.shards[i]->replica, limit, now);
+        }
         for (shard *s = retired_head; s; s = s->next_retired)
             shard_check_timeouts(s, limit, now);
     }
@@ -739,24 +824,36 @@ size_t backend_shard_inflight(const shard *s)
     return n;
 }
 
-/* Resolves host:port once; numeric addresses need no lookup. */
-static int resolve(shard *s, char *err, size_t errlen)
+/* Resolves host:port into addr; numeric addresses need no lookup. */
+static int resolve(const shard *s, const char *host, uint16_t port_number,
+                   struct sockaddr_storage *addr, socklen_t *addrlen, char *err, size_t errlen)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     char port[8];
-    snprintf(port, sizeof(port), "%u", (unsigned)s->port);
-    int rc = getaddrinfo(s->host, port, &hints, &res);
+    snprintf(port, sizeof(port), "%u", (unsigned)port_number);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0 || !res) {
-        snprintf(err, errlen, "shard %s: cannot resolve '%s': %s", s->name, s->host,
-                 gai_strerror(rc));
+        snprintf(err, errlen, "shard %s: cannot resolve '%s': %s", s->name, host, gai_strerror(rc));
         return -1;
     }
-    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
-    s->addrlen = res->ai_addrlen;
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    *addrlen = res->ai_addrlen;
     freeaddrinfo(res);
     return 0;
+}
+
+/* "s2 (127.0.0.1:7002)", or "s2 (sentinel:name)" before its master is known. */
+static void shard_set_label(shard *s)
+{
+    if (!s->port) {
+        snprintf(s->label, sizeof(s->label), "%s (sentinel:%s)", s->name, s->sentinel_master);
+        return;
+    }
+    char addr[CONFIG_ADDR_MAX];
+    config_format_addr(s->host, s->port, addr, sizeof(addr));
+    snprintf(s->label, sizeof(s->label), "%s (%s)", s->name, addr);
 }
 
 shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t errlen)
@@ -767,18 +864,17 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         return NULL;
     }
     s->name = strdup(cs->name);
-    s->host = strdup(cs->host);
+    s->host = strdup(cs->host ? cs->host : "");
     s->port = cs->port;
+    s->sentinel_master = cs->sentinel_master ? strdup(cs->sentinel_master) : NULL;
     s->nconns = nconns;
     s->conns = calloc((size_t)nconns, sizeof(*s->conns));
-    if (!s->name || !s->host || !s->conns) {
+    if (!s->name || !s->host || !s->conns || (cs->sentinel_master && !s->sentinel_master)) {
         snprintf(err, errlen, "out of memory");
         backend_shard_free(s);
         return NULL;
     }
-    char addr[CONFIG_ADDR_MAX];
-    config_format_addr(s->host, s->port, addr, sizeof(addr));
-    snprintf(s->label, sizeof(s->label), "%s (%s)", s->name, addr);
+    shard_set_label(s);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         c->shard = s;
@@ -787,8 +883,10 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         c->state = BACKEND_DOWN;
         resp_reply_init(&c->scan);
         event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
+        if (!s->port)
+            snprintf(c->last_error, sizeof(c->last_error), "%s", SHARD_NO_MASTER);
     }
-    if (resolve(s, err, errlen) < 0) {
+    if (s->port && resolve(s, s->host, s->port, &s->addr, &s->addrlen, err, errlen) < 0) {
         backend_shard_free(s);
         return NULL;
     }
@@ -797,17 +895,70 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
 
 void backend_shard_start(shard *s)
 {
+    if (!s->addrlen)
+        return;
     for (int j = 0; j < s->nconns; j++)
         if (s->conns[j].state == BACKEND_DOWN)
             conn_connect(&s->conns[j]);
 }
 
+int backend_shard_same_source(const shard *s, const config_shard *cs)
+{
+    if (s->sentinel_master || cs->sentinel_master)
+        return s->sentinel_master && cs->sentinel_master &&
+               strcmp(s->sentinel_master, cs->sentinel_master) == 0;
+    return strcmp(s->host, cs->host) == 0 && s->port == cs->port;
+}
+
+int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char *copy = strdup(host);
+    if (!copy || resolve(s, host, port, &addr, &addrlen, err, errlen) < 0) {
+        if (!copy)
+            snprintf(err, errlen, "out of memory");
+        free(copy);
+        return -1;
+    }
+    char why[400];
+    snprintf(why, sizeof(why), "unavailable: master moved to %s:%u", host, (unsigned)port);
+    shard_fail_reserved(s, why);
+    for (int j = 0; j < s->nconns; j++) {
+        backend_conn *c = &s->conns[j];
+        conn_close_fd(c);
+        event_del(&c->ev_timer);
+        conn_set_state(c, BACKEND_DOWN);
+        conn_fail_inflight(c, why, 0);
+        conn_unmark_dirty(c);
+        c->backoff_ms = 0;
+        c->role_pending = 0;
+        c->laddr[0] = '\0';
+    }
+    /* Connections reset on the old master cannot be confirmed gone on the
+     * new one: they never reached it. */
+    s->n_unconfirmed = 0;
+    /* The replica may be the new master: the next poll finds the replicas. */
+    if (s->replica) {
+        backend_shard_retire(s->replica);
+        s->replica = NULL;
+    }
+    free(s->host);
+    s->host = copy;
+    s->port = port;
+    s->addr = addr;
+    s->addrlen = addrlen;
+    shard_set_label(s);
+    backend_shard_start(s);
+    return 0;
+}
+
 /* Ends the reserved connections pinned to s; their owners are told. */
-static void shard_fail_reserved(shard *s)
+static void shard_fail_reserved(shard *s, const char *why)
 {
     for (backend_conn *c = reserved_head; c;) {
         if (c->shard == s && c->state != BACKEND_GONE) {
-            reserved_fail(c, "unavailable: shard removed or re-addressed", 0, 0);
+            reserved_fail(c, why, 0, 0);
             c = reserved_head;
         } else {
             c = c->next_reserved;
@@ -815,11 +966,31 @@ static void shard_fail_reserved(shard *s)
     }
 }
 
+int backend_shard_set_replica(shard *s, const char *host, uint16_t port, char *err, size_t errlen)
+{
+    if (s->replica && host && s->replica->port == port && strcmp(s->replica->host, host) == 0)
+        return 0;
+    shard *replica = NULL;
+    if (host) {
+        config_shard cs = {.name = s->name, .host = (char *)host, .port = port, .read_from = -1};
+        replica = backend_shard_new(&cs, s->nconns, err, errlen);
+        if (!replica)
+            return -1;
+    }
+    if (s->replica)
+        backend_shard_retire(s->replica);
+    s->replica = replica;
+    if (replica)
+        backend_shard_start(replica);
+    return 0;
+}
+
 void backend_shard_free(shard *s)
 {
     if (!s)
         return;
-    shard_fail_reserved(s);
+    backend_shard_free(s->replica);
+    shard_fail_reserved(s, "unavailable: shard removed or re-addressed");
     for (int j = 0; s->conns && j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
@@ -831,12 +1002,13 @@ void backend_shard_free(shard *s)
     free(s->conns);
     free(s->name);
     free(s->host);
+    free(s->sentinel_master);
     free(s);
 }
 
 void backend_shard_retire(shard *s)
 {
-    shard_fail_reserved(s);
+    shard_fail_reserved(s, "unavailable: shard removed or re-addressed");
     s->retired_us = server_now_us();
     s->next_retired = retired_head;
     retired_head = s;

@@ -66,6 +66,8 @@ typedef struct backend_conn {
     char last_error[128];   /* why it is down */
     char laddr[64];         /* our end, as the shard names it in CLIENT LIST (addr=) */
     fragment auth;          /* the AUTH sent first when the shards need a password */
+    fragment role;          /* the ROLE sent next on a sentinel shard's connections */
+    int role_pending;       /* ROLE not yet answered "master": nothing else is written */
     /* reserved connections only (backend_reserve): owned by one client */
     int reserved;
     int push_mode;             /* every reply goes to on_event; none is matched to a request */
@@ -89,9 +91,13 @@ typedef struct backend_conn {
  * is read from srv.cfg, since a reload keeps the object and may change it. */
 typedef struct shard {
     char *name;
-    char *host;
-    uint16_t port;
-    char label[400];              /* "s2 (127.0.0.1:7002)", for messages */
+    char *host;            /* current address; "" while a sentinel shard's is unknown */
+    uint16_t port;         /* 0 while unknown */
+    char *sentinel_master; /* the master's name at the Sentinels, NULL for a host:port line */
+    struct shard *replica; /* a replica that read_from may send reads to, NULL = none known */
+    int role_refused;      /* a connection found it no master (ROLE): the Sentinels module
+                              asks again at its next tick and clears it */
+    char label[400];       /* "s2 (127.0.0.1:7002)", for messages */
     struct sockaddr_storage addr; /* resolved once, at load or reload */
     socklen_t addrlen;
     backend_conn *conns;
@@ -123,11 +129,30 @@ typedef struct shard {
 __attribute__((warn_unused_result)) shard *backend_shard_new(const config_shard *cs, int nconns,
                                                              char *err, size_t errlen);
 
-/* Starts connecting a new shard's connections. */
+/* Starts connecting a new shard's connections (not those of a sentinel
+ * shard whose master is not known yet: requests to it fail fast). */
 void backend_shard_start(shard *s);
+
+/* Whether s was made from a [shards] line like cs: the same host:port, or
+ * the same sentinel master (whatever address it has now). */
+int backend_shard_same_source(const shard *s, const config_shard *cs);
+
+/* Points s at a new address (a failover): its connections close, their
+ * requests in flight get "-ERR shard <label> unavailable: ...", reserved
+ * connections end, and the pool reconnects to host:port. Keys do not move:
+ * the shard keeps its name and place on the ring. 0, or -1 with a reason
+ * in err and s unchanged. */
+__attribute__((warn_unused_result)) int
+backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, size_t errlen);
 
 /* Closes a shard's connections (in-flight requests get an error) and frees it. */
 void backend_shard_free(shard *s);
+
+/* Points s's reads (read_from) at the replica at host:port, or at none
+ * when host is NULL. A replica dropped or replaced finishes what was sent
+ * to it. 0, or -1 with a reason in err. */
+__attribute__((warn_unused_result)) int
+backend_shard_set_replica(shard *s, const char *host, uint16_t port, char *err, size_t errlen);
 
 /* Takes a shard that a reload dropped or re-addressed out of service
  * without failing what was already sent to it: its reserved connections end

@@ -22,6 +22,7 @@
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
 #include "proxy/request.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
 
@@ -69,6 +70,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     client_tick();
     pubsub_tick();
     rebalance_tick();
+    sentinel_tick();
     if (rebalance_take_queued_reload())
         do_reload("queued during the rebalance");
     server_stats *st = &srv.stats;

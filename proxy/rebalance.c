@@ -1087,6 +1087,32 @@ void rebalance_tick(void)
     }
 }
 
+void rebalance_source_readdressed(const shard *s)
+{
+    if (!rb.running)
+        return;
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        mover *m = &rb.movers[i];
+        /* A pass that ended on the old master is kept (DONE is final):
+         * MIGRATE wrote each key to its target before deleting it, so a
+         * delete the new master did not get leaves a stale copy, not a
+         * lost key. */
+        if (m->source != s || m->state == MOVER_DONE)
+            continue;
+        log_notice("rebalance: shard %s has a new address: scanning it again from the start",
+                   s->label);
+        snprintf(m->cursor, sizeof(m->cursor), "0");
+        m->next_at_us = server_now_us();
+        /* As for a stall: pending callbacks get NULL and the batch is
+         * retried, from cursor 0, on a connection to the new address. */
+        redisAsyncContext *ac = m->ac;
+        m->ac = NULL;
+        mover_set_state(m, MOVER_DISCONNECTED);
+        if (ac)
+            redisAsyncFree(ac);
+    }
+}
+
 /* rebalance_source_states: each source's mover while a migration runs
  * ("s2=migrating,s4=done"), "none" when idle: afterwards a removed source
  * may be freed already. */

@@ -68,6 +68,12 @@ void rebalance_count_on_demand(size_t moved, size_t busykey_deleted);
  * failure is also kept in b (buf_failed). */
 int rebalance_info(buf *b);
 
+/* A source shard now has another address (a failover): its SCAN cursor
+ * means nothing on the new master, so the mover scans it again from the
+ * start, on a new control connection (a batch in flight fails and is
+ * retried). */
+void rebalance_source_readdressed(const shard *s);
+
 /* Periodic: drives the mover (rate limit, retries, stalls). */
 void rebalance_tick(void);
 

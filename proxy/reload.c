@@ -14,6 +14,7 @@
 #include "proxy/backend.h"
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 
 /* The config file as last read, to notice edits (reload_file_changed). */
@@ -68,6 +69,11 @@ static char *state_text(const config *cfg)
     fprintf(out, "[shards]\n");
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *cs = &cfg->shards[i];
+        if (cs->sentinel_master) {
+            fprintf(out, "%s = sentinel:%s weight=%u\n", cs->name, cs->sentinel_master,
+                    (unsigned)cs->weight);
+            continue;
+        }
         config_format_addr(cs->host, cs->port, addr, sizeof(addr));
         fprintf(out, "%s = %s weight=%u\n", cs->name, addr, (unsigned)cs->weight);
     }
@@ -201,7 +207,7 @@ static int addresses_change(const config *next)
 {
     for (size_t i = 0; i < next->nshards; i++) {
         const shard *s = find_shard(next->shards[i].name);
-        if (s && (strcmp(s->host, next->shards[i].host) != 0 || s->port != next->shards[i].port))
+        if (s && !backend_shard_same_source(s, &next->shards[i]))
             return 1;
     }
     return 0;
@@ -219,7 +225,7 @@ static int plan_shards(reload_plan *p, char *err, size_t errlen)
     for (size_t i = 0; i < p->cfg->nshards; i++) {
         const config_shard *cs = &p->cfg->shards[i];
         shard *old = find_shard(cs->name);
-        if (old && strcmp(old->host, cs->host) == 0 && old->port == cs->port) {
+        if (old && backend_shard_same_source(old, cs)) {
             p->shards[i] = old;
             continue;
         }
@@ -304,6 +310,7 @@ static void plan_commit(reload_plan *p)
     config_free(old_cfg);
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_start(srv.shards[i]);
+    sentinel_sync();
     remember_config_stat();
     p->cfg = NULL;
     p->shards = NULL;
@@ -415,6 +422,7 @@ int reload_config(const char *why, char *err, size_t errlen)
 
 void reload_shutdown(void)
 {
+    sentinel_shutdown();
     rebalance_shutdown();
     backend_retired_free_all();
     for (size_t i = 0; i < srv.nshards; i++)

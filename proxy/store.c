@@ -423,6 +423,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static void connect_shard(store_shard *sh)
 {
+    if (!sh->port)
+        return; /* a sentinel shard whose master is not known yet */
     redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
     if (!ac)
         return;
@@ -533,11 +535,14 @@ int store_start(const config *cfg, char *err, size_t errlen)
     for (size_t i = 0; i < st.n; i++) {
         store_shard *sh = &st.shards[i];
         sh->index = i;
-        sh->name = strdup(cfg->shards[i].name);
-        sh->host = strdup(cfg->shards[i].host);
+        /* A sentinel shard has no address in the config: it gets one from
+         * store_shard_moved once the Sentinels name its master. */
+        const config_shard *cs = &cfg->shards[i];
+        sh->name = strdup(cs->name);
+        sh->host = strdup(cs->host ? cs->host : "");
         if (!sh->name || !sh->host)
             abort();
-        sh->port = cfg->shards[i].port;
+        sh->port = cs->port;
         sh->backoff_ms = st.reconnect_min_ms;
         connect_shard(sh);
     }
@@ -570,6 +575,29 @@ void store_shutdown(void)
     free(st.shards);
     free(st.password);
     memset(&st, 0, sizeof(st));
+}
+
+void store_shard_moved(const char *name, const char *host, uint16_t port)
+{
+    int i = store_index(name);
+    if (i < 0)
+        return;
+    store_shard *sh = &st.shards[i];
+    if (sh->port == port && strcmp(sh->host, host) == 0)
+        return;
+    char *copy = strdup(host);
+    if (!copy)
+        abort();
+    /* Calls in flight on the old master fail; the new one is checked
+     * (marker, restore) like any shard that connects. */
+    drop_connection(sh, "the shard's master moved");
+    free(sh->host);
+    sh->host = copy;
+    sh->port = port;
+    sh->backoff_ms = st.reconnect_min_ms;
+    sh->retry_at_us = 0;
+    if (sh->state == STORE_DOWN && !sh->ac)
+        connect_shard(sh);
 }
 
 size_t store_count(void)

@@ -62,6 +62,11 @@ void store_set_restore_hook(store_restore_fn fn);
  * restart picks up changes). 0, or -1 with err. */
 __attribute__((warn_unused_result)) int store_start(const config *cfg, char *err, size_t errlen);
 
+/* Points the store of shard name at its new address (a sentinel shard's
+ * master moved): the old connection is dropped and the new server checked
+ * as on any connect. Nothing when the address is the same. */
+void store_shard_moved(const char *name, const char *host, uint16_t port);
+
 /* Fails every pending call and closes the connections. */
 void store_shutdown(void);
 

@@ -14,8 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/ack.h"
 #include "proxy/buf.h"
 #include "proxy/log.h"
+#include "proxy/sentinel.h"
 #include "proxy/server.h"
 
 /* The transaction state of one client. */
@@ -289,10 +291,13 @@ void txn_send_to_shard(request *req, uint32_t i, uint64_t hint, fragment *f, con
                        size_t len)
 {
     backend_conn *reserved = txn_conn_for(req->session, srv.shards[i]);
-    if (reserved)
+    if (reserved) {
         backend_reserved_send(reserved, f, bytes, len);
-    else
-        backend_send(srv.shards[i], hint, f, bytes, len);
+        return;
+    }
+    shard *target = sentinel_read_shard(i, bytes, len);
+    if (!ack_send(target, hint, f, bytes, len))
+        backend_send(target, hint, f, bytes, len);
 }
 
 int txn_in_multi(const session *sess)

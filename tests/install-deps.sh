@@ -5,7 +5,7 @@
 # `make bench-instr` for its counts.
 set -euo pipefail
 pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
-      redis-server redis-tools nutcracker)
+      redis-server redis-sentinel redis-tools nutcracker)
 [ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -53,8 +53,9 @@
 #define HARNESS_PORT_MIN          20000
 #define HARNESS_PORT_FALLBACK_MAX 32767
 
-#define NUTCRACKER_BIN   "/usr/sbin/nutcracker"
-#define REDIS_SERVER_BIN "redis-server"
+#define NUTCRACKER_BIN     "/usr/sbin/nutcracker"
+#define REDIS_SERVER_BIN   "redis-server"
+#define REDIS_SENTINEL_BIN "redis-sentinel"
 
 /* A running child: enough to stop it and clean up after it at exit even if
  * the test's harness_proc is gone (stack frame left by a failed assert). */
@@ -620,13 +621,37 @@ static void abandon(harness_proc *p, const char *what)
     p->dir[0] = '\0';
 }
 
-static int redis_spawn(harness_proc *p)
+/* Starts redis-server on p->port, as a replica of master_port when it is
+ * not 0. */
+static int redis_spawn_replica(harness_proc *p, int master_port)
 {
-    char port[16];
+    char port[16], master[16];
     snprintf(port, sizeof(port), "%d", p->port);
+    snprintf(master, sizeof(master), "%d", master_port);
     snprintf(p->log, sizeof(p->log), "%s/redis.log", p->dir);
-    char *argv[] = {REDIS_SERVER_BIN, "--port", port,    "--bind", "127.0.0.1",   "--save", "",
-                    "--appendonly",   "no",     "--dir", p->dir,   "--daemonize", "no",     NULL};
+    char *argv[] = {REDIS_SERVER_BIN,
+                    "--port",
+                    port,
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    p->dir,
+                    "--daemonize",
+                    "no",
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL};
+    if (master_port) {
+        size_t n = sizeof(argv) / sizeof(argv[0]) - 4;
+        argv[n] = "--replicaof";
+        argv[n + 1] = "127.0.0.1";
+        argv[n + 2] = master;
+    }
     p->pid = spawn(argv, p->log, p->dir, 0);
     if (p->pid == -1) {
         p->pid = 0;
@@ -637,6 +662,11 @@ static int redis_spawn(harness_proc *p)
         return -1;
     }
     return 0;
+}
+
+static int redis_spawn(harness_proc *p)
+{
+    return redis_spawn_replica(p, 0);
 }
 
 int harness_redis_start(harness_proc *p)
@@ -924,4 +954,61 @@ char *harness_ini(const harness_proc *shards, size_t nshards, const char *extra_
         ini = append(ini, &len, "s%zu = 127.0.0.1:%d\n", i + 1, shards[i].port);
     }
     return ini;
+}
+
+int harness_replica_start(harness_proc *p, int master_port)
+{
+    memset(p, 0, sizeof(*p));
+    for (int attempt = 0; attempt < HARNESS_START_ATTEMPTS; attempt++) {
+        if (make_dir(p, "replica") == -1) {
+            return -1;
+        }
+        p->port = harness_free_port();
+        if (redis_spawn_replica(p, master_port) == 0) {
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int harness_sentinel_start(harness_proc *p, const char *conf_body)
+{
+    memset(p, 0, sizeof(*p));
+    for (int attempt = 0; attempt < HARNESS_START_ATTEMPTS; attempt++) {
+        if (make_dir(p, "sentinel") == -1) {
+            return -1;
+        }
+        p->port = harness_free_port();
+        char *body = replace_port(conf_body, p->port);
+        size_t len = strlen(body) + strlen(p->dir) + 128;
+        char *conf = malloc(len);
+        char path[sizeof(p->dir) + 32];
+        snprintf(path, sizeof(path), "%s/sentinel.conf", p->dir);
+        snprintf(p->log, sizeof(p->log), "%s/sentinel.log", p->dir);
+        if (body == NULL || conf == NULL) {
+            free(body);
+            free(conf);
+            return -1;
+        }
+        snprintf(conf, len, "port %d\nbind 127.0.0.1\ndir %s\n%s", p->port, p->dir, body);
+        int written = write_file(path, conf);
+        free(body);
+        free(conf);
+        if (written == -1) {
+            remove_dir(p->dir);
+            return -1;
+        }
+        char *argv[] = {REDIS_SENTINEL_BIN, path, NULL};
+        p->pid = spawn(argv, p->log, p->dir, 0);
+        if (p->pid == -1) {
+            p->pid = 0;
+            remove_dir(p->dir);
+            continue;
+        }
+        if (wait_ready(p, 1, start_timeout_ms()) == 0) {
+            return 0;
+        }
+        abandon(p, "redis-sentinel");
+    }
+    return -1;
 }

@@ -47,6 +47,16 @@ int harness_redis_start(harness_proc *p);
  * Waits until it answers PING. Returns 0 or -1. */
 int harness_redis_restart(harness_proc *p);
 
+/* Starts redis-server on a free port as a replica of the redis-server on
+ * 127.0.0.1:master_port (REPLICAOF); waits until it answers PING, not until
+ * it has synced. Returns 0 or -1. */
+int harness_replica_start(harness_proc *p, int master_port);
+
+/* Starts redis-sentinel on a free port with conf_body ("%PORT%" replaced by
+ * that port) after its own port, bind and dir lines, in a config file of
+ * its own that it may rewrite. Waits until it answers PING. 0 or -1. */
+int harness_sentinel_start(harness_proc *p, const char *conf_body);
+
 /* Starts nutcracker with the given YAML pool body; "%PORT%" in yaml is
  * replaced by the listen port chosen. Waits for the port. */
 int harness_nutcracker_start(harness_proc *p, const char *yaml);

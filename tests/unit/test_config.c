@@ -239,6 +239,27 @@ static const error_case error_cases[] = {
     {"[proxy]\nlisten = 127.0.0.1:7001\n" SHARDS,
      "proxy.ini:4: shard s1 is at the proxy's own listen address 127.0.0.1:7001"},
 
+    /* Sentinel-named masters and the sentinels list */
+    {"[shards]\ns1 = sentinel:mymaster\n",
+     "proxy.ini:2: shard s1 names sentinel master mymaster, but [proxy] sentinels lists no "
+     "Sentinel"},
+    {"[proxy]\nsentinels = 127.0.0.1:26379\n[shards]\ns1 = sentinel:m\ns2 = sentinel:m\n",
+     "proxy.ini:5: shards s2 and s1 (line 4) name the same sentinel master m"},
+    {"[proxy]\nsentinels = 127.0.0.1:26379\n[shards]\ns1 = sentinel:\n",
+     "proxy.ini:4: shard s1: bad master name '' after sentinel: (use 1 to 64 of the characters "
+     "A-Z a-z 0-9 _ . -)"},
+    {"[proxy]\nsentinels = 127.0.0.1:26379\n[shards]\ns1 = sentinel:m x\n",
+     "proxy.ini:4: shard s1: unexpected 'x' after the address (expected weight=N or read_from=X)"},
+    {"[shards]\ns1 = 127.0.0.1:7001 read_from=slave\n",
+     "proxy.ini:2: shard s1: read_from must be given once, as master, replica or prefer_replica, "
+     "not 'slave'"},
+    {"[proxy]\nsentinels = 127.0.0.1:26379, 127.0.0.1\n" SHARDS,
+     "proxy.ini:2: sentinels: bad address '127.0.0.1': missing port"},
+    {"[proxy]\nsentinels = 127.0.0.1:26379,127.0.0.1:26379\n" SHARDS,
+     "proxy.ini:2: sentinels: '127.0.0.1:26379' is listed twice"},
+    {"[proxy]\nsentinel_poll = 99\n" SHARDS,
+     "proxy.ini:2: sentinel_poll: 99 is out of range 100..3600000 (ms)"},
+
     /* weights and what follows the address */
     {"[shards]\ns1 = 127.0.0.1:7001 weight=0\n",
      "proxy.ini:2: shard s1: weight must be an integer 1..10000, not '0'"},
@@ -254,12 +275,14 @@ static const error_case error_cases[] = {
      "proxy.ini:2: shard s1: weight must be an integer 1..10000, not '10001'"},
     {"[shards]\ns1 = 127.0.0.1:7001 weight=2 weight=3\n",
      "proxy.ini:2: shard s1: weight given twice"},
-    {"[shards]\ns1 = 127.0.0.1:7001 primary\n",
-     "proxy.ini:2: shard s1: unexpected 'primary' after the address (expected weight=N)"},
+    {"[shards]\ns1 = 127.0.0.1:7001 primary\n", "proxy.ini:2: shard s1: unexpected 'primary' after "
+                                                "the address (expected weight=N or read_from=X)"},
     {"[shards]\ns1 = 127.0.0.1:7001 weight = 2\n",
-     "proxy.ini:2: shard s1: unexpected 'weight' after the address (expected weight=N)"},
+     "proxy.ini:2: shard s1: unexpected 'weight' after the address (expected weight=N or "
+     "read_from=X)"},
     {"[shards]\ns1 = 127.0.0.1:7001 # main box\n",
-     "proxy.ini:2: shard s1: unexpected '#' after the address (expected weight=N; comments start "
+     "proxy.ini:2: shard s1: unexpected '#' after the address (expected weight=N or read_from=X; "
+     "comments start "
      "with ';')"},
 
     /* a key naming a shard: checked once [shards] is read */
@@ -659,6 +682,29 @@ static void test_shard_forms(void **state)
     assert_int_equal(s[5].line, 10);
     config_free(cfg);
 
+    /* Sentinel lines mix with addresses; the list takes spaces and IPv6 */
+    cfg = load_ok("[proxy]\nsentinels = 127.0.0.1:26379 ,[::1]:26380,  localhost:26381\n"
+                  "sentinel_password = sp\n"
+                  "read_from = prefer_replica\n"
+                  "[shards]\ns1 = sentinel:mymaster weight=2 read_from=replica\n"
+                  "s2 = 127.0.0.1:7002\n");
+    assert_int_equal(cfg->read_from, CONFIG_READ_PREFER_REPLICA);
+    assert_int_equal(cfg->shards[0].read_from, CONFIG_READ_REPLICA);
+    assert_int_equal(cfg->shards[1].read_from, -1);
+    assert_int_equal(cfg->sentinels.n, 3);
+    assert_string_equal(cfg->sentinels.addrs[0].host, "127.0.0.1");
+    assert_int_equal(cfg->sentinels.addrs[0].port, 26379);
+    assert_string_equal(cfg->sentinels.addrs[1].host, "::1");
+    assert_string_equal(cfg->sentinels.addrs[2].host, "localhost");
+    assert_int_equal(cfg->sentinels.addrs[2].port, 26381);
+    assert_string_equal(cfg->sentinel_password, "sp");
+    assert_null(cfg->shards[0].host);
+    assert_string_equal(cfg->shards[0].sentinel_master, "mymaster");
+    assert_int_equal(cfg->shards[0].weight, 2);
+    assert_null(cfg->shards[1].sentinel_master);
+    assert_string_equal(cfg->shards[1].host, "127.0.0.1");
+    config_free(cfg);
+
     /* [shards] may come first, and sections may repeat */
     cfg = load_ok(SHARDS "[proxy]\nhash = md5\n[shards]\ns2 = 127.0.0.1:7002\n");
     assert_int_equal(cfg->nshards, 2);
@@ -755,7 +801,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 32);
+    assert_int_equal(keys, 38);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
