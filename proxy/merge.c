@@ -496,6 +496,44 @@ static int secret_parameter(const element *name)
  * "ringproxy-shards-differ" (only when some differ), so that a tool shows
  * the difference rather than one shard's value as the whole truth. A
  * parameter named like a proxy setting (requirepass) is the proxy's. */
+/* The value paired with name in shard s's part (elements start[s] to
+ * start[s + 1]), or NULL. */
+static const element *config_value_of(const element *elems, const size_t *start, size_t s,
+                                      const element *name)
+{
+    for (size_t j = start[s]; j + 1 < start[s + 1]; j += 2)
+        if (same_element(&elems[j], name))
+            return &elems[j + 1];
+    return NULL;
+}
+
+/* When the shards disagree on name's value, appends "name: s1=v s2=v ..."
+ * to differ (secrets as "(none)"). */
+static void note_config_difference(const request *req, const element *elems, const size_t *start,
+                                   const element *name, const element *value, buf *differ)
+{
+    size_t i = 1;
+    for (; i < req->nfrags; i++) {
+        const element *other = config_value_of(elems, start, i, name);
+        if (!other || !same_element(other, value))
+            break;
+    }
+    if (i == req->nfrags)
+        return;
+    const char *np;
+    size_t nl;
+    element_text(name, &np, &nl);
+    buf_printf(differ, "%s%.*s:", buf_len(differ) ? "; " : "", (int)nl, np);
+    for (size_t sh = 0; sh < req->nfrags; sh++) {
+        const element *v = config_value_of(elems, start, sh, name);
+        const char *vp = "(none)";
+        size_t vl = 6;
+        if (v && !secret_parameter(name))
+            element_text(v, &vp, &vl);
+        buf_printf(differ, " %s=%.*s", srv.shards[req->frags[sh].shard]->name, (int)vl, vp);
+    }
+}
+
 static void merge_config_get(request *req)
 {
     element *elems = NULL;
@@ -532,27 +570,7 @@ static void merge_config_get(request *req)
         element_text(name, &np, &nl);
         if (nl == 11 && memcmp(np, "requirepass", 11) == 0)
             continue; /* the proxy's own, listed above when asked for */
-        for (size_t i = 1; i < req->nfrags; i++) {
-            const element *other = NULL;
-            for (size_t j = start[i]; j + 1 < start[i + 1] && !other; j += 2)
-                if (same_element(&elems[j], name))
-                    other = &elems[j + 1];
-            if (other && same_element(other, value))
-                continue;
-            buf_printf(&differ, "%s%.*s:", buf_len(&differ) ? "; " : "", (int)nl, np);
-            for (size_t s = 0; s < req->nfrags; s++) {
-                const element *v = NULL;
-                for (size_t j = start[s]; j + 1 < start[s + 1] && !v; j += 2)
-                    if (same_element(&elems[j], name))
-                        v = &elems[j + 1];
-                const char *vp = "(none)";
-                size_t vl = 6;
-                if (v && !secret_parameter(name))
-                    element_text(v, &vp, &vl);
-                buf_printf(&differ, " %s=%.*s", srv.shards[req->frags[s].shard]->name, (int)vl, vp);
-            }
-            break;
-        }
+        note_config_difference(req, elems, start, name, value, &differ);
         buf_append(&pairs, name->ptr, name->len);
         const char *vp;
         size_t vl;
