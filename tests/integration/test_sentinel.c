@@ -719,11 +719,9 @@ static void test_demoted_master_gets_no_request_after_reconnect(void **state)
     redisFree(p);
 }
 
-/* min_replicas_to_ack = 1 over a plain host:port shard: a write is
- * answered once the replica has it (it reads back from the replica at
- * once), a read needs no WAIT, and with the replica stopped a write gets
- * -NOREPLICAS after min_replicas_timeout while reads still work. */
-static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void **state)
+/* A master and one replica that has finished its first sync, as the
+ * test's state (stopped by the teardown). */
+static cluster *master_with_synced_replica(void **state)
 {
     cluster *c = calloc(1, sizeof(*c));
     assert_non_null(c);
@@ -735,6 +733,16 @@ static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void
         assert_true(fixture_now_ms() < deadline);
         fixture_sleep_ms(20);
     }
+    return c;
+}
+
+/* min_replicas_to_ack = 1 over a plain host:port shard: a write is
+ * answered once the replica has it (it reads back from the replica at
+ * once), a read needs no WAIT, and with the replica stopped a write gets
+ * -NOREPLICAS after min_replicas_timeout while reads still work. */
+static void test_min_replicas_to_ack_answers_writes_once_a_replica_has_them(void **state)
+{
+    cluster *c = master_with_synced_replica(state);
     char ini[512];
     snprintf(ini, sizeof(ini),
              "[proxy]\nlisten = 127.0.0.1:%%PORT%%\nwatch_config = no\n"
@@ -841,20 +849,11 @@ static void test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys
  * replica dead, reads go to the master again. */
 static void test_reads_go_to_the_replica_with_read_from(void **state)
 {
-    cluster *c = calloc(1, sizeof(*c));
-    assert_non_null(c);
-    *state = c;
-    assert_int_equal(harness_redis_start(&c->master[0]), 0);
-    assert_int_equal(harness_replica_start(&c->replica[0], c->master[0].port), 0);
-    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
-    while (!replica_synced(c->replica[0].port)) {
-        assert_true(fixture_now_ms() < deadline);
-        fixture_sleep_ms(20);
-    }
+    cluster *c = master_with_synced_replica(state);
     char conf[256];
     snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", c->master[0].port);
     assert_int_equal(harness_sentinel_start(&c->sentinel[0], conf), 0);
-    deadline = fixture_now_ms() + fixture_bound_ms(SENTINELS_READY_MS);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(SENTINELS_READY_MS);
     while (!sentinel_ready(c->sentinel[0].port, "m1", 0)) {
         assert_true(fixture_now_ms() < deadline);
         fixture_sleep_ms(100);
