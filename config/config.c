@@ -58,6 +58,7 @@ typedef enum key_type {
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
     KEY_ADDRS,  /* config_addr_list field: comma-separated host:port, empty = none */
     KEY_SHARDS, /* char * field: "all" or a comma-separated list of shards of [shards] */
+    KEY_PATH,   /* char * field: a file's path, read by the daemon (not checked here) */
 } key_type;
 
 typedef struct config_key {
@@ -251,6 +252,22 @@ static const config_key config_keys[] = {
     ENUM_KEY("read_from", read_from, config_read_from, config_read_from_name,
              CONFIG_READ_FROM_COUNT, "master", RELOAD,
              "where sentinel shards' reads go (docs/failover.md)"),
+    INT_KEY("dns_refresh", dns_refresh_ms, "30000", "ms", 0, 86400000, RELOAD,
+            "resolve shards named by hostname again this often; 0 = on reconnect only"),
+    {.name = "dns_hosts_file",
+     .type = KEY_PATH,
+     .default_value = "/etc/hosts",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "hosts file of those lookups, read again when it changes",
+     .offset = FIELD(dns_hosts_file, char *)},
+    {.name = "dns_resolv_conf",
+     .type = KEY_PATH,
+     .default_value = "/etc/resolv.conf",
+     .unit = "",
+     .reloadable = RELOAD,
+     .description = "nameservers and options of those lookups, read again when it changes",
+     .offset = FIELD(dns_resolv_conf, char *)},
     INT_KEY("store_db", store_db, "15", "", 1, 1000000, RESTART,
             "database on each shard for the proxy's hidden records (locks)"),
     {.name = "lock_shards",
@@ -372,6 +389,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_SHARD:
     case KEY_ADDRS:
     case KEY_SHARDS:
+    case KEY_PATH:
         break;
     }
     abort(); /* not a number: a bug in the caller */
@@ -452,6 +470,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_SHARDS:
         snprintf(buf, buflen, "all or a comma list");
+        return;
+    case KEY_PATH:
+        snprintf(buf, buflen, "a file path");
         return;
     }
 }
@@ -845,6 +866,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     case KEY_SECRET:
     case KEY_SHARD:
     case KEY_SHARDS:
+    case KEY_PATH:
         /* A shard name is checked against [shards] once the whole file is
          * read (validate), since [shards] may come after [proxy]. */
         return set_string(key, value, field, why, whylen);
@@ -1215,6 +1237,13 @@ static int is_named(const char *name, size_t len, void *arg)
     return strlen(lf->name) == len && memcmp(lf->name, name, len) == 0;
 }
 
+int config_host_is_name(const char *host)
+{
+    unsigned char bin[16];
+    return host && host[0] && inet_pton(AF_INET, host, bin) != 1 &&
+           inet_pton(AF_INET6, host, bin) != 1;
+}
+
 int config_is_lock_shard(const config *cfg, const char *name)
 {
     if (!cfg->lock_shards || strcmp(cfg->lock_shards, "all") == 0)
@@ -1477,6 +1506,8 @@ void config_free(config *cfg)
     addr_list_free(&cfg->sentinels);
     free(cfg->sentinel_password);
     free(cfg->lock_shards);
+    free(cfg->dns_hosts_file);
+    free(cfg->dns_resolv_conf);
     free(cfg->path);
     free(cfg);
 }
@@ -1496,7 +1527,8 @@ static bool same_value(const config_key *key, const config *a, const config *b)
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
     case KEY_SECRET:
     case KEY_SHARD:
-    case KEY_SHARDS: {
+    case KEY_SHARDS:
+    case KEY_PATH: {
         char *const *sa = const_field_of(a, key->offset);
         char *const *sb = const_field_of(b, key->offset);
         return (!*sa && !*sb) || (*sa && *sb && strcmp(*sa, *sb) == 0);
@@ -1573,7 +1605,8 @@ void config_key_value(const config *cfg, size_t i, char *out, size_t outlen)
         return;
     }
     case KEY_SHARD:
-    case KEY_SHARDS: {
+    case KEY_SHARDS:
+    case KEY_PATH: {
         char *const *s = const_field_of(cfg, key->offset);
         snprintf(out, outlen, "%s", *s ? *s : "");
         return;

@@ -103,6 +103,9 @@ typedef struct config {
     int min_replicas_to_ack; /* a write is answered once this many replicas have it, 0 = at once */
     int min_replicas_timeout_ms; /* WAIT's timeout for those replicas */
     config_read_from read_from;  /* where read-only commands go, unless a shard says */
+    int dns_refresh_ms;          /* how often hostnames of shards are resolved again, 0 = never */
+    char *dns_hosts_file;        /* hosts file of those lookups */
+    char *dns_resolv_conf;       /* resolv.conf of those lookups (nameservers, options) */
     int store_db;                /* database index of the proxy's hidden records on each shard */
     char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
 
@@ -158,6 +161,10 @@ void config_write_markdown(FILE *out);
 /* Writes host:port as proxy.ini spells it: "127.0.0.1:7001", or
  * "[::1]:7001" for an IPv6 host. */
 void config_format_addr(const char *host, uint16_t port, char *buf, size_t buflen);
+
+/* Whether host (of a [shards] line) is a name to resolve rather than a
+ * numeric IPv4 or IPv6 address. Checks the text only: no lookup. */
+int config_host_is_name(const char *host);
 
 /* Whether shard name is one of the lock shards (lock_shards). */
 int config_is_lock_shard(const config *cfg, const char *name);

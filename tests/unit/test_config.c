@@ -801,7 +801,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 38);
+    assert_int_equal(keys, 41);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
