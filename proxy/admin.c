@@ -14,6 +14,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/buf.h"
+#include "proxy/dns.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
@@ -211,6 +212,7 @@ static int info_shards(buf *b)
                    (unsigned long long)s->requests, (unsigned long long)s->errors,
                    (unsigned long long)s->timeouts, avg);
         (void)sentinel_shard_info(s, b);
+        (void)dns_shard_info(s, b);
         buf_printf(b, "\r\n");
     }
     (void)sentinel_info(b);

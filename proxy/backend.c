@@ -34,9 +34,13 @@ static const char ROLE_MASTER[] = "*3\r\n$6\r\nmaster\r\n";
 
 /* Why a sentinel shard's requests fail before its master's address is known. */
 #define SHARD_NO_MASTER "unavailable: master not known yet (asking the Sentinels)"
+/* Why a shard named by hostname fails them before the name has resolved. */
+#define SHARD_NOT_RESOLVED "unavailable: name not resolved yet (DNS)"
 /* Connections with requests to write, first marked first. */
 static flushq pending = FLUSHQ_INIT(pending);
 static backend_conn *reserved_head; /* every reserved connection */
+static shard *live_head;            /* every shard object not yet freed */
+static uint64_t last_shard_id;
 
 static void conn_connect(backend_conn *c);
 static void conn_fail(backend_conn *c, const char *why, int is_timeout);
@@ -196,6 +200,10 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
     }
     if (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING)
         log_warn("shard %s: %s", c->shard->label, why);
+    /* A name may have moved (a pod restarted elsewhere): dns.c looks it up
+     * again before the reconnect. */
+    if (c->shard->dns_name)
+        c->shard->dns_wanted = 1;
     if (c->state == BACKEND_UP)
         conn_note_unconfirmed(c);
     c->laddr[0] = '\0';
@@ -413,7 +421,7 @@ static void conn_connect(backend_conn *c)
     event_del(&c->ev_timer);
     if (!s->addrlen) {
         conn_set_state(c, BACKEND_CONNECTING);
-        conn_fail(c, SHARD_NO_MASTER, 0);
+        conn_fail(c, s->sentinel_master ? SHARD_NO_MASTER : SHARD_NOT_RESOLVED, 0);
         return;
     }
     int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -824,18 +832,19 @@ size_t backend_shard_inflight(const shard *s)
     return n;
 }
 
-/* Resolves host:port into addr; numeric addresses need no lookup. */
-static int resolve(const shard *s, const char *host, uint16_t port_number,
-                   struct sockaddr_storage *addr, socklen_t *addrlen, char *err, size_t errlen)
+/* The sockaddr of a numeric host:port (no lookup: names are dns.c's). */
+static int numeric_addr(const shard *s, const char *host, uint16_t port_number,
+                        struct sockaddr_storage *addr, socklen_t *addrlen, char *err, size_t errlen)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
     char port[8];
     snprintf(port, sizeof(port), "%u", (unsigned)port_number);
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0 || !res) {
-        snprintf(err, errlen, "shard %s: cannot resolve '%s': %s", s->name, host, gai_strerror(rc));
+        snprintf(err, errlen, "shard %s: bad address '%s': %s", s->name, host, gai_strerror(rc));
         return -1;
     }
     memcpy(addr, res->ai_addr, res->ai_addrlen);
@@ -875,6 +884,9 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         return NULL;
     }
     shard_set_label(s);
+    s->id = ++last_shard_id;
+    DLIST_PUSH_FRONT(live_head, s, prev_live, next_live);
+    s->dns_name = s->port && config_host_is_name(s->host);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         c->shard = s;
@@ -883,10 +895,12 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
         c->state = BACKEND_DOWN;
         resp_reply_init(&c->scan);
         event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
-        if (!s->port)
-            snprintf(c->last_error, sizeof(c->last_error), "%s", SHARD_NO_MASTER);
+        if (!s->port || s->dns_name)
+            snprintf(c->last_error, sizeof(c->last_error), "%s",
+                     s->port ? SHARD_NOT_RESOLVED : SHARD_NO_MASTER);
     }
-    if (s->port && resolve(s, s->host, s->port, &s->addr, &s->addrlen, err, errlen) < 0) {
+    if (s->port && !s->dns_name &&
+        numeric_addr(s, s->host, s->port, &s->addr, &s->addrlen, err, errlen) < 0) {
         backend_shard_free(s);
         return NULL;
     }
@@ -910,19 +924,10 @@ int backend_shard_same_source(const shard *s, const config_shard *cs)
     return strcmp(s->host, cs->host) == 0 && s->port == cs->port;
 }
 
-int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, size_t errlen)
+/* Closes every connection of s for an address change: requests in
+ * flight get why, reserved connections end, nothing reconnects yet. */
+static void shard_close_for_move(shard *s, const char *why)
 {
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    char *copy = strdup(host);
-    if (!copy || resolve(s, host, port, &addr, &addrlen, err, errlen) < 0) {
-        if (!copy)
-            snprintf(err, errlen, "out of memory");
-        free(copy);
-        return -1;
-    }
-    char why[400];
-    snprintf(why, sizeof(why), "unavailable: master moved to %s:%u", host, (unsigned)port);
     shard_fail_reserved(s, why);
     for (int j = 0; j < s->nconns; j++) {
         backend_conn *c = &s->conns[j];
@@ -935,22 +940,106 @@ int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err
         c->role_pending = 0;
         c->laddr[0] = '\0';
     }
-    /* Connections reset on the old master cannot be confirmed gone on the
+    /* Connections reset on the old address cannot be confirmed gone on the
      * new one: they never reached it. */
     s->n_unconfirmed = 0;
+}
+
+int backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, size_t errlen)
+{
+    struct sockaddr_storage addr;
+    socklen_t addrlen = 0;
+    int is_name = config_host_is_name(host);
+    char *copy = strdup(host);
+    if (!copy || (!is_name && numeric_addr(s, host, port, &addr, &addrlen, err, errlen) < 0)) {
+        if (!copy)
+            snprintf(err, errlen, "out of memory");
+        free(copy);
+        return -1;
+    }
+    char why[400];
+    snprintf(why, sizeof(why), "unavailable: master moved to %s:%u", host, (unsigned)port);
+    shard_close_for_move(s, why);
     /* The replica may be the new master: the next poll finds the replicas. */
     if (s->replica) {
         backend_shard_retire(s->replica);
         s->replica = NULL;
     }
+    if (s->addrlen) {
+        s->address_changes++;
+        s->address_changed_at = time(NULL);
+    }
     free(s->host);
     s->host = copy;
     s->port = port;
-    s->addr = addr;
-    s->addrlen = addrlen;
+    s->dns_name = is_name;
+    s->dns_wanted = is_name;
+    if (is_name) {
+        s->addrlen = 0; /* dns.c resolves it, then connects */
+    } else {
+        s->addr = addr;
+        s->addrlen = addrlen;
+    }
     shard_set_label(s);
     backend_shard_start(s);
     return 0;
+}
+
+/* Whether two socket addresses name the same address and port. */
+static int same_sockaddr(const struct sockaddr_storage *a, socklen_t alen,
+                         const struct sockaddr_storage *b, socklen_t blen)
+{
+    if (alen != blen || a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
+int backend_shard_set_address(shard *s, const struct sockaddr *sa, socklen_t len, const char *why)
+{
+    struct sockaddr_storage addr = {0};
+    if ((sa->sa_family != AF_INET || len != sizeof(struct sockaddr_in)) &&
+        (sa->sa_family != AF_INET6 || len != sizeof(struct sockaddr_in6)))
+        return -1;
+    memcpy(&addr, sa, len);
+    if (addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&addr)->sin_port = htons(s->port);
+    else
+        ((struct sockaddr_in6 *)&addr)->sin6_port = htons(s->port);
+    if (s->addrlen && same_sockaddr(&s->addr, s->addrlen, &addr, len))
+        return 0;
+    if (s->addrlen) {
+        shard_close_for_move(s, why);
+        s->address_changes++;
+        s->address_changed_at = time(NULL);
+    }
+    s->addr = addr;
+    s->addrlen = len;
+    backend_shard_start(s);
+    return 1;
+}
+
+void backend_shard_ip(const shard *s, char *out, size_t outlen)
+{
+    const void *bin = NULL;
+    if (s->addrlen && s->addr.ss_family == AF_INET)
+        bin = &((const struct sockaddr_in *)&s->addr)->sin_addr;
+    else if (s->addrlen && s->addr.ss_family == AF_INET6)
+        bin = &((const struct sockaddr_in6 *)&s->addr)->sin6_addr;
+    if (!bin || !inet_ntop(s->addr.ss_family, bin, out, (socklen_t)outlen))
+        snprintf(out, outlen, "%s", s->host);
+}
+
+shard *backend_shard_live_first(void)
+{
+    return live_head;
 }
 
 /* Ends the reserved connections pinned to s; their owners are told. */
@@ -999,6 +1088,8 @@ void backend_shard_free(shard *s)
         conn_fail_inflight(c, "unavailable: shard removed", 0);
         conn_unmark_dirty(c);
     }
+    if (s->id)
+        DLIST_UNLINK(live_head, s, prev_live, next_live);
     free(s->conns);
     free(s->name);
     free(s->host);

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/event_struct.h>
 
@@ -98,8 +99,15 @@ typedef struct shard {
     int role_refused;      /* a connection found it no master (ROLE): the Sentinels module
                               asks again at its next tick and clears it */
     char label[400];       /* "s2 (127.0.0.1:7002)", for messages */
-    struct sockaddr_storage addr; /* resolved once, at load or reload */
+    struct sockaddr_storage addr; /* where connections go; addrlen 0 = not known yet */
     socklen_t addrlen;
+    int dns_name;   /* host is a name, resolved (and again later) by dns.c, never here */
+    int dns_wanted; /* a pool connection failed: dns.c resolves the name again and clears it */
+    uint64_t id;    /* unique among the shard objects of this process */
+    uint64_t address_changes;  /* addresses set after the first one (a name resolving anew) */
+    time_t address_changed_at; /* when the last was, 0 = never */
+    struct shard *prev_live;   /* every shard object not yet freed (backend_shard_live_first) */
+    struct shard *next_live;
     backend_conn *conns;
     int nconns;
     /* counters for INFO shards */
@@ -124,8 +132,10 @@ typedef struct shard {
     struct shard *next_retired; /* the retired list */
 } shard;
 
-/* Creates a runtime shard (resolving its address once) with nconns
- * connections, not yet connected. NULL with a reason in err. */
+/* Creates a runtime shard with nconns connections, not yet connected. A
+ * numeric address is used as is; a hostname is left unresolved (dns_name:
+ * dns.c resolves it without blocking; until then requests fail fast).
+ * NULL with a reason in err. */
 __attribute__((warn_unused_result)) shard *backend_shard_new(const config_shard *cs, int nconns,
                                                              char *err, size_t errlen);
 
@@ -139,11 +149,31 @@ int backend_shard_same_source(const shard *s, const config_shard *cs);
 
 /* Points s at a new address (a failover): its connections close, their
  * requests in flight get "-ERR shard <label> unavailable: ...", reserved
- * connections end, and the pool reconnects to host:port. Keys do not move:
- * the shard keeps its name and place on the ring. 0, or -1 with a reason
- * in err and s unchanged. */
+ * connections end, and the pool reconnects to host:port (once dns.c has
+ * resolved host, when it is a name). Keys do not move: the shard keeps
+ * its name and place on the ring. 0, or -1 with a reason in err and s
+ * unchanged. */
 __attribute__((warn_unused_result)) int
 backend_shard_readdress(shard *s, const char *host, uint16_t port, char *err, size_t errlen);
+
+/* Points s (keeping its host name and port) at the address sa, the
+ * answer of a lookup of its name. When s had another address, its
+ * connections close as for backend_shard_readdress, their requests in
+ * flight getting "-ERR shard <label> unavailable: <why>", and the change
+ * is counted; keys do not move. Nothing happens when sa is the address s
+ * has. 1 when the address changed, 0 when not, -1 (s unchanged) when sa is
+ * not an IPv4 or IPv6 address. */
+__attribute__((warn_unused_result)) int
+backend_shard_set_address(shard *s, const struct sockaddr *sa, socklen_t len, const char *why);
+
+/* The numeric address s connects to ("10.0.0.7", "::1"), for what must name
+ * it to hiredis or to a shard (MIGRATE): its host when that is numeric or
+ * not resolved yet. */
+void backend_shard_ip(const shard *s, char *out, size_t outlen);
+
+/* Every shard object not yet freed (in srv.shards or not: replicas,
+ * retired ones, a migration's old ones), linked by next_live. */
+shard *backend_shard_live_first(void);
 
 /* Closes a shard's connections (in-flight requests get an error) and frees it. */
 void backend_shard_free(shard *s);

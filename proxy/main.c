@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "proxy/backend.h"
 #include "proxy/client.h"
+#include "proxy/dns.h"
 #include "proxy/listener.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
@@ -71,6 +72,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     pubsub_tick();
     rebalance_tick();
     sentinel_tick();
+    dns_tick();
     if (rebalance_take_queued_reload())
         do_reload("queued during the rebalance");
     server_stats *st = &srv.stats;
@@ -213,6 +215,9 @@ static void stop_services(void)
     event_del(&ev_sigterm);
     event_del(&ev_sigint);
     event_del(&ev_sighup);
+    /* First: cancelled lookups end in one more turn of the loop, while
+     * everything they could touch still runs. */
+    dns_shutdown();
     lock_shutdown();
     store_shutdown();
     lock_free();

@@ -584,9 +584,13 @@ void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
     int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
     int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
     const char *pass = srv.cfg->backend_password;
+    /* The address the proxy resolved: the shard may not know the name, or
+     * resolve it elsewhere. */
+    char host[CONFIG_ADDR_MAX];
+    backend_shard_ip(target, host, sizeof(host));
     buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys));
     buf_append_bulk(out, "MIGRATE", 7);
-    buf_append_bulk(out, target->host, strlen(target->host));
+    buf_append_bulk(out, host, strlen(host));
     buf_append_bulk(out, port, (size_t)pl);
     buf_append_bulk(out, "", 0);
     buf_append_bulk(out, "0", 1);
@@ -818,7 +822,10 @@ static void on_mover_disconnect(const redisAsyncContext *ac, int status)
 
 static void mover_connect(mover *m)
 {
-    redisAsyncContext *ac = redisAsyncConnect(m->source->host, m->source->port);
+    /* Numeric: hiredis would resolve a name with a blocking getaddrinfo. */
+    char host[CONFIG_ADDR_MAX];
+    backend_shard_ip(m->source, host, sizeof(host));
+    redisAsyncContext *ac = redisAsyncConnect(host, m->source->port);
     if (!ac)
         return;
     if (ac->err) {

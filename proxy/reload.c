@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "proxy/backend.h"
+#include "proxy/dns.h"
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
 #include "proxy/sentinel.h"
@@ -311,6 +312,7 @@ static void plan_commit(reload_plan *p)
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_start(srv.shards[i]);
     sentinel_sync();
+    dns_sync();
     remember_config_stat();
     p->cfg = NULL;
     p->shards = NULL;
@@ -422,6 +424,7 @@ int reload_config(const char *why, char *err, size_t errlen)
 
 void reload_shutdown(void)
 {
+    dns_shutdown();
     sentinel_shutdown();
     rebalance_shutdown();
     backend_retired_free_all();

@@ -777,8 +777,9 @@ int sentinel_shard_info(const shard *s, buf *b)
         config_format_addr(s->host, s->port, addr, sizeof(addr));
     else
         snprintf(addr, sizeof(addr), "none");
-    if (!s->sentinel_master)
-        return buf_printf(b, ",source=%s,master=%s,failovers=0,last_switch=0", addr, addr);
+    if (!s->sentinel_master) /* a name that resolved anew counts as a switch (dns.c) */
+        return buf_printf(b, ",source=%s,master=%s,failovers=%llu,last_switch=%lld", addr, addr,
+                          (unsigned long long)s->address_changes, (long long)s->address_changed_at);
     const watch *w = NULL;
     for (size_t i = 0; i < sn.nwatches && !w; i++)
         if (strcmp(sn.watches[i]->shard, s->name) == 0)

@@ -542,7 +542,9 @@ int store_start(const config *cfg, char *err, size_t errlen)
         sh->host = strdup(cs->host ? cs->host : "");
         if (!sh->name || !sh->host)
             abort();
-        sh->port = cs->port;
+        /* A name: dns.c resolves it and calls store_shard_moved with the
+         * address (hiredis would resolve it with a blocking getaddrinfo). */
+        sh->port = config_host_is_name(cs->host) ? 0 : cs->port;
         sh->backoff_ms = st.reconnect_min_ms;
         connect_shard(sh);
     }
