@@ -536,23 +536,24 @@ static int listens_on(pid_t pid, int port)
     if (f == NULL) {
         return 0;
     }
+    /* Two servers may listen on one port of two loopback addresses
+     * (harness_redis_start_at): every listening socket on it counts. */
     char line[512];
-    unsigned long inode = 0;
-    while (inode == 0 && fgets(line, sizeof(line), f) != NULL) {
+    unsigned long inodes[8];
+    int n = 0;
+    while (n < 8 && fgets(line, sizeof(line), f) != NULL) {
         unsigned addr, lport, state;
         unsigned long ino;
         if (sscanf(line, " %*d: %x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &addr, &lport,
                    &state, &ino) == 4 &&
             (int)lport == port && state == 0x0A /* TCP_LISTEN */) {
-            inode = ino;
+            inodes[n++] = ino;
         }
     }
     fclose(f);
-    if (inode == 0) {
+    if (n == 0) {
         return 0;
     }
-    char want[64];
-    snprintf(want, sizeof(want), "socket:[%lu]", inode);
     char dir_path[64];
     snprintf(dir_path, sizeof(dir_path), "/proc/%d/fd", (int)pid);
     DIR *dir = opendir(dir_path);
@@ -564,9 +565,14 @@ static int listens_on(pid_t pid, int port)
     while (!found && (e = readdir(dir)) != NULL) {
         char fd_path[320], target[64];
         snprintf(fd_path, sizeof(fd_path), "%s/%s", dir_path, e->d_name);
-        ssize_t n = readlink(fd_path, target, sizeof(target) - 1);
-        if (n > 0) {
-            target[n] = '\0';
+        ssize_t len = readlink(fd_path, target, sizeof(target) - 1);
+        if (len <= 0) {
+            continue;
+        }
+        target[len] = '\0';
+        for (int i = 0; i < n && !found; i++) {
+            char want[64];
+            snprintf(want, sizeof(want), "socket:[%lu]", inodes[i]);
             found = strcmp(target, want) == 0;
         }
     }
@@ -577,8 +583,11 @@ static int listens_on(pid_t pid, int port)
 /* Waits until the child listens on its port and answers there: with PING
  * when ping is set, else by accepting a TCP connection. Fails at once if the
  * child exits. */
+static int wait_ping_at(const char *ip, int port, int timeout_ms);
+
 static int wait_ready(harness_proc *p, int ping, int timeout_ms)
 {
+    const char *ip = p->ip[0] ? p->ip : "127.0.0.1";
     long long deadline = now_ms() + timeout_ms;
     for (;;) {
         if (!child_alive(p->pid)) {
@@ -586,12 +595,11 @@ static int wait_ready(harness_proc *p, int ping, int timeout_ms)
         }
         if (listens_on(p->pid, p->port)) {
             if (ping) {
-                if (harness_wait_ping(p->port, 100) == 0) {
+                if (wait_ping_at(ip, p->port, 100) == 0) {
                     return 0;
                 }
             } else {
-                redisContext *c =
-                    redisConnectWithTimeout("127.0.0.1", p->port, (struct timeval){0, 100000});
+                redisContext *c = redisConnectWithTimeout(ip, p->port, (struct timeval){0, 100000});
                 int ok = c != NULL && c->err == 0;
                 if (c != NULL) {
                     redisFree(c);
@@ -633,7 +641,7 @@ static int redis_spawn_replica(harness_proc *p, int master_port)
                     "--port",
                     port,
                     "--bind",
-                    "127.0.0.1",
+                    p->ip[0] ? p->ip : "127.0.0.1",
                     "--save",
                     "",
                     "--appendonly",
@@ -682,6 +690,17 @@ int harness_redis_start(harness_proc *p)
         }
     }
     return -1;
+}
+
+int harness_redis_start_at(harness_proc *p, const char *ip, int port)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->ip, sizeof(p->ip), "%s", ip);
+    if (make_dir(p, "redis") == -1) {
+        return -1;
+    }
+    p->port = port;
+    return redis_spawn(p);
 }
 
 int harness_redis_restart(harness_proc *p)
@@ -885,6 +904,11 @@ redisContext *harness_connect(int port)
 
 int harness_wait_ping(int port, int timeout_ms)
 {
+    return wait_ping_at("127.0.0.1", port, timeout_ms);
+}
+
+static int wait_ping_at(const char *ip, int port, int timeout_ms)
+{
     long long deadline = now_ms() + timeout_ms;
     for (;;) {
         long long left = deadline - now_ms();
@@ -892,7 +916,7 @@ int harness_wait_ping(int port, int timeout_ms)
             left = 50;
         }
         struct timeval tv = {(time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000)};
-        redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+        redisContext *c = redisConnectWithTimeout(ip, port, tv);
         if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
             redisReply *r = redisCommand(c, "PING");
             /* NOAUTH also means the server is up and answering. */

@@ -21,6 +21,7 @@ typedef struct harness_proc {
     char dir[256]; /* private temp dir (config, logs) */
     char log[300]; /* path of its stderr/stdout log */
     int nofile;    /* RLIMIT_NOFILE it runs with, 0 = the test's own */
+    char ip[16];   /* the loopback address it listens on, "" = 127.0.0.1 */
 } harness_proc;
 
 /* The factor (1 to 100) by which the harness stretches its start, stop and
@@ -41,6 +42,11 @@ int harness_free_port(void);
 /* Starts redis-server on a free port (no persistence), waits until it answers
  * PING (bounded: 5 s). Returns 0 or -1. */
 int harness_redis_start(harness_proc *p);
+
+/* Starts redis-server listening on ip:port only (ip another loopback
+ * address such as 127.0.0.2, so that two servers share a port number),
+ * and waits until it answers PING there. Returns 0 or -1. */
+int harness_redis_start_at(harness_proc *p, const char *ip, int port);
 
 /* Starts redis-server again on p->port (a fresh, empty temp dir) after
  * harness_proc_stop, e.g. to bring back a killed shard at the same address.
