@@ -1668,6 +1668,11 @@ void config_write_markdown(FILE *out)
     }
 }
 
+int config_shard_read_from(const config *cfg, size_t i)
+{
+    return cfg->shards[i].read_from >= 0 ? cfg->shards[i].read_from : (int)cfg->read_from;
+}
+
 const char *config_read_from_name(int value)
 {
     switch (value) {

@@ -35,6 +35,11 @@ typedef enum config_read_from {
 /* The name of a read_from value ("master", "replica", "prefer_replica"). */
 const char *config_read_from_name(int value);
 
+struct config;
+
+/* The read_from in force for shard i of cfg: its line's, else [proxy]'s. */
+int config_shard_read_from(const struct config *cfg, size_t i);
+
 /* One line of [shards]: `name = host:port [weight=N]`, or
  * `name = sentinel:MASTER [weight=N]` for a master the Sentinels monitor. */
 typedef struct config_shard {

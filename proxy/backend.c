@@ -31,6 +31,10 @@
 static const char ROLE_REQUEST[] = "*1\r\n$4\r\nROLE\r\n";
 /* How ROLE's reply starts on a master: ["master", offset, replicas]. */
 static const char ROLE_MASTER[] = "*3\r\n$6\r\nmaster\r\n";
+/* How it starts on a replica: ["slave", master host, port, link state,
+ * offset]; the link state must be "connected" (replicating now). */
+static const char ROLE_REPLICA[] = "*5\r\n$5\r\nslave\r\n";
+static const char ROLE_LINK_UP[] = "\r\n$9\r\nconnected\r\n";
 
 /* Why a sentinel shard's requests fail before its master's address is known. */
 #define SHARD_NO_MASTER "unavailable: master not known yet (asking the Sentinels)"
@@ -283,6 +287,20 @@ static void role_done(fragment *f, const char *reply, size_t len)
     backend_conn *c = f->conn;
     if (c->state != BACKEND_UP)
         return; /* the connection is failing already */
+    if (c->shard->is_replica) {
+        if (len >= sizeof(ROLE_REPLICA) - 1 &&
+            memcmp(reply, ROLE_REPLICA, sizeof(ROLE_REPLICA) - 1) == 0 &&
+            memmem(reply, len, ROLE_LINK_UP, sizeof(ROLE_LINK_UP) - 1)) {
+            c->role_pending = 0;
+            if (buf_len(&c->out))
+                conn_mark_dirty(c);
+            return;
+        }
+        /* Promoted, or cut off from its master: reads there could be
+         * arbitrarily stale. The next poll of the replicas replaces it. */
+        conn_fail(c, "unavailable: not a replica in sync with its master (ROLE)", 0);
+        return;
+    }
     if (len >= sizeof(ROLE_MASTER) - 1 &&
         memcmp(reply, ROLE_MASTER, sizeof(ROLE_MASTER) - 1) == 0) {
         c->role_pending = 0;
@@ -393,7 +411,7 @@ static void conn_connected(backend_conn *c)
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
     c->role_pending = 0;
-    int check_role = c->shard->sentinel_master != NULL;
+    int check_role = c->shard->sentinel_master != NULL || c->shard->is_replica;
     if (check_role && conn_queue_role(c) < 0) {
         conn_fail(c, "unavailable: out of memory queueing ROLE", 0);
         return;
@@ -1065,6 +1083,7 @@ int backend_shard_set_replica(shard *s, const char *host, uint16_t port, char *e
         replica = backend_shard_new(&cs, s->nconns, err, errlen);
         if (!replica)
             return -1;
+        replica->is_replica = 1;
     }
     if (s->replica)
         backend_shard_retire(s->replica);

@@ -67,8 +67,8 @@ typedef struct backend_conn {
     char last_error[128];   /* why it is down */
     char laddr[64];         /* our end, as the shard names it in CLIENT LIST (addr=) */
     fragment auth;          /* the AUTH sent first when the shards need a password */
-    fragment role;          /* the ROLE sent next on a sentinel shard's connections */
-    int role_pending;       /* ROLE not yet answered "master": nothing else is written */
+    fragment role;          /* the ROLE sent next to a sentinel shard or a read replica */
+    int role_pending;       /* ROLE not yet answered as wanted: nothing else is written */
     /* reserved connections only (backend_reserve): owned by one client */
     int reserved;
     int push_mode;             /* every reply goes to on_event; none is matched to a request */
@@ -98,6 +98,8 @@ typedef struct shard {
     struct shard *replica; /* a replica that read_from may send reads to, NULL = none known */
     int role_refused;      /* a connection found it no master (ROLE): the Sentinels module
                               asks again at its next tick and clears it */
+    int is_replica;        /* a read replica (some shard's replica): its connections check
+                              ROLE says a replica in sync, not a master */
     char label[400];       /* "s2 (127.0.0.1:7002)", for messages */
     struct sockaddr_storage addr; /* where connections go; addrlen 0 = not known yet */
     socklen_t addrlen;

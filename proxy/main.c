@@ -22,6 +22,7 @@
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
+#include "proxy/replica.h"
 #include "proxy/request.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
@@ -73,6 +74,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     rebalance_tick();
     sentinel_tick();
     dns_tick();
+    replica_tick();
     if (rebalance_take_queued_reload())
         do_reload("queued during the rebalance");
     server_stats *st = &srv.stats;

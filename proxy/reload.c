@@ -15,6 +15,7 @@
 #include "proxy/dns.h"
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
+#include "proxy/replica.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 
@@ -425,6 +426,7 @@ int reload_config(const char *why, char *err, size_t errlen)
 void reload_shutdown(void)
 {
     dns_shutdown();
+    replica_shutdown();
     sentinel_shutdown();
     rebalance_shutdown();
     backend_retired_free_all();

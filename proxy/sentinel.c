@@ -180,8 +180,7 @@ static int shard_read_from(const shard *s)
 {
     for (size_t i = 0; i < srv.nshards; i++)
         if (srv.shards[i] == s)
-            return srv.cfg->shards[i].read_from >= 0 ? srv.cfg->shards[i].read_from
-                                                     : (int)srv.cfg->read_from;
+            return config_shard_read_from(srv.cfg, i);
     return CONFIG_READ_MASTER;
 }
 
@@ -761,8 +760,7 @@ shard *sentinel_read_shard(uint32_t i, const char *bytes, size_t len)
     shard *replica = s->replica;
     if (!replica)
         return s;
-    int read_from =
-        srv.cfg->shards[i].read_from >= 0 ? srv.cfg->shards[i].read_from : (int)srv.cfg->read_from;
+    int read_from = config_shard_read_from(srv.cfg, i);
     if (read_from == CONFIG_READ_MASTER || ack_is_write(bytes, len))
         return s;
     if (read_from == CONFIG_READ_PREFER_REPLICA && strcmp(backend_shard_state(replica), "up") != 0)
@@ -777,18 +775,19 @@ int sentinel_shard_info(const shard *s, buf *b)
         config_format_addr(s->host, s->port, addr, sizeof(addr));
     else
         snprintf(addr, sizeof(addr), "none");
-    if (!s->sentinel_master) /* a name that resolved anew counts as a switch (dns.c) */
-        return buf_printf(b, ",source=%s,master=%s,failovers=%llu,last_switch=%lld", addr, addr,
-                          (unsigned long long)s->address_changes, (long long)s->address_changed_at);
-    const watch *w = NULL;
-    for (size_t i = 0; i < sn.nwatches && !w; i++)
-        if (strcmp(sn.watches[i]->shard, s->name) == 0)
-            w = sn.watches[i];
     char replica[CONFIG_ADDR_MAX];
     if (s->replica)
         config_format_addr(s->replica->host, s->replica->port, replica, sizeof(replica));
     else
         snprintf(replica, sizeof(replica), "none");
+    if (!s->sentinel_master) /* replica.c finds its replica; dns.c may change its address */
+        return buf_printf(b, ",source=%s,master=%s,failovers=%llu,last_switch=%lld,read_replica=%s",
+                          addr, addr, (unsigned long long)s->address_changes,
+                          (long long)s->address_changed_at, replica);
+    const watch *w = NULL;
+    for (size_t i = 0; i < sn.nwatches && !w; i++)
+        if (strcmp(sn.watches[i]->shard, s->name) == 0)
+            w = sn.watches[i];
     return buf_printf(b,
                       ",source=sentinel:%s,master=%s,failovers=%llu,last_switch=%lld,sentinel=%s,"
                       "read_replica=%s",

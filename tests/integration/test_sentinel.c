@@ -900,6 +900,54 @@ static void test_reads_go_to_the_replica_with_read_from(void **state)
     redisFree(p);
 }
 
+/* read_from for a shard named by address (no Sentinel): the proxy asks the
+ * master ROLE for its replicas and reads from the one it lists (a key only
+ * the replica holds is found), writes go to the master; once the replica
+ * is promoted (REPLICAOF NO ONE) the master no longer lists it, and reads
+ * go back to the master within a poll (1 s). */
+static void test_plain_master_names_the_replica_reads_go_to(void **state)
+{
+    cluster *c = master_with_synced_replica(state);
+    expect_ok(command_on(c->replica[0].port, "CONFIG SET replica-read-only no"));
+    expect_ok(command_on(c->replica[0].port, "SET only-on-replica r"));
+    char line[128];
+    snprintf(line, sizeof(line), "s1 = 127.0.0.1:%d read_from=prefer_replica\n", c->master[0].port);
+    assert_int_equal(harness_ringproxy_start(&c->proxy, proxy_ini(c->sentinel, 0, line)), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d", c->replica[0].port);
+    wait_shard_field(c, "s1", "read_replica", want, 3000);
+    redisContext *p = harness_connect(c->proxy.port);
+    assert_non_null(p);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(2000);
+    redisReply *r;
+    while ((r = fixture_cmd(p, "GET only-on-replica"))->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    fixture_expect_str(r, "r");
+    expect_ok(fixture_cmd(p, "SET written v"));
+    fixture_expect_str(command_on(c->master[0].port, "GET written"), "v");
+
+    expect_ok(command_on(c->replica[0].port, "REPLICAOF NO ONE"));
+    long long t0 = fixture_now_ms();
+    wait_shard_field(c, "s1", "read_replica", "none", 2000);
+    deadline = fixture_now_ms() + fixture_bound_ms(1000);
+    for (;;) {
+        r = fixture_cmd(p, "GET only-on-replica");
+        if (r->type == REDIS_REPLY_NIL)
+            break;
+        fixture_expect_str(r, "r"); /* the replica, until it is dropped */
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    freeReplyObject(r);
+    print_message("reads back on the master %lld ms after the replica was promoted\n",
+                  fixture_now_ms() - t0);
+    fixture_expect_str(fixture_cmd(p, "GET written"), "v");
+    redisFree(p);
+}
+
 /* Shards with a password (backend_password): AUTH goes before the ROLE
  * check, both on the proxy's connections and on the connection that checks
  * a Sentinel's answer. */
@@ -1124,6 +1172,7 @@ int main(void)
         cmocka_unit_test_teardown(
             test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys, stop),
         cmocka_unit_test_teardown(test_reads_go_to_the_replica_with_read_from, stop),
+        cmocka_unit_test_teardown(test_plain_master_names_the_replica_reads_go_to, stop),
         cmocka_unit_test_teardown(test_master_with_a_password_is_found_and_used, stop),
         cmocka_unit_test_teardown(test_migration_continues_when_its_source_fails_over, stop),
         cmocka_unit_test_teardown(test_migration_continues_when_its_target_fails_over, stop),
