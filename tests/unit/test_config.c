@@ -259,6 +259,10 @@ static const error_case error_cases[] = {
      "proxy.ini:2: sentinels: '127.0.0.1:26379' is listed twice"},
     {"[proxy]\nsentinel_poll = 99\n" SHARDS,
      "proxy.ini:2: sentinel_poll: 99 is out of range 100..3600000 (ms)"},
+    {"[proxy]\ndns_hosts_file =\n" SHARDS,
+     "proxy.ini:2: dns_hosts_file has no value (expected a file path)"},
+    {"[proxy]\ndns_refresh = -1\n" SHARDS,
+     "proxy.ini:2: dns_refresh: -1 is out of range 0..86400000 (ms)"},
 
     /* weights and what follows the address */
     {"[shards]\ns1 = 127.0.0.1:7001 weight=0\n",
@@ -821,6 +825,23 @@ static void test_readme_documents_every_key(void **state)
     free(table);
 }
 
+/* A hostname is told from an address by its text: nothing is looked up. */
+static void test_host_is_name(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *host;
+        int is_name;
+    } cases[] = {
+        {"127.0.0.1", 0},       {"::1", 0},       {"2001:db8::7", 0}, {"app-redis-1", 1},
+        {"redis.svc.local", 1}, {"localhost", 1}, {"10.0.0", 1},      {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (config_host_is_name(cases[i].host) != cases[i].is_name)
+            fail_msg("config_host_is_name(\"%s\") is not %d", cases[i].host, cases[i].is_name);
+    assert_int_equal(config_host_is_name(NULL), 0);
+}
+
 static void test_names(void **state)
 {
     (void)state;
@@ -846,6 +867,7 @@ int main(void)
         cmocka_unit_test(test_shipped_proxy_ini),
         cmocka_unit_test(test_proxy_ini_documents_every_key),
         cmocka_unit_test(test_reference_is_loadable),
+        cmocka_unit_test(test_host_is_name),
         cmocka_unit_test(test_readme_documents_every_key),
         cmocka_unit_test(test_names),
     };
