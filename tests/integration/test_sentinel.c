@@ -843,6 +843,23 @@ static void test_reload_names_a_shard_by_its_sentinel_master_without_moving_keys
     redisFree(p);
 }
 
+/* Through proxy p: a read finds "only-on-replica" (set on the replica
+ * alone) once the replica's connection is up, and a write lands on the
+ * master. */
+static void expect_replica_reads_master_writes(cluster *c, redisContext *p)
+{
+    long long deadline = fixture_now_ms() + fixture_bound_ms(2000);
+    redisReply *r;
+    while ((r = fixture_cmd(p, "GET only-on-replica"))->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(20);
+    }
+    fixture_expect_str(r, "r");
+    expect_ok(fixture_cmd(p, "SET written v"));
+    fixture_expect_str(command_on(c->master[0].port, "GET written"), "v");
+}
+
 /* read_from=prefer_replica on s1's line (the proxy's default is master):
  * a read-only command goes to the replica the Sentinel names (a key that
  * only the replica holds is found), a write to the master; with the
@@ -871,17 +888,8 @@ static void test_reads_go_to_the_replica_with_read_from(void **state)
     wait_shard_field(c, "s1", "state", "up", 2000);
     redisContext *p = harness_connect(c->proxy.port);
     assert_non_null(p);
-    /* reads reach the replica once its connection is up */
-    deadline = fixture_now_ms() + fixture_bound_ms(2000);
+    expect_replica_reads_master_writes(c, p);
     redisReply *r;
-    while ((r = fixture_cmd(p, "GET only-on-replica"))->type != REDIS_REPLY_STRING) {
-        freeReplyObject(r);
-        assert_true(fixture_now_ms() < deadline);
-        fixture_sleep_ms(20);
-    }
-    fixture_expect_str(r, "r");
-    expect_ok(fixture_cmd(p, "SET written v"));
-    fixture_expect_str(command_on(c->master[0].port, "GET written"), "v");
 
     assert_true(harness_proc_stop(&c->replica[0], SIGKILL) != -1);
     deadline = fixture_now_ms() + fixture_bound_ms(3000);
@@ -918,16 +926,9 @@ static void test_plain_master_names_the_replica_reads_go_to(void **state)
     wait_shard_field(c, "s1", "read_replica", want, 3000);
     redisContext *p = harness_connect(c->proxy.port);
     assert_non_null(p);
-    long long deadline = fixture_now_ms() + fixture_bound_ms(2000);
+    expect_replica_reads_master_writes(c, p);
+    long long deadline;
     redisReply *r;
-    while ((r = fixture_cmd(p, "GET only-on-replica"))->type != REDIS_REPLY_STRING) {
-        freeReplyObject(r);
-        assert_true(fixture_now_ms() < deadline);
-        fixture_sleep_ms(20);
-    }
-    fixture_expect_str(r, "r");
-    expect_ok(fixture_cmd(p, "SET written v"));
-    fixture_expect_str(command_on(c->master[0].port, "GET written"), "v");
 
     expect_ok(command_on(c->replica[0].port, "REPLICAOF NO ONE"));
     long long t0 = fixture_now_ms();
