@@ -392,6 +392,15 @@ static void run_due(void)
 
 void dns_sync(void)
 {
+    /* A reload may have shortened dns_refresh, or turned it on: no refresh
+     * waits longer than the new period. */
+    int refresh = srv.cfg->dns_refresh_ms;
+    uint64_t latest = srv.now_us + (uint64_t)refresh * 1000u;
+    for (size_t i = 0; refresh && i < dns.nnames; i++) {
+        name_state *n = &dns.names[i];
+        if (n->resolved_at && (n->next_us == 0 || n->next_us > latest))
+            n->next_us = latest;
+    }
     run_due();
 }
 
