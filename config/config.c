@@ -251,7 +251,7 @@ static const config_key config_keys[] = {
             "WAIT timeout of min_replicas_to_ack; later = -NOREPLICAS"),
     ENUM_KEY("read_from", read_from, config_read_from, config_read_from_name,
              CONFIG_READ_FROM_COUNT, "master", RELOAD,
-             "where sentinel shards' reads go (docs/failover.md)"),
+             "where read-only commands go (docs/failover.md)"),
     INT_KEY("dns_refresh", dns_refresh_ms, "30000", "ms", 0, 86400000, RELOAD,
             "resolve shards named by hostname again this often; 0 = on reconnect only"),
     {.name = "dns_hosts_file",
