@@ -315,8 +315,8 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
     uint64_t id = l->shard_id;
     free(l);
     server_clock_update();
-    name_state *n = result == EVUTIL_EAI_CANCEL ? NULL : find_name(id);
-    shard *s = n ? find_shard(id) : NULL;
+    name_state *n = find_name(id);
+    shard *s = n && result != EVUTIL_EAI_CANCEL ? find_shard(id) : NULL;
     if (n)
         n->in_flight = 0;
     if (s) {
@@ -377,6 +377,11 @@ static void run_due(void)
             continue;
         if (s->dns_wanted || !n->started || (n->next_us && srv.now_us >= n->next_us))
             lookup_start(s, n);
+        /* The store starts after the first lookups (a hosts-file name is
+         * answered during start-up) and misses what they found: it is told
+         * again on every tick, which costs nothing once it has the address. */
+        if (n->resolved[0] && is_running_shard(s))
+            store_shard_moved(s->name, n->resolved, s->port);
     }
     /* lookup_start may have answered at once and re-addressed shards, but
      * frees none: names[] entries stay valid, and the sweep below only

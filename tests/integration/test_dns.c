@@ -199,6 +199,25 @@ static void wait_info_shards(redisContext *c, const char *needle)
     }
 }
 
+/* Waits until INFO locks says the lock store of shard name is ready (its
+ * store connection went to the address the name resolved to). */
+static void wait_store_ready(redisContext *c, const char *name)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "%s=ready", name);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(3000);
+    for (;;) {
+        redisReply *r = fixture_cmd(c, "INFO locks");
+        int ready = r->type == REDIS_REPLY_STRING && strstr(r->str, want) != NULL;
+        if (!ready && fixture_now_ms() > deadline)
+            fail_msg("INFO locks never showed %s:\n%s", want, r->str);
+        freeReplyObject(r);
+        if (ready)
+            return;
+        fixture_sleep_ms(20);
+    }
+}
+
 /* Sets KEYS keys through the proxy; returns how many s1 owns. */
 static long long write_keys(redisContext *c, const char *prefix)
 {
@@ -224,6 +243,7 @@ static void test_name_followed_within_dns_refresh(void **state)
     redisContext *c = harness_connect(e.proxy.port);
     assert_non_null(c);
     wait_info_shards(c, "resolved=127.0.0.1,");
+    wait_store_ready(c, "s1");
     long long on_s1 = write_keys(c, "k");
     assert_true(on_s1 > 0 && on_s1 < KEYS);
     char probe[64];
