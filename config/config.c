@@ -264,7 +264,7 @@ static const config_key config_keys[] = {
     ENUM_KEY("cross_shard", cross_shard, config_cross_shard, config_cross_shard_name,
              CONFIG_CROSS_SHARD_COUNT, "best_effort", RELOAD,
              "MSET/DEL/MSETNX/MULTI over shards (docs/transactions.md)"),
-    INT_KEY("txn_recovery_after", txn_recovery_after_ms, "5000", "ms", 100, 3600000, RESTART,
+    INT_KEY("txn_recovery_after", txn_recovery_after_ms, "5000", "ms", 100, 3600000, RELOAD,
             "a cross-shard transaction prepared this long ago is finished by recovery"),
 };
 

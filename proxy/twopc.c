@@ -51,9 +51,10 @@
  * ABORT or FORGET is sent again after this long: the outcome is fixed,
  * only its delivery is pending. */
 #define TWOPC_RETRY_US 100000u
-/* A prepare refused because another transaction holds a key is tried
- * again after a random wait in this range, until half of
- * txn_recovery_after has passed since the transaction began. */
+/* A prepare refused because another transaction holds a key (or a
+ * participant's store is not ready) is tried again after a random wait in
+ * this range, until request_timeout has passed since the transaction
+ * began. */
 #define TWOPC_BACKOFF_MIN_US 1000u
 #define TWOPC_BACKOFF_MAX_US 20000u
 /* An "abort" decision is kept this many times txn_recovery_after, so that
@@ -65,7 +66,8 @@
 #define TWOPC_SCAN_US    1000000u
 #define TWOPC_SCAN_BATCH "64"
 /* A request waiting for locked keys gets -TRYAGAIN after request_timeout,
- * or this long when that is 0. */
+ * or this long when that is 0; a transaction stops retrying its prepare
+ * after as long. */
 #define TWOPC_WAIT_DEFAULT_MS 2000
 
 /* KEYS: marker. ARGV: id, primary, participants, msetnx ('1': refuse when
@@ -239,8 +241,12 @@ typedef struct twopc_txn {
     size_t outstanding;
     unsigned attempt; /* replies of an older attempt are stale */
     int conflict, exists, failed;
-    char why[256]; /* the first failure */
-    uint64_t start_us, retry_at_us;
+    int staged;          /* prepares were sent since the last abort (BACKOFF drops them) */
+    char why[256];       /* the first failure */
+    uint64_t start_us;   /* when it began: retries stop after request_timeout (2 s if 0) */
+    uint64_t prepare_us; /* the last prepare sent: the commit must be decided before half
+                            of txn_recovery_after has passed since, when recovery may start */
+    uint64_t retry_at_us;
 } twopc_txn;
 
 typedef struct twopc_call {
@@ -691,6 +697,15 @@ static void txn_free(twopc_txn *t)
     free(t);
 }
 
+/* Whether every participant's store is READY (a prepare would fail). */
+static int stores_ready(const twopc_txn *t)
+{
+    for (size_t i = 0; i < t->nparts; i++)
+        if (store_shard_state(t->parts[i].store) != STORE_READY)
+            return 0;
+    return 1;
+}
+
 /* A prepare's reply. */
 static void prepared(twopc_txn *t, size_t pi, const redisReply *r)
 {
@@ -861,32 +876,44 @@ static void set_phase(twopc_txn *t, twopc_phase to)
     case PHASE_PREPARE:
         t->conflict = t->exists = 0;
         t->why[0] = '\0';
+        if (!stores_ready(t)) {
+            /* A store just starting (or restoring): wait for it as for a
+             * key held elsewhere, rather than fail at once. */
+            t->conflict = 1;
+            phase_over(t);
+            return;
+        }
+        t->staged = 1;
+        t->prepare_us = mono_us();
         send_pending_calls(t);
         if (t->outstanding == 0)
             phase_over(t);
         return;
     case PHASE_BACKOFF: {
-        uint64_t limit = (uint64_t)srv.cfg->txn_recovery_after_ms * 500u;
-        if (mono_us() - t->start_us > limit) {
+        int ms = srv.cfg->request_timeout_ms ? srv.cfg->request_timeout_ms : TWOPC_WAIT_DEFAULT_MS;
+        if (mono_us() - t->start_us > (uint64_t)ms * 1000u) {
             answer_error(t, "TRYAGAIN %s",
-                         "a key is held by another cross-shard transaction; retry later");
+                         stores_ready(t) ? "a key is held by another cross-shard transaction; "
+                                           "retry later"
+                                         : "a participant's store is not ready; retry later");
             set_phase(t, PHASE_ABORT);
             return;
         }
         /* Our own stages are dropped before the next attempt, so two
          * transactions that each hold a part of the other's keys do not
          * wait for each other. */
-        for (size_t i = 0; i < t->nparts; i++) {
+        for (size_t i = 0; i < t->nparts && t->staged; i++) {
             const char *argv[1] = {t->id};
             send_script(t, i, &abort_script, 1, argv);
         }
+        t->staged = 0;
         t->retry_at_us = mono_us() + TWOPC_BACKOFF_MIN_US +
                          random_u64() % (TWOPC_BACKOFF_MAX_US - TWOPC_BACKOFF_MIN_US);
         return;
     }
     case PHASE_DECIDE:
         if (!t->recovery &&
-            mono_us() - t->start_us > (uint64_t)srv.cfg->txn_recovery_after_ms * 500u) {
+            mono_us() - t->prepare_us > (uint64_t)srv.cfg->txn_recovery_after_ms * 500u) {
             /* Recovery may be deciding it by now: the coordinator gives up
              * before recovery can start (half of txn_recovery_after). */
             answer_error(t, "ERR cross-shard transaction aborted: %s",
