@@ -28,6 +28,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/buf.h"
+#include "proxy/command.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
@@ -1117,6 +1118,66 @@ void twopc_exec(request *req, const twopc_cmd *cmds, size_t ncmds)
             p->keys[p->nkeys++] = op->argv[cmds[c].key_pos[k]];
     }
     txn_begin(t);
+}
+
+/* Why cmd cannot be part of a transaction across shards (its commands run
+ * inside the commit's Lua script), or NULL. */
+static const char *not_in_script(const command *cmd)
+{
+    if (cmd->id == CMD_EVAL)
+        return "scripts and functions cannot run inside the commit's script";
+    if (cmd->route == ROUTE_BLOCKING)
+        return "a blocking command cannot run inside the commit's script";
+    return NULL;
+}
+
+void twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32_t *shards,
+                       size_t n)
+{
+    resp_request scan;
+    resp_request_init(&scan, NULL);
+    twopc_cmd *cmds = xcalloc(n, sizeof(*cmds));
+    size_t off = 0, got = 0;
+    uint32_t first = TWOPC_ANY_SHARD;
+    for (size_t i = 0; i < n; i++)
+        if (shards[i] != TWOPC_ANY_SHARD && first == TWOPC_ANY_SHARD)
+            first = shards[i];
+    const char *refused = NULL, *name = "";
+    for (; got < n && off < len && !refused; got++) {
+        if (resp_request_scan(&scan, bytes + off, len - off) != RESP_OK)
+            break;
+        twopc_cmd *c = &cmds[got];
+        c->argc = scan.argc;
+        resp_arg *argv = xcalloc(scan.argc, sizeof(*argv));
+        memcpy(argv, scan.argv, scan.argc * sizeof(*argv));
+        c->argv = argv;
+        c->shard = shards[got] == TWOPC_ANY_SHARD ? first : shards[got];
+        off += scan.req_len;
+        const command *cmd = command_lookup(argv[0].ptr, argv[0].len);
+        if (cmd && cmd->nsubcommands)
+            cmd = command_subcommand(cmd, c->argc, argv);
+        size_t *pos = xcalloc(c->argc, sizeof(*pos));
+        char err[200];
+        if (!cmd || command_keys(cmd, c->argc, argv, pos, &c->nkeys, err, sizeof(err)) < 0)
+            c->nkeys = 0; /* checked when queued: cannot happen */
+        c->key_pos = pos;
+        if (cmd && (refused = not_in_script(cmd)) != NULL)
+            name = cmd->name;
+    }
+    if (refused)
+        request_error(req,
+                      "EXECABORT Transaction discarded: '%s' in a transaction across shards: %s",
+                      name, refused);
+    else if (got != n)
+        request_error(req, "ERR internal error: queued commands do not parse");
+    else
+        twopc_exec(req, cmds, n);
+    for (size_t i = 0; i < got; i++) {
+        free((void *)cmds[i].argv);
+        free((void *)cmds[i].key_pos);
+    }
+    free(cmds);
+    resp_request_free(&scan);
 }
 
 /* ---- recovery ---- */

@@ -36,6 +36,17 @@ typedef struct twopc_cmd {
     const size_t *key_pos;
 } twopc_cmd;
 
+/* A queued command with no key: it runs on the transaction's first shard. */
+#define TWOPC_ANY_SHARD UINT32_MAX
+
+/* EXEC of a MULTI whose commands (bytes: their multibulk requests, one
+ * after the other; shards: each one's ring shard or TWOPC_ANY_SHARD) touch
+ * several shards: their keys found again, then twopc_exec. A command that
+ * cannot run inside the commit's script (EVAL, FCALL and the like) answers
+ * -EXECABORT with the reason. */
+void twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32_t *shards,
+                       size_t n);
+
 /* Routes a request again once the keys it waited for are free (the
  * router's entry point): argv and raw point into the request's saved
  * bytes. */
