@@ -66,6 +66,10 @@
  * this many old stages at a time. */
 #define TWOPC_SCAN_US    1000000u
 #define TWOPC_SCAN_BATCH "64"
+/* Longest the start-up recovery makes keyed requests wait (a shard whose
+ * store is down cannot be scanned: its transactions are finished by the
+ * background recovery once it is back). */
+#define TWOPC_STARTUP_MAX_US 5000000u
 /* A request waiting for locked keys gets -TRYAGAIN after request_timeout,
  * or this long when that is 0; a transaction stops retrying its prepare
  * after as long. */
@@ -243,6 +247,7 @@ typedef struct twopc_txn {
     unsigned attempt; /* replies of an older attempt are stale */
     int conflict, exists, failed;
     int staged;          /* prepares were sent since the last abort (BACKOFF drops them) */
+    int startup;         /* a recovery begun by the start-up scan */
     char why[256];       /* the first failure */
     uint64_t start_us;   /* when it began: retries stop after request_timeout (2 s if 0) */
     uint64_t prepare_us; /* the last prepare sent: the commit must be decided before half
@@ -278,6 +283,14 @@ static struct {
     char instance[40];
     resp_request rescan;
     int rescan_ready;
+    /* Start-up recovery (cross_shard = atomic): until every store shard was
+     * scanned for prepared transactions of any age and those were finished,
+     * every keyed request waits, so that none reads half of a commit a
+     * crashed proxy left. */
+    int startup;
+    uint8_t *startup_scanned; /* per store shard: 1 scanned, 2 scan in flight */
+    size_t startup_txns;      /* recoveries the start-up scan began, not yet over */
+    uint64_t startup_deadline_us;
 } tp;
 
 static void set_phase(twopc_txn *t, twopc_phase to);
@@ -323,7 +336,7 @@ static uint32_t bucket_of(const char *key, size_t len)
 
 int twopc_key_locked(const char *key, size_t len)
 {
-    return tp.locked[bucket_of(key, len)] != 0;
+    return tp.startup || tp.locked[bucket_of(key, len)] != 0;
 }
 
 static void hold_keys(twopc_txn *t)
@@ -680,6 +693,8 @@ static void txn_free(twopc_txn *t)
         tp.txns = t->next;
     if (t->next)
         t->next->prev = t->prev;
+    if (t->startup)
+        tp.startup_txns--;
     release_keys(t);
     for (size_t p = 0; p < t->nparts; p++) {
         free(t->parts[p].name);
@@ -1193,7 +1208,7 @@ static int running(const char *id)
 /* Finishes a transaction found prepared too long ago: the primary's
  * decision, "abort" written when there is none, then every participant. */
 static void recover(const char *id, size_t idlen, const char *primary, size_t plen,
-                    const char *parts, size_t partslen)
+                    const char *parts, size_t partslen, int startup)
 {
     char name[256];
     if (idlen >= sizeof(((twopc_txn *)0)->id) || plen >= sizeof(name))
@@ -1249,14 +1264,17 @@ static void recover(const char *id, size_t idlen, const char *primary, size_t pl
     if (tp.txns)
         tp.txns->prev = t;
     tp.txns = t;
+    t->startup = startup;
+    tp.startup_txns += (size_t)startup;
     log_notice("twopc: recovering transaction %s over %s", t->id, t->part_names);
     set_phase(t, PHASE_DECIDE);
 }
 
 static void on_scan(void *privdata, size_t store_shard, const redisReply *r)
 {
-    (void)privdata;
-    (void)store_shard;
+    int startup = privdata != NULL;
+    if (startup && tp.startup_scanned)
+        tp.startup_scanned[store_shard] = r && r->type == REDIS_REPLY_ARRAY ? 1 : 0;
     if (!r || r->type != REDIS_REPLY_ARRAY)
         return;
     for (size_t i = 0; i + 2 < r->elements; i += 3) {
@@ -1264,7 +1282,7 @@ static void on_scan(void *privdata, size_t store_shard, const redisReply *r)
         if (id->type != REDIS_REPLY_STRING || pr->type != REDIS_REPLY_STRING ||
             pa->type != REDIS_REPLY_STRING)
             continue;
-        recover(id->str, id->len, pr->str, pr->len, pa->str, pa->len);
+        recover(id->str, id->len, pr->str, pr->len, pa->str, pa->len, startup && tp.startup);
     }
 }
 
@@ -1277,6 +1295,44 @@ static void scan_all(void)
     for (size_t s = 0; s < store_count(); s++)
         if (store_shard_state(s) == STORE_READY)
             (void)!store_eval(s, &scan_script, on_scan, NULL, 0, 1, argv, len);
+}
+
+/* Ends the start-up recovery: keyed requests no longer wait for it. */
+static void startup_over(const char *why)
+{
+    if (!tp.startup)
+        return;
+    tp.startup = 0;
+    srv.twopc_holding--;
+    free(tp.startup_scanned);
+    tp.startup_scanned = NULL;
+    log_notice("twopc: start-up recovery %s", why);
+    if (tp.nwaiters && !tp.wake_pending) {
+        tp.wake_pending = 1;
+        event_active(&tp.wake, EV_TIMEOUT, 1);
+    }
+}
+
+/* Scans every ready store shard not scanned yet for prepared transactions
+ * of any age; over once all were scanned and their recoveries are done. */
+static void startup_step(uint64_t now)
+{
+    size_t n = store_count(), scanned = 0;
+    if (!tp.startup_scanned)
+        tp.startup_scanned = xcalloc(n, 1);
+    const char *argv[1] = {"0"};
+    size_t len[1] = {1};
+    for (size_t s = 0; s < n; s++) {
+        if (!tp.startup_scanned[s] && store_shard_state(s) == STORE_READY &&
+            store_eval(s, &scan_script, on_scan, &tp, 0, 1, argv, len) == 0)
+            tp.startup_scanned[s] = 2;
+        scanned += tp.startup_scanned[s] == 1;
+    }
+    if (scanned == n && tp.startup_txns == 0)
+        startup_over("done");
+    else if (now >= tp.startup_deadline_us)
+        startup_over("given up: a shard's store is not ready (reads may see a half-applied "
+                     "transaction until the background recovery finishes it)");
 }
 
 /* ---- the tick ---- */
@@ -1298,6 +1354,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         else if (t->phase != PHASE_DONE)
             send_pending_calls(t);
     }
+    if (tp.startup)
+        startup_step(now);
     if (tp.nwaiters)
         wake_waiters(1);
     if (now >= tp.next_scan_us) {
@@ -1310,7 +1368,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 void twopc_start(const config *cfg)
 {
-    (void)cfg;
     store_register_script(&prepare_script);
     store_register_script(&commit_script);
     store_register_script(&abort_script);
@@ -1335,6 +1392,11 @@ void twopc_start(const config *cfg)
     event_add(&tp.tick, &tv);
     tp.next_scan_us = 0;
     tp.started = 1;
+    if (cfg->cross_shard == CONFIG_CROSS_ATOMIC) {
+        tp.startup = 1;
+        srv.twopc_holding++;
+        tp.startup_deadline_us = mono_us() + TWOPC_STARTUP_MAX_US;
+    }
 }
 
 void twopc_shutdown(void)
@@ -1363,6 +1425,9 @@ void twopc_shutdown(void)
         if (t->outstanding == 0)
             txn_free(t);
     }
+    free(tp.startup_scanned);
+    tp.startup_scanned = NULL;
+    tp.startup = 0;
     if (tp.rescan_ready)
         resp_request_free(&tp.rescan);
     tp.rescan_ready = 0;

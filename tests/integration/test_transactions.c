@@ -329,10 +329,53 @@ static void test_other_proxy_sees_nothing_staged(void **state)
     harness_proc_stop(&other, SIGTERM);
 }
 
+/* MULTI ... EXEC over three shards: +QUEUED for each command, EXEC's
+ * array in the client's order with a command's own error in its place (as
+ * Redis), and nothing left in the store. A script in such a transaction,
+ * or a WATCH on one shard with commands on another, is refused. */
+static void test_multi_exec_across_shards(void **state)
+{
+    fixture *f = start_atomic(state);
+    char k[FIXTURE_SHARDS][64];
+    keys_on_every_shard(f, "multi", k);
+    redisContext *c = fixture_client(f);
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s a", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "INCRBY %s 5", k[1]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "GET %s", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "LPUSH %s x", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "PING"), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "RPUSH %s y", k[2]), "QUEUED");
+    redisReply *r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 6);
+    assert_string_equal(r->element[0]->str, "OK");
+    assert_int_equal(r->element[1]->integer, 5);
+    assert_string_equal(r->element[2]->str, "a");
+    assert_int_equal(r->element[3]->type, REDIS_REPLY_ERROR);
+    assert_true(strncmp(r->element[3]->str, "WRONGTYPE", 9) == 0);
+    assert_string_equal(r->element[4]->str, "PONG");
+    assert_int_equal(r->element[5]->integer, 1);
+    freeReplyObject(r);
+
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s b", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "EVAL %s 1 %s", "return 1", k[1]), "QUEUED");
+    fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
+    fixture_expect_str(fixture_cmd(c, "GET %s", k[0]), "a");
+
+    fixture_expect_status(fixture_cmd(c, "WATCH %s", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_error(fixture_cmd(c, "SET %s c", k[1]), "CROSSSLOT");
+    fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
+    fixture_close(f, c);
+    wait_no_records(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_modes, stop),
+        cmocka_unit_test_teardown(test_multi_exec_across_shards, stop),
         cmocka_unit_test_teardown(test_atomic_writes_across_shards, stop),
         cmocka_unit_test_teardown(test_coordinator_crash_at_every_step, stop),
         cmocka_unit_test_teardown(test_participant_paused_or_killed, stop),
