@@ -38,6 +38,7 @@
 #define TXN_STAGE_PREFIX    "ringproxy:txn:stage:"    /* + id: hash of the staged part */
 #define TXN_DECISION_PREFIX "ringproxy:txn:decision:" /* + id, on the primary */
 #define TXN_PREPARED_INDEX  "ringproxy:txn:prepared"  /* zset: id by prepare time (ms) */
+#define TXN_DECIDED_INDEX   "ringproxy:txn:decided"   /* zset: "id parts" by commit time (ms) */
 
 /* Most arguments of one transaction (keys, values and command names):
  * one participant's part goes to the store as one script call, whose
@@ -152,38 +153,59 @@ static store_script abort_script = {
     .body = STORE_SCRIPT_GUARD TXN_UNSTAGE "return 1\n",
 };
 
-/* ARGV: id, wish ('commit' or 'abort'), ms to keep an abort. The decision
- * already taken, else the wish, written. A commit needs the primary's own
- * stage: without it (aborted, and the abort forgotten) the answer is
- * 'abort'. */
+/* ARGV: id, wish ('commit' or 'abort'), ms to keep an abort, participants.
+ * The decision already taken, else the wish, written. A commit needs the
+ * primary's own stage: without it (aborted, and the abort forgotten) the
+ * answer is 'abort'. A commit is indexed until forgotten, so that recovery
+ * finds one whose coordinator died before deleting it. */
 static store_script decide_script = {
-    .body = STORE_SCRIPT_GUARD "local dk = '" TXN_DECISION_PREFIX "' .. ARGV[1]\n"
-                               "local d = redis.call('GET', dk)\n"
-                               "if d then return d end\n"
-                               "if ARGV[2] == 'commit' then\n"
-                               "  if redis.call('EXISTS', '" TXN_STAGE_PREFIX
-                               "' .. ARGV[1]) == 0 then return 'abort' end\n"
-                               "  redis.call('SET', dk, 'commit')\n"
-                               "else\n"
-                               "  redis.call('SET', dk, 'abort', 'PX', ARGV[3])\n"
-                               "end\n"
-                               "return ARGV[2]\n",
+    .body = STORE_SCRIPT_GUARD
+    "local dk = '" TXN_DECISION_PREFIX "' .. ARGV[1]\n"
+    "local d = redis.call('GET', dk)\n"
+    "if d then return d end\n"
+    "if ARGV[2] == 'commit' then\n"
+    "  if redis.call('EXISTS', '" TXN_STAGE_PREFIX "' .. ARGV[1]) == 0 then return 'abort' end\n"
+    "  local t = redis.call('TIME')\n"
+    "  redis.call('SET', dk, 'commit')\n"
+    "  redis.call('ZADD', '" TXN_DECIDED_INDEX "', tonumber(t[1]) * 1000 +\n"
+    "    math.floor(tonumber(t[2]) / 1000), ARGV[1] .. ' ' .. ARGV[4])\n"
+    "else\n"
+    "  redis.call('SET', dk, 'abort', 'PX', ARGV[3])\n"
+    "end\n"
+    "return ARGV[2]\n",
+};
+
+/* ARGV: id, participants. Deletes a commit decision once every
+ * participant committed. */
+static store_script forget_script = {
+    .body = STORE_SCRIPT_GUARD "redis.call('DEL', '" TXN_DECISION_PREFIX "' .. ARGV[1])\n"
+                               "redis.call('ZREM', '" TXN_DECIDED_INDEX
+                               "', ARGV[1] .. ' ' .. ARGV[2])\n"
+                               "return 1\n",
 };
 
 /* ARGV: age in ms. Flat {id, primary, participants, ...} of stages
- * prepared at least that long ago (by this shard's clock). */
+ * prepared, and of commit decisions taken, at least that long ago (by this
+ * shard's clock). */
 static store_script scan_script = {
     .body = STORE_SCRIPT_GUARD
     "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local ids = redis.call('ZRANGEBYSCORE', '" TXN_PREPARED_INDEX "', '-inf',\n"
-    "  now - tonumber(ARGV[1]), 'LIMIT', 0, " TWOPC_SCAN_BATCH ")\n"
+    "local before = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])\n"
     "local out = {}\n"
-    "for _, id in ipairs(ids) do\n"
+    "for _, id in ipairs(redis.call('ZRANGEBYSCORE', '" TXN_PREPARED_INDEX "', '-inf', before,\n"
+    "    'LIMIT', 0, " TWOPC_SCAN_BATCH ")) do\n"
     "  local s = redis.call('HMGET', '" TXN_STAGE_PREFIX "' .. id, 'primary', 'parts')\n"
     "  if s[1] then\n"
     "    out[#out + 1] = id out[#out + 1] = s[1] out[#out + 1] = s[2]\n"
     "  else redis.call('ZREM', '" TXN_PREPARED_INDEX "', id) end\n"
+    "end\n"
+    "for _, m in ipairs(redis.call('ZRANGEBYSCORE', '" TXN_DECIDED_INDEX "', '-inf', before,\n"
+    "    'LIMIT', 0, " TWOPC_SCAN_BATCH ")) do\n"
+    "  local id, parts = string.match(m, '^(%S+) (%S+)$')\n"
+    "  if id and redis.call('EXISTS', '" TXN_DECISION_PREFIX "' .. id) == 1 then\n"
+    "    out[#out + 1] = id out[#out + 1] = string.match(parts, '^[^,]+')\n"
+    "    out[#out + 1] = parts\n"
+    "  else redis.call('ZREM', '" TXN_DECIDED_INDEX "', m) end\n"
     "end\n"
     "return out\n",
 };
@@ -634,8 +656,8 @@ static void send_phase_call(twopc_txn *t, size_t pi)
         send_prepare(t, pi);
         return;
     case PHASE_DECIDE: {
-        const char *argv[3] = {t->id, t->recovery ? "abort" : "commit", keep};
-        send_script(t, pi, &decide_script, 3, argv);
+        const char *argv[4] = {t->id, t->recovery ? "abort" : "commit", keep, t->part_names};
+        send_script(t, pi, &decide_script, 4, argv);
         return;
     }
     case PHASE_COMMIT: {
@@ -649,18 +671,8 @@ static void send_phase_call(twopc_txn *t, size_t pi)
         return;
     }
     case PHASE_FORGET: {
-        char key[128];
-        snprintf(key, sizeof(key), TXN_DECISION_PREFIX "%s", t->id);
-        const char *argv[2] = {"DEL", key};
-        size_t len[2] = {3, strlen(key)};
-        twopc_call *c = new_call(t, pi);
-        if (store_call(t->parts[pi].store, on_reply, c, 2, argv, len) == 0) {
-            t->outstanding++;
-            t->parts[pi].busy = 1;
-        } else {
-            free(c);
-            t->failed = 1;
-        }
+        const char *argv[2] = {t->id, t->part_names};
+        send_script(t, pi, &forget_script, 2, argv);
         return;
     }
     case PHASE_BACKOFF:
@@ -1372,6 +1384,7 @@ void twopc_start(const config *cfg)
     store_register_script(&commit_script);
     store_register_script(&abort_script);
     store_register_script(&decide_script);
+    store_register_script(&forget_script);
     store_register_script(&scan_script);
     const char *crash = getenv("RINGPROXY_TXN_CRASH_AT");
     static const char *const names[] = {"", "prepared_one", "prepared", "decided", "committed_one"};
