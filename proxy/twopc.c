@@ -46,7 +46,7 @@
 #define TWOPC_MAX_ARGS 4000
 /* Buckets of the proxy's own key-lock table: a key counts as locked when
  * any held key shares its bucket (a collision only makes a request wait). */
-#define TWOPC_LOCK_BUCKETS 4096u
+#define TWOPC_LOCK_BUCKETS 65536u
 /* How often retries, waiters' deadlines and the recovery scan are looked at. */
 #define TWOPC_TICK_MS 20
 /* A store call that failed (shard down, timeout) during DECIDE, COMMIT,
@@ -291,7 +291,7 @@ typedef struct waiter {
 
 static struct {
     twopc_txn *txns;
-    uint32_t locked[TWOPC_LOCK_BUCKETS];
+    uint16_t locked[TWOPC_LOCK_BUCKETS]; /* held keys per bucket */
     waiter *waiters;
     size_t nwaiters, cap_waiters;
     int wake_pending;
@@ -351,9 +351,14 @@ static void *xcalloc(size_t n, size_t size)
 
 /* ---- the proxy's own key locks and the requests waiting on them ---- */
 
+/* The whole key, not its hash tag: keys that share a tag (and so a shard)
+ * are still told apart. */
 static uint32_t bucket_of(const char *key, size_t len)
 {
-    return server_key_hash(key, len) % TWOPC_LOCK_BUCKETS;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 16777619u;
+    return h % TWOPC_LOCK_BUCKETS;
 }
 
 int twopc_key_locked(const char *key, size_t len)
