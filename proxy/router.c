@@ -460,6 +460,12 @@ static void across_shards(routed *r, void (*best_effort)(const routed *r))
 {
     switch (srv.cfg->cross_shard) {
     case CONFIG_CROSS_ATOMIC:
+        if (rebalance_running()) {
+            /* Serialized with rebalancing: staged commands must apply on
+             * the shard that owns their keys when they commit. */
+            request_error(r->req, "%s", TRYAGAIN_MOVING);
+            return;
+        }
         twopc_split(r->req, atomic_kind(r->cmd), r->argc, r->argv, key_pos, key_shard, r->nkeys,
                     (size_t)(r->cmd->key_step ? r->cmd->key_step : 1));
         return;

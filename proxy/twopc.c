@@ -275,6 +275,7 @@ typedef struct twopc_txn {
     uint64_t prepare_us; /* the last prepare sent: the commit must be decided before half
                             of txn_recovery_after has passed since, when recovery may start */
     uint64_t retry_at_us;
+    uint64_t epoch; /* srv.config_epoch when it began: a reload since aborts it */
 } twopc_txn;
 
 typedef struct twopc_call {
@@ -954,6 +955,15 @@ static void set_phase(twopc_txn *t, twopc_phase to)
             set_phase(t, PHASE_ABORT);
             return;
         }
+        if (!t->recovery && t->epoch != srv.config_epoch) {
+            /* A reload since it began may have changed the ring: its
+             * staged commands may be on a shard that no longer owns their
+             * keys (docs/transactions.md, rebalancing). */
+            answer_error(t, "TRYAGAIN %s",
+                         "the configuration was reloaded during the transaction; retry it");
+            set_phase(t, PHASE_ABORT);
+            return;
+        }
         send_pending_calls(t);
         return;
     case PHASE_COMMIT:
@@ -983,6 +993,7 @@ static twopc_txn *txn_new(request *req, twopc_kind kind)
     t->req = req;
     t->kind = kind;
     t->start_us = mono_us();
+    t->epoch = srv.config_epoch;
     snprintf(t->id, sizeof(t->id), "%s-%" PRIu64, tp.instance, ++tp.seq);
     t->next = tp.txns;
     if (tp.txns)
