@@ -32,33 +32,13 @@ static int stop(void **state)
     return fixture_stop(*state);
 }
 
-/* Records of transactions (locks, stages, the prepared index, commit
- * decisions) on every shard's store; abort decisions are kept a while by
- * design and not counted. */
-static long long txn_records(fixture *f)
-{
-    long long n = 0;
-    for (int i = 0; i < FIXTURE_SHARDS; i++) {
-        redisReply *r = fixture_cmd(f->direct[i], "EVAL %s 0",
-                                    "redis.call('SELECT', 15) local n = 0 "
-                                    "for _, k in ipairs(redis.call('KEYS', 'ringproxy:txn:*')) do "
-                                    "if redis.call('TYPE', k).ok ~= 'string' or "
-                                    "redis.call('GET', k) ~= 'abort' then n = n + 1 end end "
-                                    "redis.call('SELECT', 0) return n");
-        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
-        n += r->integer;
-        freeReplyObject(r);
-    }
-    return n;
-}
-
 /* Waits (bounded) until no transaction record is left on any shard. */
 static void wait_no_records(fixture *f)
 {
     long long deadline = fixture_now_ms() + fixture_bound_ms(10 * RECOVERY_MS + 5000);
-    while (txn_records(f) != 0) {
+    while (fixture_txn_records(f) != 0) {
         if (fixture_now_ms() > deadline)
-            fail_msg("transaction records still on the shards: %lld", txn_records(f));
+            fail_msg("transaction records still on the shards: %lld", fixture_txn_records(f));
         fixture_sleep_ms(50);
     }
 }

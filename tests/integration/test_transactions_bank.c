@@ -249,24 +249,6 @@ static void *reader(void *arg)
     return NULL;
 }
 
-/* Records of transactions left on the shards (abort decisions, kept a
- * while by design, are not counted). */
-static long long txn_records(fixture *f)
-{
-    long long n = 0;
-    for (int i = 0; i < FIXTURE_SHARDS; i++) {
-        redisReply *r = fixture_cmd(f->direct[i], "EVAL %s 0",
-                                    "redis.call('SELECT', 15) local n = 0 "
-                                    "for _, k in ipairs(redis.call('KEYS', 'ringproxy:txn:*')) do "
-                                    "if redis.call('TYPE', k).ok ~= 'string' or "
-                                    "redis.call('GET', k) ~= 'abort' then n = n + 1 end end "
-                                    "redis.call('SELECT', 0) return n");
-        n += r->integer;
-        freeReplyObject(r);
-    }
-    return n;
-}
-
 static void fault_cycle(fixture *f, unsigned long long *rng)
 {
     int paused = (int)(next_rand(rng) % FIXTURE_SHARDS);
@@ -347,7 +329,7 @@ static void test_bank(void **state)
 
     /* Everything recovered: no record left, the total, the counts. */
     deadline = fixture_now_ms() + fixture_bound_ms(15000);
-    while (txn_records(f) != 0) {
+    while (fixture_txn_records(f) != 0) {
         if (fixture_now_ms() > deadline) {
             for (int i = 0; i < FIXTURE_SHARDS; i++) {
                 redisReply *k = fixture_cmd(f->direct[i], "EVAL %s 0",
