@@ -270,6 +270,7 @@ typedef struct twopc_txn {
     int conflict, exists, failed;
     int staged;          /* prepares were sent since the last abort (BACKOFF drops them) */
     int startup;         /* a recovery begun by the start-up scan */
+    int decide_sent;     /* a decide call reached the primary's connection */
     char why[256];       /* the first failure */
     uint64_t start_us;   /* when it began: retries stop after request_timeout (2 s if 0) */
     uint64_t prepare_us; /* the last prepare sent: the commit must be decided before half
@@ -699,6 +700,17 @@ static void send_pending_calls(twopc_txn *t)
     for (size_t i = 0; i < n; i++)
         if (!t->parts[i].finished && !t->parts[i].busy)
             send_phase_call(t, i);
+    if (t->phase == PHASE_DECIDE && !t->failed)
+        t->decide_sent = 1;
+    if (t->failed && t->phase == PHASE_DECIDE && !t->decide_sent && !t->recovery) {
+        /* The primary is not connected and no decision was ever sent to
+         * it: none can exist, so aborting is safe (once one was sent, its
+         * fate is unknown until the primary answers). */
+        answer_error(t, "ERR cross-shard transaction aborted: shard %s: not connected",
+                     t->parts[0].name);
+        set_phase(t, PHASE_ABORT);
+        return;
+    }
     if (t->failed && t->phase != PHASE_PREPARE)
         t->retry_at_us = mono_us() + TWOPC_RETRY_US;
 }
