@@ -1015,7 +1015,7 @@ static twopc_txn *txn_new(request *req, twopc_kind kind)
 }
 
 /* Copies the arguments of argv into one blob: out[i] points into it. */
-static char *copy_args(size_t argc, const resp_arg *argv, resp_arg *out, size_t *used, char *blob)
+static void copy_args(size_t argc, const resp_arg *argv, resp_arg *out, size_t *used, char *blob)
 {
     for (size_t i = 0; i < argc; i++) {
         memcpy(blob + *used, argv[i].ptr, argv[i].len);
@@ -1023,7 +1023,6 @@ static char *copy_args(size_t argc, const resp_arg *argv, resp_arg *out, size_t 
         out[i].len = argv[i].len;
         *used += argv[i].len;
     }
-    return blob;
 }
 
 /* The part of ring shard s (created on first use). -1 when the shard is
