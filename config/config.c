@@ -118,6 +118,7 @@ _Static_assert(sizeof(hash_kind) == sizeof(int), "hash_kind is stored as an int"
 _Static_assert(sizeof(ring_mode) == sizeof(int), "ring_mode is stored as an int");
 _Static_assert(sizeof(config_log_level) == sizeof(int), "config_log_level is stored as an int");
 _Static_assert(sizeof(config_read_from) == sizeof(int), "config_read_from is stored as an int");
+_Static_assert(sizeof(config_cross_shard) == sizeof(int), "config_cross_shard is stored as an int");
 
 static const char *hash_kind_name(int value)
 {
@@ -277,6 +278,11 @@ static const config_key config_keys[] = {
      .reloadable = RESTART,
      .description = "shards holding LOCK.* state; odd count >= 3",
      .offset = FIELD(lock_shards, char *)},
+    ENUM_KEY("cross_shard", cross_shard, config_cross_shard, config_cross_shard_name,
+             CONFIG_CROSS_SHARD_COUNT, "best_effort", RELOAD,
+             "MSET/DEL/MSETNX/MULTI over shards (docs/transactions.md)"),
+    INT_KEY("txn_recovery_after", txn_recovery_after_ms, "5000", "ms", 100, 3600000, RELOAD,
+            "a cross-shard transaction prepared this long ago is finished by recovery"),
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -1671,6 +1677,19 @@ void config_write_markdown(FILE *out)
 int config_shard_read_from(const config *cfg, size_t i)
 {
     return cfg->shards[i].read_from >= 0 ? cfg->shards[i].read_from : (int)cfg->read_from;
+}
+
+const char *config_cross_shard_name(int value)
+{
+    switch (value) {
+    case CONFIG_CROSS_REFUSE:
+        return "refuse";
+    case CONFIG_CROSS_ATOMIC:
+        return "atomic";
+    case CONFIG_CROSS_BEST_EFFORT:
+        return "best_effort";
+    }
+    return "?";
 }
 
 const char *config_read_from_name(int value)

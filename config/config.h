@@ -32,6 +32,17 @@ typedef enum config_read_from {
     CONFIG_READ_FROM_COUNT,
 } config_read_from;
 
+/* What a write whose keys span shards does (cross_shard; docs/transactions.md). */
+typedef enum config_cross_shard {
+    CONFIG_CROSS_REFUSE = 0,  /* -CROSSSLOT, as Redis Cluster */
+    CONFIG_CROSS_ATOMIC,      /* a two-phase commit over the shards: all or nothing */
+    CONFIG_CROSS_BEST_EFFORT, /* split per shard; a failed part is reported, not undone */
+    CONFIG_CROSS_SHARD_COUNT,
+} config_cross_shard;
+
+/* The name of a cross_shard value ("refuse", "atomic", "best_effort"). */
+const char *config_cross_shard_name(int value);
+
 /* The name of a read_from value ("master", "replica", "prefer_replica"). */
 const char *config_read_from_name(int value);
 
@@ -113,6 +124,8 @@ typedef struct config {
     char *dns_resolv_conf;       /* resolv.conf of those lookups (nameservers, options) */
     int store_db;                /* database index of the proxy's hidden records on each shard */
     char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
+    config_cross_shard cross_shard; /* writes and MULTI/EXEC whose keys span shards */
+    int txn_recovery_after_ms;      /* a prepared transaction this old is finished by any proxy */
 
     /* [shards], in file order */
     config_shard *shards;

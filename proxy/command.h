@@ -150,6 +150,7 @@ typedef enum command_id {
     CMD_CLIENT_REPLY,    /* ON, OFF, SKIP: whether the client's replies are written */
     CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
     CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
+    CMD_MSETNX,          /* across shards only as a cross-shard transaction (twopc.c) */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -181,6 +182,10 @@ typedef enum command_route {
                           connection of its own, never behind the script it is to stop */
     ROUTE_CONFIG,      /* CONFIG GET, SET: admin.c's checks, then every shard */
     ROUTE_INFO,        /* INFO: admin.c's text, plus every shard's keyspace and hits */
+    ROUTE_SPLIT_WRITE, /* MSET, DEL, UNLINK: as ROUTE_SPLIT on one shard; across shards as
+                          cross_shard says: -CROSSSLOT, a two-phase commit, or split */
+    ROUTE_ATOMIC_ONLY, /* MSETNX: as ROUTE_KEYS, but across shards a two-phase commit
+                          when cross_shard = atomic */
     ROUTE_COUNT
 } command_route;
 

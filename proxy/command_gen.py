@@ -121,6 +121,8 @@ KEYED_IDS = {
     "xread": "CMD_XREAD", "xreadgroup": "CMD_XREAD",
     # the other databases hold the proxy's hidden records (store_db)
     "copy": "CMD_COPY",
+    # across shards only with cross_shard = atomic (two-phase commit)
+    "msetnx": "CMD_MSETNX",
 }
 
 # How the router runs each command: its route handler (command_route in
@@ -140,6 +142,11 @@ ROUTE_BY_ID = {
     "CMD_SCAN": "ROUTE_SCAN",
     "CMD_RANDOMKEY": "ROUTE_RANDOMKEY",
     "CMD_COPY": "ROUTE_COPY",
+    # writes split per shard: by cross_shard, refused, atomic or best-effort
+    "CMD_MSET": "ROUTE_SPLIT_WRITE",
+    "CMD_DEL": "ROUTE_SPLIT_WRITE",
+    "CMD_UNLINK": "ROUTE_SPLIT_WRITE",
+    "CMD_MSETNX": "ROUTE_ATOMIC_ONLY",
     # not behind the script it stops, on the shared connection it runs on
     "CMD_KILL": "ROUTE_KILL",
     "CMD_INFO": "ROUTE_INFO",           # the shards' keyspace and hit counts added
@@ -637,6 +644,7 @@ ID_NOTES = {
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
     "CMD_LOCK_INFO": "holder token and remaining ttl, or nil",
+    "CMD_MSETNX": "keys on one shard, else atomic across shards with `cross_shard = atomic`",
     "CMD_KILL": "over a connection of its own to each shard; the shard running it answers",
 }
 

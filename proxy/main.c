@@ -27,6 +27,7 @@
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
+#include "proxy/twopc.h"
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
@@ -160,9 +161,12 @@ static int start_services(config *cfg)
         reload_shutdown();
         return -1;
     }
-    /* The lock module registers its scripts before the store connects. */
+    /* The lock and transaction modules register their scripts before the
+     * store connects. */
+    twopc_start(cfg);
     if (lock_start(cfg, err, sizeof(err)) < 0 || store_start(cfg, err, sizeof(err)) < 0) {
         log_error("%s", err);
+        twopc_shutdown();
         lock_free();
         reload_shutdown();
         return -1;
@@ -171,6 +175,7 @@ static int start_services(config *cfg)
         0) {
         log_error("%s", err);
         lock_shutdown();
+        twopc_shutdown();
         store_shutdown();
         lock_free();
         reload_shutdown();
@@ -221,6 +226,7 @@ static void stop_services(void)
      * everything they could touch still runs. */
     dns_shutdown();
     lock_shutdown();
+    twopc_shutdown();
     store_shutdown();
     lock_free();
     reload_shutdown();

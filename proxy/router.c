@@ -24,6 +24,7 @@
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
+#include "proxy/twopc.h"
 #include "proxy/txn.h"
 
 /* Scratch space reused by every request: key positions and their shards,
@@ -439,6 +440,69 @@ static void route_split(routed *r)
         split(r);
 }
 
+/* What kind of transaction a write that twopc can make atomic is. */
+static twopc_kind atomic_kind(const command *cmd)
+{
+    switch (cmd->id) {
+    case CMD_MSET:
+        return TWOPC_MSET;
+    case CMD_MSETNX:
+        return TWOPC_MSETNX;
+    default:
+        return TWOPC_DEL; /* DEL, UNLINK */
+    }
+}
+
+/* A write whose keys span shards, as cross_shard says: -CROSSSLOT, a
+ * two-phase commit (twopc.c), or best_effort (split; NULL: refused, as
+ * MSETNX, which cannot be split). */
+static void across_shards(routed *r, void (*best_effort)(const routed *r))
+{
+    switch (srv.cfg->cross_shard) {
+    case CONFIG_CROSS_ATOMIC:
+        if (rebalance_running()) {
+            /* Serialized with rebalancing: staged commands must apply on
+             * the shard that owns their keys when they commit. */
+            request_error(r->req, "%s", TRYAGAIN_MOVING);
+            return;
+        }
+        twopc_split(r->req, atomic_kind(r->cmd), r->argc, r->argv, key_pos, key_shard, r->nkeys,
+                    (size_t)(r->cmd->key_step ? r->cmd->key_step : 1));
+        return;
+    case CONFIG_CROSS_BEST_EFFORT:
+        if (best_effort) {
+            best_effort(r);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    request_crossslot(r->req, REQUEST_KEYS_APART);
+}
+
+/* ROUTE_SPLIT_WRITE: MSET, DEL, UNLINK. */
+static void route_split_write(routed *r)
+{
+    if (locate_keys(r) < 0 || moved_first(r))
+        return;
+    if (r->same_shard)
+        forward(r, r->nkeys ? key_shard[0] : any_shard(r));
+    else
+        across_shards(r, split);
+}
+
+/* ROUTE_ATOMIC_ONLY: MSETNX. */
+static void route_atomic_only(routed *r)
+{
+    if (locate_keys(r) < 0 || moved_first(r))
+        return;
+    if (r->same_shard)
+        forward(r, key_shard[0]);
+    else
+        across_shards(r, NULL);
+}
+
 /* ROUTE_SCRIPT: EVAL and FCALL without keys run on script_default_shard. */
 static void route_script(routed *r)
 {
@@ -722,6 +786,8 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_KILL] = {route_kill, NULL, NEEDS_EVERY_SHARD},
     [ROUTE_CONFIG] = {route_config, NULL, NEEDS_EVERY_SHARD},
     [ROUTE_INFO] = {route_info, NULL, ANSWERED_LOCALLY},
+    [ROUTE_SPLIT_WRITE] = {route_split_write, queue_by_keys, NULL},
+    [ROUTE_ATOMIC_ONLY] = {route_atomic_only, queue_by_keys, NULL},
 };
 
 /* A command given between MULTI and EXEC: queued on the transaction's
@@ -842,6 +908,35 @@ static int resolve(routed *r)
     return 0;
 }
 
+static void route_moved(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                        size_t raw_len);
+
+/* While this proxy's cross-shard transactions hold keys: a request that
+ * touches one waits in twopc.c until they are over, then is routed again,
+ * so that no client of this proxy sees half of a commit. 1 when it waits. */
+static int waits_for_twopc(routed *r)
+{
+    if (r->cmd->keys == KEYS_NONE || ensure_key_cap(r->argc) < 0)
+        return 0;
+    char err[200];
+    size_t nkeys = 0;
+    if (command_keys(r->cmd, r->argc, r->argv, key_pos, &nkeys, err, sizeof(err)) < 0)
+        return 0; /* the handler answers the error */
+    size_t i = 0;
+    while (i < nkeys && !twopc_key_locked(r->argv[key_pos[i]].ptr, r->argv[key_pos[i]].len))
+        i++;
+    if (i == nkeys)
+        return 0;
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(r->req, "ERR out of memory");
+        return 1;
+    }
+    twopc_wait(r->req, bytes, len, route_moved);
+    return 1;
+}
+
 /* Checks the request, runs the gates its command's flags ask for, then
  * hands it to its command's handler. */
 static void route(routed *r)
@@ -861,7 +956,8 @@ static void route(routed *r)
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
-    if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !rebalance_running()) {
+    if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !srv.twopc_holding &&
+        !rebalance_running()) {
         forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
         return;
     }
@@ -876,6 +972,8 @@ static void route(routed *r)
         route_in_multi(r);
         return;
     }
+    if (srv.twopc_holding && waits_for_twopc(r))
+        return;
     route_handlers[cmd->route].run(r);
 }
 

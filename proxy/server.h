@@ -62,7 +62,9 @@ typedef struct server {
     uint64_t config_epoch; /* bumped by every applied reload */
     time_t last_reload_time;
     char last_reload_error[512];
-    int stopping; /* SIGTERM seen: no new clients */
+    int stopping;         /* SIGTERM seen: no new clients */
+    size_t twopc_holding; /* cross-shard transactions of this proxy holding key locks: while
+                             not 0, a request touching a held key waits (twopc.c) */
     server_stats stats;
 } server;
 

@@ -19,6 +19,7 @@
 #include "proxy/log.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
+#include "proxy/twopc.h"
 
 /* The transaction state of one client. */
 typedef enum txn_state {
@@ -42,6 +43,14 @@ typedef struct txn {
     int queued_count;   /* MULTI: commands queued, for CLIENT LIST */
     buf queued;         /* TXN_MULTI: bytes of the keyless commands queued in the proxy */
     size_t nqueued;
+    /* cross_shard = atomic: every command of a MULTI without WATCH waits in
+     * queued, bound to no shard until EXEC: one shard runs it as above, several
+     * run it as a cross-shard transaction (twopc.c). */
+    uint32_t *queued_shard; /* each queued command's shard; TWOPC_ANY_SHARD: keyless */
+    size_t queued_cap;
+    uint32_t first_shard; /* the first keyed command's shard */
+    int keyed;            /* a keyed command is queued */
+    int several;          /* keyed commands of more than one shard are queued */
 } txn;
 
 static const char EXECABORT[] = "-EXECABORT Transaction discarded because of previous errors.\r\n";
@@ -255,6 +264,47 @@ static void send_ending(txn *t, request *req, fragment_done_fn done, const char 
     send_on_conn(t, req, done, 0, bytes, len);
 }
 
+/* The shard index of s among srv.shards (TWOPC_ANY_SHARD for NULL). */
+static uint32_t shard_index(const shard *s)
+{
+    for (size_t i = 0; s && i < srv.nshards; i++)
+        if (srv.shards[i] == s)
+            return (uint32_t)i;
+    return TWOPC_ANY_SHARD;
+}
+
+/* Notes the shard of a command queued in the proxy. 0 or -1 (out of
+ * memory). */
+static int remember_shard(txn *t, const shard *s)
+{
+    if (t->nqueued == t->queued_cap) {
+        size_t cap = t->queued_cap ? t->queued_cap * 2 : 16;
+        uint32_t *p = realloc(t->queued_shard, cap * sizeof(*p));
+        if (!p)
+            return -1;
+        t->queued_shard = p;
+        t->queued_cap = cap;
+    }
+    uint32_t i = shard_index(s);
+    t->queued_shard[t->nqueued] = i;
+    if (i != TWOPC_ANY_SHARD) {
+        if (t->keyed && t->first_shard != i)
+            t->several = 1;
+        if (!t->keyed)
+            t->first_shard = i;
+        t->keyed = 1;
+    }
+    return 0;
+}
+
+/* Forgets the commands queued in the proxy. */
+static void drop_queued(txn *t)
+{
+    buf_free(&t->queued);
+    t->nqueued = 0;
+    t->keyed = t->several = 0;
+}
+
 /* MULTI, then what waited in the proxy, on the reserved connection to s.
  * 0, or -1 after answering req. */
 static int bind_multi(txn *t, request *req, shard *s)
@@ -273,8 +323,7 @@ static int bind_multi(txn *t, request *req, shard *s)
         request_error(req, "ERR out of memory");
         return -1;
     }
-    buf_free(&t->queued);
-    t->nqueued = 0;
+    drop_queued(t);
     set_state(t, TXN_MULTI_BOUND);
     return 0;
 }
@@ -329,12 +378,13 @@ void txn_queue(request *req, shard *s, const char *bytes, size_t len)
         request_error(req, "ERR the transaction's shard connection was lost; it is aborted");
         return;
     }
-    if (t->state == TXN_MULTI && s) {
+    int atomic = srv.cfg->cross_shard == CONFIG_CROSS_ATOMIC;
+    if (t->state == TXN_MULTI && s && !atomic) {
         if (bind_multi(t, req, s) < 0)
             return;
     } else if (t->state == TXN_MULTI) {
         /* No shard yet: answer as the shard will, and send it with MULTI. */
-        if (buf_append(&t->queued, bytes, len) < 0) {
+        if (remember_shard(t, s) < 0 || buf_append(&t->queued, bytes, len) < 0) {
             t->aborted = 1;
             request_error(req, "ERR out of memory");
             return;
@@ -345,7 +395,9 @@ void txn_queue(request *req, shard *s, const char *bytes, size_t len)
         return;
     } else if (s && t->conn && t->conn->shard != s) {
         t->aborted = 1;
-        request_crossslot(req, REQUEST_KEYS_APART " as the transaction's earlier keys");
+        request_crossslot(req, atomic ? REQUEST_KEYS_APART " as the WATCHed keys (a transaction "
+                                                           "across shards cannot WATCH)"
+                                      : REQUEST_KEYS_APART " as the transaction's earlier keys");
         return;
     }
     t->queued_count++;
@@ -372,8 +424,7 @@ static void cmd_exec(txn *t, request *req, const char *bytes, size_t len)
     if (t->state == TXN_MULTI) {
         if (t->aborted || t->nqueued == 0) {
             int aborted = t->aborted;
-            buf_free(&t->queued);
-            t->nqueued = 0;
+            drop_queued(t);
             t->aborted = 0;
             set_state(t, TXN_NONE);
             if (aborted)
@@ -382,8 +433,17 @@ static void cmd_exec(txn *t, request *req, const char *bytes, size_t len)
                 req->on_done(req, "*0\r\n", 4);
             return;
         }
-        /* Only keyless commands: any shard runs them. */
-        shard *s = srv.shards[t->sess->id % srv.nshards];
+        if (t->several) {
+            /* Keys of several shards (cross_shard = atomic): a two-phase
+             * commit, with EXEC's reply. */
+            twopc_exec_queued(req, buf_head(&t->queued), buf_len(&t->queued), t->queued_shard,
+                              t->nqueued);
+            drop_queued(t);
+            set_state(t, TXN_NONE);
+            return;
+        }
+        /* One shard's keys, or only keyless commands (any shard runs them). */
+        shard *s = srv.shards[t->keyed ? t->first_shard : t->sess->id % srv.nshards];
         if (bind_multi(t, req, s) < 0) {
             t->aborted = 0;
             set_state(t, TXN_NONE);
@@ -409,8 +469,7 @@ static void cmd_discard(txn *t, request *req, const char *bytes, size_t len)
 {
     t->aborted = 0;
     if (t->state == TXN_MULTI || !t->conn) {
-        buf_free(&t->queued);
-        t->nqueued = 0;
+        drop_queued(t);
         t->watched = 0;
         set_state(t, TXN_NONE);
         req->on_done(req, "+OK\r\n", 5);
@@ -523,8 +582,7 @@ void txn_reset(request *req)
         return;
     }
     int watching = t->state == TXN_WATCHING, bound = t->state == TXN_MULTI_BOUND && t->conn;
-    buf_free(&t->queued);
-    t->nqueued = 0;
+    drop_queued(t);
     t->aborted = 0;
     t->watch_lost = 0;
     if (watching) {
@@ -550,5 +608,6 @@ void txn_end(session *sess)
      * and find no txn. */
     backend_reserved_close(t->conn);
     buf_free(&t->queued);
+    free(t->queued_shard);
     free(t);
 }

@@ -458,6 +458,23 @@ long long fixture_shards_dbsize(fixture *f)
     return sum;
 }
 
+long long fixture_txn_records(fixture *f)
+{
+    long long n = 0;
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        redisReply *r = fixture_cmd(fixture_shard(f, i), "EVAL %s 0",
+                                    "redis.call('SELECT', 15) local n = 0 "
+                                    "for _, k in ipairs(redis.call('KEYS', 'ringproxy:txn:*')) do "
+                                    "if redis.call('TYPE', k).ok ~= 'string' or "
+                                    "redis.call('GET', k) ~= 'abort' then n = n + 1 end end "
+                                    "redis.call('SELECT', 0) return n");
+        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+        n += r->integer;
+        freeReplyObject(r);
+    }
+    return n;
+}
+
 long long fixture_now_ms(void)
 {
     struct timespec ts;

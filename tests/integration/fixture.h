@@ -115,6 +115,11 @@ unsigned fixture_holders(fixture *f, const void *key, size_t len);
 /* Sum of DBSIZE over the shards, asked directly. */
 long long fixture_shards_dbsize(fixture *f);
 
+/* Cross-shard transaction records (proxy/twopc.c) in the store (db 15) of
+ * every shard: locks, stages, index entries, commit decisions; abort
+ * decisions, kept a while by design, are not counted. */
+long long fixture_txn_records(fixture *f);
+
 /* Monotonic milliseconds, for bounds on how long something took. */
 long long fixture_now_ms(void);
 void fixture_sleep_ms(int ms);

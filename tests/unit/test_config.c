@@ -480,6 +480,8 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->allow_config_set, 0);
     assert_null(cfg->script_default_shard);
     assert_int_equal(cfg->store_db, 15);
+    assert_int_equal(cfg->cross_shard, CONFIG_CROSS_BEST_EFFORT);
+    assert_int_equal(cfg->txn_recovery_after_ms, 5000);
     assert_string_equal(cfg->lock_shards, "all");
     assert_true(config_is_lock_shard(cfg, "s1"));
 }
@@ -805,7 +807,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 41);
+    assert_int_equal(keys, 43);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
