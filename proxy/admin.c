@@ -48,14 +48,14 @@ static void reply_bulk(request *req, const char *s, size_t len)
     reply_buf(req, &b);
 }
 
-/* Answers with the text built in text as one bulk string (or with an error
- * when building it ran out of memory); frees text. */
+/* Answers with the text built in text as one bulk string, verbatim in
+ * RESP3 (or with an error when building it ran out of memory); frees text. */
 static void reply_text(request *req, buf *text)
 {
     if (buf_failed(text))
         request_reply_buf(req, text);
     else
-        reply_bulk(req, text->data ? buf_head(text) : "", buf_len(text));
+        request_reply_text(req, text->data ? buf_head(text) : "", buf_len(text));
     buf_free(text);
 }
 
@@ -304,7 +304,8 @@ static int config_pattern_matches(const resp_arg *pattern, const char *name)
 }
 
 /* CONFIG GET: the proxy's own settings matching the patterns, each once, as
- * an array reply kept in req->local_part for the merge. */
+ * an array reply (name, value, ...) kept in req->local_part for the merge,
+ * which gives the whole reply the client's form (a map in RESP3). */
 static void config_get_own(request *req, size_t argc, const resp_arg *argv)
 {
     buf pairs = {0};
@@ -468,19 +469,34 @@ static void cmd_auth(request *req, size_t argc, const resp_arg *argv)
         reply_str(req, "+OK\r\n");
 }
 
+/* A client switching protocol while a subscription or a transaction holds
+ * connections to the shards in the old one is refused: those connections
+ * would go on answering in it. 1 after replying with the error. */
+static int hello_switch_refused(request *req, const session *sess)
+{
+    if (!pubsub_active(sess) && !txn_in_multi(sess) && !txn_watching(sess))
+        return 0;
+    reply_str(req, "-ERR ringproxy cannot switch the protocol while the client is subscribed, "
+                   "in MULTI or WATCHing keys\r\n");
+    return 1;
+}
+
 static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
 {
     size_t i = 1;
+    session *sess = req->session;
+    int proto = sess ? sess->proto : 2;
     if (argc > 1) {
         long long ver;
         if (arg_int(&argv[1], &ver) < 0) {
             reply_str(req, "-ERR Protocol version is not an integer or out of range\r\n");
             return;
         }
-        if (ver != 2) {
+        if (ver != 2 && ver != 3) {
             reply_str(req, "-NOPROTO sorry, this protocol version is not supported\r\n");
             return;
         }
+        proto = (int)ver;
         i = 2;
     }
     const resp_arg *auth_user = NULL, *auth_pass = NULL;
@@ -507,6 +523,8 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
                        "same time\r\n");
         return;
     }
+    if (sess && proto != sess->proto && hello_switch_refused(req, sess))
+        return;
     for (i = 2; i + 1 < argc; i++) {
         if (arg_is(&argv[i], "auth")) {
             i += 2;
@@ -516,14 +534,18 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
             i++;
         }
     }
+    if (sess)
+        sess->proto = proto;
+    /* Redis's map, in the protocol just chosen: a map in RESP3, else a flat
+     * array of its keys and values. */
     buf b = {0};
-    buf_append_header(&b, '*', 14);
+    buf_append_header(&b, proto == 3 ? '%' : '*', proto == 3 ? 7 : 14);
     append_str(&b, "server");
     append_str(&b, "ringproxy");
     append_str(&b, "version");
     append_str(&b, RINGPROXY_REDIS_COMPAT);
     append_str(&b, "proto");
-    buf_append_header(&b, ':', 2);
+    buf_append_header(&b, ':', proto);
     append_str(&b, "id");
     buf_append_header(&b, ':', req->session ? (int64_t)req->session->id : 0);
     append_str(&b, "mode");

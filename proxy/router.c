@@ -322,7 +322,7 @@ static void kill_everywhere(const routed *r)
     fragment *frags = r->req->frags;
     for (size_t i = 0; i < n; i++) {
         char err[300];
-        frags[i].conn = backend_reserve(srv.shards[i], 0, NULL, NULL, err, sizeof(err));
+        frags[i].conn = backend_reserve(srv.shards[i], 0, 0, NULL, NULL, err, sizeof(err));
         if (!frags[i].conn) {
             char reply[320];
             int rlen = snprintf(reply, sizeof(reply), "-ERR %.*s\r\n", 300, err);
@@ -351,7 +351,7 @@ static uint32_t script_shard(void)
  * requests on one connection. */
 static uint32_t any_shard(const routed *r)
 {
-    return (uint32_t)(r->req->hint % srv.nshards);
+    return (uint32_t)((r->req->hint & ~REQUEST_HINT_RESP3) % srv.nshards);
 }
 
 /* Where a request's keys are. Fills key_pos and key_shard, r->nkeys,
@@ -484,10 +484,11 @@ static void route_local(routed *r)
     admin_execute(r->req, r->cmd, r->argc, r->argv);
 }
 
-/* ROUTE_PING: a subscribed client gets the subscriber's form of the reply. */
+/* ROUTE_PING: a subscribed RESP2 client gets the subscriber's form of the
+ * reply; a RESP3 one, as from Redis, the plain one. */
 static void route_ping(routed *r)
 {
-    if (pubsub_active(r->req->session))
+    if (pubsub_active(r->req->session) && !request_resp3(r->req))
         pubsub_ping(r->req, r->argc, r->argv);
     else
         admin_execute(r->req, r->cmd, r->argc, r->argv);
@@ -507,6 +508,7 @@ static void route_reset(routed *r)
     pubsub_end(sess);
     free(sess->name);
     sess->name = NULL;
+    sess->proto = 2; /* as Redis 7: RESET goes back to RESP2 */
     if (srv.cfg->requirepass)
         sess->authenticated = 0;
     txn_reset(req);
@@ -865,7 +867,10 @@ static void route(routed *r)
         forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
         return;
     }
-    if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED)) {
+    /* RESP3 lets a subscribed client send any command (its messages come
+     * as push frames, told apart from replies). */
+    if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED) &&
+        sess->proto != 3) {
         request_error(r->req,
                       "ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
                       "QUIT / RESET are allowed in this context",
