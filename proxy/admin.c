@@ -16,6 +16,7 @@
 #include "proxy/buf.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
+#include "proxy/pause.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
@@ -737,6 +738,87 @@ static void cmd_client_kill(request *req, size_t argc, const resp_arg *argv)
         me->close_after_replies(me, "killed itself by CLIENT KILL");
 }
 
+/* CLIENT UNBLOCK's request to the shard is answered: its :1 or :0 is the
+ * client's answer. */
+static void unblock_done(fragment *f, const char *reply, size_t len)
+{
+    request *req = f->req;
+    req->pending = 0;
+    req->on_done(req, reply, len);
+}
+
+/* CLIENT UNBLOCK id [TIMEOUT|ERROR]: the proxy's client id names a client
+ * whose blocking command waits on a reserved connection; that connection's
+ * own id on its shard (asked when it connected) is unblocked there, over
+ * the caller's shared connection to that shard. The blocked command then
+ * answers as Redis's does (nil, or -UNBLOCKED). :0 when the client is not
+ * blocked, or its command has not reached the shard yet. */
+static void cmd_client_unblock(request *req, size_t argc, const resp_arg *argv)
+{
+    long long id;
+    if (arg_int(&argv[2], &id) < 0) {
+        reply_str(req, "-ERR value is not an integer or out of range\r\n");
+        return;
+    }
+    const char *how = "TIMEOUT";
+    if (argc == 4 && arg_is(&argv[3], "error")) {
+        how = "ERROR";
+    } else if (argc > 4 || (argc == 4 && !arg_is(&argv[3], "timeout"))) {
+        reply_str(req, "-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n");
+        return;
+    }
+    const backend_conn *conn = NULL;
+    for (const session *s = srv.sessions; s && !conn; s = s->next)
+        if (s->id == (uint64_t)id)
+            conn = txn_blocked_conn(s);
+    if (!conn || conn->state != BACKEND_UP || conn->shard_client_id <= 0) {
+        reply_str(req, ":0\r\n");
+        return;
+    }
+    char idtext[24];
+    int idlen = snprintf(idtext, sizeof(idtext), "%lld", (long long)conn->shard_client_id);
+    buf b = {0};
+    buf_append_header(&b, '*', 4);
+    append_str(&b, "CLIENT");
+    append_str(&b, "UNBLOCK");
+    buf_append_bulk(&b, idtext, (size_t)idlen);
+    append_str(&b, how);
+    if (buf_failed(&b)) {
+        reply_buf(req, &b);
+        return;
+    }
+    fragment *f = &req->single;
+    f->req = req;
+    f->done = unblock_done;
+    f->harmless = 1;
+    req->pending = 1;
+    backend_send(conn->shard, req->hint, f, buf_head(&b), buf_len(&b));
+    buf_free(&b);
+}
+
+/* CLIENT PAUSE timeout [WRITE|ALL]: holds the proxy's own clients. */
+static void cmd_client_pause(request *req, size_t argc, const resp_arg *argv)
+{
+    long long ms;
+    if (arg_int(&argv[2], &ms) < 0) {
+        reply_str(req, "-ERR timeout is not an integer or out of range\r\n");
+        return;
+    }
+    if (ms < 0) {
+        reply_str(req, "-ERR timeout is negative\r\n");
+        return;
+    }
+    pause_mode mode = PAUSE_ALL;
+    if (argc == 4 && arg_is(&argv[3], "write")) {
+        mode = PAUSE_WRITE;
+    } else if (argc > 4 || (argc == 4 && !arg_is(&argv[3], "all"))) {
+        reply_str(req, "-ERR syntax error\r\n");
+        return;
+    }
+    pause_start(mode, (uint64_t)ms);
+    reply_str(req, "+OK\r\n");
+}
+
 static void cmd_client(request *req, command_id id, size_t argc, const resp_arg *argv)
 {
     session *sess = req->session;
@@ -915,6 +997,16 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
         return;
     case CMD_CLIENT_REPLY:
         cmd_client_reply(req, &argv[2]);
+        return;
+    case CMD_CLIENT_UNBLOCK:
+        cmd_client_unblock(req, argc, argv);
+        return;
+    case CMD_CLIENT_PAUSE:
+        cmd_client_pause(req, argc, argv);
+        return;
+    case CMD_CLIENT_UNPAUSE:
+        pause_stop();
+        reply_str(req, "+OK\r\n");
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

@@ -21,6 +21,7 @@
 #include "proxy/log.h"
 #include "proxy/merge.h"
 #include "proxy/migrate.h"
+#include "proxy/pause.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
@@ -844,6 +845,29 @@ static int resolve(routed *r)
     return 0;
 }
 
+static void route(routed *r);
+
+/* pause.c calls this back when the pause ends: route the saved request. */
+static void route_unpaused(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                           size_t raw_len)
+{
+    routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    route(&r);
+}
+
+/* CLIENT PAUSE holds the command, with its bytes (its argv points into the
+ * client's buffer, which moves on). */
+static __attribute__((noinline)) void postpone(const routed *r)
+{
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(r->req, "ERR out of memory");
+        return;
+    }
+    pause_postpone(r->req, bytes, len, route_unpaused);
+}
+
 /* Checks the request, runs the gates its command's flags ask for, then
  * hands it to its command's handler. */
 static void route(routed *r)
@@ -857,6 +881,11 @@ static void route(routed *r)
         srv.stats.errors_noauth++;
         command_stats[cmd->stat].rejected_calls++;
         request_error(r->req, "NOAUTH Authentication required.");
+        return;
+    }
+    /* Counted when it runs, after the pause. */
+    if (pause_holds(cmd)) {
+        postpone(r);
         return;
     }
     command_stats[cmd->stat].calls++;

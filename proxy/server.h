@@ -62,7 +62,8 @@ typedef struct server {
     uint64_t config_epoch; /* bumped by every applied reload */
     time_t last_reload_time;
     char last_reload_error[512];
-    int stopping; /* SIGTERM seen: no new clients */
+    int stopping;     /* SIGTERM seen: no new clients */
+    int client_pause; /* CLIENT PAUSE in force: a pause_mode (pause.h), 0 when none */
     server_stats stats;
 } server;
 

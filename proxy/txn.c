@@ -317,6 +317,11 @@ int txn_watching(const session *sess)
     return sess && sess->txn && sess->txn->watched;
 }
 
+backend_conn *txn_blocked_conn(const session *sess)
+{
+    return sess && sess->blocked && sess->txn ? sess->txn->conn : NULL;
+}
+
 void txn_abort(session *sess)
 {
     if (txn_in_multi(sess))
