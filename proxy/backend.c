@@ -218,6 +218,17 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
 static void on_readable(evutil_socket_t fd, short what, void *arg);
 static void on_writable(evutil_socket_t fd, short what, void *arg);
 
+/* The shard refused a command the connection opens with (what names it):
+ * the connection fails with the shard's error line in the reason. */
+static void conn_fail_refused(backend_conn *c, const char *what, const char *reply, size_t len)
+{
+    char why[160];
+    int n = len > 2 ? (int)(len - 2) : 0;
+    snprintf(why, sizeof(why), "unavailable: %s: %.*s", what, n > 100 ? 100 : n,
+             len && reply[0] == '-' ? reply + 1 : reply);
+    conn_fail(c, why, 0);
+}
+
 static void auth_done(fragment *f, const char *reply, size_t len)
 {
     backend_conn *c = f->conn;
@@ -225,11 +236,7 @@ static void auth_done(fragment *f, const char *reply, size_t len)
         return; /* the connection is failing already */
     if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
         return;
-    char why[160];
-    int n = len > 2 ? (int)(len - 2) : 0;
-    snprintf(why, sizeof(why), "unavailable: AUTH failed: %.*s", n > 100 ? 100 : n,
-             len && reply[0] == '-' ? reply + 1 : reply);
-    conn_fail(c, why, 0);
+    conn_fail_refused(c, "AUTH failed", reply, len);
 }
 
 /* Puts the command in first (taken) in front of everything queued while
@@ -291,41 +298,6 @@ static void role_done(fragment *f, const char *reply, size_t len)
     c->shard->role_refused = 1; /* the Sentinels are asked again at the next tick */
 }
 
-/* A sentinel shard's address may be a demoted master by now: ROLE goes
- * first (only AUTH, queued after this call, goes before it). 0 or -1. */
-static int conn_queue_role(backend_conn *c)
-{
-    buf first = {0};
-    if (buf_append(&first, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1) < 0) {
-        buf_free(&first);
-        return -1;
-    }
-    return conn_queue_first(c, &c->role, role_done, &first);
-}
-
-static void hello_done(fragment *f, const char *reply, size_t len)
-{
-    backend_conn *c = f->conn;
-    if (c->state != BACKEND_UP)
-        return; /* the connection is failing already */
-    if (len > 0 && reply[0] == '%')
-        return;
-    /* A shard older than Redis 6 answers -ERR unknown command. */
-    char why[160];
-    int n = len > 2 ? (int)(len - 2) : 0;
-    snprintf(why, sizeof(why), "unavailable: HELLO 3 refused: %.*s", n > 100 ? 100 : n,
-             len && reply[0] == '-' ? reply + 1 : reply);
-    conn_fail(c, why, 0);
-}
-
-static void client_id_done(fragment *f, const char *reply, size_t len)
-{
-    backend_conn *c = f->conn;
-    int64_t id;
-    if (c->state == BACKEND_UP && resp_reply_integer(reply, len, &id) == 0)
-        c->shard_client_id = id;
-}
-
 /* Puts a fixed request first, behind only what is queued first after it
  * (conn_queue_first). 0 or -1. */
 static int conn_queue_fixed(backend_conn *c, fragment *f, fragment_done_fn done, const char *req,
@@ -337,6 +309,32 @@ static int conn_queue_fixed(backend_conn *c, fragment *f, fragment_done_fn done,
         return -1;
     }
     return conn_queue_first(c, f, done, &first);
+}
+
+/* A sentinel shard's address may be a demoted master by now: ROLE goes
+ * first (only AUTH, queued after this call, goes before it). 0 or -1. */
+static int conn_queue_role(backend_conn *c)
+{
+    return conn_queue_fixed(c, &c->role, role_done, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1);
+}
+
+static void hello_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->conn;
+    if (c->state != BACKEND_UP)
+        return; /* the connection is failing already */
+    if (len > 0 && reply[0] == '%')
+        return;
+    /* A shard older than Redis 6 answers -ERR unknown command. */
+    conn_fail_refused(c, "HELLO 3 refused", reply, len);
+}
+
+static void client_id_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->conn;
+    int64_t id;
+    if (c->state == BACKEND_UP && resp_reply_integer(reply, len, &id) == 0)
+        c->shard_client_id = id;
 }
 
 /* Writes AUTH and ROLE at once; the rest waits for ROLE's answer
