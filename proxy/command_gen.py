@@ -653,6 +653,7 @@ ID_NOTES = {
     "CMD_CLIENT_UNBLOCK": "sent to the blocked command's shard",
     "CMD_CLIENT_PAUSE": "the proxy's own clients; shards untouched",
     "CMD_CLIENT_UNPAUSE": "the proxy's own clients",
+    "CMD_HELLO": "2 or 3: RESP3 replies come from RESP3 shard connections",
     "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
@@ -668,6 +669,7 @@ UNSUPPORTED_NOTES = {
     "spublish": "sharded pub/sub",
     "migrate": "keys move only with the ring (rebalancing)",
     "move": "database 0 only", "swapdb": "database 0 only",
+    "client|tracking": "client-side caching: invalidations would come from every shard",
 }
 
 
