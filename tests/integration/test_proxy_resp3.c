@@ -195,6 +195,13 @@ static void test_hello3_answers_a_map_and_hello2_goes_back(void **state)
     expect_reply(c, "$-1\r\n");
     raw_send(c, "HELLO", "4", NULL);
     expect_reply(c, "-NOPROTO sorry, this protocol version is not supported\r\n");
+    /* Not while WATCHed keys hold a shard connection in RESP2. */
+    raw_send(c, "WATCH", "resp3:w", NULL);
+    expect_reply(c, "+OK\r\n");
+    raw_send(c, "HELLO", "3", NULL);
+    expect_prefix(c, "-ERR ringproxy cannot switch the protocol");
+    raw_send(c, "UNWATCH", NULL);
+    expect_reply(c, "+OK\r\n");
     /* RESET goes back to RESP2, as in Redis 7. */
     raw_send(c, "HELLO", "3", NULL);
     expect_prefix(c, "%7\r\n");
