@@ -43,7 +43,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 PROXY_BIN := $(BUILD)/ringproxy
 
-.PHONY: all test test-run unit integration asan clean run bench bench-instr format check-format deps check-layers
+.PHONY: all test test-run test-clients unit integration asan clean run bench bench-instr format check-format deps check-layers
 # Keep the integration helpers' objects between runs.
 .SECONDARY:
 .DEFAULT_GOAL := all
@@ -98,6 +98,15 @@ integration: $(INTEG_BINS) ringproxy
 # first on a fresh machine), then builds with the flags pkg-config now finds.
 test: deps
 	@$(MAKE) --no-print-directory test-run
+	@$(MAKE) --no-print-directory test-clients
+
+# make test-clients: ioredis 5, node-redis 4 and node-redis 5 (RESP3) from
+# the npm registry, run through a proxy and shards of their own
+# (tests/clients/run.sh). Fails, saying why, when node, npm or the registry
+# is missing: it is never skipped.
+test-clients: all
+	@tests/install-deps.sh clients
+	tests/clients/run.sh $(abspath $(PROXY_BIN))
 
 test-run: all $(UNIT_BINS) $(INTEG_BINS) $(BENCH_BINS)
 	@tests/check-layers.sh

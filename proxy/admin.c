@@ -17,6 +17,7 @@
 #include "proxy/dns.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
+#include "proxy/pause.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
@@ -49,14 +50,14 @@ static void reply_bulk(request *req, const char *s, size_t len)
     reply_buf(req, &b);
 }
 
-/* Answers with the text built in text as one bulk string (or with an error
- * when building it ran out of memory); frees text. */
+/* Answers with the text built in text as one bulk string, verbatim in
+ * RESP3 (or with an error when building it ran out of memory); frees text. */
 static void reply_text(request *req, buf *text)
 {
     if (buf_failed(text))
         request_reply_buf(req, text);
     else
-        reply_bulk(req, text->data ? buf_head(text) : "", buf_len(text));
+        request_reply_text(req, text->data ? buf_head(text) : "", buf_len(text));
     buf_free(text);
 }
 
@@ -306,7 +307,8 @@ static int config_pattern_matches(const resp_arg *pattern, const char *name)
 }
 
 /* CONFIG GET: the proxy's own settings matching the patterns, each once, as
- * an array reply kept in req->local_part for the merge. */
+ * an array reply (name, value, ...) kept in req->local_part for the merge,
+ * which gives the whole reply the client's form (a map in RESP3). */
 static void config_get_own(request *req, size_t argc, const resp_arg *argv)
 {
     buf pairs = {0};
@@ -470,19 +472,34 @@ static void cmd_auth(request *req, size_t argc, const resp_arg *argv)
         reply_str(req, "+OK\r\n");
 }
 
+/* A client switching protocol while a subscription or a transaction holds
+ * connections to the shards in the old one is refused: those connections
+ * would go on answering in it. 1 after replying with the error. */
+static int hello_switch_refused(request *req, const session *sess)
+{
+    if (!pubsub_active(sess) && !txn_in_multi(sess) && !txn_watching(sess))
+        return 0;
+    reply_str(req, "-ERR ringproxy cannot switch the protocol while the client is subscribed, "
+                   "in MULTI or WATCHing keys\r\n");
+    return 1;
+}
+
 static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
 {
     size_t i = 1;
+    session *sess = req->session;
+    int proto = sess ? sess->proto : 2;
     if (argc > 1) {
         long long ver;
         if (arg_int(&argv[1], &ver) < 0) {
             reply_str(req, "-ERR Protocol version is not an integer or out of range\r\n");
             return;
         }
-        if (ver != 2) {
+        if (ver != 2 && ver != 3) {
             reply_str(req, "-NOPROTO sorry, this protocol version is not supported\r\n");
             return;
         }
+        proto = (int)ver;
         i = 2;
     }
     const resp_arg *auth_user = NULL, *auth_pass = NULL;
@@ -509,6 +526,8 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
                        "same time\r\n");
         return;
     }
+    if (sess && proto != sess->proto && hello_switch_refused(req, sess))
+        return;
     for (i = 2; i + 1 < argc; i++) {
         if (arg_is(&argv[i], "auth")) {
             i += 2;
@@ -518,14 +537,18 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
             i++;
         }
     }
+    if (sess)
+        sess->proto = proto;
+    /* Redis's map, in the protocol just chosen: a map in RESP3, else a flat
+     * array of its keys and values. */
     buf b = {0};
-    buf_append_header(&b, '*', 14);
+    buf_append_header(&b, proto == 3 ? '%' : '*', proto == 3 ? 7 : 14);
     append_str(&b, "server");
     append_str(&b, "ringproxy");
     append_str(&b, "version");
     append_str(&b, RINGPROXY_REDIS_COMPAT);
     append_str(&b, "proto");
-    buf_append_header(&b, ':', 2);
+    buf_append_header(&b, ':', proto);
     append_str(&b, "id");
     buf_append_header(&b, ':', req->session ? (int64_t)req->session->id : 0);
     append_str(&b, "mode");
@@ -717,6 +740,87 @@ static void cmd_client_kill(request *req, size_t argc, const resp_arg *argv)
         me->close_after_replies(me, "killed itself by CLIENT KILL");
 }
 
+/* CLIENT UNBLOCK's request to the shard is answered: its :1 or :0 is the
+ * client's answer. */
+static void unblock_done(fragment *f, const char *reply, size_t len)
+{
+    request *req = f->req;
+    req->pending = 0;
+    req->on_done(req, reply, len);
+}
+
+/* CLIENT UNBLOCK id [TIMEOUT|ERROR]: the proxy's client id names a client
+ * whose blocking command waits on a reserved connection; that connection's
+ * own id on its shard (asked when it connected) is unblocked there, over
+ * the caller's shared connection to that shard. The blocked command then
+ * answers as Redis's does (nil, or -UNBLOCKED). :0 when the client is not
+ * blocked, or its command has not reached the shard yet. */
+static void cmd_client_unblock(request *req, size_t argc, const resp_arg *argv)
+{
+    long long id;
+    if (arg_int(&argv[2], &id) < 0) {
+        reply_str(req, "-ERR value is not an integer or out of range\r\n");
+        return;
+    }
+    const char *how = "TIMEOUT";
+    if (argc == 4 && arg_is(&argv[3], "error")) {
+        how = "ERROR";
+    } else if (argc > 4 || (argc == 4 && !arg_is(&argv[3], "timeout"))) {
+        reply_str(req, "-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n");
+        return;
+    }
+    const backend_conn *conn = NULL;
+    for (const session *s = srv.sessions; s && !conn; s = s->next)
+        if (s->id == (uint64_t)id)
+            conn = txn_blocked_conn(s);
+    if (!conn || conn->state != BACKEND_UP || conn->shard_client_id <= 0) {
+        reply_str(req, ":0\r\n");
+        return;
+    }
+    char idtext[24];
+    int idlen = snprintf(idtext, sizeof(idtext), "%lld", (long long)conn->shard_client_id);
+    buf b = {0};
+    buf_append_header(&b, '*', 4);
+    append_str(&b, "CLIENT");
+    append_str(&b, "UNBLOCK");
+    buf_append_bulk(&b, idtext, (size_t)idlen);
+    append_str(&b, how);
+    if (buf_failed(&b)) {
+        reply_buf(req, &b);
+        return;
+    }
+    fragment *f = &req->single;
+    f->req = req;
+    f->done = unblock_done;
+    f->harmless = 1;
+    req->pending = 1;
+    backend_send(conn->shard, req->hint, f, buf_head(&b), buf_len(&b));
+    buf_free(&b);
+}
+
+/* CLIENT PAUSE timeout [WRITE|ALL]: holds the proxy's own clients. */
+static void cmd_client_pause(request *req, size_t argc, const resp_arg *argv)
+{
+    long long ms;
+    if (arg_int(&argv[2], &ms) < 0) {
+        reply_str(req, "-ERR timeout is not an integer or out of range\r\n");
+        return;
+    }
+    if (ms < 0) {
+        reply_str(req, "-ERR timeout is negative\r\n");
+        return;
+    }
+    pause_mode mode = PAUSE_ALL;
+    if (argc == 4 && arg_is(&argv[3], "write")) {
+        mode = PAUSE_WRITE;
+    } else if (argc > 4 || (argc == 4 && !arg_is(&argv[3], "all"))) {
+        reply_str(req, "-ERR syntax error\r\n");
+        return;
+    }
+    pause_start(mode, (uint64_t)ms);
+    reply_str(req, "+OK\r\n");
+}
+
 static void cmd_client(request *req, command_id id, size_t argc, const resp_arg *argv)
 {
     session *sess = req->session;
@@ -895,6 +999,16 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
         return;
     case CMD_CLIENT_REPLY:
         cmd_client_reply(req, &argv[2]);
+        return;
+    case CMD_CLIENT_UNBLOCK:
+        cmd_client_unblock(req, argc, argv);
+        return;
+    case CMD_CLIENT_PAUSE:
+        cmd_client_pause(req, argc, argv);
+        return;
+    case CMD_CLIENT_UNPAUSE:
+        pause_stop();
+        reply_str(req, "+OK\r\n");
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

@@ -29,6 +29,9 @@
 #define BACKEND_LINGER_MS 10000
 
 static const char ROLE_REQUEST[] = "*1\r\n$4\r\nROLE\r\n";
+/* The first request on a RESP3 connection, and on a reserved one. */
+static const char HELLO3_REQUEST[] = "*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+static const char CLIENT_ID_REQUEST[] = "*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n";
 /* How ROLE's reply starts on a master: ["master", offset, replicas]. */
 static const char ROLE_MASTER[] = "*3\r\n$6\r\nmaster\r\n";
 /* How it starts on a replica: ["slave", master host, port, link state,
@@ -227,6 +230,17 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
 static void on_readable(evutil_socket_t fd, short what, void *arg);
 static void on_writable(evutil_socket_t fd, short what, void *arg);
 
+/* The shard refused a command the connection opens with (what names it):
+ * the connection fails with the shard's error line in the reason. */
+static void conn_fail_refused(backend_conn *c, const char *what, const char *reply, size_t len)
+{
+    char why[160];
+    int n = len > 2 ? (int)(len - 2) : 0;
+    snprintf(why, sizeof(why), "unavailable: %s: %.*s", what, n > 100 ? 100 : n,
+             len && reply[0] == '-' ? reply + 1 : reply);
+    conn_fail(c, why, 0);
+}
+
 static void auth_done(fragment *f, const char *reply, size_t len)
 {
     backend_conn *c = f->conn;
@@ -234,11 +248,7 @@ static void auth_done(fragment *f, const char *reply, size_t len)
         return; /* the connection is failing already */
     if (len >= 3 && memcmp(reply, "+OK", 3) == 0)
         return;
-    char why[160];
-    int n = len > 2 ? (int)(len - 2) : 0;
-    snprintf(why, sizeof(why), "unavailable: AUTH failed: %.*s", n > 100 ? 100 : n,
-             len && reply[0] == '-' ? reply + 1 : reply);
-    conn_fail(c, why, 0);
+    conn_fail_refused(c, "AUTH failed", reply, len);
 }
 
 /* Puts the command in first (taken) in front of everything queued while
@@ -314,16 +324,43 @@ static void role_done(fragment *f, const char *reply, size_t len)
     c->shard->role_refused = 1; /* the Sentinels are asked again at the next tick */
 }
 
+/* Puts a fixed request first, behind only what is queued first after it
+ * (conn_queue_first). 0 or -1. */
+static int conn_queue_fixed(backend_conn *c, fragment *f, fragment_done_fn done, const char *req,
+                            size_t len)
+{
+    buf first = {0};
+    if (buf_append(&first, req, len) < 0) {
+        buf_free(&first);
+        return -1;
+    }
+    return conn_queue_first(c, f, done, &first);
+}
+
 /* A sentinel shard's address may be a demoted master by now: ROLE goes
  * first (only AUTH, queued after this call, goes before it). 0 or -1. */
 static int conn_queue_role(backend_conn *c)
 {
-    buf first = {0};
-    if (buf_append(&first, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1) < 0) {
-        buf_free(&first);
-        return -1;
-    }
-    return conn_queue_first(c, &c->role, role_done, &first);
+    return conn_queue_fixed(c, &c->role, role_done, ROLE_REQUEST, sizeof(ROLE_REQUEST) - 1);
+}
+
+static void hello_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->conn;
+    if (c->state != BACKEND_UP)
+        return; /* the connection is failing already */
+    if (len > 0 && reply[0] == '%')
+        return;
+    /* A shard older than Redis 6 answers -ERR unknown command. */
+    conn_fail_refused(c, "HELLO 3 refused", reply, len);
+}
+
+static void client_id_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->conn;
+    int64_t id;
+    if (c->state == BACKEND_UP && resp_reply_integer(reply, len, &id) == 0)
+        c->shard_client_id = id;
 }
 
 /* Writes AUTH and ROLE at once; the rest waits for ROLE's answer
@@ -411,6 +448,20 @@ static void conn_connected(backend_conn *c)
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
     c->role_pending = 0;
+    c->shard_client_id = 0;
+    /* Each goes in front of the one before: AUTH, ROLE, HELLO 3, CLIENT ID,
+     * then what was queued while connecting. */
+    if (c->reserved && !c->push_mode &&
+        conn_queue_fixed(c, &c->client_id, client_id_done, CLIENT_ID_REQUEST,
+                         sizeof(CLIENT_ID_REQUEST) - 1) < 0) {
+        conn_fail(c, "unavailable: out of memory queueing CLIENT ID", 0);
+        return;
+    }
+    if (c->resp3 && conn_queue_fixed(c, &c->hello, hello_done, HELLO3_REQUEST,
+                                     sizeof(HELLO3_REQUEST) - 1) < 0) {
+        conn_fail(c, "unavailable: out of memory queueing HELLO", 0);
+        return;
+    }
     int check_role = c->shard->sentinel_master != NULL || c->shard->is_replica;
     if (check_role && conn_queue_role(c) < 0) {
         conn_fail(c, "unavailable: out of memory queueing ROLE", 0);
@@ -673,9 +724,43 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
     return 0;
 }
 
+/* Connects the RESP3 pool of s, on the first request of a RESP3 client:
+ * a proxy whose clients all speak RESP2 opens no connection for it. */
+static __attribute__((noinline)) void resp3_pool_start(shard *s)
+{
+    s->resp3_started = 1;
+    if (!s->addrlen)
+        return; /* a sentinel shard's master is not known yet: started with the rest */
+    for (int j = s->nconns; j < 2 * s->nconns; j++)
+        if (s->conns[j].state == BACKEND_DOWN)
+            conn_connect(&s->conns[j]);
+}
+
+int backend_pool_size(const shard *s)
+{
+    return s->resp3_started ? 2 * s->nconns : s->nconns;
+}
+
+uint64_t backend_pool_hint(const shard *s, int j)
+{
+    return j < s->nconns ? (uint64_t)j : (uint64_t)(j - s->nconns) | REQUEST_HINT_RESP3;
+}
+
+/* The connection hint picks: RESP2 clients' requests are spread over the
+ * first nconns by their id, RESP3 clients' over the RESP3 pool. */
+static inline backend_conn *pool_conn(shard *s, uint64_t hint)
+{
+    if (__builtin_expect((hint & REQUEST_HINT_RESP3) != 0, 0)) {
+        if (!s->resp3_started)
+            resp3_pool_start(s);
+        return &s->conns[s->nconns + (hint & ~REQUEST_HINT_RESP3) % (uint64_t)s->nconns];
+    }
+    return &s->conns[hint % (uint64_t)s->nconns];
+}
+
 void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len)
 {
-    backend_conn *c = &s->conns[hint % (uint64_t)s->nconns];
+    backend_conn *c = pool_conn(s, hint);
     s->requests++;
     f->next = NULL;
     f->sent_us = srv.now_us;
@@ -769,7 +854,7 @@ static void shard_check_timeouts(shard *s, uint64_t limit, uint64_t now)
 {
     if (limit == 0)
         return;
-    for (int j = 0; j < s->nconns; j++) {
+    for (int j = 0; j < backend_pool_size(s); j++) {
         backend_conn *c = &s->conns[j];
         if (!c->head || !conn_takes_requests(c))
             continue;
@@ -845,7 +930,7 @@ const char *backend_shard_state(const shard *s)
 size_t backend_shard_inflight(const shard *s)
 {
     size_t n = 0;
-    for (int i = 0; i < s->nconns; i++)
+    for (int i = 0; i < backend_pool_size(s); i++)
         n += s->conns[i].inflight;
     return n;
 }
@@ -895,7 +980,7 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
     s->port = cs->port;
     s->sentinel_master = cs->sentinel_master ? strdup(cs->sentinel_master) : NULL;
     s->nconns = nconns;
-    s->conns = calloc((size_t)nconns, sizeof(*s->conns));
+    s->conns = calloc(2 * (size_t)nconns, sizeof(*s->conns));
     if (!s->name || !s->host || !s->conns || (cs->sentinel_master && !s->sentinel_master)) {
         snprintf(err, errlen, "out of memory");
         backend_shard_free(s);
@@ -905,10 +990,11 @@ shard *backend_shard_new(const config_shard *cs, int nconns, char *err, size_t e
     s->id = ++last_shard_id;
     DLIST_PUSH_FRONT(live_head, s, prev_live, next_live);
     s->dns_name = s->port && config_host_is_name(s->host);
-    for (int j = 0; j < s->nconns; j++) {
+    for (int j = 0; j < 2 * s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         c->shard = s;
         c->index = j;
+        c->resp3 = j >= s->nconns;
         c->fd = -1;
         c->state = BACKEND_DOWN;
         resp_reply_init(&c->scan);
@@ -929,7 +1015,7 @@ void backend_shard_start(shard *s)
 {
     if (!s->addrlen)
         return;
-    for (int j = 0; j < s->nconns; j++)
+    for (int j = 0; j < backend_pool_size(s); j++)
         if (s->conns[j].state == BACKEND_DOWN)
             conn_connect(&s->conns[j]);
 }
@@ -947,7 +1033,7 @@ int backend_shard_same_source(const shard *s, const config_shard *cs)
 static void shard_close_for_move(shard *s, const char *why)
 {
     shard_fail_reserved(s, why);
-    for (int j = 0; j < s->nconns; j++) {
+    for (int j = 0; j < backend_pool_size(s); j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
         event_del(&c->ev_timer);
@@ -1099,7 +1185,7 @@ void backend_shard_free(shard *s)
         return;
     backend_shard_free(s->replica);
     shard_fail_reserved(s, "unavailable: shard removed or re-addressed");
-    for (int j = 0; s->conns && j < s->nconns; j++) {
+    for (int j = 0; s->conns && j < 2 * s->nconns; j++) {
         backend_conn *c = &s->conns[j];
         conn_close_fd(c);
         event_del(&c->ev_timer);
@@ -1180,8 +1266,8 @@ static void reserved_fail(backend_conn *c, const char *why, int is_timeout, int 
         reserved_free(c);
 }
 
-backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event, void *owner,
-                              char *err, size_t errlen)
+backend_conn *backend_reserve(shard *s, int push_mode, int resp3, backend_event_fn on_event,
+                              void *owner, char *err, size_t errlen)
 {
     backend_conn *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -1194,6 +1280,7 @@ backend_conn *backend_reserve(shard *s, int push_mode, backend_event_fn on_event
     c->state = BACKEND_DOWN;
     c->reserved = 1;
     c->push_mode = push_mode;
+    c->resp3 = resp3;
     c->owner = owner;
     c->idle_since_us = srv.now_us;
     resp_reply_init(&c->scan);

@@ -57,18 +57,22 @@ typedef struct backend_conn {
     size_t inflight;
     /* request_timeout measures the head's lack of progress: its clock is the
      * later of head->sent_us and progress_us */
-    uint64_t queued_total;  /* bytes ever queued on out (AUTH and push writes too) */
-    uint64_t written_total; /* of those, bytes written to the shard */
-    uint64_t progress_us;   /* loop clock of the last reply bytes read, or of a write
-                               while the head's request was not all written */
-    int backoff_ms;         /* next reconnect delay */
-    flushq_link flush;      /* on the pending-flush queue */
-    int write_waiting;      /* ev_write is added: the socket was full */
-    char last_error[128];   /* why it is down */
-    char laddr[64];         /* our end, as the shard names it in CLIENT LIST (addr=) */
-    fragment auth;          /* the AUTH sent first when the shards need a password */
-    fragment role;          /* the ROLE sent next to a sentinel shard or a read replica */
-    int role_pending;       /* ROLE not yet answered as wanted: nothing else is written */
+    uint64_t queued_total;   /* bytes ever queued on out (AUTH and push writes too) */
+    uint64_t written_total;  /* of those, bytes written to the shard */
+    uint64_t progress_us;    /* loop clock of the last reply bytes read, or of a write
+                                while the head's request was not all written */
+    int backoff_ms;          /* next reconnect delay */
+    flushq_link flush;       /* on the pending-flush queue */
+    int write_waiting;       /* ev_write is added: the socket was full */
+    char last_error[128];    /* why it is down */
+    char laddr[64];          /* our end, as the shard names it in CLIENT LIST (addr=) */
+    fragment auth;           /* the AUTH sent first when the shards need a password */
+    fragment role;           /* the ROLE sent next to a sentinel shard or a read replica */
+    int role_pending;        /* ROLE not yet answered as wanted: nothing else is written */
+    int resp3;               /* speaks RESP3: HELLO 3 goes first, replies come in RESP3 */
+    fragment hello;          /* that HELLO 3 */
+    fragment client_id;      /* the CLIENT ID a reserved connection asks first */
+    int64_t shard_client_id; /* its answer: this connection's id on the shard, 0 until known */
     /* reserved connections only (backend_reserve): owned by one client */
     int reserved;
     int push_mode;             /* every reply goes to on_event; none is matched to a request */
@@ -110,8 +114,9 @@ typedef struct shard {
     time_t address_changed_at; /* when the last was, 0 = never */
     struct shard *prev_live;   /* every shard object not yet freed (backend_shard_live_first) */
     struct shard *next_live;
-    backend_conn *conns;
-    int nconns;
+    backend_conn *conns; /* 2 * nconns: the RESP2 pool, then the RESP3 pool */
+    int nconns;          /* connections per pool */
+    int resp3_started;   /* a RESP3 client's request came: the RESP3 pool is connected */
     /* counters for INFO shards */
     uint64_t requests;
     uint64_t errors; /* error replies made up by the proxy (down, busy, timeout) */
@@ -207,8 +212,14 @@ shard *backend_retired_first(void);
 /* Frees every retired shard now (exit). */
 void backend_retired_free_all(void);
 
+/* Connections in s's pools now: nconns, twice that once the RESP3 pool
+ * started. Connection j of them is the one backend_pool_hint(s, j) picks. */
+int backend_pool_size(const shard *s);
+uint64_t backend_pool_hint(const shard *s, int j);
+
 /* Queues a fragment with its request bytes on one of s's connections (picked
- * by hint, so one client's requests keep their order). When the shard cannot
+ * by hint, so one client's requests keep their order; REQUEST_HINT_RESP3 in
+ * it picks the RESP3 pool, connected at its first use). When the shard cannot
  * take it, f->done is called before this returns, with an error reply. */
 void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len);
 
@@ -235,15 +246,16 @@ void backend_fragment_timeout(shard *s, fragment *f);
  * but never reconnects: when it fails, its requests get an error and the
  * owner is told. */
 
-/* Opens a reserved connection to s. In push mode every reply goes to
- * on_event(owner, ...) unmatched; otherwise replies are matched to the
- * fragments sent with backend_reserved_send, in order. Its writes wait for
+/* Opens a reserved connection to s, speaking RESP3 when resp3 is set. In
+ * push mode every reply goes to on_event(owner, ...) unmatched; otherwise
+ * replies are matched to the fragments sent with backend_reserved_send, in
+ * order, and the connection learns its id on the shard (shard_client_id:
+ * CLIENT ID is its first request, for CLIENT UNBLOCK). Its writes wait for
  * a barrier (backend_reserved_barrier) when one is asked for. NULL with a
  * reason in err when no socket can be made. */
-__attribute__((warn_unused_result)) backend_conn *backend_reserve(shard *s, int push_mode,
-                                                                  backend_event_fn on_event,
-                                                                  void *owner, char *err,
-                                                                  size_t errlen);
+__attribute__((warn_unused_result)) backend_conn *
+backend_reserve(shard *s, int push_mode, int resp3, backend_event_fn on_event, void *owner,
+                char *err, size_t errlen);
 
 /* Holds c's writes until every request queued so far on the pool
  * connection that hint picks has been answered (a PING behind them), so

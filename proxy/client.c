@@ -254,6 +254,15 @@ static void request_finished(request *req, const char *reply, size_t len)
     }
     if (req->silent)
         len = 0; /* CLIENT REPLY OFF or SKIP: keeps its place, writes nothing */
+    /* A RESP3 request's reply never holds RESP2's nulls: the shards answer
+     * it on RESP3 connections (which send '_'), and the proxy's own null
+     * replies (CLIENT GETNAME, a lock not held, ...) are written '_' here,
+     * the one place they all pass. */
+    if (__builtin_expect(request_resp3(req), 0) && len == 5 &&
+        (memcmp(reply, "$-1\r\n", 5) == 0 || memcmp(reply, "*-1\r\n", 5) == 0)) {
+        reply = "_\r\n";
+        len = 3;
+    }
     if (req != c->head) {
         /* Most replies are a few bytes: keep them in the request itself. A
          * big one offered by its shard connection is taken, not copied. */
@@ -423,11 +432,13 @@ static int dispatch_big(client *c, size_t done, size_t used)
     buf msg = {0};
     if (buf_split(&c->in, used, &msg) < 0) {
         /* The bytes after it outnumber it: copied from c->in as usual. */
-        router_dispatch(req, c->scan.argc, c->scan.argv, buf_head(&c->in), used, c->sess.id);
+        router_dispatch(req, c->scan.argc, c->scan.argv, buf_head(&c->in), used,
+                        session_hint(&c->sess));
         buf_consume(&c->in, used);
     } else {
         buf *outer = buf_offer(&msg);
-        router_dispatch(req, c->scan.argc, c->scan.argv, buf_head(&msg), used, c->sess.id);
+        router_dispatch(req, c->scan.argc, c->scan.argv, buf_head(&msg), used,
+                        session_hint(&c->sess));
         buf_offer(outer);
         buf_free(&msg);
     }
@@ -472,7 +483,7 @@ static size_t process_bytes(client *c, const char *data, size_t len)
                 return len;
             }
             router_dispatch(req, c->scan.argc, c->scan.argv, c->scan.is_inline ? NULL : data + done,
-                            used, c->sess.id);
+                            used, session_hint(&c->sess));
             after_dispatch(c);
         }
         done += used;
@@ -635,6 +646,7 @@ void client_accept(int fd, const char *addr)
     resp_limits limits = {srv.cfg->max_bulk_len, srv.cfg->max_args, srv.cfg->max_inline_len};
     resp_request_init(&c->scan, &limits);
     c->sess.id = ++srv.next_client_id;
+    c->sess.proto = 2;
     c->sess.addr = c->addr;
     c->sess.created_us = server_now_us();
     c->sess.push = session_push;

@@ -151,6 +151,9 @@ typedef enum command_id {
     CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
     CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
     CMD_MSETNX,          /* across shards only as a cross-shard transaction (twopc.c) */
+    CMD_CLIENT_UNBLOCK,  /* a blocked client's command, unblocked on its shard */
+    CMD_CLIENT_PAUSE,    /* the proxy's own clients, not the shards (pause.c) */
+    CMD_CLIENT_UNPAUSE,
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -203,6 +206,9 @@ enum {
                                                by one hash (the router's fast path) */
     COMMAND_FLAG_NO_MULTI = 1 << 5,         /* Redis's no_multi (SAVE, SHUTDOWN, SYNC): between
                                                MULTI and EXEC, Redis's own refusal */
+    COMMAND_FLAG_PAUSED_BY_WRITE = 1 << 6,  /* waits out CLIENT PAUSE WRITE: Redis's write or
+                                               may_replicate flag, and EXEC */
+    COMMAND_FLAG_NEVER_PAUSED = 1 << 7,     /* runs during any CLIENT PAUSE (CLIENT UNPAUSE) */
 };
 
 /* One command or subcommand. A subcommand is named "container|sub" as Redis

@@ -51,6 +51,9 @@ LOCAL = {
     "client|no-evict": "CMD_CLIENT_NO_EVICT",
     "client|setinfo": "CMD_CLIENT_SETINFO",
     "client|reply": "CMD_CLIENT_REPLY",
+    "client|unblock": "CMD_CLIENT_UNBLOCK",
+    "client|pause": "CMD_CLIENT_PAUSE",
+    "client|unpause": "CMD_CLIENT_UNPAUSE",
     "auth": "CMD_AUTH",
 }
 
@@ -169,6 +172,16 @@ ROUTE_BY_CLASS = {
 # before AUTH is Redis's own no_auth flag; the rest are ringproxy's.
 WHILE_SUBSCRIBED = {"subscribe", "psubscribe", "unsubscribe", "punsubscribe", "ping", "quit",
                     "reset"}
+# CLIENT PAUSE WRITE holds what Redis holds: its write flag, and the
+# commands Redis flags may_replicate, which COMMAND does not show (EVAL,
+# EVALSHA, FCALL, PUBLISH, PFCOUNT, SCRIPT LOAD and FLUSH); EXEC, whose
+# queued commands may write; and the lock commands that change a lock.
+# CLIENT UNPAUSE runs during any pause, so that one can be ended.
+PAUSED_BY_WRITE_FLAGS = {"write", "may_replicate"}
+PAUSED_BY_WRITE = {"exec", "eval", "evalsha", "fcall", "publish", "spublish", "pfcount",
+                   "script|load", "script|flush", "lock.acquire", "lock.extend",
+                   "lock.release"}
+NEVER_PAUSED = {"client|unpause"}
 # Not queued between MULTI and EXEC: they run at once, as in Redis.
 RUNS_IN_MULTI = {"multi", "exec", "discard", "watch", "quit", "reset"}
 # Local commands a transaction may queue (the shard answers them in EXEC);
@@ -455,6 +468,10 @@ def route_and_flags(row, redis_flags):
         flags.append("COMMAND_FLAG_NOT_QUEUED")
     if "no_multi" in redis_flags and row.name not in RUNS_IN_MULTI:
         flags.append("COMMAND_FLAG_NO_MULTI")
+    if redis_flags & PAUSED_BY_WRITE_FLAGS or row.name in PAUSED_BY_WRITE:
+        flags.append("COMMAND_FLAG_PAUSED_BY_WRITE")
+    if row.name in NEVER_PAUSED:
+        flags.append("COMMAND_FLAG_NEVER_PAUSED")
     if (row.route == "ROUTE_KEYS" and row.cls == "COMMAND_FORWARD" and row.rule == "KEYS_RANGE"
             and row.first == 1 and row.last == 1):
         flags.append("COMMAND_FLAG_SINGLE_KEY")
@@ -640,6 +657,10 @@ ID_NOTES = {
     "CMD_CLIENT_NO_EVICT": "accepted; nothing to evict",
     "CMD_CLIENT_SETINFO": "shown in CLIENT LIST, as Redis 7.2",
     "CMD_CLIENT_REPLY": "ON, OFF, SKIP",
+    "CMD_CLIENT_UNBLOCK": "sent to the blocked command's shard",
+    "CMD_CLIENT_PAUSE": "the proxy's own clients; shards untouched",
+    "CMD_CLIENT_UNPAUSE": "the proxy's own clients",
+    "CMD_HELLO": "2 or 3: RESP3 replies come from RESP3 shard connections",
     "CMD_LOCK_ACQUIRE": "quorum lock on the lock shards: a fencing token or nil",
     "CMD_LOCK_RELEASE": "1 when the token held the lock",
     "CMD_LOCK_EXTEND": "1 when a majority extended it in time",
@@ -656,6 +677,7 @@ UNSUPPORTED_NOTES = {
     "spublish": "sharded pub/sub",
     "migrate": "keys move only with the ring (rebalancing)",
     "move": "database 0 only", "swapdb": "database 0 only",
+    "client|tracking": "client-side caching: invalidations would come from every shard",
 }
 
 

@@ -112,8 +112,9 @@ static const char RANDOMKEY_REQUEST[] = "*1\r\n$9\r\nRANDOMKEY\r\n";
 static void randomkey_done(fragment *f, const char *reply, size_t len)
 {
     request *req = f->req;
-    if (req->owner && len == 5 && memcmp(reply, "$-1\r\n", 5) == 0 &&
-        f->shards_asked + 1 < srv.nshards) {
+    /* nil: "$-1" in RESP2, "_" in RESP3 */
+    int nil = (len == 5 && memcmp(reply, "$-1\r\n", 5) == 0) || (len == 3 && reply[0] == '_');
+    if (req->owner && nil && f->shards_asked + 1 < srv.nshards) {
         f->shards_asked++;
         f->shard = (uint32_t)((f->shard + 1) % srv.nshards);
         txn_send_to_shard(req, f->shard, req->hint, f, RANDOMKEY_REQUEST,

@@ -19,6 +19,7 @@
 #include "proxy/listener.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
+#include "proxy/pause.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
@@ -217,6 +218,7 @@ static void run_loop(void)
 static void stop_services(void)
 {
     client_close_all();
+    pause_shutdown();
     listener_stop();
     event_del(&ev_maintenance);
     event_del(&ev_sigterm);

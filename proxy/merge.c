@@ -334,7 +334,12 @@ static void merge_pair_sum(request *req)
     if (per_shard < 0)
         return;
     buf out = {0};
-    buf_append_header(&out, '*', per_shard);
+    /* In RESP3 the shards answer a map: the client gets one too. */
+    const char *first = buf_head(&req->frags[0].reply);
+    if (first[0] == '%')
+        buf_append_header(&out, '%', per_shard / 2);
+    else
+        buf_append_header(&out, '*', per_shard);
     for (int64_t k = 0; k + 1 < per_shard; k += 2) {
         int64_t total = 0;
         for (size_t i = 0; i < req->nfrags; i++) {
@@ -451,13 +456,11 @@ static void merge_info(request *req)
     }
     if (buf_len(&out) >= 2)
         out.end -= 2; /* Redis ends INFO without the last blank line */
-    buf bulk = {0};
-    if (!buf_failed(&out))
-        buf_append_bulk(&bulk, buf_len(&out) ? buf_head(&out) : "", buf_len(&out));
+    if (buf_failed(&out))
+        request_error(req, "ERR out of memory merging replies");
     else
-        bulk.err = 1;
+        request_reply_text(req, buf_len(&out) ? buf_head(&out) : "", buf_len(&out));
     buf_free(&out);
-    reply_merged(req, &bulk);
 }
 
 static int same_element(const element *a, const element *b)
@@ -587,7 +590,7 @@ static void merge_config_get(request *req)
         count += 2;
     }
     buf out = {0};
-    buf_append_header(&out, '*', count);
+    request_append_map_header(req, &out, count / 2);
     buf_append(&out, own + pos, own_len - pos);
     if (buf_len(&pairs))
         buf_append(&out, buf_head(&pairs), buf_len(&pairs));

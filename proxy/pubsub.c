@@ -141,7 +141,7 @@ static sub_conn *conn_to(pubsub *ps, shard *s, char *err, size_t errlen)
     }
     sc->ps = ps;
     sc->shard = s;
-    sc->conn = backend_reserve(s, 1, conn_event, sc, err, errlen);
+    sc->conn = backend_reserve(s, 1, ps->sess->proto == 3, conn_event, sc, err, errlen);
     if (!sc->conn) {
         free(sc);
         return NULL;
@@ -220,7 +220,7 @@ static void on_push(sub_conn *sc, const char *r, size_t len)
         close_unused(ps);
         return;
     }
-    if (len < 4 || r[0] != '*') {
+    if (len < 4 || (r[0] != '*' && r[0] != '>')) {
         if (len > 0 && r[0] == '-')
             log_warn("shard %s: subscriber connection: %.*s", sc->shard->label,
                      (int)(len > 200 ? 200 : len - 2), r);
@@ -283,13 +283,18 @@ static shard *channel_shard(const resp_arg *channel)
     return srv.shards[server_shard_of_key(channel->ptr, channel->len)];
 }
 
-/* Appends one confirmation: [kind, name (NULL: nil), count]. */
-static void confirm(buf *b, const char *kind, const char *name, size_t len, size_t count)
+/* Appends one confirmation to req's: [kind, name (NULL: nil), count], a
+ * push in RESP3 as Redis sends it. */
+static void confirm(request *req, const char *kind, const char *name, size_t len, size_t count)
 {
-    buf_append_header(b, '*', 3);
+    buf *b = &req->confirmations;
+    int resp3 = request_resp3(req);
+    buf_append_header(b, resp3 ? '>' : '*', 3);
     buf_append_bulk(b, kind, strlen(kind));
     if (name)
         buf_append_bulk(b, name, len);
+    else if (resp3)
+        buf_append(b, "_\r\n", 3);
     else
         buf_append(b, "$-1\r\n", 5);
     buf_append_header(b, ':', (int64_t)count);
@@ -389,7 +394,7 @@ static void cmd_subscribe(request *req, pubsub *ps, size_t argc, const resp_arg 
         if (!find(&ps->channels, argv[i].ptr, argv[i].len))
             fail = !add(&ps->channels, argv[i].ptr, argv[i].len,
                         conn_to(ps, channel_shard(&argv[i]), err, sizeof(err)));
-        confirm(&req->confirmations, "subscribe", argv[i].ptr, argv[i].len, total(ps));
+        confirm(req, "subscribe", argv[i].ptr, argv[i].len, total(ps));
     }
     unsigned char *send_to = calloc(ps->nconns + 1, 1);
     if (fail || buf_failed(&req->confirmations) || !send_to) {
@@ -423,7 +428,7 @@ static void cmd_psubscribe(request *req, pubsub *ps, size_t argc, const resp_arg
     for (size_t i = 1; i < argc && !fail; i++) {
         if (!find(&ps->patterns, argv[i].ptr, argv[i].len))
             fail = !add(&ps->patterns, argv[i].ptr, argv[i].len, NULL);
-        confirm(&req->confirmations, "psubscribe", argv[i].ptr, argv[i].len, total(ps));
+        confirm(req, "psubscribe", argv[i].ptr, argv[i].len, total(ps));
     }
     unsigned char *send_to = calloc(ps->nconns + 1, 1);
     if (fail || buf_failed(&req->confirmations) || !send_to) {
@@ -452,13 +457,13 @@ static void cmd_unsubscribe(request *req, pubsub *ps, int patterns, size_t argc,
     }
     if (argc == 1) {
         if (e->n == 0)
-            confirm(&req->confirmations, kind, NULL, 0, total(ps));
+            confirm(req, kind, NULL, 0, total(ps));
         for (size_t j = 0; j < ps->nconns; j++)
             for (size_t i = 0; i < e->n; i++)
                 send_to[j] |= patterns || e->items[i].sc == ps->conns[j];
         while (e->n > 0) {
             entry *last = &e->items[e->n - 1];
-            confirm(&req->confirmations, kind, last->name, last->len, total(ps) - 1);
+            confirm(req, kind, last->name, last->len, total(ps) - 1);
             remove_at(e, e->n - 1);
         }
     } else {
@@ -469,7 +474,7 @@ static void cmd_unsubscribe(request *req, pubsub *ps, int patterns, size_t argc,
                     send_to[j] |= patterns || it->sc == ps->conns[j];
                 remove_at(e, (size_t)(it - e->items));
             }
-            confirm(&req->confirmations, kind, argv[i].ptr, argv[i].len, total(ps));
+            confirm(req, kind, argv[i].ptr, argv[i].len, total(ps));
         }
     }
     if (buf_failed(&req->confirmations)) {

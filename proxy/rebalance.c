@@ -913,7 +913,7 @@ static int *find_sources(ring *old_ring, shard **old_shards, size_t n_old)
 /* Sends the barrier's PING behind everything queued on each connection of s. */
 static void barrier_ping(shard *s)
 {
-    for (int j = 0; j < s->nconns; j++) {
+    for (int j = 0; j < backend_pool_size(s); j++) {
         barrier_frag *bf = calloc(1, sizeof(*bf));
         if (!bf)
             continue;
@@ -922,7 +922,7 @@ static void barrier_ping(shard *s)
         bf->f.done = barrier_ping_done;
         bf->f.harmless = 1;
         rb.barrier++;
-        backend_send(s, (uint64_t)j, &bf->f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
+        backend_send(s, backend_pool_hint(s, j), &bf->f, RESP_PING_REQUEST, RESP_PING_REQUEST_LEN);
     }
 }
 

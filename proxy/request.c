@@ -85,6 +85,27 @@ void request_reply_buf(request *req, const buf *b)
         req->on_done(req, buf_head(b), buf_len(b));
 }
 
+void request_reply_text(request *req, const char *text, size_t len)
+{
+    buf b = {0};
+    if (request_resp3(req)) {
+        buf_append_header(&b, '=', (int64_t)(len + 4));
+        buf_append(&b, "txt:", 4);
+        buf_append(&b, text, len);
+        buf_append(&b, "\r\n", 2);
+    } else {
+        buf_append_bulk(&b, text, len);
+    }
+    request_reply_buf(req, &b);
+    buf_free(&b);
+}
+
+int request_append_map_header(const request *req, buf *b, int64_t pairs)
+{
+    return request_resp3(req) ? buf_append_header(b, '%', pairs)
+                              : buf_append_header(b, '*', 2 * pairs);
+}
+
 void request_crossslot(request *req, const char *what)
 {
     srv.stats.errors_crossslot++;

@@ -72,6 +72,7 @@ typedef struct session {
                                  the client's next requests wait for its reply, as in Redis */
     int blocked;              /* a blocking command waits on its shard (shutdown does not) */
     session_reply reply_mode; /* CLIENT REPLY */
+    int proto;                /* RESP version of its replies: 2, or 3 after HELLO 3 */
     const char *addr;         /* the client's address, for CLIENT LIST */
     uint64_t created_us;      /* when it connected */
     uint64_t last_cmd_us;     /* when its last command arrived */
@@ -92,6 +93,19 @@ typedef struct session {
     struct session *prev; /* every client's session (srv.sessions), for CLIENT LIST */
     struct session *next;
 } session;
+
+/* Set in a request's hint (the backend connection choice) when its client
+ * speaks RESP3: the request then goes on the shard's RESP3 connections, so
+ * its reply comes in RESP3 and passes through unchanged. Client ids never
+ * reach this bit. */
+#define REQUEST_HINT_RESP3 (UINT64_C(1) << 63)
+
+/* The hint a session's requests pick shard connections by: its id, which
+ * keeps its requests on one connection per shard, and its protocol. */
+static inline uint64_t session_hint(const session *s)
+{
+    return s->id | (s->proto == 3 ? REQUEST_HINT_RESP3 : 0);
+}
 
 /* Called once when a request's whole reply is known. owner is NULL when the
  * client went away meanwhile; the callback then just frees the request. */
@@ -132,6 +146,14 @@ typedef struct request {
     struct request *next_wait; /* in the rebalance barrier's wait list */
 } request;
 
+/* Whether req's reply is due in RESP3: its client spoke RESP3 when it was
+ * sent, so the shards answered it in RESP3 and the proxy's own replies
+ * must be too. */
+static inline int request_resp3(const request *req)
+{
+    return (req->hint & REQUEST_HINT_RESP3) != 0;
+}
+
 /* Takes a request from a free list (or allocates one), zeroed. NULL when out
  * of memory. */
 request *request_new(void);
@@ -151,6 +173,15 @@ void request_error(request *req, const char *fmt, ...) __attribute__((format(pri
 /* Answers req with the reply built in b, or with "-ERR out of memory" when
  * an append to b failed (buf_failed). b is not freed. */
 void request_reply_buf(request *req, const buf *b);
+
+/* Answers req with text (INFO, CLIENT LIST): a bulk string, or for a
+ * RESP3 request a verbatim string of format "txt", as Redis 7 answers. */
+void request_reply_text(request *req, const char *text, size_t len);
+
+/* Appends the header of a reply of key-value pairs: a RESP3 request's is
+ * a map of that many entries, a RESP2 one's a flat array twice as long.
+ * 0 or -1, as buf_append_header. */
+int request_append_map_header(const request *req, buf *b, int64_t pairs);
 
 /* What request_crossslot says of keys on several shards. */
 #define REQUEST_KEYS_APART "Keys in request don't hash to the same shard"

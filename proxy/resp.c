@@ -755,9 +755,12 @@ int resp_reply_array_at(const char *r, size_t len, size_t *pos, int64_t *count)
 {
     size_t at = *pos;
     int64_t n;
-    if (header_at(r, len, &at, '*', &n) < 0 || n < 0)
+    char type = *pos < len ? r[*pos] : '\0';
+    if (type != '*' && type != '~' && type != '>' && type != '%')
         return -1;
-    *count = n;
+    if (header_at(r, len, &at, type, &n) < 0 || n < 0 || n > INT64_MAX / 2)
+        return -1;
+    *count = type == '%' ? 2 * n : n;
     *pos = at;
     return 0;
 }
@@ -766,12 +769,17 @@ int resp_reply_bulk_at(const char *r, size_t len, size_t *pos, const char **ptr,
 {
     size_t at = *pos;
     int64_t blen;
-    if (header_at(r, len, &at, '$', &blen) < 0 || blen < 0 || (uint64_t)blen > len - at ||
+    char type = *pos < len && r[*pos] == '=' ? '=' : '$';
+    if (header_at(r, len, &at, type, &blen) < 0 || blen < 0 || (uint64_t)blen > len - at ||
         len - at - (size_t)blen < 2 || r[at + (size_t)blen] != '\r' ||
         r[at + (size_t)blen + 1] != '\n')
         return -1;
-    *ptr = r + at;
-    *n = (size_t)blen;
+    /* A verbatim string's "txt:" (its format and a colon) is not text. */
+    size_t skip = type == '=' ? RESP_VERBATIM_PREFIX_LEN : 0;
+    if ((size_t)blen < skip)
+        return -1;
+    *ptr = r + at + skip;
+    *n = (size_t)blen - skip;
     *pos = at + (size_t)blen + 2;
     return 0;
 }

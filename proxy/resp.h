@@ -100,17 +100,23 @@ __attribute__((warn_unused_result)) int resp_reply_integer(const char *reply, si
 /* Reading inside a whole reply the proxy already holds (found by
  * resp_reply_scan), for the few replies it rewrites or merges. */
 
-/* Reads the array header at r[*pos] (r holds len bytes): its element count
- * in *count, and moves *pos past it. 0, or -1 when no array header (or a
- * null array) is there. */
+/* Reads the aggregate header at r[*pos] (r holds len bytes): an array, or
+ * RESP3's set, push or map ('*', '~', '>', '%'). Its element count goes in
+ * *count (a map's entries count two elements each: key and value), and
+ * *pos moves past it. 0, or -1 when no such header (or a null array) is
+ * there. */
 __attribute__((warn_unused_result)) int resp_reply_array_at(const char *r, size_t len, size_t *pos,
                                                             int64_t *count);
 
-/* Reads the bulk string at r[*pos] (r holds len bytes): its bytes in *ptr
- * and *n, and moves *pos past it. 0, or -1 when no whole bulk string (body
- * and CR LF), or a null bulk, is there. */
+/* Reads the bulk string at r[*pos] (r holds len bytes), or RESP3's
+ * verbatim string ('=', its "txt:" format prefix left out): its bytes in
+ * *ptr and *n, and moves *pos past it. 0, or -1 when no whole bulk string
+ * (body and CR LF), or a null bulk, is there. */
 __attribute__((warn_unused_result)) int resp_reply_bulk_at(const char *r, size_t len, size_t *pos,
                                                            const char **ptr, size_t *n);
+
+/* A RESP3 verbatim string's body starts with its format and a colon. */
+#define RESP_VERBATIM_PREFIX_LEN 4
 
 /* A whole PING request, for the proxy's own round trips to a shard. */
 #define RESP_PING_REQUEST     "*1\r\n$4\r\nPING\r\n"

@@ -21,6 +21,7 @@
 #include "proxy/log.h"
 #include "proxy/merge.h"
 #include "proxy/migrate.h"
+#include "proxy/pause.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
@@ -323,7 +324,7 @@ static void kill_everywhere(const routed *r)
     fragment *frags = r->req->frags;
     for (size_t i = 0; i < n; i++) {
         char err[300];
-        frags[i].conn = backend_reserve(srv.shards[i], 0, NULL, NULL, err, sizeof(err));
+        frags[i].conn = backend_reserve(srv.shards[i], 0, 0, NULL, NULL, err, sizeof(err));
         if (!frags[i].conn) {
             char reply[320];
             int rlen = snprintf(reply, sizeof(reply), "-ERR %.*s\r\n", 300, err);
@@ -352,7 +353,7 @@ static uint32_t script_shard(void)
  * requests on one connection. */
 static uint32_t any_shard(const routed *r)
 {
-    return (uint32_t)(r->req->hint % srv.nshards);
+    return (uint32_t)((r->req->hint & ~REQUEST_HINT_RESP3) % srv.nshards);
 }
 
 /* Where a request's keys are. Fills key_pos and key_shard, r->nkeys,
@@ -548,10 +549,11 @@ static void route_local(routed *r)
     admin_execute(r->req, r->cmd, r->argc, r->argv);
 }
 
-/* ROUTE_PING: a subscribed client gets the subscriber's form of the reply. */
+/* ROUTE_PING: a subscribed RESP2 client gets the subscriber's form of the
+ * reply; a RESP3 one, as from Redis, the plain one. */
 static void route_ping(routed *r)
 {
-    if (pubsub_active(r->req->session))
+    if (pubsub_active(r->req->session) && !request_resp3(r->req))
         pubsub_ping(r->req, r->argc, r->argv);
     else
         admin_execute(r->req, r->cmd, r->argc, r->argv);
@@ -571,6 +573,7 @@ static void route_reset(routed *r)
     pubsub_end(sess);
     free(sess->name);
     sess->name = NULL;
+    sess->proto = 2; /* as Redis 7: RESET goes back to RESP2 */
     if (srv.cfg->requirepass)
         sess->authenticated = 0;
     txn_reset(req);
@@ -908,6 +911,29 @@ static int resolve(routed *r)
     return 0;
 }
 
+static void route(routed *r);
+
+/* pause.c calls this back when the pause ends: route the saved request. */
+static void route_unpaused(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                           size_t raw_len)
+{
+    routed r = {.req = req, .argc = argc, .argv = argv, .raw = raw, .raw_len = raw_len};
+    route(&r);
+}
+
+/* CLIENT PAUSE holds the command, with its bytes (its argv points into the
+ * client's buffer, which moves on). */
+static __attribute__((noinline)) void postpone(const routed *r)
+{
+    size_t len;
+    const char *bytes = request_bytes(r, &len);
+    if (!bytes) {
+        request_error(r->req, "ERR out of memory");
+        return;
+    }
+    pause_postpone(r->req, bytes, len, route_unpaused);
+}
+
 static void route_moved(request *req, size_t argc, const resp_arg *argv, const char *raw,
                         size_t raw_len);
 
@@ -952,6 +978,11 @@ static void route(routed *r)
         request_error(r->req, "NOAUTH Authentication required.");
         return;
     }
+    /* Counted when it runs, after the pause. */
+    if (pause_holds(cmd)) {
+        postpone(r);
+        return;
+    }
     command_stats[cmd->stat].calls++;
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
@@ -961,7 +992,10 @@ static void route(routed *r)
         forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
         return;
     }
-    if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED)) {
+    /* RESP3 lets a subscribed client send any command (its messages come
+     * as push frames, told apart from replies). */
+    if (!plain && pubsub_active(sess) && !(cmd->flags & COMMAND_FLAG_WHILE_SUBSCRIBED) &&
+        sess->proto != 3) {
         request_error(r->req,
                       "ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
                       "QUIT / RESET are allowed in this context",

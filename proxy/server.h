@@ -63,6 +63,7 @@ typedef struct server {
     time_t last_reload_time;
     char last_reload_error[512];
     int stopping;         /* SIGTERM seen: no new clients */
+    int client_pause;     /* CLIENT PAUSE in force: a pause_mode (pause.h), 0 when none */
     size_t twopc_holding; /* cross-shard transactions of this proxy holding key locks: while
                              not 0, a request touching a held key waits (twopc.c) */
     server_stats stats;

@@ -148,20 +148,21 @@ static void conn_event(void *owner, const char *push, size_t len)
  * req with an error. */
 static int pin(txn *t, request *req, shard *s)
 {
-    if (t->conn && t->conn->shard != s) {
-        /* Lingering on another shard: nothing of the client's is on it. */
+    if (t->conn && (t->conn->shard != s || t->conn->resp3 != (t->sess->proto == 3))) {
+        /* Lingering on another shard, or in the protocol the client spoke
+         * before HELLO: nothing of the client's is on it. */
         backend_reserved_close(t->conn);
         t->conn = NULL;
     }
     if (!t->conn) {
         char err[300];
-        t->conn = backend_reserve(s, 0, conn_event, t, err, sizeof(err));
+        t->conn = backend_reserve(s, 0, t->sess->proto == 3, conn_event, t, err, sizeof(err));
         if (!t->conn) {
             request_error(req, "ERR %s", err);
             return -1;
         }
     }
-    backend_reserved_barrier(t->conn, t->sess->id);
+    backend_reserved_barrier(t->conn, session_hint(t->sess));
     return 0;
 }
 
@@ -363,6 +364,11 @@ int txn_multi_count(const session *sess)
 int txn_watching(const session *sess)
 {
     return sess && sess->txn && sess->txn->watched;
+}
+
+backend_conn *txn_blocked_conn(const session *sess)
+{
+    return sess && sess->blocked && sess->txn ? sess->txn->conn : NULL;
 }
 
 void txn_abort(session *sess)

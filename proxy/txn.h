@@ -36,6 +36,10 @@ int txn_multi_count(const session *sess);
 /* Whether the client has WATCHed keys (CLIENT LIST's flags). */
 int txn_watching(const session *sess);
 
+/* The reserved connection a blocked client's command waits on, NULL when
+ * it is not blocked (CLIENT UNBLOCK). */
+backend_conn *txn_blocked_conn(const session *sess);
+
 /* Queues one command of a transaction: s is its keys' shard, or NULL for a
  * keyless command (it runs on the transaction's shard, or waits in the
  * proxy until a keyed command picks one). A keyed command on another shard

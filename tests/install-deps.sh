@@ -7,6 +7,14 @@ set -euo pipefail
 pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
       redis-server redis-sentinel redis-tools nutcracker)
 [ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind)
+# `clients` (make test-clients): Node.js and npm, unless node and npm are
+# there already (a Node.js from elsewhere, e.g. NodeSource, bundles npm and
+# conflicts with Debian's npm package).
+if [ "${1:-}" = clients ]; then
+    pkgs=()
+    command -v node >/dev/null || pkgs+=(nodejs)
+    command -v npm >/dev/null || pkgs+=(npm)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -5,8 +5,9 @@
  * refused unless allow_config_set = yes (then every shard takes it), and a
  * proxy key is never set that way; INFO carries what monitoring reads (the
  * shards' keyspace summed, hit counts, blocked clients); CLIENT SETINFO,
- * NO-EVICT, REPLY and KILL act on the proxy's own clients; SAVE and SHUTDOWN inside MULTI get
- * Redis's own refusal. */
+ * NO-EVICT, REPLY, KILL, PAUSE and UNPAUSE act on the proxy's own clients
+ * (never pausing the shards), CLIENT UNBLOCK unblocks a client's command
+ * on its shard; SAVE and SHUTDOWN inside MULTI get Redis's own refusal. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -304,9 +306,9 @@ static void test_info_commandstats(void **state)
     assert_non_null(strstr(text, "cmdstat_get:calls="));
     assert_non_null(strstr(text, ",usec=0,usec_per_call=0.00,rejected_calls="));
     /* Subcommands by Redis's name; unsupported ones are rejections. */
-    fixture_expect_error(fixture_cmd(c, "CLIENT PAUSE 10"), "ERR unsupported command");
+    fixture_expect_error(fixture_cmd(c, "CLIENT TRACKING on"), "ERR unsupported command");
     text = info(f, c, "commandstats");
-    assert_non_null(strstr(text, "\ncmdstat_client|pause:calls=0,"));
+    assert_non_null(strstr(text, "\ncmdstat_client|tracking:calls=0,"));
     assert_non_null(strstr(text, "\ncmdstat_info:calls="));
     /* Not in plain INFO, as in Redis; in INFO all and everything. */
     assert_null(strstr(info(f, c, NULL), "# Commandstats"));
@@ -499,6 +501,154 @@ static void test_client_kill_filters(void **state)
 
 /* SAVE, SHUTDOWN, SYNC and PSYNC between MULTI and EXEC: Redis's own
  * refusal, which also aborts the transaction, rather than "unsupported". */
+/* Sends a command on c without reading its reply (the socket write done). */
+static void send_now(redisContext *c, const char *cmd)
+{
+    if (redisAppendCommand(c, cmd) != REDIS_OK)
+        fail_msg("%s not queued", cmd);
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            fail_msg("%s not sent", cmd);
+}
+
+/* Waits until shard i counts a blocked client (its own INFO). */
+static void wait_blocked_on_shard(fixture *f, int i)
+{
+    long long blocked = 0;
+    for (long long t0 = fixture_now_ms(); fixture_now_ms() - t0 < fixture_bound_ms(3000);) {
+        redisReply *r = fixture_cmd(fixture_shard(f, i), "INFO clients");
+        blocked = info_number(r->str, "blocked_clients");
+        freeReplyObject(r);
+        if (blocked)
+            return;
+        fixture_sleep_ms(20);
+    }
+    fail_msg("shard %d never counted a blocked client", i);
+}
+
+static void test_client_unblock(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f), *blocker = authed_client(f);
+    long long id = client_id(blocker);
+    int owner = fixture_owner(c, "unblock:list", 12);
+    fixture_expect_int(fixture_cmd(c, "CLIENT UNBLOCK %lld", id), 0); /* not blocked */
+    fixture_expect_error(fixture_cmd(c, "CLIENT UNBLOCK x"), "ERR value is not an integer");
+    fixture_expect_error(fixture_cmd(c, "CLIENT UNBLOCK %lld LATER", id),
+                         "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
+
+    /* ERROR: the blocked command fails as on Redis. */
+    send_now(blocker, "BLPOP unblock:list 0");
+    wait_blocked_on_shard(f, owner);
+    fixture_expect_int(fixture_cmd(c, "CLIENT UNBLOCK %lld ERROR", id), 1);
+    fixture_expect_error(fixture_next_reply(blocker),
+                         "UNBLOCKED client unblocked via CLIENT UNBLOCK");
+    /* TIMEOUT (the default): as if its timeout had passed, a nil. */
+    long long t0 = fixture_now_ms();
+    send_now(blocker, "BLPOP unblock:list 30");
+    wait_blocked_on_shard(f, owner);
+    fixture_expect_int(fixture_cmd(c, "CLIENT UNBLOCK %lld", id), 1);
+    redisReply *r = fixture_next_reply(blocker);
+    assert_int_equal(r->type, REDIS_REPLY_NIL);
+    freeReplyObject(r);
+    assert_true(fixture_now_ms() - t0 < fixture_bound_ms(5000));
+    /* The client goes on as before. */
+    fixture_expect_status(fixture_cmd(blocker, "PING"), "PONG");
+    fixture_expect_int(fixture_cmd(c, "CLIENT UNBLOCK %lld", id), 0);
+    fixture_close(f, blocker);
+    fixture_close(f, c);
+}
+
+/* A raw connection to the proxy, authenticated. */
+static int raw_authed(fixture *f)
+{
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    static const char auth[] = "*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n";
+    assert_int_equal(fixture_raw_send(fd, auth, sizeof(auth) - 1), 0);
+    char got[16];
+    int closed = 0;
+    fixture_raw_read(fd, got, sizeof(got), 5, (int)fixture_bound_ms(2000), &closed);
+    assert_string_equal(got, "+OK\r\n");
+    return fd;
+}
+
+/* Reads exactly want from fd within the bound. */
+static void raw_expect(int fd, const char *want)
+{
+    char got[256];
+    int closed = 0;
+    fixture_raw_read(fd, got, sizeof(got), strlen(want), (int)fixture_bound_ms(3000), &closed);
+    assert_string_equal(got, want);
+}
+
+/* Nothing arrives on fd for ms. */
+static void raw_expect_nothing(int fd, int ms)
+{
+    char got[256];
+    int closed = 0;
+    size_t n = fixture_raw_read(fd, got, sizeof(got), 1, ms, &closed);
+    if (n)
+        fail_msg("expected nothing yet, got %s", got);
+}
+
+static const char SET_PAUSED[] = "*3\r\n$3\r\nSET\r\n$11\r\npause:write\r\n$1\r\n1\r\n";
+static const char GET_PAUSED[] = "*2\r\n$3\r\nGET\r\n$11\r\npause:write\r\n";
+
+static void test_client_pause_write_holds_writes_only(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    int owner = fixture_owner(c, "pause:write", 11);
+    fixture_expect_error(fixture_cmd(c, "CLIENT PAUSE x"), "ERR timeout is not an integer");
+    fixture_expect_error(fixture_cmd(c, "CLIENT PAUSE -1"), "ERR timeout is negative");
+    fixture_expect_error(fixture_cmd(c, "CLIENT PAUSE 10 SOME"), "ERR syntax error");
+    fixture_expect_status(fixture_cmd(c, "CLIENT PAUSE 60000 WRITE"), "OK");
+    int writer = raw_authed(f);
+    /* The write and the read behind it wait, in order; reads of other
+     * clients go on; the shards are not paused. */
+    assert_int_equal(fixture_raw_send(writer, SET_PAUSED, sizeof(SET_PAUSED) - 1), 0);
+    assert_int_equal(fixture_raw_send(writer, GET_PAUSED, sizeof(GET_PAUSED) - 1), 0);
+    fixture_expect_nil(fixture_cmd(c, "GET pause:write"));
+    fixture_expect_status(fixture_cmd(fixture_shard(f, owner), "SET pause:direct 1"), "OK");
+    raw_expect_nothing(writer, 300);
+    assert_int_equal(fixture_holders(f, "pause:write", 11), 0);
+    fixture_expect_status(fixture_cmd(c, "CLIENT UNPAUSE"), "OK");
+    raw_expect(writer, "+OK\r\n$1\r\n1\r\n");
+    fixture_expect_str(fixture_cmd(c, "GET pause:write"), "1");
+    close(writer);
+    fixture_close(f, c);
+}
+
+static void test_client_pause_all_ends_by_itself(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = authed_client(f);
+    fixture_expect_status(fixture_cmd(c, "SET pause:write 2"), "OK");
+    int reader = raw_authed(f);
+    long long t0 = fixture_now_ms();
+    fixture_expect_status(fixture_cmd(c, "CLIENT PAUSE 400 ALL"), "OK");
+    /* Reads wait too. */
+    assert_int_equal(fixture_raw_send(reader, GET_PAUSED, sizeof(GET_PAUSED) - 1), 0);
+    raw_expect(reader, "$1\r\n2\r\n");
+    long long took = fixture_now_ms() - t0;
+    if (took < 350 || took > fixture_bound_ms(3000))
+        fail_msg("a read during a 400 ms pause took %lld ms", took);
+    /* CLIENT UNPAUSE is never paused: a pause can always be ended. */
+    int other = raw_authed(f);
+    fixture_expect_status(fixture_cmd(c, "CLIENT PAUSE 60000 ALL"), "OK");
+    assert_int_equal(fixture_raw_send(reader, GET_PAUSED, sizeof(GET_PAUSED) - 1), 0);
+    raw_expect_nothing(reader, 200);
+    static const char unpause[] = "*2\r\n$6\r\nCLIENT\r\n$7\r\nUNPAUSE\r\n";
+    assert_int_equal(fixture_raw_send(other, unpause, sizeof(unpause) - 1), 0);
+    raw_expect(other, "+OK\r\n");
+    raw_expect(reader, "$1\r\n2\r\n");
+    close(other);
+    close(reader);
+    fixture_close(f, c);
+}
+
 static void test_server_commands_are_not_allowed_in_multi(void **state)
 {
     fixture *f = *state;
@@ -532,6 +682,9 @@ int main(void)
         cmocka_unit_test(test_client_setinfo_and_no_evict),
         cmocka_unit_test(test_client_reply_off_skip_on),
         cmocka_unit_test(test_client_kill_filters),
+        cmocka_unit_test(test_client_unblock),
+        cmocka_unit_test(test_client_pause_write_holds_writes_only),
+        cmocka_unit_test(test_client_pause_all_ends_by_itself),
         cmocka_unit_test(test_info_with_a_shard_down),
     };
     const struct CMUnitTest allowed[] = {

@@ -927,6 +927,16 @@ static const inside_case inside_cases[] = {
     {"bulk body longer than said", "$2\r\nabc\r\n", 0, 0, -1, 0, NULL, 0},
     {"bulk length past the end", "$99999999999\r\nab\r\n", 0, 0, -1, 0, NULL, 0},
     {"offset at the end", "$1\r\nx\r\n", 7, 0, -1, 0, NULL, 0},
+    /* RESP3: a map's entries count two elements; sets and pushes as arrays */
+    {"map header", "%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:2\r\n", 0, 1, 0, 4, NULL, 4},
+    {"empty map", "%0\r\n", 0, 1, 0, 0, NULL, 4},
+    {"set header", "~3\r\n", 0, 1, 0, 3, NULL, 4},
+    {"push header", ">3\r\n$7\r\nmessage\r\n", 0, 1, 0, 3, NULL, 4},
+    {"attribute is not an aggregate to read", "|1\r\n+a\r\n+b\r\n:1\r\n", 0, 1, -1, 0, NULL, 0},
+    {"RESP3 null is not an array", "_\r\n", 0, 1, -1, 0, NULL, 0},
+    {"verbatim string without its format", "=8\r\ntxt:a\r\nb\r\n", 0, 0, 0, 0, "a\r\nb", 14},
+    {"verbatim string shorter than a format", "=2\r\ntx\r\n", 0, 0, -1, 0, NULL, 0},
+    {"RESP3 null is not a bulk", "_\r\n", 0, 0, -1, 0, NULL, 0},
 };
 
 static void test_reply_inside(void **state)
