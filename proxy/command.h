@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config/acl.h"
 #include "proxy/resp.h"
 
 /* How the router treats a command. */
@@ -150,6 +151,13 @@ typedef enum command_id {
     CMD_CLIENT_REPLY,    /* ON, OFF, SKIP: whether the client's replies are written */
     CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
     CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
+    CMD_ACL,             /* ACL subcommands that change users: refused (users are proxy.ini's) */
+    CMD_ACL_WHOAMI,
+    CMD_ACL_LIST,
+    CMD_ACL_USERS,
+    CMD_ACL_CAT,
+    CMD_ACL_GENPASS,
+    CMD_ACL_DRYRUN,
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -220,7 +228,9 @@ typedef struct command {
     command_numkeys numkeys; /* KEYS_*NUMKEYS: how numkeys is checked */
     command_route route;     /* the router's handler */
     unsigned flags;          /* COMMAND_FLAG_* */
-    unsigned stat;           /* its counters: command_stats[stat] */
+    unsigned stat;           /* its counters: command_stats[stat]; also its bit in a user's
+                                command permissions (proxy/access.c) */
+    uint32_t acl;            /* Redis's ACL categories (ACL_CAT_*), as COMMAND INFO lists them */
 } command;
 
 /* INFO commandstats counters of one command, as Redis keeps them. The
@@ -232,6 +242,9 @@ typedef struct command_counters {
 
 /* Indexed by command.stat, one per row and subcommand row. */
 extern command_counters command_stats[];
+
+/* How many rows and subcommand rows there are: command.stat is below it. */
+size_t command_stat_count(void);
 
 /* Builds the lookup index. Optional: command_lookup builds it on first use;
  * call it at startup, before any thread exists, when threads may look up. */
