@@ -4,6 +4,8 @@
 
 CC       ?= cc
 PKGS     := libevent hiredis inih
+# SHA-256 of ACL passwords (config/acl.c)
+PKGS     += libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 TEST_LIBS  := $(shell pkg-config --libs cmocka hiredis 2>/dev/null)
