@@ -62,12 +62,14 @@ typedef enum session_reply {
  * change (CLIENT SETNAME, QUIT, transactions, subscriptions). Owned by the
  * client, reached through requests. */
 typedef struct session {
-    uint64_t id;              /* CLIENT ID */
-    char *name;               /* CLIENT SETNAME, NULL when unset */
-    char *lib_name;           /* CLIENT SETINFO LIB-NAME, NULL when unset */
-    char *lib_ver;            /* CLIENT SETINFO LIB-VER, NULL when unset */
-    int close_after_reply;    /* QUIT: close once the replies before it are out */
-    int authenticated;        /* AUTH succeeded (only checked when requirepass is set) */
+    uint64_t id;                    /* CLIENT ID */
+    char *name;                     /* CLIENT SETNAME, NULL when unset */
+    char *lib_name;                 /* CLIENT SETINFO LIB-NAME, NULL when unset */
+    char *lib_ver;                  /* CLIENT SETINFO LIB-VER, NULL when unset */
+    int close_after_reply;          /* QUIT: close once the replies before it are out */
+    const struct access_user *user; /* the user it is authenticated as, NULL before AUTH */
+    int unrestricted;         /* its user may run any command on any key and channel: the router
+                                 checks nothing more (access.c) */
     int hold_input;           /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight:
                                  the client's next requests wait for its reply, as in Redis */
     int blocked;              /* a blocking command waits on its shard (shutdown does not) */
