@@ -1369,6 +1369,13 @@ static void validate(load_ctx *ctx)
         }
     }
 
+    /* AUTH user needs a password: Redis has no form for a user alone. */
+    if (cfg->backend_user && !cfg->backend_password) {
+        fail(ctx, ctx->key_line[find_key("backend_user") - config_keys],
+             "backend_user needs backend_password (the user's password on the shards)");
+        return;
+    }
+
     /* Two places for one password would leave a reader guessing which
      * counts: requirepass is the default user's password only when [users]
      * does not define that user. */

@@ -80,6 +80,8 @@ static const error_case error_cases[] = {
     {"[proxy]\nlisten 127.0.0.1\n" SHARDS,
      "proxy.ini:2: expected 'name = value', a [section] or a ; comment"},
     {"[proxy]\n= 5\n" SHARDS, "proxy.ini:2: missing name before '='"},
+    {"[proxy]\nbackend_user = proxy\n" SHARDS,
+     "proxy.ini:2: backend_user needs backend_password (the user's password on the shards)"},
     /* [users]: every bad rule names its file, line and user */
     {SHARDS "[users]\nalice = on >p +@foo\n", "proxy.ini:4: user alice: unknown category '@foo'"},
     {SHARDS "[users]\nalice = on\nalice = %R~x\n",
