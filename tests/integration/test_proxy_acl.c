@@ -63,20 +63,19 @@ static redisContext *login(fixture *f, const char *user, const char *password)
     return c;
 }
 
-/* Writes proxy.ini again with extra [proxy] lines (and [users]) and
- * reloads it; the reply to PROXY RELOAD is returned. */
-static redisReply *rewrite_and_reload(fixture *f, redisContext *admin, const char *extra)
+/* Writes the proxy's proxy.ini again over shards, with extra [proxy] lines
+ * (and [users]); harness_ini leaves %PORT% for the listen port. */
+static void write_ini(const harness_proc *proxy, const harness_proc *shards, size_t nshards,
+                      const char *extra)
 {
-    harness_proc shards[FIXTURE_SHARDS];
-    memcpy(shards, f->shards, sizeof(shards));
-    char *ini = harness_ini(shards, FIXTURE_SHARDS, extra);
+    char *ini = harness_ini(shards, nshards, extra);
     char path[400];
-    snprintf(path, sizeof(path), "%s/proxy.ini", f->proxy.dir);
+    snprintf(path, sizeof(path), "%s/proxy.ini", proxy->dir);
     FILE *out = fopen(path, "w");
     assert_non_null(out);
     for (const char *p = ini; *p; p++) {
         if (strncmp(p, "%PORT%", 6) == 0) {
-            fprintf(out, "%d", f->proxy.port);
+            fprintf(out, "%d", proxy->port);
             p += 5;
         } else {
             fputc(*p, out);
@@ -84,6 +83,13 @@ static redisReply *rewrite_and_reload(fixture *f, redisContext *admin, const cha
     }
     fclose(out);
     free(ini);
+}
+
+/* Writes the fixture's proxy.ini again with extra lines and reloads it; the
+ * reply to PROXY RELOAD is returned. */
+static redisReply *rewrite_and_reload(fixture *f, redisContext *admin, const char *extra)
+{
+    write_ini(&f->proxy, f->shards, FIXTURE_SHARDS, extra);
     return fixture_cmd(admin, "PROXY RELOAD");
 }
 
@@ -458,21 +464,7 @@ static void test_backend_user(void **state)
     freeReplyObject(r);
 
     /* a fourth shard: keys move with MIGRATE ... AUTH2 ringproxy shard-pw */
-    ini = harness_ini(shards, N + 1, extra);
-    char path[400];
-    snprintf(path, sizeof(path), "%s/proxy.ini", proxy.dir);
-    FILE *out = fopen(path, "w");
-    assert_non_null(out);
-    for (const char *p = ini; *p; p++) {
-        if (strncmp(p, "%PORT%", 6) == 0) {
-            fprintf(out, "%d", proxy.port);
-            p += 5;
-        } else {
-            fputc(*p, out);
-        }
-    }
-    fclose(out);
-    free(ini);
+    write_ini(&proxy, shards, N + 1, extra);
     fixture_expect_status(fixture_cmd(c, "PROXY RELOAD"), "OK");
     deadline = fixture_now_ms() + fixture_bound_ms(15000);
     int idle = 0;
