@@ -48,11 +48,12 @@ typedef struct server_stats {
 
 typedef struct server {
     struct event_base *base;
-    config *cfg;               /* current config; swapped whole by a reload */
-    struct access_set *access; /* cfg's users, compiled (access.c); swapped with cfg */
-    ring *ring;                /* ring over shards[], same order */
-    struct shard **shards;     /* runtime shards, in cfg->shards order */
+    config *cfg;           /* current config; swapped whole by a reload */
+    ring *ring;            /* ring over shards[], same order */
+    struct shard **shards; /* runtime shards, in cfg->shards order */
     size_t nshards;
+    /* cfg's ACL users, compiled (access.c); swapped with cfg by a reload. */
+    struct access_set *access;
     time_t start_time;
     uint64_t now_us;          /* loop clock, refreshed by server_clock_update() */
     uint64_t loop_iteration;  /* bumped before each event loop iteration */
