@@ -4,6 +4,8 @@
 
 CC       ?= cc
 PKGS     := libevent hiredis inih
+# SHA-256 of ACL passwords (config/acl.c)
+PKGS     += libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 TEST_LIBS  := $(shell pkg-config --libs cmocka hiredis 2>/dev/null)
@@ -177,7 +179,7 @@ build-fuzz/fuzz_reply: tests/fuzz/fuzz_reply.c proxy/resp.c $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^)
 build-fuzz/fuzz_config: tests/fuzz/fuzz_config.c $(CONFIG_SRC) $(RING_SRC) $(FUZZ_DEPS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(shell pkg-config --libs inih 2>/dev/null)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) $(shell pkg-config --libs inih libcrypto 2>/dev/null)
 
 .PHONY: fuzz fuzz-smoke
 fuzz: $(addprefix build-fuzz/,$(FUZZ_TARGETS))

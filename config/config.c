@@ -55,6 +55,7 @@ typedef enum key_type {
     KEY_ADDR,   /* char *host at offset, uint16_t port at offset2 */
     KEY_TAG,    /* char open at offset, char close at offset2; empty = tags off */
     KEY_SECRET, /* char * field: a password, NULL when empty; never printed */
+    KEY_NAME,   /* char * field: a name (e.g. an ACL user), NULL when empty */
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
     KEY_ADDRS,  /* config_addr_list field: comma-separated host:port, empty = none */
     KEY_SHARDS, /* char * field: "all" or a comma-separated list of shards of [shards] */
@@ -204,8 +205,15 @@ static const config_key config_keys[] = {
      .default_value = "",
      .unit = "",
      .reloadable = RELOAD,
-     .description = "clients must AUTH with this password",
+     .description = "the default user's password, for AUTH (or a [users] default line)",
      .offset = FIELD(requirepass, char *)},
+    {.name = "backend_user",
+     .type = KEY_NAME,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "ACL user for AUTH on the shards, with backend_password",
+     .offset = FIELD(backend_user, char *)},
     {.name = "backend_password",
      .type = KEY_SECRET,
      .default_value = "",
@@ -301,9 +309,10 @@ typedef struct load_ctx {
     const char *name; /* file name for messages */
     const char *pos;  /* next unread byte of the text */
     const char *end;
-    int line;            /* number of the line last handed to inih */
-    int key_line[NKEYS]; /* where each [proxy] key was set, 0 = default */
-    int shards_line;     /* where the (first) [shards] header is, 0 = none */
+    int line;              /* number of the line last handed to inih */
+    int key_line[NKEYS];   /* where each [proxy] key was set, 0 = default */
+    int shards_line;       /* where the (first) [shards] header is, 0 = none */
+    int default_user_line; /* where [users] last set the default user, 0 = nowhere */
     size_t shard_cap;
     config *cfg;
     char *err;
@@ -392,6 +401,7 @@ static int64_t key_number(const config_key *key, const config *cfg)
     case KEY_ADDR:
     case KEY_TAG:
     case KEY_SECRET:
+    case KEY_NAME:
     case KEY_SHARD:
     case KEY_ADDRS:
     case KEY_SHARDS:
@@ -467,6 +477,9 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         return;
     case KEY_SECRET:
         snprintf(buf, buflen, "a password, empty = none");
+        return;
+    case KEY_NAME:
+        snprintf(buf, buflen, "a name, empty = none");
         return;
     case KEY_SHARD:
         snprintf(buf, buflen, "a shard name, empty = the first");
@@ -849,7 +862,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     void *field = field_of(cfg, key->offset);
 
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
-        key->type != KEY_SHARD && key->type != KEY_ADDRS) {
+        key->type != KEY_NAME && key->type != KEY_SHARD && key->type != KEY_ADDRS) {
         char values[128];
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
@@ -870,6 +883,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     case KEY_TAG:
         return set_tag(key, value, cfg, why, whylen);
     case KEY_SECRET:
+    case KEY_NAME:
     case KEY_SHARD:
     case KEY_SHARDS:
     case KEY_PATH:
@@ -1055,6 +1069,42 @@ static int add_shard(load_ctx *ctx, const char *name, const char *value)
     return 0;
 }
 
+/* One line of [users]: `name = rules`. A name's later lines add rules to
+ * its first, as repeated ACL SETUSER calls do. */
+static int add_user_rules(load_ctx *ctx, const char *name, const char *value)
+{
+    config *cfg = ctx->cfg;
+    if (!acl_valid_user_name(name)) {
+        fail(ctx, ctx->line, "user name '%s' must be 1 to %d printable characters without spaces",
+             name, ACL_USER_NAME_MAX);
+        return -1;
+    }
+    acl_user *user = (acl_user *)config_find_user(cfg, name, strlen(name));
+    if (!user) {
+        acl_user *grown = realloc(cfg->users, (cfg->nusers + 1) * sizeof(*grown));
+        if (!grown) {
+            fail(ctx, 0, "out of memory");
+            return -1;
+        }
+        cfg->users = grown;
+        user = &grown[cfg->nusers];
+        *user = (acl_user){.line = ctx->line};
+        if (!(user->name = strdup(name))) {
+            fail(ctx, 0, "out of memory");
+            return -1;
+        }
+        cfg->nusers++;
+    }
+    char why[256];
+    if (acl_user_apply(user, value, why, sizeof(why)) < 0) {
+        fail(ctx, ctx->line, "user %s: %s", name, why);
+        return -1;
+    }
+    if (strcmp(name, "default") == 0)
+        ctx->default_user_line = ctx->line;
+    return 0;
+}
+
 /* inih's handler: one name = value pair of the line last read. */
 static int on_pair(void *user, const char *section, const char *name, const char *value)
 {
@@ -1069,6 +1119,8 @@ static int on_pair(void *user, const char *section, const char *name, const char
         return set_proxy_key(ctx, name, value) == 0;
     if (strcmp(section, "shards") == 0)
         return add_shard(ctx, name, value) == 0;
+    if (strcmp(section, "users") == 0)
+        return add_user_rules(ctx, name, value) == 0;
     /* read_line() rejects unknown section headers, so only "" is left */
     fail(ctx, ctx->line, "'%s' is outside any section (put it under [proxy] or [shards])", name);
     return 0;
@@ -1100,11 +1152,12 @@ static int check_line(load_ctx *ctx, const char *text)
         }
         size_t len = (size_t)(end - text - 1);
         int shards = len == 6 && memcmp(text + 1, "shards", 6) == 0;
+        int users = len == 5 && memcmp(text + 1, "users", 5) == 0;
         if (shards && !ctx->shards_line)
             ctx->shards_line = ctx->line;
-        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) || shards)) {
-            fail(ctx, ctx->line, "unknown section [%.*s] (expected [proxy] or [shards])", (int)len,
-                 text + 1);
+        if (!((len == 5 && memcmp(text + 1, "proxy", 5) == 0) || shards || users)) {
+            fail(ctx, ctx->line, "unknown section [%.*s] (expected [proxy], [shards] or [users])",
+                 (int)len, text + 1);
             return -1;
         }
         return 0;
@@ -1351,6 +1404,25 @@ static void validate(load_ctx *ctx)
         }
     }
 
+    /* AUTH user needs a password: Redis has no form for a user alone. */
+    if (cfg->backend_user && !cfg->backend_password) {
+        fail(ctx, ctx->key_line[find_key("backend_user") - config_keys],
+             "backend_user needs backend_password (the user's password on the shards)");
+        return;
+    }
+
+    /* Two places for one password would leave a reader guessing which
+     * counts: requirepass is the default user's password only when [users]
+     * does not define that user. */
+    const config_key *requirepass = find_key("requirepass");
+    if (cfg->requirepass && ctx->default_user_line) {
+        int line = ctx->key_line[requirepass - config_keys];
+        fail(ctx, line > ctx->default_user_line ? line : ctx->default_user_line,
+             "requirepass and a [users] default line both set the default user: keep one "
+             "(e.g. 'default = on >password ~* &* +@all')");
+        return;
+    }
+
     /* A shard at the proxy's own address would forward every request back
      * to the proxy, forever. */
     for (size_t i = 0; i < cfg->nshards; i++) {
@@ -1479,6 +1551,14 @@ const config_shard *config_find_shard(const config *cfg, const char *name)
     return NULL;
 }
 
+const acl_user *config_find_user(const config *cfg, const char *name, size_t len)
+{
+    for (size_t i = 0; i < cfg->nusers; i++)
+        if (strlen(cfg->users[i].name) == len && memcmp(cfg->users[i].name, name, len) == 0)
+            return &cfg->users[i];
+    return NULL;
+}
+
 ring *config_ring(const config *cfg, char *err, size_t errlen)
 {
     ring_shard_spec *specs = calloc(cfg->nshards ? cfg->nshards : 1, sizeof(*specs));
@@ -1507,7 +1587,11 @@ void config_free(config *cfg)
     free(cfg->shards);
     free(cfg->listen_host);
     free(cfg->requirepass);
+    free(cfg->backend_user);
     free(cfg->backend_password);
+    for (size_t i = 0; i < cfg->nusers; i++)
+        acl_user_free(&cfg->users[i]);
+    free(cfg->users);
     free(cfg->script_default_shard);
     addr_list_free(&cfg->sentinels);
     free(cfg->sentinel_password);
@@ -1532,6 +1616,7 @@ static bool same_value(const config_key *key, const config *a, const config *b)
         return memcmp(const_field_of(a, key->offset), const_field_of(b, key->offset), 1) == 0 &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2), 1) == 0;
     case KEY_SECRET:
+    case KEY_NAME:
     case KEY_SHARD:
     case KEY_SHARDS:
     case KEY_PATH: {
@@ -1610,6 +1695,7 @@ void config_key_value(const config *cfg, size_t i, char *out, size_t outlen)
         snprintf(out, outlen, "%s", *s ? "(hidden)" : "");
         return;
     }
+    case KEY_NAME:
     case KEY_SHARD:
     case KEY_SHARDS:
     case KEY_PATH: {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "config/acl.h"
 #include "ring/hash.h"
 #include "ring/ring.h"
 
@@ -106,6 +107,7 @@ typedef struct config {
     config_log_level log_level;
     int watch_config;           /* reload when the file changes on disk (bool) */
     char *requirepass;          /* client password, NULL = none (never logged or shown) */
+    char *backend_user;         /* shards' ACL user for AUTH, NULL = none (Redis's default) */
     char *backend_password;     /* shards' password, NULL = none */
     int migrate_batch;          /* keys per SCAN/MIGRATE batch while rebalancing */
     int migrate_rate;           /* keys moved per second while rebalancing, 0 = no limit */
@@ -130,6 +132,11 @@ typedef struct config {
     /* [shards], in file order */
     config_shard *shards;
     size_t nshards;
+
+    /* [users], in file order (a name's later lines add to its first). A
+     * `default` user here takes the place of requirepass (both: an error). */
+    acl_user *users;
+    size_t nusers;
 } config;
 
 /* Reads and validates path. Returns 0 and a new config in *out, or -1 with
@@ -145,6 +152,9 @@ void config_free(config *cfg);
 
 /* The [shards] line named name, or NULL. */
 const config_shard *config_find_shard(const config *cfg, const char *name);
+
+/* The [users] user named name (case-sensitive, as in Redis), or NULL. */
+const acl_user *config_find_user(const config *cfg, const char *name, size_t len);
 
 /* Builds the ring of cfg's [shards] (names and weights, placed by cfg's
  * compat mode): the one way a config becomes a ring, so start-up, --check

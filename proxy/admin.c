@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxy/access.h"
 #include "proxy/backend.h"
 #include "proxy/buf.h"
 #include "proxy/dns.h"
@@ -428,47 +429,13 @@ static void cmd_proxy_rebalance(request *req)
 
 /* ---- connection commands ---- */
 
-/* Compares a password in time that depends only on the lengths, not on
- * where the first difference is. */
-static int password_matches(const resp_arg *given, const char *expected)
-{
-    size_t n = strlen(expected);
-    unsigned char diff = (unsigned char)(given->len != n);
-    for (size_t i = 0; i < given->len; i++)
-        diff |= (unsigned char)(given->ptr[i] ^ expected[i < n ? i : 0]);
-    return diff == 0;
-}
-
-/* Checks a user (may be NULL) and password against requirepass. Returns 0,
- * or -1 after replying with the error. */
-static int check_auth(request *req, const resp_arg *user, const resp_arg *pass)
-{
-    const char *expected = srv.cfg->requirepass;
-    if (!expected) {
-        reply_str(req, "-ERR AUTH <password> called without any password configured for the "
-                       "default user. Are you sure your configuration is correct?\r\n");
-        return -1;
-    }
-    int ok = password_matches(pass, expected);
-    if (user && !arg_is(user, "default"))
-        ok = 0;
-    if (!ok) {
-        srv.stats.auth_failures++;
-        reply_str(req, "-WRONGPASS invalid username-password pair or user is disabled.\r\n");
-        return -1;
-    }
-    if (req->session)
-        req->session->authenticated = 1;
-    return 0;
-}
-
 static void cmd_auth(request *req, size_t argc, const resp_arg *argv)
 {
     if (argc > 3) {
         reply_str(req, "-ERR syntax error\r\n");
         return;
     }
-    if (check_auth(req, argc == 3 ? &argv[1] : NULL, &argv[argc - 1]) == 0)
+    if (access_auth(req, argc == 3 ? &argv[1] : NULL, &argv[argc - 1]) == 0)
         reply_str(req, "+OK\r\n");
 }
 
@@ -517,9 +484,9 @@ static void cmd_hello(request *req, size_t argc, const resp_arg *argv)
         reply_str(req, "-ERR Syntax error in HELLO option\r\n");
         return;
     }
-    if (auth_pass && check_auth(req, auth_user, auth_pass) < 0)
+    if (auth_pass && access_auth(req, auth_user, auth_pass) < 0)
         return;
-    if (srv.cfg->requirepass && req->session && !req->session->authenticated) {
+    if (req->session && !req->session->user) {
         reply_str(req, "-NOAUTH HELLO must be called with the client already authenticated, "
                        "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
                        "authenticate the client and select the RESP protocol version at the "
@@ -641,7 +608,7 @@ typedef struct kill_filter {
     uint64_t id;           /* ID */
     const resp_arg *addr;  /* ADDR, or the old form's ip:port */
     const resp_arg *laddr; /* LADDR: the proxy's listen address */
-    int no_user;           /* USER other than default: matches none */
+    const resp_arg *user;  /* USER: the ACL user the client is authenticated as */
     int skip_me;           /* SKIPME yes (the new form's default) */
 } kill_filter;
 
@@ -672,7 +639,7 @@ static int kill_filters(request *req, size_t argc, const resp_arg *argv, kill_fi
         } else if (arg_is(opt, "laddr")) {
             kf->laddr = val;
         } else if (arg_is(opt, "user")) {
-            kf->no_user = !arg_is(val, "default");
+            kf->user = val;
         } else if (arg_is(opt, "skipme")) {
             if (arg_is(val, "yes"))
                 kf->skip_me = 1;
@@ -692,7 +659,10 @@ static int kill_filters(request *req, size_t argc, const resp_arg *argv, kill_fi
 
 static int kill_matches(const kill_filter *kf, const session *s, const session *me)
 {
-    if (kf->no_user || (kf->skip_me && s == me) || (kf->id && s->id != kf->id))
+    if ((kf->skip_me && s == me) || (kf->id && s->id != kf->id))
+        return 0;
+    if (kf->user && !(kf->user->len == strlen(access_user_name(s)) &&
+                      memcmp(kf->user->ptr, access_user_name(s), kf->user->len) == 0))
         return 0;
     if (kf->addr && !(s->addr && arg_is(kf->addr, s->addr)))
         return 0;
@@ -870,11 +840,11 @@ static void client_line(buf *b, const session *s)
     uint64_t last = s->last_cmd_us ? s->last_cmd_us : s->created_us;
     buf_printf(b,
                "id=%llu addr=%s name=%s age=%llu idle=%llu flags=%s db=0 sub=%d psub=%d "
-               "multi=%d cmd=%s lib-name=%s lib-ver=%s state=%s\n",
+               "multi=%d cmd=%s user=%s lib-name=%s lib-ver=%s state=%s\n",
                (unsigned long long)s->id, s->addr ? s->addr : "?", s->name ? s->name : "",
                (unsigned long long)((now - s->created_us) / 1000000),
                (unsigned long long)((now - last) / 1000000), flags, channels, patterns,
-               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL",
+               txn_multi_count(s), s->last_cmd ? s->last_cmd : "NULL", access_user_name(s),
                s->lib_name ? s->lib_name : "", s->lib_ver ? s->lib_ver : "",
                s->state ? s->state(s) : "?");
 }
@@ -1021,6 +991,15 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
         return;
     case CMD_PROXY_REBALANCE:
         cmd_proxy_rebalance(req);
+        return;
+    case CMD_ACL:
+    case CMD_ACL_WHOAMI:
+    case CMD_ACL_LIST:
+    case CMD_ACL_USERS:
+    case CMD_ACL_CAT:
+    case CMD_ACL_GENPASS:
+    case CMD_ACL_DRYRUN:
+        access_acl_command(req, cmd, argc, argv);
         return;
     default:
         break;

@@ -281,11 +281,15 @@ static int conn_queue_first(backend_conn *c, fragment *f, fragment_done_fn done,
     return 0;
 }
 
-static int conn_queue_auth(backend_conn *c, const char *password)
+/* AUTH [user] password: user is backend_user, NULL for Redis's default. */
+static int conn_queue_auth(backend_conn *c, const char *user, const char *password)
 {
     buf first = {0};
-    if (buf_append_header(&first, '*', 2) < 0 || buf_append_bulk(&first, "AUTH", 4) < 0 ||
-        buf_append_bulk(&first, password, strlen(password)) < 0) {
+    buf_append_header(&first, '*', user ? 3 : 2);
+    buf_append_bulk(&first, "AUTH", 4);
+    if (user)
+        buf_append_bulk(&first, user, strlen(user));
+    if (buf_append_bulk(&first, password, strlen(password)) < 0 || buf_failed(&first)) {
         buf_free(&first);
         return -1;
     }
@@ -467,7 +471,8 @@ static void conn_connected(backend_conn *c)
         conn_fail(c, "unavailable: out of memory queueing ROLE", 0);
         return;
     }
-    if (srv.cfg->backend_password && conn_queue_auth(c, srv.cfg->backend_password) < 0) {
+    if (srv.cfg->backend_password &&
+        conn_queue_auth(c, srv.cfg->backend_user, srv.cfg->backend_password) < 0) {
         conn_fail(c, "unavailable: out of memory queueing AUTH", 0);
         return;
     }

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "proxy/access.h"
 #include "proxy/buf.h"
 #include "proxy/dlist.h"
 #include "proxy/flushq.h"
@@ -653,6 +654,7 @@ void client_accept(int fd, const char *addr)
     c->sess.drop = session_drop;
     c->sess.close_after_replies = session_close_after_replies;
     c->sess.state = session_state;
+    access_session_start(&c->sess);
     DLIST_PUSH_FRONT(srv.sessions, &c->sess, prev, next);
     c->last_active_us = server_now_us();
     event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_read, c);

@@ -14,44 +14,47 @@
  * that needs no more; ID_ROW: the same with a command id or merge rule the
  * router acts on; NUMKEYS_ROW: a numkeys rule and its check; SPLIT_ROW and
  * LOCAL_ROW: commands the proxy splits or answers; CONTAINER_ROW: a command
- * with subcommands. Every shape ends with the router's handler and the
- * command's flags (command_route, COMMAND_FLAG_*). */
-#define ROW(name_, arity_, cls_, rule_, first_, last_, step_, route_, flags_)                      \
+ * with subcommands. Every shape ends with the router's handler, the
+ * command's flags and its ACL categories (command_route, COMMAND_FLAG_*,
+ * ACL_CAT_*). */
+#define ROW(name_, arity_, cls_, rule_, first_, last_, step_, route_, flags_, acl_)                \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
         .last_key = last_, .key_step = step_, .route = route_, .flags = flags_,                    \
-        .stat = __COUNTER__                                                                        \
+        .stat = __COUNTER__, .acl = acl_                                                           \
     }
-#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, route_, flags_)      \
+#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, route_, flags_,      \
+               acl_)                                                                               \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .merge = merge_, .keys = rule_,    \
         .first_key = first_, .last_key = last_, .key_step = step_, .route = route_,                \
-        .flags = flags_, .stat = __COUNTER__                                                       \
+        .flags = flags_, .stat = __COUNTER__, .acl = acl_                                          \
     }
-#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, route_, flags_)             \
+#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, route_, flags_, acl_)       \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .keys = rule_,                     \
         .first_key = first_, .numkeys = numkeys_, .route = route_, .flags = flags_,                \
-        .stat = __COUNTER__                                                                        \
+        .stat = __COUNTER__, .acl = acl_                                                           \
     }
 #define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_, route_,    \
-                  flags_)                                                                          \
+                  flags_, acl_)                                                                    \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_SPLIT, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_,                  \
-        .split_step = split_step_, .route = route_, .flags = flags_, .stat = __COUNTER__           \
+        .split_step = split_step_, .route = route_, .flags = flags_, .stat = __COUNTER__,          \
+        .acl = acl_                                                                                \
     }
-#define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, route_, flags_)         \
+#define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, route_, flags_, acl_)   \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_LOCAL, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_, .route = route_, \
-        .flags = flags_, .stat = __COUNTER__                                                       \
+        .flags = flags_, .stat = __COUNTER__, .acl = acl_                                          \
     }
-#define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_, route_, flags_)                      \
+#define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_, route_, flags_, acl_)                \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .subcommands = subcommands_,       \
         .nsubcommands = sizeof(subcommands_) / sizeof(subcommands_[0]), .route = route_,           \
-        .flags = flags_, .stat = __COUNTER__                                                       \
+        .flags = flags_, .stat = __COUNTER__, .acl = acl_                                          \
     }
 
 #include "proxy/command_table.inc"
@@ -62,6 +65,11 @@
  * and subcommand rows number 0 .. COMMAND_STAT_SLOTS - 1. */
 enum { COMMAND_STAT_SLOTS = __COUNTER__ };
 command_counters command_stats[COMMAND_STAT_SLOTS];
+
+size_t command_stat_count(void)
+{
+    return COMMAND_STAT_SLOTS;
+}
 
 /* Lookup index: slots of an open-addressing hash (linear probing) holding
  * 1 + the row index, 0 when empty. A power of two at least four times the

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config/acl.h"
 #include "proxy/resp.h"
 
 /* How the router treats a command. */
@@ -154,6 +155,13 @@ typedef enum command_id {
     CMD_CLIENT_UNBLOCK,  /* a blocked client's command, unblocked on its shard */
     CMD_CLIENT_PAUSE,    /* the proxy's own clients, not the shards (pause.c) */
     CMD_CLIENT_UNPAUSE,
+    CMD_ACL,             /* ACL subcommands that change users: refused (users are proxy.ini's) */
+    CMD_ACL_WHOAMI,
+    CMD_ACL_LIST,
+    CMD_ACL_USERS,
+    CMD_ACL_CAT,
+    CMD_ACL_GENPASS,
+    CMD_ACL_DRYRUN,
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -231,7 +239,9 @@ typedef struct command {
     command_numkeys numkeys; /* KEYS_*NUMKEYS: how numkeys is checked */
     command_route route;     /* the router's handler */
     unsigned flags;          /* COMMAND_FLAG_* */
-    unsigned stat;           /* its counters: command_stats[stat] */
+    unsigned stat;           /* its counters: command_stats[stat]; also its bit in a user's
+                                command permissions (proxy/access.c) */
+    uint32_t acl;            /* Redis's ACL categories (ACL_CAT_*), as COMMAND INFO lists them */
 } command;
 
 /* INFO commandstats counters of one command, as Redis keeps them. The
@@ -243,6 +253,9 @@ typedef struct command_counters {
 
 /* Indexed by command.stat, one per row and subcommand row. */
 extern command_counters command_stats[];
+
+/* How many rows and subcommand rows there are: command.stat is below it. */
+size_t command_stat_count(void);
 
 /* Builds the lookup index. Optional: command_lookup builds it on first use;
  * call it at startup, before any thread exists, when threads may look up. */

@@ -55,6 +55,12 @@ LOCAL = {
     "client|pause": "CMD_CLIENT_PAUSE",
     "client|unpause": "CMD_CLIENT_UNPAUSE",
     "auth": "CMD_AUTH",
+    "acl|whoami": "CMD_ACL_WHOAMI",
+    "acl|list": "CMD_ACL_LIST",
+    "acl|users": "CMD_ACL_USERS",
+    "acl|cat": "CMD_ACL_CAT",
+    "acl|genpass": "CMD_ACL_GENPASS",
+    "acl|dryrun": "CMD_ACL_DRYRUN",
 }
 
 # Local commands that also ask every shard: name -> merge.
@@ -223,7 +229,9 @@ CONTAINERS = {
     "script": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "function": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "pubsub": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "acl": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    # users come from proxy.ini: the subcommands that would change them
+    # are refused with a reason (CMD_ACL), the others answered (LOCAL)
+    "acl": ("COMMAND_LOCAL", "CMD_ACL", "COMMAND_LOCAL"),
     "cluster": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "config": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "latency": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
@@ -263,6 +271,22 @@ LOCK_COMMANDS = [
     ("lock.info", 2, "CMD_LOCK_INFO"),
     ("lock.release", 3, "CMD_LOCK_RELEASE"),
 ]
+
+# ACL categories of the rows that are not in the server's COMMAND reply
+# (Redis's own rows carry theirs, as COMMAND INFO lists them): the proxy's
+# commands, and the later Redis's subcommands (as Redis 7.2 lists them).
+EXTRA_CATEGORIES = {
+    "proxy": ["@slow"],
+    "proxy|shards": ["@slow"],
+    "proxy|ring": ["@slow"],
+    "proxy|reload": ["@admin", "@slow", "@dangerous"],
+    "proxy|rebalance": ["@admin", "@slow", "@dangerous"],
+    "lock.acquire": ["@write", "@slow"],
+    "lock.extend": ["@write", "@slow"],
+    "lock.release": ["@write", "@slow"],
+    "lock.info": ["@read", "@slow"],
+    "client|setinfo": ["@slow", "@connection"],
+}
 
 # Keys that first/last/step cannot describe: name -> (rule, first_key,
 # numkeys check). first_key is the index the rule starts from (see
@@ -379,6 +403,7 @@ class Row:
         self.subs = None  # name of the subcommand array
         self.route = None
         self.flags = []
+        self.categories = EXTRA_CATEGORIES.get(name, [])
 
 
 def fields(entry):
@@ -391,6 +416,7 @@ def fields(entry):
         "last": entry[4],
         "step": entry[5],
         "subcommands": entry[9] if len(entry) > 9 else [],
+        "categories": entry[6],
     }
 
 
@@ -413,6 +439,8 @@ def key_rule(cmd, row):
 def classify(cmd, container=None):
     row = Row(cmd["name"], cmd["arity"])
     name = row.name
+    if cmd.get("categories"):
+        row.categories = cmd["categories"]
     several_keys = key_rule(cmd, row)
     if name in CONTAINERS:
         row.cls, row.cmd_id, _ = CONTAINERS[name]
@@ -481,7 +509,14 @@ def route_and_flags(row, redis_flags):
 def row_cells(row):
     """(macro, cells) of one table row; see the macros in command.c."""
     macro, cells = row_shape(row)
-    return macro, cells + [row.route, " | ".join(row.flags) or "0"]
+    return macro, cells + [row.route, " | ".join(row.flags) or "0", acl_expression(row)]
+
+
+def acl_expression(row):
+    """The row's ACL categories as C: ACL_CAT_READ | ACL_CAT_FAST ..."""
+    if not row.categories:
+        sys.exit("command_gen: %s has no ACL category" % row.name)
+    return " | ".join("ACL_CAT_" + c.lstrip("@").upper() for c in row.categories)
 
 
 def row_shape(row):
@@ -527,6 +562,8 @@ def format_rows(rows):
             text = value if last else value + ","
             numeric = value.lstrip("-").isdigit()
             if last:
+                parts.append(text)  # the ACL categories
+            elif i == len(values) - 2:
                 parts.append(text)  # the flags
             elif numeric:
                 parts.append(text.rjust(w[i] + 1))
@@ -667,6 +704,13 @@ ID_NOTES = {
     "CMD_LOCK_INFO": "holder token and remaining ttl, or nil",
     "CMD_MSETNX": "keys on one shard, else atomic across shards with `cross_shard = atomic`",
     "CMD_KILL": "over a connection of its own to each shard; the shard running it answers",
+    "CMD_ACL": "refused: users come from proxy.ini's [users] (docs/acl.md)",
+    "CMD_ACL_WHOAMI": "the client's user",
+    "CMD_ACL_LIST": "proxy.ini's users, passwords as #sha256",
+    "CMD_ACL_USERS": "proxy.ini's users",
+    "CMD_ACL_CAT": "Redis's categories, and their commands",
+    "CMD_ACL_GENPASS": "from /dev/urandom",
+    "CMD_ACL_DRYRUN": "checks a user's permissions for a command",
 }
 
 

@@ -13,6 +13,7 @@
 #include <event2/event_struct.h>
 
 #include "config/config.h"
+#include "proxy/access.h"
 #include "proxy/backend.h"
 #include "proxy/client.h"
 #include "proxy/dns.h"
@@ -146,6 +147,14 @@ static int check_config(const char *path)
         return 1;
     }
     ring_free(r);
+    /* and the users: a rule may name a command the table does not know */
+    access_set *users = access_build(cfg, err, sizeof(err));
+    if (!users) {
+        fprintf(stderr, "%s\n", err);
+        config_free(cfg);
+        return 1;
+    }
+    access_free(users);
     printf("%s: ok, %zu shard%s\n", path, cfg->nshards, cfg->nshards == 1 ? "" : "s");
     config_free(cfg);
     return 0;

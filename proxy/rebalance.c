@@ -583,19 +583,24 @@ void rebalance_migrate_head(buf *out, const shard *target, size_t nkeys)
     char port[8], timeout[16];
     int pl = snprintf(port, sizeof(port), "%u", (unsigned)target->port);
     int tl = snprintf(timeout, sizeof(timeout), "%d", srv.cfg->migrate_timeout_ms);
-    const char *pass = srv.cfg->backend_password;
+    const char *pass = srv.cfg->backend_password, *user = srv.cfg->backend_user;
     /* The address the proxy resolved: the shard may not know the name, or
      * resolve it elsewhere. */
     char host[CONFIG_ADDR_MAX];
     backend_shard_ip(target, host, sizeof(host));
-    buf_append_header(out, '*', (int64_t)(7 + (pass ? 2 : 0) + nkeys));
+    buf_append_header(out, '*', (int64_t)(7 + (pass ? (user ? 3 : 2) : 0) + nkeys));
     buf_append_bulk(out, "MIGRATE", 7);
     buf_append_bulk(out, host, strlen(host));
     buf_append_bulk(out, port, (size_t)pl);
     buf_append_bulk(out, "", 0);
     buf_append_bulk(out, "0", 1);
     buf_append_bulk(out, timeout, (size_t)tl);
-    if (pass) {
+    if (pass && user) {
+        /* The source authenticates to the target as the shards' ACL user. */
+        buf_append_bulk(out, "AUTH2", 5);
+        buf_append_bulk(out, user, strlen(user));
+        buf_append_bulk(out, pass, strlen(pass));
+    } else if (pass) {
         /* The source authenticates to the target with the shards' password. */
         buf_append_bulk(out, "AUTH", 4);
         buf_append_bulk(out, pass, strlen(pass));
@@ -798,9 +803,10 @@ static void on_mover_connect(const redisAsyncContext *ac, int status)
     if (srv.cfg->backend_password) {
         /* Replies come in order: a failed AUTH shows as NOAUTH errors on the
          * commands after it, which fail the batch with that reason. */
-        const char *argv[2] = {"AUTH", srv.cfg->backend_password};
-        size_t argvlen[2] = {4, strlen(srv.cfg->backend_password)};
-        redisAsyncCommandArgv(m->ac, NULL, NULL, 2, argv, argvlen);
+        const char *user = srv.cfg->backend_user, *pass = srv.cfg->backend_password;
+        const char *argv[3] = {"AUTH", user ? user : pass, pass};
+        size_t argvlen[3] = {4, strlen(argv[1]), strlen(pass)};
+        redisAsyncCommandArgv(m->ac, NULL, NULL, user ? 3 : 2, argv, argvlen);
     }
     if (!m->estimate)
         redisAsyncCommand(m->ac, on_dbsize_reply, m, "DBSIZE");

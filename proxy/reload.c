@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxy/access.h"
 #include "proxy/backend.h"
 #include "proxy/dns.h"
 #include "proxy/log.h"
@@ -144,6 +145,7 @@ typedef struct reload_plan {
     char changes[400];  /* what changed on the ring, for the log */
     char *state;        /* ring_changed: the running ring as a state file */
     shard **old_shards; /* ring_changed: the running ring's shards, for the mover */
+    access_set *access; /* cfg's users, compiled */
 } reload_plan;
 
 static int is_running_shard(const shard *s)
@@ -164,6 +166,7 @@ static void plan_free(reload_plan *p)
     free(p->old_shards);
     free(p->state);
     ring_free(p->ring);
+    access_free(p->access);
     config_free(p->cfg);
 }
 
@@ -265,7 +268,8 @@ static int plan_prepare(config *cfg, reload_plan *p, char *err, size_t errlen)
     memset(p, 0, sizeof(*p));
     p->cfg = cfg;
     p->ring = config_ring(cfg, err, errlen);
-    if (!p->ring || plan_shards(p, err, errlen) < 0)
+    if (!p->ring || !(p->access = access_build(cfg, err, errlen)) ||
+        plan_shards(p, err, errlen) < 0)
         goto fail;
     if (srv.ring) {
         if (ring_moves_keys(srv.ring, p->ring, &p->ring_changed) < 0) {
@@ -309,6 +313,8 @@ static void plan_commit(reload_plan *p)
     srv.shards = p->shards;
     srv.nshards = p->cfg->nshards;
     srv.ring = p->ring;
+    /* before the old config goes: sessions' users point into it */
+    access_commit(p->access);
     config_free(old_cfg);
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_start(srv.shards[i]);
@@ -318,6 +324,7 @@ static void plan_commit(reload_plan *p)
     p->cfg = NULL;
     p->shards = NULL;
     p->ring = NULL;
+    p->access = NULL;
 }
 
 int reload_start(config *cfg, char *err, size_t errlen)
@@ -437,6 +444,8 @@ void reload_shutdown(void)
     srv.nshards = 0;
     ring_free(srv.ring);
     srv.ring = NULL;
+    access_free(srv.access);
+    srv.access = NULL;
     config_free(srv.cfg);
     srv.cfg = NULL;
 }

@@ -67,7 +67,6 @@ typedef struct session {
     char *lib_name;           /* CLIENT SETINFO LIB-NAME, NULL when unset */
     char *lib_ver;            /* CLIENT SETINFO LIB-VER, NULL when unset */
     int close_after_reply;    /* QUIT: close once the replies before it are out */
-    int authenticated;        /* AUTH succeeded (only checked when requirepass is set) */
     int hold_input;           /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight:
                                  the client's next requests wait for its reply, as in Redis */
     int blocked;              /* a blocking command waits on its shard (shutdown does not) */
@@ -90,6 +89,11 @@ typedef struct session {
     /* The client connection's state (reading, paused, held, closing, ...),
      * for CLIENT LIST. */
     const char *(*state)(const struct session *s);
+    /* The ACL user it is authenticated as (NULL before AUTH), and whether
+     * that user may run anything, so that the router checks nothing more
+     * (access.c). */
+    const struct access_user *user;
+    int unrestricted;
     struct session *prev; /* every client's session (srv.sessions), for CLIENT LIST */
     struct session *next;
 } session;

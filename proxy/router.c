@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "proxy/access.h"
 #include "proxy/admin.h"
 #include "proxy/backend.h"
 #include "proxy/command.h"
@@ -560,8 +561,9 @@ static void route_ping(routed *r)
 }
 
 /* ROUTE_RESET: the connection's state back to a fresh one's, as Redis
- * does: transaction, WATCH and subscriptions end, the name goes, and with
- * requirepass set the client must AUTH again. */
+ * does: transaction, WATCH and subscriptions end, the name goes, and the
+ * client is the default user again (or must AUTH when that needs a
+ * password). */
 static void route_reset(routed *r)
 {
     request *req = r->req;
@@ -574,8 +576,7 @@ static void route_reset(routed *r)
     free(sess->name);
     sess->name = NULL;
     sess->proto = 2; /* as Redis 7: RESET goes back to RESP2 */
-    if (srv.cfg->requirepass)
-        sess->authenticated = 0;
+    access_session_reset(sess);
     txn_reset(req);
 }
 
@@ -971,11 +972,11 @@ static void route(routed *r)
         return;
     const command *cmd = r->cmd;
     session *sess = r->req->session;
-    if (srv.cfg->requirepass && sess && !sess->authenticated &&
-        !(cmd->flags & COMMAND_FLAG_NO_AUTH)) {
-        srv.stats.errors_noauth++;
-        command_stats[cmd->stat].rejected_calls++;
-        request_error(r->req, "NOAUTH Authentication required.");
+    /* One load for a client whose user may do everything (the default
+     * user unless [users] restricts it); access.c checks the others. A
+     * refusal inside MULTI aborts the transaction, as in Redis. */
+    if (sess && !sess->unrestricted && access_check(r->req, cmd, r->argc, r->argv) < 0) {
+        txn_abort(sess);
         return;
     }
     /* Counted when it runs, after the pause. */

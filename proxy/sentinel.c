@@ -148,15 +148,16 @@ static redisAsyncContext *connect_to(const char *host, int port, void *data,
     return ac;
 }
 
-/* Sends AUTH (without a callback: a wrong password shows as NOAUTH on the
- * command after it) when password is set. */
-static void send_auth(redisAsyncContext *ac, const char *password)
+/* Sends AUTH [user] password (without a callback: a wrong password shows
+ * as NOAUTH on the command after it) when password is set; user NULL is
+ * Redis's default user. */
+static void send_auth(redisAsyncContext *ac, const char *user, const char *password)
 {
     if (!password)
         return;
-    const char *argv[2] = {"AUTH", password};
-    size_t argvlen[2] = {4, strlen(password)};
-    (void)redisAsyncCommandArgv(ac, NULL, NULL, 2, argv, argvlen);
+    const char *argv[3] = {"AUTH", user ? user : password, password};
+    size_t argvlen[3] = {4, strlen(argv[1]), strlen(password)};
+    (void)redisAsyncCommandArgv(ac, NULL, NULL, user ? 3 : 2, argv, argvlen);
 }
 
 /* Forgets and frees q's connection; its callbacks see ac != q->ac and do
@@ -315,7 +316,7 @@ static void on_verify_connect(const redisAsyncContext *cac, int status)
         query_next(q);
         return;
     }
-    send_auth(q->ac, srv.cfg->backend_password);
+    send_auth(q->ac, srv.cfg->backend_user, srv.cfg->backend_password);
     if (redisAsyncCommand(q->ac, on_role_reply, q, "ROLE") != REDIS_OK) {
         query_drop_conn(q);
         query_next(q);
@@ -423,7 +424,7 @@ static void on_ask_connect(const redisAsyncContext *cac, int status)
         query_next(q);
         return;
     }
-    send_auth(q->ac, srv.cfg->sentinel_password);
+    send_auth(q->ac, NULL, srv.cfg->sentinel_password);
     q->replica_host[0] = '\0';
     /* Before the address: its callback may end the query, and nothing may
      * be left to call back then. */
@@ -578,7 +579,7 @@ static void on_sub_connect(const redisAsyncContext *cac, int status)
         sub_lost(cac->errstr);
         return;
     }
-    send_auth(sn.sub, srv.cfg->sentinel_password);
+    send_auth(sn.sub, NULL, srv.cfg->sentinel_password);
     if (redisAsyncCommand(sn.sub, on_sub_message, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
         sub_drop();
         sub_lost("cannot send SUBSCRIBE");

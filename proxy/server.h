@@ -15,6 +15,7 @@
 
 struct event_base;
 struct shard;
+struct access_set;
 struct session;
 
 #define RINGPROXY_VERSION "0.1.0"
@@ -51,6 +52,8 @@ typedef struct server {
     ring *ring;            /* ring over shards[], same order */
     struct shard **shards; /* runtime shards, in cfg->shards order */
     size_t nshards;
+    /* cfg's ACL users, compiled (access.c); swapped with cfg by a reload. */
+    struct access_set *access;
     time_t start_time;
     uint64_t now_us;          /* loop clock, refreshed by server_clock_update() */
     uint64_t loop_iteration;  /* bumped before each event loop iteration */

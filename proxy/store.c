@@ -61,6 +61,7 @@ static struct {
     size_t n;
     int db;
     char *password;
+    char *user; /* backend_user, NULL for Redis's default user */
     int timeout_ms;
     int reconnect_min_ms;
     int reconnect_max_ms;
@@ -371,9 +372,9 @@ static void send_setup(store_shard *sh)
     int fail = 0;
     sh->setup_failed = 0;
     if (st.password) {
-        const char *argv[2] = {"AUTH", st.password};
-        size_t argvlen[2] = {4, strlen(st.password)};
-        fail |= store_call(sh->index, on_setup_reply, NULL, 2, argv, argvlen);
+        const char *argv[3] = {"AUTH", st.user ? st.user : st.password, st.password};
+        size_t argvlen[3] = {4, strlen(argv[1]), strlen(st.password)};
+        fail |= store_call(sh->index, on_setup_reply, NULL, st.user ? 3 : 2, argv, argvlen);
     }
     char db[16];
     snprintf(db, sizeof(db), "%d", st.db);
@@ -525,6 +526,7 @@ int store_start(const config *cfg, char *err, size_t errlen)
     st.n = cfg->nshards;
     st.db = cfg->store_db;
     st.password = cfg->backend_password ? strdup(cfg->backend_password) : NULL;
+    st.user = cfg->backend_user ? strdup(cfg->backend_user) : NULL;
     st.timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : STORE_DEFAULT_TIMEOUT_MS;
     st.reconnect_min_ms = cfg->reconnect_min_ms;
     st.reconnect_max_ms = cfg->reconnect_max_ms;
@@ -576,6 +578,7 @@ void store_shutdown(void)
     }
     free(st.shards);
     free(st.password);
+    free(st.user);
     memset(&st, 0, sizeof(st));
 }
 

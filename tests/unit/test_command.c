@@ -812,7 +812,7 @@ static void test_container_class(void **state)
     } cases[] = {
         {"client", COMMAND_LOCAL},   {"command", COMMAND_LOCAL},       {"proxy", COMMAND_LOCAL},
         {"object", COMMAND_FORWARD}, {"xinfo", COMMAND_FORWARD},       {"xgroup", COMMAND_FORWARD},
-        {"config", COMMAND_FANOUT},  {"cluster", COMMAND_UNSUPPORTED}, {"acl", COMMAND_UNSUPPORTED},
+        {"config", COMMAND_FANOUT},  {"cluster", COMMAND_UNSUPPORTED}, {"acl", COMMAND_LOCAL},
         {"pubsub", COMMAND_FANOUT},  {"script", COMMAND_FANOUT},       {"function", COMMAND_FANOUT},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

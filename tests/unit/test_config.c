@@ -68,15 +68,41 @@ typedef struct error_case {
 
 static const error_case error_cases[] = {
     /* sections and syntax */
-    {"[proxi]\n" SHARDS, "proxy.ini:1: unknown section [proxi] (expected [proxy] or [shards])"},
-    {"[Proxy]\n" SHARDS, "proxy.ini:1: unknown section [Proxy] (expected [proxy] or [shards])"},
-    {SHARDS "\n[extra]\n", "proxy.ini:4: unknown section [extra] (expected [proxy] or [shards])"},
+    {"[proxi]\n" SHARDS,
+     "proxy.ini:1: unknown section [proxi] (expected [proxy], [shards] or [users])"},
+    {"[Proxy]\n" SHARDS,
+     "proxy.ini:1: unknown section [Proxy] (expected [proxy], [shards] or [users])"},
+    {SHARDS "\n[extra]\n",
+     "proxy.ini:4: unknown section [extra] (expected [proxy], [shards] or [users])"},
     {"[proxy\nlisten = 127.0.0.1:6380\n" SHARDS, "proxy.ini:1: section header without ']'"},
     {"listen = 127.0.0.1:6380\n" SHARDS,
      "proxy.ini:1: 'listen' is outside any section (put it under [proxy] or [shards])"},
     {"[proxy]\nlisten 127.0.0.1\n" SHARDS,
      "proxy.ini:2: expected 'name = value', a [section] or a ; comment"},
     {"[proxy]\n= 5\n" SHARDS, "proxy.ini:2: missing name before '='"},
+    {"[proxy]\nbackend_user = proxy\n" SHARDS,
+     "proxy.ini:2: backend_user needs backend_password (the user's password on the shards)"},
+    /* [users]: every bad rule names its file, line and user */
+    {SHARDS "[users]\nalice = on >p +@foo\n", "proxy.ini:4: user alice: unknown category '@foo'"},
+    {SHARDS "[users]\nalice = on\nalice = %R~x\n",
+     "proxy.ini:5: user alice: '%R~x': read/write key permissions (%R~, %W~) are not supported; "
+     "use ~pattern"},
+    {SHARDS "[users]\nalice = on #abc\n",
+     "proxy.ini:4: user alice: a '#' password hash must be 64 lower-case hex digits (SHA-256)"},
+    {SHARDS "[users]\nalice = on <old\n",
+     "proxy.ini:4: user alice: '<' removes a password: in proxy.ini leave the password out "
+     "instead"},
+    {SHARDS "[users]\nalice = on allkeys ~a*\n",
+     "proxy.ini:4: user alice: '~a*' after allkeys (~*) adds nothing: remove one"},
+    {SHARDS "[users]\nalice = on (~x +get)\n",
+     "proxy.ini:4: user alice: selectors '(...)' are not supported"},
+    {SHARDS "[users]\nalice = on sanitize-payload\n",
+     "proxy.ini:4: user alice: unknown rule 'sanitize-payload'"},
+    {SHARDS "[users]\nalice = on + \n",
+     "proxy.ini:4: user alice: '+' without a command or @category"},
+    {"[proxy]\nrequirepass = x\n" SHARDS "[users]\ndefault = on >y +@all\n",
+     "proxy.ini:6: requirepass and a [users] default line both set the default user: keep one "
+     "(e.g. 'default = on >password ~* &* +@all')"},
 
     /* unknown and duplicate keys */
     {"[proxy]\nlisten = 127.0.0.1:6380\n\n; the hash\nlisen = 127.0.0.1:6381\n" SHARDS,
@@ -303,6 +329,36 @@ static const error_case error_cases[] = {
     {"[proxy]\nhash = md\x01\n" SHARDS,
      "proxy.ini:2: hash: 'md\\x01' is not one of murmur3, fnv1a_64, crc32, md5, murmur"},
 };
+
+/* [users]: lines of one name add up, in order, like ACL SETUSER calls;
+ * requirepass alone keeps meaning the default user's password. */
+static void test_users(void **state)
+{
+    (void)state;
+    config *cfg = load_ok(SHARDS "[users]\n"
+                                 "alice = on >secret ~app:* ~cache:*\n"
+                                 "bob = off nopass allkeys allchannels +@all -flushall\n"
+                                 "alice = +@read -@dangerous +set\n");
+    assert_int_equal(cfg->nusers, 2);
+    const acl_user *alice = config_find_user(cfg, "alice", 5);
+    assert_non_null(alice);
+    assert_int_equal(alice->line, 4);
+    assert_true(alice->enabled);
+    assert_int_equal(alice->nkey_patterns, 2);
+    assert_int_equal(alice->nrules, 3);
+    assert_true(acl_user_check_password(alice, "secret", 6));
+    assert_false(acl_user_check_password(alice, "secreT", 6));
+    const acl_user *bob = config_find_user(cfg, "bob", 3);
+    assert_false(bob->enabled);
+    assert_false(acl_user_check_password(bob, "", 0)); /* off: nothing authenticates */
+    assert_null(config_find_user(cfg, "Alice", 5));    /* names are case-sensitive */
+    config_free(cfg);
+
+    cfg = load_ok("[proxy]\nrequirepass = pw\n" SHARDS "[users]\nalice = on >a\n");
+    assert_string_equal(cfg->requirepass, "pw");
+    assert_null(config_find_user(cfg, "default", 7)); /* built by the daemon from requirepass */
+    config_free(cfg);
+}
 
 static void test_errors(void **state)
 {
@@ -807,7 +863,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 43);
+    assert_int_equal(keys, 44);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
@@ -870,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_proxy_ini_documents_every_key),
         cmocka_unit_test(test_reference_is_loadable),
         cmocka_unit_test(test_host_is_name),
+        cmocka_unit_test(test_users),
         cmocka_unit_test(test_readme_documents_every_key),
         cmocka_unit_test(test_names),
     };
