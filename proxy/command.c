@@ -63,6 +63,11 @@
 enum { COMMAND_STAT_SLOTS = __COUNTER__ };
 command_counters command_stats[COMMAND_STAT_SLOTS];
 
+size_t command_stats_count(void)
+{
+    return COMMAND_STAT_SLOTS;
+}
+
 /* Lookup index: slots of an open-addressing hash (linear probing) holding
  * 1 + the row index, 0 when empty. A power of two at least four times the
  * number of commands keeps probe chains to one or two slots. */

@@ -233,6 +233,9 @@ typedef struct command_counters {
 /* Indexed by command.stat, one per row and subcommand row. */
 extern command_counters command_stats[];
 
+/* Number of entries of command_stats. */
+size_t command_stats_count(void);
+
 /* Builds the lookup index. Optional: command_lookup builds it on first use;
  * call it at startup, before any thread exists, when threads may look up. */
 void command_init(void);

@@ -143,6 +143,14 @@ int listener_start(const char *host, int port, int backlog, char *err, size_t er
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* Workers each listen on the port; the kernel spreads new connections
+     * over their sockets. Only processes of the same user may join. */
+    if (srv.workers > 1 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        snprintf(err, errlen, "listen %s:%d: SO_REUSEPORT: %s", host, port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
     if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         snprintf(err, errlen, "listen %s:%d: %s", host, port, strerror(errno));
         close(fd);

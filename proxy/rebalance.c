@@ -27,6 +27,7 @@
 
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/workers.h"
 
 /* A batch that failed is retried after this. */
 #define REBALANCE_RETRY_US 1000000u
@@ -90,6 +91,11 @@ static struct {
     size_t n_closing;
     int barrier;               /* PINGs still out on the old ring's connections, plus one
                                   per shard in confirming[] */
+    int fleet_wait;            /* this worker's barrier is down, another worker's is not
+                                  (workers = N): keys do not move yet */
+    uint64_t ring_fp;          /* fingerprint of the ring keys move to */
+    uint64_t migration_id;     /* old and new ring fingerprints mixed: names this
+                                  migration to the other workers */
     uint64_t barrier_since_us; /* when the barrier went up */
     uint64_t barrier_gen;      /* counts barriers: a late reply to an earlier one is ignored */
     /* Old shards that must confirm our reset connections are gone before
@@ -195,12 +201,27 @@ static void barrier_release(void)
         mover_step(&rb.movers[i]);
 }
 
+/* This worker has nothing in flight routed by the old ring. Keys move
+ * once every worker can say the same (workers_all_drained): a worker still
+ * on the old ring would write a key to its old owner after it moved. */
+static void barrier_down(void)
+{
+    workers_publish_ring(rb.ring_fp, rb.ring_fp);
+    if (!workers_all_drained(rb.ring_fp)) {
+        log_info("rebalance: every request this worker sent under the old ring is answered; "
+                 "waiting for the other workers");
+        rb.fleet_wait = 1;
+        return;
+    }
+    rb.fleet_wait = 0;
+    log_info("rebalance: every request sent under the old ring is answered, moving keys");
+    barrier_release();
+}
+
 static void barrier_lower(void)
 {
-    if (--rb.barrier == 0 && rb.running) {
-        log_info("rebalance: every request sent under the old ring is answered, moving keys");
-        barrier_release();
-    }
+    if (--rb.barrier == 0 && rb.running)
+        barrier_down();
 }
 
 /* Puts s among the shards whose old connections must be confirmed gone
@@ -301,7 +322,7 @@ static void confirm_tick(void)
 static void barrier_wait_tick(uint64_t now)
 {
     int timeout_ms = srv.cfg->request_timeout_ms;
-    if (rb.barrier == 0 || !rb.wait_head || timeout_ms <= 0 ||
+    if ((rb.barrier == 0 && !rb.fleet_wait) || !rb.wait_head || timeout_ms <= 0 ||
         now - rb.barrier_since_us < (uint64_t)timeout_ms * 1000)
         return;
     request *req = rb.wait_head;
@@ -319,7 +340,7 @@ static void barrier_wait_tick(uint64_t now)
 
 int rebalance_wait_barrier(request *req, void (*resume)(request *req))
 {
-    if (!rb.running || rb.barrier == 0)
+    if (!rb.running || (rb.barrier == 0 && !rb.fleet_wait))
         return 0;
     rb.resume = resume;
     req->next_wait = NULL;
@@ -755,7 +776,7 @@ static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void mover_step(mover *m)
 {
-    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0)
+    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0 || rb.fleet_wait)
         return;
     uint64_t now = server_now_us();
     if (now < m->next_at_us)
@@ -950,6 +971,13 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     size_t n_sources = 0;
     for (size_t i = 0; i < n_old; i++)
         n_sources += (size_t)is_source[i];
+    /* With several workers, worker 0 alone moves keys in the background
+     * and keeps the state file; the others move keys on demand and end
+     * when it says it is done. */
+    if (!workers_runs_mover()) {
+        n_sources = 0;
+        state_text = NULL;
+    }
     rebalance_state_path(srv.cfg->path, rb.state_path, sizeof(rb.state_path));
     if (state_text && write_state(state_text, err, errlen) < 0) {
         free(is_source);
@@ -970,7 +998,12 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     rb.busykey_deleted = rb.failures = 0;
     rb.last_error[0] = '\0';
     rb.drained[0] = '\0';
-    for (size_t i = 0; i < n_old; i++) {
+    uint64_t old_fp = workers_ring_fingerprint(old_ring);
+    rb.ring_fp = workers_ring_fingerprint(srv.ring);
+    rb.migration_id = old_fp * 31u + rb.ring_fp;
+    rb.fleet_wait = 0;
+    workers_publish_ring(rb.ring_fp, 0);
+    for (size_t i = 0; i < n_old && n_sources > 0; i++) {
         if (!is_source[i])
             continue;
         mover *m = &rb.movers[rb.n_movers++];
@@ -983,8 +1016,8 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
                rb.n_movers == 1 ? "" : "s", rb.state_path);
     if (--rb.barrier == 0)
-        barrier_release();
-    if (rb.n_movers == 0)
+        barrier_down();
+    if (rb.n_movers == 0 && workers_runs_mover() && !rb.fleet_wait)
         finish();
     return 0;
 }
@@ -1026,8 +1059,11 @@ static void finish(void)
     for (size_t i = 0; i < rb.n_movers; i++)
         if (rb.movers[i].ac)
             redisAsyncDisconnect(rb.movers[i].ac);
+    if (!workers_runs_mover())
+        return;
     if (unlink(rb.state_path) < 0 && errno != ENOENT)
         log_warn("rebalance: cannot remove %s: %s", rb.state_path, strerror(errno));
+    workers_migration_finished(rb.migration_id);
 }
 
 void rebalance_tick(void)
@@ -1054,6 +1090,20 @@ void rebalance_tick(void)
         return;
     confirm_tick();
     barrier_wait_tick(now);
+    if (rb.fleet_wait && workers_all_drained(rb.ring_fp)) {
+        rb.fleet_wait = 0;
+        log_info("rebalance: every worker routes by the new ring, moving keys");
+        barrier_release();
+        if (rb.n_movers == 0 && workers_runs_mover()) {
+            finish();
+            return;
+        }
+    }
+    if (!workers_runs_mover() && rb.barrier == 0 && !rb.fleet_wait &&
+        workers_migration_is_finished(rb.migration_id)) {
+        finish();
+        return;
+    }
     uint64_t stall = (uint64_t)srv.cfg->migrate_timeout_ms * 2000u + REBALANCE_STALL_GRACE_US;
     for (size_t i = 0; i < rb.n_movers; i++) {
         mover *m = &rb.movers[i];
@@ -1167,13 +1217,14 @@ int rebalance_info(buf *b)
         "rebalance_last_error:%s\r\n"
         "rebalance_completed:%llu\r\n"
         "rebalance_drained_shards:%s\r\n"
-        "rebalance_queued_reload:%d\r\n",
+        "rebalance_queued_reload:%d\r\n"
+        "rebalance_waiting_for_workers:%d\r\n",
         rb.running ? "running" : "idle", rb.n_movers, done, (unsigned long long)rb.keys_scanned,
         (unsigned long long)rb.keys_moved, (unsigned long long)rb.keys_moved_on_demand,
         (unsigned long long)remaining, (unsigned long long)rb.busykey_deleted,
         (unsigned long long)rb.failures, (unsigned long long)rate, percent, eta,
         rb.last_error[0] ? rb.last_error : "none", (unsigned long long)rb.migrations_done,
-        rb.drained[0] ? rb.drained : "none", rb.reload_queued);
+        rb.drained[0] ? rb.drained : "none", rb.reload_queued, rb.fleet_wait);
     if (fail < 0 || movers_info(b) < 0)
         return -1;
     return buf_printf(b, "\r\n");
