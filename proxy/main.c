@@ -290,10 +290,11 @@ static int run(const char *path)
     }
     if (cfg->workers == 1)
         return serve(cfg);
-    int nworkers = cfg->workers;
     log_set_level(cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    int status = workers_supervise(cfg, run_worker);
     config_free(cfg);
-    return workers_supervise(path, nworkers, run_worker);
+    return status;
 }
 
 int main(int argc, char **argv)

@@ -62,10 +62,11 @@ typedef struct server {
     uint64_t config_epoch; /* bumped by every applied reload */
     time_t last_reload_time;
     char last_reload_error[512];
-    int stopping;       /* SIGTERM seen: no new clients */
-    int workers;        /* worker processes of this proxy (workers = N); 0 or 1: one process */
-    int worker_index;   /* this worker's index, 0 .. workers - 1 (0 alone) */
-    int supervisor_pid; /* the supervisor's pid, 0 with one process */
+    int stopping;         /* SIGTERM seen: no new clients */
+    int workers;          /* worker processes of this proxy (workers = N); 0 or 1: one process */
+    int worker_index;     /* this worker's index, 0 .. workers - 1 (0 alone) */
+    int supervisor_pid;   /* the supervisor's pid, 0 with one process */
+    int worker_listen_fd; /* a worker's listen socket, opened by the supervisor */
     server_stats stats;
 } server;
 

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/request.h"
 
@@ -61,6 +62,7 @@ static size_t ncommand_stats;
 /* The supervisor's view of each worker. */
 typedef struct worker_proc {
     pid_t pid;              /* 0: not running */
+    int listen_fd;          /* its listen socket, -1 once closed (stopping) */
     uint64_t started_ms;    /* when it was forked */
     uint64_t restart_at_ms; /* not running: when to start it again */
     int delay_ms;           /* the next restart's delay */
@@ -274,9 +276,15 @@ static int spawn(worker_proc *procs, int i, int nworkers, const char *path,
         if (getppid() != supervisor)
             _exit(1);
         sigprocmask(SIG_SETMASK, child_mask, NULL);
+        /* The others' sockets are theirs: a worker that stops closes its
+         * own and no longer accepts on any. */
+        for (int j = 0; j < nworkers; j++)
+            if (j != i && procs[j].listen_fd >= 0)
+                close(procs[j].listen_fd);
         srv.workers = nworkers;
         srv.worker_index = i;
         srv.supervisor_pid = (int)supervisor;
+        srv.worker_listen_fd = procs[i].listen_fd;
         exit(worker_main(path));
     }
     __atomic_store_n(&w->pid, (int)pid, __ATOMIC_RELEASE);
@@ -284,6 +292,16 @@ static int spawn(worker_proc *procs, int i, int nworkers, const char *path,
     procs[i].started_ms = monotonic_ms();
     log_notice("workers: worker %d started (pid %d)", i, (int)pid);
     return 0;
+}
+
+/* Stopping: no new connection queues where no worker will take it. */
+static void close_listen_fds(worker_proc *procs, int nworkers)
+{
+    for (int i = 0; i < nworkers; i++)
+        if (procs[i].listen_fd >= 0) {
+            close(procs[i].listen_fd);
+            procs[i].listen_fd = -1;
+        }
 }
 
 static void signal_workers(const worker_proc *procs, int nworkers, int sig, pid_t except)
@@ -339,6 +357,7 @@ static void reap(supervisor *sv)
                           how);
                 sv->failed = 1;
                 sv->stopping = 1;
+                close_listen_fds(sv->procs, sv->nworkers);
                 signal_workers(sv->procs, sv->nworkers, SIGTERM, 0);
                 break;
             }
@@ -389,6 +408,7 @@ static void on_supervisor_signal(supervisor *sv, int sig, const siginfo_t *info)
         /* A second one is passed on too: the workers then exit at once. */
         log_notice("workers: %s: stopping every worker", sig == SIGINT ? "SIGINT" : "SIGTERM");
         sv->stopping = 1;
+        close_listen_fds(sv->procs, sv->nworkers);
         signal_workers(sv->procs, sv->nworkers, sig, 0);
         return;
     default:
@@ -397,11 +417,23 @@ static void on_supervisor_signal(supervisor *sv, int sig, const siginfo_t *info)
     }
 }
 
-int workers_supervise(const char *path, int nworkers, int (*worker_main)(const char *path))
+int workers_supervise(const config *cfg, int (*worker_main)(const char *path))
 {
+    const char *path = cfg->path;
+    int nworkers = cfg->workers;
     if (map_shared(nworkers) < 0)
         return 1;
     supervisor sv = {.nworkers = nworkers, .starting = 1};
+    for (int i = 0; i < nworkers; i++) {
+        char err[300];
+        sv.procs[i].listen_fd = listener_open(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog,
+                                              1, err, sizeof(err));
+        if (sv.procs[i].listen_fd < 0) {
+            log_error("%s", err);
+            close_listen_fds(sv.procs, i);
+            return 1;
+        }
+    }
     sigset_t handled, child_mask;
     sigemptyset(&handled);
     sigaddset(&handled, SIGTERM);
@@ -415,6 +447,7 @@ int workers_supervise(const char *path, int nworkers, int (*worker_main)(const c
     for (int i = 0; i < nworkers && !sv.stopping; i++)
         if (spawn(sv.procs, i, nworkers, path, &child_mask, worker_main) < 0) {
             sv.failed = sv.stopping = 1;
+            close_listen_fds(sv.procs, nworkers);
             signal_workers(sv.procs, nworkers, SIGTERM, 0);
         }
     while (!sv.stopping || running_count(&sv) > 0) {
@@ -441,6 +474,7 @@ int workers_supervise(const char *path, int nworkers, int (*worker_main)(const c
                 spawn(sv.procs, i, nworkers, path, &child_mask, worker_main) < 0)
                 sv.procs[i].restart_at_ms = now + WORKERS_RESTART_MAX_MS;
     }
+    close_listen_fds(sv.procs, nworkers);
     log_notice("ringproxy stopped");
     return sv.failed ? 1 : 0;
 }

@@ -15,12 +15,15 @@
 #include "proxy/server.h"
 #include "ring/ring.h"
 
-/* Runs the supervisor of nworkers (> 1) workers, each of which runs
- * worker_main(path) with srv.workers and srv.worker_index set, until
- * SIGTERM or SIGINT has stopped them all. Returns the exit status: 0, or 1
- * when a worker failed to start (it logged why) and the others were
- * stopped. */
-int workers_supervise(const char *path, int nworkers, int (*worker_main)(const char *path));
+/* Runs the supervisor of cfg->workers (> 1) workers, each of which runs
+ * worker_main(path) with srv.workers, srv.worker_index and
+ * srv.worker_listen_fd set, until SIGTERM or SIGINT has stopped them all.
+ * The supervisor opens each worker's listen socket (SO_REUSEPORT) before
+ * the first fork and keeps it: a restarted worker gets the same socket,
+ * with the connections that queued while it was down. Returns the exit
+ * status: 0, or 1 when the sockets cannot be opened or a worker failed to
+ * start (it logged why) and the others were stopped. */
+int workers_supervise(const config *cfg, int (*worker_main)(const char *path));
 
 /* Whether this process is one of several workers. */
 static inline int workers_enabled(void)

@@ -733,15 +733,16 @@ static void test_fixed_changes(void **state)
 
     config *changed = load_ok("[proxy]\nlisten = 127.0.0.1:6381\nhash = crc32\nhash_tag =\n"
                               "compat = twemproxy\nbackend_connections = 2\ntcp_backlog = 10\n"
-                              "request_timeout = 10\n" SHARDS);
-    assert_int_equal(config_fixed_changes(old_cfg, changed, buf, sizeof(buf)), 6);
-    assert_string_equal(buf, "listen, hash, hash_tag, compat, backend_connections, tcp_backlog");
+                              "workers = 2\nrequest_timeout = 10\n" SHARDS);
+    assert_int_equal(config_fixed_changes(old_cfg, changed, buf, sizeof(buf)), 7);
+    assert_string_equal(
+        buf, "listen, hash, hash_tag, compat, backend_connections, tcp_backlog, workers");
 
     /* a short buffer truncates the list but not the count */
     char small[10];
-    assert_int_equal(config_fixed_changes(old_cfg, changed, small, sizeof(small)), 6);
+    assert_int_equal(config_fixed_changes(old_cfg, changed, small, sizeof(small)), 7);
     assert_string_equal(small, "listen, h");
-    assert_int_equal(config_fixed_changes(old_cfg, changed, NULL, 0), 6);
+    assert_int_equal(config_fixed_changes(old_cfg, changed, NULL, 0), 7);
 
     config_free(old_cfg);
     config_free(same);
