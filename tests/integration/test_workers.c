@@ -28,7 +28,7 @@
 /* Clients of the INFO totals test. */
 #define NCLIENTS 16
 /* Writers of the ring change test, half on each worker. */
-#define NWRITERS 4
+#define NWRITERS 8
 /* Keys each writer overwrites in turn (pre:<writer>:<j>). */
 #define WRITER_KEYS 300
 /* Most operations a writer records. */
@@ -470,9 +470,19 @@ static void test_ring_change_under_writers_on_both_workers_loses_nothing(void **
     }
     wait_rounds(writers, 300);
 
+    /* Worker 1 is stopped while worker 0 takes the new ring, and resumes
+     * with its writers' requests and the SIGHUP waiting: it still routes by
+     * the old ring when it serves those requests, so no key may have moved
+     * meanwhile. */
+    redisContext *w1 = client_on_worker(f, 1);
+    pid_t behind = pid_of(w1);
+    assert_int_equal(kill(behind, SIGSTOP), 0);
     ini_append_shard(f, 3);
     fixture_expect_status(fixture_cmd(control, "PROXY RELOAD"), "OK");
-    redisContext *w1 = client_on_worker(f, 1);
+    fixture_sleep_ms(300);
+    assert_int_equal(info_int(control, "rebalance", "rebalance_waiting_for_workers"), 1);
+    assert_int_equal(info_int(control, "rebalance", "rebalance_keys_moved"), 0);
+    assert_int_equal(kill(behind, SIGCONT), 0);
     wait_idle(control, 1);
     wait_idle(w1, 1);
     wait_rounds(writers, 300);
