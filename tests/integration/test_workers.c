@@ -516,6 +516,15 @@ static void test_lock_held_through_one_worker_is_refused_through_the_other(void 
     fixture *f = start(state, FIXTURE_SHARDS);
     redisContext *w0 = client_on_worker(f, 0);
     redisContext *w1 = client_on_worker(f, 1);
+    /* Both workers found the shards' stores empty at once and set them
+     * up, each its own way (initialise, restore): both must end ready. */
+    long long deadline = fixture_now_ms() + fixture_bound_ms(5000);
+    while (info_int(w0, "locks", "lock_shards_ready") < FIXTURE_SHARDS ||
+           info_int(w1, "locks", "lock_shards_ready") < FIXTURE_SHARDS) {
+        if (fixture_now_ms() > deadline)
+            fail_msg("the lock shards' stores are not ready on both workers");
+        fixture_sleep_ms(POLL_MS);
+    }
     redisReply *r = fixture_cmd(w0, "LOCK.ACQUIRE job 30000 WAIT %lld", fixture_bound_ms(2000));
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     long long token = r->integer;
