@@ -280,6 +280,13 @@ static int run_worker(const char *path)
     return serve(cfg);
 }
 
+/* A worker's listen socket, opened by the supervisor: SO_REUSEPORT, so
+ * that the workers' sockets share the port. */
+static int open_worker_listener(const config *cfg, char *err, size_t errlen)
+{
+    return listener_open(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, 1, err, errlen);
+}
+
 static int run(const char *path)
 {
     config *cfg = NULL;
@@ -292,7 +299,7 @@ static int run(const char *path)
         return serve(cfg);
     log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
-    int status = workers_supervise(cfg, run_worker);
+    int status = workers_supervise(cfg, run_worker, open_worker_listener);
     config_free(cfg);
     return status;
 }

@@ -18,7 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/request.h"
 
@@ -417,7 +416,8 @@ static void on_supervisor_signal(supervisor *sv, int sig, const siginfo_t *info)
     }
 }
 
-int workers_supervise(const config *cfg, int (*worker_main)(const char *path))
+int workers_supervise(const config *cfg, int (*worker_main)(const char *path),
+                      int (*open_listener)(const config *cfg, char *err, size_t errlen))
 {
     const char *path = cfg->path;
     int nworkers = cfg->workers;
@@ -426,8 +426,7 @@ int workers_supervise(const config *cfg, int (*worker_main)(const char *path))
     supervisor sv = {.nworkers = nworkers, .starting = 1};
     for (int i = 0; i < nworkers; i++) {
         char err[300];
-        sv.procs[i].listen_fd = listener_open(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog,
-                                              1, err, sizeof(err));
+        sv.procs[i].listen_fd = open_listener(cfg, err, sizeof(err));
         if (sv.procs[i].listen_fd < 0) {
             log_error("%s", err);
             close_listen_fds(sv.procs, i);

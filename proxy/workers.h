@@ -9,6 +9,7 @@
 #ifndef PROXY_WORKERS_H
 #define PROXY_WORKERS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "proxy/command.h"
@@ -18,12 +19,14 @@
 /* Runs the supervisor of cfg->workers (> 1) workers, each of which runs
  * worker_main(path) with srv.workers, srv.worker_index and
  * srv.worker_listen_fd set, until SIGTERM or SIGINT has stopped them all.
- * The supervisor opens each worker's listen socket (SO_REUSEPORT) before
- * the first fork and keeps it: a restarted worker gets the same socket,
+ * The supervisor opens each worker's listen socket with open_listener (a
+ * callback, so that this module stays below the listener's) before the
+ * first fork and keeps it: a restarted worker gets the same socket,
  * with the connections that queued while it was down. Returns the exit
  * status: 0, or 1 when the sockets cannot be opened or a worker failed to
  * start (it logged why) and the others were stopped. */
-int workers_supervise(const config *cfg, int (*worker_main)(const char *path));
+int workers_supervise(const config *cfg, int (*worker_main)(const char *path),
+                      int (*open_listener)(const config *cfg, char *err, size_t errlen));
 
 /* Whether this process is one of several workers. */
 static inline int workers_enabled(void)
