@@ -348,7 +348,14 @@ static void reap(supervisor *sv)
             char how[80];
             describe_exit(status, how, sizeof(how));
             if (sv->stopping) {
-                log_info("workers: worker %d (pid %d) %s", i, (int)pid, how);
+                /* As one process would: a worker that did not stop cleanly
+                 * (a sanitizer's report, a crash while stopping) makes the
+                 * exit status 1. */
+                int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+                if (!clean)
+                    sv->failed = 1;
+                log_at(clean ? CONFIG_LOG_INFO : CONFIG_LOG_WARN, "workers: worker %d (pid %d) %s",
+                       i, (int)pid, how);
                 break;
             }
             if (sv->starting && !was_ready) {

@@ -23,8 +23,9 @@
  * callback, so that this module stays below the listener's) before the
  * first fork and keeps it: a restarted worker gets the same socket,
  * with the connections that queued while it was down. Returns the exit
- * status: 0, or 1 when the sockets cannot be opened or a worker failed to
- * start (it logged why) and the others were stopped. */
+ * status: 0, or 1 when the sockets cannot be opened, a worker failed to
+ * start (it logged why) and the others were stopped, or a worker did not
+ * exit 0 when stopped. */
 int workers_supervise(const config *cfg, int (*worker_main)(const char *path),
                       int (*open_listener)(const config *cfg, char *err, size_t errlen));
 
