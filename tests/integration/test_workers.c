@@ -52,13 +52,21 @@ static int stop(void **state)
     return fixture_stop(f);
 }
 
-static fixture *start(void **state, size_t nshards_in_ini)
+/* Two workers; the file is watched when watch says so. */
+static fixture *start_watching(void **state, size_t nshards_in_ini, int watch)
 {
     test_passed = 0;
-    fixture *f = fixture_start_some("workers = 2\nwatch_config = no\n", nshards_in_ini);
+    fixture *f = fixture_start_some(watch ? "workers = 2\nwatch_config = yes\n"
+                                          : "workers = 2\nwatch_config = no\n",
+                                    nshards_in_ini);
     assert_non_null(f);
     *state = f;
     return f;
+}
+
+static fixture *start(void **state, size_t nshards_in_ini)
+{
+    return start_watching(state, nshards_in_ini, 0);
 }
 
 /* ---- INFO ---- */
@@ -266,6 +274,22 @@ static void test_proxy_reload_and_sighup_reach_both_workers(void **state)
         assert_int_equal(atoi(r->str), i);
         freeReplyObject(r);
     }
+    fixture_close(f, w0);
+    fixture_close(f, w1);
+    test_passed = 1;
+}
+
+static void test_saved_file_reaches_both_workers(void **state)
+{
+    fixture *f = start_watching(state, 3, 1);
+    redisContext *w0 = client_on_worker(f, 0);
+    redisContext *w1 = client_on_worker(f, 1);
+    /* Worker 0 alone watches the file; worker 1 follows it. */
+    ini_append_shard(f, 3);
+    wait_shard_count(w1, 4);
+    wait_shard_count(w0, 4);
+    wait_idle(w0, 1);
+    wait_idle(w1, 1);
     fixture_close(f, w0);
     fixture_close(f, w1);
     test_passed = 1;
@@ -545,6 +569,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_clients_land_on_both_workers_and_info_counts_them_all, stop),
         cmocka_unit_test_teardown(test_proxy_reload_and_sighup_reach_both_workers, stop),
+        cmocka_unit_test_teardown(test_saved_file_reaches_both_workers, stop),
         cmocka_unit_test_teardown(test_killed_worker_is_restarted_and_serves_new_clients, stop),
         cmocka_unit_test_teardown(test_sigterm_stops_the_supervisor_and_every_worker, stop),
         cmocka_unit_test_teardown(test_ring_change_under_writers_on_both_workers_loses_nothing,
