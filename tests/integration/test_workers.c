@@ -302,6 +302,13 @@ static void test_killed_worker_is_restarted_and_serves_new_clients(void **state)
     pid_t killed = pid_of(w1);
     assert_int_not_equal(killed, f->proxy.pid);
     fixture_expect_status(fixture_cmd(w1, "SET survivor yes"), "OK");
+    /* More work on the worker about to die than the rest of the test
+     * does, so that totals forgetting it would go back. */
+    for (int i = 0; i < 1000; i++)
+        redisAppendCommand(w1, "PING");
+    for (int i = 0; i < 1000; i++)
+        fixture_expect_status(fixture_next_reply(w1), "PONG");
+    long long total_before = info_int(w1, "stats", "total_commands_processed");
     assert_int_equal(kill(killed, SIGKILL), 0);
     wait_gone(killed);
     fixture_close(f, w1);
@@ -322,6 +329,8 @@ static void test_killed_worker_is_restarted_and_serves_new_clients(void **state)
         fixture_sleep_ms(POLL_MS);
     }
     assert_int_not_equal(pid_of(again), killed);
+    /* The dead worker's counters stay in the totals. */
+    assert_true(info_int(again, "stats", "total_commands_processed") > total_before);
     fixture_expect_str(fixture_cmd(again, "GET survivor"), "yes");
     fixture_expect_status(fixture_cmd(again, "SET after restart"), "OK");
     assert_true(fixture_alive(f->proxy.pid));
