@@ -1013,8 +1013,11 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     }
     free(is_source);
     raise_barrier(old_shards, n_old);
-    log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
-               rb.n_movers == 1 ? "" : "s", rb.state_path);
+    if (workers_runs_mover())
+        log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
+                   rb.n_movers == 1 ? "" : "s", rb.state_path);
+    else
+        log_notice("rebalance started: keys move on demand here, in the background in worker 0");
     if (--rb.barrier == 0)
         barrier_down();
     if (rb.n_movers == 0 && workers_runs_mover() && !rb.fleet_wait)
