@@ -122,6 +122,7 @@ static struct {
 
 static void mover_step(mover *m);
 static void finish(void);
+static workers_mover_progress own_progress(void);
 
 void rebalance_state_path(const char *config_path, char *out, size_t outlen)
 {
@@ -1064,6 +1065,8 @@ static void finish(void)
             redisAsyncDisconnect(rb.movers[i].ac);
     if (!workers_runs_mover())
         return;
+    workers_mover_progress progress = own_progress();
+    workers_publish_mover(&progress);
     if (unlink(rb.state_path) < 0 && errno != ENOENT)
         log_warn("rebalance: cannot remove %s: %s", rb.state_path, strerror(errno));
     workers_migration_finished(rb.migration_id);
@@ -1132,6 +1135,10 @@ void rebalance_tick(void)
         }
         mover_step(m);
     }
+    if (workers_enabled() && workers_runs_mover()) {
+        workers_mover_progress progress = own_progress();
+        workers_publish_mover(&progress);
+    }
     if (now - rb.last_log_us >= REBALANCE_LOG_US) {
         rb.last_log_us = now;
         log_notice("rebalance: %llu keys scanned, %llu moved (+%llu on demand), %llu failures",
@@ -1182,22 +1189,34 @@ static int movers_info(buf *b)
     return buf_printf(b, "\r\n");
 }
 
+/* This worker's mover: what INFO rebalance shows, and what worker 0
+ * publishes for the others. */
+static workers_mover_progress own_progress(void)
+{
+    workers_mover_progress p = {.sources = rb.n_movers,
+                                .keys_scanned = rb.keys_scanned,
+                                .keys_moved = rb.keys_moved,
+                                .failures = rb.failures};
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        p.estimate += rb.movers[i].estimate;
+        p.sources_done += rb.movers[i].state == MOVER_DONE;
+    }
+    return p;
+}
+
 int rebalance_info(buf *b)
 {
-    uint64_t estimate = 0;
-    size_t done = 0;
-    for (size_t i = 0; i < rb.n_movers; i++) {
-        estimate += rb.movers[i].estimate;
-        done += rb.movers[i].state == MOVER_DONE;
-    }
+    /* A worker without the mover shows worker 0's: the proxy's progress. */
+    workers_mover_progress p = workers_runs_mover() ? own_progress() : workers_mover();
+    uint64_t estimate = p.estimate;
     uint64_t elapsed = rb.running ? server_now_us() - rb.started_us : 0;
-    uint64_t rate = elapsed > 0 ? rb.keys_scanned * 1000000u / elapsed : 0;
+    uint64_t rate = elapsed > 0 ? p.keys_scanned * 1000000u / elapsed : 0;
     /* The estimate is DBSIZE at the start: keys moved or deleted on demand
      * before the mover reached them are never scanned, so once idle nothing
      * remains whatever the difference says. */
-    uint64_t remaining = rb.running && estimate > rb.keys_scanned ? estimate - rb.keys_scanned : 0;
+    uint64_t remaining = rb.running && estimate > p.keys_scanned ? estimate - p.keys_scanned : 0;
     int percent = !rb.running ? 100
-                  : estimate  ? (int)(rb.keys_scanned * 100 / (estimate ? estimate : 1))
+                  : estimate  ? (int)(p.keys_scanned * 100 / (estimate ? estimate : 1))
                               : 0;
     if (rb.running && percent > 99)
         percent = 99;
@@ -1222,12 +1241,13 @@ int rebalance_info(buf *b)
         "rebalance_drained_shards:%s\r\n"
         "rebalance_queued_reload:%d\r\n"
         "rebalance_waiting_for_workers:%d\r\n",
-        rb.running ? "running" : "idle", rb.n_movers, done, (unsigned long long)rb.keys_scanned,
-        (unsigned long long)rb.keys_moved, (unsigned long long)rb.keys_moved_on_demand,
-        (unsigned long long)remaining, (unsigned long long)rb.busykey_deleted,
-        (unsigned long long)rb.failures, (unsigned long long)rate, percent, eta,
-        rb.last_error[0] ? rb.last_error : "none", (unsigned long long)rb.migrations_done,
-        rb.drained[0] ? rb.drained : "none", rb.reload_queued, rb.fleet_wait);
+        rb.running ? "running" : "idle", (size_t)p.sources, (size_t)p.sources_done,
+        (unsigned long long)p.keys_scanned, (unsigned long long)p.keys_moved,
+        (unsigned long long)rb.keys_moved_on_demand, (unsigned long long)remaining,
+        (unsigned long long)rb.busykey_deleted, (unsigned long long)p.failures,
+        (unsigned long long)rate, percent, eta, rb.last_error[0] ? rb.last_error : "none",
+        (unsigned long long)rb.migrations_done, rb.drained[0] ? rb.drained : "none",
+        rb.reload_queued, rb.fleet_wait);
     if (fail < 0 || movers_info(b) < 0)
         return -1;
     return buf_printf(b, "\r\n");

@@ -49,8 +49,9 @@ typedef struct worker_slot {
 /* The segment: mapped MAP_SHARED before the first fork, so every worker
  * (restarted ones too) sees the same pages. */
 typedef struct workers_shared {
-    uint64_t migration_finished; /* id of the last migration worker 0 finished */
-    server_stats retired;        /* counters of workers that exited */
+    uint64_t migration_finished;  /* id of the last migration worker 0 finished */
+    workers_mover_progress mover; /* worker 0's mover (workers_publish_mover) */
+    server_stats retired;         /* counters of workers that exited */
     command_counters *retired_commands;
     worker_slot slot[CONFIG_WORKERS_MAX];
 } workers_shared;
@@ -202,6 +203,17 @@ int workers_all_drained(uint64_t fp)
             return 0;
     }
     return 1;
+}
+
+void workers_publish_mover(const workers_mover_progress *p)
+{
+    if (workers_enabled())
+        shared->mover = *p;
+}
+
+workers_mover_progress workers_mover(void)
+{
+    return shared->mover;
 }
 
 void workers_migration_finished(uint64_t id)

@@ -82,6 +82,20 @@ static inline int workers_runs_mover(void)
     return srv.worker_index == 0;
 }
 
+/* The background mover's progress, as INFO rebalance shows it: worker 0
+ * publishes its own, the other workers (which run no mover) show it. */
+typedef struct workers_mover_progress {
+    uint64_t sources;      /* source shards */
+    uint64_t sources_done; /* of which the pass is complete */
+    uint64_t estimate;     /* their DBSIZE at the start */
+    uint64_t keys_scanned;
+    uint64_t keys_moved;
+    uint64_t failures; /* failed batches retried */
+} workers_mover_progress;
+
+void workers_publish_mover(const workers_mover_progress *p);
+workers_mover_progress workers_mover(void);
+
 /* The mover's worker finished migration id (moving every key): the other
  * workers end theirs when they see it. */
 void workers_migration_finished(uint64_t id);
