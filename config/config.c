@@ -197,6 +197,8 @@ static const config_key config_keys[] = {
             "close clients that send no whole request this long; 0 = never"),
     INT_KEY("tcp_backlog", tcp_backlog, "511", "", 1, 65535, RESTART,
             "listen(2) backlog of the client socket"),
+    INT_KEY("workers", workers, "1", "", 1, CONFIG_WORKERS_MAX, RESTART,
+            "processes serving clients on the listen port (docs/design.md)"),
     ENUM_KEY("log_level", log_level, config_log_level, log_level_name, CONFIG_LOG_ERROR + 1, "info",
              RELOAD, "least severe message logged"),
     BOOL_KEY("watch_config", watch_config, "yes", RELOAD, "reload when this file changes on disk"),

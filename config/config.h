@@ -76,6 +76,10 @@ typedef struct config_addr_list {
     size_t n;
 } config_addr_list;
 
+/* Most worker processes (workers = N): more than the cores of a large
+ * machine, each with its own shard connections. */
+#define CONFIG_WORKERS_MAX 64
+
 /* A whole, validated configuration. Immutable once loaded: a reload builds a
  * new one and the daemon swaps one pointer. */
 typedef struct config {
@@ -104,6 +108,7 @@ typedef struct config {
     int backend_max_inflight;    /* requests waiting on one backend connection */
     int idle_timeout_s;          /* close idle clients after this, 0 = never */
     int tcp_backlog;             /* listen(2) backlog */
+    int workers;                 /* worker processes sharing the listen port */
     config_log_level log_level;
     int watch_config;           /* reload when the file changes on disk (bool) */
     char *requirepass;          /* client password, NULL = none (never logged or shown) */

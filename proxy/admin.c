@@ -25,6 +25,7 @@
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/txn.h"
+#include "proxy/workers.h"
 
 static void reply(request *req, const char *bytes, size_t len)
 {
@@ -143,18 +144,22 @@ static int info_server(buf *b)
         "last_reload_error:%s\r\n"
         "hash:%s\r\n"
         "compat:%s\r\n"
+        "workers:%d\r\n"
+        "worker_index:%d\r\n"
         "\r\n",
         RINGPROXY_VERSION, RINGPROXY_REDIS_COMPAT, (int)getpid(), srv.listen_port,
         (long long)(now - srv.start_time), srv.cfg->path, (unsigned long long)srv.config_epoch,
         when, srv.last_reload_error[0] ? srv.last_reload_error : "none", hash_name(srv.cfg->hash),
-        srv.cfg->compat == RING_TWEMPROXY ? "twemproxy" : "none");
+        srv.cfg->compat == RING_TWEMPROXY ? "twemproxy" : "none", srv.workers > 1 ? srv.workers : 1,
+        srv.worker_index);
 }
 
+/* Clients and Stats are totals over the workers (workers_totals). */
 static int info_clients(buf *b)
 {
-    int blocked = 0;
-    for (const session *s = srv.sessions; s; s = s->next)
-        blocked += s->blocked != 0;
+    server_stats st;
+    int nclients, blocked;
+    workers_totals(&st, &nclients, &blocked);
     /* No client tracking through the proxy: tracking_clients is 0. */
     return buf_printf(b,
                       "# Clients\r\n"
@@ -163,12 +168,15 @@ static int info_clients(buf *b)
                       "blocked_clients:%d\r\n"
                       "tracking_clients:0\r\n"
                       "\r\n",
-                      srv.nclients, srv.cfg->max_clients, blocked);
+                      nclients, srv.cfg->max_clients, blocked);
 }
 
 static int info_stats(buf *b)
 {
-    const server_stats *st = &srv.stats;
+    server_stats total;
+    int nclients, blocked;
+    workers_totals(&total, &nclients, &blocked);
+    const server_stats *st = &total;
     return buf_printf(
         b,
         "# Stats\r\n"
@@ -235,7 +243,8 @@ static void info_commandstats(buf *b)
         size_t nsubs = cmd->nsubcommands ? cmd->nsubcommands : 1;
         for (size_t j = 0; j < nsubs; j++) {
             const command *c = cmd->nsubcommands ? &cmd->subcommands[j] : cmd;
-            const command_counters *k = &command_stats[c->stat];
+            command_counters total = workers_command_totals(c->stat);
+            const command_counters *k = &total;
             if (k->calls || k->rejected_calls)
                 buf_printf(b,
                            "cmdstat_%s:calls=%llu,usec=0,usec_per_call=0.00,rejected_calls=%llu,"
@@ -408,7 +417,10 @@ static void cmd_proxy_ring(request *req, const resp_arg *key)
 static void cmd_proxy_reload(request *req)
 {
     char err[600], msg[640];
-    if (reload_config("PROXY RELOAD", err, sizeof(err)) == 0) {
+    int rc = reload_config("PROXY RELOAD", err, sizeof(err));
+    /* The other workers read the same file, whatever this one made of it. */
+    workers_reload_others();
+    if (rc == 0) {
         reply_str(req, "+OK\r\n");
         return;
     }

@@ -155,7 +155,7 @@ typedef enum command_id {
     CMD_CLIENT_UNBLOCK,  /* a blocked client's command, unblocked on its shard */
     CMD_CLIENT_PAUSE,    /* the proxy's own clients, not the shards (pause.c) */
     CMD_CLIENT_UNPAUSE,
-    CMD_ACL,             /* ACL subcommands that change users: refused (users are proxy.ini's) */
+    CMD_ACL, /* ACL subcommands that change users: refused (users are proxy.ini's) */
     CMD_ACL_WHOAMI,
     CMD_ACL_LIST,
     CMD_ACL_USERS,

@@ -122,7 +122,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-int listener_start(const char *host, int port, int backlog, char *err, size_t errlen)
+int listener_open(const char *host, int port, int backlog, int reuseport, char *err, size_t errlen)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
@@ -143,13 +143,24 @@ int listener_start(const char *host, int port, int backlog, char *err, size_t er
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+    /* Only processes of the same user may join a SO_REUSEPORT group. */
+    if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         snprintf(err, errlen, "listen %s:%d: %s", host, port, strerror(errno));
         close(fd);
         freeaddrinfo(res);
         return -1;
     }
     freeaddrinfo(res);
+    return fd;
+}
+
+int listener_start(const char *host, int port, int backlog, char *err, size_t errlen)
+{
+    int fd =
+        srv.workers > 1 ? srv.worker_listen_fd : listener_open(host, port, backlog, 0, err, errlen);
+    if (fd < 0)
+        return -1;
     struct rlimit lim;
     fd_limit = getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
                    ? (long)lim.rlim_cur

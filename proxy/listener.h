@@ -4,7 +4,15 @@
 
 #include <stddef.h>
 
-/* Binds and listens on host:port. Returns 0, or -1 with a reason in err. */
+/* A non-blocking socket bound and listening on host:port, or -1 with a
+ * reason in err. reuseport: SO_REUSEPORT, so that sockets of several
+ * workers share the port and the kernel spreads connections over them. */
+__attribute__((warn_unused_result)) int listener_open(const char *host, int port, int backlog,
+                                                      int reuseport, char *err, size_t errlen);
+
+/* Accepts clients on host:port: on srv.worker_listen_fd when this process
+ * is a worker (the supervisor opened it), else on a socket it opens.
+ * Returns 0, or -1 with a reason in err. */
 __attribute__((warn_unused_result)) int listener_start(const char *host, int port, int backlog,
                                                        char *err, size_t errlen);
 

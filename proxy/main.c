@@ -30,6 +30,7 @@
 #include "proxy/server.h"
 #include "proxy/store.h"
 #include "proxy/twopc.h"
+#include "proxy/workers.h"
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
@@ -94,10 +95,16 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
             malloc_trim(0);
         }
     }
-    if (srv.cfg->watch_config && now >= next_watch_us) {
+    if (workers_enabled())
+        workers_tick();
+    /* With several workers, worker 0 alone watches the file and the
+     * supervisor passes the reload on, so each edit is read once by each. */
+    if (srv.cfg->watch_config && workers_runs_mover() && now >= next_watch_us) {
         next_watch_us = now + CONFIG_WATCH_MS * 1000;
-        if (reload_file_changed())
+        if (reload_file_changed()) {
             do_reload("file changed on disk");
+            workers_reload_others();
+        }
     }
     if (srv.stopping) {
         int busy = client_busy_count();
@@ -221,6 +228,8 @@ static void run_loop(void)
         }
         while (backend_flush_pending() + client_flush_pending() > 0)
             ;
+        if (workers_enabled())
+            workers_publish();
     }
 }
 
@@ -244,14 +253,10 @@ static void stop_services(void)
     request_trim_cache();
 }
 
-static int run(const char *path)
+/* Serves clients with cfg (taken) until stopped: the one process, or one
+ * worker. Returns the exit status. */
+static int serve(config *cfg)
 {
-    config *cfg = NULL;
-    char err[600];
-    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
-    }
     log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
     srv.base = event_base_new();
@@ -267,13 +272,60 @@ static int run(const char *path)
         return 1;
     }
     add_events();
-    log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
-               srv.cfg->listen_host, srv.cfg->listen_port, srv.nshards, srv.cfg->path);
+    if (!rebalance_running()) {
+        uint64_t fp = workers_ring_fingerprint(srv.ring);
+        workers_publish_ring(fp, fp);
+    }
+    workers_ready();
+    if (workers_enabled())
+        log_notice("ringproxy %s worker %d of %d listening on %s:%d, %zu shards, config %s",
+                   RINGPROXY_VERSION, srv.worker_index, srv.workers, srv.cfg->listen_host,
+                   srv.cfg->listen_port, srv.nshards, srv.cfg->path);
+    else
+        log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
+                   srv.cfg->listen_host, srv.cfg->listen_port, srv.nshards, srv.cfg->path);
     run_loop();
     stop_services();
     event_base_free(srv.base);
-    log_notice("ringproxy stopped");
+    log_notice(workers_enabled() ? "worker stopped" : "ringproxy stopped");
     return 0;
+}
+
+/* A worker reads the file itself: one restarted later gets the config the
+ * others run now, reloads included. */
+static int run_worker(const char *path)
+{
+    config *cfg = NULL;
+    char err[600];
+    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return 1;
+    }
+    return serve(cfg);
+}
+
+/* A worker's listen socket, opened by the supervisor: SO_REUSEPORT, so
+ * that the workers' sockets share the port. */
+static int open_worker_listener(const config *cfg, char *err, size_t errlen)
+{
+    return listener_open(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, 1, err, errlen);
+}
+
+static int run(const char *path)
+{
+    config *cfg = NULL;
+    char err[600];
+    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (cfg->workers == 1)
+        return serve(cfg);
+    log_set_level(cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    int status = workers_supervise(cfg, run_worker, open_worker_listener);
+    config_free(cfg);
+    return status;
 }
 
 int main(int argc, char **argv)

@@ -27,6 +27,7 @@
 
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/workers.h"
 
 /* A batch that failed is retried after this. */
 #define REBALANCE_RETRY_US 1000000u
@@ -90,6 +91,11 @@ static struct {
     size_t n_closing;
     int barrier;               /* PINGs still out on the old ring's connections, plus one
                                   per shard in confirming[] */
+    int fleet_wait;            /* this worker's barrier is down, another worker's is not
+                                  (workers = N): keys do not move yet */
+    uint64_t ring_fp;          /* fingerprint of the ring keys move to */
+    uint64_t migration_id;     /* old and new ring fingerprints mixed: names this
+                                  migration to the other workers */
     uint64_t barrier_since_us; /* when the barrier went up */
     uint64_t barrier_gen;      /* counts barriers: a late reply to an earlier one is ignored */
     /* Old shards that must confirm our reset connections are gone before
@@ -116,6 +122,7 @@ static struct {
 
 static void mover_step(mover *m);
 static void finish(void);
+static workers_mover_progress own_progress(void);
 
 void rebalance_state_path(const char *config_path, char *out, size_t outlen)
 {
@@ -195,12 +202,27 @@ static void barrier_release(void)
         mover_step(&rb.movers[i]);
 }
 
+/* This worker has nothing in flight routed by the old ring. Keys move
+ * once every worker can say the same (workers_all_drained): a worker still
+ * on the old ring would write a key to its old owner after it moved. */
+static void barrier_down(void)
+{
+    workers_publish_ring(rb.ring_fp, rb.ring_fp);
+    if (!workers_all_drained(rb.ring_fp)) {
+        log_info("rebalance: every request this worker sent under the old ring is answered; "
+                 "waiting for the other workers");
+        rb.fleet_wait = 1;
+        return;
+    }
+    rb.fleet_wait = 0;
+    log_info("rebalance: every request sent under the old ring is answered, moving keys");
+    barrier_release();
+}
+
 static void barrier_lower(void)
 {
-    if (--rb.barrier == 0 && rb.running) {
-        log_info("rebalance: every request sent under the old ring is answered, moving keys");
-        barrier_release();
-    }
+    if (--rb.barrier == 0 && rb.running)
+        barrier_down();
 }
 
 /* Puts s among the shards whose old connections must be confirmed gone
@@ -301,7 +323,7 @@ static void confirm_tick(void)
 static void barrier_wait_tick(uint64_t now)
 {
     int timeout_ms = srv.cfg->request_timeout_ms;
-    if (rb.barrier == 0 || !rb.wait_head || timeout_ms <= 0 ||
+    if ((rb.barrier == 0 && !rb.fleet_wait) || !rb.wait_head || timeout_ms <= 0 ||
         now - rb.barrier_since_us < (uint64_t)timeout_ms * 1000)
         return;
     request *req = rb.wait_head;
@@ -319,7 +341,7 @@ static void barrier_wait_tick(uint64_t now)
 
 int rebalance_wait_barrier(request *req, void (*resume)(request *req))
 {
-    if (!rb.running || rb.barrier == 0)
+    if (!rb.running || (rb.barrier == 0 && !rb.fleet_wait))
         return 0;
     rb.resume = resume;
     req->next_wait = NULL;
@@ -764,7 +786,7 @@ static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void mover_step(mover *m)
 {
-    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0)
+    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0 || rb.fleet_wait)
         return;
     uint64_t now = server_now_us();
     if (now < m->next_at_us)
@@ -963,6 +985,13 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     size_t n_sources = 0;
     for (size_t i = 0; i < n_old; i++)
         n_sources += (size_t)is_source[i];
+    /* With several workers, worker 0 alone moves keys in the background
+     * and keeps the state file; the others move keys on demand and end
+     * when it says it is done. */
+    if (!workers_runs_mover()) {
+        n_sources = 0;
+        state_text = NULL;
+    }
     rebalance_state_path(srv.cfg->path, rb.state_path, sizeof(rb.state_path));
     if (state_text && write_state(state_text, err, errlen) < 0) {
         free(is_source);
@@ -983,7 +1012,12 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     rb.busykey_deleted = rb.failures = 0;
     rb.last_error[0] = '\0';
     rb.drained[0] = '\0';
-    for (size_t i = 0; i < n_old; i++) {
+    uint64_t old_fp = workers_ring_fingerprint(old_ring);
+    rb.ring_fp = workers_ring_fingerprint(srv.ring);
+    rb.migration_id = old_fp * 31u + rb.ring_fp;
+    rb.fleet_wait = 0;
+    workers_publish_ring(rb.ring_fp, 0);
+    for (size_t i = 0; i < n_old && n_sources > 0; i++) {
         if (!is_source[i])
             continue;
         mover *m = &rb.movers[rb.n_movers++];
@@ -993,11 +1027,14 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     }
     free(is_source);
     raise_barrier(old_shards, n_old);
-    log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
-               rb.n_movers == 1 ? "" : "s", rb.state_path);
+    if (workers_runs_mover())
+        log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
+                   rb.n_movers == 1 ? "" : "s", rb.state_path);
+    else
+        log_notice("rebalance started: keys move on demand here, in the background in worker 0");
     if (--rb.barrier == 0)
-        barrier_release();
-    if (rb.n_movers == 0)
+        barrier_down();
+    if (rb.n_movers == 0 && workers_runs_mover() && !rb.fleet_wait)
         finish();
     return 0;
 }
@@ -1039,8 +1076,13 @@ static void finish(void)
     for (size_t i = 0; i < rb.n_movers; i++)
         if (rb.movers[i].ac)
             redisAsyncDisconnect(rb.movers[i].ac);
+    if (!workers_runs_mover())
+        return;
+    workers_mover_progress progress = own_progress();
+    workers_publish_mover(&progress);
     if (unlink(rb.state_path) < 0 && errno != ENOENT)
         log_warn("rebalance: cannot remove %s: %s", rb.state_path, strerror(errno));
+    workers_migration_finished(rb.migration_id);
 }
 
 void rebalance_tick(void)
@@ -1067,6 +1109,20 @@ void rebalance_tick(void)
         return;
     confirm_tick();
     barrier_wait_tick(now);
+    if (rb.fleet_wait && workers_all_drained(rb.ring_fp)) {
+        rb.fleet_wait = 0;
+        log_info("rebalance: every worker routes by the new ring, moving keys");
+        barrier_release();
+        if (rb.n_movers == 0 && workers_runs_mover()) {
+            finish();
+            return;
+        }
+    }
+    if (!workers_runs_mover() && rb.barrier == 0 && !rb.fleet_wait &&
+        workers_migration_is_finished(rb.migration_id)) {
+        finish();
+        return;
+    }
     uint64_t stall = (uint64_t)srv.cfg->migrate_timeout_ms * 2000u + REBALANCE_STALL_GRACE_US;
     for (size_t i = 0; i < rb.n_movers; i++) {
         mover *m = &rb.movers[i];
@@ -1091,6 +1147,10 @@ void rebalance_tick(void)
             continue;
         }
         mover_step(m);
+    }
+    if (workers_enabled() && workers_runs_mover()) {
+        workers_mover_progress progress = own_progress();
+        workers_publish_mover(&progress);
     }
     if (now - rb.last_log_us >= REBALANCE_LOG_US) {
         rb.last_log_us = now;
@@ -1142,22 +1202,34 @@ static int movers_info(buf *b)
     return buf_printf(b, "\r\n");
 }
 
+/* This worker's mover: what INFO rebalance shows, and what worker 0
+ * publishes for the others. */
+static workers_mover_progress own_progress(void)
+{
+    workers_mover_progress p = {.sources = rb.n_movers,
+                                .keys_scanned = rb.keys_scanned,
+                                .keys_moved = rb.keys_moved,
+                                .failures = rb.failures};
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        p.estimate += rb.movers[i].estimate;
+        p.sources_done += rb.movers[i].state == MOVER_DONE;
+    }
+    return p;
+}
+
 int rebalance_info(buf *b)
 {
-    uint64_t estimate = 0;
-    size_t done = 0;
-    for (size_t i = 0; i < rb.n_movers; i++) {
-        estimate += rb.movers[i].estimate;
-        done += rb.movers[i].state == MOVER_DONE;
-    }
+    /* A worker without the mover shows worker 0's: the proxy's progress. */
+    workers_mover_progress p = workers_runs_mover() ? own_progress() : workers_mover();
+    uint64_t estimate = p.estimate;
     uint64_t elapsed = rb.running ? server_now_us() - rb.started_us : 0;
-    uint64_t rate = elapsed > 0 ? rb.keys_scanned * 1000000u / elapsed : 0;
+    uint64_t rate = elapsed > 0 ? p.keys_scanned * 1000000u / elapsed : 0;
     /* The estimate is DBSIZE at the start: keys moved or deleted on demand
      * before the mover reached them are never scanned, so once idle nothing
      * remains whatever the difference says. */
-    uint64_t remaining = rb.running && estimate > rb.keys_scanned ? estimate - rb.keys_scanned : 0;
+    uint64_t remaining = rb.running && estimate > p.keys_scanned ? estimate - p.keys_scanned : 0;
     int percent = !rb.running ? 100
-                  : estimate  ? (int)(rb.keys_scanned * 100 / (estimate ? estimate : 1))
+                  : estimate  ? (int)(p.keys_scanned * 100 / (estimate ? estimate : 1))
                               : 0;
     if (rb.running && percent > 99)
         percent = 99;
@@ -1180,13 +1252,15 @@ int rebalance_info(buf *b)
         "rebalance_last_error:%s\r\n"
         "rebalance_completed:%llu\r\n"
         "rebalance_drained_shards:%s\r\n"
-        "rebalance_queued_reload:%d\r\n",
-        rb.running ? "running" : "idle", rb.n_movers, done, (unsigned long long)rb.keys_scanned,
-        (unsigned long long)rb.keys_moved, (unsigned long long)rb.keys_moved_on_demand,
-        (unsigned long long)remaining, (unsigned long long)rb.busykey_deleted,
-        (unsigned long long)rb.failures, (unsigned long long)rate, percent, eta,
-        rb.last_error[0] ? rb.last_error : "none", (unsigned long long)rb.migrations_done,
-        rb.drained[0] ? rb.drained : "none", rb.reload_queued);
+        "rebalance_queued_reload:%d\r\n"
+        "rebalance_waiting_for_workers:%d\r\n",
+        rb.running ? "running" : "idle", (size_t)p.sources, (size_t)p.sources_done,
+        (unsigned long long)p.keys_scanned, (unsigned long long)p.keys_moved,
+        (unsigned long long)rb.keys_moved_on_demand, (unsigned long long)remaining,
+        (unsigned long long)rb.busykey_deleted, (unsigned long long)p.failures,
+        (unsigned long long)rate, percent, eta, rb.last_error[0] ? rb.last_error : "none",
+        (unsigned long long)rb.migrations_done, rb.drained[0] ? rb.drained : "none",
+        rb.reload_queued, rb.fleet_wait);
     if (fail < 0 || movers_info(b) < 0)
         return -1;
     return buf_printf(b, "\r\n");

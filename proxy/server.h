@@ -69,6 +69,10 @@ typedef struct server {
     int client_pause;     /* CLIENT PAUSE in force: a pause_mode (pause.h), 0 when none */
     size_t twopc_holding; /* cross-shard transactions of this proxy holding key locks: while
                              not 0, a request touching a held key waits (twopc.c) */
+    int workers;          /* worker processes of this proxy (workers = N); 0 or 1: one process */
+    int worker_index;     /* this worker's index, 0 .. workers - 1 (0 alone) */
+    int supervisor_pid;   /* the supervisor's pid, 0 with one process */
+    int worker_listen_fd; /* a worker's listen socket, opened by the supervisor */
     server_stats stats;
 } server;
 

@@ -139,6 +139,9 @@ static const error_case error_cases[] = {
      "proxy.ini:2: connect_timeout: 0 is out of range 1..3600000 (ms)"},
     {"[proxy]\ntcp_backlog = 65536\n" SHARDS,
      "proxy.ini:2: tcp_backlog: 65536 is out of range 1..65535"},
+    {"[proxy]\nworkers = 0\n" SHARDS, "proxy.ini:2: workers: 0 is out of range 1..64"},
+    {"[proxy]\nlog_level = info\nworkers = 65\n" SHARDS,
+     "proxy.ini:3: workers: 65 is out of range 1..64"},
     {"[proxy]\nmax_clients = 99999999999999999999\n" SHARDS,
      "proxy.ini:2: max_clients: 99999999999999999999 is out of range 1..1000000"},
     {"[proxy]\nbackend_connections = 0\n" SHARDS,
@@ -527,6 +530,7 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->backend_max_inflight, 100000);
     assert_int_equal(cfg->idle_timeout_s, 0);
     assert_int_equal(cfg->tcp_backlog, 511);
+    assert_int_equal(cfg->workers, 1);
     assert_int_equal(cfg->log_level, CONFIG_LOG_INFO);
     assert_int_equal(cfg->watch_config, 1);
     assert_int_equal(cfg->migrate_batch, 1000);
@@ -673,6 +677,7 @@ static void test_value_forms(void **state)
         {"request_timeout = 3600000", INT_FIELD(request_timeout_ms), 3600000},
         {"idle_timeout = 604800", INT_FIELD(idle_timeout_s), 604800},
         {"tcp_backlog = 65535", INT_FIELD(tcp_backlog), 65535},
+        {"workers = 64", INT_FIELD(workers), 64},
         {"watch_config = yes", INT_FIELD(watch_config), 1},
         {"watch_config = YES", INT_FIELD(watch_config), 1},
         {"watch_config = true", INT_FIELD(watch_config), 1},
@@ -790,15 +795,16 @@ static void test_fixed_changes(void **state)
 
     config *changed = load_ok("[proxy]\nlisten = 127.0.0.1:6381\nhash = crc32\nhash_tag =\n"
                               "compat = twemproxy\nbackend_connections = 2\ntcp_backlog = 10\n"
-                              "request_timeout = 10\n" SHARDS);
-    assert_int_equal(config_fixed_changes(old_cfg, changed, buf, sizeof(buf)), 6);
-    assert_string_equal(buf, "listen, hash, hash_tag, compat, backend_connections, tcp_backlog");
+                              "workers = 2\nrequest_timeout = 10\n" SHARDS);
+    assert_int_equal(config_fixed_changes(old_cfg, changed, buf, sizeof(buf)), 7);
+    assert_string_equal(
+        buf, "listen, hash, hash_tag, compat, backend_connections, tcp_backlog, workers");
 
     /* a short buffer truncates the list but not the count */
     char small[10];
-    assert_int_equal(config_fixed_changes(old_cfg, changed, small, sizeof(small)), 6);
+    assert_int_equal(config_fixed_changes(old_cfg, changed, small, sizeof(small)), 7);
     assert_string_equal(small, "listen, h");
-    assert_int_equal(config_fixed_changes(old_cfg, changed, NULL, 0), 6);
+    assert_int_equal(config_fixed_changes(old_cfg, changed, NULL, 0), 7);
 
     config_free(old_cfg);
     config_free(same);
@@ -863,7 +869,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 44);
+    assert_int_equal(keys, 45);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
