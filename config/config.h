@@ -35,6 +35,18 @@ typedef enum config_read_from {
 /* The name of a read_from value ("master", "replica", "prefer_replica"). */
 const char *config_read_from_name(int value);
 
+/* Whether clients on tls_listen must show a certificate (tls_auth_clients),
+ * as Redis's tls-auth-clients. */
+typedef enum config_tls_auth {
+    CONFIG_TLS_AUTH_NO = 0,   /* no certificate asked for */
+    CONFIG_TLS_AUTH_YES,      /* a certificate signed by tls_ca_cert_file is required */
+    CONFIG_TLS_AUTH_OPTIONAL, /* one is asked for and checked when sent, not required */
+    CONFIG_TLS_AUTH_COUNT,
+} config_tls_auth;
+
+/* The name of a tls_auth_clients value ("no", "yes", "optional"). */
+const char *config_tls_auth_name(int value);
+
 /* One line of [shards]: `name = host:port [weight=N]`, or
  * `name = sentinel:MASTER [weight=N]` for a master the Sentinels monitor. */
 typedef struct config_shard {
@@ -101,10 +113,20 @@ typedef struct config {
     char *sentinel_password;    /* the Sentinels' password, NULL = none */
     int sentinel_poll_ms;       /* how often each master's address is asked again */
     int min_replicas_to_ack; /* a write is answered once this many replicas have it, 0 = at once */
-    int min_replicas_timeout_ms; /* WAIT's timeout for those replicas */
-    config_read_from read_from;  /* where read-only commands go, unless a shard says */
-    int store_db;                /* database index of the proxy's hidden records on each shard */
-    char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
+    int min_replicas_timeout_ms;   /* WAIT's timeout for those replicas */
+    config_read_from read_from;    /* where read-only commands go, unless a shard says */
+    int store_db;                  /* database index of the proxy's hidden records on each shard */
+    char *lock_shards;             /* "all" or a comma-separated list of shard names (LOCK.*) */
+    char *tls_listen_host;         /* TLS address for clients, NULL = none */
+    uint16_t tls_listen_port;      /* 0 when tls_listen is off */
+    char *tls_cert_file;           /* the proxy's certificate (PEM) shown to TLS clients */
+    char *tls_key_file;            /* its private key (PEM) */
+    char *tls_ca_cert_file;        /* CAs that sign client certificates, NULL = none */
+    int tls_auth_clients;          /* config_tls_auth */
+    int tls_shards;                /* connect to the shards over TLS (bool) */
+    char *tls_shards_ca_cert_file; /* CAs that sign the shards' certificates */
+    char *tls_shards_cert_file;    /* certificate shown to the shards, NULL = none */
+    char *tls_shards_key_file;     /* its private key */
 
     /* [shards], in file order */
     config_shard *shards;

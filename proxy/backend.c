@@ -17,6 +17,7 @@
 #include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/tls.h"
 
 /* Largest single read while a big reply is arriving: big enough to move a
  * 100 MB value in few calls, small enough not to over-allocate. */
@@ -144,8 +145,19 @@ static void conn_close_fd(backend_conn *c)
     event_del(&c->ev_read);
     event_del(&c->ev_write);
     c->write_waiting = 0;
+    tls_close(c->ssl);
+    c->ssl = NULL;
+    c->tls_handshaking = c->tls_read_waits_write = c->tls_write_waits_read = 0;
     close(c->fd);
     c->fd = -1;
+}
+
+/* Why a socket or TLS call failed (errno set by it), for messages. */
+static const char *io_error(const backend_conn *c)
+{
+    if (c->ssl && errno == EPROTO)
+        return tls_last_error();
+    return errno ? strerror(errno) : "connection closed by shard";
 }
 
 /* Fails every in-flight request of c (its replies can no longer be matched)
@@ -306,9 +318,11 @@ static int conn_queue_role(backend_conn *c)
 static int conn_write_role(backend_conn *c, char *why, size_t whylen)
 {
     size_t len = (size_t)(c->role.end_offset - c->written_total);
-    ssize_t n = write(c->fd, buf_head(&c->out), len);
+    tls_want want;
+    ssize_t n = c->ssl ? tls_write(c->ssl, buf_head(&c->out), len, &want)
+                       : write(c->fd, buf_head(&c->out), len);
     if (n != (ssize_t)len) {
-        snprintf(why, whylen, "unavailable: write: %s", n < 0 ? strerror(errno) : "short write");
+        snprintf(why, whylen, "unavailable: write: %s", n < 0 ? io_error(c) : "short write");
         return -1;
     }
     buf_consume(&c->out, len);
@@ -404,6 +418,50 @@ static void conn_connected(backend_conn *c)
         conn_mark_dirty(c);
 }
 
+/* Drives a TLS connection's handshake: the connection stays CONNECTING
+ * (requests queue, the connect timeout runs) until it is done. */
+static void conn_tls_handshake(backend_conn *c)
+{
+    tls_want want;
+    char err[320], why[400];
+    int r = tls_handshake(c->ssl, &want, err, sizeof(err));
+    if (r < 0) {
+        snprintf(why, sizeof(why), "unavailable: %s", err);
+        conn_fail(c, why, 0);
+        return;
+    }
+    if (r == 1) {
+        c->tls_handshaking = 0;
+        conn_connected(c);
+        return;
+    }
+    if (want == TLS_WANT_READ) {
+        event_add(&c->ev_read, NULL);
+    } else if (!c->write_waiting) {
+        event_add(&c->ev_write, NULL);
+        c->write_waiting = 1;
+    }
+}
+
+/* The TCP connection is up: plain text is connected, TLS starts its
+ * handshake. */
+static void conn_tcp_connected(backend_conn *c)
+{
+    if (!tls_shards_enabled()) {
+        conn_connected(c);
+        return;
+    }
+    char err[200], why[260];
+    c->ssl = tls_connect_new(c->fd, c->shard->host, err, sizeof(err));
+    if (!c->ssl) {
+        snprintf(why, sizeof(why), "unavailable: %s", err);
+        conn_fail(c, why, 0);
+        return;
+    }
+    c->tls_handshaking = 1;
+    conn_tls_handshake(c);
+}
+
 static void conn_connect(backend_conn *c)
 {
     shard *s = c->shard;
@@ -430,8 +488,12 @@ static void conn_connect(backend_conn *c)
     event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_readable, c);
     event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_writable, c);
     conn_set_state(c, BACKEND_CONNECTING);
+    int ms = srv.cfg->connect_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
     if (connect(fd, (struct sockaddr *)&s->addr, s->addrlen) == 0) {
-        conn_connected(c);
+        event_add(&c->ev_timer, &tv); /* a TLS handshake may follow */
+        conn_tcp_connected(c);
         return;
     }
     if (errno != EINPROGRESS) {
@@ -439,11 +501,21 @@ static void conn_connect(backend_conn *c)
         conn_fail(c, why, 0);
         return;
     }
-    int ms = srv.cfg->connect_timeout_ms;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
     event_add(&c->ev_timer, &tv);
     event_add(&c->ev_write, NULL);
+}
+
+/* A TLS connection's write (tls_write_buf): one that must wait for a read
+ * is retried from on_readable, whose interest is on while connected. */
+static buf_write_result conn_write_tls(backend_conn *c, size_t *written)
+{
+    tls_want want;
+    buf_write_result r = tls_write_buf(c->ssl, &c->out, written, &want);
+    if (r == BUF_WRITE_BLOCKED && want == TLS_WANT_READ) {
+        c->tls_write_waits_read = 1;
+        return BUF_WRITE_DONE;
+    }
+    return r;
 }
 
 /* Writes what is queued. Returns 0, or -1 after failing the connection. */
@@ -451,7 +523,8 @@ static int conn_write(backend_conn *c)
 {
     uint64_t before = c->written_total;
     size_t written;
-    buf_write_result r = buf_write_fd(&c->out, c->fd, &written);
+    buf_write_result r =
+        c->ssl ? conn_write_tls(c, &written) : buf_write_fd(&c->out, c->fd, &written);
     c->written_total += written;
     /* Progress only while the head's own request is still going out: a
      * stopped shard's socket buffer takes megabytes of the requests behind
@@ -465,10 +538,12 @@ static int conn_write(backend_conn *c)
     }
     if (r == BUF_WRITE_FAILED) {
         char why[160];
-        snprintf(why, sizeof(why), "unavailable: write: %s", errno ? strerror(errno) : "closed");
+        snprintf(why, sizeof(why), "unavailable: write: %s", errno ? io_error(c) : "closed");
         conn_fail(c, why, 0);
         return -1;
     }
+    if (buf_len(&c->out) > 0)
+        return 0; /* a TLS write waits for a read */
     buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
     return 0;
 }
@@ -479,6 +554,18 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     backend_conn *c = arg;
     server_clock_update();
     c->write_waiting = 0;
+    if (c->tls_handshaking) {
+        conn_tls_handshake(c);
+        return;
+    }
+    if (c->tls_read_waits_write) {
+        /* A TLS read waited for the socket to take bytes; queued writes go
+         * at the next flush. */
+        c->tls_read_waits_write = 0;
+        conn_mark_dirty(c);
+        on_readable(fd, EV_READ, c);
+        return;
+    }
     if (c->state == BACKEND_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);
@@ -490,7 +577,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
             conn_fail(c, why, 0);
             return;
         }
-        conn_connected(c);
+        conn_tcp_connected(c);
         return;
     }
     if (c->state == BACKEND_UP && !c->barrier && !c->role_pending)
@@ -518,6 +605,25 @@ static int deliver_big(backend_conn *c, fragment *f, size_t n)
 
 /* Reads what the shard sent into c->in. 1 when bytes came, 0 when there
  * were none after all, -1 after failing the connection. */
+/* A TLS connection's read (tls_read): a read that must wait for a write
+ * waits for ev_write; decrypted bytes left inside the SSL, which the
+ * socket's readiness will not announce, are read at once. */
+static ssize_t conn_read_tls(backend_conn *c, void *bytes, size_t n)
+{
+    tls_want want;
+    ssize_t got = tls_read(c->ssl, bytes, n, &want);
+    if (got < 0 && errno == EAGAIN && want == TLS_WANT_WRITE) {
+        c->tls_read_waits_write = 1;
+        if (!c->write_waiting) {
+            event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
+        }
+    }
+    if (got > 0 && tls_pending(c->ssl))
+        event_active(&c->ev_read, EV_READ, 1);
+    return got;
+}
+
 static int conn_read(backend_conn *c, int fd)
 {
     size_t want = buf_len(&c->in);
@@ -529,13 +635,15 @@ static int conn_read(backend_conn *c, int fd)
         conn_fail(c, "unavailable: out of memory reading reply", 0);
         return -1;
     }
-    ssize_t n = read(fd, c->in.data + c->in.end, c->in.cap - c->in.end);
+    size_t room = c->in.cap - c->in.end;
+    ssize_t n = c->ssl ? conn_read_tls(c, c->in.data + c->in.end, room)
+                       : read(fd, c->in.data + c->in.end, room);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return 0;
-        char why[160];
+        char why[320];
         snprintf(why, sizeof(why), "unavailable: %s",
-                 n == 0 ? "connection closed by shard" : strerror(errno));
+                 n == 0 ? "connection closed by shard" : io_error(c));
         conn_fail(c, why, 0);
         return -1;
     }
@@ -596,6 +704,15 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     (void)what;
     backend_conn *c = arg;
     server_clock_update();
+    if (c->tls_handshaking) {
+        conn_tls_handshake(c);
+        return;
+    }
+    if (c->tls_write_waits_read) {
+        c->tls_write_waits_read = 0;
+        if (conn_write(c) < 0)
+            return;
+    }
     if (conn_read(c, fd) <= 0)
         return;
     /* Progress: bytes of the head's reply arrived, or the head is answered

@@ -33,6 +33,7 @@ typedef enum backend_state {
 } backend_state;
 
 struct shard;
+struct ssl_st;
 
 /* What a reserved connection tells its owner: push is a reply that matched
  * no request (pub/sub messages and confirmations, in push mode), or NULL
@@ -45,13 +46,17 @@ typedef struct backend_conn {
     int index; /* position in the shard's pool */
     int fd;    /* -1 when not connected */
     backend_state state;
-    struct event ev_read;  /* persistent read interest while connected */
-    struct event ev_write; /* write interest: connect completion or a full socket */
-    struct event ev_timer; /* connect timeout, or reconnect delay */
-    buf out;               /* request bytes not yet written */
-    buf in;                /* reply bytes not yet matched */
-    resp_reply scan;       /* progress through the current reply */
-    fragment *head;        /* in-flight FIFO: sent or queued, awaiting replies */
+    struct ssl_st *ssl;       /* tls_shards: the TLS connection on fd, NULL otherwise */
+    int tls_handshaking;      /* ssl: CONNECTING until the handshake is done */
+    int tls_read_waits_write; /* ssl: a read must wait for the socket to be writable */
+    int tls_write_waits_read; /* ssl: a write must wait for the socket to be readable */
+    struct event ev_read;     /* persistent read interest while connected */
+    struct event ev_write;    /* write interest: connect completion or a full socket */
+    struct event ev_timer;    /* connect timeout, or reconnect delay */
+    buf out;                  /* request bytes not yet written */
+    buf in;                   /* reply bytes not yet matched */
+    resp_reply scan;          /* progress through the current reply */
+    fragment *head;           /* in-flight FIFO: sent or queued, awaiting replies */
     fragment *tail;
     size_t inflight;
     /* request_timeout measures the head's lack of progress: its clock is the

@@ -25,6 +25,7 @@
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
+#include "proxy/tls.h"
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
@@ -140,6 +141,13 @@ static int check_config(const char *path)
         return 1;
     }
     ring_free(r);
+    /* So are the TLS files. */
+    if (tls_configure(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        config_free(cfg);
+        return 1;
+    }
+    tls_shutdown();
     printf("%s: ok, %zu shard%s\n", path, cfg->nshards, cfg->nshards == 1 ? "" : "s");
     config_free(cfg);
     return 0;
@@ -163,8 +171,11 @@ static int start_services(config *cfg)
         reload_shutdown();
         return -1;
     }
-    if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
-        0) {
+    if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, 0, err, sizeof(err)) <
+            0 ||
+        (cfg->tls_listen_host && listener_start(cfg->tls_listen_host, cfg->tls_listen_port,
+                                                cfg->tcp_backlog, 1, err, sizeof(err)) < 0)) {
+        listener_stop();
         log_error("%s", err);
         lock_shutdown();
         store_shutdown();
@@ -217,6 +228,7 @@ static void stop_services(void)
     store_shutdown();
     lock_free();
     reload_shutdown();
+    tls_shutdown();
     request_trim_cache();
 }
 
@@ -245,6 +257,9 @@ static int run(const char *path)
     add_events();
     log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
                srv.cfg->listen_host, srv.cfg->listen_port, srv.nshards, srv.cfg->path);
+    if (srv.cfg->tls_listen_host)
+        log_notice("TLS clients on %s:%d (tls_auth_clients = %s)", srv.cfg->tls_listen_host,
+                   srv.cfg->tls_listen_port, config_tls_auth_name(srv.cfg->tls_auth_clients));
     run_loop();
     stop_services();
     event_base_free(srv.base);
