@@ -193,7 +193,7 @@ SSL *tls_accept_new(int fd, char *err, size_t errlen)
 SSL *tls_connect_new(int fd, const char *host, char *err, size_t errlen)
 {
     SSL *ssl = tls.shards ? SSL_new(tls.shards) : NULL;
-    if (!ssl || SSL_set_fd(ssl, fd) != 1) {
+    if (!ssl || (fd >= 0 && SSL_set_fd(ssl, fd) != 1)) {
         snprintf(err, errlen, "%s", tls.shards ? "TLS: out of memory" : "TLS is not configured");
         SSL_free(ssl);
         return NULL;

@@ -47,9 +47,10 @@ SSL_CTX *tls_shard_context(void);
  * err (tls_listen not configured, out of memory). */
 SSL *tls_accept_new(int fd, char *err, size_t errlen);
 
-/* A client-side SSL on a socket connecting to a shard at host: the
- * shard's certificate must be signed by tls_shards_ca_cert_file and name
- * host (an IP address or DNS name). NULL with a reason in err. */
+/* A client-side SSL on a socket connecting to a shard at host (fd -1: no
+ * socket yet, for a bufferevent that makes its own): the shard's
+ * certificate must be signed by tls_shards_ca_cert_file and name host (an
+ * IP address or DNS name). NULL with a reason in err. */
 SSL *tls_connect_new(int fd, const char *host, char *err, size_t errlen);
 
 /* Advances the handshake. 1 when it is done, 0 when it waits (*want says
