@@ -4,7 +4,7 @@
 # With the argument `bench`, also what `make bench` needs for its chart and
 # `make bench-instr` for its counts.
 set -euo pipefail
-pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
+pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev libssl-dev openssl
       redis-server redis-sentinel redis-tools nutcracker)
 [ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind)
 missing=()
