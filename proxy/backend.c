@@ -145,9 +145,7 @@ static void conn_close_fd(backend_conn *c)
     event_del(&c->ev_read);
     event_del(&c->ev_write);
     c->write_waiting = 0;
-    tls_close(c->ssl);
-    c->ssl = NULL;
-    c->tls_handshaking = c->tls_read_waits_write = c->tls_write_waits_read = 0;
+    tls_conn_close(&c->tls);
     close(c->fd);
     c->fd = -1;
 }
@@ -155,8 +153,8 @@ static void conn_close_fd(backend_conn *c)
 /* Why a socket or TLS call failed (errno set by it), for messages. */
 static const char *io_error(const backend_conn *c)
 {
-    if (c->ssl && errno == EPROTO)
-        return tls_last_error();
+    if (c->tls.ssl)
+        return tls_conn_error(&c->tls);
     return errno ? strerror(errno) : "connection closed by shard";
 }
 
@@ -319,8 +317,8 @@ static int conn_write_role(backend_conn *c, char *why, size_t whylen)
 {
     size_t len = (size_t)(c->role.end_offset - c->written_total);
     tls_want want;
-    ssize_t n = c->ssl ? tls_write(c->ssl, buf_head(&c->out), len, &want)
-                       : write(c->fd, buf_head(&c->out), len);
+    ssize_t n = c->tls.ssl ? tls_write(c->tls.ssl, buf_head(&c->out), len, &want)
+                           : write(c->fd, buf_head(&c->out), len);
     if (n != (ssize_t)len) {
         snprintf(why, whylen, "unavailable: write: %s", n < 0 ? io_error(c) : "short write");
         return -1;
@@ -422,24 +420,13 @@ static void conn_connected(backend_conn *c)
  * (requests queue, the connect timeout runs) until it is done. */
 static void conn_tls_handshake(backend_conn *c)
 {
-    tls_want want;
     char err[320], why[400];
-    int r = tls_handshake(c->ssl, &want, err, sizeof(err));
+    int r = tls_conn_handshake(&c->tls, err, sizeof(err));
     if (r < 0) {
         snprintf(why, sizeof(why), "unavailable: %s", err);
         conn_fail(c, why, 0);
-        return;
-    }
-    if (r == 1) {
-        c->tls_handshaking = 0;
+    } else if (r == 1) {
         conn_connected(c);
-        return;
-    }
-    if (want == TLS_WANT_READ) {
-        event_add(&c->ev_read, NULL);
-    } else if (!c->write_waiting) {
-        event_add(&c->ev_write, NULL);
-        c->write_waiting = 1;
     }
 }
 
@@ -452,13 +439,13 @@ static void conn_tcp_connected(backend_conn *c)
         return;
     }
     char err[200], why[260];
-    c->ssl = tls_connect_new(c->fd, c->shard->host, err, sizeof(err));
-    if (!c->ssl) {
+    SSL *ssl = tls_connect_new(c->fd, c->shard->host, err, sizeof(err));
+    if (!ssl) {
         snprintf(why, sizeof(why), "unavailable: %s", err);
         conn_fail(c, why, 0);
         return;
     }
-    c->tls_handshaking = 1;
+    tls_conn_start(&c->tls, ssl, &c->ev_read, &c->ev_write, &c->write_waiting);
     conn_tls_handshake(c);
 }
 
@@ -505,26 +492,16 @@ static void conn_connect(backend_conn *c)
     event_add(&c->ev_write, NULL);
 }
 
-/* A TLS connection's write (tls_write_buf): one that must wait for a read
- * is retried from on_readable, whose interest is on while connected. */
-static buf_write_result conn_write_tls(backend_conn *c, size_t *written)
-{
-    tls_want want;
-    buf_write_result r = tls_write_buf(c->ssl, &c->out, written, &want);
-    if (r == BUF_WRITE_BLOCKED && want == TLS_WANT_READ) {
-        c->tls_write_waits_read = 1;
-        return BUF_WRITE_DONE;
-    }
-    return r;
-}
-
 /* Writes what is queued. Returns 0, or -1 after failing the connection. */
 static int conn_write(backend_conn *c)
 {
     uint64_t before = c->written_total;
     size_t written;
     buf_write_result r =
-        c->ssl ? conn_write_tls(c, &written) : buf_write_fd(&c->out, c->fd, &written);
+        /* A TLS write that waits for a read is retried from on_readable,
+         * whose interest is on while connected. */
+        c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
+                   : buf_write_fd(&c->out, c->fd, &written);
     c->written_total += written;
     /* Progress only while the head's own request is still going out: a
      * stopped shard's socket buffer takes megabytes of the requests behind
@@ -554,14 +531,14 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     backend_conn *c = arg;
     server_clock_update();
     c->write_waiting = 0;
-    if (c->tls_handshaking) {
+    if (c->tls.handshaking) {
         conn_tls_handshake(c);
         return;
     }
-    if (c->tls_read_waits_write) {
+    if (c->tls.read_waits_write) {
         /* A TLS read waited for the socket to take bytes; queued writes go
          * at the next flush. */
-        c->tls_read_waits_write = 0;
+        c->tls.read_waits_write = 0;
         conn_mark_dirty(c);
         on_readable(fd, EV_READ, c);
         return;
@@ -605,25 +582,6 @@ static int deliver_big(backend_conn *c, fragment *f, size_t n)
 
 /* Reads what the shard sent into c->in. 1 when bytes came, 0 when there
  * were none after all, -1 after failing the connection. */
-/* A TLS connection's read (tls_read): a read that must wait for a write
- * waits for ev_write; decrypted bytes left inside the SSL, which the
- * socket's readiness will not announce, are read at once. */
-static ssize_t conn_read_tls(backend_conn *c, void *bytes, size_t n)
-{
-    tls_want want;
-    ssize_t got = tls_read(c->ssl, bytes, n, &want);
-    if (got < 0 && errno == EAGAIN && want == TLS_WANT_WRITE) {
-        c->tls_read_waits_write = 1;
-        if (!c->write_waiting) {
-            event_add(&c->ev_write, NULL);
-            c->write_waiting = 1;
-        }
-    }
-    if (got > 0 && tls_pending(c->ssl))
-        event_active(&c->ev_read, EV_READ, 1);
-    return got;
-}
-
 static int conn_read(backend_conn *c, int fd)
 {
     size_t want = buf_len(&c->in);
@@ -636,8 +594,8 @@ static int conn_read(backend_conn *c, int fd)
         return -1;
     }
     size_t room = c->in.cap - c->in.end;
-    ssize_t n = c->ssl ? conn_read_tls(c, c->in.data + c->in.end, room)
-                       : read(fd, c->in.data + c->in.end, room);
+    ssize_t n = c->tls.ssl ? tls_conn_read(&c->tls, c->in.data + c->in.end, room)
+                           : read(fd, c->in.data + c->in.end, room);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return 0;
@@ -704,12 +662,12 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     (void)what;
     backend_conn *c = arg;
     server_clock_update();
-    if (c->tls_handshaking) {
+    if (c->tls.handshaking) {
         conn_tls_handshake(c);
         return;
     }
-    if (c->tls_write_waits_read) {
-        c->tls_write_waits_read = 0;
+    if (c->tls.write_waits_read) {
+        c->tls.write_waits_read = 0;
         if (conn_write(c) < 0)
             return;
     }

@@ -18,6 +18,7 @@
 #include "proxy/flushq.h"
 #include "proxy/request.h"
 #include "proxy/resp.h"
+#include "proxy/tls.h"
 
 /* Connection states. A pool connection cycles DOWN -> CONNECTING -> UP ->
  * DOWN until its shard is removed (CLOSED); a reserved one goes DOWN ->
@@ -33,7 +34,6 @@ typedef enum backend_state {
 } backend_state;
 
 struct shard;
-struct ssl_st;
 
 /* What a reserved connection tells its owner: push is a reply that matched
  * no request (pub/sub messages and confirmations, in push mode), or NULL
@@ -46,17 +46,15 @@ typedef struct backend_conn {
     int index; /* position in the shard's pool */
     int fd;    /* -1 when not connected */
     backend_state state;
-    struct ssl_st *ssl;       /* tls_shards: the TLS connection on fd, NULL otherwise */
-    int tls_handshaking;      /* ssl: CONNECTING until the handshake is done */
-    int tls_read_waits_write; /* ssl: a read must wait for the socket to be writable */
-    int tls_write_waits_read; /* ssl: a write must wait for the socket to be readable */
-    struct event ev_read;     /* persistent read interest while connected */
-    struct event ev_write;    /* write interest: connect completion or a full socket */
-    struct event ev_timer;    /* connect timeout, or reconnect delay */
-    buf out;                  /* request bytes not yet written */
-    buf in;                   /* reply bytes not yet matched */
-    resp_reply scan;          /* progress through the current reply */
-    fragment *head;           /* in-flight FIFO: sent or queued, awaiting replies */
+    tls_conn tls;          /* tls_shards: TLS on fd (tls.ssl NULL otherwise); CONNECTING lasts until
+                              its handshake is done */
+    struct event ev_read;  /* persistent read interest while connected */
+    struct event ev_write; /* write interest: connect completion or a full socket */
+    struct event ev_timer; /* connect timeout, or reconnect delay */
+    buf out;               /* request bytes not yet written */
+    buf in;                /* reply bytes not yet matched */
+    resp_reply scan;       /* progress through the current reply */
+    fragment *head;        /* in-flight FIFO: sent or queued, awaiting replies */
     fragment *tail;
     size_t inflight;
     /* request_timeout measures the head's lack of progress: its clock is the

@@ -84,12 +84,9 @@ typedef struct client {
     session sess;
     const char *drop_reason; /* DROPPING: why, for the log */
     uint64_t last_active_us;
-    flushq_link flush;        /* on the pending-flush queue */
-    SSL *ssl;                 /* a TLS client's connection (tls_listen), NULL for plain text */
-    int tls_handshaking;      /* ssl: the handshake is not done, no request is read */
-    int tls_read_waits_write; /* ssl: a read must wait for the socket to be writable */
-    int tls_write_waits_read; /* ssl: a write must wait for the socket to be readable */
-    struct client *prev;      /* all clients */
+    flushq_link flush;   /* on the pending-flush queue */
+    tls_conn tls;        /* a tls_listen client's TLS; tls.ssl NULL for plain text */
+    struct client *prev; /* all clients */
     struct client *next;
 } client;
 
@@ -192,7 +189,7 @@ static void client_free(client *c, const char *reason)
         log_debug("client %s: closed", c->addr);
     event_del(&c->ev_read);
     event_del(&c->ev_write);
-    tls_close(c->ssl);
+    tls_conn_close(&c->tls);
     close(c->fd);
     /* Requests still waiting on a backend become orphans: their replies are
      * dropped when they arrive. */
@@ -500,37 +497,18 @@ static void process_input(client *c)
  * holds no input buffer at all. */
 static char shared_in[BUF_IO_CHUNK];
 
-/* A TLS client's read (tls_read): a read that must wait for a write
- * waits for ev_write; decrypted bytes left inside the SSL, which the
- * socket's readiness will not announce, are read at once. */
-static ssize_t read_tls(client *c, void *bytes, size_t n)
-{
-    tls_want want;
-    ssize_t got = tls_read(c->ssl, bytes, n, &want);
-    if (got < 0 && errno == EAGAIN && want == TLS_WANT_WRITE) {
-        c->tls_read_waits_write = 1;
-        if (!c->write_waiting) {
-            event_add(&c->ev_write, NULL);
-            c->write_waiting = 1;
-        }
-    }
-    if (got > 0 && tls_pending(c->ssl))
-        event_active(&c->ev_read, EV_READ, 1);
-    return got;
-}
-
 /* read(2) on the client's socket, through TLS for a TLS client. */
 static inline ssize_t read_socket(client *c, void *bytes, size_t n)
 {
-    if (c->ssl)
-        return read_tls(c, bytes, n);
+    if (c->tls.ssl)
+        return tls_conn_read(&c->tls, bytes, n);
     return read(c->fd, bytes, n);
 }
 
 /* Why a read or write failed, for the log. */
 static const char *io_error(const client *c)
 {
-    return c->ssl && errno == EPROTO ? tls_last_error() : strerror(errno);
+    return c->tls.ssl ? tls_conn_error(&c->tls) : strerror(errno);
 }
 
 static void read_shared(client *c)
@@ -557,7 +535,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     (void)what;
     client *c = arg;
     server_clock_update();
-    if (c->ssl && tls_step(c) < 0)
+    if (c->tls.ssl && tls_step(c) < 0)
         return;
     if (buf_len(&c->in) == 0) {
         read_shared(c);
@@ -594,25 +572,15 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     process_input(c);
 }
 
-/* A TLS client's write: one that must wait for a read is retried from
- * on_read (read interest is on while a client takes requests; with
- * renegotiation refused only a handshake asks for it). */
-static buf_write_result write_tls(client *c, size_t *written)
-{
-    tls_want want;
-    buf_write_result r = tls_write_buf(c->ssl, &c->out, written, &want);
-    if (r == BUF_WRITE_BLOCKED && want == TLS_WANT_READ) {
-        c->tls_write_waits_read = 1;
-        return BUF_WRITE_DONE; /* nothing for ev_write to wait for */
-    }
-    return r;
-}
-
 /* Writes what is ready. Returns 0, or -1 when the client was freed. */
 static int write_out(client *c)
 {
     size_t written;
-    buf_write_result r = c->ssl ? write_tls(c, &written) : buf_write_fd(&c->out, c->fd, &written);
+    /* A TLS write that must wait for a read is retried from on_read: read
+     * interest is on while a client takes requests, and with renegotiation
+     * refused only a handshake asks for it. */
+    buf_write_result r = c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
+                                    : buf_write_fd(&c->out, c->fd, &written);
     srv.stats.net_output_bytes += written;
     if (r == BUF_WRITE_BLOCKED) {
         event_add(&c->ev_write, NULL);
@@ -661,31 +629,24 @@ static int write_out(client *c)
  * connection can go on reading, -1 when it cannot yet or was freed. */
 static int tls_step(client *c)
 {
-    if (c->tls_handshaking) {
-        tls_want want;
+    if (c->tls.handshaking) {
         char err[320];
-        int r = tls_handshake(c->ssl, &want, err, sizeof(err));
+        int r = tls_conn_handshake(&c->tls, err, sizeof(err));
         if (r < 0) {
             client_free(c, err);
             return -1;
         }
-        if (r == 0) {
-            if (want == TLS_WANT_WRITE && !c->write_waiting) {
-                event_add(&c->ev_write, NULL);
-                c->write_waiting = 1;
-            }
+        if (r == 0)
             return -1;
-        }
-        c->tls_handshaking = 0;
         if (CONFIG_LOG_DEBUG >= log_threshold) {
             char subject[256];
-            tls_peer_subject(c->ssl, subject, sizeof(subject));
+            tls_peer_subject(c->tls.ssl, subject, sizeof(subject));
             log_debug("client %s: TLS handshake done (%s, certificate %s)", c->addr,
-                      SSL_get_version(c->ssl), subject);
+                      tls_version(c->tls.ssl), subject);
         }
     }
-    if (c->tls_write_waits_read) {
-        c->tls_write_waits_read = 0;
+    if (c->tls.write_waits_read) {
+        c->tls.write_waits_read = 0;
         if (write_out(c) < 0)
             return -1;
     }
@@ -698,10 +659,10 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     client *c = arg;
     server_clock_update();
     c->write_waiting = 0;
-    if (c->ssl && (c->tls_handshaking || c->tls_read_waits_write)) {
+    if (c->tls.handshaking || c->tls.read_waits_write) {
         /* The handshake or a read waited for the socket to take bytes;
          * replies that waited too go at the next flush. */
-        c->tls_read_waits_write = 0;
+        c->tls.read_waits_write = 0;
         mark_dirty(c);
         on_read(fd, EV_READ, c);
         return;
@@ -736,13 +697,14 @@ void client_accept(int fd, const char *addr, int tls)
     }
     if (tls) {
         char err[128];
-        if (!(c->ssl = tls_accept_new(fd, err, sizeof(err)))) {
+        SSL *ssl = tls_accept_new(fd, err, sizeof(err));
+        if (!ssl) {
             log_warn("client %s: %s, closing", addr, err);
             free(c);
             close(fd);
             return;
         }
-        c->tls_handshaking = 1;
+        tls_conn_start(&c->tls, ssl, &c->ev_read, &c->ev_write, &c->write_waiting);
     }
     c->fd = fd;
     c->inflight_cap = CLIENT_START_INFLIGHT;

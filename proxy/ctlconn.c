@@ -17,6 +17,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <hiredis/read.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "proxy/server.h"
 #include "proxy/tls.h"

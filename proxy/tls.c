@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <event2/event.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 /* What a TLS listener or shard connection accepts: TLS 1.2 and 1.3, as
@@ -292,11 +294,6 @@ ssize_t tls_read(SSL *ssl, void *bytes, size_t n, tls_want *want)
     return io_failure(ssl, r, want);
 }
 
-int tls_pending(const SSL *ssl)
-{
-    return SSL_pending(ssl);
-}
-
 ssize_t tls_write(SSL *ssl, const void *bytes, size_t n, tls_want *want)
 {
     ERR_clear_error();
@@ -345,6 +342,11 @@ const char *tls_last_error(void)
     return tls.last_error;
 }
 
+const char *tls_version(const SSL *ssl)
+{
+    return SSL_get_version(ssl);
+}
+
 void tls_peer_subject(SSL *ssl, char *out, size_t outlen)
 {
     X509 *cert = SSL_get1_peer_certificate(ssl);
@@ -354,4 +356,78 @@ void tls_peer_subject(SSL *ssl, char *out, size_t outlen)
     }
     X509_NAME_oneline(X509_get_subject_name(cert), out, (int)outlen);
     X509_free(cert);
+}
+
+/* ---- a data connection's TLS ---- */
+
+void tls_conn_start(tls_conn *t, SSL *ssl, struct event *ev_read, struct event *ev_write,
+                    int *write_waiting)
+{
+    *t = (tls_conn){.ssl = ssl,
+                    .handshaking = 1,
+                    .ev_read = ev_read,
+                    .ev_write = ev_write,
+                    .write_waiting = write_waiting};
+}
+
+/* Arms the owner's write event, once. */
+static void wait_writable(tls_conn *t)
+{
+    if (!*t->write_waiting) {
+        event_add(t->ev_write, NULL);
+        *t->write_waiting = 1;
+    }
+}
+
+int tls_conn_handshake(tls_conn *t, char *err, size_t errlen)
+{
+    tls_want want;
+    int r = tls_handshake(t->ssl, &want, err, errlen);
+    if (r == 1)
+        t->handshaking = 0;
+    else if (r == 0 && want == TLS_WANT_READ)
+        event_add(t->ev_read, NULL);
+    else if (r == 0)
+        wait_writable(t);
+    return r;
+}
+
+ssize_t tls_conn_read(tls_conn *t, void *bytes, size_t n)
+{
+    tls_want want;
+    ssize_t got = tls_read(t->ssl, bytes, n, &want);
+    if (got < 0 && errno == EAGAIN && want == TLS_WANT_WRITE) {
+        t->read_waits_write = 1;
+        wait_writable(t);
+    }
+    if (got > 0 && SSL_pending(t->ssl))
+        event_active(t->ev_read, EV_READ, 1);
+    return got;
+}
+
+buf_write_result tls_conn_write(tls_conn *t, buf *b, size_t *written)
+{
+    tls_want want;
+    buf_write_result r = tls_write_buf(t->ssl, b, written, &want);
+    if (r == BUF_WRITE_BLOCKED && want == TLS_WANT_READ) {
+        t->write_waits_read = 1;
+        return BUF_WRITE_DONE; /* nothing for the write event to wait for */
+    }
+    return r;
+}
+
+void tls_conn_close(tls_conn *t)
+{
+    if (!t->ssl)
+        return;
+    tls_close(t->ssl);
+    t->ssl = NULL;
+    t->handshaking = t->read_waits_write = t->write_waits_read = 0;
+}
+
+const char *tls_conn_error(const tls_conn *t)
+{
+    if (t->ssl && errno == EPROTO)
+        return tls.last_error;
+    return errno ? strerror(errno) : "connection closed by peer";
 }

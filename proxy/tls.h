@@ -13,10 +13,13 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include <openssl/ssl.h>
-
 #include "config/config.h"
 #include "proxy/buf.h"
+
+/* OpenSSL's types, named without its headers. */
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+struct event;
 
 /* What a TLS operation is waiting for. */
 typedef enum tls_want {
@@ -60,18 +63,14 @@ int tls_handshake(SSL *ssl, tls_want *want, char *err, size_t errlen);
 /* Reads up to n bytes as read(2) would: > 0 bytes, 0 when the peer closed,
  * -1 with errno EAGAIN when nothing can be read yet (*want says what to
  * wait for), or -1 with errno set (EPROTO for a TLS error, reason in
- * tls_last_error()). When more decrypted bytes wait in the SSL than were
- * asked for, tls_pending() is non-zero: the caller must read again without
- * waiting for the socket. */
+ * tls_last_error()). Decrypted bytes may be left inside the SSL
+ * (SSL_pending): tls_conn_read reads them without waiting for the socket. */
 ssize_t tls_read(SSL *ssl, void *bytes, size_t n, tls_want *want);
 
 /* Writes up to n bytes as write(2) would: > 0 bytes, or -1 with errno
  * EAGAIN (*want says what to wait for), or -1 with errno set (EPROTO for a
  * TLS error, reason in tls_last_error(); 0 when the peer closed). */
 ssize_t tls_write(SSL *ssl, const void *bytes, size_t n, tls_want *want);
-
-/* Decrypted bytes waiting inside ssl (see tls_read). */
-int tls_pending(const SSL *ssl);
 
 /* Writes b's bytes to ssl until b is empty or the socket is full, as
  * buf_write_fd; BUF_WRITE_BLOCKED sets *want. */
@@ -85,5 +84,52 @@ const char *tls_last_error(void);
 
 /* The subject of the peer's certificate ("CN=app1"), or "none". */
 void tls_peer_subject(SSL *ssl, char *out, size_t outlen);
+
+/* The protocol version agreed ("TLSv1.3"). */
+const char *tls_version(const SSL *ssl);
+
+/* ---- a data connection's TLS ----
+ * What client.c and backend.c embed: the SSL on the connection's socket
+ * and what it waits for, driven by the connection's own events (a
+ * persistent read event, a one-shot write event and the flag that says the
+ * write event is added). The tls_conn_* calls arm those events themselves,
+ * and the owner's callbacks ask, before their own work, whether a
+ * handshake or a retry is due (handshaking, read_waits_write,
+ * write_waits_read). */
+typedef struct tls_conn {
+    SSL *ssl;              /* NULL: the connection is plain text */
+    int handshaking;       /* the handshake is not done: no data yet */
+    int read_waits_write;  /* a read waits for the socket to be writable */
+    int write_waits_read;  /* a write waits for it to be readable */
+    struct event *ev_read; /* the owner's events and write_waiting flag */
+    struct event *ev_write;
+    int *write_waiting;
+} tls_conn;
+
+/* Sets up t for a new SSL (tls_accept_new or tls_connect_new) on the
+ * owner's socket, handshake pending. */
+void tls_conn_start(tls_conn *t, SSL *ssl, struct event *ev_read, struct event *ev_write,
+                    int *write_waiting);
+
+/* Advances the handshake, arming the event it waits for. 1 done, 0
+ * waiting, -1 failed with the reason in err. */
+int tls_conn_handshake(tls_conn *t, char *err, size_t errlen);
+
+/* tls_read on t: a read that must wait for a write arms the write event
+ * (read_waits_write); decrypted bytes left inside the SSL, which the
+ * socket's readiness will not announce, make the read event active. */
+ssize_t tls_conn_read(tls_conn *t, void *bytes, size_t n);
+
+/* tls_write_buf on t: a write that must wait for a read is
+ * write_waits_read (the owner's read event retries it) and returns
+ * BUF_WRITE_DONE with bytes left in b; one that waits for the socket
+ * returns BUF_WRITE_BLOCKED, as buf_write_fd. */
+buf_write_result tls_conn_write(tls_conn *t, buf *b, size_t *written);
+
+/* Closes the SSL (tls_close) and clears t's state; no-op when plain. */
+void tls_conn_close(tls_conn *t);
+
+/* Why the last failed read or write on t failed (errno set by it). */
+const char *tls_conn_error(const tls_conn *t);
 
 #endif
