@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # TLS against plain text through ringproxy: redis-benchmark throughput of
-# SET and GET at -P 1 and -P 32, in five set-ups on the same machine and
+# SET and GET at -P 1 and -P 32, in six set-ups on the same machine and
 # shards' binary:
 #   plain        plain clients  -> proxy -> plain shards
 #   tls-client   TLS clients    -> proxy -> plain shards     (tls_listen)
 #   tls-both     TLS clients    -> proxy -> TLS shards       (tls_listen + tls_shards)
+#   stunnel      TLS clients    -> stunnel -> proxy (plain) -> plain shards: TLS
+#                ended in front of the proxy, as twemproxy users must
 #   direct       plain clients  -> one redis-server
 #   direct-tls   TLS clients    -> one redis-server (what TLS costs Redis itself)
 # Certificates (EC P-256) are made with the openssl command; clients do not
 # show one (tls_auth_clients = no). Each cell is the median of --rounds runs.
 #
 #   bench/tls_bench.sh [--out DIR] [--requests N] [--clients C] [--rounds R]
+# The stunnel row needs stunnel4 (tests/install-deps.sh bench installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_NAME=tls
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift ;;
         --out) out=$2; shift ;;
         --binary) binary=$2; shift ;;
-        -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
         *) bench_die "unknown argument: $1" ;;
     esac
     shift
@@ -99,6 +102,21 @@ plain_proxy=$proxy_port plain_proxy_tls=$proxy_tls_port
 start_proxy tls-shards yes "${tls_shards[@]}"
 tls_proxy_tls=$proxy_tls_port
 
+# stunnel ending TLS in front of the plain-shards proxy's plain port.
+command -v stunnel4 >/dev/null || bench_die "stunnel4 not installed (tests/install-deps.sh bench)"
+next_port
+stunnel_port=$port_out
+mkdir -p "$bench_dir/stunnel"
+printf 'foreground = yes\npid =\n[ringproxy]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\n' \
+    "$stunnel_port" "$plain_proxy" >"$bench_dir/stunnel/stunnel.conf"
+printf 'cert = %s/server.crt\nkey = %s/server.key\n' "$certs" "$certs" >>"$bench_dir/stunnel/stunnel.conf"
+bench_spawn "$bench_dir/stunnel/stunnel.log" stunnel4 "$bench_dir/stunnel/stunnel.conf"
+deadline=$((SECONDS + ${WAIT_S:-30}))
+until [ "$(redis-cli "${cli_tls[@]}" -p "$stunnel_port" PING 2>/dev/null)" = PONG ]; do
+    [ $SECONDS -lt $deadline ] || bench_die "stunnel on $stunnel_port not answering"
+    sleep 0.05
+done
+
 # rps PORT TEST P [TLS ARGS...]: requests per second of one run.
 rps() {
     local port=$1 test=$2 pipe=$3
@@ -116,11 +134,12 @@ echo "setup,test,P,round,rps" >"$raw"
 declare -A cell
 for test in set get; do
     for pipe in 1 32; do
-        for setup in plain tls-client tls-both direct direct-tls; do
+        for setup in plain tls-client tls-both stunnel direct direct-tls; do
             case $setup in
                 plain) port=$plain_proxy args=() ;;
                 tls-client) port=$plain_proxy_tls args=("${cli_tls[@]}") ;;
                 tls-both) port=$tls_proxy_tls args=("${cli_tls[@]}") ;;
+                stunnel) port=$stunnel_port args=("${cli_tls[@]}") ;;
                 direct) port=${plain_shards[0]} args=() ;;
                 direct-tls) port=${tls_shards[0]} args=("${cli_tls[@]}") ;;
             esac
@@ -144,14 +163,15 @@ summary=$bench_dir/summary.txt
         "2 shards; $(openssl version | cut -d' ' -f1-2); $(redis-server --version | cut -d' ' -f3)"
     echo "ratio = rps / rps of the plain set-up (proxy rows) or of direct (direct-tls)"
     echo
-    echo "| test | P | plain | tls-client | tls-both | direct | direct-tls |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| test | P | plain | tls-client | tls-both | stunnel | direct | direct-tls |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for test in set get; do
         for pipe in 1 32; do
             p=${cell[plain,$test,$pipe]} d=${cell[direct,$test,$pipe]}
-            printf '| %s | %s | %s | %s (%s) | %s (%s) | %s | %s (%s) |\n' "$test" "$pipe" \
+            printf '| %s | %s | %s | %s (%s) | %s (%s) | %s (%s) | %s | %s (%s) |\n' "$test" "$pipe" \
                 "$p" "${cell[tls-client,$test,$pipe]}" "$(ratio "${cell[tls-client,$test,$pipe]}" "$p")" \
                 "${cell[tls-both,$test,$pipe]}" "$(ratio "${cell[tls-both,$test,$pipe]}" "$p")" \
+                "${cell[stunnel,$test,$pipe]}" "$(ratio "${cell[stunnel,$test,$pipe]}" "$p")" \
                 "$d" "${cell[direct-tls,$test,$pipe]}" "$(ratio "${cell[direct-tls,$test,$pipe]}" "$d")"
         done
     done

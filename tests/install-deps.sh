@@ -6,7 +6,7 @@
 set -euo pipefail
 pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev libssl-dev openssl
       redis-server redis-sentinel redis-tools nutcracker)
-[ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind)
+[ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind stunnel4)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
