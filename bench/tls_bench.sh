@@ -10,7 +10,8 @@
 #   direct       plain clients  -> one redis-server
 #   direct-tls   TLS clients    -> one redis-server (what TLS costs Redis itself)
 # Certificates (EC P-256) are made with the openssl command; clients do not
-# show one (tls_auth_clients = no). Each cell is the median of --rounds runs.
+# show one (tls_auth_clients = no). Each cell is the median of --rounds runs
+# (default 5), the set-ups taking turns within a round.
 #
 #   bench/tls_bench.sh [--out DIR] [--requests N] [--clients C] [--rounds R]
 # The stunnel row needs stunnel4 (tests/install-deps.sh bench installs it).
@@ -20,7 +21,7 @@ BENCH_NAME=tls
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-requests=100000 clients=50 rounds=3 out="" binary=build/ringproxy
+requests=100000 clients=50 rounds=5 out="" binary=build/ringproxy
 while [ $# -gt 0 ]; do
     case $1 in
         --requests) requests=$2; shift ;;
@@ -131,26 +132,35 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
 
 raw=$bench_dir/raw.csv
 echo "setup,test,P,round,rps" >"$raw"
-declare -A cell
+setups=(plain tls-client tls-both stunnel direct direct-tls)
+# setup_target SETUP: the port and redis-benchmark TLS arguments of a set-up.
+setup_target() {
+    case $1 in
+        plain) port=$plain_proxy args=() ;;
+        tls-client) port=$plain_proxy_tls args=("${cli_tls[@]}") ;;
+        tls-both) port=$tls_proxy_tls args=("${cli_tls[@]}") ;;
+        stunnel) port=$stunnel_port args=("${cli_tls[@]}") ;;
+        direct) port=${plain_shards[0]} args=() ;;
+        direct-tls) port=${tls_shards[0]} args=("${cli_tls[@]}") ;;
+    esac
+}
+# The set-ups take turns within each round, so that the load other jobs put
+# on the machine meanwhile falls on all of them alike.
+declare -A cell samples
 for test in set get; do
     for pipe in 1 32; do
-        for setup in plain tls-client tls-both stunnel direct direct-tls; do
-            case $setup in
-                plain) port=$plain_proxy args=() ;;
-                tls-client) port=$plain_proxy_tls args=("${cli_tls[@]}") ;;
-                tls-both) port=$tls_proxy_tls args=("${cli_tls[@]}") ;;
-                stunnel) port=$stunnel_port args=("${cli_tls[@]}") ;;
-                direct) port=${plain_shards[0]} args=() ;;
-                direct-tls) port=${tls_shards[0]} args=("${cli_tls[@]}") ;;
-            esac
-            vals=()
-            for ((r = 1; r <= rounds; r++)); do
+        for ((r = 1; r <= rounds; r++)); do
+            for setup in "${setups[@]}"; do
+                setup_target "$setup"
                 v=$(rps "$port" "$test" "$pipe" "${args[@]}")
                 [ -n "$v" ] || bench_die "$setup $test -P $pipe: no result"
-                vals+=("$v")
+                samples[$setup,$test,$pipe]+="$v "
                 echo "$setup,$test,$pipe,$r,$v" >>"$raw"
             done
-            cell[$setup,$test,$pipe]=$(printf '%s\n' "${vals[@]}" | median)
+        done
+        for setup in "${setups[@]}"; do
+            # shellcheck disable=SC2086  # one value per word
+            cell[$setup,$test,$pipe]=$(printf '%s\n' ${samples[$setup,$test,$pipe]} | median)
             bench_log "$setup $test -P $pipe: ${cell[$setup,$test,$pipe]} rps (median of $rounds)"
         done
     done
