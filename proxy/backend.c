@@ -497,11 +497,8 @@ static int conn_write(backend_conn *c)
 {
     uint64_t before = c->written_total;
     size_t written;
-    buf_write_result r =
-        /* A TLS write that waits for a read is retried from on_readable,
-         * whose interest is on while connected. */
-        c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
-                   : buf_write_fd(&c->out, c->fd, &written);
+    buf_write_result r = c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
+                                    : buf_write_fd(&c->out, c->fd, &written);
     c->written_total += written;
     /* Progress only while the head's own request is still going out: a
      * stopped shard's socket buffer takes megabytes of the requests behind
@@ -509,8 +506,12 @@ static int conn_write(backend_conn *c)
     if (written && c->head && before < c->head->end_offset)
         c->progress_us = srv.now_us;
     if (r == BUF_WRITE_BLOCKED) {
-        event_add(&c->ev_write, NULL);
-        c->write_waiting = 1;
+        /* A TLS write that waits for a read is retried from on_readable,
+         * whose interest is on while connected. */
+        if (!c->tls.write_waits_read) {
+            event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
+        }
         return 0;
     }
     if (r == BUF_WRITE_FAILED) {
@@ -519,8 +520,6 @@ static int conn_write(backend_conn *c)
         conn_fail(c, why, 0);
         return -1;
     }
-    if (buf_len(&c->out) > 0)
-        return 0; /* a TLS write waits for a read */
     buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
     return 0;
 }
@@ -577,6 +576,23 @@ static int deliver_big(backend_conn *c, fragment *f, size_t n)
     f->done(f, buf_head(&reply), n);
     buf_offer(outer);
     buf_free(&reply);
+    return 0;
+}
+
+/* A TLS connection's part of a read event, before the reply bytes: the
+ * handshake, and a write that waited for the socket to be readable. 0 when
+ * the connection can read on, -1 when it cannot yet or has failed. */
+static int conn_tls_step(backend_conn *c)
+{
+    if (c->tls.handshaking) {
+        conn_tls_handshake(c);
+        return -1;
+    }
+    if (c->tls.write_waits_read) {
+        c->tls.write_waits_read = 0;
+        if (conn_write(c) < 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -662,15 +678,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     (void)what;
     backend_conn *c = arg;
     server_clock_update();
-    if (c->tls.handshaking) {
-        conn_tls_handshake(c);
+    if (c->tls.ssl && conn_tls_step(c) < 0)
         return;
-    }
-    if (c->tls.write_waits_read) {
-        c->tls.write_waits_read = 0;
-        if (conn_write(c) < 0)
-            return;
-    }
     if (conn_read(c, fd) <= 0)
         return;
     /* Progress: bytes of the head's reply arrived, or the head is answered

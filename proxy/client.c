@@ -576,23 +576,23 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 static int write_out(client *c)
 {
     size_t written;
-    /* A TLS write that must wait for a read is retried from on_read: read
-     * interest is on while a client takes requests, and with renegotiation
-     * refused only a handshake asks for it. */
     buf_write_result r = c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
                                     : buf_write_fd(&c->out, c->fd, &written);
     srv.stats.net_output_bytes += written;
     if (r == BUF_WRITE_BLOCKED) {
-        event_add(&c->ev_write, NULL);
-        c->write_waiting = 1;
+        /* A TLS write that must wait for a read is retried from on_read:
+         * read interest is on while a client takes requests, and with
+         * renegotiation refused only a handshake asks for it. */
+        if (!c->tls.write_waits_read) {
+            event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
+        }
         return 0;
     }
     if (r == BUF_WRITE_FAILED) {
         client_free(c, errno ? io_error(c) : "write returned 0");
         return -1;
     }
-    if (buf_len(&c->out) > 0)
-        return 0; /* a TLS write waits for a read */
     buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
     switch (c->state) {
     case CLIENT_CLOSING:

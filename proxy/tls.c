@@ -409,10 +409,8 @@ buf_write_result tls_conn_write(tls_conn *t, buf *b, size_t *written)
 {
     tls_want want;
     buf_write_result r = tls_write_buf(t->ssl, b, written, &want);
-    if (r == BUF_WRITE_BLOCKED && want == TLS_WANT_READ) {
-        t->write_waits_read = 1;
-        return BUF_WRITE_DONE; /* nothing for the write event to wait for */
-    }
+    if (r == BUF_WRITE_BLOCKED && want == TLS_WANT_READ)
+        t->write_waits_read = 1; /* nothing for the write event to wait for */
     return r;
 }
 

@@ -120,10 +120,10 @@ int tls_conn_handshake(tls_conn *t, char *err, size_t errlen);
  * socket's readiness will not announce, make the read event active. */
 ssize_t tls_conn_read(tls_conn *t, void *bytes, size_t n);
 
-/* tls_write_buf on t: a write that must wait for a read is
- * write_waits_read (the owner's read event retries it) and returns
- * BUF_WRITE_DONE with bytes left in b; one that waits for the socket
- * returns BUF_WRITE_BLOCKED, as buf_write_fd. */
+/* tls_write_buf on t: BUF_WRITE_BLOCKED when it waits, as buf_write_fd;
+ * when it waits for the socket to be readable, write_waits_read is set and
+ * the owner's read event retries it (the write event must not be armed:
+ * nothing would come of it). */
 buf_write_result tls_conn_write(tls_conn *t, buf *b, size_t *written);
 
 /* Closes the SSL (tls_close) and clears t's state; no-op when plain. */
