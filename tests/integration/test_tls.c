@@ -223,7 +223,8 @@ static void expect_log(const char *needle)
 
 /* ---- set-up ---- */
 
-static char *proxy_ini(void)
+/* The ini of a proxy with the given tls_listen port and tls_auth_clients. */
+static char *proxy_ini_with(int tls_port, const char *auth_clients)
 {
     char extra[1600];
     snprintf(extra, sizeof(extra),
@@ -231,13 +232,18 @@ static char *proxy_ini(void)
              "tls_cert_file = %s/proxy.crt\n"
              "tls_key_file = %s/proxy.key\n"
              "tls_ca_cert_file = %s/ca.crt\n"
-             "tls_auth_clients = yes\n"
+             "tls_auth_clients = %s\n"
              "tls_shards = yes\n"
              "tls_shards_ca_cert_file = %s/ca.crt\n"
              "lock_shards = s1,s2,s3\n"
              "log_level = info\n",
-             t.tls_port, t.dir, t.dir, t.dir, t.dir);
+             tls_port, t.dir, t.dir, t.dir, auth_clients, t.dir);
     return harness_ini(t.shards, TLS_SHARDS_IN_INI, extra);
+}
+
+static char *proxy_ini(void)
+{
+    return proxy_ini_with(t.tls_port, "yes");
 }
 
 static int group_setup(void **state)
@@ -410,6 +416,38 @@ static void test_untrusted_or_missing_client_certificate_is_refused(void **state
     tls_client_free(c);
 }
 
+/* With tls_auth_clients = optional, on a second proxy: a client without a
+ * certificate is served, one with a certificate that fails the check is
+ * not. */
+static void test_optional_client_certificate_is_checked_when_shown(void **state)
+{
+    (void)state;
+    harness_proc proxy;
+    int tls_port = harness_free_port();
+    char *ini = proxy_ini_with(tls_port, "optional");
+    assert_int_equal(harness_ringproxy_start(&proxy, ini), 0);
+    free(ini);
+    const char *names[] = {NULL, "client"};
+    for (size_t i = 0; i < 2; i++) {
+        tls_client *c = tls_connect_ok(tls_port, names[i]);
+        redisReply *r = tls_cmd(c, "PING");
+        if (!r)
+            fail_msg("client with %s not served: %s", names[i] ? names[i] : "no certificate",
+                     c->error);
+        fixture_expect_status(r, "PONG");
+        tls_client_free(c);
+    }
+    int ok;
+    tls_client *c = tls_connect(tls_port, "intruder", &ok);
+    redisReply *r = ok ? tls_cmd(c, "PING") : NULL;
+    tls_client_free(c);
+    if (r) {
+        freeReplyObject(r);
+        fail_msg("a client with an untrusted certificate was served");
+    }
+    assert_int_equal(harness_proc_stop(&proxy, SIGTERM), 0);
+}
+
 static void test_certificate_reload_keeps_connected_clients(void **state)
 {
     (void)state;
@@ -508,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_plain_text_client_on_the_tls_port_is_closed_with_a_reason),
         cmocka_unit_test(test_tls_client_on_the_plain_port_is_closed_with_a_reason),
         cmocka_unit_test(test_untrusted_or_missing_client_certificate_is_refused),
+        cmocka_unit_test(test_optional_client_certificate_is_checked_when_shown),
         cmocka_unit_test(test_certificate_reload_keeps_connected_clients),
         cmocka_unit_test(test_rebalance_moves_keys_between_tls_shards),
     };
