@@ -61,16 +61,25 @@ static int make_ca(const char *name)
                t.dir, name, name, name);
 }
 
+/* The names the test's certificates are valid for. */
+#define SAN_LOOPBACK "IP:127.0.0.1,DNS:localhost"
+
 /* A certificate for name (name.crt, name.key) with subject CN=cn, signed by
- * the CA ca, valid for 127.0.0.1 and localhost. */
-static int make_cert(const char *name, const char *cn, const char *ca)
+ * the CA ca, valid for the subjectAltName san. */
+static int make_cert_for(const char *name, const char *cn, const char *ca, const char *san)
 {
     return run("cd %s && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
                "-subj /CN=%s -keyout %s.key -out %s.csr 2>/dev/null && "
-               "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > %s.ext && "
+               "printf 'subjectAltName=%s\\n' > %s.ext && "
                "openssl x509 -req -in %s.csr -CA %s.crt -CAkey %s.key -CAcreateserial -days 2 "
                "-extfile %s.ext -out %s.crt 2>/dev/null",
-               t.dir, cn, name, name, name, name, ca, ca, name, name);
+               t.dir, cn, name, name, san, name, name, ca, ca, name, name);
+}
+
+/* The same, valid for 127.0.0.1 and localhost. */
+static int make_cert(const char *name, const char *cn, const char *ca)
+{
+    return make_cert_for(name, cn, ca, SAN_LOOPBACK);
 }
 
 /* ---- a TLS client: OpenSSL on a socket, replies parsed by hiredis ---- */
@@ -489,6 +498,46 @@ static void test_certificate_reload_keeps_connected_clients(void **state)
     redisFree(admin);
 }
 
+/* A shard whose certificate, signed by the trusted CA, names another host
+ * is down: its requests get the reason. */
+static void test_shard_certificate_naming_another_host_is_refused(void **state)
+{
+    (void)state;
+    /* The shard's own cert dir: server.* naming elsewhere.example only. */
+    assert_int_equal(make_cert_for("elsewhere", "elsewhere", "ca", "DNS:elsewhere.example"), 0);
+    assert_int_equal(run("cd %s && mkdir -p elsewhere.d && cp elsewhere.crt elsewhere.d/server.crt "
+                         "&& cp elsewhere.key elsewhere.d/server.key && cp ca.crt elsewhere.d/",
+                         t.dir),
+                     0);
+    char dir[128], extra[400];
+    snprintf(dir, sizeof(dir), "%s/elsewhere.d", t.dir);
+    harness_proc shard, proxy;
+    assert_int_equal(harness_redis_start_tls(&shard, dir), 0);
+    snprintf(extra, sizeof(extra), "tls_shards = yes\ntls_shards_ca_cert_file = %s/ca.crt\n",
+             t.dir);
+    char *ini = harness_ini(&shard, 1, extra);
+    assert_int_equal(harness_ringproxy_start(&proxy, ini), 0);
+    free(ini);
+    redisContext *c = harness_connect(proxy.port);
+    assert_non_null(c);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(2000);
+    for (;;) {
+        redisReply *r = fixture_cmd(c, "GET k");
+        int refused = r->type == REDIS_REPLY_ERROR && strstr(r->str, "unavailable") &&
+                      strstr(r->str, "IP address mismatch");
+        if (!refused && fixture_now_ms() > deadline)
+            fail_msg("GET through a shard with a wrong certificate: %s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "(not an error)");
+        freeReplyObject(r);
+        if (refused)
+            break;
+        fixture_sleep_ms(20);
+    }
+    redisFree(c);
+    assert_int_equal(harness_proc_stop(&proxy, SIGTERM), 0);
+    harness_proc_stop(&shard, SIGTERM);
+}
+
 /* Adding a shard moves keys between TLS shards: the mover's SCAN on its
  * control connection and MIGRATE from shard to shard (tls-cluster). */
 static void test_rebalance_moves_keys_between_tls_shards(void **state)
@@ -548,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_untrusted_or_missing_client_certificate_is_refused),
         cmocka_unit_test(test_optional_client_certificate_is_checked_when_shown),
         cmocka_unit_test(test_certificate_reload_keeps_connected_clients),
+        cmocka_unit_test(test_shard_certificate_naming_another_host_is_refused),
         cmocka_unit_test(test_rebalance_moves_keys_between_tls_shards),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
