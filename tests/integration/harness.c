@@ -684,7 +684,7 @@ int harness_redis_start(harness_proc *p)
     return -1;
 }
 
-int harness_redis_start_tls(harness_proc *p, const char *cert_dir)
+int harness_redis_start_tls(harness_proc *p, const char *cert_dir, int auth_clients)
 {
     memset(p, 0, sizeof(*p));
     char cert[400], key[400], ca[400];
@@ -715,7 +715,7 @@ int harness_redis_start_tls(harness_proc *p, const char *cert_dir)
                         "--tls-ca-cert-file",
                         ca,
                         "--tls-auth-clients",
-                        "no",
+                        auth_clients ? "yes" : "no",
                         "--tls-cluster",
                         "yes",
                         "--save",

@@ -266,7 +266,7 @@ static int group_setup(void **state)
         make_cert("intruder", "intruder", "rogue") < 0)
         return -1;
     for (int i = 0; i < TLS_SHARDS; i++)
-        if (harness_redis_start_tls(&t.shards[i], t.dir) < 0)
+        if (harness_redis_start_tls(&t.shards[i], t.dir, 0) < 0)
             return -1;
     t.tls_port = harness_free_port();
     char *ini = proxy_ini();
@@ -512,7 +512,7 @@ static void test_shard_certificate_naming_another_host_is_refused(void **state)
     char dir[128], extra[400];
     snprintf(dir, sizeof(dir), "%s/elsewhere.d", t.dir);
     harness_proc shard, proxy;
-    assert_int_equal(harness_redis_start_tls(&shard, dir), 0);
+    assert_int_equal(harness_redis_start_tls(&shard, dir, 0), 0);
     snprintf(extra, sizeof(extra), "tls_shards = yes\ntls_shards_ca_cert_file = %s/ca.crt\n",
              t.dir);
     char *ini = harness_ini(&shard, 1, extra);
@@ -535,6 +535,55 @@ static void test_shard_certificate_naming_another_host_is_refused(void **state)
     }
     redisFree(c);
     assert_int_equal(harness_proc_stop(&proxy, SIGTERM), 0);
+    harness_proc_stop(&shard, SIGTERM);
+}
+
+/* GET k through a new proxy over shard with extra [proxy] lines: the
+ * reply, which the caller frees. */
+static redisReply *get_through_proxy(harness_proc *shard, const char *extra)
+{
+    harness_proc proxy;
+    char *ini = harness_ini(shard, 1, extra);
+    assert_int_equal(harness_ringproxy_start(&proxy, ini), 0);
+    free(ini);
+    redisContext *c = harness_connect(proxy.port);
+    assert_non_null(c);
+    /* The pool connects at start: the first answer may still be "down". */
+    redisReply *r = NULL;
+    long long deadline = fixture_now_ms() + fixture_bound_ms(1000);
+    do {
+        if (r) {
+            freeReplyObject(r);
+            fixture_sleep_ms(20);
+        }
+        r = fixture_cmd(c, "GET k");
+    } while (r->type == REDIS_REPLY_ERROR && fixture_now_ms() < deadline);
+    redisFree(c);
+    assert_int_equal(harness_proc_stop(&proxy, SIGTERM), 0);
+    return r;
+}
+
+/* A shard that asks for client certificates (tls-auth-clients yes) serves
+ * the proxy that shows one (tls_shards_cert_file) and refuses one that
+ * does not. */
+static void test_client_certificate_shown_to_shards_that_ask(void **state)
+{
+    (void)state;
+    harness_proc shard;
+    assert_int_equal(harness_redis_start_tls(&shard, t.dir, 1), 0);
+    char extra[600];
+    snprintf(extra, sizeof(extra),
+             "tls_shards = yes\ntls_shards_ca_cert_file = %s/ca.crt\n"
+             "tls_shards_cert_file = %s/client.crt\ntls_shards_key_file = %s/client.key\n",
+             t.dir, t.dir, t.dir);
+    redisReply *r = get_through_proxy(&shard, extra);
+    fixture_expect_nil(r);
+    snprintf(extra, sizeof(extra), "tls_shards = yes\ntls_shards_ca_cert_file = %s/ca.crt\n",
+             t.dir);
+    r = get_through_proxy(&shard, extra);
+    if (r->type != REDIS_REPLY_ERROR || !strstr(r->str, "unavailable"))
+        fail_msg("a proxy without a client certificate was served by a shard that asks for one");
+    freeReplyObject(r);
     harness_proc_stop(&shard, SIGTERM);
 }
 
@@ -598,6 +647,7 @@ int main(void)
         cmocka_unit_test(test_optional_client_certificate_is_checked_when_shown),
         cmocka_unit_test(test_certificate_reload_keeps_connected_clients),
         cmocka_unit_test(test_shard_certificate_naming_another_host_is_refused),
+        cmocka_unit_test(test_client_certificate_shown_to_shards_that_ask),
         cmocka_unit_test(test_rebalance_moves_keys_between_tls_shards),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
