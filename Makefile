@@ -3,9 +3,7 @@
 # three local shards and the proxy in the foreground.
 
 CC       ?= cc
-PKGS     := libevent hiredis inih
-# SHA-256 of ACL passwords (config/acl.c)
-PKGS     += libcrypto
+PKGS     := libevent libevent_openssl hiredis inih openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 TEST_LIBS  := $(shell pkg-config --libs cmocka hiredis 2>/dev/null)

@@ -59,7 +59,7 @@ typedef enum key_type {
     KEY_SHARD,  /* char * field: the name of a shard of [shards], NULL when empty */
     KEY_ADDRS,  /* config_addr_list field: comma-separated host:port, empty = none */
     KEY_SHARDS, /* char * field: "all" or a comma-separated list of shards of [shards] */
-    KEY_PATH,   /* char * field: a file's path, read by the daemon (not checked here) */
+    KEY_PATH,   /* char * field: a file's path; with an empty default, empty = none */
 } key_type;
 
 typedef struct config_key {
@@ -120,6 +120,12 @@ _Static_assert(sizeof(ring_mode) == sizeof(int), "ring_mode is stored as an int"
 _Static_assert(sizeof(config_log_level) == sizeof(int), "config_log_level is stored as an int");
 _Static_assert(sizeof(config_read_from) == sizeof(int), "config_read_from is stored as an int");
 _Static_assert(sizeof(config_cross_shard) == sizeof(int), "config_cross_shard is stored as an int");
+
+#define PATH_KEY(name_, field, reload, desc)                                                       \
+    {                                                                                              \
+        .name = name_, .type = KEY_PATH, .default_value = "", .unit = "", .reloadable = reload,    \
+        .description = desc, .offset = FIELD(field, char *)                                        \
+    }
 
 static const char *hash_kind_name(int value)
 {
@@ -293,6 +299,28 @@ static const config_key config_keys[] = {
              "MSET/DEL/MSETNX/MULTI over shards (docs/transactions.md)"),
     INT_KEY("txn_recovery_after", txn_recovery_after_ms, "5000", "ms", 100, 3600000, RELOAD,
             "a cross-shard transaction prepared this long ago is finished by recovery"),
+    {.name = "tls_listen",
+     .type = KEY_ADDR,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "address TLS clients connect to (docs/tls.md)",
+     .offset = FIELD(tls_listen_host, char *),
+     .offset2 = FIELD(tls_listen_port, uint16_t)},
+    PATH_KEY("tls_cert_file", tls_cert_file, RELOAD,
+             "certificate (PEM) tls_listen shows; reread on reload"),
+    PATH_KEY("tls_key_file", tls_key_file, RELOAD, "private key (PEM) of tls_cert_file"),
+    PATH_KEY("tls_ca_cert_file", tls_ca_cert_file, RELOAD,
+             "CA certificates (PEM) that sign client certificates"),
+    ENUM_KEY("tls_auth_clients", tls_auth_clients, int, config_tls_auth_name, CONFIG_TLS_AUTH_COUNT,
+             "no", RELOAD, "TLS clients must show a certificate signed by tls_ca_cert_file"),
+    BOOL_KEY("tls_shards", tls_shards, "no", RESTART, "connect to every shard over TLS"),
+    PATH_KEY("tls_shards_ca_cert_file", tls_shards_ca_cert_file, RELOAD,
+             "CA certificates (PEM) that sign the shards' certificates"),
+    PATH_KEY("tls_shards_cert_file", tls_shards_cert_file, RELOAD,
+             "certificate (PEM) the proxy shows to shards that ask for one"),
+    PATH_KEY("tls_shards_key_file", tls_shards_key_file, RELOAD,
+             "private key (PEM) of tls_shards_cert_file"),
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -472,7 +500,7 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         }
         return;
     case KEY_ADDR:
-        snprintf(buf, buflen, "host:port");
+        snprintf(buf, buflen, key->default_value[0] ? "host:port" : "host:port, empty = none");
         return;
     case KEY_TAG:
         snprintf(buf, buflen, "2 chars or empty");
@@ -493,7 +521,7 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         snprintf(buf, buflen, "all or a comma list");
         return;
     case KEY_PATH:
-        snprintf(buf, buflen, "a file path");
+        snprintf(buf, buflen, key->default_value[0] ? "a file path" : "a file, empty = none");
         return;
     }
 }
@@ -793,9 +821,11 @@ static int set_enum(const config_key *key, const char *value, void *field, char 
 static int set_addr(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
 {
     char reason[320];
-    char *host;
-    uint16_t port;
-    if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
+    char *host = NULL;
+    uint16_t port = 0;
+    /* An address whose default is empty (tls_listen) may be left empty: off. */
+    if (value[0] == '\0' && key->default_value[0] == '\0') {
+    } else if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
         snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
         return -1;
     }
@@ -864,7 +894,8 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
     void *field = field_of(cfg, key->offset);
 
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
-        key->type != KEY_NAME && key->type != KEY_SHARD && key->type != KEY_ADDRS) {
+        key->type != KEY_NAME && key->type != KEY_SHARD && key->type != KEY_ADDRS &&
+        !((key->type == KEY_PATH || key->type == KEY_ADDR) && key->default_value[0] == '\0')) {
         char values[128];
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
@@ -1341,6 +1372,37 @@ static void check_key_orders(load_ctx *ctx)
     }
 }
 
+/* The line a key was set on, 0 when it has its default. */
+static int key_line_of(const load_ctx *ctx, const char *name)
+{
+    return ctx->key_line[find_key(name) - config_keys];
+}
+
+/* TLS keys that only make sense together. Whether the files can be read
+ * is the TLS module's check, at start and reload (this module is pure). */
+static void check_tls(load_ctx *ctx)
+{
+    const config *cfg = ctx->cfg;
+    if (cfg->tls_listen_host && (!cfg->tls_cert_file || !cfg->tls_key_file))
+        fail(ctx, key_line_of(ctx, "tls_listen"),
+             "tls_listen needs tls_cert_file and tls_key_file");
+    else if (cfg->tls_auth_clients != CONFIG_TLS_AUTH_NO && !cfg->tls_ca_cert_file)
+        fail(ctx, key_line_of(ctx, "tls_auth_clients"),
+             "tls_auth_clients = %s needs tls_ca_cert_file to check certificates with",
+             config_tls_auth_name(cfg->tls_auth_clients));
+    else if (cfg->tls_shards && !cfg->tls_shards_ca_cert_file)
+        fail(ctx, key_line_of(ctx, "tls_shards"),
+             "tls_shards = yes needs tls_shards_ca_cert_file to check the shards' certificates");
+    else if (!cfg->tls_shards_cert_file != !cfg->tls_shards_key_file)
+        fail(ctx,
+             key_line_of(ctx, cfg->tls_shards_cert_file ? "tls_shards_cert_file"
+                                                        : "tls_shards_key_file"),
+             "tls_shards_cert_file and tls_shards_key_file go together");
+    else if (cfg->tls_listen_host && cfg->tls_listen_port == cfg->listen_port &&
+             same_host(cfg->tls_listen_host, cfg->listen_host))
+        fail(ctx, key_line_of(ctx, "tls_listen"), "tls_listen is the same address as listen");
+}
+
 static void validate(load_ctx *ctx)
 {
     config *cfg = ctx->cfg;
@@ -1424,6 +1486,10 @@ static void validate(load_ctx *ctx)
              "(e.g. 'default = on >password ~* &* +@all')");
         return;
     }
+
+    check_tls(ctx);
+    if (ctx->failed)
+        return;
 
     /* A shard at the proxy's own address would forward every request back
      * to the proxy, forever. */
@@ -1600,6 +1666,13 @@ void config_free(config *cfg)
     free(cfg->lock_shards);
     free(cfg->dns_hosts_file);
     free(cfg->dns_resolv_conf);
+    free(cfg->tls_listen_host);
+    free(cfg->tls_cert_file);
+    free(cfg->tls_key_file);
+    free(cfg->tls_ca_cert_file);
+    free(cfg->tls_shards_ca_cert_file);
+    free(cfg->tls_shards_cert_file);
+    free(cfg->tls_shards_key_file);
     free(cfg->path);
     free(cfg);
 }
@@ -1610,6 +1683,8 @@ static bool same_value(const config_key *key, const config *a, const config *b)
     case KEY_ADDR: {
         char *const *host_a = const_field_of(a, key->offset);
         char *const *host_b = const_field_of(b, key->offset);
+        if (!*host_a || !*host_b)
+            return !*host_a && !*host_b;
         return same_host(*host_a, *host_b) &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2),
                       sizeof(uint16_t)) == 0;
@@ -1680,7 +1755,10 @@ void config_key_value(const config *cfg, size_t i, char *out, size_t outlen)
         char *const *host = const_field_of(cfg, key->offset);
         uint16_t port;
         memcpy(&port, const_field_of(cfg, key->offset2), sizeof(port));
-        config_format_addr(*host, port, out, outlen);
+        if (*host)
+            config_format_addr(*host, port, out, outlen);
+        else
+            snprintf(out, outlen, "%s", ""); /* off */
         return;
     }
     case KEY_TAG: {
@@ -1789,6 +1867,19 @@ const char *config_read_from_name(int value)
         return "replica";
     case CONFIG_READ_PREFER_REPLICA:
         return "prefer_replica";
+    }
+    return "?";
+}
+
+const char *config_tls_auth_name(int value)
+{
+    switch (value) {
+    case CONFIG_TLS_AUTH_NO:
+        return "no";
+    case CONFIG_TLS_AUTH_YES:
+        return "yes";
+    case CONFIG_TLS_AUTH_OPTIONAL:
+        return "optional";
     }
     return "?";
 }

@@ -52,6 +52,18 @@ struct config;
 /* The read_from in force for shard i of cfg: its line's, else [proxy]'s. */
 int config_shard_read_from(const struct config *cfg, size_t i);
 
+/* Whether clients on tls_listen must show a certificate (tls_auth_clients),
+ * as Redis's tls-auth-clients. */
+typedef enum config_tls_auth {
+    CONFIG_TLS_AUTH_NO = 0,   /* no certificate asked for */
+    CONFIG_TLS_AUTH_YES,      /* a certificate signed by tls_ca_cert_file is required */
+    CONFIG_TLS_AUTH_OPTIONAL, /* one is asked for and checked when sent, not required */
+    CONFIG_TLS_AUTH_COUNT,
+} config_tls_auth;
+
+/* The name of a tls_auth_clients value ("no", "yes", "optional"). */
+const char *config_tls_auth_name(int value);
+
 /* One line of [shards]: `name = host:port [weight=N]`, or
  * `name = sentinel:MASTER [weight=N]` for a master the Sentinels monitor. */
 typedef struct config_shard {
@@ -133,6 +145,16 @@ typedef struct config {
     char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
     config_cross_shard cross_shard; /* writes and MULTI/EXEC whose keys span shards */
     int txn_recovery_after_ms;      /* a prepared transaction this old is finished by any proxy */
+    char *tls_listen_host;          /* TLS address for clients, NULL = none */
+    uint16_t tls_listen_port;       /* 0 when tls_listen is off */
+    char *tls_cert_file;            /* the proxy's certificate (PEM) shown to TLS clients */
+    char *tls_key_file;             /* its private key (PEM) */
+    char *tls_ca_cert_file;         /* CAs that sign client certificates, NULL = none */
+    int tls_auth_clients;           /* config_tls_auth */
+    int tls_shards;                 /* connect to the shards over TLS (bool) */
+    char *tls_shards_ca_cert_file;  /* CAs that sign the shards' certificates */
+    char *tls_shards_cert_file;     /* certificate shown to the shards, NULL = none */
+    char *tls_shards_key_file;      /* its private key */
 
     /* [shards], in file order */
     config_shard *shards;

@@ -17,6 +17,7 @@
 #include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/tls.h"
 
 /* Largest single read while a big reply is arriving: big enough to move a
  * 100 MB value in few calls, small enough not to over-allocate. */
@@ -155,8 +156,17 @@ static void conn_close_fd(backend_conn *c)
     event_del(&c->ev_read);
     event_del(&c->ev_write);
     c->write_waiting = 0;
+    tls_conn_close(&c->tls);
     close(c->fd);
     c->fd = -1;
+}
+
+/* Why a socket or TLS call failed (errno set by it), for messages. */
+static const char *io_error(const backend_conn *c)
+{
+    if (c->tls.ssl)
+        return tls_conn_error(&c->tls);
+    return errno ? strerror(errno) : "connection closed by shard";
 }
 
 /* Fails every in-flight request of c (its replies can no longer be matched)
@@ -373,9 +383,11 @@ static void client_id_done(fragment *f, const char *reply, size_t len)
 static int conn_write_role(backend_conn *c, char *why, size_t whylen)
 {
     size_t len = (size_t)(c->role.end_offset - c->written_total);
-    ssize_t n = write(c->fd, buf_head(&c->out), len);
+    tls_want want;
+    ssize_t n = c->tls.ssl ? tls_write(c->tls.ssl, buf_head(&c->out), len, &want)
+                           : write(c->fd, buf_head(&c->out), len);
     if (n != (ssize_t)len) {
-        snprintf(why, whylen, "unavailable: write: %s", n < 0 ? strerror(errno) : "short write");
+        snprintf(why, whylen, "unavailable: write: %s", n < 0 ? io_error(c) : "short write");
         return -1;
     }
     buf_consume(&c->out, len);
@@ -486,6 +498,39 @@ static void conn_connected(backend_conn *c)
         conn_mark_dirty(c);
 }
 
+/* Drives a TLS connection's handshake: the connection stays CONNECTING
+ * (requests queue, the connect timeout runs) until it is done. */
+static void conn_tls_handshake(backend_conn *c)
+{
+    char err[320], why[400];
+    int r = tls_conn_handshake(&c->tls, err, sizeof(err));
+    if (r < 0) {
+        snprintf(why, sizeof(why), "unavailable: %s", err);
+        conn_fail(c, why, 0);
+    } else if (r == 1) {
+        conn_connected(c);
+    }
+}
+
+/* The TCP connection is up: plain text is connected, TLS starts its
+ * handshake. */
+static void conn_tcp_connected(backend_conn *c)
+{
+    if (!tls_shards_enabled()) {
+        conn_connected(c);
+        return;
+    }
+    char err[200], why[260];
+    SSL *ssl = tls_connect_new(c->fd, c->shard->host, err, sizeof(err));
+    if (!ssl) {
+        snprintf(why, sizeof(why), "unavailable: %s", err);
+        conn_fail(c, why, 0);
+        return;
+    }
+    tls_conn_start(&c->tls, ssl, &c->ev_read, &c->ev_write, &c->write_waiting);
+    conn_tls_handshake(c);
+}
+
 static void conn_connect(backend_conn *c)
 {
     shard *s = c->shard;
@@ -512,8 +557,12 @@ static void conn_connect(backend_conn *c)
     event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_readable, c);
     event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_writable, c);
     conn_set_state(c, BACKEND_CONNECTING);
+    int ms = srv.cfg->connect_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
     if (connect(fd, (struct sockaddr *)&s->addr, s->addrlen) == 0) {
-        conn_connected(c);
+        event_add(&c->ev_timer, &tv); /* a TLS handshake may follow */
+        conn_tcp_connected(c);
         return;
     }
     if (errno != EINPROGRESS) {
@@ -521,9 +570,6 @@ static void conn_connect(backend_conn *c)
         conn_fail(c, why, 0);
         return;
     }
-    int ms = srv.cfg->connect_timeout_ms;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    event_assign(&c->ev_timer, srv.base, -1, 0, on_timer, c);
     event_add(&c->ev_timer, &tv);
     event_add(&c->ev_write, NULL);
 }
@@ -533,7 +579,8 @@ static int conn_write(backend_conn *c)
 {
     uint64_t before = c->written_total;
     size_t written;
-    buf_write_result r = buf_write_fd(&c->out, c->fd, &written);
+    buf_write_result r = c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
+                                    : buf_write_fd(&c->out, c->fd, &written);
     c->written_total += written;
     /* Progress only while the head's own request is still going out: a
      * stopped shard's socket buffer takes megabytes of the requests behind
@@ -541,13 +588,17 @@ static int conn_write(backend_conn *c)
     if (written && c->head && before < c->head->end_offset)
         c->progress_us = srv.now_us;
     if (r == BUF_WRITE_BLOCKED) {
-        event_add(&c->ev_write, NULL);
-        c->write_waiting = 1;
+        /* A TLS write that waits for a read is retried from on_readable,
+         * whose interest is on while connected. */
+        if (!c->tls.write_waits_read) {
+            event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
+        }
         return 0;
     }
     if (r == BUF_WRITE_FAILED) {
         char why[160];
-        snprintf(why, sizeof(why), "unavailable: write: %s", errno ? strerror(errno) : "closed");
+        snprintf(why, sizeof(why), "unavailable: write: %s", errno ? io_error(c) : "closed");
         conn_fail(c, why, 0);
         return -1;
     }
@@ -561,6 +612,18 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     backend_conn *c = arg;
     server_clock_update();
     c->write_waiting = 0;
+    if (c->tls.handshaking) {
+        conn_tls_handshake(c);
+        return;
+    }
+    if (c->tls.read_waits_write) {
+        /* A TLS read waited for the socket to take bytes; queued writes go
+         * at the next flush. */
+        c->tls.read_waits_write = 0;
+        conn_mark_dirty(c);
+        on_readable(fd, EV_READ, c);
+        return;
+    }
     if (c->state == BACKEND_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof(err);
@@ -572,7 +635,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
             conn_fail(c, why, 0);
             return;
         }
-        conn_connected(c);
+        conn_tcp_connected(c);
         return;
     }
     if (c->state == BACKEND_UP && !c->barrier && !c->role_pending)
@@ -598,6 +661,23 @@ static int deliver_big(backend_conn *c, fragment *f, size_t n)
     return 0;
 }
 
+/* A TLS connection's part of a read event, before the reply bytes: the
+ * handshake, and a write that waited for the socket to be readable. 0 when
+ * the connection can read on, -1 when it cannot yet or has failed. */
+static int conn_tls_step(backend_conn *c)
+{
+    if (c->tls.handshaking) {
+        conn_tls_handshake(c);
+        return -1;
+    }
+    if (c->tls.write_waits_read) {
+        c->tls.write_waits_read = 0;
+        if (conn_write(c) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Reads what the shard sent into c->in. 1 when bytes came, 0 when there
  * were none after all, -1 after failing the connection. */
 static int conn_read(backend_conn *c, int fd)
@@ -611,13 +691,15 @@ static int conn_read(backend_conn *c, int fd)
         conn_fail(c, "unavailable: out of memory reading reply", 0);
         return -1;
     }
-    ssize_t n = read(fd, c->in.data + c->in.end, c->in.cap - c->in.end);
+    size_t room = c->in.cap - c->in.end;
+    ssize_t n = c->tls.ssl ? tls_conn_read(&c->tls, c->in.data + c->in.end, room)
+                           : read(fd, c->in.data + c->in.end, room);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return 0;
-        char why[160];
+        char why[320];
         snprintf(why, sizeof(why), "unavailable: %s",
-                 n == 0 ? "connection closed by shard" : strerror(errno));
+                 n == 0 ? "connection closed by shard" : io_error(c));
         conn_fail(c, why, 0);
         return -1;
     }
@@ -678,6 +760,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     (void)what;
     backend_conn *c = arg;
     server_clock_update();
+    if (c->tls.ssl && conn_tls_step(c) < 0)
+        return;
     if (conn_read(c, fd) <= 0)
         return;
     /* Progress: bytes of the head's reply arrived, or the head is answered

@@ -19,6 +19,7 @@
 #include "proxy/flushq.h"
 #include "proxy/request.h"
 #include "proxy/resp.h"
+#include "proxy/tls.h"
 
 /* Connection states. A pool connection cycles DOWN -> CONNECTING -> UP ->
  * DOWN until its shard is removed (CLOSED); a reserved one goes DOWN ->
@@ -46,6 +47,8 @@ typedef struct backend_conn {
     int index; /* position in the shard's pool */
     int fd;    /* -1 when not connected */
     backend_state state;
+    tls_conn tls;          /* tls_shards: TLS on fd (tls.ssl NULL otherwise); CONNECTING lasts until
+                              its handshake is done */
     struct event ev_read;  /* persistent read interest while connected */
     struct event ev_write; /* write interest: connect completion or a full socket */
     struct event ev_timer; /* connect timeout, or reconnect delay */

@@ -25,6 +25,7 @@
 #include "proxy/resp.h"
 #include "proxy/router.h"
 #include "proxy/server.h"
+#include "proxy/tls.h"
 
 /* Largest single read while a big request is arriving. */
 #define CLIENT_MAX_READ (4 * 1024 * 1024)
@@ -85,6 +86,7 @@ typedef struct client {
     const char *drop_reason; /* DROPPING: why, for the log */
     uint64_t last_active_us;
     flushq_link flush;   /* on the pending-flush queue */
+    tls_conn tls;        /* a tls_listen client's TLS; tls.ssl NULL for plain text */
     struct client *prev; /* all clients */
     struct client *next;
 } client;
@@ -188,6 +190,7 @@ static void client_free(client *c, const char *reason)
         log_debug("client %s: closed", c->addr);
     event_del(&c->ev_read);
     event_del(&c->ev_write);
+    tls_conn_close(&c->tls);
     close(c->fd);
     /* Requests still waiting on a backend become orphans: their replies are
      * dropped when they arrive. */
@@ -506,13 +509,27 @@ static void process_input(client *c)
  * holds no input buffer at all. */
 static char shared_in[BUF_IO_CHUNK];
 
-static void read_shared(client *c, int fd)
+/* read(2) on the client's socket, through TLS for a TLS client. */
+static inline ssize_t read_socket(client *c, void *bytes, size_t n)
 {
-    ssize_t n = read(fd, shared_in, sizeof(shared_in));
+    if (c->tls.ssl)
+        return tls_conn_read(&c->tls, bytes, n);
+    return read(c->fd, bytes, n);
+}
+
+/* Why a read or write failed, for the log. */
+static const char *io_error(const client *c)
+{
+    return c->tls.ssl ? tls_conn_error(&c->tls) : strerror(errno);
+}
+
+static void read_shared(client *c)
+{
+    ssize_t n = read_socket(c, shared_in, sizeof(shared_in));
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return;
-        client_free(c, n < 0 ? strerror(errno) : NULL);
+        client_free(c, n < 0 ? io_error(c) : NULL);
         return;
     }
     srv.stats.net_input_bytes += (uint64_t)n;
@@ -521,13 +538,19 @@ static void read_shared(client *c, int fd)
         drop_later(c, "out of memory reading request");
 }
 
+static int write_out(client *c);
+static int tls_step(client *c);
+
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
     (void)what;
     client *c = arg;
     server_clock_update();
+    if (c->tls.ssl && tls_step(c) < 0)
+        return;
     if (buf_len(&c->in) == 0) {
-        read_shared(c, fd);
+        read_shared(c);
         return;
     }
     size_t want = buf_len(&c->in);
@@ -549,11 +572,11 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
         drop_later(c, "out of memory reading request");
         return;
     }
-    ssize_t n = read(fd, c->in.data + c->in.end, want);
+    ssize_t n = read_socket(c, c->in.data + c->in.end, want);
     if (n <= 0) {
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return;
-        client_free(c, n < 0 ? strerror(errno) : NULL);
+        client_free(c, n < 0 ? io_error(c) : NULL);
         return;
     }
     c->in.end += (size_t)n;
@@ -565,15 +588,21 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 static int write_out(client *c)
 {
     size_t written;
-    buf_write_result r = buf_write_fd(&c->out, c->fd, &written);
+    buf_write_result r = c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
+                                    : buf_write_fd(&c->out, c->fd, &written);
     srv.stats.net_output_bytes += written;
     if (r == BUF_WRITE_BLOCKED) {
-        event_add(&c->ev_write, NULL);
-        c->write_waiting = 1;
+        /* A TLS write that must wait for a read is retried from on_read:
+         * read interest is on while a client takes requests, and with
+         * renegotiation refused only a handshake asks for it. */
+        if (!c->tls.write_waits_read) {
+            event_add(&c->ev_write, NULL);
+            c->write_waiting = 1;
+        }
         return 0;
     }
     if (r == BUF_WRITE_FAILED) {
-        client_free(c, errno ? strerror(errno) : "write returned 0");
+        client_free(c, errno ? io_error(c) : "write returned 0");
         return -1;
     }
     buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
@@ -607,13 +636,50 @@ static int write_out(client *c)
     return 0;
 }
 
+/* A TLS client's part of a readiness event, before its requests and
+ * replies: the handshake, and a write that waited for a read. 0 when the
+ * connection can go on reading, -1 when it cannot yet or was freed. */
+static int tls_step(client *c)
+{
+    if (c->tls.handshaking) {
+        char err[320];
+        int r = tls_conn_handshake(&c->tls, err, sizeof(err));
+        if (r < 0) {
+            client_free(c, err);
+            return -1;
+        }
+        if (r == 0)
+            return -1;
+        if (CONFIG_LOG_DEBUG >= log_threshold) {
+            char subject[256];
+            tls_peer_subject(c->tls.ssl, subject, sizeof(subject));
+            log_debug("client %s: TLS handshake done (%s, certificate %s)", c->addr,
+                      tls_version(c->tls.ssl), subject);
+        }
+    }
+    if (c->tls.write_waits_read) {
+        c->tls.write_waits_read = 0;
+        if (write_out(c) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
     (void)what;
+    client *c = arg;
     server_clock_update();
-    ((client *)arg)->write_waiting = 0;
-    write_out(arg);
+    c->write_waiting = 0;
+    if (c->tls.handshaking || c->tls.read_waits_write) {
+        /* The handshake or a read waited for the socket to take bytes;
+         * replies that waited too go at the next flush. */
+        c->tls.read_waits_write = 0;
+        mark_dirty(c);
+        on_read(fd, EV_READ, c);
+        return;
+    }
+    write_out(c);
 }
 
 int client_flush_pending(void)
@@ -633,13 +699,24 @@ int client_flush_pending(void)
     return n;
 }
 
-void client_accept(int fd, const char *addr)
+void client_accept(int fd, const char *addr, int tls)
 {
     client *c = calloc(1, sizeof(*c));
     if (!c) {
         log_warn("client %s: out of memory, closing", addr);
         close(fd);
         return;
+    }
+    if (tls) {
+        char err[128];
+        SSL *ssl = tls_accept_new(fd, err, sizeof(err));
+        if (!ssl) {
+            log_warn("client %s: %s, closing", addr, err);
+            free(c);
+            close(fd);
+            return;
+        }
+        tls_conn_start(&c->tls, ssl, &c->ev_read, &c->ev_write, &c->write_waiting);
     }
     c->fd = fd;
     c->inflight_cap = CLIENT_START_INFLIGHT;

@@ -5,8 +5,10 @@
 
 #include <stddef.h>
 
-/* Takes over an accepted socket. addr is the peer, for log lines. */
-void client_accept(int fd, const char *addr);
+/* Takes over an accepted socket. addr is the peer, for log lines; tls:
+ * the socket came from tls_listen, and requests are read once the TLS
+ * handshake is done. */
+void client_accept(int fd, const char *addr, int tls);
 
 /* Writes every client's pending replies and closes clients that are done:
  * called once per loop iteration. */

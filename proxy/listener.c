@@ -33,10 +33,19 @@
  * the backlog and a dropped shard connection unable to come back. */
 #define LISTENER_FD_RESERVE 32
 
-static int listen_fd = -1;
+/* A listening socket: the plain-text one (listen) and the TLS one
+ * (tls_listen). */
+typedef struct listener {
+    int fd; /* -1 when not listening */
+    int tls;
+    struct event ev_accept;
+    struct event ev_resume; /* accepts resume after EMFILE */
+} listener;
+
+enum { LISTENER_PLAIN, LISTENER_TLS, LISTENER_COUNT };
+
+static listener listeners[LISTENER_COUNT] = {{.fd = -1}, {.fd = -1, .tls = 1}};
 static long fd_limit; /* RLIMIT_NOFILE at start, 0 = unlimited */
-static struct event ev_accept;
-static struct event ev_resume;
 
 static void on_accept(evutil_socket_t fd, short what, void *arg);
 
@@ -44,9 +53,9 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    (void)arg;
-    if (listen_fd >= 0)
-        event_add(&ev_accept, NULL);
+    listener *l = arg;
+    if (l->fd >= 0)
+        event_add(&l->ev_accept, NULL);
 }
 
 static void peer_name(const struct sockaddr_storage *ss, char *out, size_t outlen)
@@ -83,7 +92,7 @@ static int clients_allowed(void)
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
-    (void)arg;
+    listener *l = arg;
     for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
@@ -94,9 +103,9 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
             if (errno == EMFILE || errno == ENFILE) {
                 log_warn("accept: %s: pausing accepts for %d ms", strerror(errno),
                          LISTENER_EMFILE_PAUSE_MS);
-                event_del(&ev_accept);
+                event_del(&l->ev_accept);
                 struct timeval tv = {0, LISTENER_EMFILE_PAUSE_MS * 1000};
-                event_add(&ev_resume, &tv);
+                event_add(&l->ev_resume, &tv);
             } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 log_warn("accept: %s", strerror(errno));
             }
@@ -109,8 +118,12 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
         if (srv.stopping || srv.nclients >= allowed) {
             static const char full[] = "-ERR max number of clients reached\r\n";
             srv.stats.connections_rejected++;
-            ssize_t ignored = write(cfd, full, sizeof(full) - 1);
-            (void)ignored;
+            /* A TLS client could not read the line before a handshake: it
+             * sees the connection close. */
+            if (!l->tls) {
+                ssize_t ignored = write(cfd, full, sizeof(full) - 1);
+                (void)ignored;
+            }
             close(cfd);
             log_info("client %s: refused: %d clients, the most %s allows", addr, allowed,
                      allowed < srv.cfg->max_clients ? "RLIMIT_NOFILE" : "max_clients");
@@ -118,7 +131,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
         }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        client_accept(cfd, addr);
+        client_accept(cfd, addr, l->tls);
     }
 }
 
@@ -155,22 +168,30 @@ int listener_open(const char *host, int port, int backlog, int reuseport, char *
     return fd;
 }
 
-int listener_start(const char *host, int port, int backlog, char *err, size_t errlen)
+int listener_start(const char *host, int port, int backlog, int tls, char *err, size_t errlen)
 {
-    int fd =
-        srv.workers > 1 ? srv.worker_listen_fd : listener_open(host, port, backlog, 0, err, errlen);
+    listener *l = &listeners[tls ? LISTENER_TLS : LISTENER_PLAIN];
+    /* A worker's plain socket comes from the supervisor (which keeps it
+     * across a worker's restart); its TLS socket joins the other workers'
+     * with SO_REUSEPORT. */
+    int fd = !tls && srv.workers > 1
+                 ? srv.worker_listen_fd
+                 : listener_open(host, port, backlog, srv.workers > 1, err, errlen);
     if (fd < 0)
         return -1;
     struct rlimit lim;
     fd_limit = getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
                    ? (long)lim.rlim_cur
                    : 0;
-    listen_fd = fd;
-    srv.listen_port = port;
-    event_assign(&ev_accept, srv.base, fd, EV_READ | EV_PERSIST, on_accept, NULL);
-    event_assign(&ev_resume, srv.base, -1, 0, on_resume, NULL);
-    event_add(&ev_accept, NULL);
-    if (clients_allowed() < srv.cfg->max_clients)
+    l->fd = fd;
+    if (tls)
+        srv.tls_listen_port = port;
+    else
+        srv.listen_port = port;
+    event_assign(&l->ev_accept, srv.base, fd, EV_READ | EV_PERSIST, on_accept, l);
+    event_assign(&l->ev_resume, srv.base, -1, 0, on_resume, l);
+    event_add(&l->ev_accept, NULL);
+    if (!tls && clients_allowed() < srv.cfg->max_clients)
         log_warn("RLIMIT_NOFILE is %ld: at most %d clients at once, not max_clients = %d "
                  "(raise it with ulimit -n)",
                  fd_limit, clients_allowed(), srv.cfg->max_clients);
@@ -179,10 +200,13 @@ int listener_start(const char *host, int port, int backlog, char *err, size_t er
 
 void listener_stop(void)
 {
-    if (listen_fd < 0)
-        return;
-    event_del(&ev_accept);
-    event_del(&ev_resume);
-    close(listen_fd);
-    listen_fd = -1;
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        listener *l = &listeners[i];
+        if (l->fd < 0)
+            continue;
+        event_del(&l->ev_accept);
+        event_del(&l->ev_resume);
+        close(l->fd);
+        l->fd = -1;
+    }
 }

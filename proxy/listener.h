@@ -1,4 +1,5 @@
-/* The listening socket: accepts clients up to max_clients. */
+/* The listening sockets, plain-text (listen) and TLS (tls_listen): accept
+ * clients up to max_clients, counted over both. */
 #ifndef PROXY_LISTENER_H
 #define PROXY_LISTENER_H
 
@@ -10,13 +11,14 @@
 __attribute__((warn_unused_result)) int listener_open(const char *host, int port, int backlog,
                                                       int reuseport, char *err, size_t errlen);
 
-/* Accepts clients on host:port: on srv.worker_listen_fd when this process
- * is a worker (the supervisor opened it), else on a socket it opens.
- * Returns 0, or -1 with a reason in err. */
+/* Accepts clients on host:port; tls: its clients speak TLS (the contexts
+ * of tls_configure). The plain socket of a worker is srv.worker_listen_fd
+ * (the supervisor opened it); the others are opened here (with
+ * SO_REUSEPORT under workers). Returns 0, or -1 with a reason in err. */
 __attribute__((warn_unused_result)) int listener_start(const char *host, int port, int backlog,
-                                                       char *err, size_t errlen);
+                                                       int tls, char *err, size_t errlen);
 
-/* Stops accepting (shutdown) and closes the socket. */
+/* Stops accepting (shutdown) and closes the sockets. */
 void listener_stop(void);
 
 #endif

@@ -31,6 +31,7 @@
 #include "proxy/store.h"
 #include "proxy/twopc.h"
 #include "proxy/workers.h"
+#include "proxy/tls.h"
 
 /* Period of the maintenance timer: timeouts fire within this of their due. */
 #define MAINTENANCE_MS 100
@@ -162,6 +163,13 @@ static int check_config(const char *path)
         return 1;
     }
     access_free(users);
+    /* and the TLS files: a certificate or key that does not load */
+    if (tls_configure(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        config_free(cfg);
+        return 1;
+    }
+    tls_shutdown();
     printf("%s: ok, %zu shard%s\n", path, cfg->nshards, cfg->nshards == 1 ? "" : "s");
     config_free(cfg);
     return 0;
@@ -188,8 +196,11 @@ static int start_services(config *cfg)
         reload_shutdown();
         return -1;
     }
-    if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
-        0) {
+    if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, 0, err, sizeof(err)) <
+            0 ||
+        (cfg->tls_listen_host && listener_start(cfg->tls_listen_host, cfg->tls_listen_port,
+                                                cfg->tcp_backlog, 1, err, sizeof(err)) < 0)) {
+        listener_stop();
         log_error("%s", err);
         lock_shutdown();
         twopc_shutdown();
@@ -250,6 +261,7 @@ static void stop_services(void)
     store_shutdown();
     lock_free();
     reload_shutdown();
+    tls_shutdown();
     request_trim_cache();
 }
 
@@ -284,6 +296,9 @@ static int serve(config *cfg)
     else
         log_notice("ringproxy %s listening on %s:%d, %zu shards, config %s", RINGPROXY_VERSION,
                    srv.cfg->listen_host, srv.cfg->listen_port, srv.nshards, srv.cfg->path);
+    if (srv.cfg->tls_listen_host)
+        log_notice("TLS clients on %s:%d (tls_auth_clients = %s)", srv.cfg->tls_listen_host,
+                   srv.cfg->tls_listen_port, config_tls_auth_name(srv.cfg->tls_auth_clients));
     run_loop();
     stop_services();
     event_base_free(srv.base);

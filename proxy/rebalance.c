@@ -8,7 +8,7 @@
  *  - a key lives on one shard: MIGRATE deletes the source copy, and a BUSYKEY
  *    answer (the target already has a newer copy) deletes the stale one;
  *  - no false misses: a key is read from the new owner only after its move.
- * The background mover uses hiredis (control plane) over its own connection
+ * The background mover uses a control connection (ctlconn) of its own
  * to each source; on-demand moves use the data path (migrate.c). */
 #include "proxy/rebalance.h"
 
@@ -21,10 +21,9 @@
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "proxy/ctlconn.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 #include "proxy/workers.h"
@@ -54,8 +53,8 @@ typedef enum mover_state {
 typedef struct mover {
     shard *source;
     mover_state state;
-    redisAsyncContext *ac;  /* control connection, NULL when DISCONNECTED (or DONE and
-                               closed) */
+    ctlconn *ac;            /* control connection, NULL when DISCONNECTED (or DONE and
+                                         closed) */
     char cursor[32];        /* where the next SCAN starts */
     char next_cursor[32];   /* where the batch in flight leads */
     int migrates_pending;   /* MIGRATE/DEL replies the batch waits for */
@@ -531,7 +530,7 @@ static void drop_waiters(int (*retry)(void *arg))
 static void send_migrate(mover *m, shard *target, char **keys, size_t *lens, size_t nkeys,
                          int retry);
 
-static void on_del_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_del_reply(ctlconn *ac, void *reply, void *privdata)
 {
     mover *m = privdata;
     redisReply *r = reply;
@@ -548,7 +547,7 @@ static void on_del_reply(redisAsyncContext *ac, void *reply, void *privdata)
         batch_end(m);
 }
 
-static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_migrate_reply(ctlconn *ac, void *reply, void *privdata)
 {
     migrate_call *call = privdata;
     mover *m = call->m;
@@ -585,7 +584,7 @@ static void on_migrate_reply(redisAsyncContext *ac, void *reply, void *privdata)
              * is stale. */
             const char *argv[2] = {"DEL", call->keys[0]};
             size_t argvlen[2] = {3, call->lens[0]};
-            if (redisAsyncCommandArgv(ac, on_del_reply, m, 2, argv, argvlen) == REDIS_OK)
+            if (ctlconn_command_argv(ac, on_del_reply, m, 2, argv, argvlen) == REDIS_OK)
                 m->migrates_pending++;
             else
                 m->batch_failed = 1;
@@ -640,8 +639,8 @@ static int mover_call_send(void *arg)
     if (m->ac && !rebalance_migrate_admit(m->source, call->target))
         return 0;
     int sent =
-        m->ac && redisAsyncFormattedCommand(m->ac, on_migrate_reply, call, buf_head(&call->cmd),
-                                            buf_len(&call->cmd)) == REDIS_OK;
+        m->ac && ctlconn_formatted_command(m->ac, on_migrate_reply, call, buf_head(&call->cmd),
+                                           buf_len(&call->cmd)) == REDIS_OK;
     buf_free(&call->cmd);
     if (sent)
         return 1;
@@ -753,7 +752,7 @@ static size_t migrate_scanned(mover *m, const redisReply *keys)
     return moving;
 }
 
-static void on_scan_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_scan_reply(ctlconn *ac, void *reply, void *privdata)
 {
     mover *m = privdata;
     redisReply *r = reply;
@@ -795,13 +794,13 @@ static void mover_step(mover *m)
     snprintf(count, sizeof(count), "%d", srv.cfg->migrate_batch);
     const char *argv[4] = {"SCAN", m->cursor, "COUNT", count};
     size_t argvlen[4] = {4, strlen(m->cursor), 5, strlen(count)};
-    if (redisAsyncCommandArgv(m->ac, on_scan_reply, m, 4, argv, argvlen) != REDIS_OK)
+    if (ctlconn_command_argv(m->ac, on_scan_reply, m, 4, argv, argvlen) != REDIS_OK)
         return;
     mover_set_state(m, MOVER_SCANNING);
     m->busy_since_us = now;
 }
 
-static void on_dbsize_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_dbsize_reply(ctlconn *ac, void *reply, void *privdata)
 {
     (void)ac;
     mover *m = privdata;
@@ -810,13 +809,13 @@ static void on_dbsize_reply(redisAsyncContext *ac, void *reply, void *privdata)
         m->estimate = (uint64_t)r->integer;
 }
 
-static void on_mover_connect(const redisAsyncContext *ac, int status)
+static void on_mover_connect(const ctlconn *ac, int status)
 {
     mover *m = ac->data;
     if (status != REDIS_OK) {
         log_warn("rebalance: shard %s: control connection failed: %s", m->source->label,
                  ac->errstr);
-        m->ac = NULL; /* hiredis frees it */
+        m->ac = NULL; /* ctlconn frees it */
         mover_set_state(m, MOVER_DISCONNECTED);
         m->next_at_us = server_now_us() + REBALANCE_RETRY_US;
         return;
@@ -828,14 +827,14 @@ static void on_mover_connect(const redisAsyncContext *ac, int status)
         const char *user = srv.cfg->backend_user, *pass = srv.cfg->backend_password;
         const char *argv[3] = {"AUTH", user ? user : pass, pass};
         size_t argvlen[3] = {4, strlen(argv[1]), strlen(pass)};
-        redisAsyncCommandArgv(m->ac, NULL, NULL, user ? 3 : 2, argv, argvlen);
+        ctlconn_command_argv(m->ac, NULL, NULL, user ? 3 : 2, argv, argvlen);
     }
     if (!m->estimate)
-        redisAsyncCommand(m->ac, on_dbsize_reply, m, "DBSIZE");
+        ctlconn_command(m->ac, on_dbsize_reply, m, "DBSIZE");
     mover_step(m);
 }
 
-static void on_mover_disconnect(const redisAsyncContext *ac, int status)
+static void on_mover_disconnect(const ctlconn *ac, int status)
 {
     mover *m = ac->data;
     (void)status;
@@ -850,22 +849,23 @@ static void on_mover_disconnect(const redisAsyncContext *ac, int status)
 
 static void mover_connect(mover *m)
 {
-    /* Numeric: hiredis would resolve a name with a blocking getaddrinfo. */
-    char host[CONFIG_ADDR_MAX];
-    backend_shard_ip(m->source, host, sizeof(host));
-    redisAsyncContext *ac = redisAsyncConnect(host, m->source->port);
+    /* Numeric, so that nothing resolves a name in the loop; with TLS the
+     * name, which the shard's certificate names. */
+    char ip[CONFIG_ADDR_MAX];
+    backend_shard_ip(m->source, ip, sizeof(ip));
+    const char *host = srv.cfg->tls_shards ? m->source->host : ip;
+    ctlconn *ac = ctlconn_connect(host, m->source->port, CTLCONN_SHARD);
     if (!ac)
         return;
     if (ac->err) {
         log_warn("rebalance: shard %s: control connection failed: %s", m->source->label,
                  ac->errstr);
-        redisAsyncFree(ac);
+        ctlconn_free(ac);
         return;
     }
     ac->data = m;
-    redisLibeventAttach(ac, srv.base);
-    redisAsyncSetConnectCallback(ac, on_mover_connect);
-    redisAsyncSetDisconnectCallback(ac, on_mover_disconnect);
+    ctlconn_set_connect_callback(ac, on_mover_connect);
+    ctlconn_set_disconnect_callback(ac, on_mover_disconnect);
     m->ac = ac;
     mover_set_state(m, MOVER_CONNECTING);
 }
@@ -906,7 +906,7 @@ static void free_movers(void)
     for (size_t i = 0; i < rb.n_movers; i++)
         if (rb.movers[i].ac) {
             rb.movers[i].ac->data = NULL;
-            redisAsyncFree(rb.movers[i].ac);
+            ctlconn_free(rb.movers[i].ac);
         }
     free(rb.movers);
     rb.movers = NULL;
@@ -1075,7 +1075,7 @@ static void finish(void)
      * may run inside one of their callbacks. */
     for (size_t i = 0; i < rb.n_movers; i++)
         if (rb.movers[i].ac)
-            redisAsyncDisconnect(rb.movers[i].ac);
+            ctlconn_disconnect(rb.movers[i].ac);
     if (!workers_runs_mover())
         return;
     workers_mover_progress progress = own_progress();
@@ -1139,11 +1139,11 @@ void rebalance_tick(void)
             /* Free, not disconnect: a disconnect waits for the replies a
              * hung source never sends. Pending callbacks get NULL (the batch
              * fails and is retried from its cursor on a new connection). */
-            redisAsyncContext *ac = m->ac;
+            ctlconn *ac = m->ac;
             m->ac = NULL;
             mover_set_state(m, MOVER_DISCONNECTED);
             m->next_at_us = now + REBALANCE_RETRY_US;
-            redisAsyncFree(ac);
+            ctlconn_free(ac);
             continue;
         }
         mover_step(m);
@@ -1178,11 +1178,11 @@ void rebalance_source_readdressed(const shard *s)
         m->next_at_us = server_now_us();
         /* As for a stall: pending callbacks get NULL and the batch is
          * retried, from cursor 0, on a connection to the new address. */
-        redisAsyncContext *ac = m->ac;
+        ctlconn *ac = m->ac;
         m->ac = NULL;
         mover_set_state(m, MOVER_DISCONNECTED);
         if (ac)
-            redisAsyncFree(ac);
+            ctlconn_free(ac);
     }
 }
 

@@ -19,6 +19,7 @@
 #include "proxy/replica.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
+#include "proxy/tls.h"
 
 /* The config file as last read, to notice edits (reload_file_changed). */
 static struct stat config_stat;
@@ -330,6 +331,11 @@ static void plan_commit(reload_plan *p)
 int reload_start(config *cfg, char *err, size_t errlen)
 {
     reload_plan p;
+    /* The TLS contexts come first: the shards' connections use them. */
+    if (tls_configure(cfg, err, errlen) < 0) {
+        config_free(cfg);
+        return -1;
+    }
     if (plan_prepare(cfg, &p, err, errlen) < 0)
         return -1;
     plan_commit(&p);
@@ -409,6 +415,13 @@ int reload_config(const char *why, char *err, size_t errlen)
         plan_free(&p);
         rebalance_queue_reload();
         return reject(err, errlen, "%s", REBALANCE_QUEUED);
+    }
+    /* Certificates and keys are read again on every reload, changed or
+     * not: connections already open keep the context they were made with,
+     * new ones get the new files. A file that fails keeps everything. */
+    if (tls_configure(p.cfg, detail, sizeof(detail)) < 0) {
+        plan_free(&p);
+        return reject(err, errlen, "%s", detail);
     }
     if (p.ring_changed)
         log_notice("shard ring changes: %s", p.changes[0] ? p.changes : "placement");

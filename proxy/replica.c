@@ -1,23 +1,22 @@
 /* Finding the replicas of shards named by address; see replica.h.
  *
  * One probe per shard at a time, named by shard id (a shard freed by a
- * reload is simply not found when the answer comes). hiredis calls a
+ * reload is simply not found when the answer comes). ctlconn calls a
  * connection's pending callbacks with a NULL reply when the connection is
  * freed: a probe forgets its connection (p->ac = NULL) before freeing it,
  * and every callback checks ac == p->ac first, so a dropped connection's
  * callbacks do nothing. Probes are allocated one by one, so the pointers
- * hiredis holds stay valid while the list grows. */
+ * the connections hold stay valid while the list grows. */
 #include "proxy/replica.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "proxy/backend.h"
+#include "proxy/ctlconn.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -30,11 +29,11 @@
 /* One shard's probe. */
 typedef struct probe {
     uint64_t shard_id;
-    redisAsyncContext *ac; /* asking ROLE now, or NULL */
-    uint64_t deadline_us;  /* of the question in flight */
-    uint64_t next_us;      /* when to ask next */
-    int not_master;        /* the last answer said it is no master (logged once) */
-    int seen;              /* its shard is still in srv.shards (sweep) */
+    ctlconn *ac;          /* asking ROLE now, or NULL */
+    uint64_t deadline_us; /* of the question in flight */
+    uint64_t next_us;     /* when to ask next */
+    int not_master;       /* the last answer said it is no master (logged once) */
+    int seen;             /* its shard is still in srv.shards (sweep) */
 } probe;
 
 static struct {
@@ -55,11 +54,11 @@ static shard *running_shard(uint64_t id, size_t *index)
 
 static void probe_drop_conn(probe *p)
 {
-    redisAsyncContext *ac = p->ac;
+    ctlconn *ac = p->ac;
     if (!ac)
         return;
     p->ac = NULL;
-    redisAsyncFree(ac);
+    ctlconn_free(ac);
 }
 
 /* Reads go to host:port (NULL: to the master only). */
@@ -115,54 +114,55 @@ static void apply_role(probe *p, const redisReply *reply)
     use_replica(s, NULL, 0);
 }
 
-static void on_role(redisAsyncContext *ac, void *r, void *privdata)
+static void on_role(ctlconn *ac, void *r, void *privdata)
 {
     probe *p = privdata;
     if (ac != p->ac)
         return;
     server_clock_update();
     if (!r) {
-        p->ac = NULL; /* hiredis is freeing it */
+        p->ac = NULL; /* ctlconn is freeing it */
         return;
     }
     apply_role(p, r);
     probe_drop_conn(p);
 }
 
-static void on_connect(const redisAsyncContext *cac, int status)
+static void on_connect(const ctlconn *cac, int status)
 {
     probe *p = cac->data;
     if (cac != p->ac)
         return;
     if (status != REDIS_OK) {
-        p->ac = NULL; /* hiredis frees it; the master's own connections report why */
+        p->ac = NULL; /* ctlconn frees it; the master's own connections report why */
         return;
     }
     if (srv.cfg->backend_password) {
         const char *argv[2] = {"AUTH", srv.cfg->backend_password};
         size_t argvlen[2] = {4, strlen(srv.cfg->backend_password)};
-        (void)redisAsyncCommandArgv(p->ac, NULL, NULL, 2, argv, argvlen);
+        (void)ctlconn_command_argv(p->ac, NULL, NULL, 2, argv, argvlen);
     }
-    if (redisAsyncCommand(p->ac, on_role, p, "ROLE") != REDIS_OK)
+    if (ctlconn_command(p->ac, on_role, p, "ROLE") != REDIS_OK)
         probe_drop_conn(p);
 }
 
 static void probe_start(probe *p, const shard *s)
 {
-    char host[CONFIG_ADDR_MAX];
-    backend_shard_ip(s, host, sizeof(host));
+    char ip[CONFIG_ADDR_MAX];
+    backend_shard_ip(s, ip, sizeof(ip));
+    /* With TLS the name, which the shard's certificate names. */
+    const char *host = srv.cfg->tls_shards ? s->host : ip;
     p->next_us = srv.now_us + REPLICA_POLL_MS * 1000u;
     p->deadline_us = srv.now_us + (uint64_t)srv.cfg->connect_timeout_ms * 1000u;
-    redisAsyncContext *ac = redisAsyncConnect(host, s->port);
+    ctlconn *ac = ctlconn_connect(host, s->port, CTLCONN_SHARD);
     if (!ac)
         return;
     if (ac->err) {
-        redisAsyncFree(ac);
+        ctlconn_free(ac);
         return;
     }
     ac->data = p;
-    redisLibeventAttach(ac, srv.base);
-    redisAsyncSetConnectCallback(ac, on_connect);
+    ctlconn_set_connect_callback(ac, on_connect);
     p->ac = ac;
 }
 

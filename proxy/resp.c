@@ -473,6 +473,10 @@ resp_status resp_request_scan(resp_request *s, const char *buf, size_t len)
             s->state = REQ_COUNT;
             return scan_multibulk(s, buf, len);
         }
+        /* 0x16 opens a TLS handshake record: a TLS client on the
+         * plain-text port, whose hello may hold no '\n' for ever. */
+        if (buf[0] == RESP_TLS_HANDSHAKE_BYTE)
+            return request_fail(s, "ERR Protocol error: TLS handshake on the plain-text port");
         s->is_inline = 1;
         s->state = REQ_INLINE;
         return scan_inline(s, buf, len);

@@ -11,6 +11,9 @@
 /* Deepest reply nesting accepted from a backend (arrays in arrays). Redis
  * itself never sends more than a few levels except from scripts. */
 #define RESP_MAX_DEPTH 128
+/* The first byte of a TLS handshake record (a ClientHello): a request that
+ * starts with it is a TLS client on a plain-text port, refused at once. */
+#define RESP_TLS_HANDSHAKE_BYTE 0x16
 
 typedef enum resp_status {
     RESP_OK = 0,     /* one whole message scanned */

@@ -9,8 +9,8 @@
  * with the address it names. Reading needs no majority: the ROLE check is
  * what keeps a stale or lying Sentinel from sending writes to a replica.
  *
- * hiredis calls a connection's pending callbacks with a NULL reply when the
- * connection goes away. A query forgets its connection (q->ac = NULL)
+ * ctlconn (as hiredis) calls a connection's pending callbacks with a NULL
+ * reply when the connection goes away. A query forgets its connection (q->ac = NULL)
  * before it frees it, and every callback checks ac == q->ac first, so a
  * dropped connection's callbacks do nothing; each connection carries at
  * most one callback of the query's (AUTH has none), so none can run after
@@ -22,12 +22,11 @@
 #include <string.h>
 #include <time.h>
 
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "proxy/ack.h"
 #include "proxy/backend.h"
+#include "proxy/ctlconn.h"
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
@@ -72,10 +71,10 @@ struct query {
     size_t tried;     /* Sentinels asked so far */
     int from_message; /* verifying the address of a +switch-master message */
     query_step step;
-    redisAsyncContext *ac; /* this step's connection, NULL between steps */
-    uint64_t deadline_us;  /* this step's */
-    int answered;          /* some Sentinel named an address */
-    char host[256];        /* the address being verified */
+    ctlconn *ac;          /* this step's connection, NULL between steps */
+    uint64_t deadline_us; /* this step's */
+    int answered;         /* some Sentinel named an address */
+    char host[256];       /* the address being verified */
     int port;
     int replicas_asked;     /* SENTINEL REPLICAS was asked (read_from wants a replica) */
     char replica_host[256]; /* the first healthy replica it named, "" = none */
@@ -94,7 +93,7 @@ static struct {
     size_t nwatches;
     size_t next_first;       /* round robin of the first Sentinel asked */
     uint64_t last_answer_us; /* when a Sentinel last answered anything, 0 = never */
-    redisAsyncContext *sub;  /* subscribed (or subscribing) to +switch-master, or NULL */
+    ctlconn *sub;            /* subscribed (or subscribing) to +switch-master, or NULL */
     int sub_confirmed;       /* the SUBSCRIBE was answered */
     size_t sub_peer;         /* the Sentinel sub talks to */
     uint64_t sub_deadline_us;
@@ -128,47 +127,47 @@ static watch *find_watch_by_master(const char *master)
     return NULL;
 }
 
-/* A hiredis async connection on the event loop, or NULL with a reason. */
-static redisAsyncContext *connect_to(const char *host, int port, void *data,
-                                     redisConnectCallback *on_connect, char *why, size_t whylen)
+/* A control connection on the event loop (TLS for a shard when tls_shards
+ * is on), or NULL with a reason. */
+static ctlconn *connect_to(const char *host, int port, ctlconn_peer peer, void *data,
+                           ctlconn_status_fn *on_connect, char *why, size_t whylen)
 {
-    redisAsyncContext *ac = redisAsyncConnect(host, port);
+    ctlconn *ac = ctlconn_connect(host, port, peer);
     if (!ac) {
         snprintf(why, whylen, "out of memory");
         return NULL;
     }
     if (ac->err) {
         snprintf(why, whylen, "%s", ac->errstr);
-        redisAsyncFree(ac);
+        ctlconn_free(ac);
         return NULL;
     }
     ac->data = data;
-    redisLibeventAttach(ac, srv.base);
-    redisAsyncSetConnectCallback(ac, on_connect);
+    ctlconn_set_connect_callback(ac, on_connect);
     return ac;
 }
 
 /* Sends AUTH [user] password (without a callback: a wrong password shows
  * as NOAUTH on the command after it) when password is set; user NULL is
  * Redis's default user. */
-static void send_auth(redisAsyncContext *ac, const char *user, const char *password)
+static void send_auth(ctlconn *ac, const char *user, const char *password)
 {
     if (!password)
         return;
     const char *argv[3] = {"AUTH", user ? user : password, password};
     size_t argvlen[3] = {4, strlen(argv[1]), strlen(password)};
-    (void)redisAsyncCommandArgv(ac, NULL, NULL, user ? 3 : 2, argv, argvlen);
+    (void)ctlconn_command_argv(ac, NULL, NULL, user ? 3 : 2, argv, argvlen);
 }
 
 /* Forgets and frees q's connection; its callbacks see ac != q->ac and do
- * nothing. Inside one of its callbacks hiredis frees it once that returns. */
+ * nothing. Inside one of its callbacks ctlconn frees it once that returns. */
 static void query_drop_conn(query *q)
 {
-    redisAsyncContext *ac = q->ac;
+    ctlconn *ac = q->ac;
     if (!ac)
         return;
     q->ac = NULL;
-    redisAsyncFree(ac);
+    ctlconn_free(ac);
 }
 
 static const sentinel_peer *query_peer(const query *q)
@@ -267,14 +266,14 @@ static void query_apply(query *q)
     query_finish(q, WATCH_OK);
 }
 
-static void on_role_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void on_role_reply(ctlconn *ac, void *r, void *privdata)
 {
     query *q = privdata;
     redisReply *reply = r;
     if (ac != q->ac)
         return;
     if (!reply) {
-        q->ac = NULL; /* hiredis is freeing it */
+        q->ac = NULL; /* ctlconn is freeing it */
         log_info("shard %s: master %s named at %s:%d: connection lost", q->w->shard, q->w->master,
                  q->host, q->port);
         query_next(q);
@@ -304,20 +303,20 @@ static void on_role_reply(redisAsyncContext *ac, void *r, void *privdata)
     query_next(q);
 }
 
-static void on_verify_connect(const redisAsyncContext *cac, int status)
+static void on_verify_connect(const ctlconn *cac, int status)
 {
     query *q = cac->data;
     if (cac != q->ac)
         return;
     if (status != REDIS_OK) {
-        q->ac = NULL; /* hiredis frees it */
+        q->ac = NULL; /* ctlconn frees it */
         log_debug("shard %s: cannot reach %s:%d, named master of %s: %s", q->w->shard, q->host,
                   q->port, q->w->master, cac->errstr);
         query_next(q);
         return;
     }
     send_auth(q->ac, srv.cfg->backend_user, srv.cfg->backend_password);
-    if (redisAsyncCommand(q->ac, on_role_reply, q, "ROLE") != REDIS_OK) {
+    if (ctlconn_command(q->ac, on_role_reply, q, "ROLE") != REDIS_OK) {
         query_drop_conn(q);
         query_next(q);
     }
@@ -334,7 +333,7 @@ static void query_verify(query *q)
     char why[256];
     q->step = QUERY_VERIFY;
     q->deadline_us = srv.now_us + step_timeout_us();
-    q->ac = connect_to(q->host, q->port, q, on_verify_connect, why, sizeof(why));
+    q->ac = connect_to(q->host, q->port, CTLCONN_SHARD, q, on_verify_connect, why, sizeof(why));
     if (!q->ac) {
         log_debug("shard %s: cannot reach %s:%d: %s", q->w->shard, q->host, q->port, why);
         query_next(q);
@@ -355,7 +354,7 @@ static const char *field_of(const redisReply *fields, const char *name)
 /* SENTINEL REPLICAS: keeps the first replica in good health (flags exactly
  * "slave": not down, not disconnected; its link to the master up). The
  * command after it on this connection carries the query on. */
-static void on_replicas_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void on_replicas_reply(ctlconn *ac, void *r, void *privdata)
 {
     query *q = privdata;
     redisReply *reply = r;
@@ -376,7 +375,7 @@ static void on_replicas_reply(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
-static void on_ask_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void on_ask_reply(ctlconn *ac, void *r, void *privdata)
 {
     query *q = privdata;
     redisReply *reply = r;
@@ -384,7 +383,7 @@ static void on_ask_reply(redisAsyncContext *ac, void *r, void *privdata)
         return;
     const sentinel_peer *p = query_peer(q);
     if (!reply) {
-        q->ac = NULL; /* hiredis is freeing it */
+        q->ac = NULL; /* ctlconn is freeing it */
         log_debug("Sentinel %s:%u: connection lost", p->host, (unsigned)p->port);
         query_next(q);
         return;
@@ -412,13 +411,13 @@ static void on_ask_reply(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
-static void on_ask_connect(const redisAsyncContext *cac, int status)
+static void on_ask_connect(const ctlconn *cac, int status)
 {
     query *q = cac->data;
     if (cac != q->ac)
         return;
     if (status != REDIS_OK) {
-        q->ac = NULL; /* hiredis frees it */
+        q->ac = NULL; /* ctlconn frees it */
         log_debug("Sentinel %s:%u: %s", query_peer(q)->host, (unsigned)query_peer(q)->port,
                   cac->errstr);
         query_next(q);
@@ -430,10 +429,10 @@ static void on_ask_connect(const redisAsyncContext *cac, int status)
      * be left to call back then. */
     shard *s = watch_shard(q->w);
     q->replicas_asked = s && shard_read_from(s) != CONFIG_READ_MASTER &&
-                        redisAsyncCommand(q->ac, on_replicas_reply, q, "SENTINEL REPLICAS %s",
-                                          q->w->master) == REDIS_OK;
-    if (redisAsyncCommand(q->ac, on_ask_reply, q, "SENTINEL get-master-addr-by-name %s",
-                          q->w->master) != REDIS_OK) {
+                        ctlconn_command(q->ac, on_replicas_reply, q, "SENTINEL REPLICAS %s",
+                                        q->w->master) == REDIS_OK;
+    if (ctlconn_command(q->ac, on_ask_reply, q, "SENTINEL get-master-addr-by-name %s",
+                        q->w->master) != REDIS_OK) {
         query_drop_conn(q);
         query_next(q);
     }
@@ -446,7 +445,7 @@ static void query_ask(query *q)
     char why[256];
     q->step = QUERY_ASK;
     q->deadline_us = srv.now_us + step_timeout_us();
-    q->ac = connect_to(p->host, p->port, q, on_ask_connect, why, sizeof(why));
+    q->ac = connect_to(p->host, p->port, CTLCONN_PLAIN, q, on_ask_connect, why, sizeof(why));
     if (!q->ac) {
         log_debug("Sentinel %s:%u: %s", p->host, (unsigned)p->port, why);
         query_next(q);
@@ -505,11 +504,11 @@ static void watch_free(watch *w)
 
 static void sub_drop(void)
 {
-    redisAsyncContext *ac = sn.sub;
+    ctlconn *ac = sn.sub;
     if (!ac)
         return;
     sn.sub = NULL;
-    redisAsyncFree(ac);
+    ctlconn_free(ac);
 }
 
 /* The subscription is gone: the next Sentinel, a little later. Logged at
@@ -525,7 +524,7 @@ static void sub_lost(const char *why)
     sn.sub_retry_us = srv.now_us + SENTINEL_RESUBSCRIBE_MS * 1000u;
 }
 
-static void on_sub_message(redisAsyncContext *ac, void *r, void *privdata)
+static void on_sub_message(ctlconn *ac, void *r, void *privdata)
 {
     (void)privdata;
     redisReply *reply = r;
@@ -559,28 +558,28 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *privdata)
     watch_poll(w, new_ip, new_port);
 }
 
-static void on_sub_disconnect(const redisAsyncContext *ac, int status)
+static void on_sub_disconnect(const ctlconn *ac, int status)
 {
     (void)status;
     if (ac != sn.sub)
         return;
-    sn.sub = NULL; /* hiredis frees it */
+    sn.sub = NULL; /* ctlconn frees it */
     server_clock_update();
     sub_lost(ac->errstr[0] ? ac->errstr : "connection closed");
 }
 
-static void on_sub_connect(const redisAsyncContext *cac, int status)
+static void on_sub_connect(const ctlconn *cac, int status)
 {
     if (cac != sn.sub)
         return;
     server_clock_update();
     if (status != REDIS_OK) {
-        sn.sub = NULL; /* hiredis frees it */
+        sn.sub = NULL; /* ctlconn frees it */
         sub_lost(cac->errstr);
         return;
     }
     send_auth(sn.sub, NULL, srv.cfg->sentinel_password);
-    if (redisAsyncCommand(sn.sub, on_sub_message, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
+    if (ctlconn_command(sn.sub, on_sub_message, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
         sub_drop();
         sub_lost("cannot send SUBSCRIBE");
     }
@@ -592,12 +591,12 @@ static void sub_start(void)
     char why[256];
     sn.sub_confirmed = 0;
     sn.sub_deadline_us = srv.now_us + step_timeout_us();
-    sn.sub = connect_to(p->host, p->port, NULL, on_sub_connect, why, sizeof(why));
+    sn.sub = connect_to(p->host, p->port, CTLCONN_PLAIN, NULL, on_sub_connect, why, sizeof(why));
     if (!sn.sub) {
         sub_lost(why);
         return;
     }
-    redisAsyncSetDisconnectCallback(sn.sub, on_sub_disconnect);
+    ctlconn_set_disconnect_callback(sn.sub, on_sub_disconnect);
 }
 
 /* ---- the module's API ---- */

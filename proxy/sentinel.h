@@ -3,8 +3,8 @@
  * start, on reload and every sentinel_poll ms, and one of them is
  * subscribed to for +switch-master; an answer is believed only once the
  * address itself says ROLE master. A new master re-addresses the shard
- * (backend_shard_readdress): no key moves. Control connections are hiredis
- * async ones on the event loop, as the rebalancer's. */
+ * (backend_shard_readdress): no key moves. Control connections are ctlconn
+ * ones on the event loop, as the rebalancer's. */
 #ifndef PROXY_SENTINEL_H
 #define PROXY_SENTINEL_H
 

@@ -59,6 +59,7 @@ typedef struct server {
     uint64_t loop_iteration;  /* bumped before each event loop iteration */
     uint64_t clock_iteration; /* the iteration now_us was read in */
     int listen_port;          /* actual port (for INFO) */
+    int tls_listen_port;      /* actual TLS port, 0 = none */
     int nclients;             /* connected clients */
     struct session *sessions; /* every client's session, newest first */
     uint64_t next_client_id;

@@ -1,4 +1,4 @@
-/* The internal-state store (see store.h): one hiredis control connection per
+/* The internal-state store (see store.h): one control connection (ctlconn) per
  * shard, SELECTed to store_db, with its own call timeouts and reconnects. */
 #include "proxy/store.h"
 
@@ -10,10 +10,9 @@
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "proxy/ctlconn.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -46,7 +45,7 @@ typedef struct store_shard {
     char *name;
     char *host;
     int port;
-    redisAsyncContext *ac; /* NULL when not connected */
+    ctlconn *ac; /* NULL when not connected */
     store_state state;
     pending *head; /* calls in flight, oldest first */
     pending *tail;
@@ -135,11 +134,11 @@ static void unlink_pending(pending *p)
     p->next = NULL;
 }
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void on_reply(ctlconn *ac, void *reply, void *privdata);
 
 static int send_formatted(store_shard *sh, pending *p, const char *cmd, size_t len)
 {
-    if (!sh->ac || redisAsyncFormattedCommand(sh->ac, on_reply, p, cmd, len) != REDIS_OK)
+    if (!sh->ac || ctlconn_formatted_command(sh->ac, on_reply, p, cmd, len) != REDIS_OK)
         return -1;
     p->sent_us = mono_us();
     if (sh->tail)
@@ -150,7 +149,7 @@ static int send_formatted(store_shard *sh, pending *p, const char *cmd, size_t l
     return 0;
 }
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_reply(ctlconn *ac, void *reply, void *privdata)
 {
     (void)ac;
     pending *p = privdata;
@@ -291,7 +290,7 @@ int store_cas(size_t shard, const char *key, const char *expected, const char *v
 
 static void drop_connection(store_shard *sh, const char *why)
 {
-    redisAsyncContext *ac = sh->ac;
+    ctlconn *ac = sh->ac;
     if (!ac)
         return;
     log_warn("store: shard %s: %s; reconnecting", sh->name, why);
@@ -301,7 +300,7 @@ static void drop_connection(store_shard *sh, const char *why)
     ac->data = NULL;
     set_state(sh, STORE_DOWN);
     sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
-    redisAsyncFree(ac);
+    ctlconn_free(ac);
 }
 
 static void on_setup_reply(void *privdata, size_t shard, const redisReply *r)
@@ -392,14 +391,14 @@ static void send_setup(store_shard *sh)
         check_marker(sh);
 }
 
-static void on_connect(const redisAsyncContext *ac, int status)
+static void on_connect(const ctlconn *ac, int status)
 {
     store_shard *sh = ac->data;
     if (!sh)
         return;
     if (status != REDIS_OK) {
         log_debug("store: shard %s: connect failed: %s", sh->name, ac->errstr);
-        sh->ac = NULL; /* hiredis frees it */
+        sh->ac = NULL; /* ctlconn frees it */
         set_state(sh, STORE_DOWN);
         sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
         sh->backoff_ms =
@@ -410,7 +409,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     send_setup(sh);
 }
 
-static void on_disconnect(const redisAsyncContext *ac, int status)
+static void on_disconnect(const ctlconn *ac, int status)
 {
     (void)status;
     store_shard *sh = ac->data;
@@ -426,18 +425,17 @@ static void connect_shard(store_shard *sh)
 {
     if (!sh->port)
         return; /* a sentinel shard whose master is not known yet */
-    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
+    ctlconn *ac = ctlconn_connect(sh->host, sh->port, CTLCONN_SHARD);
     if (!ac)
         return;
     if (ac->err) {
-        redisAsyncFree(ac);
+        ctlconn_free(ac);
         sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
         return;
     }
     ac->data = sh;
-    redisLibeventAttach(ac, srv.base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    ctlconn_set_connect_callback(ac, on_connect);
+    ctlconn_set_disconnect_callback(ac, on_disconnect);
     sh->ac = ac;
 }
 
@@ -564,12 +562,12 @@ void store_shutdown(void)
     event_del(&st.tick);
     for (size_t i = 0; i < st.n; i++) {
         store_shard *sh = &st.shards[i];
-        redisAsyncContext *ac = sh->ac;
+        ctlconn *ac = sh->ac;
         sh->ac = NULL;
         set_state(sh, STORE_DOWN);
         if (ac) {
             ac->data = NULL;
-            redisAsyncFree(ac);
+            ctlconn_free(ac);
         }
     }
     for (size_t i = 0; i < st.n; i++) {

@@ -1,7 +1,7 @@
 /* The internal-state store: hidden records the proxy keeps on each shard
  * (lock holds and counters today), in a reserved database (store_db) that
  * clients cannot reach through the proxy, that a client's FLUSHALL does not
- * empty and that rebalancing never scans. Reached over one hiredis control
+ * empty and that rebalancing never scans. Reached over one control (ctlconn)
  * connection per shard, on the event loop, never blocking it.
  *
  * Each shard's store carries a marker record. A shard whose marker is

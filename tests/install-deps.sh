@@ -4,9 +4,9 @@
 # With the argument `bench`, also what `make bench` needs for its chart and
 # `make bench-instr` for its counts.
 set -euo pipefail
-pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev
+pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmocka-dev libssl-dev openssl
       redis-server redis-sentinel redis-tools nutcracker)
-[ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind)
+[ "${1:-}" != bench ] || pkgs+=(gnuplot-nox valgrind stunnel4)
 # `clients` (make test-clients): Node.js and npm, unless node and npm are
 # there already (a Node.js from elsewhere, e.g. NodeSource, bundles npm and
 # conflicts with Debian's npm package).

@@ -703,6 +703,63 @@ int harness_redis_start_at(harness_proc *p, const char *ip, int port)
     return redis_spawn(p);
 }
 
+int harness_redis_start_tls(harness_proc *p, const char *cert_dir, int auth_clients)
+{
+    memset(p, 0, sizeof(*p));
+    char cert[400], key[400], ca[400];
+    snprintf(cert, sizeof(cert), "%s/server.crt", cert_dir);
+    snprintf(key, sizeof(key), "%s/server.key", cert_dir);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", cert_dir);
+    for (int attempt = 0; attempt < HARNESS_START_ATTEMPTS; attempt++) {
+        if (make_dir(p, "redis-tls") == -1) {
+            return -1;
+        }
+        p->port = harness_free_port();
+        char port[16];
+        snprintf(port, sizeof(port), "%d", p->port);
+        snprintf(p->log, sizeof(p->log), "%s/redis.log", p->dir);
+        /* tls-cluster: MIGRATE (rebalancing) connects to the target over
+         * TLS too. */
+        char *argv[] = {REDIS_SERVER_BIN,
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        port,
+                        "--bind",
+                        "127.0.0.1",
+                        "--tls-cert-file",
+                        cert,
+                        "--tls-key-file",
+                        key,
+                        "--tls-ca-cert-file",
+                        ca,
+                        "--tls-auth-clients",
+                        auth_clients ? "yes" : "no",
+                        "--tls-cluster",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        p->dir,
+                        "--daemonize",
+                        "no",
+                        NULL};
+        p->pid = spawn(argv, p->log, p->dir, 0);
+        if (p->pid == -1) {
+            p->pid = 0;
+            return -1;
+        }
+        /* No PING in plain text: a TCP connection accepted is enough. */
+        if (wait_ready(p, 0, start_timeout_ms()) == 0) {
+            return 0;
+        }
+        abandon(p, "redis-server (TLS)");
+    }
+    return -1;
+}
+
 int harness_redis_restart(harness_proc *p)
 {
     if (p->pid != 0) {

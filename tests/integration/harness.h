@@ -48,6 +48,12 @@ int harness_redis_start(harness_proc *p);
  * and waits until it answers PING there. Returns 0 or -1. */
 int harness_redis_start_at(harness_proc *p, const char *ip, int port);
 
+/* Starts redis-server listening only with TLS (--port 0 --tls-port N,
+ * tls-cluster on for MIGRATE) with cert_dir's server.crt, server.key and
+ * ca.crt, requiring clients' certificates when auth_clients; waits until it
+ * accepts a connection (bounded: 5 s). Returns 0 or -1. */
+int harness_redis_start_tls(harness_proc *p, const char *cert_dir, int auth_clients);
+
 /* Starts redis-server again on p->port (a fresh, empty temp dir) after
  * harness_proc_stop, e.g. to bring back a killed shard at the same address.
  * Waits until it answers PING. Returns 0 or -1. */

@@ -224,6 +224,25 @@ static const error_case error_cases[] = {
      "proxy.ini:3: compat = twemproxy needs one of nutcracker's hashes (fnv1a_64, crc32, md5, "
      "murmur), not murmur3"},
 
+    /* TLS keys that only work together */
+    {"[proxy]\ntls_listen = 127.0.0.1:6390\n" SHARDS,
+     "proxy.ini:2: tls_listen needs tls_cert_file and tls_key_file"},
+    {"[proxy]\ntls_listen = 127.0.0.1:6390\ntls_cert_file = c.pem\n" SHARDS,
+     "proxy.ini:2: tls_listen needs tls_cert_file and tls_key_file"},
+    {"[proxy]\ntls_auth_clients = yes\n" SHARDS,
+     "proxy.ini:2: tls_auth_clients = yes needs tls_ca_cert_file to check certificates with"},
+    {"[proxy]\ntls_auth_clients = maybe\n" SHARDS,
+     "proxy.ini:2: tls_auth_clients: 'maybe' is not one of no, yes, optional"},
+    {"[proxy]\ntls_shards = yes\n" SHARDS,
+     "proxy.ini:2: tls_shards = yes needs tls_shards_ca_cert_file to check the shards' "
+     "certificates"},
+    {"[proxy]\ntls_shards_key_file = k.pem\n" SHARDS,
+     "proxy.ini:2: tls_shards_cert_file and tls_shards_key_file go together"},
+    {"[proxy]\ntls_listen = 127.0.0.1:6380\ntls_cert_file = c\ntls_key_file = k\n" SHARDS,
+     "proxy.ini:2: tls_listen is the same address as listen"},
+    {"[proxy]\ntls_listen = nowhere\n" SHARDS,
+     "proxy.ini:2: tls_listen: bad address 'nowhere': missing port"},
+
     /* no shards */
     {"", "proxy.ini: no shards: add lines like 's1 = 127.0.0.1:7001' under [shards]"},
     {"[proxy]\nlisten = 127.0.0.1:6380\n",
@@ -869,7 +888,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 45);
+    assert_int_equal(keys, 54);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);

@@ -296,6 +296,8 @@ static const stream_case request_cases[] = {
      "E ERR Protocol error: unbalanced quotes in request\n"},
     {"backslash at end of quotes", IN("ECHO \"a\\\r\n"),
      "E ERR Protocol error: unbalanced quotes in request\n"},
+    {"TLS ClientHello on the plain port", IN("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+     "E ERR Protocol error: TLS handshake on the plain-text port\n"},
     {"count not a number", IN("*abc\r\n"), "E ERR Protocol error: invalid multibulk length\n"},
     {"count empty", IN("*\r\n"), "E ERR Protocol error: invalid multibulk length\n"},
     {"count with plus", IN("*+1\r\n"), "E ERR Protocol error: invalid multibulk length\n"},
