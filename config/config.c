@@ -260,6 +260,18 @@ static const config_key config_keys[] = {
      .reloadable = RESTART,
      .description = "shards holding LOCK.* state; odd count >= 3",
      .offset = FIELD(lock_shards, char *)},
+    INT64_KEY("slowlog_slower_than", slowlog_slower_than, "10000", "us", -1, 3600000000LL, RELOAD,
+              "SLOWLOG keeps requests this slow in the proxy; -1 = off, 0 = all"),
+    INT_KEY("slowlog_max_len", slowlog_max_len, "128", "", 0, 1000000, RELOAD,
+            "SLOWLOG entries kept; the oldest go first"),
+    {.name = "metrics_listen",
+     .type = KEY_ADDR,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "serve Prometheus GET /metrics over HTTP here",
+     .offset = FIELD(metrics_host, char *),
+     .offset2 = FIELD(metrics_port, uint16_t)},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -436,7 +448,7 @@ static void describe_values(const config_key *key, char *buf, size_t buflen)
         }
         return;
     case KEY_ADDR:
-        snprintf(buf, buflen, "host:port");
+        snprintf(buf, buflen, key->default_value[0] ? "host:port" : "host:port, empty = off");
         return;
     case KEY_TAG:
         snprintf(buf, buflen, "2 chars or empty");
@@ -751,9 +763,9 @@ static int set_enum(const config_key *key, const char *value, void *field, char 
 static int set_addr(const config_key *key, const char *value, config *cfg, char *why, size_t whylen)
 {
     char reason[320];
-    char *host;
-    uint16_t port;
-    if (parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
+    char *host = NULL;
+    uint16_t port = 0;
+    if (value[0] && parse_addr(value, &host, &port, reason, sizeof(reason)) != 0) {
         snprintf(why, whylen, "%s: bad address '%s': %s", key->name, value, reason);
         return -1;
     }
@@ -821,8 +833,10 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
 {
     void *field = field_of(cfg, key->offset);
 
+    /* An address whose default is empty is optional: empty turns it off. */
+    bool optional_addr = key->type == KEY_ADDR && key->default_value[0] == '\0';
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
-        key->type != KEY_SHARD && key->type != KEY_ADDRS) {
+        key->type != KEY_SHARD && key->type != KEY_ADDRS && !optional_addr) {
         char values[128];
         describe_values(key, values, sizeof(values));
         snprintf(why, whylen, "%s has no value (expected %s)", key->name, values);
@@ -1477,6 +1491,7 @@ void config_free(config *cfg)
     addr_list_free(&cfg->sentinels);
     free(cfg->sentinel_password);
     free(cfg->lock_shards);
+    free(cfg->metrics_host);
     free(cfg->path);
     free(cfg);
 }
@@ -1487,6 +1502,8 @@ static bool same_value(const config_key *key, const config *a, const config *b)
     case KEY_ADDR: {
         char *const *host_a = const_field_of(a, key->offset);
         char *const *host_b = const_field_of(b, key->offset);
+        if (!*host_a || !*host_b)
+            return !*host_a && !*host_b;
         return same_host(*host_a, *host_b) &&
                memcmp(const_field_of(a, key->offset2), const_field_of(b, key->offset2),
                       sizeof(uint16_t)) == 0;
@@ -1555,7 +1572,10 @@ void config_key_value(const config *cfg, size_t i, char *out, size_t outlen)
         char *const *host = const_field_of(cfg, key->offset);
         uint16_t port;
         memcpy(&port, const_field_of(cfg, key->offset2), sizeof(port));
-        config_format_addr(*host, port, out, outlen);
+        if (*host)
+            config_format_addr(*host, port, out, outlen);
+        else if (outlen)
+            out[0] = '\0'; /* an optional address, off */
         return;
     }
     case KEY_TAG: {

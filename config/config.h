@@ -105,6 +105,10 @@ typedef struct config {
     config_read_from read_from;  /* where read-only commands go, unless a shard says */
     int store_db;                /* database index of the proxy's hidden records on each shard */
     char *lock_shards;           /* "all" or a comma-separated list of shard names (LOCK.*) */
+    int64_t slowlog_slower_than; /* SLOWLOG: requests taking this many µs or more; -1 = off */
+    int slowlog_max_len;         /* SLOWLOG: entries kept */
+    char *metrics_host;          /* Prometheus /metrics address, NULL = off */
+    uint16_t metrics_port;
 
     /* [shards], in file order */
     config_shard *shards;

@@ -579,8 +579,13 @@ static void conn_deliver_replies(backend_conn *c)
         if (!c->inflight)
             c->idle_since_us = srv.now_us;
         f->next = NULL;
+        uint64_t took = srv.now_us - f->sent_us;
         s->replies++;
-        s->latency_us_sum += srv.now_us - f->sent_us;
+        s->latency_us_sum += took;
+        if (f->req) { /* for SLOWLOG: the last shard to answer a request and its time */
+            f->req->served_by = s;
+            f->req->shard_us = took;
+        }
         if (reply_len >= BUF_HANDOFF_MIN && deliver_big(c, f, reply_len) == 0)
             continue;
         const char *reply = buf_head(&c->in);

@@ -16,6 +16,7 @@
 #include <event2/event_struct.h>
 
 #include "proxy/buf.h"
+#include "proxy/command.h"
 #include "proxy/dlist.h"
 #include "proxy/flushq.h"
 #include "proxy/log.h"
@@ -24,6 +25,7 @@
 #include "proxy/resp.h"
 #include "proxy/router.h"
 #include "proxy/server.h"
+#include "proxy/slowlog.h"
 
 /* Largest single read while a big request is arriving. */
 #define CLIENT_MAX_READ (4 * 1024 * 1024)
@@ -235,10 +237,32 @@ static size_t queued_bytes(const client *c)
     return buf_len(&c->out) + c->waiting_bytes;
 }
 
+/* Counts a request whose reply is known: errors by kind (INFO
+ * errorstats), and for a call (not a rejection) its time in the proxy
+ * (commandstats, latencystats) and a slow log entry when it was slow. The
+ * time runs from the loop iteration that dispatched it to the one its
+ * reply came in; the reply is written in that iteration unless the
+ * client's socket is full. */
+static inline void account(request *req, const char *reply, size_t len)
+{
+    if (len && reply[0] == '-')
+        request_count_error(req, reply, len);
+    if (!req->timed)
+        return;
+    uint64_t took = srv.now_us - req->start_us;
+    command_counters *k = &command_stats[req->cmd->stat];
+    k->usec += took;
+    histogram_record(&k->latency, took);
+    int64_t slower_than = srv.cfg->slowlog_slower_than;
+    if ((int64_t)took >= slower_than && slower_than >= 0 && !req->single.block_us)
+        slowlog_add(req, took);
+}
+
 /* The completion stored in every request of this client. */
 static void request_finished(request *req, const char *reply, size_t len)
 {
     client *c = req->owner;
+    account(req, reply, len);
     if (!c) {
         request_free(req);
         return;

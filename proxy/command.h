@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy/histogram.h"
 #include "proxy/resp.h"
 
 /* How the router treats a command. */
@@ -150,6 +151,7 @@ typedef enum command_id {
     CMD_CLIENT_REPLY,    /* ON, OFF, SKIP: whether the client's replies are written */
     CMD_CONFIG_GET,      /* the proxy's own settings and the shards' parameters */
     CMD_CONFIG_SET,      /* proxy keys refused; Redis parameters when allow_config_set = yes */
+    CMD_SLOWLOG,         /* GET, LEN, RESET, HELP: the proxy's own slow log */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -224,10 +226,14 @@ typedef struct command {
 } command;
 
 /* INFO commandstats counters of one command, as Redis keeps them. The
- * router counts; incrementing one is the whole cost on the request path. */
+ * router counts calls and rejections, the client the time and failures
+ * when the reply is known: a few increments on the request path. */
 typedef struct command_counters {
     uint64_t calls;          /* routed to its handler */
     uint64_t rejected_calls; /* refused before that: arity, NOAUTH, unsupported */
+    uint64_t failed_calls;   /* routed, answered with an error */
+    uint64_t usec;           /* time in the proxy of the calls, loop clock (µs) */
+    histogram latency;       /* the same per call: INFO latencystats, /metrics */
 } command_counters;
 
 /* Indexed by command.stat, one per row and subcommand row. */

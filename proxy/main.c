@@ -17,6 +17,7 @@
 #include "proxy/client.h"
 #include "proxy/listener.h"
 #include "proxy/lock.h"
+#include "proxy/metrics.h"
 #include "proxy/log.h"
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
@@ -164,8 +165,10 @@ static int start_services(config *cfg)
         return -1;
     }
     if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
-        0) {
+            0 ||
+        metrics_start(cfg, err, sizeof(err)) < 0) {
         log_error("%s", err);
+        listener_stop();
         lock_shutdown();
         store_shutdown();
         lock_free();
@@ -209,6 +212,7 @@ static void stop_services(void)
 {
     client_close_all();
     listener_stop();
+    metrics_stop();
     event_del(&ev_maintenance);
     event_del(&ev_sigterm);
     event_del(&ev_sigint);

@@ -3,16 +3,21 @@
 #include "proxy/request.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/command.h"
 #include "proxy/server.h"
 
 /* Requests kept for reuse: enough for a busy pipeline burst, small enough
  * not to matter when idle (sizeof(request) is 360 bytes on x86-64, so a
  * full cache holds about 1.4 MiB). */
 #define REQUEST_CACHE_MAX 4096
+/* A cached request keeps an args buffer (SLOWLOG's copy of its first
+ * bytes) up to this big; a bigger one, from a long request, is freed. */
+#define REQUEST_ARGS_KEEP 512
 
 static request *free_list;
 static size_t free_count;
@@ -23,7 +28,8 @@ request *request_new(void)
     if (req) {
         free_list = req->next;
         free_count--;
-        memset(req, 0, sizeof(*req));
+        memset(req, 0, offsetof(request, args));
+        buf_reset(&req->args);
         return req;
     }
     return calloc(1, sizeof(*req));
@@ -41,6 +47,9 @@ void request_free(request *req)
     free(req->key_order);
     buf_free(&req->saved_request); /* or confirmations: a union */
     free(req->migrate_error);
+    if (free_count >= REQUEST_CACHE_MAX || req->args.cap > REQUEST_ARGS_KEEP) {
+        buf_free(&req->args);
+    }
     if (free_count >= REQUEST_CACHE_MAX) {
         free(req);
         return;
@@ -54,6 +63,7 @@ void request_trim_cache(void)
 {
     while (free_list) {
         request *next = free_list->next;
+        buf_free(&free_list->args);
         free(free_list);
         free_list = next;
     }
@@ -83,6 +93,33 @@ void request_reply_buf(request *req, const buf *b)
         request_error(req, "ERR out of memory");
     else
         req->on_done(req, buf_head(b), buf_len(b));
+}
+
+void request_count_error(const request *req, const char *reply, size_t len)
+{
+    server_stats *st = &srv.stats;
+    st->error_replies++;
+    if (req->timed)
+        command_stats[req->cmd->stat].failed_calls++;
+    size_t n = 1;
+    while (n < len && n <= SERVER_ERROR_KIND_MAX && reply[n] != ' ' && reply[n] != '\r')
+        n++;
+    const char *kind = reply + 1;
+    size_t kind_len = n - 1;
+    for (size_t i = 0; i < st->nerrorstats; i++)
+        if (strncmp(st->errorstats[i].kind, kind, kind_len) == 0 &&
+            st->errorstats[i].kind[kind_len] == '\0') {
+            st->errorstats[i].count++;
+            return;
+        }
+    if (st->nerrorstats == SERVER_ERRORSTATS_MAX) {
+        st->errorstats_dropped++;
+        return;
+    }
+    server_errorstat *e = &st->errorstats[st->nerrorstats++];
+    memcpy(e->kind, kind, kind_len);
+    e->kind[kind_len] = '\0';
+    e->count = 1;
 }
 
 void request_crossslot(request *req, const char *what)

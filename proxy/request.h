@@ -105,6 +105,8 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
+    uint8_t timed;             /* counted as a call of cmd (not rejected): its time and
+                                  failure are counted when its reply is known */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging */
@@ -115,7 +117,12 @@ typedef struct request {
     size_t *key_order; /* split: for each key of the request, its slot in the
                           fragments' key lists (malloc'd) */
     size_t nkeys;
-    uint64_t hint; /* backend connection choice (the client's id) */
+    uint64_t hint;                 /* backend connection choice (the client's id) */
+    uint64_t start_us;             /* loop clock when it was dispatched, for its time in the proxy
+                                      (INFO commandstats and latencystats, SLOWLOG, /metrics) */
+    const struct shard *served_by; /* SLOWLOG: the shard that answered last (compared
+                                      with srv.shards before use: it may be gone) */
+    uint64_t shard_us;             /* and how long it took, from send to reply */
     /* A request is one of moved, an (un)subscribe or CONFIG GET / INFO; request_free
      * frees the buffer as saved_request. */
     union {
@@ -130,6 +137,10 @@ typedef struct request {
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
     struct move_job *moves;    /* its key moves, while they are sent (migrate.c) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
+    /* Kept across reuse (request_new zeroes only what comes before it), so
+     * steady traffic allocates nothing for it: */
+    buf args; /* SLOWLOG: the request's first bytes in RESP (slowlog_capture), for
+                 an entry should it turn out slow; empty when the slow log is off */
 } request;
 
 /* Takes a request from a free list (or allocates one), zeroed. NULL when out
@@ -151,6 +162,11 @@ void request_error(request *req, const char *fmt, ...) __attribute__((format(pri
 /* Answers req with the reply built in b, or with "-ERR out of memory" when
  * an append to b failed (buf_failed). b is not freed. */
 void request_reply_buf(request *req, const buf *b);
+
+/* Counts an error reply given to req (reply starts with '-'): INFO
+ * errorstats by its first word, total_error_replies, and the command's
+ * failed_calls when req was a call rather than a rejection. */
+void request_count_error(const request *req, const char *reply, size_t len);
 
 /* What request_crossslot says of keys on several shards. */
 #define REQUEST_KEYS_APART "Keys in request don't hash to the same shard"

@@ -24,6 +24,7 @@
 #include "proxy/pubsub.h"
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
+#include "proxy/slowlog.h"
 #include "proxy/txn.h"
 
 /* Scratch space reused by every request: key positions and their shards,
@@ -612,6 +613,7 @@ static void route_unsupported(routed *r)
     srv.stats.errors_unsupported++;
     command_stats[r->cmd->stat].calls--; /* counted on its way here: a rejection */
     command_stats[r->cmd->stat].rejected_calls++;
+    r->req->timed = 0;
     request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
 }
 
@@ -858,6 +860,7 @@ static void route(routed *r)
         return;
     }
     command_stats[cmd->stat].calls++;
+    r->req->timed = 1;
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
@@ -884,6 +887,9 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
 {
     srv.stats.commands++;
     req->hint = hint;
+    req->start_us = srv.now_us;
+    if (srv.cfg->slowlog_slower_than >= 0)
+        slowlog_capture(req, argc, argv, raw, raw_len);
     session *sess = req->session;
     if (sess && sess->reply_mode != SESSION_REPLY_ON) {
         req->silent = 1; /* CLIENT REPLY OFF, or the command after SKIP */

@@ -478,6 +478,9 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->store_db, 15);
     assert_string_equal(cfg->lock_shards, "all");
     assert_true(config_is_lock_shard(cfg, "s1"));
+    assert_int_equal(cfg->slowlog_slower_than, 10000);
+    assert_int_equal(cfg->slowlog_max_len, 128);
+    assert_null(cfg->metrics_host); /* off */
 }
 
 static void test_defaults(void **state)
@@ -801,7 +804,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 38);
+    assert_int_equal(keys, 41);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
