@@ -579,13 +579,8 @@ static void conn_deliver_replies(backend_conn *c)
         if (!c->inflight)
             c->idle_since_us = srv.now_us;
         f->next = NULL;
-        uint64_t took = srv.now_us - f->sent_us;
         s->replies++;
-        s->latency_us_sum += took;
-        if (f->req) { /* for SLOWLOG: the last shard to answer a request and its time */
-            f->req->served_by = s;
-            f->req->shard_us = took;
-        }
+        s->latency_us_sum += srv.now_us - f->sent_us;
         if (reply_len >= BUF_HANDOFF_MIN && deliver_big(c, f, reply_len) == 0)
             continue;
         const char *reply = buf_head(&c->in);
@@ -1148,6 +1143,8 @@ void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size
     s->requests++;
     f->next = NULL;
     f->sent_us = srv.now_us;
+    if (f->req)
+        f->req->served_by = s; /* for SLOWLOG: a fragment has only shared shards' index */
     if (!conn_takes_requests(c)) {
         fragment_fail(s, f, c->last_error[0] ? c->last_error : "unavailable: connection closed", 0);
         return;

@@ -247,14 +247,15 @@ static inline void account(request *req, const char *reply, size_t len)
 {
     if (len && reply[0] == '-')
         request_count_error(req, reply, len);
-    if (!req->timed)
+    const command *cmd = req->cmd;
+    if (!cmd)
         return;
     uint64_t took = srv.now_us - req->start_us;
-    command_counters *k = &command_stats[req->cmd->stat];
+    command_counters *k = &command_stats[cmd->stat];
     k->usec += took;
     histogram_record(&k->latency, took);
-    int64_t slower_than = srv.cfg->slowlog_slower_than;
-    if ((int64_t)took >= slower_than && slower_than >= 0 && !req->single.block_us)
+    /* -1 (off) is the largest uint64_t: one comparison. */
+    if (took >= (uint64_t)srv.cfg->slowlog_slower_than)
         slowlog_add(req, took);
 }
 

@@ -1,16 +1,28 @@
 /* Percentiles and cumulative counts of proxy/histogram.h's buckets. */
 #include "proxy/histogram.h"
 
+#include <string.h>
+
+/* The smallest value (as a double) of the bucket whose number (exponent
+ * and eighth, see HISTOGRAM_FIRST) is n. */
+static double bucket_low(uint64_t n)
+{
+    uint64_t bits = n << (52 - HISTOGRAM_SUB_BITS);
+    double d;
+    memcpy(&d, &bits, sizeof(d));
+    return d;
+}
+
 uint64_t histogram_bucket_max(unsigned i)
 {
-    if (i < HISTOGRAM_SUB)
-        return i;
+    if (i == 0)
+        return 0;
     if (i >= HISTOGRAM_BUCKETS - 1)
         return UINT64_MAX;
-    unsigned octave = i / HISTOGRAM_SUB + HISTOGRAM_SUB_BITS - 1;
-    uint64_t sub = i % HISTOGRAM_SUB;
-    uint64_t width = (uint64_t)1 << (octave - HISTOGRAM_SUB_BITS);
-    return ((uint64_t)HISTOGRAM_SUB + sub + 1) * width - 1;
+    /* The largest integer below the next bucket's first value. */
+    double next = bucket_low((uint64_t)i + HISTOGRAM_FIRST + 1);
+    uint64_t n = (uint64_t)next;
+    return (double)n == next ? n - 1 : n;
 }
 
 uint64_t histogram_total(const histogram *h)

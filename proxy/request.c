@@ -28,8 +28,7 @@ request *request_new(void)
     if (req) {
         free_list = req->next;
         free_count--;
-        memset(req, 0, offsetof(request, args));
-        buf_reset(&req->args);
+        memset(req, 0, offsetof(request, start_us));
         return req;
     }
     return calloc(1, sizeof(*req));
@@ -99,7 +98,7 @@ void request_count_error(const request *req, const char *reply, size_t len)
 {
     server_stats *st = &srv.stats;
     st->error_replies++;
-    if (req->timed)
+    if (req->cmd)
         command_stats[req->cmd->stat].failed_calls++;
     size_t n = 1;
     while (n < len && n <= SERVER_ERROR_KIND_MAX && reply[n] != ' ' && reply[n] != '\r')

@@ -93,6 +93,13 @@ typedef struct session {
     struct session *next;
 } session;
 
+/* A request this short is kept whole in request.head for the slow log
+ * (GET, SET of small values, most of a cache's traffic): a few stores, no
+ * buffer to manage. */
+#define REQUEST_HEAD_MAX 64
+/* request.head_len when the bytes are in request.args instead. */
+#define REQUEST_HEAD_IN_ARGS 255
+
 /* Called once when a request's whole reply is known. owner is NULL when the
  * client went away meanwhile; the callback then just frees the request. */
 typedef void (*request_done_fn)(struct request *req, const char *reply, size_t len);
@@ -105,11 +112,13 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
-    uint8_t timed;             /* counted as a call of cmd (not rejected): its time and
-                                  failure are counted when its reply is known */
+    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none kept,
+                                  REQUEST_HEAD_IN_ARGS: kept in args */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
-    const struct command *cmd; /* the command, for merging */
+    const struct command *cmd; /* the command, for merging; set once it counts as a call
+                                  (not rejected): its time and failure are then counted
+                                  when its reply is known */
     size_t pending;            /* fragments not yet answered */
     fragment single;           /* the common case: one fragment, no allocation */
     fragment *frags;           /* split/fan-out: nfrags fragments (malloc'd) */
@@ -118,11 +127,9 @@ typedef struct request {
                           fragments' key lists (malloc'd) */
     size_t nkeys;
     uint64_t hint;                 /* backend connection choice (the client's id) */
-    uint64_t start_us;             /* loop clock when it was dispatched, for its time in the proxy
-                                      (INFO commandstats and latencystats, SLOWLOG, /metrics) */
-    const struct shard *served_by; /* SLOWLOG: the shard that answered last (compared
-                                      with srv.shards before use: it may be gone) */
-    uint64_t shard_us;             /* and how long it took, from send to reply */
+    const struct shard *served_by; /* SLOWLOG: the shard of a reserved connection (a
+                                      transaction's, a blocking command's) it went to;
+                                      compared with srv.shards before use */
     /* A request is one of moved, an (un)subscribe or CONFIG GET / INFO; request_free
      * frees the buffer as saved_request. */
     union {
@@ -137,10 +144,15 @@ typedef struct request {
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
     struct move_job *moves;    /* its key moves, while they are sent (migrate.c) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
-    /* Kept across reuse (request_new zeroes only what comes before it), so
-     * steady traffic allocates nothing for it: */
-    buf args; /* SLOWLOG: the request's first bytes in RESP (slowlog_capture), for
-                 an entry should it turn out slow; empty when the slow log is off */
+    /* Not zeroed by request_new (it zeroes only what comes before): */
+    uint64_t start_us; /* loop clock when it was dispatched, for its time in the proxy
+                          (INFO commandstats and latencystats, SLOWLOG, /metrics) */
+    /* SLOWLOG: the request's bytes in RESP (slowlog_capture), for an entry
+     * should it turn out slow: a short request in head, a longer one's
+     * first bytes in args (kept across reuse, so steady traffic allocates
+     * nothing for it); neither when the slow log is off. */
+    char head[REQUEST_HEAD_MAX];
+    buf args;
 } request;
 
 /* Takes a request from a free list (or allocates one), zeroed. NULL when out
@@ -165,7 +177,7 @@ void request_reply_buf(request *req, const buf *b);
 
 /* Counts an error reply given to req (reply starts with '-'): INFO
  * errorstats by its first word, total_error_replies, and the command's
- * failed_calls when req was a call rather than a rejection. */
+ * failed_calls when req was a call (req->cmd set) rather than a rejection. */
 void request_count_error(const request *req, const char *reply, size_t len);
 
 /* What request_crossslot says of keys on several shards. */

@@ -613,7 +613,7 @@ static void route_unsupported(routed *r)
     srv.stats.errors_unsupported++;
     command_stats[r->cmd->stat].calls--; /* counted on its way here: a rejection */
     command_stats[r->cmd->stat].rejected_calls++;
-    r->req->timed = 0;
+    r->req->cmd = NULL; /* not a call after all */
     request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
 }
 
@@ -835,7 +835,6 @@ static int resolve(routed *r)
         cmd = sub;
     }
     r->cmd = cmd;
-    r->req->cmd = cmd;
     session *sess = r->req->session;
     if (sess) {
         sess->last_cmd = cmd->name;
@@ -860,7 +859,7 @@ static void route(routed *r)
         return;
     }
     command_stats[cmd->stat].calls++;
-    r->req->timed = 1;
+    r->req->cmd = cmd; /* a call: timed and its errors counted as failures */
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);

@@ -88,15 +88,16 @@ typedef struct server {
 
 extern server srv;
 
-/* The wall clock in microseconds. Read through the vDSO (no system call,
- * tens of nanoseconds), once per loop iteration by server_clock_update.
- * Not libevent's cached time: that comes from CLOCK_MONOTONIC_COARSE,
- * which moves in steps of 1-4 ms, too coarse to time requests (INFO
- * commandstats, latencystats, SLOWLOG) that take tens of microseconds. */
+/* The clock in microseconds (CLOCK_MONOTONIC: intervals only, never steps
+ * back). Read through the vDSO (no system call, tens of nanoseconds), once
+ * per loop iteration by server_clock_update. Not libevent's cached time:
+ * that comes from CLOCK_MONOTONIC_COARSE, which moves in steps of 1-4 ms,
+ * too coarse to time requests (INFO commandstats, latencystats, SLOWLOG)
+ * that take tens of microseconds. */
 static inline uint64_t server_now_us(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 

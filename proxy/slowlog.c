@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "proxy/backend.h"
+#include "proxy/command.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -29,9 +30,17 @@ static struct {
     uint64_t next; /* id of the next entry (ids keep growing across RESET, as Redis's) */
 } slowlog;
 
-void slowlog_capture_inline(request *req, size_t argc, const resp_arg *argv)
+void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                          size_t raw_len)
 {
-    (void)buf_append_header(&req->args, '*', (int64_t)argc);
+    buf_reset(&req->args);
+    req->head_len = REQUEST_HEAD_IN_ARGS;
+    if (raw) {
+        (void)buf_append(&req->args, raw,
+                         raw_len < SLOWLOG_CAPTURE_MAX ? raw_len : SLOWLOG_CAPTURE_MAX);
+        return;
+    }
+    (void)buf_append_header(&req->args, '*', (int64_t)argc); /* an inline command */
     for (size_t i = 0; i < argc && buf_len(&req->args) < SLOWLOG_CAPTURE_MAX; i++)
         (void)buf_append_bulk(&req->args, argv[i].ptr, argv[i].len);
 }
@@ -81,9 +90,14 @@ static void append_arg(buf *b, const char *bytes, size_t have, size_t len)
 }
 
 /* The arguments array of an entry, from the request's kept bytes. */
-static void append_args(buf *b, const buf *kept)
+static void append_args(buf *b, const request *req)
 {
-    const char *p = kept->data ? buf_head(kept) : "", *end = p + buf_len(kept);
+    const buf *kept = &req->args;
+    int in_args = req->head_len == REQUEST_HEAD_IN_ARGS && !buf_failed(kept) && kept->data;
+    const char *p = in_args ? buf_head(kept) : req->head;
+    const char *end = p + (in_args                                 ? buf_len(kept)
+                           : req->head_len == REQUEST_HEAD_IN_ARGS ? 0
+                                                                   : req->head_len);
     long long argc;
     if (read_header(&p, end, '*', &argc) < 0) {
         (void)buf_append_header(b, '*', 0);
@@ -116,18 +130,48 @@ static void append_args(buf *b, const buf *kept)
     buf_free(&args);
 }
 
-/* The shard that answered req last, and its name; NULL when none did (the
- * proxy answered) or it is gone since (a reload retired it). */
-static const shard *served_by(const request *req)
+/* The shard at index i of srv.shards, NULL when there is none such. */
+static const shard *shard_at(size_t i)
 {
-    for (size_t i = 0; req->served_by && i < srv.nshards; i++)
-        if (srv.shards[i] == req->served_by)
-            return srv.shards[i];
-    return NULL;
+    return i < srv.nshards ? srv.shards[i] : NULL;
+}
+
+/* Appends the shards req went to ("s2", or "s1,s3" for a split or fan-out
+ * request; empty when the proxy answered it itself) and the time from
+ * sending to the last reply, in µs. A reload may have changed the shards
+ * since: a shard no longer there is left out. */
+static void append_shards(buf *b, const request *req)
+{
+    char names[512] = "";
+    size_t used = 0;
+    uint64_t first_sent = 0;
+    for (size_t i = 0; i < (req->nfrags ? req->nfrags : 1); i++) {
+        const fragment *f = req->nfrags ? &req->frags[i] : &req->single;
+        if (!f->sent_us)
+            continue; /* never sent */
+        const shard *s = shard_at(f->shard);
+        if (req->served_by) { /* a reserved connection: no index in the fragment */
+            s = NULL;
+            for (size_t j = 0; j < srv.nshards && !s; j++)
+                s = srv.shards[j] == req->served_by ? srv.shards[j] : NULL;
+        }
+        if (!first_sent || f->sent_us < first_sent)
+            first_sent = f->sent_us;
+        if (s && used < sizeof(names)) {
+            int n = snprintf(names + used, sizeof(names) - used, "%s%s", used ? "," : "", s->name);
+            used += n > 0 ? (size_t)n : 0;
+        }
+    }
+    (void)buf_append_bulk(b, names, used < sizeof(names) ? used : sizeof(names) - 1);
+    (void)buf_append_header(b, ':', first_sent ? (int64_t)(srv.now_us - first_sent) : 0);
 }
 
 void slowlog_add(const request *req, uint64_t took_us)
 {
+    /* A blocking command waits for data, not for a slow shard (Redis logs
+     * its execution only); AUTH and HELLO carry a password. */
+    if (req->single.block_us || req->cmd->id == CMD_AUTH || req->cmd->id == CMD_HELLO)
+        return;
     size_t max_len = (size_t)srv.cfg->slowlog_max_len;
     slowlog_trim(max_len);
     if (max_len == 0)
@@ -146,19 +190,17 @@ void slowlog_add(const request *req, uint64_t took_us)
         slowlog.head = 0;
     }
     const session *sess = req->session;
-    const shard *s = served_by(req);
     buf b = {0};
     (void)buf_append_header(&b, '*', 8);
     (void)buf_append_header(&b, ':', (int64_t)slowlog.next);
     (void)buf_append_header(&b, ':', (int64_t)time(NULL));
     (void)buf_append_header(&b, ':', (int64_t)took_us);
-    append_args(&b, &req->args);
+    append_args(&b, req);
     const char *addr = sess && sess->addr ? sess->addr : "";
     const char *name = sess && sess->name ? sess->name : "";
     (void)buf_append_bulk(&b, addr, strlen(addr));
     (void)buf_append_bulk(&b, name, strlen(name));
-    (void)buf_append_bulk(&b, s ? s->name : "", s ? strlen(s->name) : 0);
-    (void)buf_append_header(&b, ':', s ? (int64_t)req->shard_us : 0);
+    append_shards(&b, req);
     if (buf_failed(&b)) {
         buf_free(&b);
         return;

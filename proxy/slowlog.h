@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "proxy/buf.h"
 #include "proxy/request.h"
@@ -22,20 +23,29 @@
  * beyond them is shown only by the count of those left out. */
 #define SLOWLOG_CAPTURE_MAX (SLOWLOG_ENTRY_MAX_ARGC * (SLOWLOG_ENTRY_MAX_STRING + 24) + 24)
 
-void slowlog_capture_inline(request *req, size_t argc, const resp_arg *argv);
+void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
+                          size_t raw_len);
 
-/* Keeps the request's first bytes in req->args for a possible entry: the
- * raw RESP when there is one (one copy, the request path's only cost of
- * the slow log), else the arguments of an inline command written as
- * RESP. */
+/* Keeps the request's bytes for a possible entry: a short request's whole
+ * in req->head, copied as two overlapping blocks of constant size (a few
+ * moves, no call: this is the slow log's whole cost on the request path);
+ * a longer or inline one's in req->args. */
 static inline void slowlog_capture(request *req, size_t argc, const resp_arg *argv, const char *raw,
                                    size_t raw_len)
 {
-    if (raw)
-        (void)buf_append(&req->args, raw,
-                         raw_len < SLOWLOG_CAPTURE_MAX ? raw_len : SLOWLOG_CAPTURE_MAX);
-    else
-        slowlog_capture_inline(req, argc, argv);
+    if (raw && raw_len >= 16 && raw_len <= REQUEST_HEAD_MAX) {
+        _Static_assert(REQUEST_HEAD_MAX == 64, "two 32-byte blocks cover head");
+        if (raw_len >= 32) {
+            memcpy(req->head, raw, 32);
+            memcpy(req->head + raw_len - 32, raw + raw_len - 32, 32);
+        } else {
+            memcpy(req->head, raw, 16);
+            memcpy(req->head + raw_len - 16, raw + raw_len - 16, 16);
+        }
+        req->head_len = (uint8_t)raw_len;
+        return;
+    }
+    slowlog_capture_long(req, argc, argv, raw, raw_len);
 }
 
 /* Adds an entry for req, answered after took_us µs (its reply is being
