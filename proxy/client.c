@@ -237,26 +237,34 @@ static size_t queued_bytes(const client *c)
     return buf_len(&c->out) + c->waiting_bytes;
 }
 
-/* Counts a request whose reply is known: errors by kind (INFO
- * errorstats), and for a call (not a rejection) its time in the proxy
- * (commandstats, latencystats) and a slow log entry when it was slow. The
- * time runs from the loop iteration that dispatched it to the one its
- * reply came in; the reply is written in that iteration unless the
- * client's socket is full. */
-static inline void account(request *req, const char *reply, size_t len)
+/* What account() leaves out of line: an error reply, a slow call. */
+static __attribute__((noinline)) void account_rare(request *req, const char *reply, size_t len,
+                                                   uint64_t took)
 {
     if (len && reply[0] == '-')
         request_count_error(req, reply, len);
-    const command *cmd = req->cmd;
-    if (!cmd)
-        return;
-    uint64_t took = srv.now_us - req->start_us;
-    command_counters *k = &command_stats[cmd->stat];
-    k->usec += took;
-    histogram_record(&k->latency, took);
     /* -1 (off) is the largest uint64_t: one comparison. */
-    if (took >= (uint64_t)srv.cfg->slowlog_slower_than)
+    if (req->cmd && took >= (uint64_t)srv.cfg->slowlog_slower_than)
         slowlog_add(req, took);
+}
+
+/* Counts a request whose reply is known: for a call (not a rejection) its
+ * time in the proxy (commandstats, latencystats); errors by kind (INFO
+ * errorstats) and a slow log entry when it was slow. The time runs from
+ * the loop iteration that dispatched it to the one its reply came in; the
+ * reply is written in that iteration unless the client's socket is full. */
+static inline void account(request *req, const char *reply, size_t len)
+{
+    const command *cmd = req->cmd;
+    uint64_t took = srv.now_us - req->start_us;
+    if (cmd) {
+        command_counters *k = &command_stats[cmd->stat];
+        k->usec += took;
+        histogram_record(&k->latency, took);
+    }
+    if (__builtin_expect(
+            (len && reply[0] == '-') || (cmd && took >= (uint64_t)srv.cfg->slowlog_slower_than), 0))
+        account_rare(req, reply, len, took);
 }
 
 /* The completion stored in every request of this client. */

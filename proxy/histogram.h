@@ -36,7 +36,10 @@ typedef struct histogram {
  * mantissa bits, a handful of instructions on the request path. */
 static inline unsigned histogram_bucket(uint64_t us)
 {
-    double d = (double)us;
+    /* Signed: one conversion instruction (an unsigned one needs several);
+     * values of 2^63 µs and up are taken as the largest signed one. */
+    int64_t v = us > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)us;
+    double d = (double)v;
     uint64_t bits;
     memcpy(&bits, &d, sizeof(bits));
     uint64_t i = bits >> (52 - HISTOGRAM_SUB_BITS);

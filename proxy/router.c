@@ -859,7 +859,9 @@ static void route(routed *r)
         return;
     }
     command_stats[cmd->stat].calls++;
-    r->req->cmd = cmd; /* a call: timed and its errors counted as failures */
+    r->req->cmd = cmd;                     /* a call: timed and its errors counted as failures */
+    if (srv.cfg->slowlog_slower_than >= 0) /* its bytes, should it turn out slow */
+        slowlog_capture(r->req, r->argc, r->argv, r->raw, r->raw_len);
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
@@ -887,8 +889,6 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
     srv.stats.commands++;
     req->hint = hint;
     req->start_us = srv.now_us;
-    if (srv.cfg->slowlog_slower_than >= 0)
-        slowlog_capture(req, argc, argv, raw, raw_len);
     session *sess = req->session;
     if (sess && sess->reply_mode != SESSION_REPLY_ON) {
         req->silent = 1; /* CLIENT REPLY OFF, or the command after SKIP */
