@@ -237,12 +237,42 @@ static size_t queued_bytes(const client *c)
     return buf_len(&c->out) + c->waiting_bytes;
 }
 
+/* Counts an error reply given to req (reply starts with '-'): INFO
+ * errorstats by its first word, total_error_replies, and the command's
+ * failed_calls when req was a call (req->cmd set) rather than a rejection. */
+static void count_error(const request *req, const char *reply, size_t len)
+{
+    server_stats *st = &srv.stats;
+    st->error_replies++;
+    if (req->cmd)
+        command_stats[req->cmd->stat].failed_calls++;
+    size_t n = 1;
+    while (n < len && n <= SERVER_ERROR_KIND_MAX && reply[n] != ' ' && reply[n] != '\r')
+        n++;
+    const char *kind = reply + 1;
+    size_t kind_len = n - 1;
+    for (size_t i = 0; i < st->nerrorstats; i++)
+        if (strncmp(st->errorstats[i].kind, kind, kind_len) == 0 &&
+            st->errorstats[i].kind[kind_len] == '\0') {
+            st->errorstats[i].count++;
+            return;
+        }
+    if (st->nerrorstats == SERVER_ERRORSTATS_MAX) {
+        st->errorstats_dropped++;
+        return;
+    }
+    server_errorstat *e = &st->errorstats[st->nerrorstats++];
+    memcpy(e->kind, kind, kind_len);
+    e->kind[kind_len] = '\0';
+    e->count = 1;
+}
+
 /* What account() leaves out of line: an error reply, a slow call. */
 static __attribute__((noinline)) void account_rare(request *req, const char *reply, size_t len,
                                                    uint64_t took)
 {
     if (len && reply[0] == '-')
-        request_count_error(req, reply, len);
+        count_error(req, reply, len);
     /* -1 (off) is the largest uint64_t: one comparison. */
     if (req->cmd && took >= (uint64_t)srv.cfg->slowlog_slower_than)
         slowlog_add(req, took);

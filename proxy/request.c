@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/command.h"
 #include "proxy/server.h"
 
 /* Requests kept for reuse: enough for a busy pipeline burst, small enough
@@ -92,33 +91,6 @@ void request_reply_buf(request *req, const buf *b)
         request_error(req, "ERR out of memory");
     else
         req->on_done(req, buf_head(b), buf_len(b));
-}
-
-void request_count_error(const request *req, const char *reply, size_t len)
-{
-    server_stats *st = &srv.stats;
-    st->error_replies++;
-    if (req->cmd)
-        command_stats[req->cmd->stat].failed_calls++;
-    size_t n = 1;
-    while (n < len && n <= SERVER_ERROR_KIND_MAX && reply[n] != ' ' && reply[n] != '\r')
-        n++;
-    const char *kind = reply + 1;
-    size_t kind_len = n - 1;
-    for (size_t i = 0; i < st->nerrorstats; i++)
-        if (strncmp(st->errorstats[i].kind, kind, kind_len) == 0 &&
-            st->errorstats[i].kind[kind_len] == '\0') {
-            st->errorstats[i].count++;
-            return;
-        }
-    if (st->nerrorstats == SERVER_ERRORSTATS_MAX) {
-        st->errorstats_dropped++;
-        return;
-    }
-    server_errorstat *e = &st->errorstats[st->nerrorstats++];
-    memcpy(e->kind, kind, kind_len);
-    e->kind[kind_len] = '\0';
-    e->count = 1;
 }
 
 void request_crossslot(request *req, const char *what)

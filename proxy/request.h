@@ -175,11 +175,6 @@ void request_error(request *req, const char *fmt, ...) __attribute__((format(pri
  * an append to b failed (buf_failed). b is not freed. */
 void request_reply_buf(request *req, const buf *b);
 
-/* Counts an error reply given to req (reply starts with '-'): INFO
- * errorstats by its first word, total_error_replies, and the command's
- * failed_calls when req was a call (req->cmd set) rather than a rejection. */
-void request_count_error(const request *req, const char *reply, size_t len);
-
 /* What request_crossslot says of keys on several shards. */
 #define REQUEST_KEYS_APART "Keys in request don't hash to the same shard"
 
