@@ -220,23 +220,10 @@ static int info_shards(buf *b)
     return buf_printf(b, "\r\n");
 }
 
-/* Calls f for every command and subcommand row, with its counters. */
-static void each_command(void (*f)(buf *b, const command *c, const command_counters *k), buf *b)
+static void commandstat_line(const command *c, void *arg)
 {
-    size_t n;
-    const command *rows = command_table(&n);
-    for (size_t i = 0; i < n; i++) {
-        const command *cmd = &rows[i];
-        size_t nsubs = cmd->nsubcommands ? cmd->nsubcommands : 1;
-        for (size_t j = 0; j < nsubs; j++) {
-            const command *c = cmd->nsubcommands ? &cmd->subcommands[j] : cmd;
-            f(b, c, &command_stats[c->stat]);
-        }
-    }
-}
-
-static void commandstat_line(buf *b, const command *c, const command_counters *k)
-{
+    buf *b = arg;
+    const command_counters *k = &command_stats[c->stat];
     if (k->calls || k->rejected_calls)
         buf_printf(b,
                    "cmdstat_%s:calls=%llu,usec=%llu,usec_per_call=%.2f,rejected_calls=%llu,"
@@ -252,12 +239,14 @@ static void commandstat_line(buf *b, const command *c, const command_counters *k
 static void info_commandstats(buf *b)
 {
     buf_printf(b, "# Commandstats\r\n");
-    each_command(commandstat_line, b);
+    command_foreach(commandstat_line, b);
     buf_printf(b, "\r\n");
 }
 
-static void latencystat_line(buf *b, const command *c, const command_counters *k)
+static void latencystat_line(const command *c, void *arg)
 {
+    buf *b = arg;
+    const command_counters *k = &command_stats[c->stat];
     if (!k->calls)
         return;
     buf_printf(b, "latency_percentiles_usec_%s:p50=%.3f,p99=%.3f,p99.9=%.3f\r\n", c->name,
@@ -272,7 +261,7 @@ static void latencystat_line(buf *b, const command *c, const command_counters *k
 static void info_latencystats(buf *b)
 {
     buf_printf(b, "# Latencystats\r\n");
-    each_command(latencystat_line, b);
+    command_foreach(latencystat_line, b);
     buf_printf(b, "\r\n");
 }
 

@@ -273,7 +273,6 @@ static __attribute__((noinline)) void account_rare(request *req, const char *rep
 {
     if (len && reply[0] == '-')
         count_error(req, reply, len);
-    /* -1 (off) is the largest uint64_t: one comparison. */
     if (req->cmd && took >= (uint64_t)srv.cfg->slowlog_slower_than)
         slowlog_add(req, took);
 }
@@ -286,15 +285,21 @@ static __attribute__((noinline)) void account_rare(request *req, const char *rep
 static inline void account(request *req, const char *reply, size_t len)
 {
     const command *cmd = req->cmd;
-    uint64_t took = srv.now_us - req->start_us;
+    uint64_t took = 0;
     if (cmd) {
+        took = srv.now_us - req->start_us;
         command_counters *k = &command_stats[cmd->stat];
         k->usec += took;
         histogram_record(&k->latency, took);
+        /* -1 (off) is the largest uint64_t: one comparison. */
+        if (__builtin_expect(took >= (uint64_t)srv.cfg->slowlog_slower_than, 0)) {
+            account_rare(req, reply, len, took);
+            return;
+        }
     }
-    if (__builtin_expect(
-            (len && reply[0] == '-') || (cmd && took >= (uint64_t)srv.cfg->slowlog_slower_than), 0))
-        account_rare(req, reply, len, took);
+    /* len 0: a request whose client went away (reply NULL). */
+    if (__builtin_expect(len && reply[0] == '-', 0))
+        account_rare(req, reply, len, 0);
 }
 
 /* The completion stored in every request of this client. */

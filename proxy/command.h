@@ -276,6 +276,11 @@ __attribute__((warn_unused_result)) int command_keys(const command *cmd, size_t 
  * the error at once. */
 int command_blocking(const command *cmd, size_t argc, const resp_arg *argv, uint64_t *block_us);
 
+/* Calls f for every command without subcommands and every subcommand
+ * (the rows that have counters: INFO commandstats, /metrics), in table
+ * order. */
+void command_foreach(void (*f)(const command *c, void *arg), void *arg);
+
 /* Every top-level command, for tests and docs/commands.md. */
 const command *command_table(size_t *count);
 

@@ -121,30 +121,21 @@ static uint64_t field_value(const command_counters *k, command_field f)
     return 0;
 }
 
-/* Every command and subcommand row, in table order: f for each. */
-static void each_command(buf *b, void (*f)(buf *b, const command *c, const void *arg),
-                         const void *arg)
-{
-    size_t n;
-    const command *rows = command_table(&n);
-    for (size_t i = 0; i < n; i++) {
-        size_t nsubs = rows[i].nsubcommands ? rows[i].nsubcommands : 1;
-        for (size_t j = 0; j < nsubs; j++)
-            f(b, rows[i].nsubcommands ? &rows[i].subcommands[j] : &rows[i], arg);
-    }
-}
-
+/* What a per-command walk writes to and reads. */
 typedef struct field_arg {
+    buf *b;
     const char *name;
     command_field field;
+    uint64_t by_class[CLASS_COUNT];
 } field_arg;
 
-static void command_sample(buf *b, const command *c, const void *arg)
+static void command_sample(const command *c, void *arg)
 {
-    const field_arg *fa = arg;
+    field_arg *fa = arg;
     const command_counters *k = &command_stats[c->stat];
+    fa->by_class[c->cls] += field_value(k, fa->field);
     if (k->calls || k->rejected_calls)
-        sample(b, fa->name, "cmd", c->name, field_value(k, fa->field));
+        sample(fa->b, fa->name, "cmd", c->name, field_value(k, fa->field));
 }
 
 /* One counter family per command (those used so far) and one per class. */
@@ -152,26 +143,16 @@ static void command_counter(buf *b, const char *name, const char *class_metric, 
                             const char *help, const char *class_help)
 {
     family(b, name, "counter", help);
-    field_arg fa = {name, f};
-    each_command(b, command_sample, &fa);
-    uint64_t by_class[CLASS_COUNT] = {0};
-    size_t n;
-    const command *rows = command_table(&n);
-    for (size_t i = 0; i < n; i++) {
-        size_t nsubs = rows[i].nsubcommands ? rows[i].nsubcommands : 1;
-        for (size_t j = 0; j < nsubs; j++) {
-            const command *c = rows[i].nsubcommands ? &rows[i].subcommands[j] : &rows[i];
-            by_class[c->cls] += field_value(&command_stats[c->stat], f);
-        }
-    }
+    field_arg fa = {.b = b, .name = name, .field = f};
+    command_foreach(command_sample, &fa);
     family(b, class_metric, "counter", class_help);
     for (int cls = 0; cls < CLASS_COUNT; cls++)
-        sample(b, class_metric, "class", class_name((command_class)cls), by_class[cls]);
+        sample(b, class_metric, "class", class_name((command_class)cls), fa.by_class[cls]);
 }
 
-static void duration_samples(buf *b, const command *c, const void *arg)
+static void duration_samples(const command *c, void *arg)
 {
-    (void)arg;
+    buf *b = arg;
     const command_counters *k = &command_stats[c->stat];
     uint64_t total = histogram_total(&k->latency);
     if (!total)
@@ -210,7 +191,7 @@ static void commands(buf *b)
     family(b, "ringproxy_command_duration_seconds", "histogram",
            "Time in the proxy, from the loop iteration a request was read in to the one its "
            "reply was known in.");
-    each_command(b, duration_samples, NULL);
+    command_foreach(duration_samples, b);
 }
 
 static void errors(buf *b)
@@ -267,23 +248,31 @@ static uint64_t shard_connections(const shard *s)
     return (uint64_t)s->nconns;
 }
 
+/* The per-shard families, one sample per shard each. */
+static const struct shard_metric {
+    const char *name;
+    const char *type;
+    const char *help;
+    uint64_t (*value)(const shard *s);
+} shard_metrics[] = {
+    {"ringproxy_shard_up", "gauge", "1 when every connection to the shard is up, else 0.",
+     shard_up},
+    {"ringproxy_shard_connections", "gauge", "Shared connections to the shard.", shard_connections},
+    {"ringproxy_shard_requests_total", "counter", "Requests sent to the shard.", shard_requests},
+    {"ringproxy_shard_errors_total", "counter",
+     "Errors the proxy answered for the shard (down, busy, timeout).", shard_errors},
+    {"ringproxy_shard_timeouts_total", "counter", "Requests the shard timed out.", shard_timeouts},
+    {"ringproxy_shard_replies_total", "counter", "Replies read from the shard.", shard_replies},
+    {"ringproxy_shard_inflight", "gauge", "Requests waiting on the shard.", shard_inflight},
+};
+
 static void shards(buf *b)
 {
     gauge(b, "ringproxy_shards", "Shards in the running config.", srv.nshards);
-    shard_family(b, "ringproxy_shard_up", "gauge",
-                 "1 when every connection to the shard is up, else 0.", shard_up);
-    shard_family(b, "ringproxy_shard_connections", "gauge", "Shared connections to the shard.",
-                 shard_connections);
-    shard_family(b, "ringproxy_shard_requests_total", "counter", "Requests sent to the shard.",
-                 shard_requests);
-    shard_family(b, "ringproxy_shard_errors_total", "counter",
-                 "Errors the proxy answered for the shard (down, busy, timeout).", shard_errors);
-    shard_family(b, "ringproxy_shard_timeouts_total", "counter", "Requests the shard timed out.",
-                 shard_timeouts);
-    shard_family(b, "ringproxy_shard_replies_total", "counter", "Replies read from the shard.",
-                 shard_replies);
-    shard_family(b, "ringproxy_shard_inflight", "gauge", "Requests waiting on the shard.",
-                 shard_inflight);
+    for (size_t i = 0; i < sizeof(shard_metrics) / sizeof(shard_metrics[0]); i++) {
+        const struct shard_metric *m = &shard_metrics[i];
+        shard_family(b, m->name, m->type, m->help, m->value);
+    }
     const char *name = "ringproxy_shard_reply_seconds_total";
     family(b, name, "counter",
            "Time from sending to the shard to its reply, summed over replies "
