@@ -113,6 +113,11 @@ static const error_case error_cases[] = {
      "proxy.ini:2: connect_timeout: 0 is out of range 1..3600000 (ms)"},
     {"[proxy]\ntcp_backlog = 65536\n" SHARDS,
      "proxy.ini:2: tcp_backlog: 65536 is out of range 1..65535"},
+    {"[proxy]\nmetrics_listen = nohost\n" SHARDS,
+     "proxy.ini:2: metrics_listen: bad address 'nohost': missing port"},
+    {"[proxy]\nslowlog_slower_than = -2\n" SHARDS,
+     "proxy.ini:2: slowlog_slower_than: -2 is out of range -1..3600000000 (us)"},
+    {"[proxy]\nlisten =\n" SHARDS, "proxy.ini:2: listen has no value (expected host:port)"},
     {"[proxy]\nmax_clients = 99999999999999999999\n" SHARDS,
      "proxy.ini:2: max_clients: 99999999999999999999 is out of range 1..1000000"},
     {"[proxy]\nbackend_connections = 0\n" SHARDS,
@@ -746,6 +751,26 @@ static void test_fixed_changes(void **state)
     config_free(changed);
 }
 
+/* metrics_listen is optional (empty = off) and read at start only. */
+static void test_metrics_listen(void **state)
+{
+    (void)state;
+    config *off = load_ok(SHARDS);
+    config *on = load_ok("[proxy]\nmetrics_listen = 127.0.0.1:9121\n" SHARDS);
+    config *empty = load_ok("[proxy]\nmetrics_listen =\n" SHARDS);
+    assert_null(off->metrics_host);
+    assert_null(empty->metrics_host);
+    assert_string_equal(on->metrics_host, "127.0.0.1");
+    assert_int_equal(on->metrics_port, 9121);
+    char buf[128];
+    assert_int_equal(config_fixed_changes(off, on, buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "metrics_listen");
+    assert_int_equal(config_fixed_changes(off, empty, buf, sizeof(buf)), 0);
+    config_free(off);
+    config_free(on);
+    config_free(empty);
+}
+
 /* --- the shipped proxy.ini and the docs ---------------------------------- */
 
 static void test_shipped_proxy_ini(void **state)
@@ -848,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_fixed_changes),
         cmocka_unit_test(test_shipped_proxy_ini),
         cmocka_unit_test(test_proxy_ini_documents_every_key),
+        cmocka_unit_test(test_metrics_listen),
         cmocka_unit_test(test_reference_is_loadable),
         cmocka_unit_test(test_readme_documents_every_key),
         cmocka_unit_test(test_names),
