@@ -142,11 +142,14 @@ start_shards() {
 }
 
 # write_ringproxy_ini FILE PORT SHARD_PORT...: shards named s1..sN.
+# RINGPROXY_EXTRA_INI: more [proxy] lines (e.g. 'metrics_listen = ...\n').
 write_ringproxy_ini() {
     local f=$1 port=$2 i=0 p
     shift 2
     {
-        printf '[proxy]\nlisten = 127.0.0.1:%s\nlog_level = warn\nwatch_config = no\n[shards]\n' "$port"
+        printf '[proxy]\nlisten = 127.0.0.1:%s\nlog_level = warn\nwatch_config = no\n' "$port"
+        printf '%b' "${RINGPROXY_EXTRA_INI:-}"
+        printf '[shards]\n'
         for p in "$@"; do i=$((i + 1)); printf 's%s = 127.0.0.1:%s\n' $i "$p"; done
     } >"$f"
 }

@@ -321,6 +321,18 @@ static const config_key config_keys[] = {
              "certificate (PEM) the proxy shows to shards that ask for one"),
     PATH_KEY("tls_shards_key_file", tls_shards_key_file, RELOAD,
              "private key (PEM) of tls_shards_cert_file"),
+    INT64_KEY("slowlog_slower_than", slowlog_slower_than, "10000", "us", -1, 3600000000LL, RELOAD,
+              "SLOWLOG keeps requests this slow in the proxy; -1 = off, 0 = all"),
+    INT_KEY("slowlog_max_len", slowlog_max_len, "128", "", 0, 1000000, RELOAD,
+            "SLOWLOG entries kept; the oldest go first"),
+    {.name = "metrics_listen",
+     .type = KEY_ADDR,
+     .default_value = "",
+     .unit = "",
+     .reloadable = RESTART,
+     .description = "serve Prometheus GET /metrics over HTTP here",
+     .offset = FIELD(metrics_host, char *),
+     .offset2 = FIELD(metrics_port, uint16_t)},
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -893,6 +905,7 @@ static int set_key(const config_key *key, const char *value, config *cfg, char *
 {
     void *field = field_of(cfg, key->offset);
 
+    /* An address whose default is empty is optional: empty turns it off. */
     if (value[0] == '\0' && key->type != KEY_TAG && key->type != KEY_SECRET &&
         key->type != KEY_NAME && key->type != KEY_SHARD && key->type != KEY_ADDRS &&
         !((key->type == KEY_PATH || key->type == KEY_ADDR) && key->default_value[0] == '\0')) {
@@ -1673,6 +1686,7 @@ void config_free(config *cfg)
     free(cfg->tls_shards_ca_cert_file);
     free(cfg->tls_shards_cert_file);
     free(cfg->tls_shards_key_file);
+    free(cfg->metrics_host);
     free(cfg->path);
     free(cfg);
 }

@@ -155,6 +155,10 @@ typedef struct config {
     char *tls_shards_ca_cert_file;  /* CAs that sign the shards' certificates */
     char *tls_shards_cert_file;     /* certificate shown to the shards, NULL = none */
     char *tls_shards_key_file;      /* its private key */
+    int64_t slowlog_slower_than;    /* SLOWLOG: requests taking this many µs or more; -1 = off */
+    int slowlog_max_len;            /* SLOWLOG: entries kept */
+    char *metrics_host;             /* Prometheus /metrics address, NULL = off */
+    uint16_t metrics_port;
 
     /* [shards], in file order */
     config_shard *shards;

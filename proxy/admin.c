@@ -24,6 +24,7 @@
 #include "proxy/reload.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
+#include "proxy/slowlog.h"
 #include "proxy/txn.h"
 #include "proxy/workers.h"
 
@@ -196,6 +197,7 @@ static int info_stats(buf *b)
         "errors_shard_unavailable:%llu\r\n"
         "errors_shard_timeout:%llu\r\n"
         "clients_dropped:%llu\r\n"
+        "total_error_replies:%llu\r\n"
         "\r\n",
         (unsigned long long)st->connections_received, (unsigned long long)st->connections_rejected,
         (unsigned long long)st->commands, (unsigned long long)st->ops_per_sec,
@@ -204,7 +206,8 @@ static int info_stats(buf *b)
         (unsigned long long)st->errors_unsupported, (unsigned long long)st->errors_arity,
         (unsigned long long)st->errors_crossslot, (unsigned long long)st->errors_noauth,
         (unsigned long long)st->auth_failures, (unsigned long long)st->errors_shard,
-        (unsigned long long)st->errors_timeout, (unsigned long long)st->clients_dropped);
+        (unsigned long long)st->errors_timeout, (unsigned long long)st->clients_dropped,
+        (unsigned long long)st->error_replies);
 }
 
 static int info_shards(buf *b)
@@ -229,30 +232,69 @@ static int info_shards(buf *b)
     return buf_printf(b, "\r\n");
 }
 
-/* INFO commandstats, in Redis's form. The proxy does not time commands
- * (that would cost clock reads on every request): usec is 0, and the
- * shards' own INFO commandstats have the execution times. failed_calls
- * (errors from the shards) is not counted either: 0. */
+static void commandstat_line(const command *c, void *arg)
+{
+    buf *b = arg;
+    command_counters total = workers_command_totals(c->stat); /* over every worker */
+    const command_counters *k = &total;
+    if (k->calls || k->rejected_calls)
+        buf_printf(b,
+                   "cmdstat_%s:calls=%llu,usec=%llu,usec_per_call=%.2f,rejected_calls=%llu,"
+                   "failed_calls=%llu\r\n",
+                   c->name, (unsigned long long)k->calls, (unsigned long long)k->usec,
+                   k->calls ? (double)k->usec / (double)k->calls : 0.0,
+                   (unsigned long long)k->rejected_calls, (unsigned long long)k->failed_calls);
+}
+
+/* INFO commandstats, in Redis's form. usec is the time in the proxy, from
+ * the loop iteration a request was dispatched in to the one its reply came
+ * in (the shards' own INFO commandstats have their execution times). */
 static void info_commandstats(buf *b)
 {
     buf_printf(b, "# Commandstats\r\n");
-    size_t n;
-    const command *rows = command_table(&n);
-    for (size_t i = 0; i < n; i++) {
-        const command *cmd = &rows[i];
-        size_t nsubs = cmd->nsubcommands ? cmd->nsubcommands : 1;
-        for (size_t j = 0; j < nsubs; j++) {
-            const command *c = cmd->nsubcommands ? &cmd->subcommands[j] : cmd;
-            command_counters total = workers_command_totals(c->stat);
-            const command_counters *k = &total;
-            if (k->calls || k->rejected_calls)
-                buf_printf(b,
-                           "cmdstat_%s:calls=%llu,usec=0,usec_per_call=0.00,rejected_calls=%llu,"
-                           "failed_calls=0\r\n",
-                           c->name, (unsigned long long)k->calls,
-                           (unsigned long long)k->rejected_calls);
-        }
+    command_foreach(commandstat_line, b);
+    buf_printf(b, "\r\n");
+}
+
+static void latencystat_line(const command *c, void *arg)
+{
+    buf *b = arg;
+    command_counters total = workers_command_totals(c->stat); /* over every worker */
+    const command_counters *k = &total;
+    if (!k->calls)
+        return;
+    buf_printf(b, "latency_percentiles_usec_%s:p50=%.3f,p99=%.3f,p99.9=%.3f\r\n", c->name,
+               (double)histogram_percentile(&k->latency, 50.0),
+               (double)histogram_percentile(&k->latency, 99.0),
+               (double)histogram_percentile(&k->latency, 99.9));
+}
+
+/* INFO latencystats, as Redis 7 prints it. A percentile is the upper
+ * bound of its histogram bucket: at most 12.5% above the true value
+ * (proxy/histogram.h), where Redis's HDR histogram keeps 2 digits. */
+static void info_latencystats(buf *b)
+{
+    buf_printf(b, "# Latencystats\r\n");
+    command_foreach(latencystat_line, b);
+    buf_printf(b, "\r\n");
+}
+
+/* INFO errorstats: error replies by their first word, sorted by it as
+ * Redis's are. */
+static void info_errorstats(buf *b)
+{
+    const server_stats *st = &srv.stats;
+    size_t order[SERVER_ERRORSTATS_MAX];
+    for (size_t i = 0; i < st->nerrorstats; i++) {
+        size_t j = i;
+        for (; j > 0 && strcmp(st->errorstats[order[j - 1]].kind, st->errorstats[i].kind) > 0; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
     }
+    buf_printf(b, "# Errorstats\r\n");
+    for (size_t i = 0; i < st->nerrorstats; i++)
+        buf_printf(b, "errorstat_%s:count=%llu\r\n", st->errorstats[order[i]].kind,
+                   (unsigned long long)st->errorstats[order[i]].count);
     buf_printf(b, "\r\n");
 }
 
@@ -282,8 +324,12 @@ size_t admin_info(request *req, size_t argc, const resp_arg *argv, resp_arg sect
         (void)rebalance_info(&text);
     if (section_wanted("locks", argc, argv))
         (void)lock_info(&text);
+    if (section_wanted("errorstats", argc, argv))
+        info_errorstats(&text);
     if (extra_section_wanted("commandstats", argc, argv))
         info_commandstats(&text);
+    if (extra_section_wanted("latencystats", argc, argv))
+        info_latencystats(&text);
     /* Plain INFO (and INFO default) stays local, unlike Redis's, which
      * has the Keyspace: it must answer at once while a shard is stalled.
      * The shards are asked only when keyspace, all or everything is. */
@@ -1012,6 +1058,9 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
     case CMD_ACL_GENPASS:
     case CMD_ACL_DRYRUN:
         access_acl_command(req, cmd, argc, argv);
+        return;
+    case CMD_SLOWLOG:
+        slowlog_command(req, argc, argv);
         return;
     default:
         break;

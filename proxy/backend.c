@@ -1429,6 +1429,8 @@ void backend_reserved_send(backend_conn *c, fragment *f, const char *bytes, size
     s->requests++;
     f->next = NULL;
     f->sent_us = srv.now_us;
+    if (f->req)
+        f->req->served_by = s; /* for SLOWLOG: a fragment has only shared shards' index */
     if (!conn_takes_requests(c)) {
         fragment_fail(s, f, c->last_error[0] ? c->last_error : "unavailable: connection closed", 0);
         return;

@@ -17,6 +17,7 @@
 
 #include "proxy/access.h"
 #include "proxy/buf.h"
+#include "proxy/command.h"
 #include "proxy/dlist.h"
 #include "proxy/flushq.h"
 #include "proxy/log.h"
@@ -26,6 +27,7 @@
 #include "proxy/router.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
+#include "proxy/slowlog.h"
 
 /* Largest single read while a big request is arriving. */
 #define CLIENT_MAX_READ (4 * 1024 * 1024)
@@ -239,10 +241,76 @@ static size_t queued_bytes(const client *c)
     return buf_len(&c->out) + c->waiting_bytes;
 }
 
+/* Counts an error reply given to req (reply starts with '-'): INFO
+ * errorstats by its first word, total_error_replies, and the command's
+ * failed_calls when req was a call (req->cmd set) rather than a rejection. */
+static void count_error(const request *req, const char *reply, size_t len)
+{
+    server_stats *st = &srv.stats;
+    st->error_replies++;
+    if (req->cmd)
+        command_stats[req->cmd->stat].failed_calls++;
+    size_t n = 1;
+    while (n < len && n <= SERVER_ERROR_KIND_MAX && reply[n] != ' ' && reply[n] != '\r')
+        n++;
+    const char *kind = reply + 1;
+    size_t kind_len = n - 1;
+    for (size_t i = 0; i < st->nerrorstats; i++)
+        if (strncmp(st->errorstats[i].kind, kind, kind_len) == 0 &&
+            st->errorstats[i].kind[kind_len] == '\0') {
+            st->errorstats[i].count++;
+            return;
+        }
+    if (st->nerrorstats == SERVER_ERRORSTATS_MAX) {
+        st->errorstats_dropped++;
+        return;
+    }
+    server_errorstat *e = &st->errorstats[st->nerrorstats++];
+    memcpy(e->kind, kind, kind_len);
+    e->kind[kind_len] = '\0';
+    e->count = 1;
+}
+
+/* What account() leaves out of line: an error reply, a slow call. */
+static __attribute__((noinline)) void account_rare(request *req, const char *reply, size_t len,
+                                                   uint64_t took)
+{
+    if (len && reply[0] == '-')
+        count_error(req, reply, len);
+    if (req->cmd && took >= (uint64_t)srv.cfg->slowlog_slower_than)
+        slowlog_add(req, took);
+}
+
+/* Counts a request whose reply is known: for a call (not a rejection) its
+ * time in the proxy (commandstats, latencystats); errors by kind (INFO
+ * errorstats) and a slow log entry when it was slow. The time runs from
+ * the loop iteration that dispatched it to the one its reply came in; the
+ * reply is written in that iteration unless the client's socket is full. */
+static inline void account(request *req, const char *reply, size_t len)
+{
+    const command *cmd = req->cmd;
+    uint64_t took = 0;
+    if (cmd) {
+        took = srv.now_us - req->start_us;
+        command_counters *k = &command_stats[cmd->stat];
+        k->usec += took;
+        histogram_record(&k->latency, took);
+        /* -1 (off) is the largest uint64_t: one comparison. */
+        if (__builtin_expect(took >= (uint64_t)srv.cfg->slowlog_slower_than, 0)) {
+            account_rare(req, reply, len, took);
+            return;
+        }
+    }
+    /* len 0: a request whose client went away (reply NULL). */
+    if (__builtin_expect(len && reply[0] == '-', 0))
+        account_rare(req, reply, len, 0);
+}
+
 /* The completion stored in every request of this client. */
 static void request_finished(request *req, const char *reply, size_t len)
 {
     client *c = req->owner;
+    account(req, reply, len);
     if (!c) {
         request_free(req);
         return;

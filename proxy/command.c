@@ -554,3 +554,13 @@ const command *command_table(size_t *count)
     *count = COMMAND_COUNT;
     return command_rows;
 }
+
+void command_foreach(void (*f)(const command *c, void *arg), void *arg)
+{
+    for (size_t i = 0; i < COMMAND_COUNT; i++) {
+        const command *row = &command_rows[i];
+        size_t nsubs = row->nsubcommands ? row->nsubcommands : 1;
+        for (size_t j = 0; j < nsubs; j++)
+            f(row->nsubcommands ? &row->subcommands[j] : row, arg);
+    }
+}

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "config/acl.h"
+#include "proxy/histogram.h"
 #include "proxy/resp.h"
 
 /* How the router treats a command. */
@@ -162,6 +163,7 @@ typedef enum command_id {
     CMD_ACL_CAT,
     CMD_ACL_GENPASS,
     CMD_ACL_DRYRUN,
+    CMD_SLOWLOG, /* GET, LEN, RESET, HELP: the proxy's own slow log */
 } command_id;
 
 /* The router's handler for a command: route() checks the request, runs the
@@ -245,10 +247,14 @@ typedef struct command {
 } command;
 
 /* INFO commandstats counters of one command, as Redis keeps them. The
- * router counts; incrementing one is the whole cost on the request path. */
+ * router counts calls and rejections, the client the time and failures
+ * when the reply is known: a few increments on the request path. */
 typedef struct command_counters {
     uint64_t calls;          /* routed to its handler */
     uint64_t rejected_calls; /* refused before that: arity, NOAUTH, unsupported */
+    uint64_t failed_calls;   /* routed, answered with an error */
+    uint64_t usec;           /* time in the proxy of the calls, loop clock (µs) */
+    histogram latency;       /* the same per call: INFO latencystats, /metrics */
 } command_counters;
 
 /* Indexed by command.stat, one per row and subcommand row. */
@@ -293,6 +299,11 @@ __attribute__((warn_unused_result)) int command_keys(const command *cmd, size_t 
  * timeout that does not parse counts as 0 microseconds: the shard answers
  * the error at once. */
 int command_blocking(const command *cmd, size_t argc, const resp_arg *argv, uint64_t *block_us);
+
+/* Calls f for every command without subcommands and every subcommand
+ * (the rows that have counters: INFO commandstats, /metrics), in table
+ * order. */
+void command_foreach(void (*f)(const command *c, void *arg), void *arg);
 
 /* Every top-level command, for tests and docs/commands.md. */
 const command *command_table(size_t *count);

@@ -236,7 +236,8 @@ CONTAINERS = {
     "config": ("COMMAND_FANOUT", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "latency": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
     "module": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
-    "slowlog": ("COMMAND_UNSUPPORTED", "CMD_OTHER", "COMMAND_UNSUPPORTED"),
+    # the proxy's own slow log (proxy/slowlog.c), not the shards'
+    "slowlog": ("COMMAND_LOCAL", "CMD_SLOWLOG", "COMMAND_LOCAL"),
 }
 SUB_CLASS = {
     "memory|usage": "COMMAND_FORWARD",

@@ -19,6 +19,7 @@
 #include "proxy/dns.h"
 #include "proxy/listener.h"
 #include "proxy/lock.h"
+#include "proxy/metrics.h"
 #include "proxy/log.h"
 #include "proxy/pause.h"
 #include "proxy/pubsub.h"
@@ -199,9 +200,11 @@ static int start_services(config *cfg)
     if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, 0, err, sizeof(err)) <
             0 ||
         (cfg->tls_listen_host && listener_start(cfg->tls_listen_host, cfg->tls_listen_port,
-                                                cfg->tcp_backlog, 1, err, sizeof(err)) < 0)) {
+                                                cfg->tcp_backlog, 1, err, sizeof(err)) < 0) ||
+        metrics_start(cfg, err, sizeof(err)) < 0) {
         listener_stop();
         log_error("%s", err);
+        listener_stop();
         lock_shutdown();
         twopc_shutdown();
         store_shutdown();
@@ -249,6 +252,7 @@ static void stop_services(void)
     client_close_all();
     pause_shutdown();
     listener_stop();
+    metrics_stop();
     event_del(&ev_maintenance);
     event_del(&ev_sigterm);
     event_del(&ev_sigint);

@@ -352,6 +352,7 @@ static int reject(char *err, size_t errlen, const char *fmt, const char *detail)
     snprintf(err, errlen, fmt, detail);
     snprintf(srv.last_reload_error, sizeof(srv.last_reload_error), "%s", err);
     srv.last_reload_time = time(NULL);
+    srv.stats.reload_failures++;
     log_warn("reload rejected, running config kept: %s", err);
     return -1;
 }
@@ -430,6 +431,7 @@ int reload_config(const char *why, char *err, size_t errlen)
     plan_commit(&p);
     log_set_level(srv.cfg->log_level);
     srv.config_epoch++;
+    srv.stats.reloads++;
     srv.last_reload_time = time(NULL);
     srv.last_reload_error[0] = '\0';
     log_notice("config reloaded (epoch %llu, %zu shards, %zu new or re-addressed)",

@@ -3,6 +3,7 @@
 #include "proxy/request.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,9 @@
  * not to matter when idle (sizeof(request) is 360 bytes on x86-64, so a
  * full cache holds about 1.4 MiB). */
 #define REQUEST_CACHE_MAX 4096
+/* A cached request keeps an args buffer (SLOWLOG's copy of its first
+ * bytes) up to this big; a bigger one, from a long request, is freed. */
+#define REQUEST_ARGS_KEEP 512
 
 static request *free_list;
 static size_t free_count;
@@ -23,7 +27,7 @@ request *request_new(void)
     if (req) {
         free_list = req->next;
         free_count--;
-        memset(req, 0, sizeof(*req));
+        memset(req, 0, offsetof(request, start_us));
         return req;
     }
     return calloc(1, sizeof(*req));
@@ -41,6 +45,9 @@ void request_free(request *req)
     free(req->key_order);
     buf_free(&req->saved_request); /* or confirmations: a union */
     free(req->migrate_error);
+    if (free_count >= REQUEST_CACHE_MAX || req->args.cap > REQUEST_ARGS_KEEP) {
+        buf_free(&req->args);
+    }
     if (free_count >= REQUEST_CACHE_MAX) {
         free(req);
         return;
@@ -54,6 +61,7 @@ void request_trim_cache(void)
 {
     while (free_list) {
         request *next = free_list->next;
+        buf_free(&free_list->args);
         free(free_list);
         free_list = next;
     }

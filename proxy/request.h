@@ -111,6 +111,13 @@ static inline uint64_t session_hint(const session *s)
     return s->id | (s->proto == 3 ? REQUEST_HINT_RESP3 : 0);
 }
 
+/* A request this short is kept whole in request.head for the slow log
+ * (GET, SET of small values, most of a cache's traffic): a few stores, no
+ * buffer to manage. */
+#define REQUEST_HEAD_MAX 64
+/* request.head_len when the bytes are in request.args instead. */
+#define REQUEST_HEAD_IN_ARGS 255
+
 /* Called once when a request's whole reply is known. owner is NULL when the
  * client went away meanwhile; the callback then just frees the request. */
 typedef void (*request_done_fn)(struct request *req, const char *reply, size_t len);
@@ -123,9 +130,13 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
+    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none kept,
+                                  REQUEST_HEAD_IN_ARGS: kept in args */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
-    const struct command *cmd; /* the command, for merging */
+    const struct command *cmd; /* the command, for merging; set once it counts as a call
+                                  (not rejected): its time and failure are then counted
+                                  when its reply is known */
     size_t pending;            /* fragments not yet answered */
     fragment single;           /* the common case: one fragment, no allocation */
     fragment *frags;           /* split/fan-out: nfrags fragments (malloc'd) */
@@ -133,7 +144,10 @@ typedef struct request {
     size_t *key_order; /* split: for each key of the request, its slot in the
                           fragments' key lists (malloc'd) */
     size_t nkeys;
-    uint64_t hint; /* backend connection choice (the client's id) */
+    uint64_t hint;                 /* backend connection choice (the client's id) */
+    const struct shard *served_by; /* SLOWLOG: the shard of a reserved connection (a
+                                      transaction's, a blocking command's) it went to;
+                                      compared with srv.shards before use */
     /* A request is one of moved, an (un)subscribe or CONFIG GET / INFO; request_free
      * frees the buffer as saved_request. */
     union {
@@ -148,6 +162,15 @@ typedef struct request {
     char *migrate_error;       /* first failure moving its keys (malloc'd) */
     struct move_job *moves;    /* its key moves, while they are sent (migrate.c) */
     struct request *next_wait; /* in the rebalance barrier's wait list */
+    /* Not zeroed by request_new (it zeroes only what comes before): */
+    uint64_t start_us; /* loop clock when it was dispatched, for its time in the proxy
+                          (INFO commandstats and latencystats, SLOWLOG, /metrics) */
+    /* SLOWLOG: the request's bytes in RESP (slowlog_capture), for an entry
+     * should it turn out slow: a short request in head, a longer one's
+     * first bytes in args (kept across reuse, so steady traffic allocates
+     * nothing for it); neither when the slow log is off. */
+    char head[REQUEST_HEAD_MAX];
+    buf args;
 } request;
 
 /* Whether req's reply is due in RESP3: its client spoke RESP3 when it was

@@ -27,6 +27,7 @@
 #include "proxy/rebalance.h"
 #include "proxy/server.h"
 #include "proxy/twopc.h"
+#include "proxy/slowlog.h"
 #include "proxy/txn.h"
 
 /* Scratch space reused by every request: key positions and their shards,
@@ -680,6 +681,7 @@ static void route_unsupported(routed *r)
     srv.stats.errors_unsupported++;
     command_stats[r->cmd->stat].calls--; /* counted on its way here: a rejection */
     command_stats[r->cmd->stat].rejected_calls++;
+    r->req->cmd = NULL; /* not a call after all */
     request_error(r->req, "ERR unsupported command '%s' in ringproxy", r->cmd->name);
 }
 
@@ -903,7 +905,6 @@ static int resolve(routed *r)
         cmd = sub;
     }
     r->cmd = cmd;
-    r->req->cmd = cmd;
     session *sess = r->req->session;
     if (sess) {
         sess->last_cmd = cmd->name;
@@ -985,6 +986,9 @@ static void route(routed *r)
         return;
     }
     command_stats[cmd->stat].calls++;
+    r->req->cmd = cmd;                     /* a call: timed and its errors counted as failures */
+    if (srv.cfg->slowlog_slower_than >= 0) /* its bytes, should it turn out slow */
+        slowlog_capture(r->req, r->argc, r->argv, r->raw, r->raw_len);
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
@@ -1017,6 +1021,7 @@ void router_dispatch(request *req, size_t argc, const resp_arg *argv, const char
 {
     srv.stats.commands++;
     req->hint = hint;
+    req->start_us = srv.now_us;
     session *sess = req->session;
     if (sess && sess->reply_mode != SESSION_REPLY_ON) {
         req->silent = 1; /* CLIENT REPLY OFF, or the command after SKIP */

@@ -23,6 +23,20 @@ struct session;
  * command set ringproxy understands. */
 #define RINGPROXY_REDIS_COMPAT "7.0.0"
 
+/* Kinds of error counted apart in INFO errorstats, as Redis's
+ * ERROR_STATS_NUMBER: more kinds (a misbehaving client can invent them)
+ * are counted in errorstats_dropped only. */
+#define SERVER_ERRORSTATS_MAX 128
+/* Longest error kind kept (the first word of the error reply). */
+#define SERVER_ERROR_KIND_MAX 32
+
+/* One kind of error reply (ERR, WRONGTYPE, NOAUTH ...) and how many were
+ * given: INFO errorstats. */
+typedef struct server_errorstat {
+    char kind[SERVER_ERROR_KIND_MAX + 1];
+    uint64_t count;
+} server_errorstat;
+
 /* Counters shown by INFO stats. */
 typedef struct server_stats {
     uint64_t connections_received;
@@ -40,6 +54,12 @@ typedef struct server_stats {
     uint64_t errors_shard;       /* shard unavailable or busy */
     uint64_t errors_timeout;     /* shard timeouts */
     uint64_t clients_dropped;    /* closed for a limit (output, idle, query buffer) */
+    uint64_t error_replies;      /* every error reply (total_error_replies) */
+    server_errorstat errorstats[SERVER_ERRORSTATS_MAX]; /* by kind, in order first seen */
+    size_t nerrorstats;
+    uint64_t errorstats_dropped; /* error replies of kinds beyond SERVER_ERRORSTATS_MAX */
+    uint64_t reloads;            /* reloads applied (PROXY RELOAD, SIGHUP, file change) */
+    uint64_t reload_failures;    /* reloads refused, the running config kept */
     /* instantaneous ops/sec: sampled by the maintenance timer */
     uint64_t ops_sample_commands;
     uint64_t ops_sample_us;
@@ -79,19 +99,22 @@ typedef struct server {
 
 extern server srv;
 
-/* The loop clock in microseconds: the time libevent read once when this loop
- * iteration's events came in, so the hot path makes no clock syscalls. */
+/* The clock in microseconds (CLOCK_MONOTONIC: intervals only, never steps
+ * back). Read through the vDSO (no system call, tens of nanoseconds), once
+ * per loop iteration by server_clock_update. Not libevent's cached time:
+ * that comes from CLOCK_MONOTONIC_COARSE, which moves in steps of 1-4 ms,
+ * too coarse to time requests (INFO commandstats, latencystats, SLOWLOG)
+ * that take tens of microseconds. */
 static inline uint64_t server_now_us(void)
 {
-    struct timeval tv;
-    event_base_gettimeofday_cached(srv.base, &tv);
-    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 /* Refreshes srv.now_us; called at the top of each callback so that
- * per-request code reads a field instead of calling into libevent. The
- * cached time only changes between loop iterations, so it is read once per
- * iteration. */
+ * per-request code reads a field instead of reading the clock: it is read
+ * once per loop iteration, when the iteration's first event is handled. */
 static inline void server_clock_update(void)
 {
     if (srv.clock_iteration != srv.loop_iteration) {

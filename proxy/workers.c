@@ -115,14 +115,34 @@ void workers_reload_others(void)
                  srv.supervisor_pid, strerror(errno));
 }
 
+/* Adds the error replies of one kind to to's (a new kind when there is
+ * room, else counted as dropped). */
+static void errorstat_add(server_stats *to, const server_errorstat *e)
+{
+    for (size_t i = 0; i < to->nerrorstats; i++)
+        if (strcmp(to->errorstats[i].kind, e->kind) == 0) {
+            to->errorstats[i].count += e->count;
+            return;
+        }
+    if (to->nerrorstats < SERVER_ERRORSTATS_MAX)
+        to->errorstats[to->nerrorstats++] = *e;
+    else
+        to->errorstats_dropped += e->count;
+}
+
 /* Adds the counters of from to to; the sampling fields are not counters. */
 static void stats_add(server_stats *to, const server_stats *from)
 {
     uint64_t *t = (uint64_t *)to;
     const uint64_t *f = (const uint64_t *)from;
-    size_t n = offsetof(server_stats, ops_sample_commands) / sizeof(uint64_t);
+    size_t n = offsetof(server_stats, errorstats) / sizeof(uint64_t);
     for (size_t i = 0; i < n; i++)
         t[i] += f[i];
+    for (size_t i = 0; i < from->nerrorstats && i < SERVER_ERRORSTATS_MAX; i++)
+        errorstat_add(to, &from->errorstats[i]);
+    to->errorstats_dropped += from->errorstats_dropped;
+    to->reloads += from->reloads;
+    to->reload_failures += from->reload_failures;
     to->ops_per_sec += from->ops_per_sec;
 }
 
@@ -147,19 +167,28 @@ void workers_totals(server_stats *out, int *nclients, int *blocked)
     }
 }
 
+/* Adds the counters of from to to. */
+static void command_add(command_counters *to, const command_counters *from)
+{
+    to->calls += from->calls;
+    to->rejected_calls += from->rejected_calls;
+    to->failed_calls += from->failed_calls;
+    to->usec += from->usec;
+    for (size_t b = 0; b < HISTOGRAM_BUCKETS; b++)
+        to->latency.count[b] += from->latency.count[b];
+}
+
 command_counters workers_command_totals(unsigned stat)
 {
     command_counters total = command_stats[stat];
     if (!workers_enabled())
         return total;
-    total.calls += shared->retired_commands[stat].calls;
-    total.rejected_calls += shared->retired_commands[stat].rejected_calls;
+    command_add(&total, &shared->retired_commands[stat]);
     for (int i = 0; i < srv.workers; i++) {
         const worker_slot *w = &shared->slot[i];
         if (i == srv.worker_index || !__atomic_load_n(&w->pid, __ATOMIC_ACQUIRE))
             continue;
-        total.calls += w->commands[stat].calls;
-        total.rejected_calls += w->commands[stat].rejected_calls;
+        command_add(&total, &w->commands[stat]);
     }
     return total;
 }

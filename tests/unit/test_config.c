@@ -142,6 +142,11 @@ static const error_case error_cases[] = {
     {"[proxy]\nworkers = 0\n" SHARDS, "proxy.ini:2: workers: 0 is out of range 1..64"},
     {"[proxy]\nlog_level = info\nworkers = 65\n" SHARDS,
      "proxy.ini:3: workers: 65 is out of range 1..64"},
+    {"[proxy]\nmetrics_listen = nohost\n" SHARDS,
+     "proxy.ini:2: metrics_listen: bad address 'nohost': missing port"},
+    {"[proxy]\nslowlog_slower_than = -2\n" SHARDS,
+     "proxy.ini:2: slowlog_slower_than: -2 is out of range -1..3600000000 (us)"},
+    {"[proxy]\nlisten =\n" SHARDS, "proxy.ini:2: listen has no value (expected host:port)"},
     {"[proxy]\nmax_clients = 99999999999999999999\n" SHARDS,
      "proxy.ini:2: max_clients: 99999999999999999999 is out of range 1..1000000"},
     {"[proxy]\nbackend_connections = 0\n" SHARDS,
@@ -563,6 +568,9 @@ static void assert_defaults(const config *cfg)
     assert_int_equal(cfg->txn_recovery_after_ms, 5000);
     assert_string_equal(cfg->lock_shards, "all");
     assert_true(config_is_lock_shard(cfg, "s1"));
+    assert_int_equal(cfg->slowlog_slower_than, 10000);
+    assert_int_equal(cfg->slowlog_max_len, 128);
+    assert_null(cfg->metrics_host); /* off */
 }
 
 static void test_defaults(void **state)
@@ -830,6 +838,26 @@ static void test_fixed_changes(void **state)
     config_free(changed);
 }
 
+/* metrics_listen is optional (empty = off) and read at start only. */
+static void test_metrics_listen(void **state)
+{
+    (void)state;
+    config *off = load_ok(SHARDS);
+    config *on = load_ok("[proxy]\nmetrics_listen = 127.0.0.1:9121\n" SHARDS);
+    config *empty = load_ok("[proxy]\nmetrics_listen =\n" SHARDS);
+    assert_null(off->metrics_host);
+    assert_null(empty->metrics_host);
+    assert_string_equal(on->metrics_host, "127.0.0.1");
+    assert_int_equal(on->metrics_port, 9121);
+    char buf[128];
+    assert_int_equal(config_fixed_changes(off, on, buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "metrics_listen");
+    assert_int_equal(config_fixed_changes(off, empty, buf, sizeof(buf)), 0);
+    config_free(off);
+    config_free(on);
+    config_free(empty);
+}
+
 /* --- the shipped proxy.ini and the docs ---------------------------------- */
 
 static void test_shipped_proxy_ini(void **state)
@@ -888,7 +916,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 54);
+    assert_int_equal(keys, 57);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
@@ -949,6 +977,7 @@ int main(void)
         cmocka_unit_test(test_fixed_changes),
         cmocka_unit_test(test_shipped_proxy_ini),
         cmocka_unit_test(test_proxy_ini_documents_every_key),
+        cmocka_unit_test(test_metrics_listen),
         cmocka_unit_test(test_reference_is_loadable),
         cmocka_unit_test(test_host_is_name),
         cmocka_unit_test(test_users),
