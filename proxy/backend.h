@@ -67,7 +67,10 @@ typedef struct backend_conn {
     char laddr[64];         /* our end, as the shard names it in CLIENT LIST (addr=) */
     fragment auth;          /* the AUTH sent first when the shards need a password */
     fragment role;          /* the ROLE sent next on a sentinel shard's connections */
-    int role_pending;       /* ROLE not yet answered "master": nothing else is written */
+    fragment name;          /* CLIENT SETNAME ringproxy-<ring>-<proxy>, then */
+    fragment ring_check;    /* the ring check (backend.c): the shards run our ring */
+    int handshake_pending;  /* answers (ROLE "master", the ring check) still awaited:
+                               nothing else is written until they are in */
     /* reserved connections only (backend_reserve): owned by one client */
     int reserved;
     int push_mode;             /* every reply goes to on_event; none is matched to a request */

@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "proxy/backend.h"
 #include "proxy/client.h"
+#include "proxy/epoch.h"
 #include "proxy/listener.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
@@ -151,6 +152,9 @@ static int check_config(const char *path)
 static int start_services(config *cfg)
 {
     char err[600];
+    /* The fleet's ring epoch registers its store scripts, and puts the
+     * rebalance in fleet mode before a migration can resume. */
+    epoch_register();
     if (reload_start(cfg, err, sizeof(err)) < 0) {
         log_error("%s", err);
         reload_shutdown();
@@ -163,9 +167,11 @@ static int start_services(config *cfg)
         reload_shutdown();
         return -1;
     }
+    epoch_start();
     if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, err, sizeof(err)) <
         0) {
         log_error("%s", err);
+        epoch_shutdown();
         lock_shutdown();
         store_shutdown();
         lock_free();
@@ -213,6 +219,7 @@ static void stop_services(void)
     event_del(&ev_sigterm);
     event_del(&ev_sigint);
     event_del(&ev_sighup);
+    epoch_shutdown();
     lock_shutdown();
     store_shutdown();
     lock_free();

@@ -19,6 +19,21 @@ __attribute__((warn_unused_result)) int reload_config(const char *why, char *err
 /* Whether the config file changed on disk since it was last read. */
 int reload_file_changed(void);
 
+/* The ring of cfg (hash settings and [shards]) as a loadable proxy.ini
+ * text (malloc'd; NULL when out of memory): what a migration moves from,
+ * kept in the state file and in the shards' ring record. */
+char *reload_ring_text(const config *cfg);
+
+/* A short hex fingerprint of what places keys in cfg: the same for two
+ * files that route every key alike. */
+void reload_ring_fingerprint(const config *cfg, char *out, size_t outlen);
+
+/* Moves keys from the ring in old_ring_text (reload_ring_text's format) to
+ * the running one, in place of any migration running (the fleet moves
+ * from that ring: epoch.c). 0, or -1 with err. */
+__attribute__((warn_unused_result)) int reload_fleet_rebalance(const char *old_ring_text, char *err,
+                                                               size_t errlen);
+
 /* Frees the shards, ring and config at exit. */
 void reload_shutdown(void);
 

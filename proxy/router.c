@@ -724,6 +724,16 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_INFO] = {route_info, NULL, ANSWERED_LOCALLY},
 };
 
+/* Routes that reach shards by the ring: refused while this proxy's ring is
+ * not the shards' (epoch.c), since it would read or write a key where the
+ * other proxies no longer look. */
+static const uint8_t needs_the_ring[ROUTE_COUNT] = {
+    [ROUTE_KEYS] = 1,      [ROUTE_SPLIT] = 1,       [ROUTE_SCRIPT] = 1, [ROUTE_BLOCKING] = 1,
+    [ROUTE_CHANNEL] = 1,   [ROUTE_FANOUT] = 1,      [ROUTE_FLUSH] = 1,  [ROUTE_SCAN] = 1,
+    [ROUTE_RANDOMKEY] = 1, [ROUTE_TRANSACTION] = 1, [ROUTE_PUBSUB] = 1, [ROUTE_COPY] = 1,
+    [ROUTE_ANY_SHARD] = 1, [ROUTE_KILL] = 1,
+};
+
 /* A command given between MULTI and EXEC: queued on the transaction's
  * shard, or refused (and the transaction aborted, as Redis aborts one on a
  * command it cannot queue) when one shard cannot run it. */
@@ -858,6 +868,10 @@ static void route(routed *r)
         return;
     }
     command_stats[cmd->stat].calls++;
+    if (__builtin_expect(srv.ring_refusing, 0) && needs_the_ring[cmd->route]) {
+        request_error(r->req, "%s", srv.ring_refusal);
+        return;
+    }
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);

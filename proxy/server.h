@@ -63,6 +63,15 @@ typedef struct server {
     time_t last_reload_time;
     char last_reload_error[512];
     int stopping; /* SIGTERM seen: no new clients */
+    /* The fleet's ring (docs/rebalancing.md, "Several proxies"). */
+    char ring_fp[24];           /* fingerprint of the running ring: hash, hash tags,
+                                   names and weights; set by reload.c */
+    char instance_id[32];       /* this process among the proxies, in connection names */
+    uint64_t shards_epoch_seen; /* newest ring epoch a shard connection's check read */
+    int ring_check_refused;     /* a connection's check found another ring on the
+                                   shards: epoch.c looks at the shards again */
+    int ring_refusing;          /* keyed requests are answered ring_refusal (epoch.c) */
+    char ring_refusal[512];     /* "-TRYAGAIN ring changed: ...\r\n" */
     server_stats stats;
 } server;
 
