@@ -15,6 +15,7 @@
  * proxy that moves keys, with an expiry (on the arbiter shard only). */
 #include "proxy/epoch.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,11 +33,13 @@
 #define EPOCH_RECORD  "ringproxy:ring"
 #define EPOCH_HISTORY "ringproxy:ring:history"
 #define EPOCH_LEASE   "ringproxy:ring:lease"
-/* How often the proxies look at the shards' record: often while something
- * is under way (a new ring, a fence, a migration), seldom otherwise. */
+/* How often the proxies look at the shards' record while something is
+ * under way (a new ring, a fence, a migration). Otherwise only when
+ * something happens: a reload, a connection refused by the ring check, a
+ * store connection coming back (a shard restarted): reads of the record
+ * count in the shards' keyspace_hits, which monitoring reads. */
 #define EPOCH_TICK_MS      50
 #define EPOCH_BUSY_POLL_US 200000u
-#define EPOCH_IDLE_POLL_US 1000000u
 /* The mover's lease: renewed at every busy poll, taken over by another
  * proxy at the epoch once it expires (the holder died or lost the shards). */
 #define EPOCH_LEASE_MS 3000
@@ -94,6 +97,7 @@ static struct {
     int lease_pending; /* a lease call is out */
     int finishing;     /* the movers ended: writing state idle */
     uint64_t fences_done, kills;
+    unsigned store_ready; /* store shards READY at the last tick */
 } ep;
 
 /* ---- scripts (KEYS[1] is the store marker) ---- */
@@ -278,34 +282,44 @@ static int write_record(size_t si, store_script *s, store_reply_fn fn, int argc,
     return 0;
 }
 
-/* Copies r to shard (over an older epoch only). */
-static void repair(size_t si, const ring_record *r)
+/* Writes the whole record w on shard si with the advance script: strict
+ * (the arbiter: only over epoch expected, taking the lease for this proxy)
+ * or over any older epoch (the other shards, a repair). */
+static int write_whole(size_t si, const ring_record *w, unsigned long long expected, int strict,
+                       store_reply_fn fn)
 {
-    char epoch[24];
-    snprintf(epoch, sizeof(epoch), "%llu", r->epoch);
+    char from[24], epoch[24], lease_ms[16];
+    snprintf(from, sizeof(from), "%llu", expected);
+    snprintf(epoch, sizeof(epoch), "%llu", w->epoch);
+    snprintf(lease_ms, sizeof(lease_ms), "%d", EPOCH_LEASE_MS);
     const char *argv[] = {EPOCH_RECORD,
                           EPOCH_HISTORY,
                           EPOCH_LEASE,
-                          "0",
+                          from,
                           epoch,
-                          "0",
-                          "",
-                          "0",
-                          r->fp,
+                          strict ? "1" : "0",
+                          strict ? srv.instance_id : "",
+                          lease_ms,
+                          w->fp,
                           "text",
-                          r->text ? r->text : "",
+                          w->text ? w->text : "",
                           "prev_fp",
-                          r->prev_fp,
+                          w->prev_fp,
                           "prev_text",
-                          r->prev_text ? r->prev_text : "",
+                          w->prev_text ? w->prev_text : "",
                           "state",
-                          r->state,
+                          w->state,
                           "owner",
-                          r->owner,
+                          w->owner,
                           "progress",
-                          r->progress};
-    if (write_record(si, &advance_script, on_write, (int)(sizeof(argv) / sizeof(argv[0])), argv) ==
-        0)
+                          w->progress};
+    return write_record(si, &advance_script, fn, (int)(sizeof(argv) / sizeof(argv[0])), argv);
+}
+
+/* Copies r to shard si (over an older epoch only). */
+static void repair(size_t si, const ring_record *r)
+{
+    if (write_whole(si, r, 0, 0, on_write) == 0)
         log_notice("ring epoch: shard %s lacks epoch %llu (restarted empty, or was down): "
                    "writing it back",
                    store_name(si), r->epoch);
@@ -328,11 +342,6 @@ static void update_all(const ring_record *r, int npairs, const char **pairs)
 
 /* ---- advancing the epoch ---- */
 
-static void on_advance_others(void *privdata, size_t si, const redisReply *r)
-{
-    on_write(privdata, si, r);
-}
-
 static void on_advance_arbiter(void *privdata, size_t si, const redisReply *r)
 {
     (void)privdata;
@@ -341,33 +350,9 @@ static void on_advance_arbiter(void *privdata, size_t si, const redisReply *r)
         ring_record *w = &ep.proposal;
         size_t idx[EPOCH_MAX_SHARDS];
         size_t n = record_shards(w, idx);
-        char epoch[24];
-        snprintf(epoch, sizeof(epoch), "%llu", w->epoch);
-        const char *argv[] = {EPOCH_RECORD,
-                              EPOCH_HISTORY,
-                              EPOCH_LEASE,
-                              "0",
-                              epoch,
-                              "0",
-                              "",
-                              "0",
-                              w->fp,
-                              "text",
-                              w->text ? w->text : "",
-                              "prev_fp",
-                              w->prev_fp,
-                              "prev_text",
-                              w->prev_text ? w->prev_text : "",
-                              "state",
-                              w->state,
-                              "owner",
-                              w->owner,
-                              "progress",
-                              ""};
         for (size_t i = 0; i < n; i++)
             if (idx[i] != si)
-                (void)write_record(idx[i], &advance_script, on_advance_others,
-                                   (int)(sizeof(argv) / sizeof(argv[0])), argv);
+                (void)write_whole(idx[i], w, 0, 0, on_write);
         /* The first epoch may be the ring this proxy moves from (a move
          * started before the shards held any record): it ran that one. */
         if (strcmp(w->fp, srv.ring_fp) != 0)
@@ -404,21 +389,9 @@ static void advance(const ring_record *cur, const char *fp, char *text)
     }
     record_clear(w);
     *w = next;
-    char expected[24], epoch[24], lease_ms[16];
-    snprintf(expected, sizeof(expected), "%llu", cur->epoch);
-    snprintf(epoch, sizeof(epoch), "%llu", w->epoch);
-    snprintf(lease_ms, sizeof(lease_ms), "%d", EPOCH_LEASE_MS);
-    const char *argv[] = {EPOCH_RECORD,    EPOCH_HISTORY, EPOCH_LEASE,
-                          expected,        epoch,         "1",
-                          srv.instance_id, lease_ms,      w->fp,
-                          "text",          w->text,       "prev_fp",
-                          w->prev_fp,      "prev_text",   w->prev_text ? w->prev_text : "",
-                          "state",         w->state,      "owner",
-                          w->owner,        "progress",    ""};
     set_state(EPOCH_ADVANCING, NULL);
     ep.advance_lost = 0;
-    if (write_record((size_t)arbiter, &advance_script, on_advance_arbiter,
-                     (int)(sizeof(argv) / sizeof(argv[0])), argv) == 0)
+    if (write_whole((size_t)arbiter, w, cur->epoch, 1, on_advance_arbiter) == 0)
         log_notice("ring epoch: proposing ring %s as epoch %llu (shards at %llu, ring %s)", w->fp,
                    w->epoch, cur->epoch, cur->epoch ? cur->fp : "none");
 }
@@ -830,9 +803,16 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         srv.ring_check_refused = 0;
         poll_soon();
     }
-    if (now < ep.next_poll_us)
+    unsigned ready = 0;
+    for (size_t i = 0; i < store_count(); i++)
+        ready += store_shard_state(i) == STORE_READY;
+    if (ready != ep.store_ready) {
+        ep.store_ready = ready; /* a shard (re)connected or restored: repair it */
+        poll_soon();
+    }
+    if (ep.next_poll_us == UINT64_MAX || now < ep.next_poll_us)
         return;
-    ep.next_poll_us = now + (busy() ? EPOCH_BUSY_POLL_US : EPOCH_IDLE_POLL_US);
+    ep.next_poll_us = busy() ? now + EPOCH_BUSY_POLL_US : UINT64_MAX;
     poll_shards();
 }
 
@@ -874,8 +854,8 @@ int epoch_info_server(buf *b)
                       "shards_epoch:%llu\r\n"
                       "ring_fingerprint:%s\r\n"
                       "ring_status:%s\r\n",
-                      ep.state == EPOCH_CURRENT ? ep.epoch : 0ull, shards, srv.ring_fp,
-                      state_name(ep.state));
+                      ep.state == EPOCH_CURRENT ? ep.epoch : history_epoch(srv.ring_fp), shards,
+                      srv.ring_fp, state_name(ep.state));
 }
 
 int epoch_info_rebalance(buf *b)
