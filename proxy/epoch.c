@@ -803,6 +803,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         srv.ring_check_refused = 0;
         poll_soon();
     }
+    /* A shard a reload brought in carries the record too (the next ring
+     * change must fence it). */
+    for (size_t i = 0; i < srv.cfg->nshards; i++)
+        if (store_index(srv.cfg->shards[i].name) < 0)
+            (void)store_add_shard(&srv.cfg->shards[i]);
     unsigned ready = 0;
     for (size_t i = 0; i < store_count(); i++)
         ready += store_shard_state(i) == STORE_READY;

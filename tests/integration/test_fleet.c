@@ -516,6 +516,11 @@ static void test_added_shard_rolled_out_over_three_proxies(void **state)
     roll_out(&spec, 1500, 2);
     expect_all(pcs);
     assert_true(info_ll(pcs[2], "server", "shards_epoch") == 2);
+    /* The added shard carries the record too (the next change fences it):
+     * in the store's database, 15 by default. */
+    fixture_expect_status(fixture_cmd(direct[3], "SELECT 15"), "OK");
+    fixture_expect_str(fixture_cmd(direct[3], "HGET ringproxy:ring epoch"), "2");
+    fixture_expect_status(fixture_cmd(direct[3], "SELECT 0"), "OK");
     test_passed = 1;
 }
 
