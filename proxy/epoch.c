@@ -24,6 +24,7 @@
 #include <event2/event_struct.h>
 #include <hiredis/hiredis.h>
 
+#include "config/config.h"
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
 #include "proxy/reload.h"
@@ -210,8 +211,8 @@ static void set_state(epoch_state to, const char *refusal)
 
 /* ---- rings named in a record's text ---- */
 
-/* Calls fn(store index) for each shard named in text's [shards] that the
- * store knows (once each, even across two texts). */
+/* Writes to out the store index of each shard named in the [shards] of
+ * text and other that the store knows (once each); their number. */
 static size_t ring_store_shards(const char *text, const char *other, size_t *out, size_t cap)
 {
     size_t n = 0;
@@ -239,8 +240,9 @@ static size_t ring_store_shards(const char *text, const char *other, size_t *out
     return n;
 }
 
-/* The arbiter of a ring: its shard with the lowest name that the store
- * knows. Every proxy running that ring picks the same one. -1 if none. */
+/* The arbiter of a ring: its shard with the lowest name. Every proxy
+ * picks the same one, since the store knows every shard of the records it
+ * read (store_learn). -1 if none. */
 static int arbiter_of(const char *text)
 {
     size_t idx[EPOCH_MAX_SHARDS];
@@ -250,6 +252,27 @@ static int arbiter_of(const char *text)
         if (best < 0 || strcmp(store_name(idx[i]), store_name((size_t)best)) < 0)
             best = (int)idx[i];
     return best;
+}
+
+/* Makes the store know every shard of a ring text (a proxy whose file
+ * lacks one still reads, writes and fences it). */
+static void store_learn(const char *text, const char *fp)
+{
+    static char learnt[2][24]; /* the rings (by fingerprint) learnt last */
+    static int next;
+    if (!text || !text[0] || strcmp(fp, learnt[0]) == 0 || strcmp(fp, learnt[1]) == 0)
+        return;
+    config *cfg = NULL;
+    char err[300];
+    if (config_load_string(text, "the shards' ring record", &cfg, err, sizeof(err)) < 0) {
+        log_warn("ring epoch: the shards' ring record does not load: %s", err);
+        return;
+    }
+    for (size_t i = 0; i < cfg->nshards; i++)
+        (void)store_add_shard(&cfg->shards[i]);
+    config_free(cfg);
+    snprintf(learnt[next], sizeof(learnt[0]), "%s", fp);
+    next = 1 - next;
 }
 
 /* The shards the record of r must be on and fenced: its ring's and, while
@@ -369,6 +392,7 @@ static void on_advance_arbiter(void *privdata, size_t si, const redisReply *r)
  * arbiter of the ring in force first. */
 static void advance(const ring_record *cur, const char *fp, char *text)
 {
+    set_state(EPOCH_ADVANCING, NULL); /* polls go on until it is written */
     if (!text)
         return;
     int arbiter = arbiter_of(cur->epoch ? cur->text : text);
@@ -389,7 +413,6 @@ static void advance(const ring_record *cur, const char *fp, char *text)
     }
     record_clear(w);
     *w = next;
-    set_state(EPOCH_ADVANCING, NULL);
     ep.advance_lost = 0;
     if (write_whole((size_t)arbiter, w, cur->epoch, 1, on_advance_arbiter) == 0)
         log_notice("ring epoch: proposing ring %s as epoch %llu (shards at %llu, ring %s)", w->fp,
@@ -648,6 +671,8 @@ static void decide(void)
         srv.shards_epoch_seen = r->epoch;
     record_copy(&ep.fleet, r);
     r = &ep.fleet;
+    store_learn(r->text, r->fp);
+    store_learn(r->prev_text, r->prev_fp);
     if (r->epoch == 0) {
         /* The first proxy of a fleet writes epoch 1: the ring the keys
          * are on, which is the one it moves from if a move runs. */

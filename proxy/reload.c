@@ -386,13 +386,18 @@ static void plan_commit(reload_plan *p)
     p->ring = NULL;
 }
 
-int reload_start(config *cfg, char *err, size_t errlen)
+void reload_new_instance_id(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(srv.instance_id, sizeof(srv.instance_id), "%x%05x",
              (unsigned)((unsigned)ts.tv_sec ^ ((unsigned)getpid() << 16)),
              (unsigned)(ts.tv_nsec / 10000));
+}
+
+int reload_start(config *cfg, char *err, size_t errlen)
+{
+    reload_new_instance_id();
     reload_plan p;
     if (plan_prepare(cfg, &p, err, errlen) < 0)
         return -1;

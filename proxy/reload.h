@@ -12,6 +12,12 @@
  * after -1, reload_shutdown() frees what was built. */
 __attribute__((warn_unused_result)) int reload_start(config *cfg, char *err, size_t errlen);
 
+/* Names this process among the proxies (srv.instance_id, in its shard
+ * connections' names and the mover's lease). reload_start calls it; a
+ * process forked after that (a worker) must call it again before its
+ * shard connections open, so that no two processes share a name. */
+void reload_new_instance_id(void);
+
 /* Re-reads srv.cfg->path and applies it. Returns 0, or -1 with the reason in
  * err (also kept in srv.last_reload_error and logged). */
 __attribute__((warn_unused_result)) int reload_config(const char *why, char *err, size_t errlen);
