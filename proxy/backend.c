@@ -486,7 +486,10 @@ static void conn_connected(backend_conn *c)
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
     c->handshake_pending = 0;
-    int check_ring = srv.ring_fp[0] != '\0';
+    /* Subscriber connections carry no keys (a subscription made by a stale
+     * ring misses messages, and the switch closes them anyway), and their
+     * replies are events, not answers to fragments: no ring check. */
+    int check_ring = srv.ring_fp[0] != '\0' && !c->push_mode;
     int check_role = c->shard->sentinel_master != NULL;
     if (check_ring && conn_queue_ring_check(c) < 0) {
         conn_fail(c, "unavailable: out of memory queueing the ring check", 0);
