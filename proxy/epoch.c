@@ -98,7 +98,8 @@ static struct {
     int lease_pending; /* a lease call is out */
     int finishing;     /* the movers ended: writing state idle */
     uint64_t fences_done, kills;
-    unsigned store_ready; /* store shards READY at the last tick */
+    unsigned store_ready;           /* store shards READY at the last tick */
+    unsigned long long config_seen; /* srv.config_epoch + 1 whose shards the store has */
 } ep;
 
 /* ---- scripts (KEYS[1] is the store marker) ---- */
@@ -376,10 +377,10 @@ static void on_advance_arbiter(void *privdata, size_t si, const redisReply *r)
         for (size_t i = 0; i < n; i++)
             if (idx[i] != si)
                 (void)write_whole(idx[i], w, 0, 0, on_write);
-        /* The first epoch may be the ring this proxy moves from (a move
-         * started before the shards held any record): it ran that one. */
-        if (strcmp(w->fp, srv.ring_fp) != 0)
-            ep.epoch = w->epoch;
+        /* This proxy ran the ring it proposed (its own, or the one it
+         * moves from when the first epoch is written during a move), even
+         * if a reload has changed its ring since: its base for the next. */
+        ep.epoch = w->epoch;
         log_notice("ring epoch %llu: ring %s (was %s) written; fencing the shards", w->epoch, w->fp,
                    w->prev_fp[0] ? w->prev_fp : "none");
     } else {
@@ -696,7 +697,12 @@ static void decide(void)
     }
     char why[400];
     unsigned long long mine = history_epoch(srv.ring_fp);
-    if (mine && mine < r->epoch) {
+    int ran_current = ep.epoch == r->epoch && !ep.advance_lost;
+    if (ran_current && strcmp(r->state, "idle") == 0) {
+        /* This proxy ran the shards' ring and its file changed: an edit,
+         * even back to a ring the fleet had before (an undo). */
+        advance(r, srv.ring_fp, reload_ring_text(srv.cfg));
+    } else if (mine && mine < r->epoch && !ran_current) {
         snprintf(why, sizeof(why),
                  "this proxy runs epoch %llu (ring %s), the shards epoch %llu (ring %s); reload "
                  "its proxy.ini",
@@ -830,9 +836,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
     /* A shard a reload brought in carries the record too (the next ring
      * change must fence it). */
-    for (size_t i = 0; i < srv.cfg->nshards; i++)
-        if (store_index(srv.cfg->shards[i].name) < 0)
-            (void)store_add_shard(&srv.cfg->shards[i]);
+    if (ep.config_seen != srv.config_epoch + 1) {
+        ep.config_seen = srv.config_epoch + 1;
+        for (size_t i = 0; i < srv.cfg->nshards; i++)
+            if (store_index(srv.cfg->shards[i].name) < 0)
+                (void)store_add_shard(&srv.cfg->shards[i]);
+    }
     unsigned ready = 0;
     for (size_t i = 0; i < store_count(); i++)
         ready += store_shard_state(i) == STORE_READY;
