@@ -337,13 +337,14 @@ static int conn_write_handshake(backend_conn *c, const fragment *last, int await
 
 /* The check: reads the ring record from the store's database (SELECT in a
  * script changes only the script's database) and answers its epoch, or
- * RINGEPOCH <epoch> <fingerprint> when the shards run another ring. No
+ * RINGEPOCH <epoch> <fingerprint> when the shards run another ring than
+ * this proxy's (ARGV[2]) or the one it is moving on from (ARGV[3]). No
  * record (a fleet not yet set up, a shard that restarted empty): passed. */
 static const char RING_CHECK_SCRIPT[] =
     "redis.call('SELECT', ARGV[1])\n"
     "local r = redis.call('HMGET', 'ringproxy:ring', 'epoch', 'fp')\n"
     "if not r[1] then return 0 end\n"
-    "if r[2] == ARGV[2] then return tonumber(r[1]) end\n"
+    "if r[2] == ARGV[2] or r[2] == ARGV[3] then return tonumber(r[1]) end\n"
     "return redis.error_reply('RINGEPOCH ' .. r[1] .. ' ' .. r[2])\n";
 
 static void name_done(fragment *f, const char *reply, size_t len)
@@ -392,12 +393,13 @@ static int conn_queue_ring_check(backend_conn *c)
     snprintf(db, sizeof(db), "%d", srv.cfg->store_db);
     snprintf(name, sizeof(name), "ringproxy-%s-%s", srv.ring_fp, srv.instance_id);
     buf check = {0}, setname = {0};
-    buf_append_header(&check, '*', 5);
+    buf_append_header(&check, '*', 6);
     buf_append_bulk(&check, "EVAL", 4);
     buf_append_bulk(&check, RING_CHECK_SCRIPT, sizeof(RING_CHECK_SCRIPT) - 1);
     buf_append_bulk(&check, "0", 1);
     buf_append_bulk(&check, db, strlen(db));
     buf_append_bulk(&check, srv.ring_fp, strlen(srv.ring_fp));
+    buf_append_bulk(&check, srv.ring_fp_prev, strlen(srv.ring_fp_prev));
     buf_append_header(&setname, '*', 3);
     buf_append_bulk(&setname, "CLIENT", 6);
     buf_append_bulk(&setname, "SETNAME", 7);

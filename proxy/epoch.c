@@ -205,6 +205,8 @@ static void set_state(epoch_state to, const char *refusal)
         log_notice("serving again: this proxy runs the shards' ring (epoch %llu)", ep.epoch);
         srv.ring_refusing = 0;
     }
+    if (to != EPOCH_ADVANCING)
+        srv.ring_fp_prev[0] = '\0'; /* only a proposal in progress keeps it */
     if (ep.state != to)
         log_info("ring epoch: %s -> %s", state_name(ep.state), state_name(to));
     ep.state = to;
@@ -828,6 +830,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         /* A reload changed the ring (or this is the start). */
         snprintf(ep.last_fp, sizeof(ep.last_fp), "%s", srv.ring_fp);
         ep.advance_lost = 0;
+        if (ep.state != EPOCH_CURRENT)
+            srv.ring_fp_prev[0] = '\0'; /* it did not run the shards' ring */
         poll_soon();
     }
     if (srv.ring_check_refused) {

@@ -375,8 +375,15 @@ static void plan_commit(reload_plan *p)
     srv.nshards = p->cfg->nshards;
     srv.ring = p->ring;
     config_free(old_cfg);
-    /* New connections name themselves after the ring and check it. */
-    reload_ring_fingerprint(srv.cfg, srv.ring_fp, sizeof(srv.ring_fp));
+    /* New connections name themselves after the ring and check it; the
+     * ring ran so far stays acceptable while this proxy proposes the new
+     * one (its own connections opened before the reload run it too). */
+    char fp[sizeof(srv.ring_fp)];
+    reload_ring_fingerprint(srv.cfg, fp, sizeof(fp));
+    if (strcmp(fp, srv.ring_fp) != 0) {
+        memcpy(srv.ring_fp_prev, srv.ring_fp, sizeof(srv.ring_fp_prev));
+        memcpy(srv.ring_fp, fp, sizeof(srv.ring_fp));
+    }
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_start(srv.shards[i]);
     sentinel_sync();
