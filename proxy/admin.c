@@ -16,6 +16,7 @@
 #include "proxy/backend.h"
 #include "proxy/buf.h"
 #include "proxy/dns.h"
+#include "proxy/epoch.h"
 #include "proxy/lock.h"
 #include "proxy/log.h"
 #include "proxy/pause.h"
@@ -69,6 +70,17 @@ static void drop_blank_line(buf *text)
 {
     if (buf_len(text) >= 2)
         text->end -= 2;
+}
+
+/* INFO rebalance: this proxy's migration, then the fleet's (epoch.c). */
+static int info_rebalance(buf *text)
+{
+    if (rebalance_info(text) < 0)
+        return -1;
+    drop_blank_line(text);
+    if (epoch_info_rebalance(text) < 0)
+        return -1;
+    return buf_printf(text, "\r\n");
 }
 
 static void reply_error_line(request *req, const char *msg)
@@ -130,7 +142,7 @@ static int info_server(buf *b)
     char when[32] = "never";
     if (srv.last_reload_time)
         snprintf(when, sizeof(when), "%lld", (long long)srv.last_reload_time);
-    return buf_printf(
+    int fail = buf_printf(
         b,
         "# Server\r\n"
         "ringproxy_version:%s\r\n"
@@ -146,13 +158,15 @@ static int info_server(buf *b)
         "hash:%s\r\n"
         "compat:%s\r\n"
         "workers:%d\r\n"
-        "worker_index:%d\r\n"
-        "\r\n",
+        "worker_index:%d\r\n",
         RINGPROXY_VERSION, RINGPROXY_REDIS_COMPAT, (int)getpid(), srv.listen_port,
         (long long)(now - srv.start_time), srv.cfg->path, (unsigned long long)srv.config_epoch,
         when, srv.last_reload_error[0] ? srv.last_reload_error : "none", hash_name(srv.cfg->hash),
         srv.cfg->compat == RING_TWEMPROXY ? "twemproxy" : "none", srv.workers > 1 ? srv.workers : 1,
         srv.worker_index);
+    if (fail < 0 || epoch_info_server(b) < 0)
+        return -1;
+    return buf_printf(b, "\r\n");
 }
 
 /* Clients and Stats are totals over the workers (workers_totals). */
@@ -321,7 +335,7 @@ size_t admin_info(request *req, size_t argc, const resp_arg *argv, resp_arg sect
     if (section_wanted("shards", argc, argv))
         (void)info_shards(&text);
     if (section_wanted("rebalance", argc, argv))
-        (void)rebalance_info(&text);
+        (void)info_rebalance(&text);
     if (section_wanted("locks", argc, argv))
         (void)lock_info(&text);
     if (section_wanted("errorstats", argc, argv))
@@ -480,7 +494,7 @@ static void cmd_proxy_reload(request *req)
 static void cmd_proxy_rebalance(request *req)
 {
     buf text = {0};
-    (void)rebalance_info(&text);
+    (void)info_rebalance(&text);
     drop_blank_line(&text);
     reply_text(req, &text);
 }

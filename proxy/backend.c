@@ -306,6 +306,14 @@ static int conn_queue_auth(backend_conn *c, const char *user, const char *passwo
     return conn_queue_first(c, &c->auth, auth_done, &first);
 }
 
+/* One answer of the handshake (ROLE, the ring check) came back good: when
+ * it is the last awaited, what was queued behind it goes out. */
+static void handshake_answered(backend_conn *c)
+{
+    if (c->handshake_pending > 0 && --c->handshake_pending == 0 && buf_len(&c->out))
+        conn_mark_dirty(c);
+}
+
 static void role_done(fragment *f, const char *reply, size_t len)
 {
     backend_conn *c = f->conn;
@@ -315,9 +323,7 @@ static void role_done(fragment *f, const char *reply, size_t len)
         if (len >= sizeof(ROLE_REPLICA) - 1 &&
             memcmp(reply, ROLE_REPLICA, sizeof(ROLE_REPLICA) - 1) == 0 &&
             memmem(reply, len, ROLE_LINK_UP, sizeof(ROLE_LINK_UP) - 1)) {
-            c->role_pending = 0;
-            if (buf_len(&c->out))
-                conn_mark_dirty(c);
+            handshake_answered(c);
             return;
         }
         /* Promoted, or cut off from its master: reads there could be
@@ -327,9 +333,7 @@ static void role_done(fragment *f, const char *reply, size_t len)
     }
     if (len >= sizeof(ROLE_MASTER) - 1 &&
         memcmp(reply, ROLE_MASTER, sizeof(ROLE_MASTER) - 1) == 0) {
-        c->role_pending = 0;
-        if (buf_len(&c->out))
-            conn_mark_dirty(c);
+        handshake_answered(c);
         return;
     }
     /* A demoted master (a failover not yet heard of): nothing may be sent
@@ -377,12 +381,14 @@ static void client_id_done(fragment *f, const char *reply, size_t len)
         c->shard_client_id = id;
 }
 
-/* Writes AUTH and ROLE at once; the rest waits for ROLE's answer
- * (role_pending). The socket has just connected, so its buffer takes these
- * few bytes whole. 0, or -1 with a reason in why. */
-static int conn_write_role(backend_conn *c, char *why, size_t whylen)
+/* Writes the handshake (AUTH, ROLE, CLIENT SETNAME, the ring check) at
+ * once; the rest waits for the answers it needs (handshake_pending). The
+ * socket has just connected, so its buffer takes these few bytes whole.
+ * 0, or -1 with a reason in why. */
+static int conn_write_handshake(backend_conn *c, const fragment *last, int awaited, char *why,
+                                size_t whylen)
 {
-    size_t len = (size_t)(c->role.end_offset - c->written_total);
+    size_t len = (size_t)(last->end_offset - c->written_total);
     tls_want want;
     ssize_t n = c->tls.ssl ? tls_write(c->tls.ssl, buf_head(&c->out), len, &want)
                            : write(c->fd, buf_head(&c->out), len);
@@ -392,7 +398,102 @@ static int conn_write_role(backend_conn *c, char *why, size_t whylen)
     }
     buf_consume(&c->out, len);
     c->written_total += len;
-    c->role_pending = 1;
+    c->handshake_pending = awaited;
+    return 0;
+}
+
+/* ---- the ring check (docs/rebalancing.md, "Several proxies") ----
+ * Every connection names itself (CLIENT SETNAME ringproxy-<ring>-<proxy>)
+ * and, before anything else is written on it, asks the shard whether the
+ * ring this proxy runs is the shards' current one. The proxy that advances
+ * the ring epoch writes the new ring on each shard and then kills the
+ * connections named with another ring: a proxy behind loses its
+ * connections, and the check refuses its new ones. SETNAME runs before the
+ * check, so a connection checked before the new ring was written is listed
+ * (and killed) after it. Per request nothing is added. */
+
+/* The check: reads the ring record from the store's database (SELECT in a
+ * script changes only the script's database) and answers its epoch, or
+ * RINGEPOCH <epoch> <fingerprint> when the shards run another ring than
+ * this proxy's (ARGV[2]) or the one it is moving on from (ARGV[3]). No
+ * record (a fleet not yet set up, a shard that restarted empty): passed. */
+static const char RING_CHECK_SCRIPT[] =
+    "redis.call('SELECT', ARGV[1])\n"
+    "local r = redis.call('HMGET', 'ringproxy:ring', 'epoch', 'fp')\n"
+    "if not r[1] then return 0 end\n"
+    "if r[2] == ARGV[2] or r[2] == ARGV[3] then return tonumber(r[1]) end\n"
+    "return redis.error_reply('RINGEPOCH ' .. r[1] .. ' ' .. r[2])\n";
+
+static void name_done(fragment *f, const char *reply, size_t len)
+{
+    (void)f;
+    (void)reply;
+    (void)len; /* an old Redis without CLIENT SETNAME: the check still guards */
+}
+
+static void ring_check_done(fragment *f, const char *reply, size_t len)
+{
+    backend_conn *c = f->conn;
+    if (c->state != BACKEND_UP)
+        return; /* the connection is failing already */
+    unsigned long long epoch = 0;
+    char fp[24] = "";
+    if (len > 11 && memcmp(reply, "-RINGEPOCH ", 11) == 0 &&
+        sscanf(reply + 11, "%llu %23s", &epoch, fp) == 2) {
+        if (epoch > srv.shards_epoch_seen)
+            srv.shards_epoch_seen = epoch;
+        srv.ring_check_refused = 1;
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "unavailable: ring changed: the shards run ring %s (epoch %llu), this proxy %s",
+                 fp, epoch, srv.ring_fp);
+        conn_fail(c, why, 0);
+        return;
+    }
+    if (len > 1 && reply[0] == ':') {
+        epoch = strtoull(reply + 1, NULL, 10);
+        if (epoch > srv.shards_epoch_seen)
+            srv.shards_epoch_seen = epoch;
+    } else if (len > 1 && reply[0] == '-') {
+        /* No store database (store_db out of range) or no scripting: the
+         * store cannot work either; serve as a single proxy would. */
+        log_debug("shard %s: ring check answered %.*s", c->shard->label, (int)(len - 2), reply);
+    }
+    handshake_answered(c);
+}
+
+/* Queues CLIENT SETNAME and the ring check (the check first: each goes in
+ * front of what is queued). 0 or -1. */
+static int conn_queue_ring_check(backend_conn *c)
+{
+    char db[16], name[96];
+    snprintf(db, sizeof(db), "%d", srv.cfg->store_db);
+    snprintf(name, sizeof(name), "ringproxy-%s-%s", srv.ring_fp, srv.instance_id);
+    buf check = {0}, setname = {0};
+    buf_append_header(&check, '*', 6);
+    buf_append_bulk(&check, "EVAL", 4);
+    buf_append_bulk(&check, RING_CHECK_SCRIPT, sizeof(RING_CHECK_SCRIPT) - 1);
+    buf_append_bulk(&check, "0", 1);
+    buf_append_bulk(&check, db, strlen(db));
+    buf_append_bulk(&check, srv.ring_fp, strlen(srv.ring_fp));
+    buf_append_bulk(&check, srv.ring_fp_prev, strlen(srv.ring_fp_prev));
+    buf_append_header(&setname, '*', 3);
+    buf_append_bulk(&setname, "CLIENT", 6);
+    buf_append_bulk(&setname, "SETNAME", 7);
+    buf_append_bulk(&setname, name, strlen(name));
+    if (buf_failed(&check) || buf_failed(&setname)) {
+        buf_free(&check);
+        buf_free(&setname);
+        return -1;
+    }
+    if (conn_queue_first(c, &c->ring_check, ring_check_done, &check) < 0) {
+        buf_free(&setname);
+        return -1;
+    }
+    c->ring_check.harmless = 1;
+    if (conn_queue_first(c, &c->name, name_done, &setname) < 0)
+        return -1;
+    c->name.harmless = 1;
     return 0;
 }
 
@@ -463,10 +564,11 @@ static void conn_connected(backend_conn *c)
         log_debug("shard %s: reserved connection up", c->shard->label);
     else
         log_info("shard %s conn %d: connected", c->shard->label, c->index);
-    c->role_pending = 0;
+    c->handshake_pending = 0;
     c->shard_client_id = 0;
-    /* Each goes in front of the one before: AUTH, ROLE, HELLO 3, CLIENT ID,
-     * then what was queued while connecting. */
+    /* Each goes in front of the one before: AUTH, ROLE, CLIENT SETNAME and
+     * the ring check, HELLO 3, CLIENT ID, then what was queued while
+     * connecting. */
     if (c->reserved && !c->push_mode &&
         conn_queue_fixed(c, &c->client_id, client_id_done, CLIENT_ID_REQUEST,
                          sizeof(CLIENT_ID_REQUEST) - 1) < 0) {
@@ -478,7 +580,15 @@ static void conn_connected(backend_conn *c)
         conn_fail(c, "unavailable: out of memory queueing HELLO", 0);
         return;
     }
+    /* Subscriber connections carry no keys (a subscription made by a stale
+     * ring misses messages, and the switch closes them anyway), and their
+     * replies are events, not answers to fragments: no ring check. */
+    int check_ring = srv.ring_fp[0] != '\0' && !c->push_mode;
     int check_role = c->shard->sentinel_master != NULL || c->shard->is_replica;
+    if (check_ring && conn_queue_ring_check(c) < 0) {
+        conn_fail(c, "unavailable: out of memory queueing the ring check", 0);
+        return;
+    }
     if (check_role && conn_queue_role(c) < 0) {
         conn_fail(c, "unavailable: out of memory queueing ROLE", 0);
         return;
@@ -489,7 +599,9 @@ static void conn_connected(backend_conn *c)
         return;
     }
     char why[160];
-    if (check_role && conn_write_role(c, why, sizeof(why)) < 0) {
+    const fragment *last = check_ring ? &c->ring_check : &c->role;
+    if ((check_ring || check_role) &&
+        conn_write_handshake(c, last, check_ring + check_role, why, sizeof(why)) < 0) {
         conn_fail(c, why, 0);
         return;
     }
@@ -638,7 +750,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         conn_tcp_connected(c);
         return;
     }
-    if (c->state == BACKEND_UP && !c->barrier && !c->role_pending)
+    if (c->state == BACKEND_UP && !c->barrier && !c->handshake_pending)
         conn_write(c);
 }
 
@@ -882,7 +994,7 @@ int backend_flush_pending(void)
         n++;
         backend_conn *c = FLUSHQ_ENTRY(l, backend_conn, flush);
         /* A reserved connection's writes wait for its barrier. */
-        if (c->state == BACKEND_UP && !c->barrier && !c->role_pending && !c->write_waiting)
+        if (c->state == BACKEND_UP && !c->barrier && !c->handshake_pending && !c->write_waiting)
             conn_write(c);
     }
     return n;
@@ -1130,7 +1242,7 @@ static void shard_close_for_move(shard *s, const char *why)
         conn_fail_inflight(c, why, 0);
         conn_unmark_dirty(c);
         c->backoff_ms = 0;
-        c->role_pending = 0;
+        c->handshake_pending = 0;
         c->laddr[0] = '\0';
     }
     /* Connections reset on the old address cannot be confirmed gone on the

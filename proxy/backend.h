@@ -71,7 +71,10 @@ typedef struct backend_conn {
     char laddr[64];          /* our end, as the shard names it in CLIENT LIST (addr=) */
     fragment auth;           /* the AUTH sent first when the shards need a password */
     fragment role;           /* the ROLE sent next to a sentinel shard or a read replica */
-    int role_pending;        /* ROLE not yet answered as wanted: nothing else is written */
+    fragment name;           /* CLIENT SETNAME ringproxy-<ring>-<proxy>, then */
+    fragment ring_check;     /* the ring check (backend.c): the shards run our ring */
+    int handshake_pending;   /* answers (ROLE "master", the ring check) still awaited:
+                                nothing else is written until they are in */
     int resp3;               /* speaks RESP3: HELLO 3 goes first, replies come in RESP3 */
     fragment hello;          /* that HELLO 3 */
     fragment client_id;      /* the CLIENT ID a reserved connection asks first */

@@ -17,6 +17,7 @@
 #include "proxy/backend.h"
 #include "proxy/client.h"
 #include "proxy/dns.h"
+#include "proxy/epoch.h"
 #include "proxy/listener.h"
 #include "proxy/lock.h"
 #include "proxy/metrics.h"
@@ -182,6 +183,9 @@ static int check_config(const char *path)
 static int start_services(config *cfg)
 {
     char err[600];
+    /* The fleet's ring epoch registers its store scripts, and puts the
+     * rebalance in fleet mode before a migration can resume. */
+    epoch_register();
     if (reload_start(cfg, err, sizeof(err)) < 0) {
         log_error("%s", err);
         reload_shutdown();
@@ -197,6 +201,7 @@ static int start_services(config *cfg)
         reload_shutdown();
         return -1;
     }
+    epoch_start();
     if (listener_start(cfg->listen_host, cfg->listen_port, cfg->tcp_backlog, 0, err, sizeof(err)) <
             0 ||
         (cfg->tls_listen_host && listener_start(cfg->tls_listen_host, cfg->tls_listen_port,
@@ -204,7 +209,7 @@ static int start_services(config *cfg)
         metrics_start(cfg, err, sizeof(err)) < 0) {
         listener_stop();
         log_error("%s", err);
-        listener_stop();
+        epoch_shutdown();
         lock_shutdown();
         twopc_shutdown();
         store_shutdown();
@@ -260,6 +265,7 @@ static void stop_services(void)
     /* First: cancelled lookups end in one more turn of the loop, while
      * everything they could touch still runs. */
     dns_shutdown();
+    epoch_shutdown();
     lock_shutdown();
     twopc_shutdown();
     store_shutdown();

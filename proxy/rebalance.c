@@ -81,6 +81,14 @@ typedef struct migrate_call {
 
 static struct {
     int running;
+    /* Several proxies (epoch.c): the barrier also waits for the fleet's
+     * fence, and the mover runs only on the proxy holding the lease. */
+    int fleet;                 /* the fleet mode is on (the proxy runs epoch.c) */
+    int fleet_hold;            /* the barrier's hold for the fleet's fence is up */
+    int mover_on;              /* this proxy may SCAN and MIGRATE (always without fleet) */
+    char old_fp[24];           /* the ring moved from, by fingerprint */
+    char *old_text;            /* and as proxy.ini text (reload_ring_text) */
+    void (*on_finished)(void); /* the movers completed their passes */
     ring *old_ring;
     shard **old_shards; /* old ring order */
     size_t n_old;
@@ -429,6 +437,8 @@ static void batch_end(mover *m)
             if (rb.movers[i].state != MOVER_DONE)
                 return;
         finish();
+        if (rb.on_finished)
+            rb.on_finished();
         return;
     }
     mover_step(m);
@@ -785,7 +795,7 @@ static void on_scan_reply(ctlconn *ac, void *reply, void *privdata)
 
 static void mover_step(mover *m)
 {
-    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0 || rb.fleet_wait)
+    if (!rb.running || m->state != MOVER_READY || rb.barrier > 0 || rb.fleet_wait || !rb.mover_on)
         return;
     uint64_t now = server_now_us();
     if (now < m->next_at_us)
@@ -985,12 +995,15 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
     size_t n_sources = 0;
     for (size_t i = 0; i < n_old; i++)
         n_sources += (size_t)is_source[i];
-    /* With several workers, worker 0 alone moves keys in the background
-     * and keeps the state file; the others move keys on demand and end
-     * when it says it is done. */
+    /* With several workers, worker 0 alone keeps the state file. Without
+     * the fleet's ring record (epoch.c) it alone moves keys in the
+     * background too, and the others move keys on demand and end when it
+     * says it is done; with it, the worker holding the fleet's lease moves
+     * them, as any proxy of the fleet would. */
     if (!workers_runs_mover()) {
-        n_sources = 0;
         state_text = NULL;
+        if (!rb.fleet)
+            n_sources = 0;
     }
     rebalance_state_path(srv.cfg->path, rb.state_path, sizeof(rb.state_path));
     if (state_text && write_state(state_text, err, errlen) < 0) {
@@ -1026,7 +1039,14 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
         mover_connect(m);
     }
     free(is_source);
+    rb.mover_on = !rb.fleet;
+    rb.old_fp[0] = '\0';
     raise_barrier(old_shards, n_old);
+    if (rb.fleet) {
+        /* Keys move only once every shard is fenced (epoch.c). */
+        rb.fleet_hold = 1;
+        rb.barrier++;
+    }
     if (workers_runs_mover())
         log_notice("rebalance started: %zu source shard%s, state in %s", rb.n_movers,
                    rb.n_movers == 1 ? "" : "s", rb.state_path);
@@ -1034,7 +1054,7 @@ int rebalance_start(ring *old_ring, shard **old_shards, size_t n_old, const char
         log_notice("rebalance started: keys move on demand here, in the background in worker 0");
     if (--rb.barrier == 0)
         barrier_down();
-    if (rb.n_movers == 0 && workers_runs_mover() && !rb.fleet_wait)
+    if (rb.n_movers == 0 && workers_runs_mover() && !rb.fleet_wait && !rb.fleet)
         finish();
     return 0;
 }
@@ -1065,6 +1085,7 @@ static void finish(void)
                (unsigned long long)rb.busykey_deleted, (unsigned long long)rb.failures,
                rb.drained[0] ? "; drained, safe to shut down: " : "", rb.drained);
     rb.running = 0;
+    rb.fleet_hold = 0;
     rb.migrations_done++;
     ring_free(rb.old_ring);
     rb.old_ring = NULL;
@@ -1083,6 +1104,130 @@ static void finish(void)
     if (unlink(rb.state_path) < 0 && errno != ENOENT)
         log_warn("rebalance: cannot remove %s: %s", rb.state_path, strerror(errno));
     workers_migration_finished(rb.migration_id);
+}
+
+/* ---- several proxies (epoch.c drives these) ---- */
+
+void rebalance_fleet_enable(void (*on_finished)(void))
+{
+    rb.fleet = 1;
+    rb.on_finished = on_finished;
+}
+
+void rebalance_set_old_ring(const char *fp, const char *text)
+{
+    snprintf(rb.old_fp, sizeof(rb.old_fp), "%s", fp);
+    free(rb.old_text);
+    rb.old_text = text ? strdup(text) : NULL;
+}
+
+const char *rebalance_old_fp(void)
+{
+    return rb.running ? rb.old_fp : "";
+}
+
+const char *rebalance_old_text(void)
+{
+    return rb.running && rb.old_text ? rb.old_text : "";
+}
+
+void rebalance_fleet_ready(void)
+{
+    if (!rb.running || !rb.fleet_hold)
+        return;
+    rb.fleet_hold = 0;
+    log_notice("rebalance: every shard is fenced against proxies on another ring");
+    barrier_lower();
+}
+
+int rebalance_fleet_ready_seen(void)
+{
+    return rb.running && !rb.fleet_hold;
+}
+
+void rebalance_set_mover(int on)
+{
+    if (rb.mover_on == on)
+        return;
+    rb.mover_on = on;
+    if (!rb.running)
+        return;
+    log_notice("rebalance: this proxy %s the moving of keys", on ? "takes on" : "leaves");
+    if (!on)
+        return;
+    int all_done = rb.n_movers > 0;
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        all_done &= rb.movers[i].state == MOVER_DONE;
+        mover_step(&rb.movers[i]);
+    }
+    if (all_done || rb.n_movers == 0) {
+        finish();
+        if (rb.on_finished)
+            rb.on_finished();
+    }
+}
+
+size_t rebalance_progress(char *out, size_t outlen)
+{
+    size_t o = 0;
+    if (outlen)
+        out[0] = '\0';
+    for (size_t i = 0; rb.running && i < rb.n_movers && o < outlen; i++) {
+        const mover *m = &rb.movers[i];
+        o += (size_t)snprintf(out + o, outlen - o, "%s%s=%s", o ? "," : "", m->source->name,
+                              m->state == MOVER_DONE ? "done" : m->cursor);
+    }
+    return o < outlen ? o : outlen;
+}
+
+void rebalance_resume_progress(const char *progress)
+{
+    for (size_t i = 0; rb.running && i < rb.n_movers; i++) {
+        mover *m = &rb.movers[i];
+        size_t nl = strlen(m->source->name);
+        for (const char *p = progress; p && *p;) {
+            const char *end = strchr(p, ',');
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            if (len > nl && memcmp(p, m->source->name, nl) == 0 && p[nl] == '=') {
+                char value[32];
+                snprintf(value, sizeof(value), "%.*s", (int)(len - nl - 1), p + nl + 1);
+                if (strcmp(value, "done") == 0 && !mover_busy(m)) {
+                    mover_set_state(m, MOVER_DONE);
+                } else if (m->state != MOVER_DONE && !mover_busy(m)) {
+                    snprintf(m->cursor, sizeof(m->cursor), "%s", value);
+                }
+            }
+            p = end ? end + 1 : NULL;
+        }
+    }
+}
+
+void rebalance_fleet_done(void)
+{
+    if (!rb.running)
+        return;
+    log_notice("rebalance: the shards say the move to this ring is complete");
+    finish();
+}
+
+void rebalance_abort(const char *why)
+{
+    if (!rb.running)
+        return;
+    log_warn("rebalance: abandoned: %s", why);
+    request *req = rb.wait_head;
+    rb.wait_head = rb.wait_tail = NULL;
+    while (req) {
+        request *next = req->next_wait;
+        req->next_wait = NULL;
+        char reply[600];
+        int n = snprintf(reply, sizeof(reply), "-TRYAGAIN %s\r\n", why);
+        if (n < 0 || (size_t)n >= sizeof(reply))
+            n = (int)sizeof(reply) - 1;
+        req->on_done(req, reply, (size_t)n);
+        req = next;
+    }
+    finish();
 }
 
 void rebalance_tick(void)
@@ -1113,12 +1258,12 @@ void rebalance_tick(void)
         rb.fleet_wait = 0;
         log_info("rebalance: every worker routes by the new ring, moving keys");
         barrier_release();
-        if (rb.n_movers == 0 && workers_runs_mover()) {
+        if (rb.n_movers == 0 && workers_runs_mover() && !rb.fleet) {
             finish();
             return;
         }
     }
-    if (!workers_runs_mover() && rb.barrier == 0 && !rb.fleet_wait &&
+    if (!rb.fleet && !workers_runs_mover() && rb.barrier == 0 && !rb.fleet_wait &&
         workers_migration_is_finished(rb.migration_id)) {
         finish();
         return;
@@ -1269,6 +1414,8 @@ int rebalance_info(buf *b)
 void rebalance_shutdown(void)
 {
     free_movers();
+    free(rb.old_text);
+    rb.old_text = NULL;
     for (size_t i = 0; i < rb.n_closing; i++)
         backend_shard_free(rb.closing[i]);
     free(rb.closing);

@@ -85,6 +85,41 @@ int rebalance_take_queued_reload(void);
 /* Path of the state file for a config file. */
 void rebalance_state_path(const char *config_path, char *out, size_t outlen);
 
+/* ---- several proxies (docs/rebalancing.md, "Several proxies") ----
+ * epoch.c keeps the fleet's ring epoch on the shards and tells the local
+ * migration what the fleet allows. */
+
+/* Turns the fleet mode on (before any migration starts): every migration's
+ * barrier then also waits for rebalance_fleet_ready(), and its mover runs
+ * only after rebalance_set_mover(1). on_finished is called when this
+ * proxy's movers complete their passes (the migration has just ended). */
+void rebalance_fleet_enable(void (*on_finished)(void));
+
+/* The ring the running migration moves from, by fingerprint and as
+ * proxy.ini text (set by the one who starts it); "" when idle. */
+void rebalance_set_old_ring(const char *fp, const char *text);
+const char *rebalance_old_fp(void);
+const char *rebalance_old_text(void);
+
+/* Every shard is fenced against proxies on another ring: keys may move. */
+void rebalance_fleet_ready(void);
+int rebalance_fleet_ready_seen(void);
+
+/* Whether this proxy runs the mover (it holds the fleet's lease). */
+void rebalance_set_mover(int on);
+
+/* The movers' progress as "s1=<cursor>,s2=done" (what a proxy taking over
+ * resumes from); its length. */
+size_t rebalance_progress(char *out, size_t outlen);
+void rebalance_resume_progress(const char *progress);
+
+/* The fleet's migration completed (another proxy's movers ended it). */
+void rebalance_fleet_done(void);
+
+/* Ends the running migration without moving more (the fleet took another
+ * ring); requests waiting for its barrier get -TRYAGAIN why. */
+void rebalance_abort(const char *why);
+
 /* Stops the mover and frees everything (exit). The state file stays, so a
  * restart resumes. */
 void rebalance_shutdown(void);

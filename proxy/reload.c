@@ -52,7 +52,7 @@ static shard *find_shard(const char *name)
 
 /* The state a restarted proxy needs to resume a migration: the old shard
  * list and placement settings, in proxy.ini format so config_load reads it. */
-static char *state_text(const config *cfg)
+char *reload_ring_text(const config *cfg)
 {
     char *text = NULL;
     size_t len = 0;
@@ -88,25 +88,52 @@ static char *state_text(const config *cfg)
     return text;
 }
 
-/* A proxy stopped mid-migration left the old shard list next to its config:
- * resume moving keys from it. */
-static int resume_rebalance(char *err, size_t errlen)
+/* The ring's fingerprint: FNV-1a (64 bits) over what places keys (hash,
+ * hash tags, compat, then each shard's name and weight in name order), so
+ * two files that route every key alike have the same one whatever their
+ * addresses, line order or other settings. */
+void reload_ring_fingerprint(const config *cfg, char *out, size_t outlen)
 {
-    char path[4200];
-    rebalance_state_path(srv.cfg->path, path, sizeof(path));
-    if (access(path, F_OK) != 0)
-        return 0;
-    config *old_cfg = NULL;
-    char detail[600];
-    if (config_load(path, &old_cfg, detail, sizeof(detail)) < 0) {
-        snprintf(err, errlen, "cannot resume the rebalance recorded in %s: %s", path, detail);
-        return -1;
+    uint64_t h = 1469598103934665603ull;
+    char line[300];
+    size_t *order = calloc(cfg->nshards ? cfg->nshards : 1, sizeof(*order));
+    if (!order)
+        abort();
+    for (size_t i = 0; i < cfg->nshards; i++) {
+        size_t j = i;
+        while (j > 0 && strcmp(cfg->shards[order[j - 1]].name, cfg->shards[i].name) > 0) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
     }
+    for (size_t i = 0; i <= cfg->nshards; i++) {
+        int n = i == 0 ? snprintf(line, sizeof(line), "%s %d %c%c\n", hash_name(cfg->hash),
+                                  (int)cfg->compat, cfg->hash_tag_open ? cfg->hash_tag_open : '-',
+                                  cfg->hash_tag_close ? cfg->hash_tag_close : '-')
+                       : snprintf(line, sizeof(line), "%s %u\n", cfg->shards[order[i - 1]].name,
+                                  (unsigned)cfg->shards[order[i - 1]].weight);
+        for (int k = 0; k > -1 && k < n && k < (int)sizeof(line); k++) {
+            h ^= (unsigned char)line[k];
+            h *= 1099511628211ull;
+        }
+    }
+    free(order);
+    snprintf(out, outlen, "%016llx", (unsigned long long)h);
+}
+
+/* Starts moving keys from old_cfg's ring (taken) to the running one. */
+static int resume_from(config *old_cfg, const char *from, char *err, size_t errlen)
+{
+    char old_fp[24];
+    reload_ring_fingerprint(old_cfg, old_fp, sizeof(old_fp));
+    char *old_text = reload_ring_text(old_cfg);
     ring *old_ring = config_ring(old_cfg, err, errlen);
     shard **old_shards = calloc(old_cfg->nshards, sizeof(*old_shards));
-    if (!old_ring || !old_shards) {
+    if (!old_ring || !old_shards || !old_text) {
         ring_free(old_ring);
         free(old_shards);
+        free(old_text);
         config_free(old_cfg);
         return -1;
     }
@@ -121,16 +148,54 @@ static int resume_rebalance(char *err, size_t errlen)
                         backend_shard_free(old_shards[j]);
                 free(old_shards);
                 ring_free(old_ring);
+                free(old_text);
                 config_free(old_cfg);
                 return -1;
             }
             backend_shard_start(old_shards[i]);
         }
     }
-    log_notice("resuming the rebalance recorded in %s (%zu old shards)", path, old_cfg->nshards);
+    log_notice("resuming the rebalance recorded in %s (%zu old shards)", from, old_cfg->nshards);
     size_t n_old = old_cfg->nshards;
     config_free(old_cfg);
-    return rebalance_start(old_ring, old_shards, n_old, NULL, err, errlen);
+    int rc = rebalance_start(old_ring, old_shards, n_old, NULL, err, errlen);
+    if (rc == 0)
+        rebalance_set_old_ring(old_fp, old_text);
+    free(old_text);
+    return rc;
+}
+
+/* A proxy stopped mid-migration left the old shard list next to its config:
+ * resume moving keys from it (the shards' record, epoch.c, has the last
+ * word: a different old ring there replaces this one). */
+static int resume_rebalance(char *err, size_t errlen)
+{
+    char path[4200];
+    rebalance_state_path(srv.cfg->path, path, sizeof(path));
+    if (access(path, F_OK) != 0)
+        return 0;
+    config *old_cfg = NULL;
+    char detail[600];
+    if (config_load(path, &old_cfg, detail, sizeof(detail)) < 0) {
+        snprintf(err, errlen, "cannot resume the rebalance recorded in %s: %s", path, detail);
+        return -1;
+    }
+    return resume_from(old_cfg, path, err, errlen);
+}
+
+int reload_fleet_rebalance(const char *old_ring_text, char *err, size_t errlen)
+{
+    config *old_cfg = NULL;
+    char detail[600];
+    if (config_load_string(old_ring_text, "the shards' record", &old_cfg, detail, sizeof(detail)) <
+        0) {
+        snprintf(err, errlen, "cannot read the previous ring the shards hold: %s", detail);
+        return -1;
+    }
+    rebalance_abort("ring changed: the shards move keys from another ring; retry");
+    /* Reserved connections were pinned by the ring this proxy ran. */
+    backend_reserved_close_all("unavailable: the shard ring changed");
+    return resume_from(old_cfg, "the shards' record", err, errlen);
 }
 
 /* A config read and checked, with everything switching to it needs built:
@@ -145,6 +210,7 @@ typedef struct reload_plan {
     int ring_changed;   /* some hash changes owner: keys must move */
     char changes[400];  /* what changed on the ring, for the log */
     char *state;        /* ring_changed: the running ring as a state file */
+    char old_fp[24];    /* ring_changed: the running ring's fingerprint */
     shard **old_shards; /* ring_changed: the running ring's shards, for the mover */
     access_set *access; /* cfg's users, compiled */
 } reload_plan;
@@ -249,7 +315,8 @@ static int plan_shards(reload_plan *p, char *err, size_t errlen)
  * state file that lets a restarted proxy resume. */
 static int plan_rebalance(reload_plan *p, char *err, size_t errlen)
 {
-    p->state = state_text(srv.cfg);
+    p->state = reload_ring_text(srv.cfg);
+    reload_ring_fingerprint(srv.cfg, p->old_fp, sizeof(p->old_fp));
     p->old_shards = calloc(srv.nshards ? srv.nshards : 1, sizeof(*p->old_shards));
     if (!p->state || !p->old_shards) {
         snprintf(err, errlen, "out of memory");
@@ -317,6 +384,15 @@ static void plan_commit(reload_plan *p)
     /* before the old config goes: sessions' users point into it */
     access_commit(p->access);
     config_free(old_cfg);
+    /* New connections name themselves after the ring and check it; the
+     * ring ran so far stays acceptable while this proxy proposes the new
+     * one (its own connections opened before the reload run it too). */
+    char fp[sizeof(srv.ring_fp)];
+    reload_ring_fingerprint(srv.cfg, fp, sizeof(fp));
+    if (strcmp(fp, srv.ring_fp) != 0) {
+        memcpy(srv.ring_fp_prev, srv.ring_fp, sizeof(srv.ring_fp_prev));
+        memcpy(srv.ring_fp, fp, sizeof(srv.ring_fp));
+    }
     for (size_t i = 0; i < srv.nshards; i++)
         backend_shard_start(srv.shards[i]);
     sentinel_sync();
@@ -328,8 +404,18 @@ static void plan_commit(reload_plan *p)
     p->access = NULL;
 }
 
+void reload_new_instance_id(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(srv.instance_id, sizeof(srv.instance_id), "%x%05x",
+             (unsigned)((unsigned)ts.tv_sec ^ ((unsigned)getpid() << 16)),
+             (unsigned)(ts.tv_nsec / 10000));
+}
+
 int reload_start(config *cfg, char *err, size_t errlen)
 {
+    reload_new_instance_id();
     reload_plan p;
     /* The TLS contexts come first: the shards' connections use them. */
     if (tls_configure(cfg, err, errlen) < 0) {
@@ -384,6 +470,8 @@ static int start_rebalance(reload_plan *p, ring *old_ring, size_t n_old, char *e
     backend_reserved_close_all("unavailable: the shard ring changed");
     int rc = rebalance_start(old_ring, p->old_shards, n_old, p->state, err, errlen);
     p->old_shards = NULL;
+    if (rc == 0)
+        rebalance_set_old_ring(p->old_fp, p->state);
     if (rc < 0) {
         /* The new ring is in force but keys cannot be moved: say so loudly. */
         snprintf(srv.last_reload_error, sizeof(srv.last_reload_error), "rebalance: %s", err);

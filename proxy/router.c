@@ -796,6 +796,16 @@ static const route_handler route_handlers[ROUTE_COUNT] = {
     [ROUTE_ATOMIC_ONLY] = {route_atomic_only, queue_by_keys, NULL},
 };
 
+/* Routes that reach shards by the ring: refused while this proxy's ring is
+ * not the shards' (epoch.c), since it would read or write a key where the
+ * other proxies no longer look. */
+static const uint8_t needs_the_ring[ROUTE_COUNT] = {
+    [ROUTE_KEYS] = 1,      [ROUTE_SPLIT] = 1,       [ROUTE_SCRIPT] = 1, [ROUTE_BLOCKING] = 1,
+    [ROUTE_CHANNEL] = 1,   [ROUTE_FANOUT] = 1,      [ROUTE_FLUSH] = 1,  [ROUTE_SCAN] = 1,
+    [ROUTE_RANDOMKEY] = 1, [ROUTE_TRANSACTION] = 1, [ROUTE_PUBSUB] = 1, [ROUTE_COPY] = 1,
+    [ROUTE_ANY_SHARD] = 1, [ROUTE_KILL] = 1,
+};
+
 /* A command given between MULTI and EXEC: queued on the transaction's
  * shard, or refused (and the transaction aborted, as Redis aborts one on a
  * command it cannot queue) when one shard cannot run it. */
@@ -989,6 +999,10 @@ static void route(routed *r)
     r->req->cmd = cmd;                     /* a call: timed and its errors counted as failures */
     if (srv.cfg->slowlog_slower_than >= 0) /* its bytes, should it turn out slow */
         slowlog_capture(r->req, r->argc, r->argv, r->raw, r->raw_len);
+    if (__builtin_expect(srv.ring_refusing, 0) && needs_the_ring[cmd->route]) {
+        request_error(r->req, "%s", srv.ring_refusal);
+        return;
+    }
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving. */
     int plain = !sess || (!sess->txn && !sess->pubsub);

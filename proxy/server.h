@@ -94,6 +94,18 @@ typedef struct server {
     int worker_index;     /* this worker's index, 0 .. workers - 1 (0 alone) */
     int supervisor_pid;   /* the supervisor's pid, 0 with one process */
     int worker_listen_fd; /* a worker's listen socket, opened by the supervisor */
+    /* The fleet's ring (docs/rebalancing.md, "Several proxies"). */
+    char ring_fp[24];           /* fingerprint of the running ring: hash, hash tags,
+                                   names and weights; set by reload.c */
+    char ring_fp_prev[24];      /* the ring ran before a reload changed it: the ring
+                                   check accepts it too until the shards take the
+                                   new one (epoch.c clears it) */
+    char instance_id[32];       /* this process among the proxies, in connection names */
+    uint64_t shards_epoch_seen; /* newest ring epoch a shard connection's check read */
+    int ring_check_refused;     /* a connection's check found another ring on the
+                                   shards: epoch.c looks at the shards again */
+    int ring_refusing;          /* keyed requests are answered ring_refusal (epoch.c) */
+    char ring_refusal[512];     /* "-TRYAGAIN ring changed: ...\r\n" */
     server_stats stats;
 } server;
 

@@ -27,7 +27,11 @@
 /* An UNRESTORED shard's restore is retried this often. */
 #define STORE_RESTORE_RETRY_US 200000u
 /* Scripts the modules may register. */
-#define STORE_MAX_SCRIPTS 16
+#define STORE_MAX_SCRIPTS 32
+/* Shards the store can hold, counting those added at run time
+ * (store_add_shard): the table is allocated once, since connections and
+ * calls point into it. */
+#define STORE_MAX_SHARDS 1024
 
 /* One call in flight on a shard's connection. */
 typedef struct pending {
@@ -58,6 +62,7 @@ typedef struct store_shard {
 static struct {
     store_shard *shards;
     size_t n;
+    size_t cap; /* room in shards[] */
     int db;
     char *password;
     char *user; /* backend_user, NULL for Redis's default user */
@@ -513,15 +518,47 @@ void store_set_restore_hook(store_restore_fn fn)
     st.restore = fn;
 }
 
+/* Appends a shard (st.n < st.cap) and starts connecting it. A sentinel
+ * shard has no address in the config: it gets one from store_shard_moved
+ * once the Sentinels name its master. */
+static size_t add_shard(const config_shard *cs)
+{
+    store_shard *sh = &st.shards[st.n];
+    sh->index = st.n++;
+    sh->name = strdup(cs->name);
+    sh->host = strdup(cs->host ? cs->host : "");
+    if (!sh->name || !sh->host)
+        abort();
+    /* A name: dns.c resolves it and calls store_shard_moved with the
+     * address (nothing here resolves a name with a blocking getaddrinfo). */
+    sh->port = config_host_is_name(cs->host) ? 0 : cs->port;
+    sh->backoff_ms = st.reconnect_min_ms;
+    connect_shard(sh);
+    return sh->index;
+}
+
+int store_add_shard(const config_shard *cs)
+{
+    int i = store_index(cs->name);
+    if (i >= 0 || !st.started)
+        return i;
+    if (st.n == st.cap) {
+        log_warn("store: more than %zu shards; %s has no store until a restart", st.cap, cs->name);
+        return -1;
+    }
+    log_notice("store: shard %s joins the store", cs->name);
+    return (int)add_shard(cs);
+}
+
 int store_start(const config *cfg, char *err, size_t errlen)
 {
     store_register_script(&cas_script);
-    st.shards = calloc(cfg->nshards, sizeof(*st.shards));
+    st.cap = cfg->nshards > STORE_MAX_SHARDS ? cfg->nshards : STORE_MAX_SHARDS;
+    st.shards = calloc(st.cap, sizeof(*st.shards));
     if (!st.shards) {
         snprintf(err, errlen, "store: out of memory");
         return -1;
     }
-    st.n = cfg->nshards;
     st.db = cfg->store_db;
     st.password = cfg->backend_password ? strdup(cfg->backend_password) : NULL;
     st.user = cfg->backend_user ? strdup(cfg->backend_user) : NULL;
@@ -532,22 +569,8 @@ int store_start(const config *cfg, char *err, size_t errlen)
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(st.instance, sizeof(st.instance), "%ld-%ld-%d", (long)ts.tv_sec, (long)ts.tv_nsec,
              (int)getpid());
-    for (size_t i = 0; i < st.n; i++) {
-        store_shard *sh = &st.shards[i];
-        sh->index = i;
-        /* A sentinel shard has no address in the config: it gets one from
-         * store_shard_moved once the Sentinels name its master. */
-        const config_shard *cs = &cfg->shards[i];
-        sh->name = strdup(cs->name);
-        sh->host = strdup(cs->host ? cs->host : "");
-        if (!sh->name || !sh->host)
-            abort();
-        /* A name: dns.c resolves it and calls store_shard_moved with the
-         * address (hiredis would resolve it with a blocking getaddrinfo). */
-        sh->port = config_host_is_name(cs->host) ? 0 : cs->port;
-        sh->backoff_ms = st.reconnect_min_ms;
-        connect_shard(sh);
-    }
+    for (size_t i = 0; i < cfg->nshards; i++)
+        add_shard(&cfg->shards[i]);
     event_assign(&st.tick, srv.base, -1, EV_PERSIST, on_tick, NULL);
     struct timeval tv = {0, STORE_TICK_MS * 1000};
     event_add(&st.tick, &tv);

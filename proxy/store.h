@@ -58,9 +58,15 @@ void store_register_script(store_script *s);
  * shard's marker is simply written back. */
 void store_set_restore_hook(store_restore_fn fn);
 
-/* Connects to every shard of cfg (the list stays as it is at start: a
- * restart picks up changes). 0, or -1 with err. */
+/* Connects to every shard of cfg (more may join: store_add_shard). 0, or
+ * -1 with err. */
 __attribute__((warn_unused_result)) int store_start(const config *cfg, char *err, size_t errlen);
+
+/* Adds a shard that a reload brought in (the ones of the file at start
+ * come with store_start) and starts connecting it; its index stays
+ * valid. The index of the shard (also when it was there already), or -1
+ * when the store is full or not started. */
+int store_add_shard(const config_shard *cs);
 
 /* Points the store of shard name at its new address (a sentinel shard's
  * master moved): the old connection is dropped and the new server checked
