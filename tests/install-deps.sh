@@ -10,8 +10,10 @@ pkgs=(build-essential pkg-config libevent-dev libhiredis-dev libinih-dev libcmoc
 # `clients` (make test-clients): Node.js and npm, unless node and npm are
 # there already (a Node.js from elsewhere, e.g. NodeSource, bundles npm and
 # conflicts with Debian's npm package).
+# Debian's node-redis too: what runs when the npm registry cannot be
+# reached (a machine with only Debian's mirror).
 if [ "${1:-}" = clients ]; then
-    pkgs=()
+    pkgs=(node-redis)
     command -v node >/dev/null || pkgs+=(nodejs)
     command -v npm >/dev/null || pkgs+=(npm)
 fi
