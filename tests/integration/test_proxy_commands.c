@@ -502,8 +502,8 @@ static void test_unsupported_commands_keep_connection(void **state)
     fixture_expect_error(fixture_cmd(c, "MONITOR"),
                          "ERR unsupported command 'monitor' in ringproxy");
     const char *unsupported[] = {
-        "WAIT 1 0",        "SSUBSCRIBE ch", "SPUBLISH ch m",   "CONFIG REWRITE",
-        "DEBUG SLEEP 0",   "SWAPDB 0 1",    "MOVE k 1",        "CLUSTER INFO",
+        "WAIT 1 0",        "SSUBSCRIBE ch", "SPUBLISH ch m",      "CONFIG REWRITE",
+        "DEBUG SLEEP 0",   "SWAPDB 0 1",    "MOVE k 1",           "CLUSTER INFO",
         "SHUTDOWN NOSAVE", "LASTSAVE",      "CLIENT TRACKING on",
     };
     for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
