@@ -26,9 +26,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     server_clock_update();
-    /* A later CLIENT PAUSE may have moved the end: the timer was re-armed. */
-    if (srv.now_us + 1000 < pz.end_us)
+    /* Early (libevent's timers run on a coarser clock than srv.now_us):
+     * wait out the rest, or the pause would never end. */
+    if (srv.now_us + 1000 < pz.end_us) {
+        uint64_t left = pz.end_us - srv.now_us;
+        struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+        event_add(&pz.timer, &tv);
         return;
+    }
     pause_stop();
 }
 
