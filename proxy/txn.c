@@ -65,9 +65,6 @@ typedef struct txn {
      * EXEC answers nil when a watched key changed). */
     xwatch **xw; /* each allocated alone: its address is its connection's owner */
     size_t nxw;
-    size_t checks;    /* check replies still awaited */
-    int check_dirty;  /* a check's EXEC answered nil */
-    int check_failed; /* a check's connection failed */
 } txn;
 
 static const char EXECABORT[] = "-EXECABORT Transaction discarded because of previous errors.\r\n";
@@ -533,8 +530,20 @@ static void cmd_multi(txn *t, request *req, const char *bytes, size_t len)
     req->on_done(req, "+OK\r\n", 5);
 }
 
-/* EXEC of the commands queued in the proxy (TXN_MULTI, WATCHes over):
- * on their one shard as a MULTI there, or by two-phase commit. */
+/* MULTI, the commands queued in the proxy, EXEC on the reserved connection
+ * to s. */
+static void exec_on(txn *t, request *req, shard *s)
+{
+    if (bind_multi(t, req, s) < 0) {
+        t->aborted = 0;
+        set_state(t, TXN_NONE);
+        return;
+    }
+    send_ending(t, req, release_done, EXEC_REQUEST, sizeof(EXEC_REQUEST) - 1);
+}
+
+/* EXEC of the commands queued in the proxy (TXN_MULTI, no WATCH left): on
+ * their one shard as a MULTI there, or by two-phase commit. */
 static void exec_queued(txn *t, request *req)
 {
     if (t->nqueued == 0) {
@@ -546,98 +555,181 @@ static void exec_queued(txn *t, request *req)
     if (t->several) {
         /* Keys of several shards (cross_shard = atomic): a two-phase
          * commit, with EXEC's reply. */
-        twopc_exec_queued(req, buf_head(&t->queued), buf_len(&t->queued), t->queued_shard,
-                          t->nqueued);
+        (void)twopc_exec_queued(req, buf_head(&t->queued), buf_len(&t->queued), t->queued_shard,
+                                t->nqueued, NULL);
         drop_queued(t);
         set_state(t, TXN_NONE);
         return;
     }
     /* One shard's keys, or only keyless commands (any shard runs them). */
-    shard *s = srv.shards[t->keyed ? t->first_shard : t->sess->id % srv.nshards];
-    if (bind_multi(t, req, s) < 0) {
-        t->aborted = 0;
-        set_state(t, TXN_NONE);
-        return;
-    }
-    send_ending(t, req, release_done, EXEC_REQUEST, sizeof(EXEC_REQUEST) - 1);
+    exec_on(t, req, srv.shards[t->keyed ? t->first_shard : t->sess->id % srv.nshards]);
 }
 
-/* Every WATCH connection answered its check: EXEC answers nil when a
- * watched key changed, EXECABORT when a check could not run, else the
- * commands run. */
-static void check_over(txn *t, request *req)
+/* The check of a client's WATCHes at EXEC (cross_shard = atomic): MULTI,
+ * PING, EXEC on every connection holding one; Redis answers that EXEC
+ * with nil when a watched key on its shard changed since the WATCH. */
+typedef struct watch_check {
+    request *req;
+    size_t left;             /* replies still awaited (+1 while sending) */
+    int dirty;               /* an EXEC answered nil */
+    int failed;              /* a connection failed */
+    twopc_gate_done_fn done; /* the two-phase commit waiting for it, or NULL: */
+    void *ctx;               /* the check before a one-shard EXEC */
+} watch_check;
+
+typedef struct check_part {
+    fragment f; /* first: the fragment's address is the part's */
+    watch_check *wc;
+} check_part;
+
+/* Every check answered: the WATCHes are over. */
+static void check_over(watch_check *wc)
 {
-    int dirty = t->check_dirty, failed = t->check_failed || t->watch_lost;
-    drop_xwatches(t);
-    t->watched = 0;
-    t->watch_lost = 0;
-    t->sess->hold_input = 0;
-    if (dirty || failed) {
+    request *req = wc->req;
+    txn *t = req->session ? req->session->txn : NULL;
+    twopc_verdict verdict = wc->failed || !t ? TWOPC_GATE_FAIL
+                            : wc->dirty      ? TWOPC_GATE_NIL
+                                             : TWOPC_GATE_PASS;
+    twopc_gate_done_fn done = wc->done;
+    void *ctx = wc->ctx;
+    free(wc);
+    if (t) {
+        drop_xwatches(t);
+        t->watched = 0;
+        t->watch_lost = 0;
+        t->sess->hold_input = 0;
+    }
+    if (done) {
+        if (t)
+            set_state(t, TXN_NONE);
+        done(ctx, verdict);
+        return;
+    }
+    if (t && verdict == TWOPC_GATE_PASS) {
+        exec_queued(t, req);
+        return;
+    }
+    if (t) {
         drop_queued(t);
         t->aborted = 0;
         set_state(t, TXN_NONE);
-        if (failed)
-            req->on_done(req, EXECABORT, sizeof(EXECABORT) - 1);
-        else if (request_resp3(req))
-            req->on_done(req, "_\r\n", 3);
-        else
-            req->on_done(req, "*-1\r\n", 5);
-        return;
     }
-    exec_queued(t, req);
+    if (verdict == TWOPC_GATE_FAIL)
+        req->on_done(req, EXECABORT, sizeof(EXECABORT) - 1);
+    else if (request_resp3(req))
+        req->on_done(req, "_\r\n", 3);
+    else
+        req->on_done(req, "*-1\r\n", 5);
 }
 
-/* A check's EXEC reply: an array when the WATCH held, nil when a watched
- * key on that shard changed. */
+/* One check's EXEC reply (reply NULL: every check was sent). */
+static void check_answered(watch_check *wc, const char *reply, size_t len)
+{
+    if (reply && (len == 0 || reply[0] == '-'))
+        wc->failed = 1;
+    else if (reply && (reply[0] != '*' || (len > 1 && reply[1] == '-')))
+        wc->dirty = 1;
+    if (--wc->left == 0)
+        check_over(wc);
+}
+
 static void check_done(fragment *f, const char *reply, size_t len)
 {
-    request *req = f->req;
-    free(f);
-    req->pending--;
-    txn *t = req->session ? req->session->txn : NULL;
-    if (!t) {
-        if (req->pending == 0)
-            req->on_done(req, reply, len); /* the client has gone */
-        return;
-    }
-    if (len == 0 || reply[0] == '-')
-        t->check_failed = 1;
-    else if (reply[0] != '*' || (len > 1 && reply[1] == '-'))
-        t->check_dirty = 1;
-    if (--t->checks == 0)
-        check_over(t, req);
+    check_part *part = (check_part *)f;
+    watch_check *wc = part->wc;
+    free(part);
+    wc->req->pending--;
+    check_answered(wc, reply, len);
 }
 
-static void send_check(txn *t, request *req, backend_conn *c)
+static void send_check(watch_check *wc, backend_conn *c)
 {
-    fragment *f = c ? calloc(1, sizeof(*f)) : NULL;
-    if (!f || send_swallowed(c, CHECK_REQUEST, sizeof(CHECK_REQUEST) - 1, 2) < 0) {
-        free(f);
-        t->check_failed = 1;
+    check_part *part = c ? calloc(1, sizeof(*part)) : NULL;
+    if (!part || send_swallowed(c, CHECK_REQUEST, sizeof(CHECK_REQUEST) - 1, 2) < 0) {
+        free(part);
+        wc->failed = 1;
         return;
     }
-    f->req = req;
-    f->done = check_done;
-    req->pending++;
-    t->checks++;
-    backend_reserved_send(c, f, EXEC_REQUEST, sizeof(EXEC_REQUEST) - 1);
+    part->wc = wc;
+    part->f.req = wc->req;
+    part->f.done = check_done;
+    wc->req->pending++;
+    wc->left++;
+    backend_reserved_send(c, &part->f, EXEC_REQUEST, sizeof(EXEC_REQUEST) - 1);
 }
 
-/* cross_shard = atomic, EXEC after WATCH: MULTI, PING, EXEC on every
- * connection holding a WATCH; Redis answers that EXEC with nil when a
- * watched key changed since the WATCH (docs/transactions.md). */
-static void check_watches(txn *t, request *req)
+/* Checks every WATCH of the client; the verdict goes to done(ctx, ...),
+ * or, done NULL, decides the EXEC of what is queued in the proxy. */
+static void check_watches(txn *t, request *req, twopc_gate_done_fn done, void *ctx)
 {
+    watch_check *wc = calloc(1, sizeof(*wc));
+    if (!wc) {
+        if (done)
+            done(ctx, TWOPC_GATE_FAIL);
+        else
+            request_error(req, "ERR out of memory");
+        return;
+    }
+    wc->req = req;
+    wc->done = done;
+    wc->ctx = ctx;
+    wc->left = 1;
     t->sess->hold_input = 1;
     set_state(t, TXN_ENDING);
-    t->checks = 0;
-    t->check_dirty = t->check_failed = 0;
-    req->pending = 0;
-    send_check(t, req, t->conn);
+    send_check(wc, t->conn);
     for (size_t i = 0; i < t->nxw; i++)
-        send_check(t, req, t->xw[i]->conn);
-    if (t->checks == 0)
-        check_over(t, req);
+        send_check(wc, t->xw[i]->conn);
+    check_answered(wc, NULL, 0);
+}
+
+/* The two-phase commit of an EXEC after WATCH prepared everywhere (or,
+ * done NULL, ended before): the WATCHes are checked (or dropped). */
+static void exec_gate(request *req, twopc_gate_done_fn done, void *ctx)
+{
+    txn *t = req->session ? req->session->txn : NULL;
+    if (!done) {
+        if (t) {
+            drop_watch(t);
+            t->sess->hold_input = 0;
+            set_state(t, TXN_NONE);
+        }
+        return;
+    }
+    if (!t) {
+        done(ctx, TWOPC_GATE_FAIL);
+        return;
+    }
+    check_watches(t, req, done, ctx);
+}
+
+/* EXEC after WATCH of what is queued in the proxy. Commands of several
+ * shards: the two-phase commit checks the WATCHes once every participant
+ * prepared (its keys locked), so that a backoff of the prepare does not
+ * widen the window between check and commit. Commands of the one shard
+ * watched: MULTI, commands, EXEC on the connection holding the WATCH, as
+ * Redis. Else the WATCHes are checked first. */
+static void exec_watched(txn *t, request *req)
+{
+    if (t->several) {
+        t->sess->hold_input = 1;
+        set_state(t, TXN_ENDING);
+        int started = twopc_exec_queued(req, buf_head(&t->queued), buf_len(&t->queued),
+                                        t->queued_shard, t->nqueued, exec_gate);
+        drop_queued(t);
+        if (!started) {
+            drop_watch(t);
+            t->sess->hold_input = 0;
+            set_state(t, TXN_NONE);
+        }
+        return;
+    }
+    if (t->nxw == 0 && t->conn && t->conn->resp3 == (t->sess->proto == 3) &&
+        (!t->keyed || srv.shards[t->first_shard] == t->conn->shard)) {
+        t->watched = 0; /* the shard's EXEC ends it */
+        exec_on(t, req, t->conn->shard);
+        return;
+    }
+    check_watches(t, req, NULL, NULL);
 }
 
 static void cmd_exec(txn *t, request *req, const char *bytes, size_t len)
@@ -657,7 +749,7 @@ static void cmd_exec(txn *t, request *req, const char *bytes, size_t len)
             return;
         }
         if (t->watched)
-            check_watches(t, req);
+            exec_watched(t, req);
         else
             exec_queued(t, req);
         return;

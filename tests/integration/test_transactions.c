@@ -459,6 +459,22 @@ static void test_watch_across_shards(void **state)
     freeReplyObject(r);
     fixture_expect_int(fixture_cmd(c, "DEL %s", k[2]), 1);
 
+    /* One watched shard: its commands alone run where the WATCH is (as
+     * Redis), with another shard's they take the two-phase commit. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s one", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s two", k[0]), "QUEUED");
+    fixture_expect_nil(fixture_cmd(c, "EXEC"));
+    fixture_expect_status(fixture_cmd(c, "WATCH %s", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s h", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "SET %s h", k[1]), "QUEUED");
+    r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+    nothing_set(f, k, "h", "h");
+
     /* RESP3: nil is _ there. */
     int fd = fixture_raw_connect(f->proxy.port);
     assert_true(fd >= 0);
