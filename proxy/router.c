@@ -649,14 +649,24 @@ static void route_randomkey(routed *r)
 static void route_transaction(routed *r)
 {
     request *req = r->req;
-    if (locate_on_one_shard(r) < 0)
+    if (locate_keys(r) < 0)
         return;
+    int watch_across =
+        !r->same_shard && r->cmd->id == CMD_WATCH && srv.cfg->cross_shard == CONFIG_CROSS_ATOMIC;
+    if (!r->same_shard && !watch_across) {
+        request_crossslot(req, REQUEST_KEYS_APART);
+        return;
+    }
     if (!req->session) {
         request_error(req, "ERR no client");
         return;
     }
     if (r->must_move) {
         request_error(req, "%s", TRYAGAIN_MOVING);
+        return;
+    }
+    if (watch_across) {
+        txn_watch_across(req, r->argv, key_pos, key_shard, r->nkeys);
         return;
     }
     size_t len;

@@ -223,6 +223,7 @@ typedef enum crash_point {
 typedef enum twopc_phase {
     PHASE_PREPARE, /* the prepare script on every participant */
     PHASE_BACKOFF, /* a key was locked elsewhere: waiting to prepare again */
+    PHASE_GATE,    /* every participant prepared: EXEC's WATCH check runs (txn.c) */
     PHASE_DECIDE,  /* the decide script on the primary */
     PHASE_COMMIT,  /* the commit script on every participant not yet committed */
     PHASE_ABORT,   /* the abort script on every participant not yet aborted */
@@ -276,7 +277,8 @@ typedef struct twopc_txn {
     uint64_t prepare_us; /* the last prepare sent: the commit must be decided before half
                             of txn_recovery_after has passed since, when recovery may start */
     uint64_t retry_at_us;
-    uint64_t epoch; /* srv.config_epoch when it began: a reload since aborts it */
+    uint64_t epoch;     /* srv.config_epoch when it began: a reload since aborts it */
+    twopc_gate_fn gate; /* EXEC after WATCH: the check before DECIDE; NULL once called */
 } twopc_txn;
 
 typedef struct twopc_call {
@@ -492,11 +494,21 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 /* ---- answering the client ---- */
 
+/* A transaction answered before its WATCH check: the WATCHes are over. */
+static void gate_abandoned(twopc_txn *t)
+{
+    twopc_gate_fn gate = t->gate;
+    t->gate = NULL;
+    if (gate && t->req)
+        gate(t->req, NULL, NULL);
+}
+
 static void answer(twopc_txn *t, const char *bytes, size_t len)
 {
     request *req = t->req;
     if (!req)
         return;
+    gate_abandoned(t);
     t->req = NULL;
     req->on_done(req, bytes, len);
 }
@@ -505,9 +517,34 @@ static void answer_error(twopc_txn *t, const char *fmt, const char *detail)
 {
     if (!t->req)
         return;
+    gate_abandoned(t);
     request *req = t->req;
     t->req = NULL;
     request_error(req, fmt, detail);
+}
+
+static void gate_done(void *ctx, twopc_verdict verdict)
+{
+    twopc_txn *t = ctx;
+    if (t->phase != PHASE_GATE)
+        return;
+    static const char execabort[] =
+        "-EXECABORT Transaction discarded because of previous errors.\r\n";
+    switch (verdict) {
+    case TWOPC_GATE_PASS:
+        set_phase(t, PHASE_DECIDE);
+        return;
+    case TWOPC_GATE_NIL:
+        if (t->req && request_resp3(t->req))
+            answer(t, "_\r\n", 3);
+        else
+            answer(t, "*-1\r\n", 5);
+        break;
+    case TWOPC_GATE_FAIL:
+        answer(t, execabort, sizeof(execabort) - 1);
+        break;
+    }
+    set_phase(t, PHASE_ABORT);
 }
 
 /* Appends r as RESP to b (EXEC's array holds the commands' own replies);
@@ -683,6 +720,7 @@ static void send_phase_call(twopc_txn *t, size_t pi)
         return;
     }
     case PHASE_BACKOFF:
+    case PHASE_GATE:
     case PHASE_DONE:
         return;
     }
@@ -818,10 +856,11 @@ static void phase_over(twopc_txn *t)
             set_phase(t, PHASE_BACKOFF);
         } else {
             crash_if(CRASH_PREPARED);
-            set_phase(t, PHASE_DECIDE);
+            set_phase(t, t->gate && t->req ? PHASE_GATE : PHASE_DECIDE);
         }
         return;
     case PHASE_BACKOFF:
+    case PHASE_GATE:
     case PHASE_DONE:
         return;
     default:
@@ -882,7 +921,7 @@ static void on_reply(void *privdata, size_t store_shard, const redisReply *r)
     free(c);
     t->outstanding--;
     t->parts[pi].busy = 0;
-    if (stale || t->phase == PHASE_DONE || t->phase == PHASE_BACKOFF) {
+    if (stale || t->phase == PHASE_DONE || t->phase == PHASE_BACKOFF || t->phase == PHASE_GATE) {
         if (t->phase == PHASE_DONE && t->outstanding == 0)
             txn_free(t);
         return;
@@ -955,6 +994,14 @@ static void set_phase(twopc_txn *t, twopc_phase to)
         t->staged = 0;
         t->retry_at_us = mono_us() + TWOPC_BACKOFF_MIN_US +
                          random_u64() % (TWOPC_BACKOFF_MAX_US - TWOPC_BACKOFF_MIN_US);
+        return;
+    }
+    case PHASE_GATE: {
+        /* Every participant prepared: the transaction's keys are locked
+         * from here to its end. done may come at once. */
+        twopc_gate_fn gate = t->gate;
+        t->gate = NULL;
+        gate(t->req, gate_done, t);
         return;
     }
     case PHASE_DECIDE:
@@ -1137,7 +1184,16 @@ void twopc_split(request *req, twopc_kind kind, size_t argc, const resp_arg *arg
     txn_begin(t);
 }
 
+static int exec_gated(request *req, const twopc_cmd *cmds, size_t ncmds, twopc_gate_fn gate);
+
 void twopc_exec(request *req, const twopc_cmd *cmds, size_t ncmds)
+{
+    (void)exec_gated(req, cmds, ncmds, NULL);
+}
+
+/* twopc_exec, with EXEC's WATCH check before the decision. 1 when it
+ * started, 0 when req was answered at once. */
+static int exec_gated(request *req, const twopc_cmd *cmds, size_t ncmds, twopc_gate_fn gate)
 {
     size_t total = 0, bytes = 0;
     for (size_t c = 0; c < ncmds; c++) {
@@ -1146,7 +1202,7 @@ void twopc_exec(request *req, const twopc_cmd *cmds, size_t ncmds)
             bytes += cmds[c].argv[i].len;
     }
     if (too_big(req, total))
-        return;
+        return 0;
     twopc_txn *t = txn_new(req, TWOPC_EXEC);
     t->blob = xcalloc(bytes + 1, 1);
     t->nops = ncmds;
@@ -1156,7 +1212,7 @@ void twopc_exec(request *req, const twopc_cmd *cmds, size_t ncmds)
         int pi = part_of(t, cmds[c].shard, &cap);
         if (pi < 0) {
             (void)unknown_shard(req, t, cmds[c].shard);
-            return;
+            return 0;
         }
         twopc_part *p = &t->parts[pi];
         p->ops = realloc(p->ops, (p->nops + 1) * sizeof(*p->ops));
@@ -1171,7 +1227,9 @@ void twopc_exec(request *req, const twopc_cmd *cmds, size_t ncmds)
         for (size_t k = 0; k < cmds[c].nkeys; k++)
             p->keys[p->nkeys++] = op->argv[cmds[c].key_pos[k]];
     }
+    t->gate = gate;
     txn_begin(t);
+    return 1;
 }
 
 /* Why cmd cannot be part of a transaction across shards (its commands run
@@ -1185,9 +1243,10 @@ static const char *not_in_script(const command *cmd)
     return NULL;
 }
 
-void twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32_t *shards,
-                       size_t n)
+int twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32_t *shards, size_t n,
+                      twopc_gate_fn gate)
 {
+    int started = 0;
     resp_request scan;
     resp_request_init(&scan, NULL);
     twopc_cmd *cmds = xcalloc(n, sizeof(*cmds));
@@ -1225,13 +1284,14 @@ void twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32
     else if (got != n)
         request_error(req, "ERR internal error: queued commands do not parse");
     else
-        twopc_exec(req, cmds, n);
+        started = exec_gated(req, cmds, n, gate);
     for (size_t i = 0; i < got; i++) {
         free((void *)cmds[i].argv);
         free((void *)cmds[i].key_pos);
     }
     free(cmds);
     resp_request_free(&scan);
+    return started;
 }
 
 /* ---- recovery ---- */

@@ -39,13 +39,28 @@ typedef struct twopc_cmd {
 /* A queued command with no key: it runs on the transaction's first shard. */
 #define TWOPC_ANY_SHARD UINT32_MAX
 
+/* EXEC after WATCH: the check of the WATCHes, run once every participant
+ * prepared and before the commit is decided. It calls done(ctx, verdict)
+ * exactly once, now or later. Called with done NULL instead when the
+ * transaction ended (answered) without reaching the check: the WATCHes
+ * are to be dropped. */
+typedef enum twopc_verdict {
+    TWOPC_GATE_PASS, /* no watched key changed: the commit is decided */
+    TWOPC_GATE_NIL,  /* a watched key changed: aborted, EXEC answers nil */
+    TWOPC_GATE_FAIL, /* the check could not run: aborted, EXEC answers EXECABORT */
+} twopc_verdict;
+typedef void (*twopc_gate_done_fn)(void *ctx, twopc_verdict verdict);
+typedef void (*twopc_gate_fn)(request *req, twopc_gate_done_fn done, void *ctx);
+
 /* EXEC of a MULTI whose commands (bytes: their multibulk requests, one
  * after the other; shards: each one's ring shard or TWOPC_ANY_SHARD) touch
  * several shards: their keys found again, then twopc_exec. A command that
  * cannot run inside the commit's script (EVAL, FCALL and the like) answers
- * -EXECABORT with the reason. */
-void twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32_t *shards,
-                       size_t n);
+ * -EXECABORT with the reason. gate: NULL, or the WATCH check (above). 1
+ * when the transaction started (req answered later), 0 when req was
+ * answered at once (gate not called). */
+int twopc_exec_queued(request *req, const char *bytes, size_t len, const uint32_t *shards, size_t n,
+                      twopc_gate_fn gate);
 
 /* Routes a request again once the keys it waited for are free (the
  * router's entry point): argv and raw point into the request's saved

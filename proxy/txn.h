@@ -61,6 +61,13 @@ void txn_command(request *req, command_id id, shard *s, const char *bytes, size_
  * wait for its reply. Answers req. */
 void txn_blocking(request *req, shard *s, uint64_t block_us, const char *bytes, size_t len);
 
+/* cross_shard = atomic: WATCH whose keys (argv[key_pos[i]], on ring
+ * shards key_shard[i]) span shards: a WATCH of each shard's keys on a
+ * connection held for it until EXEC, DISCARD, UNWATCH or RESET; EXEC then
+ * checks them all before running the transaction (docs/transactions.md). */
+void txn_watch_across(request *req, const resp_arg *argv, const size_t *key_pos,
+                      const uint32_t *key_shard, size_t nkeys);
+
 /* RESET: ends a transaction or WATCH (undoing it on the shard first) and
  * answers +RESET; a lingering connection stays. */
 void txn_reset(request *req);

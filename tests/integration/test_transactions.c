@@ -311,8 +311,8 @@ static void test_other_proxy_sees_nothing_staged(void **state)
 
 /* MULTI ... EXEC over three shards: +QUEUED for each command, EXEC's
  * array in the client's order with a command's own error in its place (as
- * Redis), and nothing left in the store. A script in such a transaction,
- * or a WATCH on one shard with commands on another, is refused. */
+ * Redis), and nothing left in the store. A script in such a transaction
+ * is refused. */
 static void test_multi_exec_across_shards(void **state)
 {
     fixture *f = start_atomic(state);
@@ -342,11 +342,167 @@ static void test_multi_exec_across_shards(void **state)
     fixture_expect_status(fixture_cmd(c, "EVAL %s 1 %s", "return 1", k[1]), "QUEUED");
     fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
     fixture_expect_str(fixture_cmd(c, "GET %s", k[0]), "a");
+    fixture_close(f, c);
+    wait_no_records(f);
+}
 
+/* WATCH k0 k1 (two shards), MULTI, SET on three shards: EXEC. */
+static redisReply *watched_exec(redisContext *c, char k[FIXTURE_SHARDS][64], const char *v)
+{
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    for (int s = 0; s < 3; s++)
+        fixture_expect_status(fixture_cmd(c, "SET %s %s", k[s], v), "QUEUED");
+    return fixture_cmd(c, "EXEC");
+}
+
+/* Nothing of a transaction answered nil was written: k0 and k1 hold
+ * what they held, k2 was never set. */
+static void nothing_set(fixture *f, char k[FIXTURE_SHARDS][64], const char *k0, const char *k1)
+{
+    fixture_expect_str(fixture_cmd(f->direct[0], "GET %s", k[0]), k0);
+    fixture_expect_str(fixture_cmd(f->direct[1], "GET %s", k[1]), k1);
+    fixture_expect_int(fixture_cmd(f->direct[2], "EXISTS %s", k[2]), 0);
+}
+
+/* WATCH on keys of two shards with cross_shard = atomic: EXEC answers nil
+ * and writes nothing when a watched key changed after the WATCH (through
+ * another connection of the proxy, before or after MULTI, or on the shard
+ * itself; in RESP2 and RESP3), else runs the transaction on every shard
+ * with the replies in the client's order. EXEC, DISCARD and UNWATCH end
+ * the WATCH. */
+static void test_watch_across_shards(void **state)
+{
+    fixture *f = start_atomic(state);
+    char k[FIXTURE_SHARDS][64];
+    keys_on_every_shard(f, "watch", k);
+    redisContext *c = fixture_client(f), *other = fixture_client(f);
+    fixture_expect_status(fixture_cmd(c, "MSET %s old %s old", k[0], k[1]), "OK");
+
+    /* Changed by another client of the proxy between WATCH and MULTI. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s other", k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    for (int s = 0; s < 3; s++)
+        fixture_expect_status(fixture_cmd(c, "SET %s new", k[s]), "QUEUED");
+    fixture_expect_nil(fixture_cmd(c, "EXEC"));
+    nothing_set(f, k, "old", "other");
+
+    /* Changed by another client of the proxy while the commands queue. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s new", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "SET %s new", k[2]), "QUEUED");
+    fixture_expect_status(fixture_cmd(other, "SET %s other2", k[0]), "OK");
+    fixture_expect_nil(fixture_cmd(c, "EXEC"));
+    nothing_set(f, k, "other2", "other");
+
+    /* Changed on the shard itself, not through the proxy. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(f->direct[1], "SET %s direct", k[1]), "OK");
+    fixture_expect_nil(watched_exec(c, k, "new"));
+    nothing_set(f, k, "other2", "direct");
+
+    /* Only the other shard's key changed, the commands touch one shard. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s direct", k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s new", k[0]), "QUEUED");
+    fixture_expect_nil(fixture_cmd(c, "EXEC"));
+    nothing_set(f, k, "other2", "direct");
+
+    /* Unchanged: it runs on every shard, EXEC's replies in order. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s a", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "GET %s", k[1]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "INCR %s", k[2]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "SET %s b", k[1]), "QUEUED");
+    redisReply *r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 4);
+    assert_string_equal(r->element[0]->str, "OK");
+    assert_string_equal(r->element[1]->str, "direct");
+    assert_int_equal(r->element[2]->integer, 1);
+    assert_string_equal(r->element[3]->str, "OK");
+    freeReplyObject(r);
+    fixture_expect_str(fixture_cmd(f->direct[0], "GET %s", k[0]), "a");
+    fixture_expect_str(fixture_cmd(f->direct[1], "GET %s", k[1]), "b");
+    fixture_expect_str(fixture_cmd(f->direct[2], "GET %s", k[2]), "1");
+    fixture_expect_int(fixture_cmd(c, "DEL %s", k[2]), 1);
+
+    /* EXEC ended the WATCH: a change now does not abort the next one. */
+    fixture_expect_status(fixture_cmd(other, "SET %s c", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s d", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "SET %s d", k[1]), "QUEUED");
+    r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+
+    /* UNWATCH and DISCARD end it too. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s e", k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "UNWATCH"), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s f", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "SET %s f", k[1]), "QUEUED");
+    r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+    fixture_expect_status(fixture_cmd(c, "WATCH %s %s", k[0], k[1]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "DISCARD"), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s g", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s g", k[1]), "OK");
+    r = watched_exec(c, k, "h");
+    fixture_expect_array(r, 3);
+    freeReplyObject(r);
+    fixture_expect_int(fixture_cmd(c, "DEL %s", k[2]), 1);
+
+    /* One watched shard: its commands alone run where the WATCH is (as
+     * Redis), with another shard's they take the two-phase commit. */
+    fixture_expect_status(fixture_cmd(c, "WATCH %s", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(other, "SET %s one", k[0]), "OK");
+    fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
+    fixture_expect_status(fixture_cmd(c, "SET %s two", k[0]), "QUEUED");
+    fixture_expect_nil(fixture_cmd(c, "EXEC"));
     fixture_expect_status(fixture_cmd(c, "WATCH %s", k[0]), "OK");
     fixture_expect_status(fixture_cmd(c, "MULTI"), "OK");
-    fixture_expect_error(fixture_cmd(c, "SET %s c", k[1]), "CROSSSLOT");
-    fixture_expect_error(fixture_cmd(c, "EXEC"), "EXECABORT");
+    fixture_expect_status(fixture_cmd(c, "SET %s h", k[0]), "QUEUED");
+    fixture_expect_status(fixture_cmd(c, "SET %s h", k[1]), "QUEUED");
+    r = fixture_cmd(c, "EXEC");
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+    nothing_set(f, k, "h", "h");
+
+    /* RESP3: nil is _ there. */
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    static const char hello[] = "*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+    assert_int_equal(fixture_raw_send(fd, hello, sizeof(hello) - 1), 0);
+    char got[4096];
+    int closed = 0;
+    size_t n = fixture_raw_read(fd, got, sizeof(got), sizeof(got), fixture_bound_ms(300), &closed);
+    assert_true(n > 0 && got[0] == '%'); /* the HELLO map */
+    char req[512];
+    int len = snprintf(req, sizeof(req), "*3\r\n$5\r\nWATCH\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n",
+                       strlen(k[0]), k[0], strlen(k[1]), k[1]);
+    assert_int_equal(fixture_raw_send(fd, req, (size_t)len), 0);
+    n = fixture_raw_read(fd, got, sizeof(got), 5, fixture_bound_ms(5000), &closed);
+    assert_true(n == 5 && memcmp(got, "+OK\r\n", 5) == 0);
+    fixture_expect_status(fixture_cmd(other, "SET %s i", k[0]), "OK");
+    len = snprintf(req, sizeof(req),
+                   "*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$1\r\nj\r\n"
+                   "*3\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$1\r\nj\r\n*1\r\n$4\r\nEXEC\r\n",
+                   strlen(k[0]), k[0], strlen(k[2]), k[2]);
+    assert_int_equal(fixture_raw_send(fd, req, (size_t)len), 0);
+    static const char want[] = "+OK\r\n+QUEUED\r\n+QUEUED\r\n_\r\n";
+    n = fixture_raw_read(fd, got, sizeof(got), sizeof(want) - 1, fixture_bound_ms(5000), &closed);
+    assert_int_equal(n, sizeof(want) - 1);
+    assert_memory_equal(got, want, n);
+    close(fd);
+    nothing_set(f, k, "i", "h");
+    fixture_close(f, other);
     fixture_close(f, c);
     wait_no_records(f);
 }
@@ -403,6 +559,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_modes, stop),
         cmocka_unit_test_teardown(test_multi_exec_across_shards, stop),
+        cmocka_unit_test_teardown(test_watch_across_shards, stop),
         cmocka_unit_test_teardown(test_atomic_writes_across_shards, stop),
         cmocka_unit_test_teardown(test_coordinator_crash_at_every_step, stop),
         cmocka_unit_test_teardown(test_participant_paused_or_killed, stop),
