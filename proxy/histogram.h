@@ -36,15 +36,16 @@ typedef struct histogram {
  * mantissa bits, a handful of instructions on the request path. */
 static inline unsigned histogram_bucket(uint64_t us)
 {
-    /* Signed: one conversion instruction (an unsigned one needs several);
-     * values of 2^63 µs and up are taken as the largest signed one. */
-    int64_t v = us > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)us;
-    double d = (double)v;
+    /* Everything from 2^HISTOGRAM_OCTAVES µs up shares the last bucket:
+     * bounding the value first is one clamp for both ends (no bucket past
+     * the last, and a signed conversion, one instruction where an unsigned
+     * one needs several). */
+    const uint64_t last = (uint64_t)1 << HISTOGRAM_OCTAVES;
+    double d = (double)(int64_t)(us < last ? us : last);
     uint64_t bits;
     memcpy(&bits, &d, sizeof(bits));
     uint64_t i = bits >> (52 - HISTOGRAM_SUB_BITS);
-    i = i > HISTOGRAM_FIRST ? i - HISTOGRAM_FIRST : 0; /* 0 µs: bucket 0 */
-    return i < HISTOGRAM_BUCKETS ? (unsigned)i : HISTOGRAM_BUCKETS - 1;
+    return i > HISTOGRAM_FIRST ? (unsigned)(i - HISTOGRAM_FIRST) : 0; /* 0 µs: bucket 0 */
 }
 
 /* Counts one value, in µs. */

@@ -165,7 +165,7 @@ typedef struct request {
     /* Not zeroed by request_new (it zeroes only what comes before): */
     uint64_t start_us; /* loop clock when it was dispatched, for its time in the proxy
                           (INFO commandstats and latencystats, SLOWLOG, /metrics) */
-    /* SLOWLOG: the request's bytes in RESP (slowlog_capture), for an entry
+    /* SLOWLOG: the request's bytes in RESP (router.c capture), for an entry
      * should it turn out slow: a short request in head, a longer one's
      * first bytes in args (kept across reuse, so steady traffic allocates
      * nothing for it); neither when the slow log is off. */

@@ -985,6 +985,20 @@ static int waits_for_twopc(routed *r)
     return 1;
 }
 
+/* The slow log's copy of the request's bytes, should it turn out slow: a
+ * short request's (the common case) here, with nothing loaded that only
+ * the out-of-line copy of a long or inline one needs. */
+static inline void capture(const routed *r)
+{
+    const char *raw = r->raw;
+    size_t len = r->raw_len;
+    if (__builtin_expect(raw && len - 16 <= REQUEST_HEAD_MAX - 16, 1)) {
+        slowlog_capture_short(r->req, raw, len);
+        return;
+    }
+    slowlog_capture_long(r->req, r->argc, r->argv, raw, len);
+}
+
 /* Checks the request, runs the gates its command's flags ask for, then
  * hands it to its command's handler. */
 static void route(routed *r)
@@ -1008,7 +1022,7 @@ static void route(routed *r)
     command_stats[cmd->stat].calls++;
     r->req->cmd = cmd;                     /* a call: timed and its errors counted as failures */
     if (srv.cfg->slowlog_slower_than >= 0) /* its bytes, should it turn out slow */
-        slowlog_capture(r->req, r->argc, r->argv, r->raw, r->raw_len);
+        capture(r);
     if (__builtin_expect(srv.ring_refusing, 0) && needs_the_ring[cmd->route]) {
         request_error(r->req, "%s", srv.ring_refusal);
         return;

@@ -26,26 +26,22 @@
 void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len);
 
-/* Keeps the request's bytes for a possible entry: a short request's whole
- * in req->head, copied as two overlapping blocks of constant size (a few
- * moves, no call: this is the slow log's whole cost on the request path);
- * a longer or inline one's in req->args. */
-static inline void slowlog_capture(request *req, size_t argc, const resp_arg *argv, const char *raw,
-                                   size_t raw_len)
+/* Keeps a short request's bytes (16 to REQUEST_HEAD_MAX, raw not NULL)
+ * for a possible entry, whole in req->head, copied as two overlapping
+ * blocks of constant size (a few moves, no call: this is the slow log's
+ * whole cost on the request path). slowlog_capture_long keeps a longer or
+ * inline one's in req->args. */
+static inline void slowlog_capture_short(request *req, const char *raw, size_t raw_len)
 {
-    if (raw && raw_len >= 16 && raw_len <= REQUEST_HEAD_MAX) {
-        _Static_assert(REQUEST_HEAD_MAX == 64, "two 32-byte blocks cover head");
-        if (raw_len >= 32) {
-            memcpy(req->head, raw, 32);
-            memcpy(req->head + raw_len - 32, raw + raw_len - 32, 32);
-        } else {
-            memcpy(req->head, raw, 16);
-            memcpy(req->head + raw_len - 16, raw + raw_len - 16, 16);
-        }
-        req->head_len = (uint8_t)raw_len;
-        return;
+    _Static_assert(REQUEST_HEAD_MAX == 64, "two 32-byte blocks cover head");
+    if (raw_len >= 32) {
+        memcpy(req->head, raw, 32);
+        memcpy(req->head + raw_len - 32, raw + raw_len - 32, 32);
+    } else {
+        memcpy(req->head, raw, 16);
+        memcpy(req->head + raw_len - 16, raw + raw_len - 16, 16);
     }
-    slowlog_capture_long(req, argc, argv, raw, raw_len);
+    req->head_len = (uint8_t)raw_len;
 }
 
 /* Adds an entry for req, answered after took_us µs (its reply is being
