@@ -1086,7 +1086,11 @@ static void finish(void)
                rb.drained[0] ? "; drained, safe to shut down: " : "", rb.drained);
     rb.running = 0;
     rb.fleet_hold = 0;
-    rb.migrations_done++;
+    /* A migration the shards' record asked for between rings that give
+     * every key the same owner (a weight change on a lone shard) moved
+     * nothing and is not counted, as a reload of such a ring starts none. */
+    if (rb.n_movers > 0 || !rb.fleet)
+        rb.migrations_done++;
     ring_free(rb.old_ring);
     rb.old_ring = NULL;
     free(rb.old_shards);
