@@ -279,11 +279,30 @@ static void test_proxy_reload_and_sighup_reach_both_workers(void **state)
     test_passed = 1;
 }
 
+/* Waits (bounded) until the worker c is on says ring_status:current: the
+ * shards' ring record holds its ring. */
+static void wait_ring_current(redisContext *c)
+{
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
+    for (;;) {
+        redisReply *r = fixture_cmd(c, "INFO server");
+        int current = r->type == REDIS_REPLY_STRING && strstr(r->str, "ring_status:current");
+        freeReplyObject(r);
+        if (current)
+            return;
+        if (fixture_now_ms() > deadline)
+            fail_msg("the worker's ring never became the shards' (ring_status:current)");
+        fixture_sleep_ms(20);
+    }
+}
+
 static void test_saved_file_reaches_both_workers(void **state)
 {
     fixture *f = start_watching(state, 3, 1);
     redisContext *w0 = client_on_worker(f, 0);
     redisContext *w1 = client_on_worker(f, 1);
+    wait_ring_current(w0);
+    wait_ring_current(w1);
     /* Worker 0 alone watches the file; worker 1 follows it. */
     ini_append_shard(f, 3);
     wait_shard_count(w1, 4);
@@ -487,6 +506,11 @@ static void test_ring_change_under_writers_on_both_workers_loses_nothing(void **
 {
     fixture *f = start(state, 3);
     redisContext *control = client_on_worker(f, 0);
+    /* The ring this proxy started with is the shards' (its first fence
+     * done) in both workers before the edit, as in a running deployment. */
+    wait_ring_current(control);
+    redisContext *probe = client_on_worker(f, 1);
+    wait_ring_current(probe);
     /* Keys for the mover to move besides what the writers touch. */
     for (int i = 0; i < 3000; i++)
         redisAppendCommand(control, "SET bulk:%d %d", i, i);
@@ -512,7 +536,11 @@ static void test_ring_change_under_writers_on_both_workers_loses_nothing(void **
     assert_int_equal(kill(behind, SIGSTOP), 0);
     ini_append_shard(f, 3);
     fixture_expect_status(fixture_cmd(control, "PROXY RELOAD"), "OK");
-    fixture_sleep_ms(300);
+    /* Worker 0 fences the shards, then waits for worker 1 (bounded). */
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
+    while (info_int(control, "rebalance", "rebalance_waiting_for_workers") != 1 &&
+           fixture_now_ms() < deadline)
+        fixture_sleep_ms(20);
     assert_int_equal(info_int(control, "rebalance", "rebalance_waiting_for_workers"), 1);
     assert_int_equal(info_int(control, "rebalance", "rebalance_keys_moved"), 0);
     assert_int_equal(kill(behind, SIGCONT), 0);
@@ -545,6 +573,7 @@ static void test_ring_change_under_writers_on_both_workers_loses_nothing(void **
     for (int i = 0; i < NWRITERS; i++)
         fixture_close(f, writers[i].c);
     fixture_close(f, control);
+    fixture_close(f, probe);
     fixture_close(f, w1);
     test_passed = 1;
 }
