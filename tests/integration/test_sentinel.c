@@ -462,7 +462,9 @@ static void test_killed_master_is_followed_to_the_promoted_replica(void **state)
     printf("killed master: Sentinels switched after %lld ms, the proxy wrote to the new master "
            "%lld ms after the switch (%lld ms after the kill)\n",
            switched - killed, w.first_ok_after_ms - switched, w.first_ok_after_ms - killed);
-    assert_true(w.first_ok_after_ms - switched <= fixture_bound_ms(FOLLOW_MS));
+    /* Within FOLLOW_MS of the switch when +switch-master arrives; a lost
+     * message is found by the next poll, up to SENTINEL_POLL_MS later. */
+    assert_true(w.first_ok_after_ms - switched <= fixture_bound_ms(FOLLOW_MS + SENTINEL_POLL_MS));
     if (w.bad_error[0])
         fail_msg("an error other than s1's fast one: %s", w.bad_error);
     assert_int_equal(w.failed[1], 0);
