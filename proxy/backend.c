@@ -438,8 +438,13 @@ static void ring_check_done(fragment *f, const char *reply, size_t len)
         return; /* the connection is failing already */
     unsigned long long epoch = 0;
     char fp[24] = "";
+    /* The reply is not NUL-terminated: its line is scanned from a copy. */
+    char line[96];
+    size_t n = len < sizeof(line) ? len : sizeof(line) - 1;
+    memcpy(line, reply, n);
+    line[n] = '\0';
     if (len > 11 && memcmp(reply, "-RINGEPOCH ", 11) == 0 &&
-        sscanf(reply + 11, "%llu %23s", &epoch, fp) == 2) {
+        sscanf(line + 11, "%llu %23s", &epoch, fp) == 2) {
         if (epoch > srv.shards_epoch_seen)
             srv.shards_epoch_seen = epoch;
         srv.ring_check_refused = 1;
@@ -451,7 +456,7 @@ static void ring_check_done(fragment *f, const char *reply, size_t len)
         return;
     }
     if (len > 1 && reply[0] == ':') {
-        epoch = strtoull(reply + 1, NULL, 10);
+        epoch = strtoull(line + 1, NULL, 10);
         if (epoch > srv.shards_epoch_seen)
             srv.shards_epoch_seen = epoch;
     } else if (len > 1 && reply[0] == '-') {
