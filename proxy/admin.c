@@ -984,9 +984,11 @@ static void cmd_client_list(request *req, size_t argc, const resp_arg *argv)
     reply_text(req, &b);
 }
 
-void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg *argv)
+/* The connection's own commands: PING, ECHO, QUIT, SELECT. 1 when id is
+ * one of them (answered), else 0. */
+static int connection_execute(request *req, command_id id, size_t argc, const resp_arg *argv)
 {
-    switch (cmd->id) {
+    switch (id) {
     case CMD_PING:
         if (argc > 2)
             reply_str(req, "-ERR wrong number of arguments for 'ping' command\r\n");
@@ -994,15 +996,15 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
             reply_bulk(req, argv[1].ptr, argv[1].len);
         else
             reply_str(req, "+PONG\r\n");
-        return;
+        return 1;
     case CMD_ECHO:
         reply_bulk(req, argv[1].ptr, argv[1].len);
-        return;
+        return 1;
     case CMD_QUIT:
         if (req->session)
             req->session->close_after_reply = 1;
         reply_str(req, "+OK\r\n");
-        return;
+        return 1;
     case CMD_SELECT: {
         long long db;
         if (arg_int(&argv[1], &db) < 0)
@@ -1011,46 +1013,66 @@ void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg
             reply_str(req, "-ERR DB index is out of range (ringproxy serves database 0 only)\r\n");
         else
             reply_str(req, "+OK\r\n");
-        return;
+        return 1;
     }
+    default:
+        return 0;
+    }
+}
+
+/* The CLIENT subcommands the proxy answers. 1 when id is one (answered),
+ * else 0. */
+static int client_execute(request *req, command_id id, size_t argc, const resp_arg *argv)
+{
+    switch (id) {
+    case CMD_CLIENT_ID:
+    case CMD_CLIENT_GETNAME:
+    case CMD_CLIENT_SETNAME:
+        cmd_client(req, id, argc, argv);
+        return 1;
+    case CMD_CLIENT_INFO:
+        cmd_client_info(req);
+        return 1;
+    case CMD_CLIENT_LIST:
+        cmd_client_list(req, argc, argv);
+        return 1;
+    case CMD_CLIENT_SETINFO:
+        cmd_client_setinfo(req, &argv[2], &argv[3]);
+        return 1;
+    case CMD_CLIENT_NO_EVICT:
+        cmd_client_no_evict(req, &argv[2]);
+        return 1;
+    case CMD_CLIENT_KILL:
+        cmd_client_kill(req, argc, argv);
+        return 1;
+    case CMD_CLIENT_REPLY:
+        cmd_client_reply(req, &argv[2]);
+        return 1;
+    case CMD_CLIENT_UNBLOCK:
+        cmd_client_unblock(req, argc, argv);
+        return 1;
+    case CMD_CLIENT_PAUSE:
+        cmd_client_pause(req, argc, argv);
+        return 1;
+    case CMD_CLIENT_UNPAUSE:
+        pause_stop();
+        reply_str(req, "+OK\r\n");
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void admin_execute(request *req, const command *cmd, size_t argc, const resp_arg *argv)
+{
+    if (connection_execute(req, cmd->id, argc, argv) || client_execute(req, cmd->id, argc, argv))
+        return;
+    switch (cmd->id) {
     case CMD_HELLO:
         cmd_hello(req, argc, argv);
         return;
     case CMD_AUTH:
         cmd_auth(req, argc, argv);
-        return;
-    case CMD_CLIENT_ID:
-    case CMD_CLIENT_GETNAME:
-    case CMD_CLIENT_SETNAME:
-        cmd_client(req, cmd->id, argc, argv);
-        return;
-    case CMD_CLIENT_INFO:
-        cmd_client_info(req);
-        return;
-    case CMD_CLIENT_LIST:
-        cmd_client_list(req, argc, argv);
-        return;
-    case CMD_CLIENT_SETINFO:
-        cmd_client_setinfo(req, &argv[2], &argv[3]);
-        return;
-    case CMD_CLIENT_NO_EVICT:
-        cmd_client_no_evict(req, &argv[2]);
-        return;
-    case CMD_CLIENT_KILL:
-        cmd_client_kill(req, argc, argv);
-        return;
-    case CMD_CLIENT_REPLY:
-        cmd_client_reply(req, &argv[2]);
-        return;
-    case CMD_CLIENT_UNBLOCK:
-        cmd_client_unblock(req, argc, argv);
-        return;
-    case CMD_CLIENT_PAUSE:
-        cmd_client_pause(req, argc, argv);
-        return;
-    case CMD_CLIENT_UNPAUSE:
-        pause_stop();
-        reply_str(req, "+OK\r\n");
         return;
     case CMD_PROXY_SHARDS:
         cmd_proxy_shards(req);

@@ -948,6 +948,70 @@ static void on_reply(void *privdata, size_t store_shard, const redisReply *r)
         phase_over(t);
 }
 
+static void enter_prepare(twopc_txn *t)
+{
+    t->conflict = t->exists = 0;
+    t->why[0] = '\0';
+    if (!stores_ready(t)) {
+        /* A store just starting (or restoring): wait for it as for a key
+         * held elsewhere, rather than fail at once. */
+        t->conflict = 1;
+        phase_over(t);
+        return;
+    }
+    t->staged = 1;
+    t->prepare_us = mono_us();
+    send_pending_calls(t);
+    if (t->outstanding == 0)
+        phase_over(t);
+}
+
+static void enter_backoff(twopc_txn *t)
+{
+    int ms = srv.cfg->request_timeout_ms ? srv.cfg->request_timeout_ms : TWOPC_WAIT_DEFAULT_MS;
+    if (mono_us() - t->start_us > (uint64_t)ms * 1000u) {
+        answer_error(t, "TRYAGAIN %s",
+                     stores_ready(t) ? "a key is held by another cross-shard transaction; "
+                                       "retry later"
+                                     : "a participant's store is not ready; retry later");
+        set_phase(t, PHASE_ABORT);
+        return;
+    }
+    /* Our own stages are dropped before the next attempt, so two
+     * transactions that each hold a part of the other's keys do not wait
+     * for each other. */
+    for (size_t i = 0; i < t->nparts && t->staged; i++) {
+        const char *argv[1] = {t->id};
+        send_script(t, i, &abort_script, 1, argv);
+    }
+    t->staged = 0;
+    t->retry_at_us = mono_us() + TWOPC_BACKOFF_MIN_US +
+                     random_u64() % (TWOPC_BACKOFF_MAX_US - TWOPC_BACKOFF_MIN_US);
+}
+
+static void enter_decide(twopc_txn *t)
+{
+    if (!t->recovery &&
+        mono_us() - t->prepare_us > (uint64_t)srv.cfg->txn_recovery_after_ms * 500u) {
+        /* Recovery may be deciding it by now: the coordinator gives up
+         * before recovery can start (half of txn_recovery_after). */
+        answer_error(t, "ERR cross-shard transaction aborted: %s",
+                     "it took longer than half of txn_recovery_after");
+        set_phase(t, PHASE_ABORT);
+        return;
+    }
+    if (!t->recovery && t->epoch != srv.config_epoch) {
+        /* A reload since it began may have changed the ring: its staged
+         * commands may be on a shard that no longer owns their keys
+         * (docs/transactions.md, rebalancing). */
+        answer_error(t, "TRYAGAIN %s",
+                     "the configuration was reloaded during the transaction; retry it");
+        set_phase(t, PHASE_ABORT);
+        return;
+    }
+    send_pending_calls(t);
+}
+
 /* The one place a transaction changes phase. */
 static void set_phase(twopc_txn *t, twopc_phase to)
 {
@@ -959,43 +1023,11 @@ static void set_phase(twopc_txn *t, twopc_phase to)
         t->parts[i].finished = 0;
     switch (to) {
     case PHASE_PREPARE:
-        t->conflict = t->exists = 0;
-        t->why[0] = '\0';
-        if (!stores_ready(t)) {
-            /* A store just starting (or restoring): wait for it as for a
-             * key held elsewhere, rather than fail at once. */
-            t->conflict = 1;
-            phase_over(t);
-            return;
-        }
-        t->staged = 1;
-        t->prepare_us = mono_us();
-        send_pending_calls(t);
-        if (t->outstanding == 0)
-            phase_over(t);
+        enter_prepare(t);
         return;
-    case PHASE_BACKOFF: {
-        int ms = srv.cfg->request_timeout_ms ? srv.cfg->request_timeout_ms : TWOPC_WAIT_DEFAULT_MS;
-        if (mono_us() - t->start_us > (uint64_t)ms * 1000u) {
-            answer_error(t, "TRYAGAIN %s",
-                         stores_ready(t) ? "a key is held by another cross-shard transaction; "
-                                           "retry later"
-                                         : "a participant's store is not ready; retry later");
-            set_phase(t, PHASE_ABORT);
-            return;
-        }
-        /* Our own stages are dropped before the next attempt, so two
-         * transactions that each hold a part of the other's keys do not
-         * wait for each other. */
-        for (size_t i = 0; i < t->nparts && t->staged; i++) {
-            const char *argv[1] = {t->id};
-            send_script(t, i, &abort_script, 1, argv);
-        }
-        t->staged = 0;
-        t->retry_at_us = mono_us() + TWOPC_BACKOFF_MIN_US +
-                         random_u64() % (TWOPC_BACKOFF_MAX_US - TWOPC_BACKOFF_MIN_US);
+    case PHASE_BACKOFF:
+        enter_backoff(t);
         return;
-    }
     case PHASE_GATE: {
         /* Every participant prepared: the transaction's keys are locked
          * from here to its end. done may come at once. */
@@ -1005,25 +1037,7 @@ static void set_phase(twopc_txn *t, twopc_phase to)
         return;
     }
     case PHASE_DECIDE:
-        if (!t->recovery &&
-            mono_us() - t->prepare_us > (uint64_t)srv.cfg->txn_recovery_after_ms * 500u) {
-            /* Recovery may be deciding it by now: the coordinator gives up
-             * before recovery can start (half of txn_recovery_after). */
-            answer_error(t, "ERR cross-shard transaction aborted: %s",
-                         "it took longer than half of txn_recovery_after");
-            set_phase(t, PHASE_ABORT);
-            return;
-        }
-        if (!t->recovery && t->epoch != srv.config_epoch) {
-            /* A reload since it began may have changed the ring: its
-             * staged commands may be on a shard that no longer owns their
-             * keys (docs/transactions.md, rebalancing). */
-            answer_error(t, "TRYAGAIN %s",
-                         "the configuration was reloaded during the transaction; retry it");
-            set_phase(t, PHASE_ABORT);
-            return;
-        }
-        send_pending_calls(t);
+        enter_decide(t);
         return;
     case PHASE_COMMIT:
     case PHASE_ABORT:
