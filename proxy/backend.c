@@ -416,12 +416,17 @@ static int conn_write_handshake(backend_conn *c, const fragment *last, int await
  * script changes only the script's database) and answers its epoch, or
  * RINGEPOCH <epoch> <fingerprint> when the shards run another ring than
  * this proxy's (ARGV[2]) or the one it is moving on from (ARGV[3]). No
- * record (a fleet not yet set up, a shard that restarted empty): passed. */
+ * record (a fleet not yet set up, a shard that restarted empty): passed.
+ * A record older than the epoch this proxy runs (ARGV[4]) is passed too:
+ * every shard of a ring gets each later epoch's record, so that shard was
+ * outside the ring since (a shard added back), and the epoch's writer
+ * brings it up to date before keys move. */
 static const char RING_CHECK_SCRIPT[] =
     "redis.call('SELECT', ARGV[1])\n"
     "local r = redis.call('HMGET', 'ringproxy:ring', 'epoch', 'fp')\n"
     "if not r[1] then return 0 end\n"
     "if r[2] == ARGV[2] or r[2] == ARGV[3] then return tonumber(r[1]) end\n"
+    "if tonumber(r[1]) < tonumber(ARGV[4]) then return tonumber(r[1]) end\n"
     "return redis.error_reply('RINGEPOCH ' .. r[1] .. ' ' .. r[2])\n";
 
 static void name_done(fragment *f, const char *reply, size_t len)
@@ -448,6 +453,7 @@ static void ring_check_done(fragment *f, const char *reply, size_t len)
         if (epoch > srv.shards_epoch_seen)
             srv.shards_epoch_seen = epoch;
         srv.ring_check_refused = 1;
+        srv.stats.ring_check_refusals++;
         char why[200];
         snprintf(why, sizeof(why),
                  "unavailable: ring changed: the shards run ring %s (epoch %llu), this proxy %s",
@@ -471,17 +477,19 @@ static void ring_check_done(fragment *f, const char *reply, size_t len)
  * front of what is queued). 0 or -1. */
 static int conn_queue_ring_check(backend_conn *c)
 {
-    char db[16], name[96];
+    char db[16], name[96], run[24];
     snprintf(db, sizeof(db), "%d", srv.cfg->store_db);
+    snprintf(run, sizeof(run), "%llu", (unsigned long long)srv.ring_epoch_run);
     snprintf(name, sizeof(name), "ringproxy-%s-%s", srv.ring_fp, srv.instance_id);
     buf check = {0}, setname = {0};
-    buf_append_header(&check, '*', 6);
+    buf_append_header(&check, '*', 7);
     buf_append_bulk(&check, "EVAL", 4);
     buf_append_bulk(&check, RING_CHECK_SCRIPT, sizeof(RING_CHECK_SCRIPT) - 1);
     buf_append_bulk(&check, "0", 1);
     buf_append_bulk(&check, db, strlen(db));
     buf_append_bulk(&check, srv.ring_fp, strlen(srv.ring_fp));
     buf_append_bulk(&check, srv.ring_fp_prev, strlen(srv.ring_fp_prev));
+    buf_append_bulk(&check, run, strlen(run));
     buf_append_header(&setname, '*', 3);
     buf_append_bulk(&setname, "CLIENT", 6);
     buf_append_bulk(&setname, "SETNAME", 7);

@@ -94,9 +94,11 @@ static struct {
     uint64_t fence_gen;
     size_t fence_pending;
     int fence_failed;
-    int leader;        /* holds the lease */
-    int lease_pending; /* a lease call is out */
-    int finishing;     /* the movers ended: writing state idle */
+    int leader;                      /* holds the lease */
+    int lease_pending;               /* a lease call is out */
+    int finishing;                   /* the movers ended: writing state idle */
+    unsigned long long idle_written; /* the epoch this proxy's movers ended, and whose
+                                        record it set idle (before a poll reads it back) */
     uint64_t fences_done, kills;
     unsigned store_ready;           /* store shards READY at the last tick */
     unsigned long long config_seen; /* srv.config_epoch + 1 whose shards the store has */
@@ -186,6 +188,29 @@ static void poll_soon(void)
 
 /* ---- this proxy's standing ---- */
 
+/* The epoch this proxy runs; the ring check on new shard connections
+ * learns it only while the proxy is not behind. */
+static void set_epoch(uint64_t epoch)
+{
+    ep.epoch = epoch;
+    srv.ring_epoch_run = ep.state == EPOCH_CURRENT || ep.state == EPOCH_ADVANCING ? epoch : 0;
+}
+
+/* Whether the fleet's move is this proxy's own: it proposes its ring, or
+ * runs the ring the shards still fence or move keys to. A ring edit then
+ * waits for the move to end, as it does for a move of one proxy (reload.c):
+ * applied at once, it would leave that move to nobody. */
+static void publish_moving(void)
+{
+    /* The fleet's first epoch moves nothing, and an edit made while it is
+     * written or fenced is proposed right after it (decide). */
+    int first = ep.fleet.epoch == 0 || !ep.fleet.prev_fp[0];
+    srv.fleet_moving =
+        (ep.state == EPOCH_ADVANCING && ep.fleet.epoch != 0) ||
+        (ep.state == EPOCH_CURRENT && !first && strcmp(ep.fleet.fp, srv.ring_fp) == 0 &&
+         strcmp(ep.fleet.state, "idle") != 0 && ep.idle_written != ep.fleet.epoch);
+}
+
 /* The one place the standing changes; refusing follows BEHIND. */
 static void set_state(epoch_state to, const char *refusal)
 {
@@ -210,6 +235,8 @@ static void set_state(epoch_state to, const char *refusal)
     if (ep.state != to)
         log_info("ring epoch: %s -> %s", state_name(ep.state), state_name(to));
     ep.state = to;
+    set_epoch(ep.epoch);
+    publish_moving();
 }
 
 /* ---- rings named in a record's text ---- */
@@ -382,7 +409,7 @@ static void on_advance_arbiter(void *privdata, size_t si, const redisReply *r)
         /* This proxy ran the ring it proposed (its own, or the one it
          * moves from when the first epoch is written during a move), even
          * if a reload has changed its ring since: its base for the next. */
-        ep.epoch = w->epoch;
+        set_epoch(w->epoch);
         log_notice("ring epoch %llu: ring %s (was %s) written; fencing the shards", w->epoch, w->fp,
                    w->prev_fp[0] ? w->prev_fp : "none");
     } else {
@@ -611,6 +638,8 @@ static void on_movers_finished(void)
     log_notice("ring epoch %llu: keys moved; the shards' record says idle", ep.fleet.epoch);
     const char *pairs[] = {"state", "idle", "progress", "", "prev_text", ""};
     update_all(&ep.fleet, 3, pairs);
+    ep.idle_written = ep.fleet.epoch;
+    publish_moving();
     lease_call(1);
     ep.leader = 0;
 }
@@ -675,6 +704,7 @@ static void decide(void)
         srv.shards_epoch_seen = r->epoch;
     record_copy(&ep.fleet, r);
     r = &ep.fleet;
+    publish_moving();
     store_learn(r->text, r->fp);
     store_learn(r->prev_text, r->prev_fp);
     if (r->epoch == 0) {
@@ -897,9 +927,11 @@ int epoch_info_server(buf *b)
                       "ring_epoch:%llu\r\n"
                       "shards_epoch:%llu\r\n"
                       "ring_fingerprint:%s\r\n"
-                      "ring_status:%s\r\n",
+                      "ring_status:%s\r\n"
+                      "ring_check_refusals:%llu\r\n",
                       ep.state == EPOCH_CURRENT ? ep.epoch : history_epoch(srv.ring_fp), shards,
-                      srv.ring_fp, state_name(ep.state));
+                      srv.ring_fp, state_name(ep.state),
+                      (unsigned long long)srv.stats.ring_check_refusals);
 }
 
 int epoch_info_rebalance(buf *b)

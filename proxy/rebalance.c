@@ -112,6 +112,8 @@ static struct {
     size_t n_confirming;
     request *wait_head; /* requests waiting for the barrier */
     request *wait_tail;
+    request *held; /* waiters of a move abandoned for the one the shards
+                      record, until that one starts (rebalance_adopt_held) */
     void (*resume)(request *req);
     int reload_queued;
     uint64_t started_us;
@@ -161,7 +163,7 @@ void rebalance_queue_reload(void)
 
 int rebalance_take_queued_reload(void)
 {
-    if (rb.running || !rb.reload_queued)
+    if (rb.running || srv.fleet_moving || !rb.reload_queued)
         return 0;
     rb.reload_queued = 0;
     return 1;
@@ -1234,6 +1236,33 @@ void rebalance_abort(const char *why)
     finish();
 }
 
+void rebalance_abandon_holding(const char *why)
+{
+    if (!rb.running)
+        return;
+    log_notice("rebalance: %s", why);
+    request **end = &rb.held;
+    while (*end)
+        end = &(*end)->next_wait;
+    *end = rb.wait_head;
+    rb.wait_head = rb.wait_tail = NULL;
+    finish();
+}
+
+void rebalance_adopt_held(void)
+{
+    request *req = rb.held;
+    rb.held = NULL;
+    while (req) {
+        request *next = req->next_wait;
+        req->next_wait = NULL;
+        /* Waits again at the new move's barrier, or is routed now. */
+        if (!rebalance_wait_barrier(req, rb.resume))
+            rb.resume(req);
+        req = next;
+    }
+}
+
 void rebalance_tick(void)
 {
     uint64_t now = server_now_us();
@@ -1434,7 +1463,7 @@ void rebalance_shutdown(void)
         free(rb.old_shards);
         rb.running = 0;
     }
-    request *req = rb.wait_head;
+    request *req = rb.wait_head; /* rb.held is empty: it lives within one call */
     rb.wait_head = rb.wait_tail = NULL;
     while (req) {
         request *next = req->next_wait;

@@ -120,6 +120,13 @@ void rebalance_fleet_done(void);
  * ring); requests waiting for its barrier get -TRYAGAIN why. */
 void rebalance_abort(const char *why);
 
+/* Abandons the running move for another one the caller starts at once
+ * (the shards record another previous ring): the requests waiting at its
+ * barrier are held, not failed, until rebalance_adopt_held hands them to
+ * the next move's barrier (or routes them, if none waits). */
+void rebalance_abandon_holding(const char *why);
+void rebalance_adopt_held(void);
+
 /* Stops the mover and frees everything (exit). The state file stays, so a
  * restart resumes. */
 void rebalance_shutdown(void);

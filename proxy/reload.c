@@ -192,10 +192,12 @@ int reload_fleet_rebalance(const char *old_ring_text, char *err, size_t errlen)
         snprintf(err, errlen, "cannot read the previous ring the shards hold: %s", detail);
         return -1;
     }
-    rebalance_abort("ring changed: the shards move keys from another ring; retry");
+    rebalance_abandon_holding("the shards move keys from another ring: moving from theirs");
     /* Reserved connections were pinned by the ring this proxy ran. */
     backend_reserved_close_all("unavailable: the shard ring changed");
-    return resume_from(old_cfg, "the shards' record", err, errlen);
+    int rc = resume_from(old_cfg, "the shards' record", err, errlen);
+    rebalance_adopt_held();
+    return rc;
 }
 
 /* A config read and checked, with everything switching to it needs built:
@@ -386,11 +388,14 @@ static void plan_commit(reload_plan *p)
     config_free(old_cfg);
     /* New connections name themselves after the ring and check it; the
      * ring ran so far stays acceptable while this proxy proposes the new
-     * one (its own connections opened before the reload run it too). */
+     * one (its own connections opened before the reload run it too). Two
+     * edits before the first is proposed: the shards still hold the ring
+     * before both, and that one stays acceptable. */
     char fp[sizeof(srv.ring_fp)];
     reload_ring_fingerprint(srv.cfg, fp, sizeof(fp));
     if (strcmp(fp, srv.ring_fp) != 0) {
-        memcpy(srv.ring_fp_prev, srv.ring_fp, sizeof(srv.ring_fp_prev));
+        if (!srv.ring_fp_prev[0])
+            memcpy(srv.ring_fp_prev, srv.ring_fp, sizeof(srv.ring_fp_prev));
         memcpy(srv.ring_fp, fp, sizeof(srv.ring_fp));
     }
     for (size_t i = 0; i < srv.nshards; i++)
@@ -432,6 +437,10 @@ int reload_start(config *cfg, char *err, size_t errlen)
 #define REBALANCE_QUEUED                                                                           \
     "a rebalance is running; this reload is queued and the file is read again when "               \
     "rebalance_state is idle"
+
+#define FLEET_QUEUED                                                                               \
+    "the shards still fence or move keys to this proxy's ring (rebalance_fleet_state); this "      \
+    "reload is queued and the file is read again when rebalance_fleet_state is idle"
 
 static int reject(char *err, size_t errlen, const char *fmt, const char *detail)
 {
@@ -480,6 +489,15 @@ static int start_rebalance(reload_plan *p, ring *old_ring, size_t n_old, char *e
     return rc;
 }
 
+/* Whether the plan's ring is another than the one running (names,
+ * weights, hashing: what the shards' ring record tells apart). */
+static int fingerprint_changes(const reload_plan *p)
+{
+    char fp[sizeof(srv.ring_fp)];
+    reload_ring_fingerprint(p->cfg, fp, sizeof(fp));
+    return strcmp(fp, srv.ring_fp) != 0;
+}
+
 int reload_config(const char *why, char *err, size_t errlen)
 {
     log_notice("reloading %s (%s)", srv.cfg->path, why);
@@ -497,13 +515,18 @@ int reload_config(const char *why, char *err, size_t errlen)
     reload_plan p;
     if (plan_prepare(next, &p, detail, sizeof(detail)) < 0)
         return reject(err, errlen, "%s", detail);
-    if (rebalance_running() && p.ring_changed) {
+    /* The shards' record tells every ring apart, also one whose change
+     * moves no key: such an edit waits for a move as well. */
+    int fleet_queued = (rebalance_running() || srv.fleet_moving) && fingerprint_changes(&p);
+    if ((rebalance_running() && p.ring_changed) || fleet_queued) {
         /* One migration at a time: the file is read again when it ends, so
          * the latest edit is the one applied. Other changes (timeouts,
-         * migrate_rate, ...) apply at once, so a slow migration can be tuned. */
+         * migrate_rate, ...) apply at once, so a slow migration can be tuned.
+         * The shards' record of the fleet's ring counts every change of
+         * the ring, even one that moves no key. */
         plan_free(&p);
         rebalance_queue_reload();
-        return reject(err, errlen, "%s", REBALANCE_QUEUED);
+        return reject(err, errlen, "%s", rebalance_running() ? REBALANCE_QUEUED : FLEET_QUEUED);
     }
     /* Certificates and keys are read again on every reload, changed or
      * not: connections already open keep the context they were made with,

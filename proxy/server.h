@@ -57,9 +57,10 @@ typedef struct server_stats {
     uint64_t error_replies;      /* every error reply (total_error_replies) */
     server_errorstat errorstats[SERVER_ERRORSTATS_MAX]; /* by kind, in order first seen */
     size_t nerrorstats;
-    uint64_t errorstats_dropped; /* error replies of kinds beyond SERVER_ERRORSTATS_MAX */
-    uint64_t reloads;            /* reloads applied (PROXY RELOAD, SIGHUP, file change) */
-    uint64_t reload_failures;    /* reloads refused, the running config kept */
+    uint64_t errorstats_dropped;  /* error replies of kinds beyond SERVER_ERRORSTATS_MAX */
+    uint64_t reloads;             /* reloads applied (PROXY RELOAD, SIGHUP, file change) */
+    uint64_t reload_failures;     /* reloads refused, the running config kept */
+    uint64_t ring_check_refusals; /* shard connections whose ring check found another ring */
     /* instantaneous ops/sec: sampled by the maintenance timer */
     uint64_t ops_sample_commands;
     uint64_t ops_sample_us;
@@ -102,9 +103,15 @@ typedef struct server {
                                    new one (epoch.c clears it) */
     char instance_id[32];       /* this process among the proxies, in connection names */
     uint64_t shards_epoch_seen; /* newest ring epoch a shard connection's check read */
+    uint64_t ring_epoch_run;    /* epoch of the ring this proxy runs (or moves from while
+                                   it proposes the next); 0 when unknown or behind: the
+                                   ring check passes a shard whose record is older */
     int ring_check_refused;     /* a connection's check found another ring on the
                                    shards: epoch.c looks at the shards again */
     int ring_refusing;          /* keyed requests are answered ring_refusal (epoch.c) */
+    int fleet_moving;           /* this proxy proposes its ring, or the shards still fence
+                                   or move keys to it: a reload that changes the ring is
+                                   queued until they are done (epoch.c sets it) */
     char ring_refusal[512];     /* "-TRYAGAIN ring changed: ...\r\n" */
     server_stats stats;
 } server;

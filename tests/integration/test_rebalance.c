@@ -435,12 +435,9 @@ static int rebalance_is_running(redisContext *c)
     return strcmp(state, "running") == 0;
 }
 
-/* Waits until rebalance_state is idle with at least min_completed
- * migrations finished; fails the test after timeout_ms(). */
 /* The shards' ring record agrees with this proxy and no fleet move runs:
  * a ring change whose keys keep their owners moves nothing here, but the
- * record still goes through its fence. The next edit waits for that (see
- * docs/rebalancing.md: an edit made while the fleet's move still runs). */
+ * record still goes through its fence (an edit made meanwhile is queued). */
 static int fleet_settled(redisContext *c)
 {
     char status[64], state[64], mine[64], fleet[64];
@@ -452,12 +449,28 @@ static int fleet_settled(redisContext *c)
            (strcmp(state, "idle") == 0 || strcmp(state, "none") == 0);
 }
 
+static void wait_fleet_settled(fixture *f, redisContext *c)
+{
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (!fleet_settled(c)) {
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(&f->proxy, 6000);
+            fail_msg("the shards' ring record is not this proxy's, idle, after %lld ms",
+                     timeout_ms());
+        }
+        fixture_sleep_ms(POLL_MS);
+    }
+}
+
+/* Waits until rebalance_state is idle with at least min_completed
+ * migrations finished (what an operator watches before the next edit);
+ * fails the test after timeout_ms(). */
 static void wait_idle(fixture *f, redisContext *c, long long min_completed)
 {
     long long deadline = fixture_now_ms() + timeout_ms();
     for (;;) {
         if (!rebalance_is_running(c) &&
-            info_int(c, "rebalance", "rebalance_completed") >= min_completed && fleet_settled(c)) {
+            info_int(c, "rebalance", "rebalance_completed") >= min_completed) {
             return;
         }
         if (fixture_now_ms() > deadline) {
@@ -632,6 +645,34 @@ static void add_shard_to_ini(const fixture *f, int s)
 static void reload_ok(redisContext *c)
 {
     fixture_expect_status(fixture_cmd(c, "PROXY RELOAD"), "OK");
+}
+
+/* PROXY RELOAD as an operator runs it right after the last move showed
+ * idle: applied at once, or queued behind the fleet's move (which may
+ * still fence the shards for an edit that moved no key here) and applied
+ * when that ends. Returns once the file is in force. */
+static void reload_applied(fixture *f, redisContext *c)
+{
+    redisReply *r = fixture_cmd(c, "PROXY RELOAD");
+    if (r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0) {
+        freeReplyObject(r);
+        return;
+    }
+    int queued = r->type == REDIS_REPLY_ERROR && strstr(r->str, "this reload is queued") != NULL;
+    char got[256];
+    fixture_reply_text(r, got, sizeof(got));
+    freeReplyObject(r);
+    if (!queued) {
+        fail_msg("PROXY RELOAD: %s", got);
+    }
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (info_int(c, "rebalance", "rebalance_queued_reload") != 0) {
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(&f->proxy, 6000);
+            fail_msg("a queued reload was not applied after %lld ms (%s)", timeout_ms(), got);
+        }
+        fixture_sleep_ms(POLL_MS);
+    }
 }
 
 /* An error reply containing every one of the NULL-terminated needles. */
@@ -2031,7 +2072,7 @@ static void edit_with_writers(fixture *f, redisContext *c, const char *ini_text,
     *next_writer += WRITERS;
     assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
     ini_write(f, ini_text);
-    reload_ok(c);
+    reload_applied(f, c);
     wait_idle(f, c, completed);
     assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
     writers_stop();
@@ -2098,6 +2139,98 @@ static void test_undone_reweight_moves_the_keys_back(void **state)
     free(heavier);
     free(before);
     free(after);
+    dataset_free(&d);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
+/* A shard taken off the ring keeps the ring record of the epoch that
+ * removed it; after later edits that record is older than the ring the
+ * proxy runs. Added back, the shard serves at once: its old record is no
+ * sign of a proxy behind, and the writers see no error while it returns. */
+static void test_shard_added_back_after_later_edits_serves_at_once(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", EDIT_DATASET_KEYS);
+    char *original = ini_read(f);
+    int next_writer = 0;
+    char line[128];
+
+    ini_replace_line(f, "s3 = ", NULL);
+    char *without = ini_read(f);
+    shard_line(f, S1, " weight=2", line, sizeof(line));
+    ini_replace_line(f, "s1 = ", line);
+    char *heavier = ini_read(f);
+    add_shard_to_ini(f, S3);
+    char *back = ini_read(f);
+    ini_write(f, original);
+
+    edit_with_writers(f, c, without, &next_writer, 1);
+    edit_with_writers(f, c, heavier, &next_writer, 2);
+    edit_with_writers(f, c, back, &next_writer, 3);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+    dataset_verify(c, &d);
+    assert_int_equal(info_int(c, "server", "ring_epoch"), info_int(c, "server", "shards_epoch"));
+    /* One proxy is never behind: no connection of it was refused. */
+    assert_int_equal(info_int(c, "server", "ring_check_refusals"), 0);
+
+    free(original);
+    free(without);
+    free(heavier);
+    free(back);
+    dataset_free(&d);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
+/* An edit that moves no key (the weight of the only shard) still takes
+ * the shards' ring record through a fence. An edit made right after it,
+ * as soon as rebalance_state shows idle, is queued behind that fence and
+ * applied when it ends: the proxy never refuses its own clients for it. */
+static void test_edit_right_after_an_edit_that_moves_no_key_is_applied(void **state)
+{
+    fixture *f = start(state, "watch_config = no", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = dataset_write(c, "k", EDIT_DATASET_KEYS);
+    char *original = ini_read(f);
+    int next_writer = 0;
+    char line[128];
+
+    ini_replace_line(f, "s1 = ", NULL);
+    ini_replace_line(f, "s2 = ", NULL);
+    char *alone = ini_read(f);
+    shard_line(f, S3, " weight=2", line, sizeof(line));
+    ini_replace_line(f, "s3 = ", line);
+    char *heavier = ini_read(f);
+    add_shard_to_ini(f, S1);
+    char *two = ini_read(f);
+    ini_write(f, original);
+    edit_with_writers(f, c, alone, &next_writer, 1);
+
+    writer *w = writers_start(f->proxy.port, next_writer);
+    assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
+    ini_write(f, heavier);
+    reload_ok(c);
+    ini_write(f, two);
+    reload_applied(f, c);
+    wait_idle(f, c, 2);
+    wait_fleet_settled(f, c);
+    assert_int_equal(wait_writers_progress(w, WRITER_AFTER_ACKS), 0);
+    writers_stop();
+    for (int i = 0; i < WRITERS; i++) {
+        expect_writer_keys(f, c, &w[i]);
+    }
+    writers_free();
+    expect_clean_finish(c);
+    assert_int_equal(info_int(c, "server", "ring_check_refusals"), 0);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
+    dataset_verify(c, &d);
+
+    free(original);
+    free(alone);
+    free(heavier);
+    free(two);
     dataset_free(&d);
     fixture_close(f, c);
     test_passed = 1;
@@ -2304,6 +2437,10 @@ static void random_edit_sequence(void **state, unsigned seed, int steps)
         expect_each_key_on_its_owner_only(f, c, d.keys, d.n, NULL);
         dataset_verify(c, &d);
     }
+    /* The shards' record ends on this proxy's ring, and this proxy was
+     * never refused by them (one proxy is never behind). */
+    wait_fleet_settled(f, c);
+    assert_int_equal(info_int(c, "server", "ring_check_refusals"), 0);
     free(current);
     free(history);
     free(initial);
@@ -2499,6 +2636,8 @@ int main(void)
         cmocka_unit_test_teardown(
             test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropped, stop),
         cmocka_unit_test_teardown(test_undone_reweight_moves_the_keys_back, stop),
+        cmocka_unit_test_teardown(test_shard_added_back_after_later_edits_serves_at_once, stop),
+        cmocka_unit_test_teardown(test_edit_right_after_an_edit_that_moves_no_key_is_applied, stop),
         cmocka_unit_test_teardown(test_random_edits_with_writers_lose_nothing, stop),
         cmocka_unit_test_teardown(test_writes_stuck_in_a_paused_source_never_land_after_the_move,
                                   stop),
