@@ -1357,6 +1357,33 @@ int config_is_lock_shard(const config *cfg, const char *name)
     return each_listed_name(cfg->lock_shards, is_named, &lf) == 1;
 }
 
+/* The keys that name shards (script_default_shard, lock_shards, ...)
+ * against cfg's [shards]: 0, or -1 with the first key that names another
+ * in *bad_key and why in bad. */
+static int check_shard_keys(const config *cfg, size_t *bad_key, char *bad, size_t badlen)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const config_key *key = &config_keys[i];
+        char *const *name = const_field_of(cfg, key->offset);
+        char why[200] = "";
+        if (key->type == KEY_SHARD && *name) {
+            bool found = false;
+            for (size_t j = 0; j < cfg->nshards && !found; j++)
+                found = strcmp(cfg->shards[j].name, *name) == 0;
+            if (!found)
+                snprintf(why, sizeof(why), "'%s' is not a shard of [shards]", *name);
+        } else if (key->type == KEY_SHARDS) {
+            (void)check_shard_list(cfg, *name, why, sizeof(why));
+        }
+        if (why[0]) {
+            *bad_key = i;
+            snprintf(bad, badlen, "%s: %s", key->name, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Each pair of key_orders whose low key is set above its high key fails,
  * at the later of the two lines. Stops at the first failure. */
 static void check_key_orders(load_ctx *ctx)
@@ -1455,30 +1482,11 @@ static void validate(load_ctx *ctx)
         return;
     }
 
-    for (size_t i = 0; i < NKEYS; i++) {
-        const config_key *key = &config_keys[i];
-        if (key->type != KEY_SHARD)
-            continue;
-        char *const *name = const_field_of(cfg, key->offset);
-        bool found = !*name;
-        for (size_t j = 0; j < cfg->nshards && !found; j++)
-            found = strcmp(cfg->shards[j].name, *name) == 0;
-        if (!found) {
-            fail(ctx, ctx->key_line[i], "%s: '%s' is not a shard of [shards]", key->name, *name);
-            return;
-        }
-    }
-
-    for (size_t i = 0; i < NKEYS; i++) {
-        const config_key *key = &config_keys[i];
-        if (key->type != KEY_SHARDS)
-            continue;
-        char *const *list = const_field_of(cfg, key->offset);
-        char bad[200];
-        if (check_shard_list(cfg, *list, bad, sizeof(bad)) < 0) {
-            fail(ctx, ctx->key_line[i], "%s: %s", key->name, bad);
-            return;
-        }
+    size_t bad_key;
+    char bad[200];
+    if (check_shard_keys(cfg, &bad_key, bad, sizeof(bad)) < 0) {
+        fail(ctx, ctx->key_line[bad_key], "%s", bad);
+        return;
     }
 
     /* AUTH user needs a password: Redis has no form for a user alone. */
@@ -1656,16 +1664,65 @@ ring *config_ring(const config *cfg, char *err, size_t errlen)
     return r;
 }
 
-void config_free(config *cfg)
+/* Frees cfg's shard lines. */
+static void free_shards(config *cfg)
 {
-    if (!cfg)
-        return;
     for (size_t i = 0; i < cfg->nshards; i++) {
         free(cfg->shards[i].name);
         free(cfg->shards[i].host);
         free(cfg->shards[i].sentinel_master);
     }
     free(cfg->shards);
+    cfg->shards = NULL;
+    cfg->nshards = 0;
+}
+
+static char *dup_or_null(const char *s, bool *failed)
+{
+    char *d = s ? strdup(s) : NULL;
+    *failed |= s && !d;
+    return d;
+}
+
+int config_with_ring(config *cfg, const config *from, char *err, size_t errlen)
+{
+    config_shard *shards = calloc(from->nshards ? from->nshards : 1, sizeof(*shards));
+    if (!shards) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    bool failed = false;
+    for (size_t i = 0; i < from->nshards; i++) {
+        shards[i] = from->shards[i];
+        shards[i].name = dup_or_null(from->shards[i].name, &failed);
+        shards[i].host = dup_or_null(from->shards[i].host, &failed);
+        shards[i].sentinel_master = dup_or_null(from->shards[i].sentinel_master, &failed);
+    }
+    config copy = *cfg;
+    copy.shards = shards;
+    copy.nshards = from->nshards;
+    size_t bad_key;
+    char bad[200];
+    if (failed || check_shard_keys(&copy, &bad_key, bad, sizeof(bad)) < 0) {
+        snprintf(err, errlen, "%s", failed ? "out of memory" : bad);
+        free_shards(&copy);
+        return -1;
+    }
+    free_shards(cfg);
+    cfg->shards = shards;
+    cfg->nshards = from->nshards;
+    cfg->hash = from->hash;
+    cfg->hash_tag_open = from->hash_tag_open;
+    cfg->hash_tag_close = from->hash_tag_close;
+    cfg->compat = from->compat;
+    return 0;
+}
+
+void config_free(config *cfg)
+{
+    if (!cfg)
+        return;
+    free_shards(cfg);
     free(cfg->listen_host);
     free(cfg->requirepass);
     free(cfg->backend_user);

@@ -181,6 +181,12 @@ __attribute__((warn_unused_result)) int config_load_string(const char *text, con
 
 void config_free(config *cfg);
 
+/* Gives cfg the ring of from (hash, hash tags, compat and the [shards]
+ * lines), keeping everything else: what a proxy runs while it finishes
+ * the shards' move to that ring before its own file's. 0, or -1 with why
+ * in err and cfg unchanged (a key of cfg names a shard from lacks). */
+int config_with_ring(config *cfg, const config *from, char *err, size_t errlen);
+
 /* The [shards] line named name, or NULL. */
 const config_shard *config_find_shard(const config *cfg, const char *name);
 

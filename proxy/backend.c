@@ -209,6 +209,25 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 /* Closes the connection, fails what is in flight and schedules a reconnect
  * after the current backoff, doubling it up to reconnect_max. */
+/* A connection that fails the same way again and again (a proxy whose
+ * ring the shards refuse retries every reconnect_min) logs it once per
+ * BACKEND_RELOG_US, not at every attempt. */
+#define BACKEND_RELOG_US (10 * 1000000ull)
+
+static void log_failure(backend_conn *c, const char *why)
+{
+    uint64_t h = 1469598103934665603ull, now = server_now_us();
+    for (const char *p = why; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    if (h == c->logged_why && now - c->logged_us < BACKEND_RELOG_US) {
+        log_debug("shard %s: %s", c->shard->label, why);
+        return;
+    }
+    c->logged_why = h;
+    c->logged_us = now;
+    log_warn("shard %s: %s", c->shard->label, why);
+}
+
 static void conn_fail(backend_conn *c, const char *why, int is_timeout)
 {
     if (c->reserved) {
@@ -216,7 +235,7 @@ static void conn_fail(backend_conn *c, const char *why, int is_timeout)
         return;
     }
     if (c->state == BACKEND_UP || c->state == BACKEND_CONNECTING)
-        log_warn("shard %s: %s", c->shard->label, why);
+        log_failure(c, why);
     /* A name may have moved (a pod restarted elsewhere): dns.c looks it up
      * again before the reconnect. */
     if (c->shard->dns_name)

@@ -60,14 +60,17 @@ typedef struct backend_conn {
     size_t inflight;
     /* request_timeout measures the head's lack of progress: its clock is the
      * later of head->sent_us and progress_us */
-    uint64_t queued_total;   /* bytes ever queued on out (AUTH and push writes too) */
-    uint64_t written_total;  /* of those, bytes written to the shard */
-    uint64_t progress_us;    /* loop clock of the last reply bytes read, or of a write
-                                while the head's request was not all written */
-    int backoff_ms;          /* next reconnect delay */
-    flushq_link flush;       /* on the pending-flush queue */
-    int write_waiting;       /* ev_write is added: the socket was full */
-    char last_error[128];    /* why it is down */
+    uint64_t queued_total;  /* bytes ever queued on out (AUTH and push writes too) */
+    uint64_t written_total; /* of those, bytes written to the shard */
+    uint64_t progress_us;   /* loop clock of the last reply bytes read, or of a write
+                               while the head's request was not all written */
+    int backoff_ms;         /* next reconnect delay */
+    flushq_link flush;      /* on the pending-flush queue */
+    int write_waiting;      /* ev_write is added: the socket was full */
+    char last_error[128];   /* why it is down */
+    uint64_t logged_why;    /* hash of the failure last logged, and when: the same
+                               failure again within BACKEND_RELOG_US is not logged */
+    uint64_t logged_us;
     char laddr[64];          /* our end, as the shard names it in CLIENT LIST (addr=) */
     fragment auth;           /* the AUTH sent first when the shards need a password */
     fragment role;           /* the ROLE sent next to a sentinel shard or a read replica */

@@ -97,6 +97,7 @@ static struct {
     int leader;                      /* holds the lease */
     int lease_pending;               /* a lease call is out */
     int finishing;                   /* the movers ended: writing state idle */
+    unsigned long long adopt_failed; /* the epoch whose ring this proxy could not run */
     unsigned long long idle_written; /* the epoch this proxy's movers ended, and whose
                                         record it set idle (before a poll reads it back) */
     uint64_t fences_done, kills;
@@ -754,6 +755,20 @@ static void decide(void)
         set_state(EPOCH_ADVANCING, NULL);
         take_lease(r);
     } else if (strcmp(r->state, "idle") != 0) {
+        /* A ring the shards never had (an edit, or a proxy restarted with
+         * a file edited during the move): run theirs until the move ends,
+         * helping it, then propose this one. */
+        char err[600] = "the record has no ring text";
+        if (ep.adopt_failed != r->epoch && r->text &&
+            reload_adopt_ring(r->text, err, sizeof(err)) == 0 && strcmp(r->fp, srv.ring_fp) == 0) {
+            ep.epoch = r->epoch;
+            set_state(EPOCH_CURRENT, NULL);
+            follow_migration(r);
+            return;
+        }
+        if (ep.adopt_failed != r->epoch)
+            log_warn("ring epoch %llu: cannot run the shards' ring: %s", r->epoch, err);
+        ep.adopt_failed = r->epoch; /* tried once per epoch */
         snprintf(why, sizeof(why),
                  "the shards still move keys to epoch %llu (ring %s); ring %s is applied after",
                  r->epoch, r->fp, srv.ring_fp);

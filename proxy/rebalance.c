@@ -116,6 +116,7 @@ static struct {
                       record, until that one starts (rebalance_adopt_held) */
     void (*resume)(request *req);
     int reload_queued;
+    int abandoned; /* the move ends unfinished (rebalance_abort): not counted as done */
     uint64_t started_us;
     uint64_t last_log_us;
     uint64_t keys_scanned;
@@ -1091,18 +1092,27 @@ static void finish(void)
     /* A migration the shards' record asked for between rings that give
      * every key the same owner (a weight change on a lone shard) moved
      * nothing and is not counted, as a reload of such a ring starts none. */
-    if (rb.n_movers > 0 || !rb.fleet)
+    if ((rb.n_movers > 0 || !rb.fleet) && !rb.abandoned)
         rb.migrations_done++;
+    rb.abandoned = 0;
     ring_free(rb.old_ring);
     rb.old_ring = NULL;
     free(rb.old_shards);
     rb.old_shards = NULL;
     rb.n_old = 0;
     /* Movers are disconnected here and freed by the next start or exit: this
-     * may run inside one of their callbacks. */
-    for (size_t i = 0; i < rb.n_movers; i++)
-        if (rb.movers[i].ac)
-            ctlconn_disconnect(rb.movers[i].ac);
+     * may run inside one of their callbacks. One still connecting has no
+     * disconnect callback to forget it: it is freed now. */
+    for (size_t i = 0; i < rb.n_movers; i++) {
+        mover *m = &rb.movers[i];
+        if (m->ac && m->state == MOVER_CONNECTING) {
+            m->ac->data = NULL;
+            ctlconn_free(m->ac);
+            m->ac = NULL;
+        } else if (m->ac) {
+            ctlconn_disconnect(m->ac);
+        }
+    }
     if (!workers_runs_mover())
         return;
     workers_mover_progress progress = own_progress();
@@ -1221,6 +1231,7 @@ void rebalance_abort(const char *why)
     if (!rb.running)
         return;
     log_warn("rebalance: abandoned: %s", why);
+    rb.abandoned = 1;
     request *req = rb.wait_head;
     rb.wait_head = rb.wait_tail = NULL;
     while (req) {
@@ -1241,6 +1252,7 @@ void rebalance_abandon_holding(const char *why)
     if (!rb.running)
         return;
     log_notice("rebalance: %s", why);
+    rb.abandoned = 1;
     request **end = &rb.held;
     while (*end)
         end = &(*end)->next_wait;
@@ -1256,8 +1268,13 @@ void rebalance_adopt_held(void)
     while (req) {
         request *next = req->next_wait;
         req->next_wait = NULL;
-        /* Waits again at the new move's barrier, or is routed now. */
-        if (!rebalance_wait_barrier(req, rb.resume))
+        /* Waits again at the new move's barrier, or is routed now; with no
+         * move (it could not start) its keys may be anywhere: retry. */
+        static const char retry[] = "-TRYAGAIN ring changed: the move of keys could not start; "
+                                    "retry\r\n";
+        if (!rb.running)
+            req->on_done(req, retry, sizeof(retry) - 1);
+        else if (!rebalance_wait_barrier(req, rb.resume))
             rb.resume(req);
         req = next;
     }

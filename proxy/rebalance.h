@@ -123,7 +123,8 @@ void rebalance_abort(const char *why);
 /* Abandons the running move for another one the caller starts at once
  * (the shards record another previous ring): the requests waiting at its
  * barrier are held, not failed, until rebalance_adopt_held hands them to
- * the next move's barrier (or routes them, if none waits). */
+ * the next move's barrier (or routes them, if none waits; or answers them
+ * -TRYAGAIN if no move started). */
 void rebalance_abandon_holding(const char *why);
 void rebalance_adopt_held(void);
 

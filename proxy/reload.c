@@ -498,6 +498,40 @@ static int fingerprint_changes(const reload_plan *p)
     return strcmp(fp, srv.ring_fp) != 0;
 }
 
+/* Switches to a prepared plan: certificates, the config, the ring, and
+ * the move of keys its ring needs. 0, or -1 with err (nothing switched
+ * when the certificates fail). */
+static int apply_plan(reload_plan *p, char *err, size_t errlen)
+{
+    char detail[600];
+    /* Certificates and keys are read again on every reload, changed or
+     * not: connections already open keep the context they were made with,
+     * new ones get the new files. A file that fails keeps everything. */
+    if (tls_configure(p->cfg, detail, sizeof(detail)) < 0) {
+        plan_free(p);
+        return reject(err, errlen, "%s", detail);
+    }
+    if (p->ring_changed)
+        log_notice("shard ring changes: %s", p->changes[0] ? p->changes : "placement");
+    ring *old_ring = srv.ring;
+    size_t n_old = srv.nshards, fresh = p->fresh;
+    plan_commit(p);
+    log_set_level(srv.cfg->log_level);
+    srv.config_epoch++;
+    srv.stats.reloads++;
+    srv.last_reload_time = time(NULL);
+    srv.last_reload_error[0] = '\0';
+    log_notice("config reloaded (epoch %llu, %zu shards, %zu new or re-addressed)",
+               (unsigned long long)srv.config_epoch, srv.nshards, fresh);
+    int rc = 0;
+    if (p->ring_changed)
+        rc = start_rebalance(p, old_ring, n_old, err, errlen);
+    else
+        ring_free(old_ring);
+    free(p->state);
+    return rc;
+}
+
 int reload_config(const char *why, char *err, size_t errlen)
 {
     log_notice("reloading %s (%s)", srv.cfg->path, why);
@@ -528,31 +562,36 @@ int reload_config(const char *why, char *err, size_t errlen)
         rebalance_queue_reload();
         return reject(err, errlen, "%s", rebalance_running() ? REBALANCE_QUEUED : FLEET_QUEUED);
     }
-    /* Certificates and keys are read again on every reload, changed or
-     * not: connections already open keep the context they were made with,
-     * new ones get the new files. A file that fails keeps everything. */
-    if (tls_configure(p.cfg, detail, sizeof(detail)) < 0) {
-        plan_free(&p);
-        return reject(err, errlen, "%s", detail);
+    return apply_plan(&p, err, errlen);
+}
+
+int reload_adopt_ring(const char *ring_text, char *err, size_t errlen)
+{
+    char detail[600];
+    config *from = NULL, *next = NULL;
+    if (config_load_string(ring_text, "the shards' record", &from, detail, sizeof(detail)) < 0) {
+        snprintf(err, errlen, "cannot read the ring the shards hold: %s", detail);
+        return -1;
     }
-    if (p.ring_changed)
-        log_notice("shard ring changes: %s", p.changes[0] ? p.changes : "placement");
-    ring *old_ring = srv.ring;
-    size_t n_old = srv.nshards, fresh = p.fresh;
-    plan_commit(&p);
-    log_set_level(srv.cfg->log_level);
-    srv.config_epoch++;
-    srv.stats.reloads++;
-    srv.last_reload_time = time(NULL);
-    srv.last_reload_error[0] = '\0';
-    log_notice("config reloaded (epoch %llu, %zu shards, %zu new or re-addressed)",
-               (unsigned long long)srv.config_epoch, srv.nshards, fresh);
-    int rc = 0;
-    if (p.ring_changed)
-        rc = start_rebalance(&p, old_ring, n_old, err, errlen);
-    else
-        ring_free(old_ring);
-    free(p.state);
+    next = read_next_config(detail, sizeof(detail));
+    int rc = next ? config_with_ring(next, from, detail, sizeof(detail)) : -1;
+    config_free(from);
+    reload_plan p;
+    if (rc < 0 || plan_prepare(next, &p, detail, sizeof(detail)) < 0) {
+        if (rc < 0)
+            config_free(next);
+        snprintf(err, errlen, "cannot run the ring the shards move keys to: %s", detail);
+        return -1;
+    }
+    log_notice("running the shards' ring until their move ends; %s is applied after it",
+               srv.cfg->path);
+    /* A move this proxy started toward its file's ring (resumed from its
+     * state file) gives way; its waiting requests wait for the next. */
+    rebalance_abandon_holding("the shards move keys to another ring: running theirs");
+    /* The file is read again once the move ends, and proposed then. */
+    rebalance_queue_reload();
+    rc = apply_plan(&p, err, errlen);
+    rebalance_adopt_held();
     return rc;
 }
 

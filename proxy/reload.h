@@ -40,6 +40,13 @@ void reload_ring_fingerprint(const config *cfg, char *out, size_t outlen);
 __attribute__((warn_unused_result)) int reload_fleet_rebalance(const char *old_ring_text, char *err,
                                                                size_t errlen);
 
+/* Runs the ring in ring_text (the shards' record: a move to it is under
+ * way) in place of the file's, every other setting from the file, and
+ * queues the file's own ring for when the move ends. 0, or -1 with err
+ * (nothing changed). */
+__attribute__((warn_unused_result)) int reload_adopt_ring(const char *ring_text, char *err,
+                                                          size_t errlen);
+
 /* Frees the shards, ring and config at exit. */
 void reload_shutdown(void);
 

@@ -584,6 +584,20 @@ static void test_killed_mover_is_taken_over(void **state)
 
 /* A proxy restarted with the old file mid-rollout refuses and never takes
  * the ring back; once its file is updated it serves again. */
+/* The lines of p's log that contain needle. */
+static long long log_lines_with(const harness_proc *p, const char *needle)
+{
+    FILE *in = fopen(p->log, "r");
+    assert_non_null(in);
+    char line[1024];
+    long long n = 0;
+    while (fgets(line, sizeof(line), in) != NULL) {
+        n += strstr(line, needle) != NULL;
+    }
+    fclose(in);
+    return n;
+}
+
 static void test_restart_with_the_old_file_never_rolls_back(void **state)
 {
     (void)state;
@@ -605,6 +619,12 @@ static void test_restart_with_the_old_file_never_rolls_back(void **state)
     assert_non_null(strstr(why, "this proxy runs epoch 1"));
     assert_non_null(strstr(why, "the shards epoch 2"));
     fixture_sleep_ms(500);
+    /* Its connections are refused again and again (every reconnect_min);
+     * the log says so once per connection, not at every attempt. */
+    long long refusals = info_ll(pcs[2], "server", "ring_check_refusals");
+    long long logged = log_lines_with(&proxies[2], "unavailable: ring changed");
+    assert_true(logged > 0);
+    assert_true(refusals > logged);
     char after[32];
     info_field(pcs[0], "rebalance", "rebalance_fleet_ring", after, sizeof(after));
     assert_string_equal(after, ring);

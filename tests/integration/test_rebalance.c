@@ -462,6 +462,13 @@ static void wait_fleet_settled(fixture *f, redisContext *c)
     }
 }
 
+static void shard_info(redisContext *c, int s, char *out, size_t cap)
+{
+    char field[32];
+    snprintf(field, sizeof(field), "shard_s%d", s + 1);
+    info_text(c, "shards", field, out, cap);
+}
+
 /* Waits until rebalance_state is idle with at least min_completed
  * migrations finished (what an operator watches before the next edit);
  * fails the test after timeout_ms(). */
@@ -1608,6 +1615,31 @@ static void wait_keys_on(fixture *f, int s, long long n)
     }
 }
 
+/* SIGKILLs the proxy and waits until it is gone; its pid. */
+static pid_t kill_proxy(fixture *f)
+{
+    pid_t pid = f->proxy.pid;
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    while (fixture_alive(pid)) {
+        assert_true(fixture_now_ms() < deadline);
+        fixture_sleep_ms(POLL_MS);
+    }
+    return pid;
+}
+
+/* Writes the slow dataset, adds s4 and waits until the move (slow by
+ * the fixture's migrate_rate) has taken 300 keys there and runs on. */
+static dataset slow_move_under_way(fixture *f, redisContext *c)
+{
+    dataset d = dataset_write(c, "k", SLOW_DATASET_KEYS);
+    add_shard_to_ini(f, S4);
+    reload_ok(c);
+    wait_keys_on(f, S4, 300);
+    assert_true(rebalance_is_running(c));
+    return d;
+}
+
 static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void **state)
 {
     fixture *f = start(state, "watch_config = no\nmigrate_batch = 200\nmigrate_rate = 1500", 3);
@@ -1647,13 +1679,7 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
     wait_keys_on(f, S4, shard_dbsize(f, S4) + 300);
     assert_true(rebalance_is_running(c));
     fixture_close(f, c);
-    pid_t old_pid = f->proxy.pid;
-    assert_int_equal(kill(old_pid, SIGKILL), 0);
-    long long deadline = fixture_now_ms() + timeout_ms();
-    while (fixture_alive(old_pid)) {
-        assert_true(fixture_now_ms() < deadline);
-        fixture_sleep_ms(POLL_MS);
-    }
+    pid_t old_pid = kill_proxy(f);
     long long moved_before_kill = shard_dbsize(f, S4);
     assert_true(moved_before_kill >= 300);
     assert_true(file_exists(path));
@@ -1684,6 +1710,63 @@ static void test_stopped_or_killed_proxy_resumes_the_migration_on_restart(void *
     assert_non_null(resumed);
     assert_non_null(strstr(resumed + 1, "resuming the rebalance"));
     free(log);
+
+    free(after);
+    dataset_free(&d);
+    fixture_close(f, c);
+    test_passed = 1;
+}
+
+/* Killed mid-move and restarted with a file edited again meanwhile: the
+ * shards' record names the ring keys move to, which this file no longer
+ * has. The proxy finishes that move first (serving by the record's ring),
+ * then applies its file as a new edit; it never refuses for ever. */
+static void test_restart_with_a_newer_file_mid_move_finishes_then_applies_it(void **state)
+{
+    fixture *f = start(state, "watch_config = no\nmigrate_batch = 200\nmigrate_rate = 1500", 3);
+    redisContext *c = fixture_client(f);
+    dataset d = slow_move_under_way(f, c);
+    fixture_close(f, c);
+    (void)kill_proxy(f);
+    char line[128];
+    shard_line(f, S1, " weight=2", line, sizeof(line));
+    ini_replace_line(f, "s1 = ", line);
+    ini_replace_line(f, "migrate_rate = ", "migrate_rate = 5000");
+    assert_int_equal(harness_ringproxy_restart(&f->proxy, SIGKILL), 0);
+
+    /* It serves by the shards' ring, s1 at weight 1, until their move ends,
+     * then by its file's: s1 at weight 2. Two moves complete. */
+    c = fixture_client(f);
+    long long deadline = fixture_now_ms() + timeout_ms();
+    for (;;) {
+        shard_info(c, S1, line, sizeof(line));
+        if (strstr(line, ",weight=2,") != NULL) {
+            break;
+        }
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(&f->proxy, 6000);
+            fail_msg("the file's ring is not in force after %lld ms: %s", timeout_ms(), line);
+        }
+        fixture_sleep_ms(POLL_MS);
+    }
+    wait_idle(f, c, 2);
+    wait_fleet_settled(f, c);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_completed"), 2);
+    assert_int_equal(info_int(c, "rebalance", "rebalance_queued_reload"), 0);
+    expect_clean_finish(c);
+    char status[32];
+    info_text(c, "server", "ring_status", status, sizeof(status));
+    assert_string_equal(status, "current");
+    int *after = calloc(d.n, sizeof(int));
+    assert_non_null(after);
+    expect_each_key_on_its_owner_only(f, c, d.keys, d.n, after);
+    size_t on_s4 = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        on_s4 += after[i] == S4;
+    }
+    assert_true(on_s4 > 0);
+    assert_int_equal(fixture_shards_dbsize(f), (long long)d.n);
+    dataset_verify(c, &d);
 
     free(after);
     dataset_free(&d);
@@ -1946,11 +2029,7 @@ static void test_mover_reconnects_when_its_connection_is_killed(void **state)
 {
     fixture *f = start(state, "watch_config = no\nmigrate_batch = 100\nmigrate_rate = 3000", 3);
     redisContext *c = fixture_client(f);
-    dataset d = dataset_write(c, "k", SLOW_DATASET_KEYS);
-    add_shard_to_ini(f, S4);
-    reload_ok(c);
-    wait_keys_on(f, S4, 300);
-    assert_true(rebalance_is_running(c));
+    dataset d = slow_move_under_way(f, c);
     int killed = 0;
     for (int s = S1; s <= S3; s++) {
         killed += kill_mover_connections(f, s);
@@ -2052,12 +2131,6 @@ static void test_key_too_big_for_the_timeout_is_retried_and_reported_never_dropp
 #define EDIT_DATASET_KEYS 3000
 
 /* The field of INFO shards for shard s (0-based), e.g. "addr=...,weight=2,...". */
-static void shard_info(redisContext *c, int s, char *out, size_t cap)
-{
-    char field[32];
-    snprintf(field, sizeof(field), "shard_s%d", s + 1);
-    info_text(c, "shards", field, out, cap);
-}
 
 /* One edit of proxy.ini applied with writers running: they write on the
  * old ring (some writes each, acknowledged before the reload), through the
@@ -2628,6 +2701,8 @@ int main(void)
         cmocka_unit_test_teardown(test_reweighted_shard_gains_keys_and_only_those_move, stop),
         cmocka_unit_test_teardown(test_readdressed_shard_moves_no_key, stop),
         cmocka_unit_test_teardown(test_stopped_or_killed_proxy_resumes_the_migration_on_restart,
+                                  stop),
+        cmocka_unit_test_teardown(test_restart_with_a_newer_file_mid_move_finishes_then_applies_it,
                                   stop),
         cmocka_unit_test_teardown(test_broken_edit_is_rejected_and_traffic_is_unaffected, stop),
         cmocka_unit_test_teardown(test_lock_taken_before_a_move_stays_held_through_it, stop),
