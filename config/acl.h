@@ -106,7 +106,8 @@ int acl_valid_user_name(const char *name);
 void acl_user_free(acl_user *user);
 
 /* Writes the user's rules as ACL LIST prints them ("user alice on
- * #<sha256> ~foo:* resetchannels -@all +get"); passwords only as digests.
+ * #<sha256> ~foo:* %R~ro:* resetchannels -@all +get"); passwords only as
+ * digests, key patterns as ~, %R~ or %W~ by their permissions.
  * Returns the length it needed (as snprintf). */
 size_t acl_user_describe(const acl_user *user, char *buf, size_t buflen);
 

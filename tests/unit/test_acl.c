@@ -61,6 +61,8 @@ static const describe_case describe_cases[] = {
     /* %RW~* is the pattern *, not allkeys (Redis prints it ~* all the same) */
     {"on nopass %RW~* %R~x", "user u on nopass ~* %R~x resetchannels -@all"},
     {"on nopass %R~*", "user u on nopass %R~* resetchannels -@all"},
+    /* as redis-server 7.0.15 lists ACL SETUSER u %R~k %W~k %RW~* %r~j */
+    {"%R~k %W~k %RW~* %r~j", "user u off ~k ~* %R~j resetchannels -@all"},
     {"on nopass %R~a resetkeys", "user u on nopass resetchannels -@all"},
 };
 
