@@ -76,6 +76,69 @@ static void free_strings(char ***array, size_t *n)
     *n = 0;
 }
 
+static void free_key_patterns(acl_user *user)
+{
+    for (size_t i = 0; i < user->nkey_patterns; i++)
+        free(user->key_patterns[i].pattern);
+    free(user->key_patterns);
+    user->key_patterns = NULL;
+    user->nkey_patterns = 0;
+}
+
+/* Adds a key pattern with perms, or adds perms to the same pattern written
+ * before, as Redis keeps each pattern once (%R~k %W~k is ~k). 0, or -1 out
+ * of memory. */
+static int push_key_pattern(acl_user *user, const char *text, size_t len, unsigned perms)
+{
+    for (size_t i = 0; i < user->nkey_patterns; i++) {
+        acl_key_pattern *kp = &user->key_patterns[i];
+        if (strlen(kp->pattern) == len && memcmp(kp->pattern, text, len) == 0) {
+            kp->perms |= perms;
+            return 0;
+        }
+    }
+    acl_key_pattern *grown =
+        realloc(user->key_patterns, (user->nkey_patterns + 1) * sizeof(*grown));
+    if (!grown)
+        return -1;
+    user->key_patterns = grown;
+    if (!(grown[user->nkey_patterns].pattern = strndup(text, len)))
+        return -1;
+    grown[user->nkey_patterns++].perms = perms;
+    return 0;
+}
+
+/* A key rule: ~pattern, or %R~ %W~ %RW~ (R and W in any case and order,
+ * each at most once, as Redis's ACLSetSelector reads them). 0, or -1 with
+ * why. Redis takes "%R" without '~' as a pattern for the empty key name;
+ * here it is refused as the slip it most likely is. */
+static int apply_key_rule(acl_user *user, const char *w, size_t n, char *why, size_t whylen)
+{
+    if (user->allkeys)
+        return refuse(why, whylen, "'%.*s' after allkeys (~*) adds nothing: remove one", (int)n, w);
+    unsigned perms = ACL_KEY_ALL;
+    size_t at = 1;
+    if (w[0] == '%') {
+        perms = 0;
+        for (; at < n && w[at] != '~'; at++) {
+            unsigned bit = (w[at] == 'R' || w[at] == 'r')   ? ACL_KEY_READ
+                           : (w[at] == 'W' || w[at] == 'w') ? ACL_KEY_WRITE
+                                                            : 0;
+            if (!bit || (perms & bit))
+                break;
+            perms |= bit;
+        }
+        if (at == n || w[at] != '~' || !perms)
+            return refuse(why, whylen,
+                          "'%.*s': key permissions are written %%R~pattern (read), "
+                          "%%W~pattern (write) or %%RW~pattern (both)",
+                          (int)n, w);
+        at++;
+    }
+    return push_key_pattern(user, w + at, n - at, perms) < 0 ? refuse(why, whylen, "out of memory")
+                                                             : 0;
+}
+
 static int push_rule(acl_user *user, int allow, int category, const char *command, size_t len)
 {
     acl_command_rule *grown = realloc(user->rules, (user->nrules + 1) * sizeof(*grown));
@@ -151,12 +214,12 @@ static int apply_word(acl_user *user, const char *w, size_t n, char *why, size_t
         return 0;
     }
     if (IS("allkeys") || (n == 2 && w[0] == '~' && w[1] == '*')) {
-        free_strings(&user->key_patterns, &user->nkey_patterns);
+        free_key_patterns(user);
         user->allkeys = 1;
         return 0;
     }
     if (IS("resetkeys")) {
-        free_strings(&user->key_patterns, &user->nkey_patterns);
+        free_key_patterns(user);
         user->allkeys = 0;
         return 0;
     }
@@ -178,7 +241,7 @@ static int apply_word(acl_user *user, const char *w, size_t n, char *why, size_t
     }
     if (IS("reset")) {
         reset_passwords(user);
-        free_strings(&user->key_patterns, &user->nkey_patterns);
+        free_key_patterns(user);
         free_strings(&user->channel_patterns, &user->nchannel_patterns);
         user->allkeys = user->allchannels = 0;
         user->enabled = 0;
@@ -211,12 +274,8 @@ static int apply_word(acl_user *user, const char *w, size_t n, char *why, size_t
         return refuse(why, whylen,
                       "'%c' removes a password: in proxy.ini leave the password out instead", w[0]);
     case '~':
-        if (user->allkeys)
-            return refuse(why, whylen, "'%.*s' after allkeys (~*) adds nothing: remove one", (int)n,
-                          w);
-        return push_string(&user->key_patterns, &user->nkey_patterns, w + 1, n - 1) < 0
-                   ? refuse(why, whylen, "out of memory")
-                   : 0;
+    case '%':
+        return apply_key_rule(user, w, n, why, whylen);
     case '&':
         if (user->allchannels)
             return refuse(why, whylen, "'%.*s' after allchannels (&*) adds nothing: remove one",
@@ -224,11 +283,6 @@ static int apply_word(acl_user *user, const char *w, size_t n, char *why, size_t
         return push_string(&user->channel_patterns, &user->nchannel_patterns, w + 1, n - 1) < 0
                    ? refuse(why, whylen, "out of memory")
                    : 0;
-    case '%':
-        return refuse(why, whylen,
-                      "'%.*s': read/write key permissions (%%R~, %%W~) are not supported; use "
-                      "~pattern",
-                      (int)n, w);
     case '(':
         return refuse(why, whylen, "selectors '(...)' are not supported");
     case '+':
@@ -281,7 +335,7 @@ void acl_user_free(acl_user *user)
         return;
     free(user->name);
     free(user->passwords);
-    free_strings(&user->key_patterns, &user->nkey_patterns);
+    free_key_patterns(user);
     free_strings(&user->channel_patterns, &user->nchannel_patterns);
     clear_rules(user);
     free(user->rules);
@@ -315,8 +369,14 @@ size_t acl_user_describe(const acl_user *user, char *buf, size_t buflen)
     }
     if (user->allkeys)
         put(buf, buflen, &o, " ~*");
-    for (size_t i = 0; i < user->nkey_patterns; i++)
-        put(buf, buflen, &o, " ~%s", user->key_patterns[i]);
+    /* as Redis's sdsCatPatternString: ~ for both, else %R~ or %W~ */
+    for (size_t i = 0; i < user->nkey_patterns; i++) {
+        const acl_key_pattern *kp = &user->key_patterns[i];
+        const char *prefix = kp->perms == ACL_KEY_READ    ? "%R~"
+                             : kp->perms == ACL_KEY_WRITE ? "%W~"
+                                                          : "~";
+        put(buf, buflen, &o, " %s%s", prefix, kp->pattern);
+    }
     if (user->allchannels)
         put(buf, buflen, &o, " &*");
     else if (user->nchannel_patterns == 0)

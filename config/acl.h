@@ -56,6 +56,19 @@ typedef struct acl_command_rule {
 } acl_command_rule;
 #define ACL_RULE_ALL (-2)
 
+/* What a key pattern lets a user do with the keys it matches: Redis's
+ * %R~ (read), %W~ (written), ~ and %RW~ (both). */
+enum {
+    ACL_KEY_READ = 1u << 0,
+    ACL_KEY_WRITE = 1u << 1,
+    ACL_KEY_ALL = ACL_KEY_READ | ACL_KEY_WRITE,
+};
+
+typedef struct acl_key_pattern {
+    char *pattern;  /* Redis glob */
+    unsigned perms; /* ACL_KEY_READ | ACL_KEY_WRITE */
+} acl_key_pattern;
+
 /* A user as its [users] lines define it. Rules accumulate over repeated
  * lines of one name, as repeated ACL SETUSER calls do. */
 typedef struct acl_user {
@@ -64,7 +77,7 @@ typedef struct acl_user {
     int nopass;                                 /* any password (or none) authenticates */
     unsigned char (*passwords)[ACL_DIGEST_LEN]; /* SHA-256 of each password */
     size_t npasswords;
-    char **key_patterns; /* ~pattern: Redis glob patterns for keys */
+    acl_key_pattern *key_patterns; /* ~, %R~, %W~: in the order written, each once */
     size_t nkey_patterns;
     char **channel_patterns; /* &pattern: for PUBLISH / SUBSCRIBE channels */
     size_t nchannel_patterns;
@@ -79,10 +92,11 @@ typedef struct acl_user {
  * user, which holds the name and the rules of earlier lines. Returns 0, or
  * -1 with the reason in why (e.g. "unknown category '@foo'"); the user may
  * then hold part of the rules and is only fit for acl_user_free. Supported:
- * on off >pass #sha256hex nopass resetpass ~pattern allkeys resetkeys
- * &pattern allchannels resetchannels +@cat -@cat +cmd -cmd +cmd|sub -cmd|sub
- * allcommands nocommands reset. Refused with a reason: <pass !hash (nothing
- * to remove in a file), %R~ %W~ (read / write key permissions), selectors. */
+ * on off >pass #sha256hex nopass resetpass ~pattern %R~pattern %W~pattern
+ * %RW~pattern allkeys resetkeys &pattern allchannels resetchannels +@cat
+ * -@cat +cmd -cmd +cmd|sub -cmd|sub allcommands nocommands reset. Refused
+ * with a reason: <pass !hash (nothing to remove in a file), selectors, and
+ * a '%' rule that is not R and/or W then '~'. */
 __attribute__((warn_unused_result)) int acl_user_apply(acl_user *user, const char *rules, char *why,
                                                        size_t whylen);
 
@@ -92,7 +106,8 @@ int acl_valid_user_name(const char *name);
 void acl_user_free(acl_user *user);
 
 /* Writes the user's rules as ACL LIST prints them ("user alice on
- * #<sha256> ~foo:* resetchannels -@all +get"); passwords only as digests.
+ * #<sha256> ~foo:* %R~ro:* resetchannels -@all +get"); passwords only as
+ * digests, key patterns as ~, %R~ or %W~ by their permissions.
  * Returns the length it needed (as snprintf). */
 size_t acl_user_describe(const acl_user *user, char *buf, size_t buflen);
 

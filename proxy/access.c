@@ -4,7 +4,9 @@
  *
  * Cost on the request path: a session whose user may do everything is
  * marked unrestricted and the router skips this module; the others pay a
- * bit test, and a glob match per key when the user has key patterns. */
+ * bit test, and per key a glob match against each key pattern that grants
+ * what the command does with the key (%R~ read, %W~ write, ~ both) until
+ * one matches. */
 #include "proxy/access.h"
 
 #include <stdio.h>
@@ -267,6 +269,21 @@ static int matches_any(char *const *patterns, size_t n, const char *s, size_t le
     return 0;
 }
 
+/* Whether one of the user's key patterns that grants every permission in
+ * need (ACL_KEY_READ, ACL_KEY_WRITE) matches key, as Redis's
+ * ACLSelectorCheckKey: a use that neither reads nor writes (need 0, as
+ * EXISTS) is granted by any pattern that matches. */
+static int key_allowed(const acl_user *u, unsigned need, const char *key, size_t len)
+{
+    for (size_t i = 0; i < u->nkey_patterns; i++) {
+        const acl_key_pattern *kp = &u->key_patterns[i];
+        if ((kp->perms & need) == need &&
+            acl_glob_match(kp->pattern, strlen(kp->pattern), key, len))
+            return 1;
+    }
+    return 0;
+}
+
 /* A PSUBSCRIBE pattern is allowed only when it is one of the user's
  * channel patterns as written, as in Redis: a glob does not contain
  * another glob in general. */
@@ -310,7 +327,8 @@ static denial check_keys(const acl_user *u, const command *cmd, size_t argc, con
     if (command_keys(cmd, argc, argv, positions, &nkeys, err, sizeof(err)) == 0) {
         for (size_t i = 0; i < nkeys && d == ALLOWED; i++) {
             const resp_arg *key = &argv[positions[i]];
-            if (!matches_any(u->key_patterns, u->nkey_patterns, key->ptr, key->len)) {
+            unsigned need = command_key_access_of(cmd, argc, argv, i);
+            if (!key_allowed(u, need, key->ptr, key->len)) {
                 *bad = positions[i];
                 d = NO_KEY;
             }

@@ -14,41 +14,49 @@
  * that needs no more; ID_ROW: the same with a command id or merge rule the
  * router acts on; NUMKEYS_ROW: a numkeys rule and its check; SPLIT_ROW and
  * LOCAL_ROW: commands the proxy splits or answers; CONTAINER_ROW: a command
- * with subcommands. Every shape ends with the router's handler, the
- * command's flags and its ACL categories (command_route, COMMAND_FLAG_*,
- * ACL_CAT_*). */
-#define ROW(name_, arity_, cls_, rule_, first_, last_, step_, route_, flags_, acl_)                \
+ * with subcommands. Every shape but CONTAINER_ROW has what it does with its
+ * first key and with the others (command_key_access); every shape ends
+ * with the router's handler, the command's flags and its ACL categories
+ * (command_route, COMMAND_FLAG_*, ACL_CAT_*). */
+#define ROW(name_, arity_, cls_, rule_, first_, last_, step_, first_access_, others_access_,       \
+            route_, flags_, acl_)                                                                  \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
         .last_key = last_, .key_step = step_, .route = route_, .flags = flags_,                    \
-        .stat = __COUNTER__, .acl = acl_                                                           \
+        .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,                       \
+        .other_keys_access = others_access_                                                        \
     }
-#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, route_, flags_,      \
-               acl_)                                                                               \
+#define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, first_access_,       \
+               others_access_, route_, flags_, acl_)                                               \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .merge = merge_, .keys = rule_,    \
         .first_key = first_, .last_key = last_, .key_step = step_, .route = route_,                \
-        .flags = flags_, .stat = __COUNTER__, .acl = acl_                                          \
+        .flags = flags_, .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,      \
+        .other_keys_access = others_access_                                                        \
     }
-#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, route_, flags_, acl_)       \
+#define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, first_access_,              \
+                    others_access_, route_, flags_, acl_)                                          \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .keys = rule_,                     \
         .first_key = first_, .numkeys = numkeys_, .route = route_, .flags = flags_,                \
-        .stat = __COUNTER__, .acl = acl_                                                           \
+        .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,                       \
+        .other_keys_access = others_access_                                                        \
     }
-#define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_, route_,    \
-                  flags_, acl_)                                                                    \
+#define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_,            \
+                  first_access_, others_access_, route_, flags_, acl_)                             \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_SPLIT, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_,                  \
         .split_step = split_step_, .route = route_, .flags = flags_, .stat = __COUNTER__,          \
-        .acl = acl_                                                                                \
+        .acl = acl_, .first_key_access = first_access_, .other_keys_access = others_access_        \
     }
-#define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, route_, flags_, acl_)   \
+#define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, first_access_,          \
+                  others_access_, route_, flags_, acl_)                                            \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_LOCAL, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_, .route = route_, \
-        .flags = flags_, .stat = __COUNTER__, .acl = acl_                                          \
+        .flags = flags_, .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,      \
+        .other_keys_access = others_access_                                                        \
     }
 #define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_, route_, flags_, acl_)                \
     {                                                                                              \
@@ -519,6 +527,46 @@ static uint64_t timeout_us(const resp_arg *arg, double scale)
         return UINT64_MAX;
     v *= scale;
     return v >= 1.8e19 ? UINT64_MAX - 1 : (uint64_t)v;
+}
+
+/* BITFIELD only reads when every subcommand is a complete GET or OVERFLOW
+ * (Redis's bitfieldGetKeys: a SET, an INCRBY or anything else may write). */
+static bool bitfield_reads_only(size_t argc, const resp_arg *argv)
+{
+    for (size_t i = 2; i < argc; i++) {
+        size_t rest = argc - i - 1;
+        if (ARG_IS(&argv[i], "get") && rest >= 2) {
+            i += 2;
+        } else if (ARG_IS(&argv[i], "overflow") && rest >= 1) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    return true;
+}
+
+unsigned command_key_access_of(const command *cmd, size_t argc, const resp_arg *argv, size_t i)
+{
+    command_key_access access = i == 0 ? cmd->first_key_access : cmd->other_keys_access;
+    switch (access) {
+    case KEY_ACCESS_NAME:
+    case KEY_ACCESS_READ:
+    case KEY_ACCESS_WRITE:
+    case KEY_ACCESS_READ_WRITE:
+        return (unsigned)access;
+    case KEY_ACCESS_SET:
+        /* Redis's setGetKeys: a GET anywhere after the value reads the key */
+        for (size_t j = 3; j < argc; j++) {
+            if (ARG_IS(&argv[j], "get")) {
+                return ACL_KEY_READ | ACL_KEY_WRITE;
+            }
+        }
+        return ACL_KEY_WRITE;
+    case KEY_ACCESS_BITFIELD:
+        return bitfield_reads_only(argc, argv) ? ACL_KEY_READ : ACL_KEY_READ | ACL_KEY_WRITE;
+    }
+    return ACL_KEY_READ | ACL_KEY_WRITE; /* not reached: every value is a case above */
 }
 
 int command_blocking(const command *cmd, size_t argc, const resp_arg *argv, uint64_t *block_us)

@@ -91,6 +91,24 @@ typedef enum command_numkeys {
                            needed for 'zunion' command", "syntax error" */
 } command_numkeys;
 
+/* What a command does with a key, for the %R~ / %W~ key permissions of
+ * ACL users: Redis's key-spec flags folded as its ACL folds them (ACCESS:
+ * read; INSERT, DELETE, UPDATE: written). The values are bit masks of
+ * ACL_KEY_READ and ACL_KEY_WRITE, but for the two commands whose keys'
+ * flags depend on their arguments (Redis's VARIABLE_FLAGS key specs). */
+typedef enum command_key_access {
+    /* neither: only the name is used (EXISTS, TYPE, TTL); any pattern allows it */
+    KEY_ACCESS_NAME = 0,
+    KEY_ACCESS_READ = ACL_KEY_READ,                       /* GET, ZRANGE */
+    KEY_ACCESS_WRITE = ACL_KEY_WRITE,                     /* DEL, LPUSH, MSET */
+    KEY_ACCESS_READ_WRITE = ACL_KEY_READ | ACL_KEY_WRITE, /* INCR, LPOP, GETDEL, EVAL */
+    /* SET: written; read too with GET (Redis's setGetKeys) */
+    KEY_ACCESS_SET,
+    /* BITFIELD: read; written too after a SET, INCRBY or a word that is no
+     * subcommand (Redis's bitfieldGetKeys) */
+    KEY_ACCESS_BITFIELD,
+} command_key_access;
+
 /* Commands the proxy answers itself or treats specially. */
 typedef enum command_id {
     CMD_OTHER = 0,
@@ -244,6 +262,9 @@ typedef struct command {
     unsigned stat;           /* its counters: command_stats[stat]; also its bit in a user's
                                 command permissions (proxy/access.c) */
     uint32_t acl;            /* Redis's ACL categories (ACL_CAT_*), as COMMAND INFO lists them */
+    command_key_access first_key_access;  /* its first key (in command_keys' order) */
+    command_key_access other_keys_access; /* the others: COPY reads its first key and writes
+                                             the other, SUNIONSTORE the reverse */
 } command;
 
 /* INFO commandstats counters of one command, as Redis keeps them. The
@@ -292,6 +313,12 @@ __attribute__((warn_unused_result)) int command_check_arity(const command *cmd, 
 __attribute__((warn_unused_result)) int command_keys(const command *cmd, size_t argc,
                                                      const resp_arg *argv, size_t *positions,
                                                      size_t *nkeys, char *err, size_t errlen);
+
+/* What the request does with its i-th key (i counts the keys command_keys
+ * found, from 0): a mask of ACL_KEY_READ and ACL_KEY_WRITE, 0 when it only
+ * names the key, with SET's GET and BITFIELD's subcommands worked out as
+ * Redis 7.0's COMMAND GETKEYSANDFLAGS does. */
+unsigned command_key_access_of(const command *cmd, size_t argc, const resp_arg *argv, size_t i);
 
 /* Whether this request blocks on its shard (a blocking command, or XREAD
  * and XREADGROUP with BLOCK), and for how long: *block_us gets its own

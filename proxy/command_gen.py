@@ -322,6 +322,36 @@ SPECIAL_KEYS = {
 # the BY / GET patterns it reads are not keys to route by.
 SINGLE_KEY_MOVABLE = {"sort_ro"}
 
+# What a command does with its keys, for the %R~ / %W~ key permissions of
+# ACL users, comes from Redis's key specs (COMMAND's 9th field), folded as
+# Redis's ACL folds them: ACCESS is a read; INSERT, DELETE, UPDATE a write;
+# neither (EXISTS, TYPE) only names the key. A row holds what it does with
+# its first key and with the others, which is all the specs of Redis 7.0
+# ask for: one spec for every key, or a first key that differs from the
+# rest (COPY reads its source and writes its destination, SUNIONSTORE
+# writes its destination and reads the sources). The script stops on a
+# command the two cannot describe.
+ACCESS_OF_BITS = {
+    (False, False): "KEY_ACCESS_NAME",
+    (True, False): "KEY_ACCESS_READ",
+    (False, True): "KEY_ACCESS_WRITE",
+    (True, True): "KEY_ACCESS_READ_WRITE",
+}
+WRITE_KEY_FLAGS = {"insert", "delete", "update"}
+# Commands whose keys' flags depend on their arguments (VARIABLE_FLAGS):
+# worked out per request by command_key_access_of (proxy/command.c).
+VARIABLE_ACCESS = {
+    "set": "KEY_ACCESS_SET",
+    "bitfield": "KEY_ACCESS_BITFIELD",
+}
+# Specs that are not keys of the proxy's key rules: SORT's BY and GET
+# patterns (an "unknown" spec Redis's sortGetKeys does not count either).
+# name -> (first key, other keys).
+ACCESS_OVERRIDES = {
+    "sort": ("KEY_ACCESS_READ", "KEY_ACCESS_WRITE"),  # the key, then STORE's
+    "sort_ro": ("KEY_ACCESS_READ", "KEY_ACCESS_READ"),
+}
+
 # Arguments Redis lists in key positions that are shard channels, not keys
 # (COMMAND GETKEYS agrees: "The command has no key arguments").
 NOT_KEYS = {"spublish", "ssubscribe", "sunsubscribe"}
@@ -405,6 +435,7 @@ class Row:
         self.route = None
         self.flags = []
         self.categories = EXTRA_CATEGORIES.get(name, [])
+        self.first_access = self.other_access = "KEY_ACCESS_NAME"
 
 
 def fields(entry):
@@ -418,7 +449,58 @@ def fields(entry):
         "step": entry[5],
         "subcommands": entry[9] if len(entry) > 9 else [],
         "categories": entry[6],
+        "key_specs": [spec_fields(spec) for spec in entry[8]] if len(entry) > 8 else [],
     }
+
+
+def spec_fields(spec):
+    """A key spec of COMMAND (a RESP2 key/value list) -> dict; begin_search
+    and find_keys as dicts too."""
+    d = dict(zip(spec[0::2], spec[1::2]))
+    for part in ("begin_search", "find_keys"):
+        kv = dict(zip(d[part][0::2], d[part][1::2]))
+        if isinstance(kv.get("spec"), list):
+            kv["spec"] = dict(zip(kv["spec"][0::2], kv["spec"][1::2]))
+        d[part] = kv
+    d["flags"] = {f.lower() for f in d["flags"]}
+    return d
+
+
+def spec_access(name, spec):
+    """What a key spec's keys are used for: a KEY_ACCESS_* name."""
+    flags = spec["flags"]
+    if "variable_flags" in flags:
+        if name not in VARIABLE_ACCESS:
+            sys.exit("command_gen: %s has variable key flags: add it to VARIABLE_ACCESS" % name)
+        return VARIABLE_ACCESS[name]
+    return ACCESS_OF_BITS[("access" in flags, bool(flags & WRITE_KEY_FLAGS))]
+
+
+def key_access(cmd, row):
+    """Sets row.first_access and row.other_access from the key specs."""
+    name = row.name
+    if row.rule == "KEYS_NONE":
+        return
+    if name in ACCESS_OVERRIDES:
+        row.first_access, row.other_access = ACCESS_OVERRIDES[name]
+        return
+    specs = [spec for spec in cmd["key_specs"] if "not_key" not in spec["flags"]]
+    if not specs:
+        sys.exit("command_gen: %s has keys but no key spec" % name)
+    accesses = [spec_access(name, spec) for spec in specs]
+    row.first_access = accesses[0]
+    rest = set(accesses[1:]) or {accesses[0]}
+    if len(rest) != 1:
+        sys.exit("command_gen: %s: its keys after the first differ (%s): describe them"
+                 % (name, ", ".join(sorted(rest))))
+    row.other_access = rest.pop()
+    if row.other_access != row.first_access:
+        # the first spec must be the first key the proxy finds, and only it
+        search, find = specs[0]["begin_search"], specs[0]["find_keys"]
+        single = (search["type"] == "index" and search["spec"]["index"] == row.first
+                  and find["type"] == "range" and find["spec"]["lastkey"] == 0)
+        if not single:
+            sys.exit("command_gen: %s: its first key spec is not its first key alone" % name)
 
 
 def key_rule(cmd, row):
@@ -443,6 +525,7 @@ def classify(cmd, container=None):
     if cmd.get("categories"):
         row.categories = cmd["categories"]
     several_keys = key_rule(cmd, row)
+    key_access(cmd, row)
     if name in CONTAINERS:
         row.cls, row.cmd_id, _ = CONTAINERS[name]
     elif name in LOCAL:
@@ -510,6 +593,8 @@ def route_and_flags(row, redis_flags):
 def row_cells(row):
     """(macro, cells) of one table row; see the macros in command.c."""
     macro, cells = row_shape(row)
+    if not row.subs:
+        cells += [row.first_access, row.other_access]
     return macro, cells + [row.route, " | ".join(row.flags) or "0", acl_expression(row)]
 
 
@@ -586,7 +671,7 @@ def build_rows(commands):
             for container, name, arity in LATER_SUBCOMMANDS:
                 if container == cmd["name"]:
                     later = {"name": name, "arity": arity, "flags": set(), "first": 0,
-                             "last": 0, "step": 0, "subcommands": []}
+                             "last": 0, "step": 0, "subcommands": [], "key_specs": []}
                     subs.append(classify(later, container))
             row.subs = "%s_subcommands" % cmd["name"].replace("-", "_")
             sub_arrays.append((row.subs, sorted(subs, key=lambda r: r.name)))
@@ -620,8 +705,9 @@ def emit(version, commands, out):
       " * plus ringproxy's own PROXY and LOCK.*, sorted by name. Written by proxy/command_gen.py\n"
       " * from the server's COMMAND reply and the routing policy in that script:\n"
       " * change the script and run it again rather than editing this file.\n"
-      " * Row shapes are the macros defined in command.c; each row ends with the\n"
-      " * router's handler and the command's flags. */\n\n" % version)
+      " * Row shapes are the macros defined in command.c; each row ends with what\n"
+      " * it does with its first key and the others, the router's handler, the\n"
+      " * command's flags and its ACL categories. */\n\n" % version)
     w("/* clang-format off */\n")
     for array, subs in sorted(sub_arrays):
         w("static const command %s[] = {\n" % array)

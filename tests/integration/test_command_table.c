@@ -2,8 +2,9 @@
  * subcommand of COMMAND is in the table with Redis's arity, key
  * positions and no_auth flag; for requests built from each command's COMMAND DOCS argument
  * list, plus a table of tricky ones, command_keys finds the keys that
- * COMMAND GETKEYS finds; and a bad numkeys gets the error text the command
- * itself replies. */
+ * COMMAND GETKEYSANDFLAGS finds, and command_key_access_of what Redis's
+ * ACL makes of each key's flags (read, write, both, neither); and a bad numkeys gets the error text
+ * the command itself replies. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -370,8 +372,26 @@ static void sample_args(sample *sm, const rnode *args)
     }
 }
 
-/* Compares command_keys with COMMAND GETKEYS for one request; returns 1
- * when they agree, else prints both and returns 0. */
+/* What COMMAND GETKEYSANDFLAGS's flags of a key say it is used for, folded
+ * as Redis's ACL folds them (ACCESS: read; INSERT, DELETE, UPDATE: write). */
+static unsigned redis_key_access(const redisReply *flags)
+{
+    unsigned access = 0;
+    for (size_t i = 0; i < flags->elements; i++) {
+        const char *flag = flags->element[i]->str;
+        if (strcasecmp(flag, "access") == 0) {
+            access |= ACL_KEY_READ;
+        } else if (strcasecmp(flag, "insert") == 0 || strcasecmp(flag, "delete") == 0 ||
+                   strcasecmp(flag, "update") == 0) {
+            access |= ACL_KEY_WRITE;
+        }
+    }
+    return access;
+}
+
+/* Compares command_keys with COMMAND GETKEYSANDFLAGS for one request, the
+ * keys and what is done with each (command_key_access_of, for %R~ / %W~);
+ * returns 1 when they agree, else prints both and returns 0. */
 static int compare_keys(redisContext *conn, size_t argc, const char **argv, const size_t *lens)
 {
     char text[512] = "";
@@ -403,8 +423,8 @@ static int compare_keys(redisContext *conn, size_t argc, const char **argv, cons
     char err[256] = "";
     int rc = command_keys(cmd, argc, args, positions, &nkeys, err, sizeof(err));
 
-    const char *gk_argv[SAMPLE_MAX_ARGS + 2] = {"COMMAND", "GETKEYS"};
-    size_t gk_lens[SAMPLE_MAX_ARGS + 2] = {7, 7};
+    const char *gk_argv[SAMPLE_MAX_ARGS + 2] = {"COMMAND", "GETKEYSANDFLAGS"};
+    size_t gk_lens[SAMPLE_MAX_ARGS + 2] = {7, 15};
     for (size_t i = 0; i < argc; i++) {
         gk_argv[i + 2] = argv[i];
         gk_lens[i + 2] = lens[i];
@@ -417,29 +437,33 @@ static int compare_keys(redisContext *conn, size_t argc, const char **argv, cons
         bool no_keys = strstr(r->str, "has no key arguments") != NULL;
         ok = no_keys ? (rc == 0 && nkeys == 0) : rc != 0;
         if (!ok) {
-            print_error("%s: GETKEYS says '%s', we say %s (%zu keys)\n", text, r->str,
+            print_error("%s: GETKEYSANDFLAGS says '%s', we say %s (%zu keys)\n", text, r->str,
                         rc ? err : "ok", nkeys);
         }
     } else {
         assert_int_equal(r->type, REDIS_REPLY_ARRAY);
         ok = rc == 0 && nkeys == r->elements;
         for (size_t k = 0; ok && k < nkeys; k++) {
-            const redisReply *key = r->element[k];
+            const redisReply *key = r->element[k]->element[0];
             ok = key->len == lens[positions[k]] &&
-                 memcmp(key->str, argv[positions[k]], key->len) == 0;
+                 memcmp(key->str, argv[positions[k]], key->len) == 0 &&
+                 command_key_access_of(cmd, argc, args, k) ==
+                     redis_key_access(r->element[k]->element[1]);
         }
         if (!ok) {
             char ours[256] = "", theirs[256] = "";
             for (size_t k = 0; rc == 0 && k < nkeys; k++) {
                 size_t used = strlen(ours);
-                snprintf(ours + used, sizeof(ours) - used, " %.*s", (int)lens[positions[k]],
-                         argv[positions[k]]);
+                snprintf(ours + used, sizeof(ours) - used, " %.*s/%u", (int)lens[positions[k]],
+                         argv[positions[k]], command_key_access_of(cmd, argc, args, k));
             }
             for (size_t k = 0; k < r->elements; k++) {
                 size_t used = strlen(theirs);
-                snprintf(theirs + used, sizeof(theirs) - used, " %s", r->element[k]->str);
+                snprintf(theirs + used, sizeof(theirs) - used, " %s/%u",
+                         r->element[k]->element[0]->str,
+                         redis_key_access(r->element[k]->element[1]));
             }
-            print_error("%s: GETKEYS [%s ], we say [%s ]%s%s\n", text, theirs, ours,
+            print_error("%s: GETKEYSANDFLAGS [%s ], we say [%s ]%s%s\n", text, theirs, ours,
                         rc ? " error: " : "", rc ? err : "");
         }
     }
@@ -501,7 +525,8 @@ static void test_keys_of_requests_from_docs(void **state)
     for (size_t i = 0; i + 1 < s->docs->elements; i += 2) {
         docs_samples(s, s->docs->element[i]->str, s->docs->element[i + 1], &compared, &failed);
     }
-    print_message("%zu requests built from COMMAND DOCS compared with COMMAND GETKEYS\n", compared);
+    print_message("%zu requests built from COMMAND DOCS compared with COMMAND GETKEYSANDFLAGS\n",
+                  compared);
     assert_true(compared > 150);
     assert_int_equal(failed, 0);
 }
@@ -548,6 +573,30 @@ static const char *const tricky_requests[] = {
     "MEMORY USAGE k SAMPLES 0",
     "XINFO CONSUMERS s g",
     "XGROUP SETID s g $ ENTRIESREAD 1",
+    /* keys whose reads and writes depend on the arguments, or differ */
+    "SET k v",
+    "SET k v GET",
+    "SET k v EX 10 get",
+    "SET k get",
+    "BITFIELD k GET u8 0",
+    "BITFIELD k GET u8 0 OVERFLOW SAT GET i4 4",
+    "BITFIELD k GET u8 0 SET u8 0 1",
+    "BITFIELD k INCRBY u8 0 1",
+    "BITFIELD k GET u8",
+    "BITFIELD k",
+    "BITFIELD k OVERFLOW",
+    "BITFIELD_RO k GET u8 0",
+    "COPY a b REPLACE",
+    "LMOVE a b LEFT RIGHT",
+    "SMOVE a b m",
+    "RENAME a b",
+    "SINTERSTORE d a b",
+    "BITOP AND d a b",
+    "PFMERGE d a b",
+    "ZRANGESTORE d a 0 -1",
+    "GEOSEARCHSTORE d a FROMMEMBER m BYRADIUS 1 km",
+    "EXISTS a b",
+    "EVAL_RO s 2 a b",
 };
 
 static void test_keys_of_tricky_requests(void **state)

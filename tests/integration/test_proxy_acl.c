@@ -1,6 +1,7 @@
 /* ACL users of proxy.ini's [users]: AUTH user pass and HELLO AUTH, requests
  * allowed or refused by key pattern, command, category and channel with
- * Redis 7.0's NOPERM texts, #sha256 passwords, users turned off or without
+ * Redis 7.0's NOPERM texts, %R~ / %W~ key permissions checked key by key,
+ * #sha256 passwords, users turned off or without
  * a password, refusals inside MULTI and across shards, the ACL command,
  * CLIENT LIST / KILL by user, a reload that removes or turns off a user,
  * no password in the log, INFO or CONFIG GET, and backend_user on shards
@@ -41,7 +42,8 @@
     "dave = on #" PASSWORD_SHA256 " allkeys +@string\n"                                            \
     "eve = off >e allkeys allcommands\n"                                                           \
     "frank = on nopass allkeys +ping +get\n"                                                       \
-    "gone = on >g allkeys allcommands\n"
+    "gone = on >g allkeys allcommands\n"                                                           \
+    "kp = on nopass %R~ro:* %W~wo:* ~rw:* +@all\n"
 
 static int group_setup(void **state)
 {
@@ -108,6 +110,124 @@ static void test_key_patterns(void **state)
     /* the connection stays usable after a refusal */
     fixture_expect_str(fixture_cmd(c, "GET app:1"), "v");
     fixture_close(f, c);
+}
+
+/* %R~ro:* %W~wo:* ~rw:*: a key is read, written or both as Redis's key
+ * specs say, and a pattern grants only its permissions. */
+static void test_read_write_key_permissions(void **state)
+{
+    fixture *f = *state;
+    redisContext *admin = fixture_client(f);
+    redisContext *c = login(f, "kp", "any");
+    fixture_expect_status(fixture_cmd(admin, "SET ro:1 r"), "OK");
+    fixture_expect_status(fixture_cmd(admin, "SET wo:1 w"), "OK");
+    /* %R~: read, not written */
+    fixture_expect_str(fixture_cmd(c, "GET ro:1"), "r");
+    fixture_expect_int(fixture_cmd(c, "STRLEN ro:1"), 1);
+    fixture_expect_error(fixture_cmd(c, "SET ro:1 x"), NOPERM_KEYS);
+    fixture_expect_error(fixture_cmd(c, "DEL ro:1"), NOPERM_KEYS);
+    fixture_expect_error(fixture_cmd(c, "APPEND ro:1 x"), NOPERM_KEYS); /* reads and writes */
+    /* %W~: written, not read */
+    fixture_expect_status(fixture_cmd(c, "SET wo:1 x"), "OK");
+    fixture_expect_int(fixture_cmd(c, "LPUSH wo:l a"), 1);
+    fixture_expect_error(fixture_cmd(c, "GET wo:1"), NOPERM_KEYS);
+    fixture_expect_error(fixture_cmd(c, "INCR wo:n"), NOPERM_KEYS);
+    /* SET reads the key too when it has GET, BITFIELD writes it with SET */
+    fixture_expect_error(fixture_cmd(c, "SET wo:1 y GET"), NOPERM_KEYS);
+    redisReply *r = fixture_cmd(c, "BITFIELD ro:1 GET u8 0");
+    fixture_expect_array(r, 1);
+    freeReplyObject(r);
+    fixture_expect_error(fixture_cmd(c, "BITFIELD ro:1 SET u8 0 1"), NOPERM_KEYS);
+    /* a command that only names the key (EXISTS, TYPE) is allowed by any
+     * pattern that matches it, as in Redis */
+    fixture_expect_int(fixture_cmd(c, "EXISTS wo:1"), 1);
+    fixture_expect_int(fixture_cmd(c, "EXISTS ro:1"), 1);
+    fixture_expect_error(fixture_cmd(c, "EXISTS other:1"), NOPERM_KEYS);
+    /* ~: both */
+    fixture_expect_status(fixture_cmd(c, "SET rw:1 v"), "OK");
+    fixture_expect_str(fixture_cmd(c, "GET rw:1"), "v");
+    fixture_expect_int(fixture_cmd(c, "INCR rw:n"), 1);
+    fixture_expect_str(fixture_cmd(admin, "GET wo:1"), "x");
+    fixture_close(f, c);
+    fixture_close(f, admin);
+}
+
+/* A command that reads one key and writes another is checked key by key:
+ * COPY reads its source and writes its destination; LMOVE also writes its
+ * source (it pops from it). */
+static void test_mixed_command_checked_per_key(void **state)
+{
+    fixture *f = *state;
+    redisContext *admin = fixture_client(f);
+    redisContext *c = login(f, "kp", "any");
+    fixture_expect_status(fixture_cmd(admin, "SET ro:{c} source"), "OK");
+    fixture_expect_status(fixture_cmd(admin, "SET wo:{c} dest"), "OK");
+    fixture_expect_int(fixture_cmd(c, "COPY ro:{c} wo:{c} REPLACE"), 1);
+    fixture_expect_str(fixture_cmd(admin, "GET wo:{c}"), "source");
+    /* the reverse: wo:{c} is not readable, ro:{c} not writable */
+    fixture_expect_error(fixture_cmd(c, "COPY wo:{c} ro:{c} REPLACE"), NOPERM_KEYS);
+    fixture_expect_str(fixture_cmd(admin, "GET ro:{c}"), "source");
+    /* SUNIONSTORE writes its first key and reads the others */
+    fixture_expect_int(fixture_cmd(admin, "SADD ro:{s} a b"), 2);
+    fixture_expect_int(fixture_cmd(c, "SUNIONSTORE wo:{s} ro:{s}"), 2);
+    fixture_expect_error(fixture_cmd(c, "SUNIONSTORE ro:{s} wo:{s}"), NOPERM_KEYS);
+    /* LMOVE pops its source: a read-only source is refused, a ~ one is not */
+    fixture_expect_int(fixture_cmd(admin, "RPUSH ro:{l} a"), 1);
+    fixture_expect_int(fixture_cmd(admin, "RPUSH rw:{l} a"), 1);
+    fixture_expect_error(fixture_cmd(c, "LMOVE ro:{l} wo:{l} LEFT RIGHT"), NOPERM_KEYS);
+    fixture_expect_str(fixture_cmd(c, "LMOVE rw:{l} wo:{l} LEFT RIGHT"), "a");
+    fixture_expect_int(fixture_cmd(admin, "LLEN ro:{l}"), 1);
+    fixture_close(f, c);
+    fixture_close(f, admin);
+}
+
+/* cmdstat_<name> calls summed over the shards, asked of each directly. */
+static long long shard_calls(fixture *f, const char *name)
+{
+    char field[64];
+    snprintf(field, sizeof(field), "cmdstat_%s:calls=", name);
+    long long calls = 0;
+    for (int i = 0; i < FIXTURE_SHARDS; i++) {
+        redisReply *r = fixture_cmd(fixture_shard(f, i), "INFO commandstats");
+        assert_int_equal(r->type, REDIS_REPLY_STRING);
+        const char *at = strstr(r->str, field);
+        calls += at ? atoll(at + strlen(field)) : 0;
+        freeReplyObject(r);
+    }
+    return calls;
+}
+
+/* MGET over keys on three shards, one of them not readable: refused whole,
+ * no shard runs any part of it; the same for MSET with a key not
+ * writable. */
+static void test_split_command_with_a_key_not_permitted(void **state)
+{
+    fixture *f = *state;
+    redisContext *admin = fixture_client(f);
+    redisContext *c = login(f, "kp", "any");
+    char ro0[64], ro1[64], wo2[64];
+    fixture_key_on_shard(admin, "ro:m", 0, ro0, sizeof(ro0));
+    fixture_key_on_shard(admin, "ro:m", 1, ro1, sizeof(ro1));
+    fixture_key_on_shard(admin, "wo:m", 2, wo2, sizeof(wo2));
+    fixture_expect_status(fixture_cmd(admin, "SET %s v", wo2), "OK");
+    long long before = shard_calls(f, "mget");
+    fixture_expect_error(fixture_cmd(c, "MGET %s %s %s", ro0, ro1, wo2), NOPERM_KEYS);
+    assert_int_equal(shard_calls(f, "mget"), before);
+    redisReply *r = fixture_cmd(c, "MGET %s %s", ro0, ro1);
+    fixture_expect_array(r, 2);
+    freeReplyObject(r);
+    assert_true(shard_calls(f, "mget") > before);
+    /* MSET writes its keys: ro:m* is not writable */
+    char wo0[64], wo1[64];
+    fixture_key_on_shard(admin, "wo:n", 0, wo0, sizeof(wo0));
+    fixture_key_on_shard(admin, "wo:n", 1, wo1, sizeof(wo1));
+    fixture_expect_error(fixture_cmd(c, "MSET %s 1 %s 1 %s 1", wo0, wo1, ro0), NOPERM_KEYS);
+    fixture_expect_nil(fixture_cmd(admin, "GET %s", wo0));
+    fixture_expect_nil(fixture_cmd(admin, "GET %s", wo1));
+    fixture_expect_nil(fixture_cmd(admin, "GET %s", ro0));
+    fixture_expect_status(fixture_cmd(c, "MSET %s 1 %s 1", wo0, wo1), "OK");
+    fixture_close(f, c);
+    fixture_close(f, admin);
 }
 
 /* A multi-key command with one key out of the user's patterns is refused
@@ -259,14 +379,17 @@ static void test_acl_command(void **state)
     redisContext *c = fixture_client(f);
     fixture_expect_str(fixture_cmd(c, "ACL WHOAMI"), "default");
     redisReply *r = fixture_cmd(c, "ACL USERS");
-    fixture_expect_array(r, 8);
+    fixture_expect_array(r, 9);
     assert_string_equal(r->element[0]->str, "alice");
     assert_string_equal(r->element[2]->str, "default");
     freeReplyObject(r);
     r = fixture_cmd(c, "ACL LIST");
-    fixture_expect_array(r, 8);
+    fixture_expect_array(r, 9);
     assert_string_equal(r->element[1]->str,
                         "user dave on #" PASSWORD_SHA256 " ~* resetchannels -@all +@string");
+    /* key permissions as Redis prints them */
+    assert_string_equal(r->element[6]->str,
+                        "user kp on nopass %R~ro:* %W~wo:* ~rw:* resetchannels +@all");
     for (size_t i = 0; i < r->elements; i++)
         assert_null(strstr(r->element[i]->str, ALICE_PW));
     freeReplyObject(r);
@@ -297,6 +420,13 @@ static void test_acl_command(void **state)
     fixture_expect_str(fixture_cmd(c, "ACL DRYRUN reader CONFIG GET x"),
                        "This user has no permissions to run the 'config|get' command");
     fixture_expect_error(fixture_cmd(c, "ACL DRYRUN nobody GET x"), "ERR User 'nobody' not found");
+    /* DRYRUN checks read and write permissions key by key */
+    fixture_expect_status(fixture_cmd(c, "ACL DRYRUN kp GET ro:1"), "OK");
+    fixture_expect_str(fixture_cmd(c, "ACL DRYRUN kp SET ro:1 v"),
+                       "This user has no permissions to access the 'ro:1' key");
+    fixture_expect_status(fixture_cmd(c, "ACL DRYRUN kp COPY ro:1 wo:1"), "OK");
+    fixture_expect_str(fixture_cmd(c, "ACL DRYRUN kp COPY ro:1 ro:2"),
+                       "This user has no permissions to access the 'ro:2' key");
     fixture_expect_error(fixture_cmd(c, "ACL SETUSER x on"),
                          "ERR ACL SETUSER is not available through ringproxy: users come from the "
                          "[users] section of proxy.ini");
@@ -501,6 +631,9 @@ int main(void)
     const struct CMUnitTest users[] = {
         cmocka_unit_test(test_key_patterns),
         cmocka_unit_test(test_split_commands_refused_whole),
+        cmocka_unit_test(test_read_write_key_permissions),
+        cmocka_unit_test(test_mixed_command_checked_per_key),
+        cmocka_unit_test(test_split_command_with_a_key_not_permitted),
         cmocka_unit_test(test_commands_and_categories),
         cmocka_unit_test(test_passwords),
         cmocka_unit_test(test_multi_with_a_denied_command),

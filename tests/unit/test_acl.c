@@ -52,6 +52,18 @@ static const describe_case describe_cases[] = {
     {"on nopass resetpass", "user u on resetchannels -@all"},
     {"on nopass &news.* &chat", "user u on nopass &news.* &chat -@all"},
     {"on nopass ~a ~b resetkeys ~c", "user u on nopass ~c resetchannels -@all"},
+    /* key permissions: %R~ read, %W~ written, %RW~ (any case, order) is ~ */
+    {"on nopass %R~ro:* %W~wo:* ~rw:*", "user u on nopass %R~ro:* %W~wo:* ~rw:* resetchannels "
+                                        "-@all"},
+    {"on nopass %rw~a %WR~b %r~c", "user u on nopass ~a ~b %R~c resetchannels -@all"},
+    /* a pattern is kept once, its permissions joined, as Redis does */
+    {"on nopass %R~k %W~k ~k %W~j %W~j", "user u on nopass ~k %W~j resetchannels -@all"},
+    /* %RW~* is the pattern *, not allkeys (Redis prints it ~* all the same) */
+    {"on nopass %RW~* %R~x", "user u on nopass ~* %R~x resetchannels -@all"},
+    {"on nopass %R~*", "user u on nopass %R~* resetchannels -@all"},
+    /* as redis-server 7.0.15 lists ACL SETUSER u %R~k %W~k %RW~* %r~j */
+    {"%R~k %W~k %RW~* %r~j", "user u off ~k ~* %R~j resetchannels -@all"},
+    {"on nopass %R~a resetkeys", "user u on nopass resetchannels -@all"},
 };
 
 static void test_describe(void **state)
@@ -79,7 +91,16 @@ typedef struct refused_case {
 static const refused_case refused_cases[] = {
     {"+@foo", "unknown category '@foo'"},
     {"-@Writes", "unknown category '@Writes'"},
-    {"%W~x", "'%W~x': read/write key permissions (%R~, %W~) are not supported; use ~pattern"},
+    /* a key permission is R and/or W, each once, then '~' */
+    {"%X~k", "'%X~k': key permissions are written %R~pattern (read), %W~pattern (write) or "
+             "%RW~pattern (both)"},
+    {"%R", "'%R': key permissions are written %R~pattern (read), %W~pattern (write) or "
+           "%RW~pattern (both)"},
+    {"%~k", "'%~k': key permissions are written %R~pattern (read), %W~pattern (write) or "
+            "%RW~pattern (both)"},
+    {"%RR~k", "'%RR~k': key permissions are written %R~pattern (read), %W~pattern (write) or "
+              "%RW~pattern (both)"},
+    {"allkeys %R~k", "'%R~k' after allkeys (~*) adds nothing: remove one"},
     {"#5E884898DA28047151D0E56F8DC6292773603D0D6AABBDD62A11EF721D1542D8",
      "a '#' password hash must be 64 lower-case hex digits (SHA-256)"},
     {"#00", "a '#' password hash must be 64 lower-case hex digits (SHA-256)"},

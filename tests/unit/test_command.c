@@ -498,6 +498,66 @@ static void test_keys(void **state)
     }
 }
 
+/* --- what a request does with each key (%R~ / %W~) ------------------------ */
+
+#define R  ACL_KEY_READ
+#define W  ACL_KEY_WRITE
+#define RW (ACL_KEY_READ | ACL_KEY_WRITE)
+
+static const struct {
+    const char *request;
+    int access[4]; /* per key, in command_keys' order; -1 ends */
+} key_access_cases[] = {
+    {"GET k", {R, -1}},
+    {"DEL a b", {W, W, -1}},
+    {"INCR k", {RW, -1}},
+    {"EXISTS a b", {0, 0, -1}}, /* only named */
+    {"MSET a 1 b 2", {W, W, -1}},
+    /* the first key differs from the others */
+    {"COPY a b", {R, W, -1}},
+    {"SUNIONSTORE d a b", {W, R, R, -1}},
+    {"LMOVE a b LEFT RIGHT", {RW, W, -1}},
+    {"BITOP AND d a b", {W, R, R, -1}},
+    {"SORT k BY w_* GET o_* STORE d", {R, W, -1}},
+    {"GEORADIUS k 15 37 200 km STORE a STOREDIST b", {R, W, W, -1}},
+    /* SET reads with GET; BITFIELD writes unless every subcommand reads */
+    {"SET k v", {W, -1}},
+    {"SET k v EX 10 get", {RW, -1}},
+    {"BITFIELD k GET u8 0 OVERFLOW SAT", {R, -1}},
+    {"BITFIELD k GET u8 0 INCRBY u8 0 1", {RW, -1}},
+    {"BITFIELD k GET u8", {RW, -1}}, /* incomplete: may write, as Redis assumes */
+    {"BITFIELD k", {R, -1}},
+};
+
+static void test_key_access(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(key_access_cases) / sizeof(key_access_cases[0]); i++) {
+        request r;
+        request_parse(&r, key_access_cases[i].request);
+        const command *cmd = resolve(&r);
+        assert_non_null(cmd);
+        size_t positions[MAX_ARGS];
+        size_t nkeys = 0;
+        char err[256] = "";
+        assert_int_equal(command_keys(cmd, r.argc, r.argv, positions, &nkeys, err, sizeof(err)), 0);
+        size_t k = 0;
+        for (; key_access_cases[i].access[k] >= 0; k++) {
+            assert_true(k < nkeys);
+            unsigned got = command_key_access_of(cmd, r.argc, r.argv, k);
+            if (got != (unsigned)key_access_cases[i].access[k]) {
+                fail_msg("'%s': key %zu access %u, expected %d", key_access_cases[i].request, k,
+                         got, key_access_cases[i].access[k]);
+            }
+        }
+        assert_int_equal(k, nkeys);
+    }
+}
+
+#undef R
+#undef W
+#undef RW
+
 /* A small error buffer truncates the text, never overflows. */
 static void test_keys_error_truncated(void **state)
 {
@@ -834,6 +894,7 @@ int main(void)
         cmocka_unit_test(test_subcommand),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_keys_error_truncated),
+        cmocka_unit_test(test_key_access),
         cmocka_unit_test(test_class),
         cmocka_unit_test(test_route_and_flags),
         cmocka_unit_test(test_route_of_every_row),

@@ -84,9 +84,12 @@ static const error_case error_cases[] = {
      "proxy.ini:2: backend_user needs backend_password (the user's password on the shards)"},
     /* [users]: every bad rule names its file, line and user */
     {SHARDS "[users]\nalice = on >p +@foo\n", "proxy.ini:4: user alice: unknown category '@foo'"},
-    {SHARDS "[users]\nalice = on\nalice = %R~x\n",
-     "proxy.ini:5: user alice: '%R~x': read/write key permissions (%R~, %W~) are not supported; "
-     "use ~pattern"},
+    {SHARDS "[users]\nalice = on\nalice = %X~k\n",
+     "proxy.ini:5: user alice: '%X~k': key permissions are written %R~pattern (read), "
+     "%W~pattern (write) or %RW~pattern (both)"},
+    {SHARDS "[users]\nalice = on %R\n",
+     "proxy.ini:4: user alice: '%R': key permissions are written %R~pattern (read), "
+     "%W~pattern (write) or %RW~pattern (both)"},
     {SHARDS "[users]\nalice = on #abc\n",
      "proxy.ini:4: user alice: a '#' password hash must be 64 lower-case hex digits (SHA-256)"},
     {SHARDS "[users]\nalice = on <old\n",
