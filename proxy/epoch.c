@@ -694,6 +694,30 @@ static unsigned long long history_epoch(const char *fp)
     return 0;
 }
 
+/* A ring the shards never had while they move keys (an edit, or a proxy
+ * restarted with a file edited during the move): runs theirs until the
+ * move ends, helping it, then proposes this one (reload.c queues the
+ * file). If theirs cannot run here, refuses until the move ends. */
+static void run_theirs_first(const ring_record *r)
+{
+    char err[600] = "the record has no ring text";
+    if (ep.adopt_failed != r->epoch && r->text &&
+        reload_adopt_ring(r->text, err, sizeof(err)) == 0 && strcmp(r->fp, srv.ring_fp) == 0) {
+        ep.epoch = r->epoch;
+        set_state(EPOCH_CURRENT, NULL);
+        follow_migration(r);
+        return;
+    }
+    if (ep.adopt_failed != r->epoch)
+        log_warn("ring epoch %llu: cannot run the shards' ring: %s", r->epoch, err);
+    ep.adopt_failed = r->epoch; /* tried once per epoch */
+    char why[400];
+    snprintf(why, sizeof(why),
+             "the shards still move keys to epoch %llu (ring %s); ring %s is applied after",
+             r->epoch, r->fp, srv.ring_fp);
+    set_state(EPOCH_BEHIND, why);
+}
+
 /* What the shards say, and what this proxy does about it. */
 static void decide(void)
 {
@@ -755,24 +779,7 @@ static void decide(void)
         set_state(EPOCH_ADVANCING, NULL);
         take_lease(r);
     } else if (strcmp(r->state, "idle") != 0) {
-        /* A ring the shards never had (an edit, or a proxy restarted with
-         * a file edited during the move): run theirs until the move ends,
-         * helping it, then propose this one. */
-        char err[600] = "the record has no ring text";
-        if (ep.adopt_failed != r->epoch && r->text &&
-            reload_adopt_ring(r->text, err, sizeof(err)) == 0 && strcmp(r->fp, srv.ring_fp) == 0) {
-            ep.epoch = r->epoch;
-            set_state(EPOCH_CURRENT, NULL);
-            follow_migration(r);
-            return;
-        }
-        if (ep.adopt_failed != r->epoch)
-            log_warn("ring epoch %llu: cannot run the shards' ring: %s", r->epoch, err);
-        ep.adopt_failed = r->epoch; /* tried once per epoch */
-        snprintf(why, sizeof(why),
-                 "the shards still move keys to epoch %llu (ring %s); ring %s is applied after",
-                 r->epoch, r->fp, srv.ring_fp);
-        set_state(EPOCH_BEHIND, why);
+        run_theirs_first(r);
     } else {
         advance(r, srv.ring_fp, reload_ring_text(srv.cfg));
     }
