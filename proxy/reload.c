@@ -70,6 +70,15 @@ char *reload_ring_text(const config *cfg)
         fprintf(out, "hash_tag = %c%c\n", cfg->hash_tag_open, cfg->hash_tag_close);
     else
         fprintf(out, "hash_tag =\n");
+    /* Sentinel lines need Sentinels to load: the ring's text names them
+     * (they do not place keys: the fingerprint leaves them out). */
+    for (size_t i = 0; i < cfg->sentinels.n; i++) {
+        config_format_addr(cfg->sentinels.addrs[i].host, cfg->sentinels.addrs[i].port, addr,
+                           sizeof(addr));
+        fprintf(out, "%s%s", i ? ", " : "sentinels = ", addr);
+    }
+    if (cfg->sentinels.n)
+        fprintf(out, "\n");
     fprintf(out, "[shards]\n");
     for (size_t i = 0; i < cfg->nshards; i++) {
         const config_shard *cs = &cfg->shards[i];
