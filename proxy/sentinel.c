@@ -84,7 +84,7 @@ struct query {
 typedef struct sentinel_peer {
     char *host;
     uint16_t port;
-    char failure[256]; /* why the last connection to it failed, "" = it connected */
+    char failure[256]; /* why the last connection to it failed, "" = it answered since */
 } sentinel_peer;
 
 static struct {
@@ -177,23 +177,29 @@ static sentinel_peer *query_peer(const query *q)
     return &sn.peers[(q->first + q->tried) % sn.npeers];
 }
 
-/* A connection to p failed: logged at warn when the reason is new for p
- * (a certificate refused, a Sentinel gone), at debug while it repeats,
- * since every poll and resubscription may try p again. */
-static void peer_failed(sentinel_peer *p, const char *why)
+/* A connection to p failed (after_connect: it was closed after the TCP
+ * connect, before an answer): logged at warn when p answered last (a
+ * certificate refused, a Sentinel gone), then at debug until it answers
+ * again, since every poll and resubscription may try p again (and the
+ * words of a failure may change from one try to the next). */
+static void peer_failed(sentinel_peer *p, const char *why, int after_connect)
 {
-    int repeated = strcmp(p->failure, why) == 0;
-    log_at(repeated ? CONFIG_LOG_DEBUG : CONFIG_LOG_WARN, "Sentinel %s:%u: %s%s", p->host,
-           (unsigned)p->port, why, repeated || sn.npeers < 2 ? "" : "; asking the other Sentinels");
+    int repeated = p->failure[0] != '\0';
+    /* What a TLS-only Sentinel does to a plain-text command. */
+    int maybe_tls = !sn.tls && after_connect;
+    log_at(repeated ? CONFIG_LOG_DEBUG : CONFIG_LOG_WARN, "Sentinel %s:%u: %s%s%s", p->host,
+           (unsigned)p->port, why,
+           maybe_tls ? " (tls_sentinels is off: is it a TLS-only Sentinel?)" : "",
+           repeated || sn.npeers < 2 ? "" : "; asking the other Sentinels");
     snprintf(p->failure, sizeof(p->failure), "%s", why);
 }
 
-/* A connection to p is up: the end of any failure logged. */
-static void peer_connected(sentinel_peer *p)
+/* p answered: the end of any failure logged. */
+static void peer_answered(sentinel_peer *p)
 {
     if (!p->failure[0])
         return;
-    log_info("Sentinel %s:%u: connected again", p->host, (unsigned)p->port);
+    log_info("Sentinel %s:%u: answers again", p->host, (unsigned)p->port);
     p->failure[0] = '\0';
 }
 
@@ -403,10 +409,10 @@ static void on_ask_reply(ctlconn *ac, void *r, void *privdata)
     redisReply *reply = r;
     if (ac != q->ac)
         return;
-    const sentinel_peer *p = query_peer(q);
+    sentinel_peer *p = query_peer(q);
     if (!reply) {
         q->ac = NULL; /* ctlconn is freeing it */
-        log_debug("Sentinel %s:%u: connection lost", p->host, (unsigned)p->port);
+        peer_failed(p, ac->errstr[0] ? ac->errstr : "connection lost", 1);
         query_next(q);
         return;
     }
@@ -424,6 +430,7 @@ static void on_ask_reply(ctlconn *ac, void *r, void *privdata)
     }
     if (reply->type != REDIS_REPLY_ERROR)
         sn.last_answer_us = srv.now_us;
+    peer_answered(p);
     query_drop_conn(q);
     if (named && q->port > 0 && q->port <= 65535) {
         q->answered = 1;
@@ -440,11 +447,10 @@ static void on_ask_connect(const ctlconn *cac, int status)
         return;
     if (status != REDIS_OK) {
         q->ac = NULL; /* ctlconn frees it */
-        peer_failed(query_peer(q), cac->errstr);
+        peer_failed(query_peer(q), cac->errstr, 0);
         query_next(q);
         return;
     }
-    peer_connected(query_peer(q));
     send_auth(q->ac, NULL, srv.cfg->sentinel_password);
     q->replica_host[0] = '\0';
     /* Before the address: its callback may end the query, and nothing may
@@ -469,7 +475,7 @@ static void query_ask(query *q)
     q->deadline_us = srv.now_us + step_timeout_us();
     q->ac = connect_to(p->host, p->port, CTLCONN_SENTINEL, q, on_ask_connect, why, sizeof(why));
     if (!q->ac) {
-        peer_failed(p, why);
+        peer_failed(p, why, 0);
         query_next(q);
     }
 }
@@ -560,7 +566,8 @@ static void on_sub_message(ctlconn *ac, void *r, void *privdata)
     const char *kind = reply->element[0]->str;
     if (strcmp(kind, "subscribe") == 0) {
         sn.sub_confirmed = 1;
-        const sentinel_peer *p = &sn.peers[sn.sub_peer];
+        sentinel_peer *p = &sn.peers[sn.sub_peer];
+        peer_answered(p);
         log_info("Sentinel %s:%u: subscribed to +switch-master", p->host, (unsigned)p->port);
         return;
     }
@@ -587,7 +594,10 @@ static void on_sub_disconnect(const ctlconn *ac, int status)
         return;
     sn.sub = NULL; /* ctlconn frees it */
     server_clock_update();
-    sub_lost(ac->errstr[0] ? ac->errstr : "connection closed");
+    const char *why = ac->errstr[0] ? ac->errstr : "connection closed";
+    if (!sn.sub_confirmed) /* closed before answering SUBSCRIBE: the Sentinel's doing */
+        peer_failed(&sn.peers[sn.sub_peer % sn.npeers], why, 1);
+    sub_lost(why);
 }
 
 static void on_sub_connect(const ctlconn *cac, int status)
@@ -598,11 +608,10 @@ static void on_sub_connect(const ctlconn *cac, int status)
     sentinel_peer *p = &sn.peers[sn.sub_peer % sn.npeers];
     if (status != REDIS_OK) {
         sn.sub = NULL; /* ctlconn frees it */
-        peer_failed(p, cac->errstr);
+        peer_failed(p, cac->errstr, 0);
         sub_lost(cac->errstr);
         return;
     }
-    peer_connected(p);
     send_auth(sn.sub, NULL, srv.cfg->sentinel_password);
     if (ctlconn_command(sn.sub, on_sub_message, NULL, "SUBSCRIBE +switch-master") != REDIS_OK) {
         sub_drop();
@@ -618,7 +627,7 @@ static void sub_start(void)
     sn.sub_deadline_us = srv.now_us + step_timeout_us();
     sn.sub = connect_to(p->host, p->port, CTLCONN_SENTINEL, NULL, on_sub_connect, why, sizeof(why));
     if (!sn.sub) {
-        peer_failed(p, why);
+        peer_failed(p, why, 0);
         sub_lost(why);
         return;
     }
