@@ -855,14 +855,7 @@ static void test_tls_sentinel_names_the_master_and_its_failover(void **state)
     deadline = fixture_now_ms() + fixture_bound_ms(SENTINEL_READY_MS);
     for (;;) {
         redisReply *r = tls_command_on(p->sentinel[0].port, "SENTINEL REPLICAS m1");
-        int ready = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1;
-        if (ready) {
-            const redisReply *fields = r->element[0];
-            ready = 0;
-            for (size_t i = 0; i + 1 < fields->elements; i += 2)
-                if (strcmp(fields->element[i]->str, "flags") == 0)
-                    ready = strcmp(fields->element[i + 1]->str, "slave") == 0;
-        }
+        int ready = fixture_sentinel_one_good_replica(r);
         if (r)
             freeReplyObject(r);
         if (ready)
