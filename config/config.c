@@ -321,6 +321,8 @@ static const config_key config_keys[] = {
              "certificate (PEM) the proxy shows to shards that ask for one"),
     PATH_KEY("tls_shards_key_file", tls_shards_key_file, RELOAD,
              "private key (PEM) of tls_shards_cert_file"),
+    BOOL_KEY("tls_sentinels", tls_sentinels, "no", RELOAD,
+             "connect to the Sentinels over TLS, with the tls_shards_* files"),
     INT64_KEY("slowlog_slower_than", slowlog_slower_than, "10000", "us", -1, 3600000000LL, RELOAD,
               "SLOWLOG keeps requests this slow in the proxy; -1 = off, 0 = all"),
     INT_KEY("slowlog_max_len", slowlog_max_len, "128", "", 0, 1000000, RELOAD,
@@ -1433,6 +1435,10 @@ static void check_tls(load_ctx *ctx)
     else if (cfg->tls_shards && !cfg->tls_shards_ca_cert_file)
         fail(ctx, key_line_of(ctx, "tls_shards"),
              "tls_shards = yes needs tls_shards_ca_cert_file to check the shards' certificates");
+    else if (cfg->tls_sentinels && !cfg->tls_shards_ca_cert_file)
+        fail(ctx, key_line_of(ctx, "tls_sentinels"),
+             "tls_sentinels = yes needs tls_shards_ca_cert_file to check the Sentinels' "
+             "certificates");
     else if (!cfg->tls_shards_cert_file != !cfg->tls_shards_key_file)
         fail(ctx,
              key_line_of(ctx, cfg->tls_shards_cert_file ? "tls_shards_cert_file"

@@ -155,6 +155,7 @@ typedef struct config {
     char *tls_shards_ca_cert_file;  /* CAs that sign the shards' certificates */
     char *tls_shards_cert_file;     /* certificate shown to the shards, NULL = none */
     char *tls_shards_key_file;      /* its private key */
+    int tls_sentinels;              /* connect to the Sentinels over TLS too (bool) */
     int64_t slowlog_slower_than;    /* SLOWLOG: requests taking this many µs or more; -1 = off */
     int slowlog_max_len;            /* SLOWLOG: entries kept */
     char *metrics_host;             /* Prometheus /metrics address, NULL = off */

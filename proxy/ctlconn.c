@@ -192,13 +192,16 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         set_error(cc, "%s", "Server closed the connection");
     } else {
         unsigned long tls_err = bufferevent_get_openssl_error(bev);
-        char text[128];
-        if (tls_err)
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        char text[sizeof(cc->pub.errstr)];
+        if (tls_err && ssl && !cc->connected)
+            tls_handshake_failure(ssl, tls_err, text, sizeof(text));
+        else if (tls_err)
             ERR_error_string_n(tls_err, text, sizeof(text));
         else
             snprintf(text, sizeof(text), "%s",
                      evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-        set_error(cc, tls_err ? "TLS: %s" : "%s", text);
+        set_error(cc, tls_err && cc->connected ? "TLS: %s" : "%s", text);
     }
     fail(cc);
 }
@@ -216,7 +219,9 @@ static int start_connect(ctl_conn *cc, const char *host, int port, ctlconn_peer 
         set_error(cc, "%s", gai_strerror(rc));
         return -1;
     }
-    if (peer == CTLCONN_SHARD && tls_shards_enabled()) {
+    int use_tls = (peer == CTLCONN_SHARD && tls_shards_enabled()) ||
+                  (peer == CTLCONN_SENTINEL && tls_sentinels_enabled());
+    if (use_tls) {
         char why[200];
         SSL *ssl = tls_connect_new(-1, host, why, sizeof(why));
         if (ssl)

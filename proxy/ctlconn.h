@@ -1,7 +1,8 @@
 /* Control connections: a command/reply connection to a Redis server on the
  * event loop, for the modules that talk to shards outside the request path
  * (the store, the rebalancer's movers) and to Sentinels. Plain text, or
- * TLS to a shard when tls_shards is on: hiredis 0.14 (Debian's) has no
+ * TLS to a shard when tls_shards is on and to a Sentinel when
+ * tls_sentinels is: hiredis 0.14 (Debian's) has no
  * TLS, so the transport is a libevent bufferevent (bufferevent_openssl for
  * TLS) and hiredis only formats commands and parses replies (redisReader).
  *
@@ -33,12 +34,14 @@
 #define CTLCONN_OK  REDIS_OK
 #define CTLCONN_ERR REDIS_ERR
 
-/* Whom a connection goes to: a shard is reached over TLS when tls_shards
- * is on (and its certificate checked against host); anything else
- * (Sentinels) in plain text. */
+/* Whom a connection goes to, which says whether it is TLS (the peer's
+ * certificate then checked against host), as the setting in force when
+ * it is made says: a reload that changes the setting leaves connections
+ * already open as they are. */
 typedef enum ctlconn_peer {
-    CTLCONN_SHARD,
-    CTLCONN_PLAIN,
+    CTLCONN_SHARD,    /* TLS when tls_shards is on */
+    CTLCONN_SENTINEL, /* TLS when tls_sentinels is on */
+    CTLCONN_PLAIN,    /* always plain text */
 } ctlconn_peer;
 
 typedef struct ctlconn ctlconn;

@@ -84,11 +84,13 @@ struct query {
 typedef struct sentinel_peer {
     char *host;
     uint16_t port;
+    char failure[256]; /* why the last connection to it failed, "" = it answered since */
 } sentinel_peer;
 
 static struct {
     sentinel_peer *peers; /* a copy of srv.cfg->sentinels */
     size_t npeers;
+    int tls; /* the tls_sentinels the connections to peers are made with */
     watch **watches;
     size_t nwatches;
     size_t next_first;       /* round robin of the first Sentinel asked */
@@ -128,7 +130,7 @@ static watch *find_watch_by_master(const char *master)
 }
 
 /* A control connection on the event loop (TLS for a shard when tls_shards
- * is on), or NULL with a reason. */
+ * is on, for a Sentinel when tls_sentinels is), or NULL with a reason. */
 static ctlconn *connect_to(const char *host, int port, ctlconn_peer peer, void *data,
                            ctlconn_status_fn *on_connect, char *why, size_t whylen)
 {
@@ -170,9 +172,35 @@ static void query_drop_conn(query *q)
     ctlconn_free(ac);
 }
 
-static const sentinel_peer *query_peer(const query *q)
+static sentinel_peer *query_peer(const query *q)
 {
     return &sn.peers[(q->first + q->tried) % sn.npeers];
+}
+
+/* A connection to p failed (after_connect: it was closed after the TCP
+ * connect, before an answer): logged at warn when p answered last (a
+ * certificate refused, a Sentinel gone), then at debug until it answers
+ * again, since every poll and resubscription may try p again (and the
+ * words of a failure may change from one try to the next). */
+static void peer_failed(sentinel_peer *p, const char *why, int after_connect)
+{
+    int repeated = p->failure[0] != '\0';
+    /* What a TLS-only Sentinel does to a plain-text command. */
+    int maybe_tls = !sn.tls && after_connect;
+    log_at(repeated ? CONFIG_LOG_DEBUG : CONFIG_LOG_WARN, "Sentinel %s:%u: %s%s%s", p->host,
+           (unsigned)p->port, why,
+           maybe_tls ? " (tls_sentinels is off: is it a TLS-only Sentinel?)" : "",
+           repeated || sn.npeers < 2 ? "" : "; asking the other Sentinels");
+    snprintf(p->failure, sizeof(p->failure), "%s", why);
+}
+
+/* p answered: the end of any failure logged. */
+static void peer_answered(sentinel_peer *p)
+{
+    if (!p->failure[0])
+        return;
+    log_info("Sentinel %s:%u: answers again", p->host, (unsigned)p->port);
+    p->failure[0] = '\0';
 }
 
 /* The read_from in force for s: its shard line's, else [proxy]'s. */
@@ -381,10 +409,10 @@ static void on_ask_reply(ctlconn *ac, void *r, void *privdata)
     redisReply *reply = r;
     if (ac != q->ac)
         return;
-    const sentinel_peer *p = query_peer(q);
+    sentinel_peer *p = query_peer(q);
     if (!reply) {
         q->ac = NULL; /* ctlconn is freeing it */
-        log_debug("Sentinel %s:%u: connection lost", p->host, (unsigned)p->port);
+        peer_failed(p, ac->errstr[0] ? ac->errstr : "connection lost", 1);
         query_next(q);
         return;
     }
@@ -402,6 +430,7 @@ static void on_ask_reply(ctlconn *ac, void *r, void *privdata)
     }
     if (reply->type != REDIS_REPLY_ERROR)
         sn.last_answer_us = srv.now_us;
+    peer_answered(p);
     query_drop_conn(q);
     if (named && q->port > 0 && q->port <= 65535) {
         q->answered = 1;
@@ -418,8 +447,7 @@ static void on_ask_connect(const ctlconn *cac, int status)
         return;
     if (status != REDIS_OK) {
         q->ac = NULL; /* ctlconn frees it */
-        log_debug("Sentinel %s:%u: %s", query_peer(q)->host, (unsigned)query_peer(q)->port,
-                  cac->errstr);
+        peer_failed(query_peer(q), cac->errstr, 0);
         query_next(q);
         return;
     }
@@ -441,13 +469,13 @@ static void on_ask_connect(const ctlconn *cac, int status)
 /* Asks the Sentinel whose turn it is. */
 static void query_ask(query *q)
 {
-    const sentinel_peer *p = query_peer(q);
+    sentinel_peer *p = query_peer(q);
     char why[256];
     q->step = QUERY_ASK;
     q->deadline_us = srv.now_us + step_timeout_us();
-    q->ac = connect_to(p->host, p->port, CTLCONN_PLAIN, q, on_ask_connect, why, sizeof(why));
+    q->ac = connect_to(p->host, p->port, CTLCONN_SENTINEL, q, on_ask_connect, why, sizeof(why));
     if (!q->ac) {
-        log_debug("Sentinel %s:%u: %s", p->host, (unsigned)p->port, why);
+        peer_failed(p, why, 0);
         query_next(q);
     }
 }
@@ -538,7 +566,8 @@ static void on_sub_message(ctlconn *ac, void *r, void *privdata)
     const char *kind = reply->element[0]->str;
     if (strcmp(kind, "subscribe") == 0) {
         sn.sub_confirmed = 1;
-        const sentinel_peer *p = &sn.peers[sn.sub_peer];
+        sentinel_peer *p = &sn.peers[sn.sub_peer];
+        peer_answered(p);
         log_info("Sentinel %s:%u: subscribed to +switch-master", p->host, (unsigned)p->port);
         return;
     }
@@ -565,7 +594,10 @@ static void on_sub_disconnect(const ctlconn *ac, int status)
         return;
     sn.sub = NULL; /* ctlconn frees it */
     server_clock_update();
-    sub_lost(ac->errstr[0] ? ac->errstr : "connection closed");
+    const char *why = ac->errstr[0] ? ac->errstr : "connection closed";
+    if (!sn.sub_confirmed) /* closed before answering SUBSCRIBE: the Sentinel's doing */
+        peer_failed(&sn.peers[sn.sub_peer % sn.npeers], why, 1);
+    sub_lost(why);
 }
 
 static void on_sub_connect(const ctlconn *cac, int status)
@@ -573,8 +605,10 @@ static void on_sub_connect(const ctlconn *cac, int status)
     if (cac != sn.sub)
         return;
     server_clock_update();
+    sentinel_peer *p = &sn.peers[sn.sub_peer % sn.npeers];
     if (status != REDIS_OK) {
         sn.sub = NULL; /* ctlconn frees it */
+        peer_failed(p, cac->errstr, 0);
         sub_lost(cac->errstr);
         return;
     }
@@ -587,12 +621,13 @@ static void on_sub_connect(const ctlconn *cac, int status)
 
 static void sub_start(void)
 {
-    const sentinel_peer *p = &sn.peers[sn.sub_peer % sn.npeers];
+    sentinel_peer *p = &sn.peers[sn.sub_peer % sn.npeers];
     char why[256];
     sn.sub_confirmed = 0;
     sn.sub_deadline_us = srv.now_us + step_timeout_us();
-    sn.sub = connect_to(p->host, p->port, CTLCONN_PLAIN, NULL, on_sub_connect, why, sizeof(why));
+    sn.sub = connect_to(p->host, p->port, CTLCONN_SENTINEL, NULL, on_sub_connect, why, sizeof(why));
     if (!sn.sub) {
+        peer_failed(p, why, 0);
         sub_lost(why);
         return;
     }
@@ -649,12 +684,21 @@ static void copy_peers(void)
 
 void sentinel_sync(void)
 {
-    if (!same_peers(&srv.cfg->sentinels)) {
+    /* Another list, or TLS turned on or off: every connection to the
+     * Sentinels is made again (the polls in flight start over below, the
+     * subscription on the next tick), so none is left with the old
+     * setting. */
+    int tls_changed = srv.cfg->tls_sentinels != sn.tls;
+    if (!same_peers(&srv.cfg->sentinels) || tls_changed) {
+        if (tls_changed && sn.npeers > 0)
+            log_notice("Sentinels: connections now %s; asking them and subscribing again",
+                       srv.cfg->tls_sentinels ? "use TLS" : "in plain text");
         for (size_t i = 0; i < sn.nwatches; i++)
             watch_cancel(sn.watches[i]);
         sub_drop();
         sn.sub_peer = 0;
         sn.sub_retry_us = 0;
+        sn.tls = srv.cfg->tls_sentinels;
         copy_peers();
     }
     size_t n = 0;

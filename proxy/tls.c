@@ -22,8 +22,10 @@
 #define TLS_SESSION_ID_CONTEXT "ringproxy"
 
 static struct {
-    SSL_CTX *clients; /* for tls_listen, NULL when it is off */
-    SSL_CTX *shards;  /* for connections to shards, NULL when tls_shards is off */
+    SSL_CTX *clients;  /* for tls_listen, NULL when it is off */
+    SSL_CTX *upstream; /* for connections to shards and Sentinels, NULL when neither uses TLS */
+    int shards;        /* tls_shards: the shards are reached with upstream */
+    int sentinels;     /* tls_sentinels: the Sentinels are */
     char last_error[256];
 } tls;
 
@@ -123,11 +125,14 @@ static SSL_CTX *clients_context(const config *cfg, char *err, size_t errlen)
     return ctx;
 }
 
-static SSL_CTX *shards_context(const config *cfg, char *err, size_t errlen)
+/* The client side, for shards and Sentinels alike: one CA file and one
+ * client certificate, as a Redis deployment has one PKI for its servers
+ * and the Sentinels that connect to them (tls-replication). */
+static SSL_CTX *upstream_context(const config *cfg, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) {
-        snprintf(err, errlen, "tls_shards: out of memory");
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     set_common(ctx);
@@ -145,39 +150,48 @@ static SSL_CTX *shards_context(const config *cfg, char *err, size_t errlen)
 int tls_configure(const config *cfg, char *err, size_t errlen)
 {
     char why[400];
-    SSL_CTX *clients = NULL, *shards = NULL;
+    SSL_CTX *clients = NULL, *upstream = NULL;
     if (cfg->tls_listen_host && !(clients = clients_context(cfg, why, sizeof(why)))) {
         snprintf(err, errlen, "tls_listen: %s", why);
         return -1;
     }
-    if (cfg->tls_shards && !(shards = shards_context(cfg, why, sizeof(why)))) {
-        snprintf(err, errlen, "tls_shards: %s", why);
+    if ((cfg->tls_shards || cfg->tls_sentinels) &&
+        !(upstream = upstream_context(cfg, why, sizeof(why)))) {
+        snprintf(err, errlen, "%s: %s", cfg->tls_shards ? "tls_shards" : "tls_sentinels", why);
         SSL_CTX_free(clients);
         return -1;
     }
     /* Connections made with the old contexts hold references to them. */
     SSL_CTX_free(tls.clients);
-    SSL_CTX_free(tls.shards);
+    SSL_CTX_free(tls.upstream);
     tls.clients = clients;
-    tls.shards = shards;
+    tls.upstream = upstream;
+    tls.shards = cfg->tls_shards;
+    tls.sentinels = cfg->tls_sentinels;
     return 0;
 }
 
 void tls_shutdown(void)
 {
     SSL_CTX_free(tls.clients);
-    SSL_CTX_free(tls.shards);
-    tls.clients = tls.shards = NULL;
+    SSL_CTX_free(tls.upstream);
+    tls.clients = tls.upstream = NULL;
+    tls.shards = tls.sentinels = 0;
 }
 
 int tls_shards_enabled(void)
 {
-    return tls.shards != NULL;
+    return tls.shards && tls.upstream;
+}
+
+int tls_sentinels_enabled(void)
+{
+    return tls.sentinels && tls.upstream;
 }
 
 SSL_CTX *tls_shard_context(void)
 {
-    return tls.shards;
+    return tls.shards ? tls.upstream : NULL;
 }
 
 SSL *tls_accept_new(int fd, char *err, size_t errlen)
@@ -194,9 +208,9 @@ SSL *tls_accept_new(int fd, char *err, size_t errlen)
 
 SSL *tls_connect_new(int fd, const char *host, char *err, size_t errlen)
 {
-    SSL *ssl = tls.shards ? SSL_new(tls.shards) : NULL;
+    SSL *ssl = tls.upstream ? SSL_new(tls.upstream) : NULL;
     if (!ssl || (fd >= 0 && SSL_set_fd(ssl, fd) != 1)) {
-        snprintf(err, errlen, "%s", tls.shards ? "TLS: out of memory" : "TLS is not configured");
+        snprintf(err, errlen, "%s", tls.upstream ? "TLS: out of memory" : "TLS is not configured");
         SSL_free(ssl);
         return NULL;
     }
@@ -217,21 +231,35 @@ SSL *tls_connect_new(int fd, const char *host, char *err, size_t errlen)
     return ssl;
 }
 
-/* The reason a handshake failed: the certificate check's verdict when that
- * is what failed, else OpenSSL's error queue. */
-static void handshake_error(SSL *ssl, int ssl_err, char *err, size_t errlen)
+/* "TLS handshake failed: ..." with why: the certificate check's verdict
+ * first when that is what failed. */
+static void failure_text(const SSL *ssl, const char *why, char *err, size_t errlen)
 {
     long verify = SSL_get_verify_result(ssl);
-    char why[200];
-    if (ssl_err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-        snprintf(why, sizeof(why), "%s", errno ? strerror(errno) : "connection closed by peer");
-    else
-        error_text("protocol error", why, sizeof(why));
     if (verify != X509_V_OK)
         snprintf(err, errlen, "TLS handshake failed: certificate: %s (%s)",
                  X509_verify_cert_error_string(verify), why);
     else
         snprintf(err, errlen, "TLS handshake failed: %s", why);
+}
+
+void tls_handshake_failure(const SSL *ssl, unsigned long code, char *err, size_t errlen)
+{
+    char why[200];
+    ERR_error_string_n(code, why, sizeof(why));
+    failure_text(ssl, why, err, errlen);
+}
+
+/* The reason a handshake failed: the certificate check's verdict when that
+ * is what failed, else OpenSSL's error queue. */
+static void handshake_error(SSL *ssl, int ssl_err, char *err, size_t errlen)
+{
+    char why[200];
+    if (ssl_err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+        snprintf(why, sizeof(why), "%s", errno ? strerror(errno) : "connection closed by peer");
+    else
+        error_text("protocol error", why, sizeof(why));
+    failure_text(ssl, why, err, errlen);
     ERR_clear_error();
     SSL_set_quiet_shutdown(ssl, 1); /* nothing more is written to it */
 }

@@ -1,5 +1,5 @@
 /* TLS with OpenSSL: the contexts built from proxy.ini (one for clients on
- * tls_listen, one for connections to the shards) and non-blocking I/O on a
+ * tls_listen, one for connections to the shards and the Sentinels) and non-blocking I/O on a
  * connection's own socket through an SSL object. The connection modules
  * keep their buffers and events; where they call read(2)/write(2) on a
  * plain socket they call tls_read/tls_write on a TLS one, and an operation
@@ -42,6 +42,10 @@ void tls_shutdown(void);
 /* Whether connections to the shards use TLS (tls_shards). */
 int tls_shards_enabled(void);
 
+/* Whether connections to the Sentinels use TLS (tls_sentinels): with the
+ * shards' CA file and client certificate. */
+int tls_sentinels_enabled(void);
+
 /* The context for connections to the shards, NULL when tls_shards is off:
  * for a caller that wraps a socket itself (a libevent bufferevent). */
 SSL_CTX *tls_shard_context(void);
@@ -50,11 +54,16 @@ SSL_CTX *tls_shard_context(void);
  * err (tls_listen not configured, out of memory). */
 SSL *tls_accept_new(int fd, char *err, size_t errlen);
 
-/* A client-side SSL on a socket connecting to a shard at host (fd -1: no
- * socket yet, for a bufferevent that makes its own): the shard's
- * certificate must be signed by tls_shards_ca_cert_file and name host (an
- * IP address or DNS name). NULL with a reason in err. */
+/* A client-side SSL on a socket connecting to a shard or a Sentinel at
+ * host (fd -1: no socket yet, for a bufferevent that makes its own): the
+ * peer's certificate must be signed by tls_shards_ca_cert_file and name
+ * host (an IP address or DNS name). NULL with a reason in err. */
 SSL *tls_connect_new(int fd, const char *host, char *err, size_t errlen);
+
+/* Words a client-side handshake that failed with OpenSSL's error code as
+ * tls_handshake does: "TLS handshake failed: certificate: <the check's
+ * verdict> (...)" when the peer's certificate was refused. */
+void tls_handshake_failure(const SSL *ssl, unsigned long code, char *err, size_t errlen);
 
 /* Advances the handshake. 1 when it is done, 0 when it waits (*want says
  * for what), -1 when it failed, with OpenSSL's reason in err. */

@@ -649,6 +649,18 @@ long long fixture_info_int(redisContext *c, const char *field)
     return value;
 }
 
+int fixture_sentinel_one_good_replica(const redisReply *replicas)
+{
+    if (!replicas || replicas->type != REDIS_REPLY_ARRAY || replicas->elements != 1)
+        return 0;
+    const redisReply *fields = replicas->element[0];
+    int good = 0;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (strcmp(fields->element[i]->str, "flags") == 0)
+            good = strcmp(fields->element[i + 1]->str, "slave") == 0;
+    return good;
+}
+
 int fixture_log_contains(const harness_proc *p, const char *needle)
 {
     FILE *f = fopen(p->log, "r");

@@ -161,6 +161,11 @@ long long fixture_info_int(redisContext *c, const char *field);
 /* 1 when the process's log contains needle. */
 int fixture_log_contains(const harness_proc *p, const char *needle);
 
+/* 1 when a SENTINEL REPLICAS reply (NULL: none) lists one replica and its
+ * flags are just "slave": known, up, and so a replica the Sentinel can
+ * promote. */
+int fixture_sentinel_one_good_replica(const redisReply *replicas);
+
 /* Polls INFO on c until field is at least want (bounded: 5 s, times the
  * harness timeout scale); fails the test otherwise. Returns the value seen.
  * The bytes of its own INFO requests are not counted in

@@ -1052,7 +1052,10 @@ int harness_replica_start(harness_proc *p, int master_port)
     return -1;
 }
 
-int harness_sentinel_start(harness_proc *p, const char *conf_body)
+/* Starts redis-sentinel with conf_body after its own lines: a plain port,
+ * or with cert_dir a TLS port only (see harness_sentinel_start_tls). */
+static int sentinel_start(harness_proc *p, const char *cert_dir, int auth_clients,
+                          const char *conf_body)
 {
     memset(p, 0, sizeof(*p));
     for (int attempt = 0; attempt < HARNESS_START_ATTEMPTS; attempt++) {
@@ -1061,7 +1064,7 @@ int harness_sentinel_start(harness_proc *p, const char *conf_body)
         }
         p->port = harness_free_port();
         char *body = replace_port(conf_body, p->port);
-        size_t len = strlen(body) + strlen(p->dir) + 128;
+        size_t len = strlen(body ? body : "") + strlen(p->dir) + 4 * 300 + 256;
         char *conf = malloc(len);
         char path[sizeof(p->dir) + 32];
         snprintf(path, sizeof(path), "%s/sentinel.conf", p->dir);
@@ -1071,7 +1074,15 @@ int harness_sentinel_start(harness_proc *p, const char *conf_body)
             free(conf);
             return -1;
         }
-        snprintf(conf, len, "port %d\nbind 127.0.0.1\ndir %s\n%s", p->port, p->dir, body);
+        if (cert_dir)
+            snprintf(conf, len,
+                     "port 0\ntls-port %d\nbind 127.0.0.1\ndir %s\n"
+                     "tls-cert-file %s/server.crt\ntls-key-file %s/server.key\n"
+                     "tls-ca-cert-file %s/ca.crt\ntls-auth-clients %s\ntls-replication yes\n%s",
+                     p->port, p->dir, cert_dir, cert_dir, cert_dir, auth_clients ? "yes" : "no",
+                     body);
+        else
+            snprintf(conf, len, "port %d\nbind 127.0.0.1\ndir %s\n%s", p->port, p->dir, body);
         int written = write_file(path, conf);
         free(body);
         free(conf);
@@ -1086,10 +1097,22 @@ int harness_sentinel_start(harness_proc *p, const char *conf_body)
             remove_dir(p->dir);
             continue;
         }
-        if (wait_ready(p, 1, start_timeout_ms()) == 0) {
+        /* With TLS no PING in plain text: a TCP connection accepted is enough. */
+        if (wait_ready(p, cert_dir == NULL, start_timeout_ms()) == 0) {
             return 0;
         }
         abandon(p, "redis-sentinel");
     }
     return -1;
+}
+
+int harness_sentinel_start(harness_proc *p, const char *conf_body)
+{
+    return sentinel_start(p, NULL, 0, conf_body);
+}
+
+int harness_sentinel_start_tls(harness_proc *p, const char *cert_dir, int auth_clients,
+                               const char *conf_body)
+{
+    return sentinel_start(p, cert_dir, auth_clients, conf_body);
 }

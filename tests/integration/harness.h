@@ -69,6 +69,13 @@ int harness_replica_start(harness_proc *p, int master_port);
  * its own that it may rewrite. Waits until it answers PING. 0 or -1. */
 int harness_sentinel_start(harness_proc *p, const char *conf_body);
 
+/* The same with TLS only (port 0, tls-port N; tls-replication yes, so that
+ * it talks TLS to the masters, replicas and other Sentinels too) with
+ * cert_dir's server.crt, server.key and ca.crt, requiring clients'
+ * certificates when auth_clients; waits until it accepts a connection. */
+int harness_sentinel_start_tls(harness_proc *p, const char *cert_dir, int auth_clients,
+                               const char *conf_body);
+
 /* Starts nutcracker with the given YAML pool body; "%PORT%" in yaml is
  * replaced by the listen port chosen. Waits for the port. */
 int harness_nutcracker_start(harness_proc *p, const char *yaml);

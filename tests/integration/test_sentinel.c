@@ -91,14 +91,7 @@ static int replica_synced(int port)
 static int sentinel_ready(int port, const char *master, int others)
 {
     redisReply *r = command_on(port, "SENTINEL REPLICAS %s", master);
-    int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1;
-    if (ok) {
-        const redisReply *fields = r->element[0];
-        ok = 0;
-        for (size_t i = 0; i + 1 < fields->elements; i += 2)
-            if (strcmp(fields->element[i]->str, "flags") == 0)
-                ok = strcmp(fields->element[i + 1]->str, "slave") == 0;
-    }
+    int ok = fixture_sentinel_one_good_replica(r);
     if (r)
         freeReplyObject(r);
     if (!ok)

@@ -162,15 +162,10 @@ static tls_client *tls_connect_ok(int port, const char *name)
     return c;
 }
 
-/* Sends a command (hiredis's format) and reads its reply: NULL when the
- * connection failed or closed first (error says why). */
-static redisReply *tls_cmd(tls_client *c, const char *fmt, ...)
+static redisReply *tls_vcmd(tls_client *c, const char *fmt, va_list ap)
 {
     char *cmd = NULL;
-    va_list ap;
-    va_start(ap, fmt);
     int len = redisvFormatCommand(&cmd, fmt, ap);
-    va_end(ap);
     assert_true(len > 0);
     int w = SSL_write(c->ssl, cmd, len);
     free(cmd);
@@ -191,6 +186,34 @@ static redisReply *tls_cmd(tls_client *c, const char *fmt, ...)
         }
         redisReaderFeed(c->reader, buf, (size_t)n);
     }
+}
+
+/* Sends a command (hiredis's format) and reads its reply: NULL when the
+ * connection failed or closed first (error says why). */
+static redisReply *tls_cmd(tls_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = tls_vcmd(c, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* The reply to one command on a new TLS connection to port (showing the
+ * certificate client.crt), or NULL when there is none. */
+static redisReply *tls_command_on(int port, const char *fmt, ...)
+{
+    int ok;
+    tls_client *c = tls_connect(port, "client", &ok);
+    redisReply *r = NULL;
+    if (ok) {
+        va_list ap;
+        va_start(ap, fmt);
+        r = tls_vcmd(c, fmt, ap);
+        va_end(ap);
+    }
+    tls_client_free(c);
+    return r;
 }
 
 /* The CN in the subject of the certificate the server showed. */
@@ -636,6 +659,294 @@ static void test_rebalance_moves_keys_between_tls_shards(void **state)
     tls_client_free(c);
 }
 
+/* ---- Sentinels over TLS (tls_sentinels) ---- */
+
+/* Sentinel timings short enough for a failover in a few seconds. */
+#define SENTINEL_DOWN_AFTER_MS       1000
+#define SENTINEL_FAILOVER_TIMEOUT_MS 3000
+/* The proxy's polls of the Sentinels, besides +switch-master. */
+#define SENTINEL_POLL_MS 500
+/* The proxy re-addresses a shard within this of the Sentinels' switch. */
+#define SENTINEL_FOLLOW_MS 1000
+/* A Sentinel learns a master's replica from the master's INFO (asked when
+ * it connects, then every 10 s). */
+#define SENTINEL_READY_MS 30000
+
+/* Whether the reply is a string holding needle. */
+static int reply_has(const redisReply *r, const char *needle)
+{
+    return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) &&
+           strstr(r->str, needle) != NULL;
+}
+
+/* Waits (bounded by timeout_ms) until INFO <section> through the proxy's
+ * plain port holds every needle (NULL-terminated); fails the test with
+ * what it read. */
+static void wait_proxy_info(const harness_proc *proxy, const char *section, long long timeout_ms,
+                            const char *const *needles)
+{
+    long long deadline = fixture_now_ms() + fixture_bound_ms(timeout_ms);
+    for (;;) {
+        redisContext *c = harness_connect(proxy->port);
+        assert_non_null(c);
+        redisReply *r = fixture_cmd(c, "INFO %s", section);
+        int all = 1;
+        for (size_t i = 0; needles[i] && all; i++)
+            all = reply_has(r, needles[i]);
+        if (!all && fixture_now_ms() > deadline) {
+            harness_dump_log(proxy, 4096);
+            fail_msg("INFO %s lacks one of \"%s\"...: %s", section, needles[0],
+                     r->type == REDIS_REPLY_STRING ? r->str : "(no text)");
+        }
+        freeReplyObject(r);
+        redisFree(c);
+        if (all)
+            return;
+        fixture_sleep_ms(20);
+    }
+}
+
+/* Waits until INFO shards says s1's master is at port, found by a
+ * Sentinel (sentinel=ok). */
+static void wait_s1_master(const harness_proc *proxy, int port, long long timeout_ms)
+{
+    char master[64];
+    snprintf(master, sizeof(master), ",master=127.0.0.1:%d,", port);
+    const char *const needles[] = {master, ",sentinel=ok,", NULL};
+    wait_proxy_info(proxy, "shards", timeout_ms, needles);
+}
+
+/* Waits until the proxy's log has a line with needle (bounded). */
+static void wait_proxy_log(const harness_proc *proxy, const char *needle, long long timeout_ms)
+{
+    long long deadline = fixture_now_ms() + fixture_bound_ms(timeout_ms);
+    while (!fixture_log_contains(proxy, needle)) {
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(proxy, 4096);
+            fail_msg("the proxy logged no line with \"%s\"", needle);
+        }
+        fixture_sleep_ms(10);
+    }
+}
+
+/* The port the Sentinel on port names for m1, 0 when it does not answer. */
+static int sentinel_master_port(int port)
+{
+    redisReply *r = tls_command_on(port, "SENTINEL get-master-addr-by-name m1");
+    int p = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? atoi(r->element[1]->str) : 0;
+    if (r)
+        freeReplyObject(r);
+    return p;
+}
+
+/* What the Sentinels monitor: m1 at master_port. */
+static const char *sentinel_conf(int master_port)
+{
+    static char conf[256];
+    snprintf(conf, sizeof(conf),
+             "sentinel monitor m1 127.0.0.1 %d 1\n"
+             "sentinel down-after-milliseconds m1 %d\n"
+             "sentinel failover-timeout m1 %d\n",
+             master_port, SENTINEL_DOWN_AFTER_MS, SENTINEL_FAILOVER_TIMEOUT_MS);
+    return conf;
+}
+
+/* A proxy ini over s1 = sentinel:m1 with TLS to the shards (showing
+ * client.crt) and tls_sentinels as given, listening on listen_port
+ * (0: %PORT%, for harness_ringproxy_start). */
+static const char *sentinel_proxy_ini(const harness_proc *sentinels, int n,
+                                      const char *tls_sentinels, int listen_port)
+{
+    static char ini[2048];
+    char port[16];
+    snprintf(port, sizeof(port), "%d", listen_port);
+    size_t len = (size_t)snprintf(
+        ini, sizeof(ini),
+        "[proxy]\nlisten = 127.0.0.1:%s\nwatch_config = no\nlog_level = info\n"
+        "connect_timeout = 500\nrequest_timeout = 500\nreconnect_min = 20\nreconnect_max = 200\n"
+        "sentinel_poll = %d\n"
+        "tls_shards = yes\ntls_shards_ca_cert_file = %s/ca.crt\n"
+        "tls_shards_cert_file = %s/client.crt\ntls_shards_key_file = %s/client.key\n"
+        "tls_sentinels = %s\nsentinels = ",
+        listen_port ? port : "%PORT%", SENTINEL_POLL_MS, t.dir, t.dir, t.dir, tls_sentinels);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(ini + len, sizeof(ini) - len, "%s127.0.0.1:%d", i ? ", " : "",
+                                sentinels[i].port);
+    snprintf(ini + len, sizeof(ini) - len, "\n[shards]\ns1 = sentinel:m1\n");
+    return ini;
+}
+
+/* SET key value through the proxy's plain port, then the value read back
+ * over TLS from the redis-server on shard_port. */
+static void set_through_proxy_lands_on(const harness_proc *proxy, const char *key,
+                                       const char *value, int shard_port)
+{
+    redisContext *c = harness_connect(proxy->port);
+    assert_non_null(c);
+    fixture_expect_status(fixture_cmd(c, "SET %s %s", key, value), "OK");
+    fixture_expect_str(fixture_cmd(c, "GET %s", key), value);
+    redisFree(c);
+    redisReply *r = tls_command_on(shard_port, "GET %s", key);
+    assert_non_null(r);
+    fixture_expect_str(r, value);
+}
+
+/* What a Sentinel test starts; stopped by sentinel_procs_stop. */
+typedef struct sentinel_procs {
+    harness_proc master, replica, sentinel[2], proxy;
+} sentinel_procs;
+
+static int sentinel_procs_stop(void **state)
+{
+    sentinel_procs *p = *state;
+    int rc = 0;
+    if (!p)
+        return 0;
+    if (p->proxy.pid && harness_proc_stop(&p->proxy, SIGTERM) != 0)
+        rc = -1; /* under ASan a leak shows as the exit status */
+    harness_proc *others[] = {&p->sentinel[0], &p->sentinel[1], &p->replica, &p->master};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+        if (others[i]->pid)
+            harness_proc_stop(others[i], SIGKILL);
+    free(p);
+    *state = NULL;
+    return rc;
+}
+
+/* A TLS-only master (tls-replication on, so that it can follow a new
+ * master after a failover). */
+static void start_tls_master(harness_proc *p)
+{
+    assert_int_equal(harness_redis_start_tls(p, t.dir, 0), 0);
+    fixture_expect_status(tls_command_on(p->port, "CONFIG SET tls-replication yes"), "OK");
+}
+
+/* A TLS-only Sentinel (tls-auth-clients yes: the proxy must show the
+ * shard side's client certificate) over a TLS-only master with a replica
+ * (tls-replication), and a proxy with tls_sentinels = no: the Sentinel
+ * refuses its plain-text connections, s1 stays unresolved. A reload to
+ * tls_sentinels = yes makes new connections, with TLS: the proxy finds the
+ * master, subscribes to +switch-master, and serves s1's keys over TLS.
+ * Then SENTINEL FAILOVER (over TLS): the proxy follows the promoted replica
+ * within SENTINEL_FOLLOW_MS of the switch, told by +switch-master. */
+static void test_tls_sentinel_names_the_master_and_its_failover(void **state)
+{
+    sentinel_procs *p = calloc(1, sizeof(*p));
+    assert_non_null(p);
+    *state = p;
+    start_tls_master(&p->master);
+    start_tls_master(&p->replica);
+    fixture_expect_status(tls_command_on(p->replica.port, "REPLICAOF 127.0.0.1 %d", p->master.port),
+                          "OK");
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
+    for (;;) {
+        redisReply *r = tls_command_on(p->replica.port, "INFO replication");
+        int synced = reply_has(r, "master_link_status:up");
+        if (r)
+            freeReplyObject(r);
+        if (synced)
+            break;
+        if (fixture_now_ms() > deadline)
+            fail_msg("the TLS replica did not sync with its master");
+        fixture_sleep_ms(20);
+    }
+    assert_int_equal(
+        harness_sentinel_start_tls(&p->sentinel[0], t.dir, 1, sentinel_conf(p->master.port)), 0);
+    deadline = fixture_now_ms() + fixture_bound_ms(SENTINEL_READY_MS);
+    for (;;) {
+        redisReply *r = tls_command_on(p->sentinel[0].port, "SENTINEL REPLICAS m1");
+        int ready = fixture_sentinel_one_good_replica(r);
+        if (r)
+            freeReplyObject(r);
+        if (ready)
+            break;
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(&p->sentinel[0], 4096);
+            fail_msg("the TLS Sentinel does not know m1's replica");
+        }
+        fixture_sleep_ms(100);
+    }
+
+    /* Plain text to a TLS-only Sentinel: no answer, s1 has no master. */
+    assert_int_equal(
+        harness_ringproxy_start(&p->proxy, sentinel_proxy_ini(p->sentinel, 1, "no", 0)), 0);
+    const char *const unreachable[] = {",master=none,", ",sentinel=unreachable,", NULL};
+    wait_proxy_info(&p->proxy, "shards", SENTINEL_POLL_MS * 4 + 2000, unreachable);
+    wait_proxy_log(&p->proxy, "(tls_sentinels is off: is it a TLS-only Sentinel?)", 1000);
+
+    /* The reload to tls_sentinels = yes. */
+    char path[300];
+    snprintf(path, sizeof(path), "%s/proxy.ini", p->proxy.dir);
+    FILE *out = fopen(path, "w");
+    assert_non_null(out);
+    assert_true(fputs(sentinel_proxy_ini(p->sentinel, 1, "yes", p->proxy.port), out) >= 0);
+    assert_int_equal(fclose(out), 0);
+    redisContext *admin = harness_connect(p->proxy.port);
+    assert_non_null(admin);
+    fixture_expect_status(fixture_cmd(admin, "PROXY RELOAD"), "OK");
+    redisFree(admin);
+    wait_s1_master(&p->proxy, p->master.port, SENTINEL_POLL_MS * 2 + 2000);
+    const char *const subscribed[] = {"sentinel_subscribed:1", NULL};
+    wait_proxy_info(&p->proxy, "shards", 2000, subscribed);
+    wait_proxy_log(&p->proxy, "Sentinels: connections now use TLS", 1000);
+    set_through_proxy_lands_on(&p->proxy, "before-failover", "1", p->master.port);
+
+    /* The failover. */
+    long long asked = fixture_now_ms();
+    fixture_expect_status(tls_command_on(p->sentinel[0].port, "SENTINEL FAILOVER m1"), "OK");
+    deadline = fixture_now_ms() + fixture_bound_ms(SENTINEL_FAILOVER_TIMEOUT_MS * 3);
+    while (sentinel_master_port(p->sentinel[0].port) != p->replica.port) {
+        if (fixture_now_ms() > deadline) {
+            harness_dump_log(&p->sentinel[0], 4096);
+            fail_msg("the TLS Sentinel did not promote the replica");
+        }
+        fixture_sleep_ms(20);
+    }
+    long long switched = fixture_now_ms();
+    wait_s1_master(&p->proxy, p->replica.port, SENTINEL_FOLLOW_MS);
+    print_message("TLS Sentinel: switched %lld ms after SENTINEL FAILOVER, the proxy followed "
+                  "within %lld ms\n",
+                  switched - asked, fixture_now_ms() - switched);
+    wait_proxy_log(&p->proxy, "+switch-master: m1 moved", 1000);
+    set_through_proxy_lands_on(&p->proxy, "after-failover", "2", p->replica.port);
+}
+
+/* Two TLS Sentinels, the first showing a certificate the CA did not sign:
+ * the proxy refuses it with the reason in its log, and finds the master
+ * and subscribes through the other. */
+static void test_sentinel_with_an_untrusted_certificate_is_passed_over(void **state)
+{
+    sentinel_procs *p = calloc(1, sizeof(*p));
+    assert_non_null(p);
+    *state = p;
+    start_tls_master(&p->master);
+    /* The rogue Sentinel's dir: a server certificate from the rogue CA
+     * (the CA it checks others with is the real one). */
+    assert_int_equal(make_cert("rogue-sentinel", "sentinel", "rogue"), 0);
+    assert_int_equal(run("cd %s && mkdir -p rogue.d && cp rogue-sentinel.crt rogue.d/server.crt "
+                         "&& cp rogue-sentinel.key rogue.d/server.key && cp ca.crt rogue.d/",
+                         t.dir),
+                     0);
+    char rogue_dir[128];
+    snprintf(rogue_dir, sizeof(rogue_dir), "%s/rogue.d", t.dir);
+    const char *conf = sentinel_conf(p->master.port);
+    assert_int_equal(harness_sentinel_start_tls(&p->sentinel[0], rogue_dir, 0, conf), 0);
+    assert_int_equal(harness_sentinel_start_tls(&p->sentinel[1], t.dir, 1, conf), 0);
+
+    assert_int_equal(
+        harness_ringproxy_start(&p->proxy, sentinel_proxy_ini(p->sentinel, 2, "yes", 0)), 0);
+    wait_s1_master(&p->proxy, p->master.port, SENTINEL_POLL_MS * 2 + 2000);
+    const char *const subscribed[] = {"sentinel_subscribed:1", NULL};
+    wait_proxy_info(&p->proxy, "shards", 2000, subscribed);
+    char refused[128];
+    snprintf(refused, sizeof(refused),
+             "Sentinel 127.0.0.1:%d: TLS handshake failed: certificate: unable to get local "
+             "issuer certificate",
+             p->sentinel[0].port);
+    wait_proxy_log(&p->proxy, refused, 1000);
+    set_through_proxy_lands_on(&p->proxy, "past-the-rogue", "v", p->master.port);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -649,6 +960,14 @@ int main(void)
         cmocka_unit_test(test_shard_certificate_naming_another_host_is_refused),
         cmocka_unit_test(test_client_certificate_shown_to_shards_that_ask),
         cmocka_unit_test(test_rebalance_moves_keys_between_tls_shards),
+        cmocka_unit_test_teardown(test_tls_sentinel_names_the_master_and_its_failover,
+                                  sentinel_procs_stop),
+        cmocka_unit_test_teardown(test_sentinel_with_an_untrusted_certificate_is_passed_over,
+                                  sentinel_procs_stop),
     };
+    /* TLS_TEST=<glob> runs only the matching tests. */
+    const char *only = getenv("TLS_TEST");
+    if (only != NULL && only[0] != '\0')
+        cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -244,6 +244,9 @@ static const error_case error_cases[] = {
     {"[proxy]\ntls_shards = yes\n" SHARDS,
      "proxy.ini:2: tls_shards = yes needs tls_shards_ca_cert_file to check the shards' "
      "certificates"},
+    {"[proxy]\ntls_sentinels = yes\n" SHARDS,
+     "proxy.ini:2: tls_sentinels = yes needs tls_shards_ca_cert_file to check the Sentinels' "
+     "certificates"},
     {"[proxy]\ntls_shards_key_file = k.pem\n" SHARDS,
      "proxy.ini:2: tls_shards_cert_file and tls_shards_key_file go together"},
     {"[proxy]\ntls_listen = 127.0.0.1:6380\ntls_cert_file = c\ntls_key_file = k\n" SHARDS,
@@ -919,7 +922,7 @@ static void test_reference_is_loadable(void **state)
     }
     fputs(SHARDS, mem);
     fclose(mem);
-    assert_int_equal(keys, 57);
+    assert_int_equal(keys, 58);
     config *cfg = load_ok(text);
     assert_defaults(cfg);
     config_free(cfg);
