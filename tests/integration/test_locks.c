@@ -341,7 +341,7 @@ static void test_minority_down_granted_majority_down_refused(void **state)
 {
     cluster *c = cluster_start(state, 3, 1, NULL);
     redisContext *p = connect_to(&c->proxies[0]);
-    wait_lock_service(p);
+    wait_every_lock_shard(p, 3); /* s3 is killed next: the other two must be ready */
     long long t0 = acquire(p, "job", 5000, 0);
     assert_true(t0 > 0);
     assert_int_equal(lock_int(p, "LOCK.RELEASE job %lld", t0), 1);
@@ -374,7 +374,9 @@ static void test_minority_down_granted_majority_down_refused(void **state)
  * it for a minute with s3 down, so that s1 and s2 alone hold it. */
 static long long vault_held_without_s3(cluster *c, redisContext *p)
 {
-    wait_lock_service(p);
+    /* s3 is killed next: s1 and s2 must be a majority then (the service
+     * answers as soon as any two are ready). */
+    wait_every_lock_shard(p, 3);
     for (int i = 0; i < 5; i++)
         assert_int_equal(lock_int(p, "LOCK.RELEASE vault %lld", acquire(p, "vault", 5000, 0)), 1);
     harness_proc_stop(&c->shards[2], SIGKILL);
@@ -635,7 +637,7 @@ static struct {
     pthread_mutex_t mu;
     grant *grants;
     size_t ngrants;
-    atomic_long fenced_ok, fenced_rejected, errors;
+    atomic_long fenced_ok, fenced_rejected, errors, late;
     long long window_start_us[16], window_end_us[16];
     int nwindows;
 } chk;
@@ -713,6 +715,21 @@ static void *client_main(void *arg)
         }
         long long token = r->integer;
         freeReplyObject(r);
+        if ((replied - sent) * 100 >= (long long)CHECK_TTL_MS * 1000 * 99 - 2000 * 100) {
+            /* The reply came after the lease, counted from the send, ran
+             * out (less Redlock's drift): the lock is already expired, as
+             * for a client paused past its lease; a client does not use
+             * it (docs/locks.md). Not a grant for the invariants. */
+            atomic_fetch_add(&chk.late, 1);
+            r = redisCommand(p, "LOCK.RELEASE check:%d %lld", name, token);
+            if (r)
+                freeReplyObject(r);
+            else {
+                redisFree(p);
+                p = NULL;
+            }
+            continue;
+        }
         redisReply *w = res ? redisCommand(res, "EVAL %s 2 fence:%d list:%d %lld", FENCE_SCRIPT,
                                            name, name, token)
                             : NULL;
@@ -884,12 +901,12 @@ static void test_checker_16_clients_through_faults(void **state)
         freeReplyObject(r);
     }
     redisFree(res);
-    printf("# %zu grants, %ld fenced writes accepted, %ld rejected, %ld error replies, "
-           "%d minority windows; violations: %zu overlaps, %zu token order, %zu fence order, "
-           "%zu grants with a minority up (LOCK_CHECK_SEED=%llu)\n",
-           chk.ngrants, atomic_load(&chk.fenced_ok), atomic_load(&chk.fenced_rejected),
-           atomic_load(&chk.errors), chk.nwindows, overlaps, token_order, fence_order, in_window,
-           chk.seed);
+    printf("# %zu grants, %ld arrived after their lease, %ld fenced writes accepted, %ld "
+           "rejected, %ld error replies, %d minority windows; violations: %zu overlaps, %zu "
+           "token order, %zu fence order, %zu grants with a minority up (LOCK_CHECK_SEED=%llu)\n",
+           chk.ngrants, atomic_load(&chk.late), atomic_load(&chk.fenced_ok),
+           atomic_load(&chk.fenced_rejected), atomic_load(&chk.errors), chk.nwindows, overlaps,
+           token_order, fence_order, in_window, chk.seed);
     assert_true(chk.ngrants > 50);
     assert_int_equal(listed, (size_t)atomic_load(&chk.fenced_ok));
     assert_int_equal(overlaps, 0);
