@@ -10,6 +10,7 @@
 
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/slowlog.h"
 
 /* Redis 7.0's read-only commands that are forwarded over the pool: these
  * need no WAIT. Anything else (unknown included) counts as a write, so a
@@ -182,6 +183,11 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     int want = srv.cfg->min_replicas_to_ack;
     if (want == 0 || !ack_is_write(bytes, len))
         return 0;
+    /* Its bytes go out with a fragment of this module's, where the slow
+     * log does not look for a request not copied (slowlog.h): copied now. */
+    request *req = f->req;
+    if (req && f == &req->single && !req->head_len && srv.cfg->slowlog_slower_than >= 0)
+        slowlog_capture_long(req, 0, NULL, bytes, len);
     ack_wait *a = calloc(1, sizeof(*a));
     if (!a) {
         static const char oom[] = "-ERR out of memory waiting for replicas\r\n";

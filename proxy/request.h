@@ -32,6 +32,9 @@ typedef struct fragment {
     uint32_t shard;        /* index of the target shard */
     uint8_t harmless;      /* changes no data (a barrier's PING, CLIENT KILL): if its
                               connection is reset, running it later cannot matter */
+    uint16_t sent_len;     /* its bytes on the connection, end_offset - sent_len on (cut to
+                              16 bits: exact for what the slow log reads back there,
+                              REQUEST_SENT_SHORT) */
     size_t first_key;      /* split: index of its first key in the request's key list */
     size_t nkeys;          /* split, key move: number of keys it carries */
     /* What one kind of fragment keeps (a fragment is of one kind only; the
@@ -117,6 +120,11 @@ static inline uint64_t session_hint(const session *s)
 #define REQUEST_HEAD_MAX 64
 /* request.head_len when the bytes are in request.args instead. */
 #define REQUEST_HEAD_IN_ARGS 255
+/* A request forwarded whole to one shard with at most this many bytes as
+ * received (inline ones grow up to 5 times when encoded) is not copied for
+ * the slow log: its bytes, at most UINT16_MAX (fragment.sent_len), are
+ * read where the shard connection keeps them (backend_sent_bytes). */
+#define REQUEST_SENT_SHORT 8192
 
 /* Called once when a request's whole reply is known. owner is NULL when the
  * client went away meanwhile; the callback then just frees the request. */
@@ -130,8 +138,9 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
-    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none kept,
-                                  REQUEST_HEAD_IN_ARGS: kept in args */
+    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none copied
+                                  (kept by the shard connection, if any), REQUEST_HEAD_IN_ARGS:
+                                  kept in args */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging; set once it counts as a call

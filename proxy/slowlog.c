@@ -93,11 +93,20 @@ static void append_arg(buf *b, const char *bytes, size_t have, size_t len)
 static void append_args(buf *b, const request *req)
 {
     const buf *kept = &req->args;
-    int in_args = req->head_len == REQUEST_HEAD_IN_ARGS && !buf_failed(kept) && kept->data;
-    const char *p = in_args ? buf_head(kept) : req->head;
-    const char *end = p + (in_args                                 ? buf_len(kept)
-                           : req->head_len == REQUEST_HEAD_IN_ARGS ? 0
-                                                                   : req->head_len);
+    const char *p = req->head;
+    size_t nkept = req->head_len;
+    if (req->head_len == 0) { /* not copied: where the shard connection keeps them */
+        p = backend_sent_bytes(&req->single, &nkept);
+        if (!p) {
+            p = req->head;
+            nkept = 0;
+        }
+    } else if (req->head_len == REQUEST_HEAD_IN_ARGS) {
+        int in_args = !buf_failed(kept) && kept->data;
+        p = in_args ? buf_head(kept) : req->head;
+        nkept = in_args ? buf_len(kept) : 0;
+    }
+    const char *end = p + nkept;
     long long argc;
     if (read_header(&p, end, '*', &argc) < 0) {
         (void)buf_append_header(b, '*', 0);
