@@ -301,8 +301,9 @@ static inline void account(request *req, const char *reply, size_t len)
             return;
         }
     }
-    /* len 0: a request whose client went away (reply NULL). */
-    if (__builtin_expect(len && reply[0] == '-', 0))
+    /* len 0: a request whose client went away (reply NULL); the common
+     * case, a reply, is tested first. */
+    if (__builtin_expect(len != 0, 1) ? __builtin_expect(reply[0] == '-', 0) : 0)
         account_rare(req, reply, len, 0);
 }
 
