@@ -124,6 +124,17 @@ static struct {
     size_t len;
 } answering;
 
+/* f's bytes where c's output buffer keeps them (f queued on c), or NULL. */
+static const char *conn_kept_bytes(const backend_conn *c, const fragment *f, size_t *len)
+{
+    uint64_t base = c->written_total - c->out.start;
+    uint64_t from = f->end_offset - f->sent_len;
+    if (!f->sent_len || from < base || f->end_offset - base > c->out.end)
+        return NULL;
+    *len = f->sent_len;
+    return c->out.data + (from - base);
+}
+
 const char *backend_sent_bytes(const fragment *f, size_t *len)
 {
     if (f != answering.f)
@@ -132,15 +143,7 @@ const char *backend_sent_bytes(const fragment *f, size_t *len)
         *len = answering.len;
         return answering.bytes;
     }
-    const backend_conn *c = answering.c;
-    if (!c)
-        return NULL;
-    uint64_t base = c->written_total - c->out.start;
-    uint64_t from = f->end_offset - f->sent_len;
-    if (!f->sent_len || from < base || f->end_offset - base > c->out.end)
-        return NULL;
-    *len = f->sent_len;
-    return c->out.data + (from - base);
+    return answering.c ? conn_kept_bytes(answering.c, f, len) : NULL;
 }
 
 /* Calls f's completion, its bytes in c's output buffer (c NULL: not
@@ -985,17 +988,34 @@ static size_t out_keep_from(const backend_conn *c)
     return from - base < c->out.start ? (size_t)(from - base) : c->out.start;
 }
 
+/* Before c's buffer takes a big request's storage in place of its own
+ * (buf_append_big), the requests whose bytes it keeps for the slow log
+ * (not copied: head_len 0) get a copy of them. */
+static __attribute__((noinline)) void out_copy_kept(const backend_conn *c)
+{
+    for (fragment *g = c->head; g; g = g->next) {
+        request *req = g->req;
+        size_t len;
+        const char *bytes;
+        if (req && g == &req->single && !req->head_len && (bytes = conn_kept_bytes(c, g, &len)))
+            request_keep_bytes(req, bytes, len);
+    }
+}
+
 /* Appends len bytes to c->out when they do not fit: room is made without
  * dropping the bytes of fragments awaiting replies. A big request offered
- * by the client (buf_offer) is taken, not copied, when the buffer keeps
- * nothing. 0, or -1 when out of memory. */
+ * by the client (buf_offer) is taken, not copied, when all written before
+ * it is written (the bytes kept are copied out first). 0, or -1 when out
+ * of memory. */
 static __attribute__((noinline)) int out_append_slow(backend_conn *c, const char *bytes, size_t len)
 {
     buf *out = &c->out;
     if (out->err)
         return -1;
     size_t keep = out_keep_from(c);
-    if (len >= BUF_HANDOFF_MIN && keep == out->start && buf_len(out) == 0) {
+    if (len >= BUF_HANDOFF_MIN && buf_len(out) == 0) {
+        if (keep < out->start)
+            out_copy_kept(c);
         buf_reset(out); /* nothing kept: the offer may be taken */
         return buf_append_big(out, bytes, len);
     }

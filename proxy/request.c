@@ -33,6 +33,13 @@ request *request_new(void)
     return calloc(1, sizeof(*req));
 }
 
+void request_keep_bytes(request *req, const char *bytes, size_t len)
+{
+    buf_reset(&req->args);
+    req->head_len = REQUEST_HEAD_IN_ARGS;
+    (void)buf_append(&req->args, bytes, len < REQUEST_KEEP_MAX ? len : REQUEST_KEEP_MAX);
+}
+
 void request_free(request *req)
 {
     if (!req)

@@ -120,6 +120,11 @@ static inline uint64_t session_hint(const session *s)
 #define REQUEST_HEAD_MAX 64
 /* request.head_len when the bytes are in request.args instead. */
 #define REQUEST_HEAD_IN_ARGS 255
+/* Bytes of a request copied for the slow log at most: room for the 32
+ * arguments of 128 bytes an entry shows, with their RESP headers
+ * (SLOWLOG_CAPTURE_MAX, slowlog.h). */
+#define REQUEST_KEEP_MAX (32 * (128 + 24) + 24)
+
 /* A request forwarded whole to one shard with at most this many bytes as
  * received (inline ones grow up to 5 times when encoded) is not copied for
  * the slow log: its bytes, at most UINT16_MAX (fragment.sent_len), are
@@ -193,6 +198,10 @@ static inline int request_resp3(const request *req)
 /* Takes a request from a free list (or allocates one), zeroed. NULL when out
  * of memory. */
 request *request_new(void);
+
+/* Copies the first REQUEST_KEEP_MAX of the request's bytes (RESP) into
+ * req->args for the slow log (head_len REQUEST_HEAD_IN_ARGS). */
+void request_keep_bytes(request *req, const char *bytes, size_t len);
 
 /* Returns a request to the free list; frees its buffers and fragments. */
 void request_free(request *req);

@@ -33,13 +33,12 @@ static struct {
 void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len)
 {
-    buf_reset(&req->args);
-    req->head_len = REQUEST_HEAD_IN_ARGS;
     if (raw) {
-        (void)buf_append(&req->args, raw,
-                         raw_len < SLOWLOG_CAPTURE_MAX ? raw_len : SLOWLOG_CAPTURE_MAX);
+        request_keep_bytes(req, raw, raw_len);
         return;
     }
+    buf_reset(&req->args);
+    req->head_len = REQUEST_HEAD_IN_ARGS;
     (void)buf_append_header(&req->args, '*', (int64_t)argc); /* an inline command */
     for (size_t i = 0; i < argc && buf_len(&req->args) < SLOWLOG_CAPTURE_MAX; i++)
         (void)buf_append_bulk(&req->args, argv[i].ptr, argv[i].len);

@@ -22,6 +22,7 @@
  * for 32 arguments of 128 bytes with their RESP headers. An argument
  * beyond them is shown only by the count of those left out. */
 #define SLOWLOG_CAPTURE_MAX (SLOWLOG_ENTRY_MAX_ARGC * (SLOWLOG_ENTRY_MAX_STRING + 24) + 24)
+_Static_assert(SLOWLOG_CAPTURE_MAX == REQUEST_KEEP_MAX, "request_keep_bytes keeps as much");
 
 /* Where an entry's arguments come from. A request's bytes live in the
  * client's read buffer, shared by all clients and overwritten by the next

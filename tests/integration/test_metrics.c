@@ -307,12 +307,13 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
     redisContext *b = fixture_client(f);
     fixture_expect_status(fixture_cmd(a, "CLIENT SETNAME pipe-a"), "OK");
     fixture_expect_status(fixture_cmd(b, "CLIENT SETNAME pipe-b"), "OK");
-    char front[64], slow[64], behind[64], other_client[64], elsewhere[64];
+    char front[64], slow[64], behind[64], other_client[64], elsewhere[64], big_key[64];
     fixture_key_on_shard(a, "front", 2, front, sizeof(front));
     fixture_key_on_shard(a, "slow", 2, slow, sizeof(slow));
     fixture_key_on_shard(a, "behind", 2, behind, sizeof(behind));
     fixture_key_on_shard(a, "other", 2, other_client, sizeof(other_client));
     fixture_key_on_shard(a, "elsewhere", 0, elsewhere, sizeof(elsewhere));
+    fixture_key_on_shard(a, "big", 2, big_key, sizeof(big_key));
     /* Longer than an argument is shown: cut as Redis cuts it. */
     char value[301];
     for (int i = 0; i < 300; i++)
@@ -335,10 +336,21 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
     for (int done = 0; !done;)
         assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
     fixture_sleep_ms(20); /* for the proxy to read it while the SET waits */
+    /* Then a big value, which the connection takes over from the client's
+     * buffer without a copy (BUF_HANDOFF_MIN): the bytes it kept for the
+     * requests in front are copied out first. */
+    size_t big_len = 1024 * 1024 + 1;
+    char *big = fixture_alloc(f, big_len);
+    memset(big, 'x', big_len);
+    assert_int_equal(redisAppendCommand(b, "SET %s %b", big_key, big, big_len), REDIS_OK);
+    for (int done = 0; !done;)
+        assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
+    fixture_sleep_ms(20);
     fixture_expect_status(fixture_next_reply(a), "OK");
     fixture_expect_nil(fixture_next_reply(a));
     fixture_expect_nil(fixture_next_reply(a));
     fixture_expect_nil(fixture_next_reply(b));
+    fixture_expect_status(fixture_next_reply(b), "OK");
     if (fixture_now_ms() - paused_at < SLOW_US / 1000)
         fail_msg("the shard's pause did not hold the SET back");
 
@@ -352,16 +364,20 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
     const redisReply *set = entry_with(r, set_args, 3);
     const redisReply *after = entry_with(r, behind_args, 2);
     const redisReply *other = entry_with(r, other_args, 2);
-    if (!set || !after || !other) {
-        char text[2048];
+    char big_cut[200];
+    snprintf(big_cut, sizeof(big_cut), "%.128s... (%zu more bytes)", big, big_len - 128);
+    const char *big_args[] = {"SET", big_key, big_cut};
+    const redisReply *big_set = entry_with(r, big_args, 3);
+    if (!set || !after || !other || !big_set) {
+        char text[4096];
         fixture_reply_text(r, text, sizeof(text));
         fail_msg("an entry is missing or shows another request's bytes: %s", text);
     }
     assert_string_equal(set->element[5]->str, "pipe-a");
     assert_string_equal(after->element[5]->str, "pipe-a");
     assert_string_equal(other->element[5]->str, "pipe-b");
-    const redisReply *each[] = {set, after, other};
-    for (size_t i = 0; i < 3; i++) {
+    const redisReply *each[] = {set, after, other, big_set};
+    for (size_t i = 0; i < 4; i++) {
         assert_int_equal(each[i]->elements, 8);
         assert_true(each[i]->element[2]->integer >= SLOW_US);
         assert_string_equal(each[i]->element[6]->str, "s3"); /* shard index 2 */
@@ -373,7 +389,7 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
     const char *front_args[] = {"GET", front};
     const char *elsewhere_args[] = {"GET", elsewhere};
     size_t known =
-        3 + (entry_with(r, front_args, 2) != NULL) + (entry_with(r, elsewhere_args, 2) != NULL);
+        4 + (entry_with(r, front_args, 2) != NULL) + (entry_with(r, elsewhere_args, 2) != NULL);
     assert_true(r->elements <= known);
     freeReplyObject(r);
     fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CLIENT UNPAUSE"), "OK");
