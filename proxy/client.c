@@ -281,6 +281,17 @@ static __attribute__((noinline)) void account_rare(request *req, const char *rep
         slowlog_add(req, took);
 }
 
+/* account() for a call whose time's histogram slot may be an edge or
+ * slow (above slowlog_fast_slots). */
+static __attribute__((noinline)) void account_slow_slot(request *req, const char *reply, size_t len,
+                                                        uint64_t took, histogram *h)
+{
+    histogram_record(h, took);
+    /* -1 (off) is the largest uint64_t: one comparison. */
+    if (took >= (uint64_t)srv.cfg->slowlog_slower_than || (len && reply[0] == '-'))
+        account_rare(req, reply, len, took);
+}
+
 /* Counts a request whose reply is known: for a call (not a rejection) its
  * time in the proxy (commandstats, latencystats); errors by kind (INFO
  * errorstats) and a slow log entry when it was slow. The time runs from
@@ -289,17 +300,18 @@ static __attribute__((noinline)) void account_rare(request *req, const char *rep
 static inline void account(request *req, const char *reply, size_t len)
 {
     const command *cmd = req->cmd;
-    uint64_t took = 0;
     if (cmd) {
-        took = srv.now_us - req->start_us;
+        uint64_t took = srv.now_us - req->start_us;
         command_counters *k = &command_stats[cmd->stat];
         k->usec += took;
-        histogram_record(&k->latency, took);
-        /* -1 (off) is the largest uint64_t: one comparison. */
-        if (__builtin_expect(took >= (uint64_t)srv.cfg->slowlog_slower_than, 0)) {
-            account_rare(req, reply, len, took);
+        /* One comparison for a slow call and the histogram's edges (0 µs,
+         * 2^32 µs and more): slowlog_fast_slots. */
+        uint64_t slot = histogram_slot_raw(took);
+        if (__builtin_expect(slot > slowlog_fast_slots, 0)) {
+            account_slow_slot(req, reply, len, took, &k->latency);
             return;
         }
+        k->latency.count[slot]++;
     }
     /* len 0: a request whose client went away (reply NULL); the common
      * case, a reply, is tested first. */

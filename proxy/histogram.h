@@ -42,12 +42,19 @@ __attribute__((cold, noinline)) unsigned histogram_bucket_edge(uint64_t us);
  * what it gets wrong (values from 2^63, negative) is out of range with 0
  * and the values from 2^HISTOGRAM_OCTAVES: one unsigned comparison finds
  * them all. */
-static inline size_t histogram_slot(uint64_t us)
+static inline uint64_t histogram_slot_raw(uint64_t us)
 {
     double d = (double)(int64_t)us;
     uint64_t bits;
     memcpy(&bits, &d, sizeof(bits));
-    uint64_t i = (bits >> (52 - HISTOGRAM_SUB_BITS)) - HISTOGRAM_FIRST; /* wraps for 0 µs */
+    return (bits >> (52 - HISTOGRAM_SUB_BITS)) - HISTOGRAM_FIRST; /* wraps for 0 µs */
+}
+
+/* The bucket of 1 µs to 2^HISTOGRAM_OCTAVES - 1 µs is histogram_slot_raw;
+ * the rest are above HISTOGRAM_BUCKETS - 2 there. */
+static inline size_t histogram_slot(uint64_t us)
+{
+    uint64_t i = histogram_slot_raw(us);
     if (__builtin_expect(i > HISTOGRAM_BUCKETS - 2, 0))
         return histogram_bucket_edge(us);
     return (size_t)i;

@@ -12,6 +12,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/command.h"
+#include "proxy/histogram.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -29,6 +30,14 @@ static struct {
     size_t len;    /* entries held */
     uint64_t next; /* id of the next entry (ids keep growing across RESET, as Redis's) */
 } slowlog;
+
+uint64_t slowlog_fast_slots = HISTOGRAM_BUCKETS - 2;
+
+void slowlog_configure(int64_t slower_than)
+{
+    size_t slot = slower_than < 0 ? HISTOGRAM_BUCKETS - 1 : histogram_slot((uint64_t)slower_than);
+    slowlog_fast_slots = slot ? slot - 1 : 0;
+}
 
 void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len)

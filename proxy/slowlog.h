@@ -70,6 +70,17 @@ static inline void slowlog_capture_short(request *req, const char *raw, size_t r
     req->head_len = (uint8_t)raw_len;
 }
 
+/* The largest latency histogram bucket (histogram_slot) all of whose
+ * values are below slowlog_slower_than, at most HISTOGRAM_BUCKETS - 2:
+ * a value whose histogram_slot_raw is not above it is neither slow nor
+ * a histogram edge, so account() in client.c tests both with one
+ * comparison. Set by slowlog_configure. */
+extern uint64_t slowlog_fast_slots;
+
+/* Sets slowlog_fast_slots for slowlog_slower_than = slower_than (-1: off);
+ * called whenever srv.cfg changes. */
+void slowlog_configure(int64_t slower_than);
+
 /* Adds an entry for req, answered after took_us µs (its reply is being
  * given now: the loop clock is the reply's time). */
 void slowlog_add(const request *req, uint64_t took_us);
