@@ -186,7 +186,7 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     /* Its bytes go out with a fragment of this module's, where the slow
      * log does not look for a request not copied (slowlog.h): copied now. */
     request *req = f->req;
-    if (req && f == &req->single && !req->head_len && srv.cfg->slowlog_slower_than >= 0)
+    if (req && f == &req->single && req->head_len == REQUEST_HEAD_SENT)
         slowlog_capture_long(req, 0, NULL, bytes, len);
     ack_wait *a = calloc(1, sizeof(*a));
     if (!a) {

@@ -115,14 +115,14 @@ static int conn_takes_requests(const backend_conn *c)
  * the write does not empty the buffer then (conn_write), and making room
  * drops only what lies before that fragment (out_append_slow). The byte at
  * stream offset x (queued_total counts them) is at c->out.data[x - base],
- * base = written_total - c->out.start, while x >= base. While a
- * fragment's completion runs, `answering` says where its bytes are. */
-static struct {
-    const fragment *f;     /* the fragment whose completion runs, NULL when none */
-    const backend_conn *c; /* the connection whose buffer holds its bytes, or */
-    const char *bytes;     /* its bytes, when it failed before it was queued */
+ * base = written_total - c->out.start, while x >= base. While
+ * fragments' completions run, `answering` says where their bytes are. */
+struct answering {
+    const backend_conn *c; /* the connection whose replies (or failures) are given */
+    const char *bytes;     /* or the bytes of a fragment failed before it was queued */
     size_t len;
-} answering;
+};
+static struct answering answering;
 
 /* f's bytes where c's output buffer keeps them (f queued on c), or NULL. */
 static const char *conn_kept_bytes(const backend_conn *c, const fragment *f, size_t *len)
@@ -137,24 +137,11 @@ static const char *conn_kept_bytes(const backend_conn *c, const fragment *f, siz
 
 const char *backend_sent_bytes(const fragment *f, size_t *len)
 {
-    if (f != answering.f)
-        return NULL;
     if (answering.bytes) {
         *len = answering.len;
         return answering.bytes;
     }
     return answering.c ? conn_kept_bytes(answering.c, f, len) : NULL;
-}
-
-/* Calls f's completion, its bytes in c's output buffer (c NULL: not
- * there). answering.bytes is NULL but inside fragment_fail_at, and replies
- * are not delivered from inside a completion. */
-static inline void answer(fragment *f, const backend_conn *c, const char *reply, size_t len)
-{
-    answering.f = f;
-    answering.c = c;
-    f->done(f, reply, len);
-    answering.f = NULL;
 }
 
 /* Answers one fragment with an error made up by the proxy; its bytes are
@@ -180,10 +167,14 @@ static void fragment_fail_at(shard *s, fragment *f, const char *fmt_reason, int 
     } else {
         srv.stats.errors_shard++;
     }
+    /* Inside another connection's replies (a completion failed this
+     * one), theirs are put back after. */
+    struct answering outer = answering;
+    answering.c = c;
     answering.bytes = bytes;
     answering.len = len;
-    answer(f, c, reply, (size_t)n);
-    answering.bytes = NULL;
+    f->done(f, reply, (size_t)n);
+    answering = outer;
 }
 
 static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_timeout)
@@ -844,7 +835,7 @@ static int deliver_big(backend_conn *c, fragment *f, size_t n)
     if (buf_split(&c->in, n, &reply) < 0)
         return -1;
     buf *outer = buf_offer(&reply);
-    answer(f, c, buf_head(&reply), n);
+    f->done(f, buf_head(&reply), n);
     buf_offer(outer);
     buf_free(&reply);
     return 0;
@@ -902,6 +893,7 @@ static int conn_read(backend_conn *c, int fd)
 static void conn_deliver_replies(backend_conn *c)
 {
     shard *s = c->shard;
+    answering.c = c; /* the completions below are of its fragments */
     while (buf_len(&c->in) > 0 && c->state == BACKEND_UP) {
         size_t reply_len = 0;
         resp_status st = resp_reply_scan(&c->scan, buf_head(&c->in), buf_len(&c->in), &reply_len);
@@ -940,8 +932,9 @@ static void conn_deliver_replies(backend_conn *c)
         /* Consume before the callback: it may not reenter this connection,
          * but keeping the buffer consistent first costs nothing. */
         buf_consume(&c->in, reply_len);
-        answer(f, c, reply, reply_len);
+        f->done(f, reply, reply_len);
     }
+    answering.c = NULL;
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -990,14 +983,15 @@ static size_t out_keep_from(const backend_conn *c)
 
 /* Before c's buffer takes a big request's storage in place of its own
  * (buf_append_big), the requests whose bytes it keeps for the slow log
- * (not copied: head_len 0) get a copy of them. */
+ * (REQUEST_HEAD_SENT) get a copy of them. */
 static __attribute__((noinline)) void out_copy_kept(const backend_conn *c)
 {
     for (fragment *g = c->head; g; g = g->next) {
         request *req = g->req;
         size_t len;
         const char *bytes;
-        if (req && g == &req->single && !req->head_len && (bytes = conn_kept_bytes(c, g, &len)))
+        if (req && g == &req->single && req->head_len == REQUEST_HEAD_SENT &&
+            (bytes = conn_kept_bytes(c, g, &len)))
             request_keep_bytes(req, bytes, len);
     }
 }

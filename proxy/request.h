@@ -125,6 +125,10 @@ static inline uint64_t session_hint(const session *s)
  * (SLOWLOG_CAPTURE_MAX, slowlog.h). */
 #define REQUEST_KEEP_MAX (32 * (128 + 24) + 24)
 
+/* request.head_len when nothing was copied: the request went whole to one
+ * pool connection (backend_send), whose output buffer keeps its bytes
+ * until its reply (backend_sent_bytes). */
+#define REQUEST_HEAD_SENT 254
 /* A request forwarded whole to one shard with at most this many bytes as
  * received (inline ones grow up to 5 times when encoded) is not copied for
  * the slow log: its bytes, at most UINT16_MAX (fragment.sent_len), are
@@ -143,9 +147,9 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
-    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none copied
-                                  (kept by the shard connection, if any), REQUEST_HEAD_IN_ARGS:
-                                  kept in args */
+    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none kept,
+                                  REQUEST_HEAD_IN_ARGS: kept in args, REQUEST_HEAD_SENT: kept
+                                  by the shard connection */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging; set once it counts as a call

@@ -1030,14 +1030,19 @@ static void route(routed *r)
     int plain = !sess || (!sess->txn && !sess->pubsub);
     if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !srv.twopc_holding &&
         !rebalance_running() && !srv.ring_refusing) {
-        if (__builtin_expect(r->raw_len > REQUEST_SENT_SHORT, 0) &&
-            srv.cfg->slowlog_slower_than >= 0)
-            capture(r);
+        r->req->head_len = REQUEST_HEAD_SENT;
+        if (__builtin_expect(r->raw_len > REQUEST_SENT_SHORT, 0)) {
+            r->req->head_len = 0; /* too long for fragment.sent_len: copied */
+            if (srv.cfg->slowlog_slower_than >= 0)
+                capture(r);
+        }
         forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
         return;
     }
     if (srv.cfg->slowlog_slower_than >= 0) /* its bytes, should it turn out slow */
         capture(r);
+    else
+        r->req->head_len = 0; /* routed again (a move, a pause): not where it went before */
     if (__builtin_expect(srv.ring_refusing, 0) && needs_the_ring[cmd->route]) {
         request_error(r->req, "%s", srv.ring_refusal);
         return;

@@ -103,7 +103,7 @@ static void append_args(buf *b, const request *req)
     const buf *kept = &req->args;
     const char *p = req->head;
     size_t nkept = req->head_len;
-    if (req->head_len == 0) { /* not copied: where the shard connection keeps them */
+    if (req->head_len == REQUEST_HEAD_SENT) { /* where the shard connection keeps them */
         p = backend_sent_bytes(&req->single, &nkept);
         if (!p) {
             p = req->head;

@@ -29,7 +29,7 @@ _Static_assert(SLOWLOG_CAPTURE_MAX == REQUEST_KEEP_MAX, "request_keep_bytes keep
  * read, long before its reply; most requests are never slow, so copying
  * them all would cost every request for the few that are.
  *
- * - Not copied (req->head_len 0): the common case of route() in router.c,
+ * - Not copied (REQUEST_HEAD_SENT): the common case of route() in router.c,
  *   a one-key command of a client in no transaction or subscription while
  *   no key moves and the ring is served, at most REQUEST_SENT_SHORT bytes,
  *   forwarded whole to one pool connection. That connection keeps what it
@@ -37,6 +37,8 @@ _Static_assert(SLOWLOG_CAPTURE_MAX == REQUEST_KEEP_MAX, "request_keep_bytes keep
  *   reply time the entry reads the bytes there (backend_sent_bytes), in
  *   the completion of that fragment: its reply, or the error of a failed
  *   connection or of a send that failed at once (then the caller's bytes).
+ *   A big request taking the connection's buffer over (buf_append_big)
+ *   first copies those bytes into their requests (request_keep_bytes).
  *   Held so: the bytes of the requests in flight on the connection (at
  *   most backend_max_inflight, each client's share bounded by what it may
  *   have in flight), written but not answered; dropped when room is
@@ -48,8 +50,8 @@ _Static_assert(SLOWLOG_CAPTURE_MAX == REQUEST_KEEP_MAX, "request_keep_bytes keep
  *   requests that wait for a pause, a move or a cross-shard commit), a
  *   longer request (a big one may be handed over to the connection whole,
  *   buf_append_big), and one that waits for replicas (ack.c sends it with
- *   fragments of its own). The test in route() is the branch that picks
- *   the common case, plus the length. */
+ *   fragments of its own, and copies). The test in route() is the branch
+ *   that picks the common case, plus the length. */
 void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len);
 
