@@ -10,7 +10,6 @@
 
 #include "proxy/log.h"
 #include "proxy/server.h"
-#include "proxy/slowlog.h"
 
 /* Redis 7.0's read-only commands that are forwarded over the pool: these
  * need no WAIT. Anything else (unknown included) counts as a write, so a
@@ -184,10 +183,14 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     if (want == 0 || !ack_is_write(bytes, len))
         return 0;
     /* Its bytes go out with a fragment of this module's, where the slow
-     * log does not look for a request not copied (slowlog.h): copied now. */
+     * log does not look for them (slowlog.h): copied now, if it is on. */
     request *req = f->req;
-    if (req && f == &req->single && req->head_len == REQUEST_HEAD_SENT)
-        slowlog_capture_long(req, 0, NULL, bytes, len);
+    if (req && f == &req->single && req->head_len == REQUEST_HEAD_SENT) {
+        if (srv.cfg->slowlog_slower_than >= 0)
+            request_keep_bytes(req, bytes, len);
+        else
+            req->head_len = 0;
+    }
     ack_wait *a = calloc(1, sizeof(*a));
     if (!a) {
         static const char oom[] = "-ERR out of memory waiting for replicas\r\n";
