@@ -189,7 +189,7 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
         if (srv.cfg->slowlog_slower_than >= 0)
             request_keep_bytes(req, bytes, len);
         else
-            req->head_len = 0;
+            req->head_len = REQUEST_HEAD_NONE;
     }
     ack_wait *a = calloc(1, sizeof(*a));
     if (!a) {

@@ -127,8 +127,12 @@ static inline uint64_t session_hint(const session *s)
 
 /* request.head_len when nothing was copied: the request went whole to one
  * pool connection (backend_send), whose output buffer keeps its bytes
- * until its reply (backend_sent_bytes). */
-#define REQUEST_HEAD_SENT 254
+ * until its reply (backend_sent_bytes). 0, what request_new leaves, so
+ * that the common case of route() stores nothing: every other path sets
+ * another value (a copy's, or REQUEST_HEAD_NONE). */
+#define REQUEST_HEAD_SENT 0
+/* request.head_len when nothing was kept (the slow log was off). */
+#define REQUEST_HEAD_NONE 254
 /* A request forwarded whole to one shard with at most this many bytes as
  * received (inline ones grow up to 5 times when encoded) is not copied for
  * the slow log: its bytes, at most UINT16_MAX (fragment.sent_len), are
@@ -147,9 +151,9 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
-    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none kept,
-                                  REQUEST_HEAD_IN_ARGS: kept in args, REQUEST_HEAD_SENT: kept
-                                  by the shard connection */
+    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head, or
+                                  REQUEST_HEAD_IN_ARGS: kept in args, REQUEST_HEAD_SENT (0): kept
+                                  by the shard connection, REQUEST_HEAD_NONE: not kept */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging; set once it counts as a call

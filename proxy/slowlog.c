@@ -113,6 +113,8 @@ static void append_args(buf *b, const request *req)
         int in_args = !buf_failed(kept) && kept->data;
         p = in_args ? buf_head(kept) : req->head;
         nkept = in_args ? buf_len(kept) : 0;
+    } else if (nkept > REQUEST_HEAD_MAX) { /* REQUEST_HEAD_NONE */
+        nkept = 0;
     }
     const char *end = p + nkept;
     long long argc;
