@@ -297,7 +297,7 @@ static __attribute__((noinline)) void account_slow_slot(request *req, const char
  * errorstats) and a slow log entry when it was slow. The time runs from
  * the loop iteration that dispatched it to the one its reply came in; the
  * reply is written in that iteration unless the client's socket is full. */
-static inline void account(request *req, const char *reply, size_t len)
+static inline void account(request *req, const char *reply, size_t len, int may_be_empty)
 {
     const command *cmd = req->cmd;
     if (cmd) {
@@ -313,21 +313,28 @@ static inline void account(request *req, const char *reply, size_t len)
         }
         k->latency.count[slot]++;
     }
-    /* len 0: a request whose client went away (reply NULL); the common
-     * case, a reply, is tested first. */
-    if (__builtin_expect(len != 0, 1) ? __builtin_expect(reply[0] == '-', 0) : 0)
+    /* Empty (len 0, reply NULL) only for a request whose client went away:
+     * a command always gets a reply. */
+    if (__builtin_expect((!may_be_empty || len) && reply[0] == '-', 0))
         account_rare(req, reply, len, 0);
+}
+
+/* account() for a request whose client went away. */
+static __attribute__((noinline)) void account_gone(request *req, const char *reply, size_t len)
+{
+    account(req, reply, len, 1);
 }
 
 /* The completion stored in every request of this client. */
 static void request_finished(request *req, const char *reply, size_t len)
 {
     client *c = req->owner;
-    account(req, reply, len);
-    if (!c) {
+    if (__builtin_expect(!c, 0)) {
+        account_gone(req, reply, len);
         request_free(req);
         return;
     }
+    account(req, reply, len, 0);
     c->inflight--;
     /* What the next requests may have in flight: see CLIENT_START_INFLIGHT.
      * The division is for big replies only. */

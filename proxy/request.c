@@ -96,6 +96,8 @@ void request_reply_buf(request *req, const buf *b)
 {
     if (buf_failed(b))
         request_error(req, "ERR out of memory");
+    else if (buf_len(b) == 0) /* a command always gets a reply (client.c reads its first byte) */
+        request_error(req, "ERR no reply");
     else
         req->on_done(req, buf_head(b), buf_len(b));
 }
