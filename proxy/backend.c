@@ -996,6 +996,9 @@ static __attribute__((noinline)) void out_copy_kept(const backend_conn *c)
     }
 }
 
+/* Room made at once in a connection's output buffer (out_append_slow). */
+#define OUT_ROOM_MIN (2 * BUF_IO_CHUNK)
+
 /* Appends len bytes to c->out when they do not fit: room is made without
  * dropping the bytes of fragments awaiting replies. A big request offered
  * by the client (buf_offer) is taken, not copied, when all written before
@@ -1014,10 +1017,12 @@ static __attribute__((noinline)) int out_append_slow(backend_conn *c, const char
         return buf_append_big(out, bytes, len);
     }
     /* buf_reserve drops what lies before start: start is moved back to
-     * keep for it, then the unwritten bytes' start is put back. */
+     * keep for it, then the unwritten bytes' start is put back. Making
+     * room moves the bytes in flight to the front: asking for at least
+     * OUT_ROOM_MIN keeps that to a fraction of the bytes appended. */
     size_t unwritten = out->start - keep;
     out->start = keep;
-    int r = buf_reserve(out, len);
+    int r = buf_reserve(out, len > OUT_ROOM_MIN ? len : OUT_ROOM_MIN);
     out->start += unwritten;
     if (r < 0)
         return -1;
