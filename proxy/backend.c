@@ -996,7 +996,7 @@ static __attribute__((noinline)) void out_copy_kept(const backend_conn *c)
     }
 }
 
-/* Room made at once in a connection's output buffer (out_append_slow). */
+/* Room made at once in a pool connection's output buffer (out_append_slow). */
 #define OUT_ROOM_MIN (2 * BUF_IO_CHUNK)
 
 /* Appends len bytes to c->out when they do not fit: room is made without
@@ -1018,11 +1018,13 @@ static __attribute__((noinline)) int out_append_slow(backend_conn *c, const char
     }
     /* buf_reserve drops what lies before start: start is moved back to
      * keep for it, then the unwritten bytes' start is put back. Making
-     * room moves the bytes in flight to the front: asking for at least
-     * OUT_ROOM_MIN keeps that to a fraction of the bytes appended. */
+     * room moves the bytes in flight to the front: on a pool connection
+     * (few, busy), asking for at least OUT_ROOM_MIN keeps that to a
+     * fraction of the bytes appended; a reserved one (one per client that
+     * needs it) grows as it needs. */
     size_t unwritten = out->start - keep;
     out->start = keep;
-    int r = buf_reserve(out, len > OUT_ROOM_MIN ? len : OUT_ROOM_MIN);
+    int r = buf_reserve(out, len < OUT_ROOM_MIN && !c->reserved ? OUT_ROOM_MIN : len);
     out->start += unwritten;
     if (r < 0)
         return -1;
