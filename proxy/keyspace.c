@@ -125,16 +125,13 @@ static void randomkey_done(fragment *f, const char *reply, size_t len)
     req->on_done(req, reply, len);
 }
 
-/* xorshift64*: RANDOMKEY's first shard only needs to be spread out. */
+/* RANDOMKEY's first shard only needs to be spread out. */
 static uint32_t random_shard(void)
 {
     static uint64_t state;
     if (!state)
         state = (srv.now_us ^ ((uint64_t)getpid() << 32)) | 1;
-    state ^= state >> 12;
-    state ^= state << 25;
-    state ^= state >> 27;
-    return (uint32_t)(((state * 2685821657736338717ull) >> 32) % srv.nshards);
+    return (uint32_t)((server_xorshift(&state) >> 32) % srv.nshards);
 }
 
 void keyspace_randomkey(request *req, uint64_t hint)

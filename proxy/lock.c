@@ -165,22 +165,6 @@ static struct {
     uint64_t granted, denied, unavailable, restores, restore_failures;
 } lk;
 
-static uint64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static uint64_t random_u64(void)
-{
-    /* xorshift64*: jitter only, nothing depends on its quality */
-    lk.rng ^= lk.rng >> 12;
-    lk.rng ^= lk.rng << 25;
-    lk.rng ^= lk.rng >> 27;
-    return lk.rng * 2685821657736338717ull;
-}
-
 /* Redlock's clock drift allowance: 1% of the TTL plus 2 ms. */
 static uint64_t drift_us(long long ttl_ms)
 {
@@ -359,8 +343,9 @@ static void on_backoff(evutil_socket_t fd, short what, void *arg)
 static void attempt_failed(lock_op *op)
 {
     op->attempt++;
-    uint64_t now = mono_us();
-    uint64_t pause = LOCK_RETRY_MIN_US + random_u64() % (LOCK_RETRY_MAX_US - LOCK_RETRY_MIN_US + 1);
+    uint64_t now = server_now_us();
+    uint64_t pause =
+        LOCK_RETRY_MIN_US + server_xorshift(&lk.rng) % (LOCK_RETRY_MAX_US - LOCK_RETRY_MIN_US + 1);
     timer_cancel(op);
     if (op->req && now + pause < op->deadline_us) {
         op->phase = PHASE_BACKOFF;
@@ -380,7 +365,7 @@ static void attempt_failed(lock_op *op)
 static void grant_decide(lock_op *op)
 {
     if (op->yes >= lk.majority) {
-        uint64_t elapsed = mono_us() - op->start_us;
+        uint64_t elapsed = server_now_us() - op->start_us;
         uint64_t validity = (uint64_t)op->ttl_ms * 1000u;
         if (elapsed + drift_us(op->ttl_ms) < validity) {
             uint64_t mask = op->granted;
@@ -442,7 +427,7 @@ static void grant_start(lock_op *op)
     op->token = op->max_counter + 1;
     op->sent = op->yes = op->no = op->failed = 0;
     op->granted = 0;
-    op->start_us = mono_us();
+    op->start_us = server_now_us();
     for (size_t i = 0; i < lk.n; i++)
         if (store_shard_state(lk.shard[i]) == STORE_READY &&
             send_script(op, i, &acquire_script, on_grant, op->token, op->ttl_ms, 2) == 0)
@@ -571,7 +556,7 @@ static void calls_done(lock_op *op)
         answer_int(op, op->yes >= lk.majority);
         break;
     case CMD_LOCK_EXTEND: {
-        uint64_t elapsed = mono_us() - op->start_us;
+        uint64_t elapsed = server_now_us() - op->start_us;
         int valid = elapsed + drift_us(op->ttl_ms) < (uint64_t)op->ttl_ms * 1000u;
         answer_int(op, op->yes >= lk.majority && valid);
         break;
@@ -619,7 +604,7 @@ static void on_call(void *privdata, size_t shard, const redisReply *r)
 static void calls_start(lock_op *op)
 {
     op->phase = PHASE_CALLS;
-    op->start_us = mono_us();
+    op->start_us = server_now_us();
     store_script *s = op->id == CMD_LOCK_RELEASE  ? &release_script
                       : op->id == CMD_LOCK_EXTEND ? &extend_script
                                                   : &info_script;
@@ -725,7 +710,7 @@ void lock_command(request *req, const command *cmd, size_t argc, const resp_arg 
     op->count_key = record_key(LOCK_COUNT_PREFIX, &argv[1]);
     op->ttl_ms = ttl;
     op->token = (uint64_t)token;
-    op->deadline_us = mono_us() + (uint64_t)wait * 1000u;
+    op->deadline_us = server_now_us() + (uint64_t)wait * 1000u;
     op->next = lk.ops;
     if (lk.ops)
         lk.ops->prev = op;

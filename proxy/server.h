@@ -131,6 +131,16 @@ static inline uint64_t server_now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* xorshift64* over *state (never 0): for jitter and spreading only,
+ * nothing depends on its quality. */
+static inline uint64_t server_xorshift(uint64_t *state)
+{
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return *state * 2685821657736338717ull;
+}
+
 /* Refreshes srv.now_us; called at the top of each callback so that
  * per-request code reads a field instead of reading the clock: it is read
  * once per loop iteration, when the iteration's first event is handled. */

@@ -86,13 +86,6 @@ static store_script cas_script = {
                                "return 1\n",
 };
 
-static uint64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 const char *store_state_name(store_state s)
 {
     switch (s) {
@@ -145,7 +138,7 @@ static int send_formatted(store_shard *sh, pending *p, const char *cmd, size_t l
 {
     if (!sh->ac || ctlconn_formatted_command(sh->ac, on_reply, p, cmd, len) != REDIS_OK)
         return -1;
-    p->sent_us = mono_us();
+    p->sent_us = server_now_us();
     if (sh->tail)
         sh->tail->next = p;
     else
@@ -304,7 +297,7 @@ static void drop_connection(store_shard *sh, const char *why)
     sh->ac = NULL;
     ac->data = NULL;
     set_state(sh, STORE_DOWN);
-    sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
+    sh->retry_at_us = server_now_us() + (uint64_t)sh->backoff_ms * 1000u;
     ctlconn_free(ac);
 }
 
@@ -405,7 +398,7 @@ static void on_connect(const ctlconn *ac, int status)
         log_debug("store: shard %s: connect failed: %s", sh->name, ac->errstr);
         sh->ac = NULL; /* ctlconn frees it */
         set_state(sh, STORE_DOWN);
-        sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
+        sh->retry_at_us = server_now_us() + (uint64_t)sh->backoff_ms * 1000u;
         sh->backoff_ms =
             sh->backoff_ms * 2 > st.reconnect_max_ms ? st.reconnect_max_ms : sh->backoff_ms * 2;
         return;
@@ -423,7 +416,7 @@ static void on_disconnect(const ctlconn *ac, int status)
     log_warn("store: shard %s: connection lost", sh->name);
     sh->ac = NULL;
     set_state(sh, STORE_DOWN);
-    sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
+    sh->retry_at_us = server_now_us() + (uint64_t)sh->backoff_ms * 1000u;
 }
 
 static void connect_shard(store_shard *sh)
@@ -435,7 +428,7 @@ static void connect_shard(store_shard *sh)
         return;
     if (ac->err) {
         ctlconn_free(ac);
-        sh->retry_at_us = mono_us() + (uint64_t)sh->backoff_ms * 1000u;
+        sh->retry_at_us = server_now_us() + (uint64_t)sh->backoff_ms * 1000u;
         return;
     }
     ac->data = sh;
@@ -455,7 +448,7 @@ static void on_marker_written(void *privdata, size_t shard, const redisReply *r)
         return;
     }
     set_state(sh, STORE_UNRESTORED);
-    sh->retry_at_us = mono_us() + STORE_RESTORE_RETRY_US;
+    sh->retry_at_us = server_now_us() + STORE_RESTORE_RETRY_US;
 }
 
 void store_restored(size_t shard, int ok)
@@ -467,7 +460,7 @@ void store_restored(size_t shard, int ok)
         return; /* the connection went meanwhile: checked again on reconnect */
     if (!ok) {
         set_state(sh, STORE_UNRESTORED);
-        sh->retry_at_us = mono_us() + STORE_RESTORE_RETRY_US;
+        sh->retry_at_us = server_now_us() + STORE_RESTORE_RETRY_US;
         return;
     }
     /* SET, not a compare: any proxy's marker says the same thing. */
@@ -484,7 +477,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     (void)arg;
-    uint64_t now = mono_us();
+    uint64_t now = server_now_us();
     uint64_t timeout_us = (uint64_t)st.timeout_ms * 1000u;
     for (size_t i = 0; i < st.n; i++) {
         store_shard *sh = &st.shards[i];

@@ -321,22 +321,6 @@ static struct {
 
 static void set_phase(twopc_txn *t, twopc_phase to);
 
-static uint64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static uint64_t random_u64(void)
-{
-    /* xorshift64*: backoff jitter only */
-    tp.rng ^= tp.rng >> 12;
-    tp.rng ^= tp.rng << 25;
-    tp.rng ^= tp.rng >> 27;
-    return tp.rng * 2685821657736338717ull;
-}
-
 static void crash_if(crash_point at)
 {
     if (tp.crash != at)
@@ -750,7 +734,7 @@ static void send_pending_calls(twopc_txn *t)
         return;
     }
     if (t->failed && t->phase != PHASE_PREPARE)
-        t->retry_at_us = mono_us() + TWOPC_RETRY_US;
+        t->retry_at_us = server_now_us() + TWOPC_RETRY_US;
 }
 
 static void txn_free(twopc_txn *t)
@@ -872,7 +856,7 @@ static void phase_over(twopc_txn *t)
     for (size_t i = 0; i < n; i++)
         if (!t->parts[i].finished) {
             if (!t->retry_at_us)
-                t->retry_at_us = mono_us() + TWOPC_RETRY_US;
+                t->retry_at_us = server_now_us() + TWOPC_RETRY_US;
             return; /* the tick sends it again */
         }
     switch (t->phase) {
@@ -897,7 +881,7 @@ static void decided(twopc_txn *t, const redisReply *r)
          * answers the decision already taken). */
         log_warn("twopc: %s: deciding on %s failed (%s); retrying", t->id, t->parts[0].name,
                  r && r->type == REDIS_REPLY_ERROR ? r->str : "no reply");
-        t->retry_at_us = mono_us() + TWOPC_RETRY_US;
+        t->retry_at_us = server_now_us() + TWOPC_RETRY_US;
         return;
     }
     if (r->len == 6 && memcmp(r->str, "commit", 6) == 0) {
@@ -960,7 +944,7 @@ static void enter_prepare(twopc_txn *t)
         return;
     }
     t->staged = 1;
-    t->prepare_us = mono_us();
+    t->prepare_us = server_now_us();
     send_pending_calls(t);
     if (t->outstanding == 0)
         phase_over(t);
@@ -969,7 +953,7 @@ static void enter_prepare(twopc_txn *t)
 static void enter_backoff(twopc_txn *t)
 {
     int ms = srv.cfg->request_timeout_ms ? srv.cfg->request_timeout_ms : TWOPC_WAIT_DEFAULT_MS;
-    if (mono_us() - t->start_us > (uint64_t)ms * 1000u) {
+    if (server_now_us() - t->start_us > (uint64_t)ms * 1000u) {
         answer_error(t, "TRYAGAIN %s",
                      stores_ready(t) ? "a key is held by another cross-shard transaction; "
                                        "retry later"
@@ -985,14 +969,14 @@ static void enter_backoff(twopc_txn *t)
         send_script(t, i, &abort_script, 1, argv);
     }
     t->staged = 0;
-    t->retry_at_us = mono_us() + TWOPC_BACKOFF_MIN_US +
-                     random_u64() % (TWOPC_BACKOFF_MAX_US - TWOPC_BACKOFF_MIN_US);
+    t->retry_at_us = server_now_us() + TWOPC_BACKOFF_MIN_US +
+                     server_xorshift(&tp.rng) % (TWOPC_BACKOFF_MAX_US - TWOPC_BACKOFF_MIN_US);
 }
 
 static void enter_decide(twopc_txn *t)
 {
     if (!t->recovery &&
-        mono_us() - t->prepare_us > (uint64_t)srv.cfg->txn_recovery_after_ms * 500u) {
+        server_now_us() - t->prepare_us > (uint64_t)srv.cfg->txn_recovery_after_ms * 500u) {
         /* Recovery may be deciding it by now: the coordinator gives up
          * before recovery can start (half of txn_recovery_after). */
         answer_error(t, "ERR cross-shard transaction aborted: %s",
@@ -1065,7 +1049,7 @@ static twopc_txn *txn_new(request *req, twopc_kind kind)
     twopc_txn *t = xcalloc(1, sizeof(*t));
     t->req = req;
     t->kind = kind;
-    t->start_us = mono_us();
+    t->start_us = server_now_us();
     t->epoch = srv.config_epoch;
     snprintf(t->id, sizeof(t->id), "%s-%" PRIu64, tp.instance, ++tp.seq);
     t->next = tp.txns;
@@ -1334,7 +1318,7 @@ static void recover(const char *id, size_t idlen, const char *primary, size_t pl
     twopc_txn *t = xcalloc(1, sizeof(*t));
     memcpy(t->id, id, idlen);
     t->recovery = 1;
-    t->start_us = mono_us();
+    t->start_us = server_now_us();
     t->part_names = xcalloc(partslen + 1, 1);
     memcpy(t->part_names, parts, partslen);
     /* The primary first: parts lists it first. */
@@ -1456,7 +1440,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     (void)arg;
     server_clock_update();
-    uint64_t now = mono_us();
+    uint64_t now = server_now_us();
     for (twopc_txn *t = tp.txns, *next; t; t = next) {
         next = t->next;
         if (!t->retry_at_us || now < t->retry_at_us || t->outstanding)
@@ -1509,7 +1493,7 @@ void twopc_start(const config *cfg)
     if (cfg->cross_shard == CONFIG_CROSS_ATOMIC) {
         tp.startup = 1;
         srv.twopc_holding++;
-        tp.startup_deadline_us = mono_us() + TWOPC_STARTUP_MAX_US;
+        tp.startup_deadline_us = server_now_us() + TWOPC_STARTUP_MAX_US;
     }
 }
 
