@@ -1031,19 +1031,6 @@ static void start_slow_migration(cluster *c, redisContext *p)
     fixture_sleep_ms(300);
 }
 
-/* Whether p's log holds needle. */
-static int log_has(const harness_proc *proc, const char *needle)
-{
-    FILE *in = fopen(proc->log, "r");
-    assert_non_null(in);
-    char line[1024];
-    int found = 0;
-    while (!found && fgets(line, sizeof(line), in) != NULL)
-        found = strstr(line, needle) != NULL;
-    fclose(in);
-    return found;
-}
-
 /* SIGKILLs shard i's master and waits until the Sentinels name its
  * replica. */
 static void kill_master_until_switched(cluster *c, int i)
@@ -1113,7 +1100,7 @@ static void test_migration_continues_when_its_source_fails_over(void **state)
     assert_int_equal(count_missing(p, NULL), 0);
     /* The shards' ring record of sentinel: shards loads (it names the
      * Sentinels), as any proxy joining the move needs. */
-    assert_false(log_has(&c->proxy, "ring record does not load"));
+    assert_false(fixture_log_contains(&c->proxy, "ring record does not load"));
     redisFree(p);
 }
 
