@@ -56,9 +56,12 @@
 typedef enum client_state {
     CLIENT_ACCEPTED = 0, /* just accepted, no event set up: becomes READING at once */
     CLIENT_READING,      /* reads, scans and dispatches requests */
-    CLIENT_PAUSED,       /* reads nothing: reply bytes the client has not read are over
-                            client_output_pause, or inflight_cap requests wait on shards;
-                            resumes once both are down to half */
+    CLIENT_PAUSED,       /* takes no requests: reply bytes the client has not read are
+                            over client_output_pause, or inflight_cap requests wait on
+                            shards; resumes once both are down to half. Its input is still
+                            read and held (bound_held_input): a client that writes a whole
+                            pipeline before it reads a reply (hiredis, redis-py) would
+                            otherwise never finish writing, and never read */
     CLIENT_HELD,         /* a blocking command (or EXEC, DISCARD, UNWATCH) is in flight
                             (sess.hold_input): like Redis with a blocked client, later
                             requests wait in `in` for its reply; reading goes on so that
@@ -127,7 +130,7 @@ static const char *state_name(client_state st)
 /* Whether the socket's read interest is on in this state. */
 static int state_reads(client_state st)
 {
-    return st == CLIENT_READING || st == CLIENT_HELD;
+    return st == CLIENT_READING || st == CLIENT_PAUSED || st == CLIENT_HELD;
 }
 
 static void state_bug(const client *c, client_state st)
@@ -168,11 +171,11 @@ static void set_state(client *c, client_state st)
         event_del(&c->ev_read);
 }
 
-/* Stops reading for a while (replies pile up); the state it resumes in is
- * worked out when it does. */
-static void pause_reading(client *c)
+/* Stops taking requests for a while (replies pile up); the state it
+ * resumes in is worked out when it does. */
+static void pause_requests(client *c)
 {
-    if (state_reads(c->state))
+    if (c->state == CLIENT_READING || c->state == CLIENT_HELD)
         set_state(c, CLIENT_PAUSED);
 }
 
@@ -239,6 +242,18 @@ static void drop_later(client *c, const char *reason)
 static size_t queued_bytes(const client *c)
 {
     return buf_len(&c->out) + c->waiting_bytes;
+}
+
+/* A paused client's requests wait in c->in, read but not taken: with its
+ * unread replies they are held for it, and max_client_output bounds both
+ * (a client that writes and never reads is dropped there, as one whose
+ * replies alone reach it). */
+static void bound_held_input(client *c)
+{
+    if (c->state == CLIENT_PAUSED &&
+        (int64_t)(queued_bytes(c) + buf_len(&c->in)) > srv.cfg->max_client_output)
+        drop_later(c, "requests held and replies unread over max_client_output (client not "
+                      "reading its replies)");
 }
 
 /* Counts an error reply given to req (reply starts with '-'): INFO
@@ -374,7 +389,7 @@ static void request_finished(request *req, const char *reply, size_t len)
     if ((int64_t)queued_bytes(c) > srv.cfg->max_client_output)
         drop_later(c, "reply bytes over max_client_output (client not reading its replies)");
     else if ((int64_t)queued_bytes(c) > srv.cfg->client_output_pause)
-        pause_reading(c);
+        pause_requests(c);
 }
 
 static client *client_of(session *s)
@@ -604,6 +619,7 @@ static void read_shared(client *c)
     size_t used = process_bytes(c, shared_in, (size_t)n);
     if (used < (size_t)n && buf_append(&c->in, shared_in + used, (size_t)n - used) < 0)
         drop_later(c, "out of memory reading request");
+    bound_held_input(c);
 }
 
 static int write_out(client *c);
@@ -650,6 +666,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     c->in.end += (size_t)n;
     srv.stats.net_input_bytes += (uint64_t)n;
     process_input(c);
+    bound_held_input(c);
 }
 
 /* Writes what is ready. Returns 0, or -1 when the client was freed. */

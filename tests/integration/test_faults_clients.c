@@ -544,6 +544,71 @@ static void test_client_reading_late_is_paused_then_resumed(void **state)
     fixture_close(f, c);
 }
 
+/* A client that writes its whole pipeline before it reads any reply, as
+ * hiredis and redis-py pipelines do: LONG_PAIRS of SET and GET of a
+ * LONG_VALUE_LEN value, about 25 MB each way, far more than
+ * client_output_pause (1 MB here) and the sockets' buffers hold. The
+ * proxy pauses taking its requests, but still reads them: were it to stop
+ * reading, the client would wait for it to take the rest of the pipeline
+ * and it for the client to read, for ever. */
+#define LONG_PAIRS     96
+#define LONG_VALUE_LEN (256 * 1024)
+
+static void test_client_writing_a_long_pipeline_before_reading_is_served(void **state)
+{
+    fixture *f = *state;
+    redisContext *c = fixture_client(f);
+    long long dropped_before = fixture_info_int(c, "clients_dropped");
+    char *value = fixture_alloc(f, LONG_VALUE_LEN);
+    size_t req_cap = LONG_PAIRS * (LONG_VALUE_LEN + 128), rep_cap = req_cap;
+    char *req = fixture_alloc(f, req_cap), *want = fixture_alloc(f, rep_cap);
+    char *got = fixture_alloc(f, rep_cap + 1);
+    size_t req_len = 0, want_len = 0;
+    for (int i = 0; i < LONG_PAIRS; i++) {
+        char key[32];
+        int key_len = snprintf(key, sizeof(key), "long:%d", i);
+        for (size_t j = 0; j < LONG_VALUE_LEN; j++) {
+            value[j] = (char)('a' + (j + (size_t)i * 7) % 26);
+        }
+        req_len += (size_t)snprintf(req + req_len, req_cap - req_len,
+                                    "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n", key_len, key,
+                                    LONG_VALUE_LEN);
+        memcpy(req + req_len, value, LONG_VALUE_LEN);
+        req_len += LONG_VALUE_LEN;
+        req_len += (size_t)snprintf(req + req_len, req_cap - req_len,
+                                    "\r\n*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", key_len, key);
+        want_len +=
+            (size_t)snprintf(want + want_len, rep_cap - want_len, "+OK\r\n$%d\r\n", LONG_VALUE_LEN);
+        memcpy(want + want_len, value, LONG_VALUE_LEN);
+        want_len += LONG_VALUE_LEN;
+        memcpy(want + want_len, "\r\n", 2);
+        want_len += 2;
+    }
+
+    int fd = fixture_raw_connect(f->proxy.port);
+    assert_true(fd >= 0);
+    int small = 64 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    /* A send that makes no progress for this long fails instead of waiting. */
+    struct timeval tv = fixture_bound_tv(REPLY_TIMEOUT_MS);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (fixture_raw_send(fd, req, req_len) < 0) {
+        close(fd);
+        fail_msg("the proxy stopped reading a %zu-byte pipeline whose replies were not read yet",
+                 req_len);
+    }
+    int closed;
+    size_t n = fixture_raw_read(fd, got, rep_cap + 1, want_len,
+                                (int)fixture_bound_ms(REPLY_TIMEOUT_MS), &closed);
+    close(fd);
+    assert_int_equal(n, want_len);
+    assert_memory_equal(got, want, want_len);
+    assert_int_equal(fixture_info_int(c, "clients_dropped"), dropped_before);
+    fixture_expect_int(fixture_cmd(c, "DEL long:0 long:%d", LONG_PAIRS - 1), 2);
+    fixture_close(f, c);
+}
+
 /* ---- slowloris ---- */
 
 static void test_slowloris_clients_closed_by_idle_timeout(void **state)
@@ -763,6 +828,9 @@ int main(void)
                                         stop_fixture),
         cmocka_unit_test_setup_teardown(test_client_reading_late_is_paused_then_resumed,
                                         setup_pause, stop_fixture),
+        cmocka_unit_test_setup_teardown(
+            test_client_writing_a_long_pipeline_before_reading_is_served, setup_pause,
+            stop_fixture),
         cmocka_unit_test_setup_teardown(test_slowloris_clients_closed_by_idle_timeout,
                                         setup_slowloris, stop_fixture),
         cmocka_unit_test_setup_teardown(test_fd_limit_refuses_new_clients_and_recovers,
