@@ -89,10 +89,10 @@ typedef struct client {
     buf out;              /* reply bytes ready to write */
     session sess;
     const char *drop_reason; /* DROPPING: why, for the log */
-    uint64_t last_active_us;
-    flushq_link flush;   /* on the pending-flush queue */
-    tls_conn tls;        /* a tls_listen client's TLS; tls.ssl NULL for plain text */
-    struct client *prev; /* all clients */
+    uint64_t last_active_us; /* last whole request (or the accept), by srv.now_us */
+    flushq_link flush;       /* on the pending-flush queue */
+    tls_conn tls;            /* a tls_listen client's TLS; tls.ssl NULL for plain text */
+    struct client *prev;     /* all clients */
     struct client *next;
 } client;
 
@@ -811,14 +811,14 @@ void client_accept(int fd, const char *addr, int tls)
     c->sess.id = ++srv.next_client_id;
     c->sess.proto = 2;
     c->sess.addr = c->addr;
-    c->sess.created_us = server_now_us();
+    c->sess.created_us = srv.now_us; /* the loop clock, as idle and age compare with it */
     c->sess.push = session_push;
     c->sess.drop = session_drop;
     c->sess.close_after_replies = session_close_after_replies;
     c->sess.state = session_state;
     access_session_start(&c->sess);
     DLIST_PUSH_FRONT(srv.sessions, &c->sess, prev, next);
-    c->last_active_us = server_now_us();
+    c->last_active_us = srv.now_us;
     event_assign(&c->ev_read, srv.base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(&c->ev_write, srv.base, fd, EV_WRITE, on_write, c);
     DLIST_PUSH_FRONT(clients, c, prev, next);
@@ -844,7 +844,9 @@ void client_tick(void)
         next = c->next;
         if (c->head || c->state == CLIENT_DROPPING)
             continue;
-        uint64_t quiet = now - c->last_active_us;
+        /* Stamps come from the loop clock, never ahead of now; were one
+         * ahead, the client is not idle (no unsigned wrap to a huge quiet). */
+        uint64_t quiet = now > c->last_active_us ? now - c->last_active_us : 0;
         /* A subscriber waits for messages, not idle: Redis's timeout spares
          * it too. */
         if (idle_s > 0 && quiet > limit && !pubsub_active(&c->sess)) {

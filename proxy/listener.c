@@ -93,6 +93,10 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     listener *l = arg;
+    /* A new client's idle clock starts at the loop clock: stamped from a
+     * fresher read, it would be ahead of the maintenance tick of this same
+     * iteration, whose unsigned idle time then wraps and drops it at once. */
+    server_clock_update();
     for (int i = 0; i < LISTENER_ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);

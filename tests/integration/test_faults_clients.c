@@ -58,9 +58,12 @@
 #define PAUSE_GETS      200
 
 /* Slowloris: a byte every SLOW_BYTE_MS from each of SLOW_CLIENTS, with
- * idle_timeout = 1 s; each must be closed within SLOW_CLOSE_MS. */
+ * idle_timeout = SLOW_IDLE_S; each must be closed after SLOW_IDLE_S, not
+ * before (a byte is no activity, but a client just connected is not idle
+ * either), and within SLOW_CLOSE_MS. */
 #define SLOW_CLIENTS  20
 #define SLOW_BYTE_MS  100
+#define SLOW_IDLE_S   1
 #define SLOW_CLOSE_MS 2500
 
 /* The proxy's own descriptor limit, and connections tried against it. */
@@ -117,7 +120,9 @@ static int setup_pause(void **state)
 
 static int setup_slowloris(void **state)
 {
-    return start_with(state, "idle_timeout = 1\n");
+    char lines[64];
+    snprintf(lines, sizeof(lines), "idle_timeout = %d\n", SLOW_IDLE_S);
+    return start_with(state, lines);
 }
 
 static int setup_fd_limit(void **state)
@@ -611,6 +616,27 @@ static void test_client_writing_a_long_pipeline_before_reading_is_served(void **
 
 /* ---- slowloris ---- */
 
+/* A client connected after start (ms) and seen closed at closed_at (0:
+ * never) was closed by idle_timeout: not before it, and within
+ * SLOW_CLOSE_MS. Both clocks are CLOCK_MONOTONIC; the proxy closes more
+ * than SLOW_IDLE_S after a time later than start, so even in whole ms the
+ * difference is at least SLOW_IDLE_S. */
+static void expect_closed_idle(const char *what, int i, long long start, long long closed_at)
+{
+    long long after = closed_at - start;
+    if (closed_at == 0) {
+        fail_msg("%s %d was never closed", what, i);
+    }
+    if (after < SLOW_IDLE_S * 1000LL) {
+        fail_msg("%s %d was closed %lld ms after the connects began, before idle_timeout = %d s",
+                 what, i, after, SLOW_IDLE_S);
+    }
+    if (after > fixture_bound_ms(SLOW_CLOSE_MS)) {
+        fail_msg("%s %d was closed %lld ms after the connects began, bound %lld ms", what, i, after,
+                 fixture_bound_ms(SLOW_CLOSE_MS));
+    }
+}
+
 static void test_slowloris_clients_closed_by_idle_timeout(void **state)
 {
     fixture *f = *state;
@@ -622,6 +648,11 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     int request_len = snprintf(request, sizeof(request), "*2\r\n$3\r\nGET\r\n$64\r\n%064d\r\n", 0);
     int slow[SLOW_CLIENTS];
     long long closed_at[SLOW_CLIENTS];
+    /* Taken before the connects: the proxy's idle clock for each client
+     * starts later, and closed_at (when the test notices the close) is no
+     * earlier than the close, so closed_at - start is at least SLOW_IDLE_S for
+     * every client the proxy times out correctly. */
+    long long start = fixture_now_ms();
     for (int i = 0; i < SLOW_CLIENTS; i++) {
         slow[i] = fixture_raw_connect(f->proxy.port);
         assert_true(slow[i] >= 0);
@@ -631,7 +662,6 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     assert_true(silent >= 0);
     long long silent_closed_at = 0;
 
-    long long start = fixture_now_ms();
     int open_count = SLOW_CLIENTS;
     for (int tick = 0; (open_count > 0 || silent_closed_at == 0) &&
                        fixture_now_ms() - start < fixture_bound_ms(2 * SLOW_CLOSE_MS);
@@ -664,14 +694,10 @@ static void test_slowloris_clients_closed_by_idle_timeout(void **state)
     }
     for (int i = 0; i < SLOW_CLIENTS; i++) {
         close(slow[i]);
-        if (closed_at[i] == 0 || closed_at[i] - start > fixture_bound_ms(SLOW_CLOSE_MS)) {
-            fail_msg("slowloris client %d %s", i,
-                     closed_at[i] == 0 ? "was never closed" : "was closed late");
-        }
+        expect_closed_idle("slowloris client", i, start, closed_at[i]);
     }
     close(silent);
-    assert_true(silent_closed_at != 0 &&
-                silent_closed_at - start <= fixture_bound_ms(SLOW_CLOSE_MS));
+    expect_closed_idle("silent client", 0, start, silent_closed_at);
     fixture_expect_str(fixture_cmd(active, "GET slow:key"), "kept");
     fixture_wait_log(&f->proxy, "idle timeout");
     assert_true(fixture_info_int(active, "clients_dropped") >= dropped_before + SLOW_CLIENTS + 1);
