@@ -182,6 +182,15 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     int want = srv.cfg->min_replicas_to_ack;
     if (want == 0 || !ack_is_write(bytes, len))
         return 0;
+    /* Its bytes go out with a fragment of this module's, where the slow
+     * log does not look for them (slowlog.h): copied now, if it is on. */
+    request *req = f->req;
+    if (req && f == &req->single && req->head_len == REQUEST_HEAD_SENT) {
+        if (srv.cfg->slowlog_slower_than >= 0)
+            request_keep_bytes(req, bytes, len);
+        else
+            req->head_len = REQUEST_HEAD_NONE;
+    }
     ack_wait *a = calloc(1, sizeof(*a));
     if (!a) {
         static const char oom[] = "-ERR out of memory waiting for replicas\r\n";

@@ -109,8 +109,45 @@ static int conn_takes_requests(const backend_conn *c)
     return c->state == BACKEND_UP || c->state == BACKEND_CONNECTING;
 }
 
-/* Answers one fragment with an error made up by the proxy. */
-static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_timeout)
+/* ---- a request's bytes kept for the slow log (backend_sent_bytes) ----
+ * What a pool connection writes stays in its output buffer, behind
+ * c->out.start, from the oldest fragment still awaiting its reply on:
+ * the write does not empty the buffer then (conn_write), and making room
+ * drops only what lies before that fragment (out_append_slow). The byte at
+ * stream offset x (queued_total counts them) is at c->out.data[x - base],
+ * base = written_total - c->out.start, while x >= base. While
+ * fragments' completions run, `answering` says where their bytes are. */
+struct answering {
+    const backend_conn *c; /* the connection whose replies (or failures) are given */
+    const char *bytes;     /* or the bytes of a fragment failed before it was queued */
+    size_t len;
+};
+static struct answering answering;
+
+/* f's bytes where c's output buffer keeps them (f queued on c), or NULL. */
+static const char *conn_kept_bytes(const backend_conn *c, const fragment *f, size_t *len)
+{
+    uint64_t base = c->written_total - c->out.start;
+    uint64_t from = f->end_offset - f->sent_len;
+    if (!f->sent_len || from < base || f->end_offset - base > c->out.end)
+        return NULL;
+    *len = f->sent_len;
+    return c->out.data + (from - base);
+}
+
+const char *backend_sent_bytes(const fragment *f, size_t *len)
+{
+    if (answering.bytes) {
+        *len = answering.len;
+        return answering.bytes;
+    }
+    return answering.c ? conn_kept_bytes(answering.c, f, len) : NULL;
+}
+
+/* Answers one fragment with an error made up by the proxy; its bytes are
+ * in c's output buffer, or are bytes (never queued), or unknown (both NULL). */
+static void fragment_fail_at(shard *s, fragment *f, const char *fmt_reason, int is_timeout,
+                             const backend_conn *c, const char *bytes, size_t len)
 {
     char reply[512];
     int n;
@@ -130,7 +167,19 @@ static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_
     } else {
         srv.stats.errors_shard++;
     }
+    /* Inside another connection's replies (a completion failed this
+     * one), theirs are put back after. */
+    struct answering outer = answering;
+    answering.c = c;
+    answering.bytes = bytes;
+    answering.len = len;
     f->done(f, reply, (size_t)n);
+    answering = outer;
+}
+
+static void fragment_fail(shard *s, fragment *f, const char *fmt_reason, int is_timeout)
+{
+    fragment_fail_at(s, f, fmt_reason, is_timeout, NULL, NULL, 0);
 }
 
 void backend_fragment_timeout(shard *s, fragment *f)
@@ -179,7 +228,7 @@ static void conn_fail_inflight(backend_conn *c, const char *why, int is_timeout)
     while (f) {
         fragment *next = f->next;
         f->next = NULL;
-        fragment_fail(c->shard, f, why, is_timeout);
+        fragment_fail_at(c->shard, f, why, is_timeout, c, NULL, 0);
         f = next;
     }
     buf_free(&c->out);
@@ -722,10 +771,15 @@ static void conn_connect(backend_conn *c)
 static int conn_write(backend_conn *c)
 {
     uint64_t before = c->written_total;
+    size_t end = c->out.end;
     size_t written;
     buf_write_result r = c->tls.ssl ? tls_conn_write(&c->tls, &c->out, &written)
                                     : buf_write_fd(&c->out, c->fd, &written);
     c->written_total += written;
+    /* All written empties the buffer: what was written stays while a
+     * fragment awaits its reply (backend_sent_bytes). */
+    if (c->out.end == 0 && c->head)
+        c->out.start = c->out.end = end;
     /* Progress only while the head's own request is still going out: a
      * stopped shard's socket buffer takes megabytes of the requests behind
      * it. */
@@ -746,7 +800,8 @@ static int conn_write(backend_conn *c)
         conn_fail(c, why, 0);
         return -1;
     }
-    buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
+    if (!c->head)
+        buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
     return 0;
 }
 
@@ -857,6 +912,7 @@ static int conn_read(backend_conn *c, int fd)
 static void conn_deliver_replies(backend_conn *c)
 {
     shard *s = c->shard;
+    answering.c = c; /* the completions below are of its fragments */
     while (buf_len(&c->in) > 0 && c->state == BACKEND_UP) {
         size_t reply_len = 0;
         resp_status st = resp_reply_scan(&c->scan, buf_head(&c->in), buf_len(&c->in), &reply_len);
@@ -897,6 +953,7 @@ static void conn_deliver_replies(backend_conn *c)
         buf_consume(&c->in, reply_len);
         f->done(f, reply, reply_len);
     }
+    answering.c = NULL;
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
@@ -923,6 +980,76 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     }
     if (buf_len(&c->in) == 0)
         buf_shrink_if_empty(&c->in, BUF_KEEP_IDLE);
+    if (!c->head && buf_len(&c->out) == 0) { /* all answered: nothing is kept */
+        buf_reset(&c->out);
+        buf_shrink_if_empty(&c->out, BUF_KEEP_IDLE);
+    }
+}
+
+/* Where c's output buffer must keep its bytes from: the start of the
+ * oldest fragment awaiting its reply (none: nothing before c->out.start). */
+static size_t out_keep_from(const backend_conn *c)
+{
+    const fragment *h = c->head;
+    if (!h)
+        return c->out.start;
+    uint64_t base = c->written_total - c->out.start;
+    uint64_t from = h->end_offset - h->sent_len;
+    if (from <= base)
+        return 0;
+    return from - base < c->out.start ? (size_t)(from - base) : c->out.start;
+}
+
+/* Before c's buffer takes a big request's storage in place of its own
+ * (buf_append_big), the requests whose bytes it keeps for the slow log
+ * (REQUEST_HEAD_SENT) get a copy of them. */
+static __attribute__((noinline)) void out_copy_kept(const backend_conn *c)
+{
+    for (fragment *g = c->head; g; g = g->next) {
+        request *req = g->req;
+        size_t len;
+        const char *bytes;
+        if (req && g == &req->single && req->head_len == REQUEST_HEAD_SENT &&
+            (bytes = conn_kept_bytes(c, g, &len)))
+            request_keep_bytes(req, bytes, len);
+    }
+}
+
+/* Room made at once in a pool connection's output buffer (out_append_slow). */
+#define OUT_ROOM_MIN (2 * BUF_IO_CHUNK)
+
+/* Appends len bytes to c->out when they do not fit: room is made without
+ * dropping the bytes of fragments awaiting replies. A big request offered
+ * by the client (buf_offer) is taken, not copied, when all written before
+ * it is written (the bytes kept are copied out first). 0, or -1 when out
+ * of memory. */
+static __attribute__((noinline)) int out_append_slow(backend_conn *c, const char *bytes, size_t len)
+{
+    buf *out = &c->out;
+    if (out->err)
+        return -1;
+    size_t keep = out_keep_from(c);
+    if (len >= BUF_HANDOFF_MIN && buf_len(out) == 0) {
+        if (keep < out->start)
+            out_copy_kept(c);
+        buf_reset(out); /* nothing kept: the offer may be taken */
+        return buf_append_big(out, bytes, len);
+    }
+    /* buf_reserve drops what lies before start: start is moved back to
+     * keep for it, then the unwritten bytes' start is put back. Making
+     * room moves the bytes in flight to the front: on a pool connection
+     * (few, busy), asking for at least OUT_ROOM_MIN keeps that to a
+     * fraction of the bytes appended; a reserved one (one per client that
+     * needs it) grows as it needs. */
+    size_t unwritten = out->start - keep;
+    out->start = keep;
+    int r = buf_reserve(out, len < OUT_ROOM_MIN && !c->reserved ? OUT_ROOM_MIN : len);
+    out->start += unwritten;
+    if (r < 0)
+        return -1;
+    memcpy(out->data + out->end, bytes, len);
+    out->end += len;
+    return 0;
 }
 
 /* Appends a fragment and its bytes to a connection that can take them.
@@ -934,18 +1061,26 @@ static int conn_queue(backend_conn *c, fragment *f, const char *bytes, size_t le
         char why[128];
         snprintf(why, sizeof(why), "busy: %zu requests in flight (backend_max_inflight)",
                  c->inflight);
-        fragment_fail(s, f, why, 0);
+        fragment_fail_at(s, f, why, 0, NULL, bytes, len);
         return -1;
     }
-    /* A big request offered by the client (buf_offer) is taken, not
-     * copied, when nothing else is queued. */
-    if (buf_append_msg(&c->out, bytes, len) < 0) {
-        buf_forget_failure(&c->out);
-        fragment_fail(s, f, "unavailable: out of memory queueing request", 0);
-        return -1;
+    /* buf_append's test, then the copy; the rest keeps what the fragments
+     * in flight were sent with (out_append_slow). */
+    buf *out = &c->out;
+    if (__builtin_expect(out->err || out->cap - out->end < len, 0)) {
+        if (out_append_slow(c, bytes, len) < 0) {
+            buf_forget_failure(out);
+            fragment_fail_at(s, f, "unavailable: out of memory queueing request", 0, NULL, bytes,
+                             len);
+            return -1;
+        }
+    } else {
+        memcpy(out->data + out->end, bytes, len);
+        out->end += len;
     }
     c->queued_total += len;
     f->end_offset = c->queued_total;
+    f->sent_len = (uint16_t)len; /* cut: read back only when short (REQUEST_SENT_SHORT) */
     if (c->tail)
         c->tail->next = f;
     else
@@ -1003,13 +1138,14 @@ void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_
         snprintf(why, sizeof(why), "unavailable: %s",
                  c->last_error[0] ? c->last_error : "not connected");
         /* last_error already starts with "unavailable: " for most causes */
-        fragment_fail(s, f, strncmp(c->last_error, "unavailable: ", 13) == 0 ? c->last_error : why,
-                      0);
+        fragment_fail_at(s, f,
+                         strncmp(c->last_error, "unavailable: ", 13) == 0 ? c->last_error : why, 0,
+                         NULL, bytes, len);
         return;
     }
     case BACKEND_CLOSED:
     case BACKEND_GONE: /* reserved only: not in a pool */
-        fragment_fail(s, f, "unavailable: shard removed", 0);
+        fragment_fail_at(s, f, "unavailable: shard removed", 0, NULL, bytes, len);
         return;
     case BACKEND_CONNECTING:
     case BACKEND_UP:

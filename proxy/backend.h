@@ -232,6 +232,13 @@ uint64_t backend_pool_hint(const shard *s, int j);
  * take it, f->done is called before this returns, with an error reply. */
 void backend_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len);
 
+/* The bytes f was queued with by backend_send, for f's completion only
+ * (the pool connection keeps what it wrote from its oldest fragment
+ * awaiting a reply on), so the slow log reads a slow request there
+ * instead of copying every request (REQUEST_HEAD_SENT). NULL when they
+ * are no longer there. Valid until the completion returns. */
+const char *backend_sent_bytes(const fragment *f, size_t *len);
+
 /* Writes every connection's queued bytes: called once per loop iteration so
  * that requests from many clients share one write. */
 int backend_flush_pending(void);

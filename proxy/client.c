@@ -296,40 +296,64 @@ static __attribute__((noinline)) void account_rare(request *req, const char *rep
         slowlog_add(req, took);
 }
 
+/* account() for a call whose time's histogram slot may be an edge or
+ * slow (above slowlog_fast_slots). */
+static __attribute__((noinline)) void account_slow_slot(request *req, const char *reply, size_t len,
+                                                        uint64_t took, histogram *h)
+{
+    histogram_record(h, took);
+    /* -1 (off) is the largest uint64_t: one comparison. */
+    if (took >= (uint64_t)srv.cfg->slowlog_slower_than || (len && reply[0] == '-'))
+        account_rare(req, reply, len, took);
+}
+
 /* Counts a request whose reply is known: for a call (not a rejection) its
  * time in the proxy (commandstats, latencystats); errors by kind (INFO
  * errorstats) and a slow log entry when it was slow. The time runs from
  * the loop iteration that dispatched it to the one its reply came in; the
  * reply is written in that iteration unless the client's socket is full. */
-static inline void account(request *req, const char *reply, size_t len)
+static inline void account(request *req, const char *reply, size_t len, int may_be_empty)
 {
     const command *cmd = req->cmd;
-    uint64_t took = 0;
     if (cmd) {
-        took = srv.now_us - req->start_us;
+        uint64_t took = srv.now_us - req->start_us;
         command_counters *k = &command_stats[cmd->stat];
+        /* k in a register (an empty asm the compiler cannot see through):
+         * both counters are then addressed from it, where the compiler
+         * would multiply the index again for the histogram's. */
+        __asm__("" : "+r"(k));
         k->usec += took;
-        histogram_record(&k->latency, took);
-        /* -1 (off) is the largest uint64_t: one comparison. */
-        if (__builtin_expect(took >= (uint64_t)srv.cfg->slowlog_slower_than, 0)) {
-            account_rare(req, reply, len, took);
+        /* One comparison for a slow call and the histogram's edges (0 µs,
+         * 2^32 µs and more): slowlog_fast_slots. */
+        uint64_t slot = histogram_slot_raw(took);
+        if (__builtin_expect(slot > slowlog_fast_slots, 0)) {
+            account_slow_slot(req, reply, len, took, &k->latency);
             return;
         }
+        k->latency.count[slot]++;
     }
-    /* len 0: a request whose client went away (reply NULL). */
-    if (__builtin_expect(len && reply[0] == '-', 0))
+    /* Empty (len 0, reply NULL) only for a request whose client went away:
+     * a command always gets a reply. */
+    if (__builtin_expect((!may_be_empty || len) && reply[0] == '-', 0))
         account_rare(req, reply, len, 0);
+}
+
+/* account() for a request whose client went away. */
+static __attribute__((noinline)) void account_gone(request *req, const char *reply, size_t len)
+{
+    account(req, reply, len, 1);
 }
 
 /* The completion stored in every request of this client. */
 static void request_finished(request *req, const char *reply, size_t len)
 {
     client *c = req->owner;
-    account(req, reply, len);
-    if (!c) {
+    if (__builtin_expect(!c, 0)) {
+        account_gone(req, reply, len);
         request_free(req);
         return;
     }
+    account(req, reply, len, 0);
     c->inflight--;
     /* What the next requests may have in flight: see CLIENT_START_INFLIGHT.
      * The division is for big replies only. */

@@ -13,6 +13,11 @@ static double bucket_low(uint64_t n)
     return d;
 }
 
+unsigned histogram_bucket_edge(uint64_t us)
+{
+    return us ? HISTOGRAM_BUCKETS - 1 : 0;
+}
+
 uint64_t histogram_bucket_max(unsigned i)
 {
     if (i == 0)

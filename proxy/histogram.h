@@ -32,26 +32,43 @@ typedef struct histogram {
     uint64_t count[HISTOGRAM_BUCKETS];
 } histogram;
 
+/* The bucket of 0 µs and of values from 2^HISTOGRAM_OCTAVES µs up: out of
+ * line, so that the common case takes one rarely taken branch for both. */
+__attribute__((cold, noinline)) unsigned histogram_bucket_edge(uint64_t us);
+
 /* The bucket of a value in µs: read off its double's exponent and top
- * mantissa bits, a handful of instructions on the request path. */
-static inline unsigned histogram_bucket(uint64_t us)
+ * mantissa bits, a handful of instructions on the request path. The
+ * signed conversion is one instruction (an unsigned one needs several);
+ * what it gets wrong (values from 2^63, negative) is out of range with 0
+ * and the values from 2^HISTOGRAM_OCTAVES: one unsigned comparison finds
+ * them all. */
+static inline uint64_t histogram_slot_raw(uint64_t us)
 {
-    /* Everything from 2^HISTOGRAM_OCTAVES µs up shares the last bucket:
-     * bounding the value first is one clamp for both ends (no bucket past
-     * the last, and a signed conversion, one instruction where an unsigned
-     * one needs several). */
-    const uint64_t last = (uint64_t)1 << HISTOGRAM_OCTAVES;
-    double d = (double)(int64_t)(us < last ? us : last);
+    double d = (double)(int64_t)us;
     uint64_t bits;
     memcpy(&bits, &d, sizeof(bits));
-    uint64_t i = bits >> (52 - HISTOGRAM_SUB_BITS);
-    return i > HISTOGRAM_FIRST ? (unsigned)(i - HISTOGRAM_FIRST) : 0; /* 0 µs: bucket 0 */
+    return (bits >> (52 - HISTOGRAM_SUB_BITS)) - HISTOGRAM_FIRST; /* wraps for 0 µs */
+}
+
+/* The bucket of 1 µs to 2^HISTOGRAM_OCTAVES - 1 µs is histogram_slot_raw;
+ * the rest are above HISTOGRAM_BUCKETS - 2 there. */
+static inline size_t histogram_slot(uint64_t us)
+{
+    uint64_t i = histogram_slot_raw(us);
+    if (__builtin_expect(i > HISTOGRAM_BUCKETS - 2, 0))
+        return histogram_bucket_edge(us);
+    return (size_t)i;
+}
+
+static inline unsigned histogram_bucket(uint64_t us)
+{
+    return (unsigned)histogram_slot(us);
 }
 
 /* Counts one value, in µs. */
 static inline void histogram_record(histogram *h, uint64_t us)
 {
-    h->count[histogram_bucket(us)]++;
+    h->count[histogram_slot(us)]++;
 }
 
 /* The largest value (µs) that falls in bucket i: what a percentile in that

@@ -19,6 +19,7 @@
 #include "proxy/replica.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
+#include "proxy/slowlog.h"
 #include "proxy/tls.h"
 
 /* The config file as last read, to notice edits (reload_file_changed). */
@@ -389,6 +390,7 @@ static void plan_commit(reload_plan *p)
     free(srv.shards);
     config *old_cfg = srv.cfg;
     srv.cfg = p->cfg;
+    slowlog_configure(srv.cfg->slowlog_slower_than);
     srv.shards = p->shards;
     srv.nshards = p->cfg->nshards;
     srv.ring = p->ring;

@@ -33,6 +33,13 @@ request *request_new(void)
     return calloc(1, sizeof(*req));
 }
 
+void request_keep_bytes(request *req, const char *bytes, size_t len)
+{
+    buf_reset(&req->args);
+    req->head_len = REQUEST_HEAD_IN_ARGS;
+    (void)buf_append(&req->args, bytes, len < REQUEST_KEEP_MAX ? len : REQUEST_KEEP_MAX);
+}
+
 void request_free(request *req)
 {
     if (!req)
@@ -89,6 +96,8 @@ void request_reply_buf(request *req, const buf *b)
 {
     if (buf_failed(b))
         request_error(req, "ERR out of memory");
+    else if (buf_len(b) == 0) /* a command always gets a reply (client.c reads its first byte) */
+        request_error(req, "ERR no reply");
     else
         req->on_done(req, buf_head(b), buf_len(b));
 }

@@ -32,6 +32,9 @@ typedef struct fragment {
     uint32_t shard;        /* index of the target shard */
     uint8_t harmless;      /* changes no data (a barrier's PING, CLIENT KILL): if its
                               connection is reset, running it later cannot matter */
+    uint16_t sent_len;     /* its bytes on the connection, end_offset - sent_len on (cut to
+                              16 bits: exact for what the slow log reads back there,
+                              REQUEST_SENT_SHORT) */
     size_t first_key;      /* split: index of its first key in the request's key list */
     size_t nkeys;          /* split, key move: number of keys it carries */
     /* What one kind of fragment keeps (a fragment is of one kind only; the
@@ -117,6 +120,24 @@ static inline uint64_t session_hint(const session *s)
 #define REQUEST_HEAD_MAX 64
 /* request.head_len when the bytes are in request.args instead. */
 #define REQUEST_HEAD_IN_ARGS 255
+/* Bytes of a request copied for the slow log at most: room for the 32
+ * arguments of 128 bytes an entry shows, with their RESP headers
+ * (SLOWLOG_CAPTURE_MAX, slowlog.h). */
+#define REQUEST_KEEP_MAX (32 * (128 + 24) + 24)
+
+/* request.head_len when nothing was copied: the request went whole to one
+ * pool connection (backend_send), whose output buffer keeps its bytes
+ * until its reply (backend_sent_bytes). 0, what request_new leaves, so
+ * that the common case of route() stores nothing: every other path sets
+ * another value (a copy's, or REQUEST_HEAD_NONE). */
+#define REQUEST_HEAD_SENT 0
+/* request.head_len when nothing was kept (the slow log was off). */
+#define REQUEST_HEAD_NONE 254
+/* A request forwarded whole to one shard with at most this many bytes as
+ * received (inline ones grow up to 5 times when encoded) is not copied for
+ * the slow log: its bytes, at most UINT16_MAX (fragment.sent_len), are
+ * read where the shard connection keeps them (backend_sent_bytes). */
+#define REQUEST_SENT_SHORT 8192
 
 /* Called once when a request's whole reply is known. owner is NULL when the
  * client went away meanwhile; the callback then just frees the request. */
@@ -130,8 +151,9 @@ typedef struct request {
     int done;                  /* reply known and stored in small_reply or reply */
     uint8_t small_len;         /* bytes in small_reply (0: the reply is in `reply`) */
     uint8_t silent;            /* CLIENT REPLY OFF or SKIP: answered, but nothing written */
-    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head; 0: none kept,
-                                  REQUEST_HEAD_IN_ARGS: kept in args */
+    uint8_t head_len;          /* SLOWLOG: bytes of the request kept in head, or
+                                  REQUEST_HEAD_IN_ARGS: kept in args, REQUEST_HEAD_SENT (0): kept
+                                  by the shard connection, REQUEST_HEAD_NONE: not kept */
     char small_reply[64];      /* a short reply that could not be written at once */
     buf reply;                 /* a longer one */
     const struct command *cmd; /* the command, for merging; set once it counts as a call
@@ -184,6 +206,10 @@ static inline int request_resp3(const request *req)
 /* Takes a request from a free list (or allocates one), zeroed. NULL when out
  * of memory. */
 request *request_new(void);
+
+/* Copies the first REQUEST_KEEP_MAX of the request's bytes (RESP) into
+ * req->args for the slow log (head_len REQUEST_HEAD_IN_ARGS). */
+void request_keep_bytes(request *req, const char *bytes, size_t len);
 
 /* Returns a request to the free list; frees its buffers and fragments. */
 void request_free(request *req);

@@ -999,6 +999,16 @@ static inline void capture(const routed *r)
     slowlog_capture_long(r->req, r->argc, r->argv, raw, len);
 }
 
+/* With the slow log on, the request's bytes, should it turn out slow;
+ * else what says none were kept. */
+static void capture_or_not(const routed *r)
+{
+    if (srv.cfg->slowlog_slower_than >= 0)
+        capture(r);
+    else
+        r->req->head_len = REQUEST_HEAD_NONE;
+}
+
 /* Checks the request, runs the gates its command's flags ask for, then
  * hands it to its command's handler. */
 static void route(routed *r)
@@ -1020,19 +1030,25 @@ static void route(routed *r)
         return;
     }
     command_stats[cmd->stat].calls++;
-    r->req->cmd = cmd;                     /* a call: timed and its errors counted as failures */
-    if (srv.cfg->slowlog_slower_than >= 0) /* its bytes, should it turn out slow */
-        capture(r);
-    if (__builtin_expect(srv.ring_refusing, 0) && needs_the_ring[cmd->route]) {
-        request_error(r->req, "%s", srv.ring_refusal);
-        return;
-    }
+    r->req->cmd = cmd; /* a call: timed and its errors counted as failures */
     /* The common case, decided with a few loads: a one-key command from a
-     * client with no transaction or subscription, while no key is moving. */
+     * client with no transaction or subscription, while no key is moving.
+     * For the slow log nothing is copied: the request goes whole to one
+     * pool connection, which keeps its bytes until the reply (slowlog.h,
+     * "Where an entry's arguments come from"), unless it is longer than
+     * REQUEST_SENT_SHORT. */
     int plain = !sess || (!sess->txn && !sess->pubsub);
     if (plain && (cmd->flags & COMMAND_FLAG_SINGLE_KEY) && !srv.twopc_holding &&
-        !rebalance_running()) {
+        !rebalance_running() && !srv.ring_refusing) {
+        /* head_len is REQUEST_HEAD_SENT (0) from request_new */
+        if (__builtin_expect(r->raw_len > REQUEST_SENT_SHORT, 0))
+            capture_or_not(r); /* too long for fragment.sent_len */
         forward(r, server_shard_of_key(r->argv[1].ptr, r->argv[1].len));
+        return;
+    }
+    capture_or_not(r);
+    if (__builtin_expect(srv.ring_refusing, 0) && needs_the_ring[cmd->route]) {
+        request_error(r->req, "%s", srv.ring_refusal);
         return;
     }
     /* RESP3 lets a subscribed client send any command (its messages come

@@ -12,6 +12,7 @@
 
 #include "proxy/backend.h"
 #include "proxy/command.h"
+#include "proxy/histogram.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
 
@@ -30,16 +31,23 @@ static struct {
     uint64_t next; /* id of the next entry (ids keep growing across RESET, as Redis's) */
 } slowlog;
 
+uint64_t slowlog_fast_slots = HISTOGRAM_BUCKETS - 2;
+
+void slowlog_configure(int64_t slower_than)
+{
+    size_t slot = slower_than < 0 ? HISTOGRAM_BUCKETS - 1 : histogram_slot((uint64_t)slower_than);
+    slowlog_fast_slots = slot ? slot - 1 : 0;
+}
+
 void slowlog_capture_long(request *req, size_t argc, const resp_arg *argv, const char *raw,
                           size_t raw_len)
 {
-    buf_reset(&req->args);
-    req->head_len = REQUEST_HEAD_IN_ARGS;
     if (raw) {
-        (void)buf_append(&req->args, raw,
-                         raw_len < SLOWLOG_CAPTURE_MAX ? raw_len : SLOWLOG_CAPTURE_MAX);
+        request_keep_bytes(req, raw, raw_len);
         return;
     }
+    buf_reset(&req->args);
+    req->head_len = REQUEST_HEAD_IN_ARGS;
     (void)buf_append_header(&req->args, '*', (int64_t)argc); /* an inline command */
     for (size_t i = 0; i < argc && buf_len(&req->args) < SLOWLOG_CAPTURE_MAX; i++)
         (void)buf_append_bulk(&req->args, argv[i].ptr, argv[i].len);
@@ -93,11 +101,22 @@ static void append_arg(buf *b, const char *bytes, size_t have, size_t len)
 static void append_args(buf *b, const request *req)
 {
     const buf *kept = &req->args;
-    int in_args = req->head_len == REQUEST_HEAD_IN_ARGS && !buf_failed(kept) && kept->data;
-    const char *p = in_args ? buf_head(kept) : req->head;
-    const char *end = p + (in_args                                 ? buf_len(kept)
-                           : req->head_len == REQUEST_HEAD_IN_ARGS ? 0
-                                                                   : req->head_len);
+    const char *p = req->head;
+    size_t nkept = req->head_len;
+    if (req->head_len == REQUEST_HEAD_SENT) { /* where the shard connection keeps them */
+        p = backend_sent_bytes(&req->single, &nkept);
+        if (!p) {
+            p = req->head;
+            nkept = 0;
+        }
+    } else if (req->head_len == REQUEST_HEAD_IN_ARGS) {
+        int in_args = !buf_failed(kept) && kept->data;
+        p = in_args ? buf_head(kept) : req->head;
+        nkept = in_args ? buf_len(kept) : 0;
+    } else if (nkept > REQUEST_HEAD_MAX) { /* REQUEST_HEAD_NONE */
+        nkept = 0;
+    }
+    const char *end = p + nkept;
     long long argc;
     if (read_header(&p, end, '*', &argc) < 0) {
         (void)buf_append_header(b, '*', 0);

@@ -278,6 +278,125 @@ static void test_slowlog_cuts_arguments_as_redis(void **state)
     fixture_close(f, c);
 }
 
+/* The entry of a request whose arguments are in args (n of them), found
+ * in a SLOWLOG GET reply, or NULL. */
+static const redisReply *entry_with(const redisReply *log, const char *const *args, size_t n)
+{
+    for (size_t i = 0; i < log->elements; i++) {
+        const redisReply *got = log->element[i]->element[3];
+        size_t j = 0;
+        while (j < n && j < got->elements && strcmp(got->element[j]->str, args[j]) == 0)
+            j++;
+        if (j == n && got->elements == n)
+            return log->element[i];
+    }
+    return NULL;
+}
+
+/* A request the slow log copies nothing of (one key, one shard) is read
+ * back from its shard connection's output buffer when it turns out slow:
+ * with requests of two clients pipelined in front of it and behind it on
+ * that one connection (backend_connections = 1), each entry shows its own
+ * request. The shard pauses writes (CLIENT PAUSE WRITE): the GET in front
+ * is answered, the SET waits, and what is behind it on the connection
+ * waits with it. */
+static void test_slowlog_reads_a_pipelined_request_back(void **state)
+{
+    fixture *f = *state;
+    redisContext *a = fixture_client(f);
+    redisContext *b = fixture_client(f);
+    fixture_expect_status(fixture_cmd(a, "CLIENT SETNAME pipe-a"), "OK");
+    fixture_expect_status(fixture_cmd(b, "CLIENT SETNAME pipe-b"), "OK");
+    char front[64], slow[64], behind[64], other_client[64], elsewhere[64], big_key[64];
+    fixture_key_on_shard(a, "front", 2, front, sizeof(front));
+    fixture_key_on_shard(a, "slow", 2, slow, sizeof(slow));
+    fixture_key_on_shard(a, "behind", 2, behind, sizeof(behind));
+    fixture_key_on_shard(a, "other", 2, other_client, sizeof(other_client));
+    fixture_key_on_shard(a, "elsewhere", 0, elsewhere, sizeof(elsewhere));
+    fixture_key_on_shard(a, "big", 2, big_key, sizeof(big_key));
+    /* Longer than an argument is shown: cut as Redis cuts it. */
+    char value[301];
+    for (int i = 0; i < 300; i++)
+        value[i] = (char)('a' + i % 26);
+    value[300] = '\0';
+    fixture_expect_status(fixture_cmd(a, "SLOWLOG RESET"), "OK");
+
+    /* Under request_timeout (2 s): ended by CLIENT UNPAUSE once every
+     * request is queued behind the SET. */
+    fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CLIENT PAUSE 1500 WRITE"), "OK");
+    long long paused_at = fixture_now_ms();
+    assert_int_equal(redisAppendCommand(a, "GET %s", front), REDIS_OK);
+    assert_int_equal(redisAppendCommand(a, "SET %s %s", slow, value), REDIS_OK);
+    assert_int_equal(redisAppendCommand(a, "GET %s", elsewhere), REDIS_OK);
+    assert_int_equal(redisAppendCommand(a, "GET %s", behind), REDIS_OK);
+    /* The GET in front is answered while the SET waits. */
+    fixture_expect_nil(fixture_next_reply(a));
+    /* Another client's request goes behind them on the same connection. */
+    assert_int_equal(redisAppendCommand(b, "GET %s", other_client), REDIS_OK);
+    for (int done = 0; !done;)
+        assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
+    fixture_sleep_ms((int)fixture_bound_ms(20)); /* for the proxy to read it meanwhile */
+    /* Then a big value, which the connection takes over from the client's
+     * buffer without a copy (BUF_HANDOFF_MIN): the bytes it kept for the
+     * requests in front are copied out first. */
+    size_t big_len = 1024 * 1024 + 1;
+    char *big = fixture_alloc(f, big_len);
+    memset(big, 'x', big_len);
+    assert_int_equal(redisAppendCommand(b, "SET %s %b", big_key, big, big_len), REDIS_OK);
+    for (int done = 0; !done;)
+        assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
+    fixture_sleep_ms((int)fixture_bound_ms(20));
+    fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CLIENT UNPAUSE"), "OK");
+    fixture_expect_status(fixture_next_reply(a), "OK");
+    fixture_expect_nil(fixture_next_reply(a));
+    fixture_expect_nil(fixture_next_reply(a));
+    fixture_expect_nil(fixture_next_reply(b));
+    fixture_expect_status(fixture_next_reply(b), "OK");
+    if (fixture_now_ms() - paused_at < SLOW_US / 1000)
+        fail_msg("the shard's pause did not hold the SET back");
+
+    redisReply *r = fixture_cmd(a, "SLOWLOG GET");
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    char cut[200];
+    snprintf(cut, sizeof(cut), "%.128s... (172 more bytes)", value);
+    const char *set_args[] = {"SET", slow, cut};
+    const char *behind_args[] = {"GET", behind};
+    const char *other_args[] = {"GET", other_client};
+    const redisReply *set = entry_with(r, set_args, 3);
+    const redisReply *after = entry_with(r, behind_args, 2);
+    const redisReply *other = entry_with(r, other_args, 2);
+    char big_cut[200];
+    snprintf(big_cut, sizeof(big_cut), "%.128s... (%zu more bytes)", big, big_len - 128);
+    const char *big_args[] = {"SET", big_key, big_cut};
+    const redisReply *big_set = entry_with(r, big_args, 3);
+    if (!set || !after || !other || !big_set) {
+        char text[4096];
+        fixture_reply_text(r, text, sizeof(text));
+        fail_msg("an entry is missing or shows another request's bytes: %s", text);
+    }
+    assert_string_equal(set->element[5]->str, "pipe-a");
+    assert_string_equal(after->element[5]->str, "pipe-a");
+    assert_string_equal(other->element[5]->str, "pipe-b");
+    const redisReply *each[] = {set, after, other, big_set};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(each[i]->elements, 8);
+        assert_true(each[i]->element[2]->integer >= SLOW_US);
+        assert_string_equal(each[i]->element[6]->str, "s3"); /* shard index 2 */
+        assert_true(each[i]->element[7]->integer >= SLOW_US);
+        assert_true(each[i]->element[7]->integer <= each[i]->element[2]->integer);
+    }
+    /* Whatever else is there (the GETs in front and elsewhere, should the
+     * machine have made them slow too) shows its own request. */
+    const char *front_args[] = {"GET", front};
+    const char *elsewhere_args[] = {"GET", elsewhere};
+    size_t known =
+        4 + (entry_with(r, front_args, 2) != NULL) + (entry_with(r, elsewhere_args, 2) != NULL);
+    assert_true(r->elements <= known);
+    freeReplyObject(r);
+    fixture_close(f, b);
+    fixture_close(f, a);
+}
+
 static void test_slowlog_get_count_and_help(void **state)
 {
     fixture *f = *state;
@@ -659,6 +778,7 @@ int main(void)
         cmocka_unit_test(test_latencystats_after_traffic),
         cmocka_unit_test(test_slowlog_keeps_a_request_a_shard_delayed),
         cmocka_unit_test(test_slowlog_cuts_arguments_as_redis),
+        cmocka_unit_test(test_slowlog_reads_a_pipelined_request_back),
         cmocka_unit_test(test_slowlog_get_count_and_help),
         cmocka_unit_test(test_prometheus_scrape),
         cmocka_unit_test(test_prometheus_counts_reloads),
