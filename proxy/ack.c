@@ -204,6 +204,11 @@ int ack_send(shard *s, uint64_t hint, fragment *f, const char *bytes, size_t len
     int timeout_len = snprintf(timeout_text, sizeof(timeout_text), "%d", timeout_ms);
     int wait_len = snprintf(wait, sizeof(wait), "*3\r\n$4\r\nWAIT\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n",
                             want_len, want_text, timeout_len, timeout_text);
+    /* The router's fragment is never queued on a connection, where
+     * backend_send would stamp it: the slow log names its shard and
+     * times it from this (append_shards in slowlog.c skips a fragment
+     * never sent). */
+    f->sent_us = srv.now_us;
     a->orig = f;
     a->shard = s;
     a->write.req = f->req;

@@ -7,9 +7,12 @@
  * answered and its time; GET /metrics (metrics_listen) serves the counters
  * in Prometheus's text format, checked line by line by a strict parser, and
  * by promtool when it is installed. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -168,6 +172,33 @@ static void await_shards(fixture *f)
         fixture_expect_int(fixture_next_reply(f->direct[i]), 1);
 }
 
+/* Checks a slow log entry's fields but its arguments: an id, a timestamp
+ * not before since (seconds), a time of at least SLOW_US (and bounded),
+ * the address of client as the proxy sees it (its local end) and
+ * client_name, the shard that answered and its time there, at least
+ * SLOW_US and within the request's. */
+static void expect_slow_entry(const redisReply *e, long long since, const redisContext *client,
+                              const char *client_name, const char *shard)
+{
+    assert_int_equal(e->elements, 8);
+    assert_true(e->element[0]->integer >= 0);
+    assert_true(e->element[1]->integer >= since && e->element[1]->integer <= time(NULL) + 1);
+    long long took = e->element[2]->integer;
+    assert_true(took >= SLOW_US);
+    assert_true(took < fixture_bound_ms(5000) * 1000);
+    struct sockaddr_in local;
+    socklen_t local_len = sizeof(local);
+    assert_int_equal(getsockname(client->fd, (struct sockaddr *)&local, &local_len), 0);
+    char addr[32];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(local.sin_port));
+    assert_string_equal(e->element[4]->str, addr);
+    assert_string_equal(e->element[5]->str, client_name);
+    assert_string_equal(e->element[6]->str, shard);
+    long long shard_us = e->element[7]->integer;
+    assert_true(shard_us >= SLOW_US);
+    assert_true(shard_us <= took);
+}
+
 static void test_slowlog_keeps_a_request_a_shard_delayed(void **state)
 {
     fixture *f = *state;
@@ -192,18 +223,7 @@ static void test_slowlog_keeps_a_request_a_shard_delayed(void **state)
     }
     if (!e)
         fail_msg("the delayed GET is not in the slow log (%zu entries)", r->elements);
-    assert_int_equal(e->elements, 8);
-    assert_true(e->element[0]->integer >= 0);
-    assert_true(e->element[1]->integer >= before && e->element[1]->integer <= time(NULL) + 1);
-    long long took = e->element[2]->integer;
-    assert_true(took >= SLOW_US);
-    assert_true(took < fixture_bound_ms(5000) * 1000);
-    assert_true(strncmp(e->element[4]->str, "127.0.0.1:", 10) == 0);
-    assert_string_equal(e->element[5]->str, "slow-client");
-    assert_string_equal(e->element[6]->str, "s3"); /* shard index 2 */
-    long long shard_us = e->element[7]->integer;
-    assert_true(shard_us >= SLOW_US);
-    assert_true(shard_us <= took);
+    expect_slow_entry(e, before, c, "slow-client", "s3"); /* shard index 2 */
     freeReplyObject(r);
 
     /* LEN counts the entries, RESET empties the log. */
@@ -323,6 +343,7 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
 
     /* Under request_timeout (2 s): ended by CLIENT UNPAUSE once every
      * request is queued behind the SET. */
+    long long before = (long long)time(NULL);
     fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CLIENT PAUSE 1500 WRITE"), "OK");
     long long paused_at = fixture_now_ms();
     assert_int_equal(redisAppendCommand(a, "GET %s", front), REDIS_OK);
@@ -374,17 +395,11 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
         fixture_reply_text(r, text, sizeof(text));
         fail_msg("an entry is missing or shows another request's bytes: %s", text);
     }
-    assert_string_equal(set->element[5]->str, "pipe-a");
-    assert_string_equal(after->element[5]->str, "pipe-a");
-    assert_string_equal(other->element[5]->str, "pipe-b");
-    const redisReply *each[] = {set, after, other, big_set};
-    for (size_t i = 0; i < 4; i++) {
-        assert_int_equal(each[i]->elements, 8);
-        assert_true(each[i]->element[2]->integer >= SLOW_US);
-        assert_string_equal(each[i]->element[6]->str, "s3"); /* shard index 2 */
-        assert_true(each[i]->element[7]->integer >= SLOW_US);
-        assert_true(each[i]->element[7]->integer <= each[i]->element[2]->integer);
-    }
+    /* All on shard index 2. */
+    expect_slow_entry(set, before, a, "pipe-a", "s3");
+    expect_slow_entry(after, before, a, "pipe-a", "s3");
+    expect_slow_entry(other, before, b, "pipe-b", "s3");
+    expect_slow_entry(big_set, before, b, "pipe-b", "s3");
     /* Whatever else is there (the GETs in front and elsewhere, should the
      * machine have made them slow too) shows its own request. */
     const char *front_args[] = {"GET", front};
@@ -395,6 +410,149 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
     freeReplyObject(r);
     fixture_close(f, b);
     fixture_close(f, a);
+}
+
+/* ---- a write that waits for replicas (min_replicas_to_ack) ---- */
+
+/* A replica of shard s3 and a second proxy over the fixture's shards whose
+ * writes wait for one replica's acknowledgement, with a client of it:
+ * stopped by stop_acked, after a failed assertion too. */
+static struct {
+    harness_proc replica;
+    harness_proc proxy;
+    redisContext *client;     /* to the proxy */
+    redisContext *to_replica; /* to the replica */
+} acked;
+
+static int stop_acked(void **state)
+{
+    (void)state;
+    if (acked.client)
+        redisFree(acked.client);
+    if (acked.to_replica)
+        redisFree(acked.to_replica);
+    acked.client = acked.to_replica = NULL;
+    if (acked.proxy.pid)
+        (void)harness_proc_stop(&acked.proxy, SIGTERM);
+    if (acked.replica.pid) {
+        (void)kill(acked.replica.pid, SIGCONT); /* a test may have stopped it */
+        (void)harness_proc_stop(&acked.replica, SIGTERM);
+    }
+    return 0;
+}
+
+/* A write that waits for a replica (ack.c sends it, and WAIT behind it,
+ * with fragments of its own and keeps a copy of its bytes for the slow
+ * log) is logged with its own arguments, not WAIT's, and with the shard
+ * that served it and the time it waited there. The replica is stopped
+ * (SIGSTOP) while the write is in flight: the shard does the write at
+ * once, and its WAIT holds the reply until the replica is continued. A
+ * write the client saw answered sooner than slowlog_slower_than (which
+ * bounds the proxy's time for it) makes no entry. */
+static void test_slowlog_keeps_a_write_that_waited_for_its_replica(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(harness_replica_start(&acked.replica, f->shards[2].port), 0);
+    /* In sync once the shard counts its acknowledgement. */
+    redisContext *shard = fixture_shard(f, 2);
+    long long deadline = fixture_now_ms() + fixture_bound_ms(10000);
+    for (long long replicas = 0; replicas < 1;) {
+        assert_true(fixture_now_ms() < deadline);
+        redisReply *r = fixture_cmd(shard, "WAIT 1 100");
+        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+        replicas = r->integer;
+        freeReplyObject(r);
+    }
+    /* WAIT's timeout far above the replica's stop, under the client's
+     * timeout (harness_connect) and min_replicas_timeout's maximum: the
+     * reply comes from the replica's acknowledgement, never from the
+     * timeout. */
+    long long wait_timeout_ms = fixture_bound_ms(1000);
+    if (wait_timeout_ms > 60000)
+        wait_timeout_ms = 60000;
+    char extra[200];
+    snprintf(extra, sizeof(extra),
+             "slowlog_slower_than = %d\nmin_replicas_to_ack = 1\nmin_replicas_timeout = %lld\n",
+             SLOW_US, wait_timeout_ms);
+    char *ini = harness_ini(f->shards, FIXTURE_SHARDS, extra);
+    assert_non_null(ini);
+    int started = harness_ringproxy_start(&acked.proxy, ini);
+    free(ini);
+    assert_int_equal(started, 0);
+    redisContext *c = acked.client = harness_connect(acked.proxy.port);
+    assert_non_null(c);
+    redisContext *replica = acked.to_replica = harness_connect(acked.replica.port);
+    assert_non_null(replica);
+    fixture_expect_status(fixture_cmd(c, "CLIENT SETNAME acked-client"), "OK");
+    char key[64];
+    fixture_key_on_shard(c, "acked", 2, key, sizeof(key));
+    fixture_expect_status(fixture_cmd(c, "SLOWLOG RESET"), "OK");
+
+    /* Fast: the replica has each write when its OK comes (so it went the
+     * replicas' way); the first one the client saw answered within the
+     * threshold is the one looked for. */
+    int fast = -1, slow_attempts = 0;
+    for (int i = 0; i < 20 && fast < 0; i++) {
+        long long sent = fixture_now_ms();
+        fixture_expect_status(fixture_cmd(c, "SET %s fast%d", key, i), "OK");
+        /* ms clock: the time taken is under the difference plus 1 */
+        if (fixture_now_ms() - sent + 1 < SLOW_US / 1000)
+            fast = i;
+        else
+            slow_attempts++;
+        char want[16];
+        snprintf(want, sizeof(want), "fast%d", i);
+        fixture_expect_str(fixture_cmd(replica, "GET %s", key), want);
+    }
+    if (fast < 0)
+        fail_msg("no write with its acknowledgement took under %d us", SLOW_US);
+    char fast_value[16];
+    snprintf(fast_value, sizeof(fast_value), "fast%d", fast);
+
+    /* Slow: cut as Redis cuts an argument. */
+    char value[301];
+    for (int i = 0; i < 300; i++)
+        value[i] = (char)('a' + i % 26);
+    value[300] = '\0';
+    assert_int_equal(kill(acked.replica.pid, SIGSTOP), 0);
+    long long before = (long long)time(NULL);
+    long long sent = fixture_now_ms();
+    assert_int_equal(redisAppendCommand(c, "SET %s %s", key, value), REDIS_OK);
+    for (int done = 0; !done;)
+        assert_int_equal(redisBufferWrite(c, &done), REDIS_OK);
+    /* The shard does the write at once; then WAIT waits. */
+    deadline = fixture_now_ms() + fixture_bound_ms(2000);
+    for (int written = 0; !written;) {
+        assert_true(fixture_now_ms() < deadline);
+        redisReply *r = fixture_cmd(shard, "GET %s", key);
+        written = r->type == REDIS_REPLY_STRING && strcmp(r->str, value) == 0;
+        freeReplyObject(r);
+    }
+    /* Held past the threshold by the stopped replica alone. */
+    while (fixture_now_ms() - sent <= 2 * SLOW_US / 1000)
+        fixture_sleep_ms(5);
+    assert_int_equal(kill(acked.replica.pid, SIGCONT), 0);
+    fixture_expect_status(fixture_next_reply(c), "OK"); /* acknowledged, not -NOREPLICAS */
+
+    redisReply *r = fixture_cmd(c, "SLOWLOG GET -1");
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    char cut[200];
+    snprintf(cut, sizeof(cut), "%.128s... (172 more bytes)", value);
+    const char *slow_args[] = {"SET", key, cut};
+    const char *fast_args[] = {"SET", key, fast_value};
+    const redisReply *e = entry_with(r, slow_args, 3);
+    if (!e || entry_with(r, fast_args, 3)) {
+        char text[4096];
+        fixture_reply_text(r, text, sizeof(text));
+        fail_msg("the slow write is missing, or the fast one is there: %s", text);
+    }
+    expect_slow_entry(e, before, c, "acked-client", "s3"); /* shard index 2 */
+    /* Nothing else but the writes the machine made slow (none shows WAIT). */
+    assert_true(r->elements <= 1 + (size_t)slow_attempts);
+    freeReplyObject(r);
+
+    int status = harness_proc_stop(&acked.proxy, SIGTERM);
+    assert_true(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 static void test_slowlog_get_count_and_help(void **state)
@@ -779,6 +937,8 @@ int main(void)
         cmocka_unit_test(test_slowlog_keeps_a_request_a_shard_delayed),
         cmocka_unit_test(test_slowlog_cuts_arguments_as_redis),
         cmocka_unit_test(test_slowlog_reads_a_pipelined_request_back),
+        cmocka_unit_test_teardown(test_slowlog_keeps_a_write_that_waited_for_its_replica,
+                                  stop_acked),
         cmocka_unit_test(test_slowlog_get_count_and_help),
         cmocka_unit_test(test_prometheus_scrape),
         cmocka_unit_test(test_prometheus_counts_reloads),
