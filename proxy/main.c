@@ -28,6 +28,7 @@
 #include "proxy/reload.h"
 #include "proxy/replica.h"
 #include "proxy/request.h"
+#include "proxy/resolver.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
@@ -262,8 +263,6 @@ static void stop_services(void)
     event_del(&ev_sigterm);
     event_del(&ev_sigint);
     event_del(&ev_sighup);
-    /* First: cancelled lookups end in one more turn of the loop, while
-     * everything they could touch still runs. */
     dns_shutdown();
     epoch_shutdown();
     lock_shutdown();
@@ -271,6 +270,9 @@ static void stop_services(void)
     store_shutdown();
     lock_free();
     reload_shutdown();
+    /* Last of the connections' owners: every lookup is cancelled by now,
+     * and one more turn of the loop delivers the cancellations. */
+    resolver_shutdown();
     tls_shutdown();
     request_trim_cache();
 }
