@@ -250,7 +250,6 @@ void dns_sync(void)
 void dns_tick(void)
 {
     run_due();
-    resolver_tick();
 }
 
 static const char *name_state_word(const name_state *n)

@@ -82,6 +82,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     rebalance_tick();
     sentinel_tick();
     dns_tick();
+    resolver_tick();
     replica_tick();
     if (rebalance_take_queued_reload())
         do_reload("queued during the rebalance");
