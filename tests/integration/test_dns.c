@@ -255,7 +255,7 @@ static long long write_keys(redisContext *c, const char *prefix)
 /* s1 = sentinel:m1, found through Sentinels named by hostname: starts
  * m1's master (a), the plain shard s2 (other), a Sentinel on 127.0.0.1
  * that monitors a as m1 and answers as SENTINEL_NAME (in the hosts file),
- * and the proxy. With silent_port, the Sentinels listed first is
+ * and the proxy. With silent_port, the Sentinel listed first is
  * SILENT_SENTINEL_NAME:silent_port, a name only the silent nameserver
  * could resolve, whose lookups fail after timeout_s. */
 static void sentinel_env_start(dns_env *e, int timeout_s, int silent_port, int connect_timeout_ms)
