@@ -1,8 +1,12 @@
 /* Control connections over a libevent bufferevent, with hiredis's async
- * API: see ctlconn.h. */
+ * API: see ctlconn.h.
+ *
+ * A numeric host is connected to at once. A host name is looked up first
+ * (resolver.c: evdns, never a blocking getaddrinfo on the loop); the
+ * bufferevent is made before, so commands queue meanwhile, and the connect
+ * starts on the answer. A lookup that fails is a failed connect. */
 #include "proxy/ctlconn.h"
 
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -19,6 +23,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "config/config.h"
+#include "proxy/resolver.h"
 #include "proxy/server.h"
 #include "proxy/tls.h"
 
@@ -34,6 +40,7 @@ typedef struct ctl_callback {
 typedef struct ctl_conn {
     ctlconn pub;
     struct bufferevent *bev;
+    resolver_lookup *lookup; /* the host name's lookup, while the connect waits for it */
     redisReader *reader;
     ctl_callback *head; /* replies due, oldest first */
     ctl_callback *tail;
@@ -83,6 +90,8 @@ static void fail_callbacks(ctl_conn *cc)
 static void destroy(ctl_conn *cc, int status)
 {
     cc->free_pending = 1; /* callbacks below may send no more */
+    if (cc->lookup)
+        resolver_cancel(cc->lookup);
     if (cc->bev)
         bufferevent_disable(cc->bev, EV_READ | EV_WRITE);
     fail_callbacks(cc);
@@ -206,19 +215,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     fail(cc);
 }
 
-/* Resolves host:port (as hiredis does, with getaddrinfo) and starts the
- * connect. 0, or -1 with err set. */
-static int start_connect(ctl_conn *cc, const char *host, int port, ctlconn_peer peer)
+/* Makes cc's bufferevent (TLS to host when peer says so). 0, or -1 with
+ * err set. */
+static int new_bufferevent(ctl_conn *cc, const char *host, ctlconn_peer peer)
 {
-    char service[8];
-    snprintf(service, sizeof(service), "%d", port);
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(host, service, &hints, &res);
-    if (rc != 0) {
-        set_error(cc, "%s", gai_strerror(rc));
-        return -1;
-    }
     int use_tls = (peer == CTLCONN_SHARD && tls_shards_enabled()) ||
                   (peer == CTLCONN_SENTINEL && tls_sentinels_enabled());
     if (use_tls) {
@@ -231,7 +231,6 @@ static int start_connect(ctl_conn *cc, const char *host, int port, ctlconn_peer 
             if (ssl)
                 SSL_free(ssl);
             set_error(cc, "%s", ssl ? "out of memory" : why);
-            freeaddrinfo(res);
             return -1;
         }
         /* Redis closes without close_notify: that is a close, not an attack. */
@@ -240,19 +239,41 @@ static int start_connect(ctl_conn *cc, const char *host, int port, ctlconn_peer 
         cc->bev = bufferevent_socket_new(srv.base, -1, BEV_OPT_CLOSE_ON_FREE);
         if (!cc->bev) {
             set_error(cc, "%s", "out of memory");
-            freeaddrinfo(res);
             return -1;
         }
     }
     bufferevent_setcb(cc->bev, on_read, NULL, on_event, cc);
     bufferevent_enable(cc->bev, EV_READ | EV_WRITE);
-    rc = bufferevent_socket_connect(cc->bev, res->ai_addr, (int)res->ai_addrlen);
-    freeaddrinfo(res);
-    if (rc < 0) {
+    return 0;
+}
+
+/* Starts the connect to the first address of a lookup's answer (result
+ * 0), or notes why there is none. 0, or -1 with err set. */
+static int start_connect(ctl_conn *cc, int result, const struct evutil_addrinfo *res)
+{
+    if (result != 0) {
+        set_error(cc, "cannot resolve host: %s", evutil_gai_strerror(result));
+        return -1;
+    }
+    if (bufferevent_socket_connect(cc->bev, res->ai_addr, (int)res->ai_addrlen) < 0) {
         set_error(cc, "connect: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
         return -1;
     }
     return 0;
+}
+
+/* The answer to a host name's lookup. Inside resolver_lookup_start (cc->lookup
+ * not set yet) a failure only sets err, which ctlconn_connect's caller
+ * sees; from the loop it fails the connection as a refused connect does. */
+static void on_resolved(int result, const struct evutil_addrinfo *res, void *arg)
+{
+    ctl_conn *cc = arg;
+    int from_loop = cc->lookup != NULL;
+    cc->lookup = NULL;
+    if (from_loop)
+        server_clock_update();
+    if (start_connect(cc, result, res) < 0 && from_loop)
+        fail(cc);
 }
 
 ctlconn *ctlconn_connect(const char *host, int port, ctlconn_peer peer)
@@ -265,7 +286,22 @@ ctlconn *ctlconn_connect(const char *host, int port, ctlconn_peer peer)
         free(cc);
         return NULL;
     }
-    (void)start_connect(cc, host, port, peer);
+    if (new_bufferevent(cc, host, peer) < 0)
+        return &cc->pub;
+    char service[8];
+    snprintf(service, sizeof(service), "%d", port);
+    if (config_host_is_name(host)) {
+        cc->lookup = resolver_lookup_start(host, service, on_resolved, cc);
+        return &cc->pub;
+    }
+    /* A numeric address: getaddrinfo with AI_NUMERICHOST never blocks. */
+    struct evutil_addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
+    int rc = evutil_getaddrinfo(host, service, &hints, &res);
+    (void)start_connect(cc, rc, res);
+    if (res)
+        evutil_freeaddrinfo(res);
     return &cc->pub;
 }
 

@@ -57,9 +57,12 @@ struct ctlconn {
     void *data;       /* the user's */
 };
 
-/* Starts connecting to host:port on srv.base. NULL when out of memory;
- * otherwise a connection whose err is set when it failed at once (the
- * caller frees it then). */
+/* Starts connecting to host:port on srv.base: at once to a numeric host;
+ * a host name is looked up first without blocking the loop (resolver.h),
+ * commands queue meanwhile, and a lookup that fails is a failed connect
+ * (errstr "cannot resolve host: ..."). NULL when out of memory; otherwise
+ * a connection whose err is set when it failed at once (the caller frees
+ * it then). */
 ctlconn *ctlconn_connect(const char *host, int port, ctlconn_peer peer);
 
 void ctlconn_set_connect_callback(ctlconn *c, ctlconn_status_fn *fn);

@@ -1,59 +1,38 @@
 /* Resolving shards named by hostname; see dns.h.
  *
- * A resolver is one evdns_base, set up from dns_resolv_conf and
- * dns_hosts_file as they were when it was made. Before lookups start, the
- * two files are checked (stat): when either changed (or a reload named
- * other files) a new resolver takes the next lookups and the old one is
- * freed once its own have ended, so a lookup in flight is never cut short.
- *
- * evdns_getaddrinfo answers names from the hosts file (and numeric ones)
- * inside the call, before it returns; others come back from the loop. A
- * lookup is therefore on the lookups list before the call, and its
- * callback takes it off and frees it whichever way it comes. A lookup names
- * its shard by id, not by pointer: a shard freed meanwhile (a reload) is
- * simply not found when the answer comes.
+ * The lookups go through resolver.c (evdns, the two files). A lookup
+ * names its shard by id, not by pointer: a shard freed meanwhile (a
+ * reload) is simply not found when the answer comes.
  *
  * One lookup per shard at a time; what each shard's name resolved to is
  * kept by shard id in names[]. */
 #include "proxy/dns.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
-#include <event2/dns.h>
-#include <event2/event.h>
 #include <event2/util.h>
 
 #include "proxy/backend.h"
-#include "proxy/dlist.h"
 #include "proxy/log.h"
 #include "proxy/rebalance.h"
+#include "proxy/resolver.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
 
-/* What a resolv.conf may set for evdns: nameservers, search domains and
- * options (timeout:N, attempts:N, ndots:N). The hosts file is loaded from
- * dns_hosts_file, never from /etc/hosts behind the config's back. */
-#define DNS_RESOLV_FLAGS (DNS_OPTION_NAMESERVERS | DNS_OPTION_SEARCH | DNS_OPTION_MISC)
-
-/* One evdns_base and the files it was set up from. */
-typedef struct resolver {
-    struct evdns_base *base;
-    int lookups;           /* lookups in flight on it */
-    struct resolver *next; /* older resolvers waiting for their lookups to end */
-} resolver;
+/* A lookup carries its shard's id as its callback's argument. */
+_Static_assert(sizeof(uintptr_t) >= sizeof(uint64_t), "a shard id fits in a pointer");
 
 /* What is known of one shard object's name. */
 typedef struct name_state {
     uint64_t shard_id;
     int started;                     /* a lookup was started (the first one is due at once) */
-    int in_flight;                   /* a lookup runs */
+    resolver_lookup *lookup;         /* the lookup running, NULL = none */
     uint64_t next_us;                /* next periodic lookup, 0 = none planned */
     time_t resolved_at;              /* when a lookup last answered, 0 = never */
     char resolved[INET6_ADDRSTRLEN]; /* what it answered, "" = nothing yet */
@@ -61,127 +40,11 @@ typedef struct name_state {
     int seen;                        /* its shard still lives (sweep in dns_tick) */
 } name_state;
 
-/* One lookup in flight. */
-typedef struct lookup {
-    uint64_t shard_id;
-    resolver *r;
-    struct evdns_getaddrinfo_request *req; /* NULL when answered inside evdns_getaddrinfo */
-    struct lookup *prev, *next;
-} lookup;
-
-/* A file as stat saw it, to notice it changed. */
-typedef struct file_mark {
-    char path[4096];
-    int exists;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime;
-} file_mark;
-
 static struct {
-    resolver *current;  /* takes new lookups, NULL until the first */
-    resolver *draining; /* older ones, freed once their lookups end */
-    file_mark hosts;    /* the files current was set up from */
-    file_mark resolv;
     name_state *names;
     size_t nnames;
     size_t capnames;
-    lookup *lookups;     /* every lookup in flight */
-    uint64_t checked_us; /* loop clock of the last check of the files */
 } dns;
-
-static void mark_file(file_mark *m, const char *path)
-{
-    struct stat st;
-    memset(m, 0, sizeof(*m));
-    snprintf(m->path, sizeof(m->path), "%s", path);
-    if (stat(path, &st) == 0) {
-        m->exists = 1;
-        m->ino = st.st_ino;
-        m->size = st.st_size;
-        m->mtime = st.st_mtim;
-    }
-}
-
-static int same_mark(const file_mark *a, const file_mark *b)
-{
-    return strcmp(a->path, b->path) == 0 && a->exists == b->exists && a->ino == b->ino &&
-           a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec &&
-           a->mtime.tv_nsec == b->mtime.tv_nsec;
-}
-
-/* A resolver set up from the files as marked now; NULL when libevent
- * cannot make one (logged). */
-static resolver *resolver_new(const file_mark *hosts, const file_mark *resolv)
-{
-    resolver *r = calloc(1, sizeof(*r));
-    struct evdns_base *base = r ? evdns_base_new(srv.base, 0) : NULL;
-    if (!base) {
-        log_error("cannot set up a DNS resolver (out of memory)");
-        free(r);
-        return NULL;
-    }
-    r->base = base;
-    int rc = evdns_base_resolv_conf_parse(base, DNS_RESOLV_FLAGS, resolv->path);
-    if (rc == 1)
-        log_warn("DNS: cannot read %s (dns_resolv_conf): asking the nameserver at 127.0.0.1",
-                 resolv->path);
-    else if (rc == 6)
-        log_warn("DNS: %s (dns_resolv_conf) names no nameserver: asking 127.0.0.1", resolv->path);
-    else if (rc != 0)
-        log_warn("DNS: cannot use %s (dns_resolv_conf), error %d", resolv->path, rc);
-    if (evdns_base_load_hosts(base, hosts->path) < 0)
-        log_warn("DNS: cannot read %s (dns_hosts_file): names go to the nameservers", hosts->path);
-    log_info("DNS: resolver set up from %s and %s", resolv->path, hosts->path);
-    return r;
-}
-
-static void resolver_free(resolver *r)
-{
-    evdns_base_free(r->base, 0);
-    free(r);
-}
-
-/* Frees the older resolvers whose lookups have all ended. Not called from
- * an evdns callback: the base that runs it must outlive it. */
-static void free_drained(void)
-{
-    for (resolver **link = &dns.draining; *link;) {
-        resolver *r = *link;
-        if (r->lookups > 0) {
-            link = &r->next;
-            continue;
-        }
-        *link = r->next;
-        resolver_free(r);
-    }
-}
-
-/* The resolver for new lookups, made anew when dns_hosts_file or
- * dns_resolv_conf changed (checked at most once per loop clock tick). NULL
- * when none can be made. */
-static resolver *current_resolver(void)
-{
-    if (dns.current && dns.checked_us == srv.now_us)
-        return dns.current;
-    dns.checked_us = srv.now_us;
-    file_mark hosts, resolv;
-    mark_file(&hosts, srv.cfg->dns_hosts_file);
-    mark_file(&resolv, srv.cfg->dns_resolv_conf);
-    if (dns.current && same_mark(&hosts, &dns.hosts) && same_mark(&resolv, &dns.resolv))
-        return dns.current;
-    resolver *r = resolver_new(&hosts, &resolv);
-    if (!r)
-        return dns.current;
-    if (dns.current) {
-        dns.current->next = dns.draining;
-        dns.draining = dns.current;
-    }
-    dns.current = r;
-    dns.hosts = hosts;
-    dns.resolv = resolv;
-    return r;
-}
 
 static name_state *find_name(uint64_t shard_id)
 {
@@ -307,56 +170,31 @@ static void lookup_answered(shard *s, name_state *n, const struct evutil_addrinf
     }
 }
 
-static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+static void on_resolved(int result, const struct evutil_addrinfo *res, void *arg)
 {
-    lookup *l = arg;
-    DLIST_UNLINK(dns.lookups, l, prev, next);
-    l->r->lookups--;
-    uint64_t id = l->shard_id;
-    free(l);
+    uint64_t id = (uintptr_t)arg;
     server_clock_update();
     name_state *n = find_name(id);
-    shard *s = n && result != EVUTIL_EAI_CANCEL ? find_shard(id) : NULL;
+    shard *s = n ? find_shard(id) : NULL;
     if (n)
-        n->in_flight = 0;
+        n->lookup = NULL;
     if (s) {
-        if (result == 0 && res)
+        if (result == 0)
             lookup_answered(s, n, res);
         else
-            lookup_failed(s, n, result ? result : EVUTIL_EAI_NODATA);
+            lookup_failed(s, n, result);
         n->next_us = next_lookup_us(s);
     }
-    if (res)
-        evutil_freeaddrinfo(res);
 }
 
 /* Starts a lookup of s's name (n is its state). */
 static void lookup_start(shard *s, name_state *n)
 {
-    resolver *r = current_resolver();
-    lookup *l = r ? calloc(1, sizeof(*l)) : NULL;
-    if (!l) {
-        n->next_us = srv.now_us + (uint64_t)srv.cfg->reconnect_max_ms * 1000u;
-        return;
-    }
-    l->shard_id = s->id;
-    l->r = r;
-    r->lookups++;
     n->started = 1;
-    n->in_flight = 1;
     s->dns_wanted = 0;
-    DLIST_PUSH_FRONT(dns.lookups, l, prev, next);
-    struct evutil_addrinfo hints = {0};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
     log_debug("shard %s: resolving %s", s->name, s->host);
-    /* May answer (and free l) before it returns: l is not touched after
-     * unless a request is still running. */
-    struct evdns_getaddrinfo_request *req =
-        evdns_getaddrinfo(r->base, s->host, NULL, &hints, on_resolved, l);
-    if (req)
-        l->req = req;
+    /* May answer (on_resolved) before it returns. */
+    n->lookup = resolver_lookup_start(s->host, NULL, on_resolved, (void *)(uintptr_t)s->id);
 }
 
 /* Starts every lookup due now and forgets the names of freed shards. */
@@ -373,7 +211,7 @@ static void run_due(void)
             continue;
         }
         n->seen = 1;
-        if (n->in_flight)
+        if (n->lookup)
             continue;
         if (s->dns_wanted || !n->started || (n->next_us && srv.now_us >= n->next_us))
             lookup_start(s, n);
@@ -387,7 +225,7 @@ static void run_due(void)
      * frees none: names[] entries stay valid, and the sweep below only
      * removes entries whose shard is gone. */
     for (size_t i = 0; i < dns.nnames;) {
-        if (dns.names[i].seen || dns.names[i].in_flight) {
+        if (dns.names[i].seen || dns.names[i].lookup) {
             i++;
             continue;
         }
@@ -412,12 +250,11 @@ void dns_sync(void)
 void dns_tick(void)
 {
     run_due();
-    free_drained();
 }
 
 static const char *name_state_word(const name_state *n)
 {
-    if (n->in_flight && !n->resolved_at)
+    if (n->lookup && !n->resolved_at)
         return "resolving";
     if (n->error[0])
         return n->resolved_at ? "stale" : "failed";
@@ -439,32 +276,9 @@ int dns_shard_info(const shard *s, buf *b)
 
 void dns_shutdown(void)
 {
-    int cancelled = 0;
-    for (lookup *l = dns.lookups; l; l = l->next)
-        if (l->req) {
-            evdns_getaddrinfo_cancel(l->req);
-            cancelled = 1;
-        }
-    /* Cancelled lookups are answered (EVUTIL_EAI_CANCEL, freeing them) by
-     * the loop, not inside the call. */
-    if (cancelled)
-        event_base_loop(srv.base, EVLOOP_NONBLOCK);
-    while (dns.lookups) {
-        lookup *l = dns.lookups;
-        DLIST_UNLINK(dns.lookups, l, prev, next);
-        l->r->lookups--;
-        free(l);
-    }
-    if (dns.current) {
-        dns.current->next = dns.draining;
-        dns.draining = dns.current;
-        dns.current = NULL;
-    }
-    while (dns.draining) {
-        resolver *r = dns.draining;
-        dns.draining = r->next;
-        resolver_free(r);
-    }
+    for (size_t i = 0; i < dns.nnames; i++)
+        if (dns.names[i].lookup)
+            resolver_cancel(dns.names[i].lookup);
     free(dns.names);
     memset(&dns, 0, sizeof(dns));
 }

@@ -28,6 +28,7 @@
 #include "proxy/reload.h"
 #include "proxy/replica.h"
 #include "proxy/request.h"
+#include "proxy/resolver.h"
 #include "proxy/sentinel.h"
 #include "proxy/server.h"
 #include "proxy/store.h"
@@ -81,6 +82,7 @@ static void on_maintenance(evutil_socket_t fd, short what, void *arg)
     rebalance_tick();
     sentinel_tick();
     dns_tick();
+    resolver_tick();
     replica_tick();
     if (rebalance_take_queued_reload())
         do_reload("queued during the rebalance");
@@ -262,8 +264,6 @@ static void stop_services(void)
     event_del(&ev_sigterm);
     event_del(&ev_sigint);
     event_del(&ev_sighup);
-    /* First: cancelled lookups end in one more turn of the loop, while
-     * everything they could touch still runs. */
     dns_shutdown();
     epoch_shutdown();
     lock_shutdown();
@@ -271,6 +271,9 @@ static void stop_services(void)
     store_shutdown();
     lock_free();
     reload_shutdown();
+    /* Last of the connections' owners: every lookup is cancelled by now,
+     * and one more turn of the loop delivers the cancellations. */
+    resolver_shutdown();
     tls_shutdown();
     request_trim_cache();
 }

@@ -4,7 +4,10 @@
  * to the other. The proxy follows within dns_refresh + 1 s, or as soon as
  * a connection fails; no key moves. Names that go to a nameserver go to a
  * UDP socket the test holds and never answers (dns_resolv_conf): such a
- * lookup stalls no client, and its shard fails fast until it resolves. */
+ * lookup stalls no client, and its shard fails fast until it resolves.
+ * Sentinels named by hostname (`sentinels = name:port`) resolve the same
+ * way: from the hosts file, and a lookup waiting on that nameserver stalls
+ * no client either. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <setjmp.h>
@@ -28,13 +31,21 @@
 #define DNS_REFRESH_MS 1000
 #define NAME           "app-redis-1"
 #define SILENT_NAME    "silent-name.test"
-#define KEYS           40
+/* A Sentinel's name in the hosts file, and one only the silent nameserver
+ * could resolve. */
+#define SENTINEL_NAME        "sentinel-1.test"
+#define SILENT_SENTINEL_NAME "silent-sentinel.test"
+/* The silent nameserver's timeout in the Sentinel tests: long enough that
+ * the clients' rounds surely run while a lookup waits. */
+#define SENTINEL_LOOKUP_S 3
+#define KEYS              40
 
 /* The servers and files of one test. */
 typedef struct dns_env {
     harness_proc a;     /* 127.0.0.1:port, where the name points first */
     harness_proc b;     /* 127.0.0.2:port, where it points next */
     harness_proc other; /* s2, a plain 127.0.0.1 shard */
+    harness_proc sentinel;
     harness_proc proxy;
     char dir[64];
     char hosts[128];
@@ -59,7 +70,8 @@ static void write_text(const char *path, const char *text)
 static void point_name_at(dns_env *e, const char *ip)
 {
     char text[256];
-    snprintf(text, sizeof(text), "127.0.0.1 localhost\n%s %s\n", ip, NAME);
+    snprintf(text, sizeof(text), "127.0.0.1 localhost\n%s %s\n127.0.0.1 %s\n", ip, NAME,
+             SENTINEL_NAME);
     write_text(e->hosts, text);
 }
 
@@ -77,9 +89,10 @@ static void start_servers(dns_env *e)
     fail_msg("cannot start redis-server on 127.0.0.1 and 127.0.0.2 with one port");
 }
 
-/* Starts everything: s1 = NAME:port, s2 = the plain shard, s3 (when
- * with_silent) = SILENT_NAME, which only the silent nameserver would know. */
-static void env_start(dns_env *e, int refresh_ms, int with_silent)
+/* The test's directory, the silent nameserver (a bound UDP socket nobody
+ * reads) named by the resolv.conf with a timeout of timeout_s for each
+ * lookup, and the hosts file (NAME at 127.0.0.1). */
+static void env_files(dns_env *e, int timeout_s)
 {
     memset(e, 0, sizeof(*e));
     snprintf(e->dir, sizeof(e->dir), "/tmp/ringproxy-dns-XXXXXX");
@@ -95,10 +108,17 @@ static void env_start(dns_env *e, int refresh_ms, int with_silent)
     assert_int_equal(getsockname(e->udp, (struct sockaddr *)&sa, &len), 0);
     e->udp_port = ntohs(sa.sin_port);
     char text[256];
-    snprintf(text, sizeof(text), "nameserver 127.0.0.1:%d\noptions timeout:1 attempts:1\n",
-             e->udp_port);
+    snprintf(text, sizeof(text), "nameserver 127.0.0.1:%d\noptions timeout:%d attempts:1\n",
+             e->udp_port, timeout_s);
     write_text(e->resolv, text);
     point_name_at(e, "127.0.0.1");
+}
+
+/* Starts everything: s1 = NAME:port, s2 = the plain shard, s3 (when
+ * with_silent) = SILENT_NAME, which only the silent nameserver would know. */
+static void env_start(dns_env *e, int refresh_ms, int with_silent)
+{
+    env_files(e, 1);
     start_servers(e);
     assert_int_equal(harness_redis_start(&e->other), 0);
     char ini[1024], silent[64] = "";
@@ -120,6 +140,7 @@ static void env_stop(dns_env *e)
     harness_proc_stop(&e->a, SIGTERM);
     harness_proc_stop(&e->b, SIGTERM);
     harness_proc_stop(&e->other, SIGTERM);
+    harness_proc_stop(&e->sentinel, SIGTERM);
     close(e->udp);
     unlink(e->hosts);
     unlink(e->resolv);
@@ -229,6 +250,48 @@ static long long write_keys(redisContext *c, const char *prefix)
         on_s1 += fixture_owner(c, key, strlen(key)) == 0;
     }
     return on_s1;
+}
+
+/* s1 = sentinel:m1, found through Sentinels named by hostname: starts
+ * m1's master (a), the plain shard s2 (other), a Sentinel on 127.0.0.1
+ * that monitors a as m1 and answers as SENTINEL_NAME (in the hosts file),
+ * and the proxy. With silent_port, the Sentinel listed first is
+ * SILENT_SENTINEL_NAME:silent_port, a name only the silent nameserver
+ * could resolve, whose lookups fail after timeout_s. */
+static void sentinel_env_start(dns_env *e, int timeout_s, int silent_port, int connect_timeout_ms)
+{
+    env_files(e, timeout_s);
+    assert_int_equal(harness_redis_start(&e->a), 0);
+    assert_int_equal(harness_redis_start(&e->other), 0);
+    char conf[128];
+    snprintf(conf, sizeof(conf), "sentinel monitor m1 127.0.0.1 %d 1\n", e->a.port);
+    assert_int_equal(harness_sentinel_start(&e->sentinel, conf), 0);
+    char silent[64] = "", ini[1024];
+    if (silent_port)
+        snprintf(silent, sizeof(silent), "%s:%d, ", SILENT_SENTINEL_NAME, silent_port);
+    snprintf(ini, sizeof(ini),
+             "[proxy]\nlisten = 127.0.0.1:%%PORT%%\ndns_hosts_file = %s\ndns_resolv_conf = %s\n"
+             "connect_timeout = %d\nsentinel_poll = 500\nlog_level = info\n"
+             "sentinels = %s%s:%d\n[shards]\ns1 = sentinel:m1\ns2 = 127.0.0.1:%d\n",
+             e->hosts, e->resolv, connect_timeout_ms, silent, SENTINEL_NAME, e->sentinel.port,
+             e->other.port);
+    assert_int_equal(harness_ringproxy_start(&e->proxy, ini), 0);
+}
+
+/* Waits until s1's master is a, found through the Sentinels, and checks
+ * that a write to s1 through the proxy lands there. */
+static void expect_master_found(dns_env *e, redisContext *c)
+{
+    char want[64];
+    snprintf(want, sizeof(want), ",master=127.0.0.1:%d,", e->a.port);
+    wait_info_shards(c, want);
+    wait_info_shards(c, ",sentinel=ok,");
+    char key[64];
+    fixture_key_on_shard(c, "via-sentinel", 0, key, sizeof(key));
+    fixture_expect_status(fixture_cmd(c, "SET %s found", key), "OK");
+    redisContext *a = connect_at("127.0.0.1", e->a.port);
+    fixture_expect_str(fixture_cmd(a, "GET %s", key), "found");
+    redisFree(a);
 }
 
 /* The name moves from 127.0.0.1 to 127.0.0.2 in the hosts file: within
@@ -412,12 +475,127 @@ static void test_silent_nameserver_stalls_no_client(void **state)
     env_stop(&e);
 }
 
+/* A Sentinel named by a hostname of the hosts file (the nameserver never
+ * answers, so only the file can name it): the proxy asks it for m1's
+ * master, writes go there, and it subscribes to its +switch-master. */
+static void test_sentinel_named_in_hosts_file_is_used(void **state)
+{
+    (void)state;
+    dns_env e;
+    sentinel_env_start(&e, 1, 0, 2000);
+    redisContext *c = harness_connect(e.proxy.port);
+    assert_non_null(c);
+    expect_master_found(&e, c);
+    char subscribed[128];
+    snprintf(subscribed, sizeof(subscribed), "Sentinel %s:%d: subscribed to +switch-master",
+             SENTINEL_NAME, e.sentinel.port);
+    fixture_wait_log(&e.proxy, subscribed);
+    assert_false(fixture_log_contains(&e.proxy, "cannot resolve"));
+    redisFree(c);
+    env_stop(&e);
+}
+
+/* The first Sentinel listed has a name only the silent nameserver could
+ * resolve (each lookup gives up after SENTINEL_LOOKUP_S). While the proxy
+ * waits on that lookup, it answers PING and serves the plain shard as
+ * promptly as ever; when the lookup fails it logs why, as a failed
+ * connection to that Sentinel, and finds m1 through the next one. */
+static void test_sentinel_lookup_on_a_silent_nameserver_stalls_no_client(void **state)
+{
+    (void)state;
+    dns_env e;
+    int silent_port = harness_free_port();
+    /* connect_timeout (a Sentinel's time to answer) above the lookup's own
+     * timeout: the lookup's failure is what ends the wait. */
+    sentinel_env_start(&e, SENTINEL_LOOKUP_S, silent_port, 2 * SENTINEL_LOOKUP_S * 1000);
+    redisContext *c = harness_connect(e.proxy.port);
+    assert_non_null(c);
+    long long waited = fixture_now_ms();
+    while (drain_queries(e.udp) == 0) {
+        assert_true(fixture_now_ms() - waited < fixture_bound_ms(2000));
+        fixture_sleep_ms(20);
+    }
+    long long asked = fixture_now_ms();
+
+    char on_s2[64];
+    fixture_key_on_shard(c, "k2", 1, on_s2, sizeof(on_s2));
+    long long worst = 0, end = asked + SENTINEL_LOOKUP_S * 1000 / 2;
+    int n = 0;
+    while (fixture_now_ms() < end) {
+        long long t = fixture_now_ms();
+        fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+        fixture_expect_status(fixture_cmd(c, "SET %s v%d", on_s2, n), "OK");
+        char want[32], got[32];
+        snprintf(want, sizeof(want), "v%d", n);
+        get_text(c, on_s2, got, sizeof(got));
+        assert_string_equal(got, want);
+        long long took = fixture_now_ms() - t;
+        worst = took > worst ? took : worst;
+        n++;
+    }
+    /* Still waiting on the nameserver: the rounds above ran meanwhile. */
+    char failed[128];
+    snprintf(failed, sizeof(failed), "Sentinel %s:%d: cannot resolve host: ", SILENT_SENTINEL_NAME,
+             silent_port);
+    assert_false(fixture_log_contains(&e.proxy, failed));
+    print_message("%d rounds of PING, SET, GET while a Sentinel's lookup waited on a silent "
+                  "nameserver; slowest %lld ms\n",
+                  n, worst);
+    assert_true(n > 0);
+    /* Not stretched by the timeout scale, which could stretch it past the
+     * lookup's own timeout: a quarter of that, when a stalled loop would
+     * have taken all of it. */
+    assert_true(worst < SENTINEL_LOOKUP_S * 1000 / 4);
+
+    fixture_wait_log(&e.proxy, failed);
+    print_message("the lookup failed %lld ms after the nameserver was asked\n",
+                  fixture_now_ms() - asked);
+    expect_master_found(&e, c);
+    redisFree(c);
+    env_stop(&e);
+}
+
+/* A Sentinel step ends at connect_timeout even while its lookup still
+ * waits on the silent nameserver: the connection is freed, its lookup
+ * cancelled, the Sentinel passed over (logged) and the master found
+ * through the next one, poll after poll. The proxy then exits 0, which
+ * under ASan also says that no cancelled lookup was used after its
+ * connection was freed, and none leaked. */
+static void test_sentinel_lookup_cut_short_by_connect_timeout(void **state)
+{
+    (void)state;
+    dns_env e;
+    int silent_port = harness_free_port();
+    long long start = fixture_now_ms();
+    sentinel_env_start(&e, SENTINEL_LOOKUP_S, silent_port, 500);
+    redisContext *c = harness_connect(e.proxy.port);
+    assert_non_null(c);
+    char gave_up[128];
+    snprintf(gave_up, sizeof(gave_up), "Sentinel %s:%d: no answer in 500 ms", SILENT_SENTINEL_NAME,
+             silent_port);
+    fixture_wait_log(&e.proxy, gave_up);
+    expect_master_found(&e, c);
+    assert_true(drain_queries(e.udp) > 0);
+    /* Past the first lookup's own timeout: had it outlived its connection,
+     * its answer would come now. None comes: every lookup was cancelled. */
+    long long past = start + SENTINEL_LOOKUP_S * 1000 + 1000 - fixture_now_ms();
+    if (past > 0)
+        fixture_sleep_ms((int)past);
+    fixture_expect_status(fixture_cmd(c, "PING"), "PONG");
+    assert_false(fixture_log_contains(&e.proxy, "cannot resolve host"));
+    redisFree(c);
+    env_stop(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_name_followed_within_dns_refresh),
         cmocka_unit_test(test_failed_connection_resolves_again),
         cmocka_unit_test(test_silent_nameserver_stalls_no_client),
+        cmocka_unit_test(test_sentinel_named_in_hosts_file_is_used),
+        cmocka_unit_test(test_sentinel_lookup_on_a_silent_nameserver_stalls_no_client),
+        cmocka_unit_test(test_sentinel_lookup_cut_short_by_connect_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
