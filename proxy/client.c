@@ -317,11 +317,7 @@ static inline void account(request *req, const char *reply, size_t len, int may_
     const command *cmd = req->cmd;
     if (cmd) {
         uint64_t took = srv.now_us - req->start_us;
-        command_counters *k = &command_stats[cmd->stat];
-        /* k in a register (an empty asm the compiler cannot see through):
-         * both counters are then addressed from it, where the compiler
-         * would multiply the index again for the histogram's. */
-        __asm__("" : "+r"(k));
+        command_counters *k = cmd->counters;
         k->usec += took;
         /* One comparison for a slow call and the histogram's edges (0 µs,
          * 2^32 µs and more): slowlog_fast_slots. */

@@ -18,12 +18,16 @@
  * first key and with the others (command_key_access); every shape ends
  * with the router's handler, the command's flags and its ACL categories
  * (command_route, COMMAND_FLAG_*, ACL_CAT_*). */
+/* A row's counters: its number (the next __COUNTER__, expanded once as
+ * the argument) and their address, which the request path uses without
+ * multiplying the number by their size. */
+#define COMMAND_STAT(n_) .stat = (n_), .counters = &command_stats[(n_)]
 #define ROW(name_, arity_, cls_, rule_, first_, last_, step_, first_access_, others_access_,       \
             route_, flags_, acl_)                                                                  \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .keys = rule_, .first_key = first_,           \
         .last_key = last_, .key_step = step_, .route = route_, .flags = flags_,                    \
-        .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,                       \
+        COMMAND_STAT(__COUNTER__), .acl = acl_, .first_key_access = first_access_,                 \
         .other_keys_access = others_access_                                                        \
     }
 #define ID_ROW(name_, arity_, cls_, id_, merge_, rule_, first_, last_, step_, first_access_,       \
@@ -31,15 +35,15 @@
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .merge = merge_, .keys = rule_,    \
         .first_key = first_, .last_key = last_, .key_step = step_, .route = route_,                \
-        .flags = flags_, .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,      \
-        .other_keys_access = others_access_                                                        \
+        .flags = flags_, COMMAND_STAT(__COUNTER__), .acl = acl_,                                   \
+        .first_key_access = first_access_, .other_keys_access = others_access_                     \
     }
 #define NUMKEYS_ROW(name_, arity_, cls_, id_, rule_, first_, numkeys_, first_access_,              \
                     others_access_, route_, flags_, acl_)                                          \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .keys = rule_,                     \
         .first_key = first_, .numkeys = numkeys_, .route = route_, .flags = flags_,                \
-        .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,                       \
+        COMMAND_STAT(__COUNTER__), .acl = acl_, .first_key_access = first_access_,                 \
         .other_keys_access = others_access_                                                        \
     }
 #define SPLIT_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, split_step_,            \
@@ -47,7 +51,7 @@
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_SPLIT, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_,                  \
-        .split_step = split_step_, .route = route_, .flags = flags_, .stat = __COUNTER__,          \
+        .split_step = split_step_, .route = route_, .flags = flags_, COMMAND_STAT(__COUNTER__),    \
         .acl = acl_, .first_key_access = first_access_, .other_keys_access = others_access_        \
     }
 #define LOCAL_ROW(name_, arity_, id_, merge_, rule_, first_, last_, step_, first_access_,          \
@@ -55,14 +59,14 @@
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = COMMAND_LOCAL, .merge = merge_, .id = id_,          \
         .keys = rule_, .first_key = first_, .last_key = last_, .key_step = step_, .route = route_, \
-        .flags = flags_, .stat = __COUNTER__, .acl = acl_, .first_key_access = first_access_,      \
-        .other_keys_access = others_access_                                                        \
+        .flags = flags_, COMMAND_STAT(__COUNTER__), .acl = acl_,                                   \
+        .first_key_access = first_access_, .other_keys_access = others_access_                     \
     }
 #define CONTAINER_ROW(name_, arity_, cls_, id_, subcommands_, route_, flags_, acl_)                \
     {                                                                                              \
         .name = name_, .arity = arity_, .cls = cls_, .id = id_, .subcommands = subcommands_,       \
         .nsubcommands = sizeof(subcommands_) / sizeof(subcommands_[0]), .route = route_,           \
-        .flags = flags_, .stat = __COUNTER__, .acl = acl_                                          \
+        .flags = flags_, COMMAND_STAT(__COUNTER__), .acl = acl_                                    \
     }
 
 #include "proxy/command_table.inc"

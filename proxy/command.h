@@ -261,7 +261,8 @@ typedef struct command {
     unsigned flags;          /* COMMAND_FLAG_* */
     unsigned stat;           /* its counters: command_stats[stat]; also its bit in a user's
                                 command permissions (proxy/access.c) */
-    uint32_t acl;            /* Redis's ACL categories (ACL_CAT_*), as COMMAND INFO lists them */
+    struct command_counters *counters; /* &command_stats[stat] */
+    uint32_t acl; /* Redis's ACL categories (ACL_CAT_*), as COMMAND INFO lists them */
     command_key_access first_key_access;  /* its first key (in command_keys' order) */
     command_key_access other_keys_access; /* the others: COPY reads its first key and writes
                                              the other, SUNIONSTORE the reverse */

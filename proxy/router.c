@@ -1029,7 +1029,7 @@ static void route(routed *r)
         postpone(r);
         return;
     }
-    command_stats[cmd->stat].calls++;
+    cmd->counters->calls++;
     r->req->cmd = cmd; /* a call: timed and its errors counted as failures */
     /* The common case, decided with a few loads: a one-key command from a
      * client with no transaction or subscription, while no key is moving.
