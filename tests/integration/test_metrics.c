@@ -313,6 +313,23 @@ static const redisReply *entry_with(const redisReply *log, const char *const *ar
     return NULL;
 }
 
+/* Appends a command to c's output, as redisAppendCommand does; returns
+ * its length on the wire, so a test can wait for the proxy to have read
+ * it (total_net_input_bytes). */
+static long long append_counted(redisContext *c, const char *fmt, ...)
+{
+    char *cmd;
+    va_list ap;
+    va_start(ap, fmt);
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    va_end(ap);
+    assert_true(len > 0);
+    int rc = redisAppendFormattedCommand(c, cmd, (size_t)len);
+    redisFreeCommand(cmd);
+    assert_int_equal(rc, REDIS_OK);
+    return len;
+}
+
 /* A request the slow log copies nothing of (one key, one shard) is read
  * back from its shard connection's output buffer when it turns out slow:
  * with requests of two clients pipelined in front of it and behind it on
@@ -340,33 +357,41 @@ static void test_slowlog_reads_a_pipelined_request_back(void **state)
         value[i] = (char)('a' + i % 26);
     value[300] = '\0';
     fixture_expect_status(fixture_cmd(a, "SLOWLOG RESET"), "OK");
+    /* Each request is read (and so dispatched) by the proxy before the
+     * next step: watch counts the bytes it has read. */
+    redisContext *watch = fixture_client(f);
+    long long read_want = fixture_info_int(watch, "total_net_input_bytes");
 
     /* Under request_timeout (2 s): ended by CLIENT UNPAUSE once every
      * request is queued behind the SET. */
     long long before = (long long)time(NULL);
     fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CLIENT PAUSE 1500 WRITE"), "OK");
     long long paused_at = fixture_now_ms();
-    assert_int_equal(redisAppendCommand(a, "GET %s", front), REDIS_OK);
-    assert_int_equal(redisAppendCommand(a, "SET %s %s", slow, value), REDIS_OK);
-    assert_int_equal(redisAppendCommand(a, "GET %s", elsewhere), REDIS_OK);
-    assert_int_equal(redisAppendCommand(a, "GET %s", behind), REDIS_OK);
+    read_want += append_counted(a, "GET %s", front);
+    read_want += append_counted(a, "SET %s %s", slow, value);
+    read_want += append_counted(a, "GET %s", elsewhere);
+    read_want += append_counted(a, "GET %s", behind);
     /* The GET in front is answered while the SET waits. */
     fixture_expect_nil(fixture_next_reply(a));
     /* Another client's request goes behind them on the same connection. */
-    assert_int_equal(redisAppendCommand(b, "GET %s", other_client), REDIS_OK);
+    read_want += append_counted(b, "GET %s", other_client);
     for (int done = 0; !done;)
         assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
-    fixture_sleep_ms((int)fixture_bound_ms(20)); /* for the proxy to read it meanwhile */
+    fixture_wait_info_at_least(watch, "total_net_input_bytes", read_want);
     /* Then a big value, which the connection takes over from the client's
      * buffer without a copy (BUF_HANDOFF_MIN): the bytes it kept for the
      * requests in front are copied out first. */
     size_t big_len = 1024 * 1024 + 1;
     char *big = fixture_alloc(f, big_len);
     memset(big, 'x', big_len);
-    assert_int_equal(redisAppendCommand(b, "SET %s %b", big_key, big, big_len), REDIS_OK);
+    read_want += append_counted(b, "SET %s %b", big_key, big, big_len);
     for (int done = 0; !done;)
         assert_int_equal(redisBufferWrite(b, &done), REDIS_OK);
-    fixture_sleep_ms((int)fixture_bound_ms(20));
+    fixture_wait_info_at_least(watch, "total_net_input_bytes", read_want);
+    fixture_close(f, watch);
+    /* Every request has arrived: twice the threshold from now makes each
+     * of them slow, the last one in too. */
+    fixture_sleep_ms(2 * SLOW_US / 1000);
     fixture_expect_status(fixture_cmd(fixture_shard(f, 2), "CLIENT UNPAUSE"), "OK");
     fixture_expect_status(fixture_next_reply(a), "OK");
     fixture_expect_nil(fixture_next_reply(a));
